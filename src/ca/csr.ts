@@ -1,0 +1,181 @@
+/**
+ * Strict PKCS#10 (RFC 2986) parsing. Tessera takes exactly one thing from a CSR: its public key,
+ * after proving possession by verifying the CSR signature over the raw CertificationRequestInfo
+ * bytes. Subject, attributes and requested extensions are checked for well-formed DER and then
+ * ignored; the certificate profile is decided by policy, never by the requester.
+ */
+import { createPublicKey, verify as cryptoVerify, constants as cryptoConstants, type KeyObject } from 'node:crypto';
+import { BrokerError } from '../errors.js';
+import {
+  DerError,
+  TAG,
+  child,
+  expectTag,
+  readBitString,
+  readDer,
+  readInteger,
+  readNull,
+  readOid,
+  sequenceOf,
+  type DerNode,
+} from './der.js';
+
+export type KeyKind = 'ec-p256' | 'ec-p384' | 'rsa' | 'ed25519';
+
+export interface ParsedCsr {
+  readonly publicKey: KeyObject;
+  /** DER SubjectPublicKeyInfo exactly as it appeared in the CSR. */
+  readonly spki: Buffer;
+  readonly keyKind: KeyKind;
+}
+
+export const MAX_CSR_PEM_BYTES = 16 * 1024;
+
+const RSA_MIN_BITS = 2048;
+// Upper bound keeps verification cost per request bounded (RSA verify grows ~quadratically).
+const RSA_MAX_BITS = 8192;
+
+type SigFamily = 'ecdsa' | 'rsa' | 'ed25519';
+interface SigAlg {
+  readonly family: SigFamily;
+  readonly hash: string | null;
+}
+
+// Only modern, unambiguous algorithms: no MD5/SHA-1, no RSASSA-PSS (parameter-heavy, unneeded).
+const SIGNATURE_ALGORITHMS: ReadonlyMap<string, SigAlg> = new Map([
+  ['1.2.840.10045.4.3.2', { family: 'ecdsa', hash: 'sha256' }],
+  ['1.2.840.10045.4.3.3', { family: 'ecdsa', hash: 'sha384' }],
+  ['1.2.840.10045.4.3.4', { family: 'ecdsa', hash: 'sha512' }],
+  ['1.2.840.113549.1.1.11', { family: 'rsa', hash: 'sha256' }],
+  ['1.2.840.113549.1.1.12', { family: 'rsa', hash: 'sha384' }],
+  ['1.2.840.113549.1.1.13', { family: 'rsa', hash: 'sha512' }],
+  ['1.3.101.112', { family: 'ed25519', hash: null }],
+]);
+
+const invalidCsr = (message: string, cause?: unknown): BrokerError =>
+  new BrokerError('invalid_csr', 400, message, cause === undefined ? undefined : { cause });
+const weakKey = (message: string): BrokerError => new BrokerError('weak_key', 400, message);
+
+/**
+ * Classifies a key Tessera will certify, or throws weak_key. Allowed: EC P-256/P-384,
+ * RSA 2048..8192 bits with an odd exponent ≥ 65537, Ed25519.
+ */
+export function keyKindOf(key: KeyObject): KeyKind {
+  if (key.type === 'secret') throw weakKey('a symmetric key cannot be certified');
+  const details = key.asymmetricKeyDetails ?? {};
+  switch (key.asymmetricKeyType) {
+    case 'ec':
+      if (details.namedCurve === 'prime256v1') return 'ec-p256';
+      if (details.namedCurve === 'secp384r1') return 'ec-p384';
+      throw weakKey(`EC curve ${details.namedCurve ?? '(explicit parameters)'} is not allowed; use P-256 or P-384`);
+    case 'rsa': {
+      const bits = details.modulusLength ?? 0;
+      if (bits < RSA_MIN_BITS) throw weakKey(`RSA key of ${bits} bits is too small; at least ${RSA_MIN_BITS} required`);
+      if (bits > RSA_MAX_BITS) throw weakKey(`RSA key of ${bits} bits is too large; at most ${RSA_MAX_BITS} allowed`);
+      const e = details.publicExponent ?? 0n;
+      if (e < 65537n || e % 2n === 0n) throw weakKey('RSA public exponent must be odd and at least 65537');
+      return 'rsa';
+    }
+    case 'ed25519':
+      return 'ed25519';
+    default:
+      throw weakKey(`key type ${key.asymmetricKeyType ?? 'unknown'} is not allowed; use EC P-256/P-384, RSA ≥ 2048 or Ed25519`);
+  }
+}
+
+const PEM_RE = /^-----BEGIN ((?:NEW )?CERTIFICATE REQUEST)-----([\s\S]*?)-----END ((?:NEW )?CERTIFICATE REQUEST)-----$/;
+const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
+
+/** Exactly one CSR PEM block, surrounded by whitespace only, with a canonical base64 body. */
+function pemToDer(pem: string): Buffer {
+  if (typeof pem !== 'string') throw invalidCsr('CSR must be a PEM string');
+  if (pem.length > MAX_CSR_PEM_BYTES || Buffer.byteLength(pem, 'utf8') > MAX_CSR_PEM_BYTES) {
+    throw invalidCsr(`CSR PEM exceeds ${MAX_CSR_PEM_BYTES} bytes`);
+  }
+  const m = PEM_RE.exec(pem.trim());
+  if (m === null || m[1] !== m[3]) throw invalidCsr('expected exactly one "CERTIFICATE REQUEST" PEM block');
+  // A second block or PEM headers would leave "-" or ":" in the body, which base64 rejects.
+  const body = (m[2] ?? '').replace(/\s+/g, '');
+  if (body.length % 4 !== 0 || !BASE64_RE.test(body)) throw invalidCsr('CSR PEM body is not valid base64');
+  const der = Buffer.from(body, 'base64');
+  if (der.toString('base64') !== body) throw invalidCsr('CSR PEM body is not canonical base64');
+  return der;
+}
+
+interface CsrParts {
+  readonly criRaw: Buffer;
+  readonly spki: Buffer;
+  readonly sigAlgOid: string;
+  readonly signature: Buffer;
+}
+
+/** AlgorithmIdentifier: OID plus optional parameters node. */
+function algorithmIdentifier(node: DerNode, what: string): { oid: string; params: DerNode | undefined } {
+  const parts = sequenceOf(node, what, 1, 2);
+  return { oid: readOid(child(node, 0, `${what} OID`)), params: parts[1] };
+}
+
+function splitCsr(der: Buffer): CsrParts {
+  const root = readDer(der, { maxDepth: 24, maxNodes: 4096 });
+  const [cri, sigAlg, sig] = sequenceOf(root, 'CertificationRequest', 3) as [DerNode, DerNode, DerNode];
+  const criParts = sequenceOf(cri, 'CertificationRequestInfo', 3, 4);
+  if (readInteger(child(cri, 0, 'version')) !== 0n) throw new DerError('unsupported CSR version');
+  expectTag(child(cri, 1, 'subject'), TAG.SEQUENCE, 'subject');
+  const spkiNode = child(cri, 2, 'subjectPKInfo');
+  sequenceOf(spkiNode, 'SubjectPublicKeyInfo', 2);
+  algorithmIdentifier(child(spkiNode, 0, 'SPKI algorithm'), 'SPKI algorithm');
+  if (readBitString(child(spkiNode, 1, 'subjectPublicKey')).unusedBits !== 0) throw new DerError('subjectPublicKey has unused bits');
+  // attributes [0] IMPLICIT SET OF Attribute; contents ignored (tolerated when absent).
+  const attrs = criParts[3];
+  if (attrs !== undefined) expectTag(attrs, 0xa0, 'attributes');
+
+  const alg = algorithmIdentifier(sigAlg, 'signatureAlgorithm');
+  const sigBits = readBitString(sig);
+  if (sigBits.unusedBits !== 0) throw new DerError('signature has unused bits');
+  const family = SIGNATURE_ALGORITHMS.get(alg.oid)?.family;
+  // RFC 4055 says NULL for PKCS#1 v1.5; ECDSA (RFC 5758) and Ed25519 (RFC 8410) have none.
+  if (alg.params !== undefined) {
+    if (family === 'rsa') readNull(alg.params);
+    else if (family !== undefined) throw new DerError('signature algorithm must not have parameters');
+  }
+  return { criRaw: cri.raw, spki: spkiNode.raw, sigAlgOid: alg.oid, signature: sigBits.bytes };
+}
+
+/** Parses a PEM CSR, verifies its self-signature and returns only its public key. */
+export function parseCsrPem(pem: string): ParsedCsr {
+  const der = pemToDer(pem);
+  let parts: CsrParts;
+  try {
+    parts = splitCsr(der);
+  } catch (err) {
+    if (err instanceof DerError) throw invalidCsr(`malformed CSR: ${err.message}`);
+    throw err;
+  }
+
+  let publicKey: KeyObject;
+  try {
+    publicKey = createPublicKey({ key: parts.spki, format: 'der', type: 'spki' });
+  } catch (err) {
+    throw invalidCsr('CSR public key is malformed or of an unsupported type', err);
+  }
+  const keyKind = keyKindOf(publicKey);
+
+  const alg = SIGNATURE_ALGORITHMS.get(parts.sigAlgOid);
+  if (alg === undefined) throw invalidCsr(`CSR signature algorithm ${parts.sigAlgOid} is not allowed`);
+  const keyFamily: SigFamily = keyKind === 'rsa' ? 'rsa' : keyKind === 'ed25519' ? 'ed25519' : 'ecdsa';
+  if (alg.family !== keyFamily) throw invalidCsr('CSR signature algorithm does not match its key type');
+
+  let ok: boolean;
+  try {
+    ok =
+      alg.family === 'rsa'
+        ? cryptoVerify(alg.hash, parts.criRaw, { key: publicKey, padding: cryptoConstants.RSA_PKCS1_PADDING }, parts.signature)
+        : alg.family === 'ecdsa'
+          ? cryptoVerify(alg.hash, parts.criRaw, { key: publicKey, dsaEncoding: 'der' }, parts.signature)
+          : cryptoVerify(null, parts.criRaw, publicKey, parts.signature);
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw invalidCsr('CSR signature does not verify');
+  return { publicKey, spki: Buffer.from(parts.spki), keyKind };
+}
