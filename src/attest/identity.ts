@@ -1,0 +1,28 @@
+/**
+ * The caller, as the rest of the broker sees it. policy/, issue/ and audit/ know nothing else
+ * about a request's origin: never an IP address.
+ */
+export type IdentitySource = 'k8s-sa-token' | 'mtls' | 'break-glass';
+
+export interface WorkloadClaims {
+  /** Kubernetes namespace and service account (present for every workload identity). */
+  readonly namespace: string;
+  readonly serviceAccount: string;
+  readonly serviceAccountUid?: string;
+  readonly podName?: string;
+  readonly podUid?: string;
+  /** Token issuer (k8s-sa-token) or the serial of the presented SVID (mtls). */
+  readonly issuer?: string;
+  readonly presentedSerial?: string;
+  /** Token id, used for the replay cache and for audit correlation (never the token itself). */
+  readonly tokenId?: string;
+  /** When the presented credential expires (ms since epoch). */
+  readonly credentialExpiresAt?: number;
+}
+
+export interface Identity {
+  readonly spiffeId: string;
+  readonly trustDomain: string;
+  readonly source: IdentitySource;
+  readonly claims: WorkloadClaims;
+}

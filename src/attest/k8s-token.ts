@@ -1,0 +1,280 @@
+/**
+ * Attests a workload from a Kubernetes projected service account token (a JWT signed by the
+ * cluster's service account issuer). Deliberately narrow: RS256/ES256 only, no key material taken
+ * from the token itself (jku, x5u, jwk, x5c), no `crit` extensions, the issuer picked by exact `iss`
+ * match and its keys pinned per algorithm. Every failure is a 401 `invalid_token`.
+ */
+import { errors, jwtVerify, type JWTPayload } from 'jose';
+import { BrokerError } from '../errors.js';
+import { systemClock, type Clock } from '../clock.js';
+import { validateTrustDomain, workloadSpiffeId } from '../spiffe/id.js';
+import type { Identity, WorkloadClaims } from './identity.js';
+import { DEFAULT_JWKS_REFRESH_INTERVAL_MS, JwksKeySource, type VerificationAlgorithm } from './jwks.js';
+
+export interface TokenIssuerOptions {
+  /** Exact `iss` value the tokens carry. */
+  issuer: string;
+  jwksFile?: string;
+  jwksUrl?: string;
+  /** Permit an http: jwksUrl (tests only). */
+  allowInsecureHttp?: boolean;
+  /** A token is accepted when its `aud` contains one of these. */
+  audiences: readonly string[];
+  /** Longest accepted `exp − iat` (or `exp − nbf`), default 86400. */
+  maxLifetimeSeconds?: number;
+  /** Require `kubernetes.io.pod` (name and uid): only pod-bound tokens are accepted. */
+  requirePodBinding?: boolean;
+  /** Minimum time between JWKS fetches, default 30000. */
+  jwksRefreshIntervalMs?: number;
+}
+
+export interface ServiceAccountTokenAttestorOptions {
+  trustDomain: string;
+  issuers: readonly TokenIssuerOptions[];
+  clock?: Clock;
+  /** Tolerance on nbf, iat and exp, default 60. */
+  clockSkewSeconds?: number;
+}
+
+export const MAX_TOKEN_BYTES = 16 * 1024;
+export const DEFAULT_MAX_LIFETIME_SECONDS = 86_400;
+export const DEFAULT_CLOCK_SKEW_SECONDS = 60;
+
+/** Header parameters that would make us fetch or trust key material chosen by the token. */
+const FORBIDDEN_HEADERS = ['jku', 'x5u', 'jwk', 'x5c', 'crit'] as const;
+/** Three non-empty base64url segments: no JSON serialization, no padding, no whitespace. */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const UID = /^[A-Za-z0-9-]{1,64}$/;
+const TOKEN_ID = /^[\x21-\x7e]{1,256}$/;
+
+/** RFC 1123 label, as Kubernetes requires of namespace names. */
+export function isDnsLabel(value: string): boolean {
+  return value.length <= 63 && DNS_LABEL.test(value);
+}
+
+/** RFC 1123 subdomain, as Kubernetes requires of service account and pod names. */
+export function isDnsSubdomain(value: string): boolean {
+  return value.length <= 253 && DNS_SUBDOMAIN.test(value);
+}
+
+const invalidToken = (message: string): BrokerError => new BrokerError('invalid_token', 401, message);
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Decodes one unverified segment as a JSON object, for routing only (never trusted). */
+function decodeSegment(segment: string, what: string): Record<string, unknown> {
+  // A length of 1 mod 4 is not base64 at all; other decoders would disagree on it.
+  if (segment.length % 4 === 1) throw invalidToken(`token ${what} is not valid base64url`);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(strictUtf8.decode(Buffer.from(segment, 'base64url')));
+  } catch {
+    throw invalidToken(`token ${what} is not valid JSON`);
+  }
+  if (!isRecord(parsed)) throw invalidToken(`token ${what} is not a JSON object`);
+  return parsed;
+}
+
+interface IssuerState {
+  readonly issuer: string;
+  readonly audiences: string[];
+  readonly maxLifetimeSeconds: number;
+  readonly requirePodBinding: boolean;
+  readonly keys: JwksKeySource;
+}
+
+export class ServiceAccountTokenAttestor {
+  readonly trustDomain: string;
+  private readonly issuers = new Map<string, IssuerState>();
+  private readonly clock: Clock;
+  private readonly skew: number;
+
+  constructor(opts: ServiceAccountTokenAttestorOptions) {
+    this.trustDomain = validateTrustDomain(opts.trustDomain);
+    this.clock = opts.clock ?? systemClock;
+    this.skew = opts.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS;
+    if (!Number.isFinite(this.skew) || this.skew < 0) throw new Error('clockSkewSeconds must be a non-negative number');
+
+    for (const cfg of opts.issuers) {
+      if (typeof cfg.issuer !== 'string' || cfg.issuer.length === 0) throw new Error('token issuer must be a non-empty string');
+      if (this.issuers.has(cfg.issuer)) throw new Error(`token issuer ${cfg.issuer} is configured twice`);
+      if (cfg.audiences.length === 0 || cfg.audiences.some((a) => typeof a !== 'string' || a.length === 0)) {
+        throw new Error(`token issuer ${cfg.issuer}: audiences must be a non-empty list of non-empty strings`);
+      }
+      const maxLifetimeSeconds = cfg.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS;
+      if (!Number.isFinite(maxLifetimeSeconds) || maxLifetimeSeconds <= 0) {
+        throw new Error(`token issuer ${cfg.issuer}: maxLifetimeSeconds must be a positive number`);
+      }
+      this.issuers.set(cfg.issuer, {
+        issuer: cfg.issuer,
+        audiences: [...cfg.audiences],
+        maxLifetimeSeconds,
+        requirePodBinding: cfg.requirePodBinding === true,
+        keys: new JwksKeySource({
+          issuer: cfg.issuer,
+          jwksFile: cfg.jwksFile,
+          jwksUrl: cfg.jwksUrl,
+          allowInsecureHttp: cfg.allowInsecureHttp,
+          refreshIntervalMs: cfg.jwksRefreshIntervalMs ?? DEFAULT_JWKS_REFRESH_INTERVAL_MS,
+          clock: this.clock,
+        }),
+      });
+    }
+    if (this.issuers.size === 0) throw new Error('at least one token issuer must be configured');
+  }
+
+  /** The key source of a configured issuer (startup warm-up, metrics). */
+  keySource(issuer: string): JwksKeySource | undefined {
+    return this.issuers.get(issuer)?.keys;
+  }
+
+  /** Verifies a service account token; resolves an Identity or rejects with a 401 BrokerError. */
+  async attest(token: string): Promise<Identity> {
+    try {
+      return await this.verify(token);
+    } catch (err) {
+      throw toInvalidToken(err);
+    }
+  }
+
+  private async verify(token: string): Promise<Identity> {
+    if (typeof token !== 'string' || token.length === 0) throw invalidToken('token must be a non-empty string');
+    // UTF-16 length never exceeds UTF-8 length, and the format check below admits only ASCII.
+    if (token.length > MAX_TOKEN_BYTES) throw invalidToken(`token is larger than ${MAX_TOKEN_BYTES} bytes`);
+    if (!COMPACT_JWS.test(token)) throw invalidToken('token is not a compact JWS (three base64url parts)');
+    const [headerPart = '', payloadPart = ''] = token.split('.');
+
+    const header = decodeSegment(headerPart, 'header');
+    for (const name of FORBIDDEN_HEADERS) {
+      if (Object.hasOwn(header, name)) throw invalidToken(`token header "${name}" is not accepted`);
+    }
+    const alg = header.alg;
+    if (alg !== 'RS256' && alg !== 'ES256') throw invalidToken('token algorithm is not allowed (RS256 or ES256 only)');
+
+    // Routing only: the issuer's keys decide; jose checks `iss` again on the verified payload.
+    const unverified = decodeSegment(payloadPart, 'payload');
+    if (typeof unverified.iss !== 'string') throw invalidToken('token has no issuer');
+    const cfg = this.issuers.get(unverified.iss);
+    if (!cfg) throw invalidToken('token issuer is not trusted');
+
+    const nowMs = this.clock.now();
+    const { payload } = await jwtVerify(token, cfg.keys.resolver, {
+      algorithms: [alg satisfies VerificationAlgorithm],
+      issuer: cfg.issuer,
+      audience: cfg.audiences,
+      requiredClaims: ['exp', 'iat'],
+      clockTolerance: this.skew,
+      currentDate: new Date(nowMs),
+    });
+    return this.identityFrom(payload, cfg, nowMs / 1000);
+  }
+
+  private identityFrom(payload: JWTPayload, cfg: IssuerState, now: number): Identity {
+    const { exp, iat, nbf } = payload;
+    if (typeof exp !== 'number' || !Number.isFinite(exp)) throw invalidToken('token "exp" claim is not a number');
+    if (typeof iat !== 'number' || !Number.isFinite(iat)) throw invalidToken('token "iat" claim is not a number');
+    if (nbf !== undefined && (typeof nbf !== 'number' || !Number.isFinite(nbf))) {
+      throw invalidToken('token "nbf" claim is not a number');
+    }
+    if (iat > now + this.skew) throw invalidToken('token is issued in the future');
+    const start = nbf === undefined ? iat : Math.min(iat, nbf);
+    if (exp <= start) throw invalidToken('token expires before it becomes valid');
+    if (exp - start > cfg.maxLifetimeSeconds) throw invalidToken('token lifetime exceeds the maximum accepted');
+
+    const k8s = payload['kubernetes.io'];
+    if (!isRecord(k8s)) throw invalidToken('token has no "kubernetes.io" claim');
+    const namespace = k8s.namespace;
+    const sa = k8s.serviceaccount;
+    if (typeof namespace !== 'string') throw invalidToken('token has no Kubernetes namespace');
+    if (!isRecord(sa) || typeof sa.name !== 'string') throw invalidToken('token has no Kubernetes service account name');
+    const serviceAccount = sa.name;
+    if (!isDnsLabel(namespace)) throw invalidToken('token namespace is not a valid Kubernetes namespace name');
+    if (!isDnsSubdomain(serviceAccount)) {
+      throw invalidToken('token service account is not a valid Kubernetes service account name');
+    }
+    if (payload.sub !== `system:serviceaccount:${namespace}:${serviceAccount}`) {
+      throw invalidToken('token subject does not match its Kubernetes service account');
+    }
+    const serviceAccountUid = optionalUid(sa.uid, 'service account uid');
+
+    let podName: string | undefined;
+    let podUid: string | undefined;
+    const pod = k8s.pod;
+    if (pod !== undefined) {
+      if (!isRecord(pod) || typeof pod.name !== 'string' || typeof pod.uid !== 'string') {
+        throw invalidToken('token pod binding must have a name and a uid');
+      }
+      if (!isDnsSubdomain(pod.name)) throw invalidToken('token pod name is not a valid Kubernetes pod name');
+      podName = pod.name;
+      podUid = optionalUid(pod.uid, 'pod uid');
+    } else if (cfg.requirePodBinding) {
+      throw invalidToken('token is not bound to a pod');
+    }
+
+    let tokenId: string | undefined;
+    if (payload.jti !== undefined) {
+      if (typeof payload.jti !== 'string' || !TOKEN_ID.test(payload.jti)) throw invalidToken('token "jti" claim is malformed');
+      tokenId = payload.jti;
+    }
+
+    const claims: WorkloadClaims = {
+      namespace,
+      serviceAccount,
+      ...(serviceAccountUid !== undefined && { serviceAccountUid }),
+      ...(podName !== undefined && { podName }),
+      ...(podUid !== undefined && { podUid }),
+      issuer: cfg.issuer,
+      ...(tokenId !== undefined && { tokenId }),
+      credentialExpiresAt: exp * 1000,
+    };
+    return {
+      spiffeId: workloadSpiffeId(this.trustDomain, namespace, serviceAccount),
+      trustDomain: this.trustDomain,
+      source: 'k8s-sa-token',
+      claims,
+    };
+  }
+}
+
+function optionalUid(value: unknown, what: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !UID.test(value)) throw invalidToken(`token ${what} is malformed`);
+  return value;
+}
+
+/** Maps anything thrown while verifying to one 401 with a message that says what was wrong. */
+function toInvalidToken(err: unknown): BrokerError {
+  if (err instanceof BrokerError) {
+    return err.code === 'invalid_token' && err.status === 401 ? err : invalidToken(err.message);
+  }
+  if (err instanceof errors.JWTExpired) return invalidToken('token has expired');
+  if (err instanceof errors.JWTClaimValidationFailed) return invalidToken(claimMessage(err.claim, err.reason));
+  if (err instanceof errors.JWSSignatureVerificationFailed) return invalidToken('token signature is invalid');
+  if (err instanceof errors.JOSEAlgNotAllowed) return invalidToken('token algorithm is not allowed');
+  if (err instanceof errors.JWKSNoMatchingKey) return invalidToken('token key id is unknown');
+  if (err instanceof errors.JWKSMultipleMatchingKeys) return invalidToken('token key id matches several keys');
+  if (err instanceof errors.JWTInvalid) return invalidToken('token claims are not a JSON object');
+  if (err instanceof errors.JWSInvalid) return invalidToken('token is not a well-formed JWS');
+  return invalidToken('token could not be verified');
+}
+
+function claimMessage(claim: string, reason: string): string {
+  if (reason === 'missing') return `token is missing the "${claim}" claim`;
+  if (reason === 'invalid') return `token "${claim}" claim has the wrong type`;
+  switch (claim) {
+    case 'nbf':
+      return 'token is not yet valid';
+    case 'aud':
+      return 'token audience is not accepted';
+    case 'iss':
+      return 'token issuer does not match';
+    default:
+      return `token "${claim}" claim is not accepted`;
+  }
+}
