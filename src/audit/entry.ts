@@ -1,0 +1,177 @@
+/**
+ * The audit entry shape and its canonical byte encoding (the bytes that get leaf-hashed).
+ *
+ * canonicalJson is a deliberately small subset of RFC 8785 (JCS): keys sorted by UTF-16 code units,
+ * no whitespace, UTF-8, and numbers restricted to safe integers so no float formatting question can
+ * ever arise. Anything that JSON would silently coerce or drop (NaN, Dates, Maps, class instances,
+ * functions, holes/undefined in arrays) is rejected instead, so two encoders cannot disagree.
+ */
+import { BrokerError } from '../errors.js';
+
+export type AuditEventType =
+  | 'x509-svid.issued'
+  | 'jwt-svid.issued'
+  | 'denial'
+  | 'admin'
+  | 'break-glass'
+  | 'secret.issued'
+  | 'lease.revoked';
+
+/**
+ * One audit log record. NEVER put secret material here (keys, tokens, secret values, CSR private
+ * parts): the log is append-only and replicated to verifiers, so nothing in it can be revoked.
+ * Every field is an identifier or metadata — serial, jti, leaseId and keyFingerprint identify a
+ * credential without being able to reproduce it.
+ */
+export interface AuditEntry {
+  /** UTC milliseconds (Clock.now()). */
+  ts: number;
+  type: AuditEventType;
+  decision: 'allow' | 'deny';
+  /** Caller SPIFFE ID (null when the caller could not be authenticated). */
+  actor: string | null;
+  /** SPIFFE ID the credential is for (null for events that are not about one identity). */
+  subject: string | null;
+  source?: string;
+  namespace?: string;
+  serviceAccount?: string;
+  podName?: string;
+  podUid?: string;
+  serial?: string;
+  jti?: string;
+  leaseId?: string;
+  audience?: string[];
+  ttlMs?: number;
+  expiresAt?: number;
+  keyFingerprint?: string;
+  reason?: string;
+  code?: string;
+  requestId: string;
+  replica: string;
+}
+
+export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
+  'x509-svid.issued',
+  'jwt-svid.issued',
+  'denial',
+  'admin',
+  'break-glass',
+  'secret.issued',
+  'lease.revoked',
+];
+
+const MAX_DEPTH = 64;
+
+function fail(path: string, why: string): never {
+  throw new TypeError(`canonicalJson: ${path}: ${why}`);
+}
+
+function isPlainObject(v: object): boolean {
+  const proto: unknown = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+function encode(value: unknown, path: string, stack: Set<object>, out: string[]): void {
+  switch (typeof value) {
+    case 'string':
+      // JSON.stringify of a string is deterministic, and escapes lone surrogates (ES2019).
+      out.push(JSON.stringify(value));
+      return;
+    case 'number':
+      if (!Number.isSafeInteger(value)) fail(path, `only safe integers are allowed (got ${String(value)})`);
+      out.push(Object.is(value, -0) ? '0' : String(value));
+      return;
+    case 'boolean':
+      out.push(value ? 'true' : 'false');
+      return;
+    case 'object':
+      break;
+    default:
+      // undefined (as a value, not a property), function, symbol, bigint.
+      fail(path, `${typeof value} is not representable`);
+  }
+  if (value === null) {
+    out.push('null');
+    return;
+  }
+  if (stack.has(value)) fail(path, 'cycle');
+  if (stack.size >= MAX_DEPTH) fail(path, 'nested too deeply');
+  stack.add(value);
+  if (Array.isArray(value)) {
+    if (Object.getPrototypeOf(value) !== Array.prototype) fail(path, 'array subclass');
+    out.push('[');
+    for (let i = 0; i < value.length; i++) {
+      if (i > 0) out.push(',');
+      if (!(i in value) || value[i] === undefined) fail(`${path}[${i}]`, 'undefined/hole in array');
+      encode(value[i], `${path}[${i}]`, stack, out);
+    }
+    out.push(']');
+  } else {
+    if (!isPlainObject(value)) fail(path, 'only plain objects are allowed');
+    const obj = value as Record<string, unknown>;
+    // Default sort compares UTF-16 code units, the same order RFC 8785 uses.
+    const keys = Object.keys(obj).sort();
+    out.push('{');
+    let first = true;
+    for (const key of keys) {
+      const v = obj[key];
+      if (v === undefined) continue; // absent optional property
+      if (!first) out.push(',');
+      first = false;
+      out.push(JSON.stringify(key), ':');
+      encode(v, `${path}.${key}`, stack, out);
+    }
+    out.push('}');
+  }
+  stack.delete(value);
+}
+
+/** Canonical UTF-8 JSON bytes of `value`. Throws TypeError on anything outside the subset. */
+export function canonicalJson(value: unknown): Buffer {
+  const out: string[] = [];
+  encode(value, '$', new Set(), out);
+  return Buffer.from(out.join(''), 'utf8');
+}
+
+const OPTIONAL_STRINGS = [
+  'source',
+  'namespace',
+  'serviceAccount',
+  'podName',
+  'podUid',
+  'serial',
+  'jti',
+  'leaseId',
+  'keyFingerprint',
+  'reason',
+  'code',
+] as const;
+
+/**
+ * Parses stored entry bytes back into an AuditEntry, checking the shape (for readers and
+ * verifiers of the log; the log itself stores and hashes the bytes, never the parsed form).
+ */
+export function parseAuditEntry(bytes: Uint8Array): AuditEntry {
+  const bad = (why: string): BrokerError => new BrokerError('bad_request', 400, `malformed audit entry: ${why}`);
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
+  } catch {
+    throw bad('not JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('not an object');
+  const o = v as Record<string, unknown>;
+  const int = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x);
+  const strOrNull = (x: unknown): boolean => typeof x === 'string' || x === null;
+  if (!int(o.ts)) throw bad('ts');
+  if (!AUDIT_EVENT_TYPES.includes(o.type as AuditEventType)) throw bad('type');
+  if (o.decision !== 'allow' && o.decision !== 'deny') throw bad('decision');
+  if (!strOrNull(o.actor) || !strOrNull(o.subject)) throw bad('actor/subject');
+  if (typeof o.requestId !== 'string' || typeof o.replica !== 'string') throw bad('requestId/replica');
+  for (const k of OPTIONAL_STRINGS) if (o[k] !== undefined && typeof o[k] !== 'string') throw bad(k);
+  for (const k of ['ttlMs', 'expiresAt'] as const) if (o[k] !== undefined && !int(o[k])) throw bad(k);
+  if (o.audience !== undefined && !(Array.isArray(o.audience) && o.audience.every((a) => typeof a === 'string'))) {
+    throw bad('audience');
+  }
+  return o as unknown as AuditEntry;
+}

@@ -1,0 +1,189 @@
+/**
+ * The audit log: every issuance and denial, appended to the store (durable before `append` resolves)
+ * and mirrored into an in-memory RFC 6962 Merkle tree so each caller gets a receipt with an inclusion
+ * proof. If the store cannot make the entry durable, `append` rejects with audit_unavailable and the
+ * caller must not hand out a credential (fail closed).
+ *
+ * The store, not this class, assigns indexes: with a shared store (Redis) other replicas append too,
+ * so after our append the tree is caught up to at least our index by reading entries we have not seen.
+ * Entries never carry secrets (see AuditEntry): the log is permanent and copied to verifiers.
+ */
+import { BrokerError, auditUnavailable } from '../errors.js';
+import type { Store } from '../store/store.js';
+import { type AuditEntry, canonicalJson } from './entry.js';
+import { MerkleTree, leafHash } from './merkle.js';
+
+export interface AuditReceipt {
+  readonly index: number;
+  /** Size of the tree the root and proof are for (≥ index + 1). */
+  readonly treeSize: number;
+  /** base64 */
+  readonly rootHash: string;
+  /** base64 of SHA-256(0x00 ‖ canonical entry bytes) */
+  readonly leafHash: string;
+  /** base64, leaf's sibling first (RFC 9162 inclusion path) */
+  readonly inclusionProof: readonly string[];
+}
+
+/** Entries read per store call while rebuilding or catching up. */
+const READ_BATCH = 16_384;
+
+export class AuditLog {
+  readonly #store: Store;
+  readonly #tree: MerkleTree;
+  /** Leaf hashes of our own appends not yet in the tree, by index: catch-up needs no read for them. */
+  readonly #ownPending = new Map<number, Buffer>();
+  /** Tree size some caller is waiting for. */
+  #want = 0;
+  /** The single running catch-up, if any (catch-ups are serialized). */
+  #catchingUp: Promise<void> | null = null;
+
+  private constructor(store: Store, tree: MerkleTree) {
+    this.#store = store;
+    this.#tree = tree;
+  }
+
+  /** Rebuilds the tree from every entry in the store, reading in large batches. */
+  static async open(store: Store): Promise<AuditLog> {
+    let size: number;
+    try {
+      size = await store.auditSize();
+    } catch (err) {
+      throw asAuditError(err, 'audit store unavailable');
+    }
+    // Headroom so the first appends after a restart do not re-grow the level buffers.
+    const log = new AuditLog(store, new MerkleTree({ capacity: size + 1024 }));
+    log.#want = size;
+    await log.#catchUp();
+    return log;
+  }
+
+  get size(): number {
+    return this.#tree.size;
+  }
+
+  root(size: number = this.#tree.size): Buffer {
+    return this.#tree.root(size);
+  }
+
+  inclusionProof(index: number, size: number): Buffer[] {
+    return this.#tree.inclusionProof(index, size);
+  }
+
+  consistencyProof(from: number, to: number): Buffer[] {
+    return this.#tree.consistencyProof(from, to);
+  }
+
+  /** Leaf hash of entry `index` (must be < size). */
+  leafHash(index: number): Buffer {
+    return this.#tree.leaf(index);
+  }
+
+  /** Raw canonical entry bytes [start, end) from the store. */
+  async entries(start: number, end: number): Promise<Buffer[]> {
+    return this.#store.readAuditEntries(start, end);
+  }
+
+  /** Catches the tree up with entries other replicas appended; returns the new size. */
+  async refresh(): Promise<number> {
+    let size: number;
+    try {
+      size = await this.#store.auditSize();
+    } catch (err) {
+      throw asAuditError(err, 'audit store unavailable');
+    }
+    await this.#ensure(size);
+    return this.#tree.size;
+  }
+
+  async checkWritable(): Promise<void> {
+    try {
+      await this.#store.checkWritable();
+    } catch (err) {
+      throw asAuditError(err, 'audit log is not writable');
+    }
+  }
+
+  /**
+   * Makes `entry` durable and returns its receipt. Rejects with audit_unavailable (503) if the store
+   * refuses or the tree cannot be caught up; nothing is returned as success in that case.
+   */
+  async append(entry: AuditEntry): Promise<AuditReceipt> {
+    let bytes: Buffer;
+    try {
+      bytes = canonicalJson(entry);
+    } catch (err) {
+      throw new BrokerError('internal', 500, 'audit entry cannot be encoded', { cause: err });
+    }
+    const leaf = leafHash(bytes);
+    let index: number;
+    try {
+      index = await this.#store.appendAuditEntries([bytes]);
+    } catch (err) {
+      throw asAuditError(err, 'audit entry could not be recorded');
+    }
+    if (!Number.isSafeInteger(index) || index < 0) throw auditUnavailable(`store returned invalid audit index ${String(index)}`);
+    if (index >= this.#tree.size) this.#ownPending.set(index, leaf);
+    try {
+      await this.#ensure(index + 1);
+    } finally {
+      this.#ownPending.delete(index);
+    }
+    // Only sync code from here: the receipt describes one consistent tree size.
+    if (!this.#tree.leaf(index).equals(leaf)) {
+      // The store put different bytes at the index it gave us: never hand out that receipt.
+      throw auditUnavailable(`audit store returned index ${index} holding a different entry`);
+    }
+    const treeSize = this.#tree.size;
+    return {
+      index,
+      treeSize,
+      rootHash: this.#tree.root(treeSize).toString('base64'),
+      leafHash: leaf.toString('base64'),
+      inclusionProof: this.#tree.inclusionProof(index, treeSize).map((h) => h.toString('base64')),
+    };
+  }
+
+  /** Resolves once the tree has at least `target` leaves. */
+  async #ensure(target: number): Promise<void> {
+    while (this.#tree.size < target) {
+      if (target > this.#want) this.#want = target;
+      if (!this.#catchingUp) {
+        this.#catchingUp = this.#catchUp().finally(() => {
+          this.#catchingUp = null;
+        });
+      }
+      await this.#catchingUp;
+    }
+  }
+
+  /** Grows the tree to #want, taking our own leaf hashes from memory and reading the rest in batches. */
+  async #catchUp(): Promise<void> {
+    while (this.#tree.size < this.#want) {
+      const own = this.#ownPending.get(this.#tree.size);
+      if (own) {
+        this.#tree.append(own);
+        this.#ownPending.delete(this.#tree.size - 1);
+        continue;
+      }
+      // Read the run of indexes we do not hold, up to the next own one.
+      const start = this.#tree.size;
+      let end = start + 1;
+      while (end < this.#want && end - start < READ_BATCH && !this.#ownPending.has(end)) end++;
+      let got: Buffer[];
+      try {
+        got = await this.#store.readAuditEntries(start, end);
+      } catch (err) {
+        throw asAuditError(err, 'audit entries could not be read');
+      }
+      if (got.length !== end - start) throw auditUnavailable(`audit store returned ${got.length} entries for [${start}, ${end})`);
+      // Another reader cannot have advanced the tree meanwhile: catch-ups are serialized.
+      for (const e of got) this.#tree.append(leafHash(e));
+    }
+  }
+}
+
+function asAuditError(err: unknown, message: string): BrokerError {
+  if (err instanceof BrokerError && err.code === 'audit_unavailable') return err;
+  return auditUnavailable(message, err);
+}

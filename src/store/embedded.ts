@@ -1,0 +1,692 @@
+/**
+ * Embedded Store: memory + append-only files in one directory (mode 0700), fsync'd.
+ *
+ *   <dir>/audit.log        audit entries, one record each, index = position in the file
+ *   <dir>/checkpoints.log  signed checkpoint notes (UTF-8)
+ *   <dir>/nonces.log       consumed single-use keys (see consumeOnce)
+ *
+ * Record framing (all three files), big-endian:
+ *
+ *   offset 0  4 bytes  magic "TsR1"
+ *   offset 4  4 bytes  CRC-32 (zlib polynomial) of bytes 8..12+L, i.e. the length field and the payload
+ *   offset 8  4 bytes  payload length L (u32, at most MAX_PAYLOAD)
+ *   offset 12 L bytes  payload
+ *
+ * The CRC catches torn writes and media corruption; tampering is caught by the Merkle root over the
+ * audit entries (and signed checkpoints), not by this checksum. The magic lets recovery tell a torn
+ * tail (nothing valid after the first bad record: truncate it) from damage in the middle of the file
+ * (a valid record follows the bad one: refuse to open, never silently drop acknowledged entries).
+ *
+ * Writes use group commit: appends queue while a flush runs; the next flush writes everything queued
+ * with one positioned write and one fdatasync, then resolves the callers in order. On failure the
+ * whole batch is rejected and the file is truncated back to its last durable length before anything
+ * else is written, so a rejected entry cannot reappear.
+ */
+import { createHash } from 'node:crypto';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { type Clock, systemClock } from '../clock.js';
+import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import type { Store } from './store.js';
+
+/** The subset of fs.promises.FileHandle the store uses; injectable so tests can make I/O fail. */
+export interface StoreFileHandle {
+  read(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  write(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesWritten: number }>;
+  datasync(): Promise<void>;
+  truncate(len: number): Promise<void>;
+  stat(): Promise<{ size: number }>;
+  close(): Promise<void>;
+}
+
+/** Opens (creating if missing, mode 0600) a file for positioned reads and writes. */
+export type OpenStoreFile = (filePath: string) => Promise<StoreFileHandle>;
+
+export const openStoreFile: OpenStoreFile = (filePath) =>
+  fsp.open(filePath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
+
+export interface EmbeddedStoreOptions {
+  /** fdatasync after every group commit (default true). Only tests and benchmarks turn it off. */
+  fsync?: boolean;
+  /** Time source for nonce expiry. */
+  clock?: Clock;
+  /** File opener; tests inject failures through it. */
+  openFile?: OpenStoreFile;
+}
+
+export interface EmbeddedStoreStats {
+  auditEntries: number;
+  auditBytes: number;
+  /** Successful group commits (one write + one fdatasync each). */
+  auditFlushes: number;
+  auditFlushFailures: number;
+  /** Bytes of torn tail dropped from audit.log when this store was opened. */
+  auditTornBytesDropped: number;
+  liveNonces: number;
+}
+
+/** File header: "TsLg" + u32 format version. */
+const FILE_HEADER = Buffer.from([0x54, 0x73, 0x4c, 0x67, 0, 0, 0, 1]);
+const MAGIC = Buffer.from('TsR1', 'latin1');
+const MAGIC_U32 = MAGIC.readUInt32BE(0);
+const HEADER = 12;
+/** Largest payload accepted; audit entries and notes are a few hundred bytes. */
+export const MAX_PAYLOAD = 1 << 20;
+const READ_CHUNK = 8 << 20;
+/** Cap per group commit so one flush never builds an unbounded buffer under load. */
+const MAX_BATCH_BYTES = 8 << 20;
+const MAX_NONCE_KEY = 4096;
+
+type Unavailable = (message: string, cause?: unknown) => BrokerError;
+
+function frameRecord(payload: Uint8Array, out: Buffer, at: number): number {
+  MAGIC.copy(out, at);
+  out.writeUInt32BE(payload.length, at + 8);
+  out.set(payload, at + HEADER);
+  out.writeUInt32BE(crc32(out.subarray(at + 8, at + HEADER + payload.length)), at + 4);
+  return at + HEADER + payload.length;
+}
+
+/** Validates the record starting at `at` in `buf`; returns its payload length or -1. */
+function checkRecord(buf: Buffer, at: number, avail: number): number {
+  if (avail < HEADER || buf.readUInt32BE(at) !== MAGIC_U32) return -1;
+  const len = buf.readUInt32BE(at + 8);
+  if (len > MAX_PAYLOAD || HEADER + len > avail) return -1;
+  return crc32(buf.subarray(at + 8, at + HEADER + len)) === buf.readUInt32BE(at + 4) ? len : -1;
+}
+
+interface PendingAppend {
+  /** A probe writes `frame` (zeros, never a valid record) past the end, syncs, and truncates it off. */
+  probe?: boolean;
+  frame: Buffer;
+  lengths: number[]; // framed length of each record in `frame`
+  resolve: (firstIndex: number) => void;
+  reject: (err: unknown) => void;
+}
+
+/** One append-only framed file with in-memory record offsets and group commit. */
+class FramedFile {
+  /** offsets[i] = file offset of record i; offsets[count] = durable file length. */
+  #offsets = new Float64Array(1024);
+  #count = 0;
+  #queue: PendingAppend[] = [];
+  #flushing = false;
+  #idle: Promise<void> = Promise.resolve();
+  #markIdle: () => void = () => {};
+  /** A failed flush may have left bytes past the durable length: truncate before writing again. */
+  #needsTruncate = false;
+  #lastFlushFailed = false;
+  #closed = false;
+  flushes = 0;
+  flushFailures = 0;
+  tornBytesDropped = 0;
+
+  private constructor(
+    readonly filePath: string,
+    private readonly handle: StoreFileHandle,
+    private readonly fsync: boolean,
+    private readonly unavailable: Unavailable,
+  ) {}
+
+  get count(): number {
+    return this.#count;
+  }
+
+  get durableLength(): number {
+    return this.#offsets[this.#count] ?? 0;
+  }
+
+  get failed(): boolean {
+    return this.#lastFlushFailed || this.#needsTruncate;
+  }
+
+  /**
+   * Opens and scans the file: whole valid records are accepted, a torn tail is truncated off, and a bad
+   * record followed by a valid one refuses the open. `onRecord` sees each payload (a view, valid only
+   * during the call).
+   */
+  static async open(
+    filePath: string,
+    openFile: OpenStoreFile,
+    fsync: boolean,
+    unavailable: Unavailable,
+    onRecord?: (payload: Buffer, index: number) => void,
+  ): Promise<FramedFile> {
+    const handle = await openFile(filePath);
+    const file = new FramedFile(filePath, handle, fsync, unavailable);
+    try {
+      await file.#scan(onRecord);
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw err;
+    }
+    return file;
+  }
+
+  async #scan(onRecord?: (payload: Buffer, index: number) => void): Promise<void> {
+    let fileSize = (await this.handle.stat()).size;
+    fileSize = await this.#checkFileHeader(fileSize);
+    this.#offsets[0] = FILE_HEADER.length;
+    let buf = Buffer.alloc(0);
+    let bufStart = 0;
+    let bufLen = 0;
+    // Makes [at, at+n) resident (n clipped to the file end); returns bytes available from `at`.
+    const ensure = async (at: number, n: number): Promise<number> => {
+      const want = Math.min(n, fileSize - at);
+      if (at >= bufStart && at + want <= bufStart + bufLen) return bufStart + bufLen - at;
+      const len = Math.min(Math.max(READ_CHUNK, want), fileSize - at);
+      if (buf.length < len) buf = Buffer.allocUnsafeSlow(len);
+      await readFully(this.handle, buf, len, at);
+      bufStart = at;
+      bufLen = len;
+      return len;
+    };
+    let off = FILE_HEADER.length;
+    while (off < fileSize) {
+      let avail = await ensure(off, HEADER);
+      let len = -1;
+      if (avail >= HEADER && buf.readUInt32BE(off - bufStart) === MAGIC_U32) {
+        const claimed = buf.readUInt32BE(off - bufStart + 8);
+        if (claimed <= MAX_PAYLOAD && off + HEADER + claimed <= fileSize) {
+          avail = await ensure(off, HEADER + claimed);
+          len = checkRecord(buf, off - bufStart, avail);
+        }
+      }
+      if (len < 0) {
+        await this.#handleBadRecord(off, fileSize);
+        break;
+      }
+      const at = off - bufStart;
+      onRecord?.(buf.subarray(at + HEADER, at + HEADER + len), this.#count);
+      off += HEADER + len;
+      this.#pushOffset(off);
+    }
+  }
+
+  /**
+   * Checks (or, for a new or torn-at-creation file, writes) the 8-byte file header; returns the file
+   * size to scan. A file that is not ours, or of another format version, is refused untouched.
+   */
+  async #checkFileHeader(fileSize: number): Promise<number> {
+    const head = Buffer.alloc(FILE_HEADER.length);
+    const n = Math.min(fileSize, head.length);
+    if (n > 0) await readFully(this.handle, head, n, 0);
+    if (fileSize >= FILE_HEADER.length && head.equals(FILE_HEADER)) return fileSize;
+    if (fileSize < FILE_HEADER.length && head.subarray(0, n).equals(FILE_HEADER.subarray(0, n))) {
+      await this.handle.truncate(0);
+      await writeFully(this.handle, FILE_HEADER, 0);
+      if (this.fsync) await this.handle.datasync();
+      return FILE_HEADER.length;
+    }
+    throw storeUnavailable(
+      `${this.filePath}: not a Tessera log file of format ${FILE_HEADER.readUInt32BE(4)} (header ${head.toString('hex')}); refusing to open`,
+    );
+  }
+
+  /**
+   * Bad record at `off`. A crash can only tear the last group commit, which is at most MAX_BATCH_BYTES:
+   * if the damaged region is that small and no valid record follows it, it is a torn tail and is
+   * truncated off. Anything else is corruption or tampering: refuse, leaving the file untouched.
+   */
+  async #handleBadRecord(off: number, fileSize: number): Promise<void> {
+    const tail = fileSize - off;
+    const refuse = (why: string): BrokerError =>
+      storeUnavailable(
+        `${this.filePath}: corrupt record at byte ${off} (after ${this.#count} valid records); ${why}. ` +
+          `Refusing to open: this is not a torn write. Restore from backup or inspect the file; do not delete it.`,
+      );
+    if (tail > MAX_BATCH_BYTES) throw refuse(`${tail} bytes follow it, more than one write batch`);
+    const region = Buffer.allocUnsafeSlow(tail);
+    await readFully(this.handle, region, tail, off);
+    for (let i = region.indexOf(MAGIC, 1); i !== -1; i = region.indexOf(MAGIC, i + 1)) {
+      if (checkRecord(region, i, tail - i) >= 0) throw refuse(`a valid record follows at byte ${off + i}`);
+    }
+    this.tornBytesDropped = tail;
+    await this.handle.truncate(off);
+    if (this.fsync) await this.handle.datasync();
+  }
+
+  #pushOffset(end: number): void {
+    if (this.#count + 2 > this.#offsets.length) {
+      const grown = new Float64Array(this.#offsets.length * 2);
+      grown.set(this.#offsets);
+      this.#offsets = grown;
+    }
+    this.#count++;
+    this.#offsets[this.#count] = end;
+  }
+
+  /** Queues payloads for the next group commit; resolves with the first one's index once durable. */
+  append(payloads: readonly Uint8Array[]): Promise<number> {
+    if (this.#closed) return Promise.reject(this.unavailable(`${path.basename(this.filePath)} is closed`));
+    let total = 0;
+    for (const p of payloads) total += HEADER + p.length;
+    // One call is one write; keeping it within a batch bounds what a crash can tear (see #handleBadRecord).
+    if (total > MAX_BATCH_BYTES) {
+      return Promise.reject(new BrokerError('bad_request', 400, `one append may carry at most ${MAX_BATCH_BYTES} bytes`));
+    }
+    const frame = Buffer.allocUnsafe(total);
+    const lengths: number[] = [];
+    let at = 0;
+    for (const p of payloads) {
+      lengths.push(HEADER + p.length);
+      at = frameRecord(p, frame, at);
+    }
+    return new Promise<number>((resolve, reject) => {
+      this.#queue.push({ frame, lengths, resolve, reject });
+      this.#kick();
+    });
+  }
+
+  /** Resolves once everything queued so far has been flushed (or failed). */
+  drain(): Promise<void> {
+    return this.#idle;
+  }
+
+  /**
+   * Probe after a failed flush, serialized with the flushes: truncate to the durable length, write a
+   * few zero bytes past it, fdatasync, truncate them off again. A crash mid-probe leaves only a torn
+   * tail, which open() drops. Rejects if the file still cannot be written; clears the failure if it can.
+   */
+  recover(): Promise<void> {
+    if (!this.failed) return Promise.resolve();
+    if (this.#closed) return Promise.reject(this.unavailable(`${path.basename(this.filePath)} is closed`));
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ probe: true, frame: Buffer.alloc(HEADER), lengths: [], resolve: () => resolve(), reject });
+      this.#kick();
+    });
+  }
+
+  #kick(): void {
+    if (this.#flushing) return;
+    this.#flushing = true;
+    this.#idle = new Promise<void>((r) => (this.#markIdle = r));
+    void this.#flushLoop();
+  }
+
+  async #flushLoop(): Promise<void> {
+    while (this.#queue.length > 0) {
+      let bytes = 0;
+      let n = 0;
+      // A probe always flushes alone; appends batch up to MAX_BATCH_BYTES (at least one).
+      while (n < this.#queue.length) {
+        const next = this.#queue[n] as PendingAppend;
+        if (n > 0 && (next.probe || (this.#queue[0] as PendingAppend).probe || bytes + next.frame.length > MAX_BATCH_BYTES)) break;
+        bytes += next.frame.length;
+        n++;
+      }
+      await this.#flush(this.#queue.splice(0, n), bytes);
+    }
+    // No await between the empty-queue check and this: an append arriving now sees !flushing and kicks.
+    this.#flushing = false;
+    this.#markIdle();
+  }
+
+  async #flush(batch: PendingAppend[], bytes: number): Promise<void> {
+    const base = this.durableLength;
+    try {
+      if (this.#needsTruncate) {
+        await this.handle.truncate(base);
+        if (this.fsync) await this.handle.datasync();
+        this.#needsTruncate = false;
+      }
+      const buf = batch.length === 1 ? (batch[0] as PendingAppend).frame : Buffer.concat(batch.map((b) => b.frame), bytes);
+      await writeFully(this.handle, buf, base);
+      if (this.fsync) await this.handle.datasync();
+      if (batch[0]?.probe) {
+        await this.handle.truncate(base);
+        if (this.fsync) await this.handle.datasync();
+      }
+    } catch (err) {
+      this.flushFailures++;
+      this.#lastFlushFailed = true;
+      this.#needsTruncate = true;
+      // Best effort now; if this fails too, the next flush (or probe) truncates before writing.
+      try {
+        await this.handle.truncate(base);
+        if (this.fsync) await this.handle.datasync();
+        this.#needsTruncate = false;
+      } catch {
+        /* retried before the next write */
+      }
+      const e = this.unavailable(`${path.basename(this.filePath)}: write could not be made durable`, err);
+      for (const p of batch) p.reject(e);
+      return;
+    }
+    this.#lastFlushFailed = false;
+    if (batch[0]?.probe) {
+      batch[0].resolve(this.#count);
+      return;
+    }
+    this.flushes++;
+    let end = base;
+    for (const p of batch) {
+      const first = this.#count;
+      for (const len of p.lengths) {
+        end += len;
+        this.#pushOffset(end);
+      }
+      p.resolve(first);
+    }
+  }
+
+  /** Payloads of records [start, end), read with positioned reads and re-checked against their CRC. */
+  async read(start: number, end: number): Promise<Buffer[]> {
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end > this.#count) {
+      throw new BrokerError('bad_request', 400, `record range must satisfy 0 <= start <= end <= ${this.#count}`);
+    }
+    if (this.#closed) throw this.unavailable(`${path.basename(this.filePath)} is closed`);
+    const out: Buffer[] = [];
+    let i = start;
+    while (i < end) {
+      // Group whole records into reads of at most READ_CHUNK bytes (at least one record).
+      const from = this.#offsets[i] as number;
+      let j = i + 1;
+      while (j < end && (this.#offsets[j + 1] as number) - from <= READ_CHUNK) j++;
+      const to = this.#offsets[j] as number;
+      const buf = Buffer.allocUnsafeSlow(to - from);
+      try {
+        await readFully(this.handle, buf, buf.length, from);
+      } catch (err) {
+        throw this.unavailable(`${path.basename(this.filePath)}: read failed`, err);
+      }
+      for (let k = i; k < j; k++) {
+        const at = (this.#offsets[k] as number) - from;
+        const recLen = (this.#offsets[k + 1] as number) - (this.#offsets[k] as number);
+        if (checkRecord(buf, at, recLen) !== recLen - HEADER) {
+          throw this.unavailable(`${path.basename(this.filePath)}: record ${k} failed its checksum on read`);
+        }
+        out.push(buf.subarray(at + HEADER, at + recLen));
+      }
+      i = j;
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.drain();
+    await this.handle.close();
+  }
+}
+
+async function writeFully(h: StoreFileHandle, buf: Buffer, position: number): Promise<void> {
+  let written = 0;
+  while (written < buf.length) {
+    const { bytesWritten } = await h.write(buf, written, buf.length - written, position + written);
+    if (bytesWritten <= 0) throw new Error('short write');
+    written += bytesWritten;
+  }
+}
+
+async function readFully(h: StoreFileHandle, buf: Buffer, len: number, position: number): Promise<void> {
+  let got = 0;
+  while (got < len) {
+    const { bytesRead } = await h.read(buf, got, len - got, position + got);
+    if (bytesRead <= 0) throw new Error(`unexpected end of file at ${position + got}`);
+    got += bytesRead;
+  }
+}
+
+interface NonceEntry {
+  expiresAt: number;
+  /** Set while the record is being made durable; concurrent callers wait on it. */
+  pending?: Promise<boolean> | undefined;
+}
+
+/** Directories open in this process: two stores on one directory would interleave writes. */
+const openDirs = new Set<string>();
+
+export class EmbeddedStore implements Store {
+  readonly kind = 'embedded' as const;
+  readonly dir: string;
+  readonly #audit: FramedFile;
+  readonly #checkpoints: FramedFile;
+  /** Not readonly: compaction on open swaps in the rewritten file. */
+  #nonceFile: FramedFile;
+  readonly #nonces: Map<string, NonceEntry>;
+  readonly #clock: Clock;
+  readonly #openFile: OpenStoreFile;
+  #sweepAt = 1024;
+  #closed = false;
+  #closing: Promise<void> | null = null;
+
+  private constructor(
+    dir: string,
+    audit: FramedFile,
+    checkpoints: FramedFile,
+    nonceFile: FramedFile,
+    nonces: Map<string, NonceEntry>,
+    clock: Clock,
+    openFile: OpenStoreFile,
+  ) {
+    this.dir = dir;
+    this.#audit = audit;
+    this.#checkpoints = checkpoints;
+    this.#nonceFile = nonceFile;
+    this.#nonces = nonces;
+    this.#clock = clock;
+    this.#openFile = openFile;
+  }
+
+  static async open(dir: string, opts: EmbeddedStoreOptions = {}): Promise<EmbeddedStore> {
+    const fsync = opts.fsync ?? true;
+    const clock = opts.clock ?? systemClock;
+    const openFile = opts.openFile ?? openStoreFile;
+    const abs = path.resolve(dir);
+    if (openDirs.has(abs)) throw storeUnavailable(`store directory ${abs} is already open in this process`);
+    openDirs.add(abs);
+    const opened: FramedFile[] = [];
+    try {
+      await fsp.mkdir(abs, { recursive: true, mode: 0o700 });
+      const audit = await FramedFile.open(path.join(abs, 'audit.log'), openFile, fsync, auditUnavailable);
+      opened.push(audit);
+      const checkpoints = await FramedFile.open(path.join(abs, 'checkpoints.log'), openFile, fsync, storeUnavailable);
+      opened.push(checkpoints);
+      const now = clock.now();
+      const nonces = new Map<string, NonceEntry>();
+      let nonceRecords = 0;
+      const nonceFile = await FramedFile.open(path.join(abs, 'nonces.log'), openFile, fsync, storeUnavailable, (p) => {
+        nonceRecords++;
+        if (p.length !== 8 + 32) return; // unknown record shape: ignore rather than refuse
+        const expiresAt = p.readDoubleBE(0);
+        if (expiresAt <= now) return;
+        const key = p.toString('base64', 8);
+        const prev = nonces.get(key);
+        if (!prev || prev.expiresAt < expiresAt) nonces.set(key, { expiresAt });
+      });
+      opened.push(nonceFile);
+      if (fsync) await syncDir(abs);
+      const store = new EmbeddedStore(abs, audit, checkpoints, nonceFile, nonces, clock, openFile);
+      // Expired nonces are dead weight: rewrite the file when they dominate it.
+      if (nonceRecords > 1024 && nonceRecords > 2 * nonces.size) await store.#compactNonces(fsync);
+      return store;
+    } catch (err) {
+      await Promise.all(opened.map((f) => f.close().catch(() => {})));
+      openDirs.delete(abs);
+      if (err instanceof BrokerError) throw err;
+      throw storeUnavailable(`cannot open store in ${abs}`, err);
+    }
+  }
+
+  /**
+   * Replaces nonces.log with only the live records (temp file, fsync, rename, fsync dir). Best effort
+   * up to the rename: if writing the copy fails, the old file simply stays in use.
+   */
+  async #compactNonces(fsync: boolean): Promise<void> {
+    const file = path.join(this.dir, 'nonces.log');
+    const tmp = `${file}.compact`;
+    try {
+      await fsp.rm(tmp, { force: true });
+      const fresh = await FramedFile.open(tmp, this.#openFile, fsync, storeUnavailable);
+      try {
+        let chunk: Buffer[] = [];
+        for (const [key, e] of this.#nonces) {
+          chunk.push(noncePayload(Buffer.from(key, 'base64'), e.expiresAt));
+          if (chunk.length === 65_536) {
+            await fresh.append(chunk);
+            chunk = [];
+          }
+        }
+        if (chunk.length > 0) await fresh.append(chunk);
+      } finally {
+        await fresh.close();
+      }
+      await fsp.rename(tmp, file);
+    } catch {
+      await fsp.rm(tmp, { force: true }).catch(() => {});
+      return;
+    }
+    if (fsync) await syncDir(this.dir);
+    await this.#nonceFile.close();
+    this.#nonceFile = await FramedFile.open(file, this.#openFile, fsync, storeUnavailable);
+  }
+
+  appendAuditEntries(entries: readonly Buffer[]): Promise<number> {
+    if (this.#closed) return Promise.reject(auditUnavailable('store is closed'));
+    for (const e of entries) {
+      if (!(e instanceof Uint8Array) || e.length > MAX_PAYLOAD) {
+        return Promise.reject(new BrokerError('bad_request', 400, `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`));
+      }
+    }
+    return this.#audit.append(entries);
+  }
+
+  async auditSize(): Promise<number> {
+    return this.#audit.count;
+  }
+
+  readAuditEntries(start: number, end: number): Promise<Buffer[]> {
+    return this.#audit.read(start, end);
+  }
+
+  async appendCheckpoint(note: string): Promise<void> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 400, 'checkpoint note must be a non-empty string');
+    const bytes = Buffer.from(note, 'utf8');
+    if (bytes.length > MAX_PAYLOAD) throw new BrokerError('bad_request', 400, 'checkpoint note too large');
+    await this.#checkpoints.append([bytes]);
+  }
+
+  async listCheckpoints(): Promise<string[]> {
+    const recs = await this.#checkpoints.read(0, this.#checkpoints.count);
+    return recs.map((r) => r.toString('utf8'));
+  }
+
+  /**
+   * Single-use keys. Keys are stored as SHA-256(key) (memory and disk stay bounded whatever the key
+   * length, and the file never holds raw token IDs). The record is fdatasync'd before true is returned.
+   * A key whose expiry is already past is refused (false): fail closed rather than accept a replay
+   * window of zero length that was never recorded.
+   */
+  async consumeOnce(key: string, expiresAtMs: number): Promise<boolean> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    if (typeof key !== 'string' || key.length === 0 || key.length > MAX_NONCE_KEY) {
+      throw new BrokerError('bad_request', 400, `key must be a non-empty string of at most ${MAX_NONCE_KEY} chars`);
+    }
+    if (!Number.isSafeInteger(expiresAtMs)) throw new BrokerError('bad_request', 400, 'expiresAtMs must be an integer');
+    const now = this.#clock.now();
+    if (expiresAtMs <= now) return false;
+    const digest = createHash('sha256').update(key, 'utf8').digest();
+    const id = digest.toString('base64');
+    const existing = this.#nonces.get(id);
+    if (existing && existing.expiresAt > now) {
+      if (existing.pending) {
+        try {
+          await existing.pending;
+        } catch (err) {
+          throw storeUnavailable('single-use key could not be recorded', err);
+        }
+      }
+      return false;
+    }
+    const entry: NonceEntry = { expiresAt: expiresAtMs };
+    this.#nonces.set(id, entry);
+    entry.pending = this.#nonceFile.append([noncePayload(digest, expiresAtMs)]).then(
+      () => {
+        entry.pending = undefined;
+        return true;
+      },
+      (err: unknown) => {
+        if (this.#nonces.get(id) === entry) this.#nonces.delete(id);
+        throw err instanceof BrokerError ? err : storeUnavailable('single-use key could not be recorded', err);
+      },
+    );
+    this.#maybeSweep(now);
+    return entry.pending;
+  }
+
+  /** Drops expired keys when the map has doubled since the last sweep: amortised O(1) per call. */
+  #maybeSweep(now: number): void {
+    if (this.#nonces.size < this.#sweepAt) return;
+    for (const [k, e] of this.#nonces) if (!e.pending && e.expiresAt <= now) this.#nonces.delete(k);
+    this.#sweepAt = Math.max(1024, this.#nonces.size * 2);
+  }
+
+  /**
+   * Cheap when healthy (no I/O). After a failed flush, probes the failed file (see FramedFile.recover)
+   * and throws audit_unavailable / store_unavailable if it still cannot take durable writes.
+   */
+  async checkWritable(): Promise<void> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    const files: [FramedFile, Unavailable][] = [
+      [this.#audit, auditUnavailable],
+      [this.#checkpoints, storeUnavailable],
+      [this.#nonceFile, storeUnavailable],
+    ];
+    for (const [f, unavailable] of files) {
+      if (!f.failed) continue;
+      try {
+        await f.recover();
+      } catch (err) {
+        throw unavailable(`${path.basename(f.filePath)} is not writable`, err);
+      }
+    }
+  }
+
+  get stats(): EmbeddedStoreStats {
+    return {
+      auditEntries: this.#audit.count,
+      auditBytes: this.#audit.durableLength,
+      auditFlushes: this.#audit.flushes,
+      auditFlushFailures: this.#audit.flushFailures,
+      auditTornBytesDropped: this.#audit.tornBytesDropped,
+      liveNonces: this.#nonces.size,
+    };
+  }
+
+  /** Flushes everything queued, then closes the files. Idempotent. */
+  close(): Promise<void> {
+    if (this.#closing) return this.#closing;
+    this.#closed = true;
+    this.#closing = (async () => {
+      try {
+        await Promise.all([this.#audit.close(), this.#checkpoints.close(), this.#nonceFile.close()]);
+      } finally {
+        openDirs.delete(this.dir);
+      }
+    })();
+    return this.#closing;
+  }
+}
+
+function noncePayload(digest: Buffer, expiresAt: number): Buffer {
+  const p = Buffer.alloc(8 + 32);
+  p.writeDoubleBE(expiresAt, 0);
+  digest.copy(p, 8);
+  return p;
+}
+
+async function syncDir(dir: string): Promise<void> {
+  // Makes newly created files' directory entries durable. Some filesystems refuse fsync on a directory.
+  const h = await fsp.open(dir, 'r');
+  try {
+    await h.sync();
+  } catch {
+    /* not supported here; nothing more we can do */
+  } finally {
+    await h.close();
+  }
+}
