@@ -1,0 +1,179 @@
+/**
+ * The issuance path: policy decides, the CA mints, the audit log records, and only then does the
+ * credential leave. Denials are recorded too. Nothing here knows about HTTP.
+ */
+import { createHash, type KeyObject } from 'node:crypto';
+import type { Identity } from '../attest/identity.js';
+import type { CertificateAuthority } from '../ca/authority.js';
+import { parseCsrPem } from '../ca/csr.js';
+import type { JwtSvidSigner } from '../ca/jwt-svid.js';
+import type { Clock } from '../clock.js';
+import { BrokerError, auditUnavailable } from '../errors.js';
+import type { AuditEntry, AuditEventType } from '../audit/entry.js';
+import type { AuditLog, AuditReceipt } from '../audit/log.js';
+import type { RegistrationPolicy } from '../policy/registration.js';
+
+export type ServerKeyType = 'ec-p256';
+
+export interface X509Request {
+  readonly csr?: string;
+  readonly keyType?: ServerKeyType;
+  readonly ttlSeconds?: number;
+}
+
+export interface X509Issued {
+  readonly spiffeId: string;
+  readonly serial: string;
+  readonly certificates: readonly string[];
+  readonly notBefore: number;
+  readonly expiresAt: number;
+  readonly privateKey?: string;
+  readonly audit: AuditReceipt;
+}
+
+export interface JwtRequest {
+  readonly audience: readonly string[];
+  readonly ttlSeconds?: number;
+}
+
+export interface JwtIssued {
+  readonly spiffeId: string;
+  readonly token: string;
+  readonly jti: string;
+  readonly audience: readonly string[];
+  readonly expiresAt: number;
+  readonly audit: AuditReceipt;
+}
+
+export interface IssuerDeps {
+  readonly ca: CertificateAuthority;
+  readonly jwt: JwtSvidSigner;
+  readonly policy: RegistrationPolicy;
+  readonly audit: AuditLog;
+  readonly clock: Clock;
+  readonly replicaId: string;
+}
+
+function keyFingerprint(key: KeyObject): string {
+  return `sha256:${createHash('sha256').update(key.export({ type: 'spki', format: 'der' })).digest('hex')}`;
+}
+
+/** The identity metadata every entry carries: who, from where in the cluster, never an IP. */
+function identityFields(identity: Identity): Partial<AuditEntry> {
+  const c = identity.claims;
+  return {
+    actor: identity.spiffeId,
+    source: identity.source,
+    ...(c.namespace ? { namespace: c.namespace } : {}),
+    ...(c.serviceAccount ? { serviceAccount: c.serviceAccount } : {}),
+    ...(c.podName !== undefined ? { podName: c.podName } : {}),
+    ...(c.podUid !== undefined ? { podUid: c.podUid } : {}),
+  };
+}
+
+export class Issuer {
+  constructor(private readonly deps: IssuerDeps) {}
+
+  private async record(entry: AuditEntry): Promise<AuditReceipt> {
+    try {
+      return await this.deps.audit.append(entry);
+    } catch (err) {
+      if (err instanceof BrokerError && err.status === 503) throw err;
+      throw auditUnavailable('the audit log could not record this request; nothing was issued', err);
+    }
+  }
+
+  async x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
+    const grant = this.deps.policy.x509(identity, req.ttlSeconds);
+    let publicKey: KeyObject;
+    let privateKey: string | undefined;
+    if (req.csr !== undefined) {
+      publicKey = parseCsrPem(req.csr).publicKey;
+    } else {
+      const made = await this.deps.ca.generateServerKey(req.keyType ?? 'ec-p256');
+      publicKey = made.publicKey;
+      privateKey = made.privateKeyPem;
+    }
+    const now = this.deps.clock.now();
+    const svid = this.deps.ca.issueX509Svid({
+      spiffeId: grant.spiffeId,
+      dnsNames: grant.dnsNames,
+      publicKey,
+      ttlMs: grant.ttlMs,
+      now,
+    });
+    const receipt = await this.record({
+      ts: now,
+      type: 'x509-svid.issued',
+      decision: 'allow',
+      actor: null,
+      ...identityFields(identity),
+      subject: svid.spiffeId,
+      serial: svid.serialHex,
+      ttlMs: svid.notAfter - now,
+      expiresAt: svid.notAfter,
+      keyFingerprint: keyFingerprint(publicKey),
+      ...(privateKey !== undefined ? { reason: 'server-generated key' } : {}),
+      requestId,
+      replica: this.deps.replicaId,
+    });
+    return {
+      spiffeId: svid.spiffeId,
+      serial: svid.serialHex,
+      certificates: svid.chainPem,
+      notBefore: svid.notBefore,
+      expiresAt: svid.notAfter,
+      ...(privateKey !== undefined ? { privateKey } : {}),
+      audit: receipt,
+    };
+  }
+
+  async jwt(identity: Identity, req: JwtRequest, requestId: string): Promise<JwtIssued> {
+    const grant = this.deps.policy.jwt(identity, req.audience, req.ttlSeconds);
+    const now = this.deps.clock.now();
+    const svid = await this.deps.jwt.sign({ spiffeId: grant.spiffeId, audiences: grant.audiences, ttlMs: grant.ttlMs, now });
+    const receipt = await this.record({
+      ts: now,
+      type: 'jwt-svid.issued',
+      decision: 'allow',
+      actor: null,
+      ...identityFields(identity),
+      subject: grant.spiffeId,
+      jti: svid.jti,
+      audience: [...grant.audiences],
+      ttlMs: svid.expiresAt - now,
+      expiresAt: svid.expiresAt,
+      requestId,
+      replica: this.deps.replicaId,
+    });
+    return {
+      spiffeId: grant.spiffeId,
+      token: svid.token,
+      jti: svid.jti,
+      audience: grant.audiences,
+      expiresAt: svid.expiresAt,
+      audit: receipt,
+    };
+  }
+
+  /** Records a refused request. The error's message goes in as the reason; it never holds secrets. */
+  async recordDenial(
+    requested: AuditEventType,
+    error: BrokerError,
+    identity: Identity | undefined,
+    requestId: string,
+  ): Promise<void> {
+    await this.record({
+      ts: this.deps.clock.now(),
+      type: 'denial',
+      decision: 'deny',
+      actor: null,
+      ...(identity !== undefined ? identityFields(identity) : {}),
+      subject: null,
+      code: error.code,
+      reason: `${requested}: ${error.message}`,
+      requestId,
+      replica: this.deps.replicaId,
+    });
+  }
+}

@@ -1,0 +1,20 @@
+import { describe, expect, it } from 'vitest';
+import { BrokerError } from '../errors.js';
+import { toErrorResponse } from './errors.js';
+
+describe('toErrorResponse', () => {
+  it('maps BrokerErrors to their status and code', () => {
+    expect(toErrorResponse(new BrokerError('forbidden', 403, 'no'))).toEqual({ status: 403, body: { error: 'forbidden', message: 'no' }, unexpected: false });
+  });
+  it('maps fastify body errors to stable codes', () => {
+    expect(toErrorResponse(Object.assign(new Error('x'), { code: 'FST_ERR_CTP_BODY_TOO_LARGE', statusCode: 413 })).status).toBe(413);
+    expect(toErrorResponse(Object.assign(new Error('x'), { code: 'FST_ERR_CTP_INVALID_MEDIA_TYPE', statusCode: 415 })).body.error).toBe('unsupported_media_type');
+    expect(toErrorResponse(Object.assign(new Error('body/x must be string'), { validation: [], statusCode: 400 })).body.error).toBe('bad_request');
+  });
+  it('hides unexpected errors behind a generic 500', () => {
+    const r = toErrorResponse(new Error('secret detail from deep inside'));
+    expect(r.status).toBe(500);
+    expect(r.unexpected).toBe(true);
+    expect(r.body.message).not.toContain('secret');
+  });
+});
