@@ -1,0 +1,70 @@
+/**
+ * openapi.yaml is the contract: every route the server registers is in the spec and the reverse,
+ * and real responses (success and error) validate against the spec's schemas.
+ */
+import { readFileSync } from 'node:fs';
+import { Ajv, type ValidateFunction } from 'ajv';
+import { parse } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startBroker, type TestBroker } from '../helpers/broker.js';
+import { opensslKeyAndCsr } from '../helpers/openssl.js';
+
+interface Spec {
+  paths: Record<string, Record<string, { responses: Record<string, { $ref?: string; content?: Record<string, { schema: unknown }> }> }>>;
+  components: { schemas: Record<string, unknown>; responses: Record<string, { content?: Record<string, { schema: unknown }> }> };
+}
+
+const spec = parse(readFileSync(new URL('../../openapi.yaml', import.meta.url), 'utf8')) as Spec;
+const ajv = new Ajv({ strict: false, validateFormats: false });
+ajv.addSchema({ components: spec.components }, 'openapi');
+
+function schemaFor(path: string, method: string, status: number): ValidateFunction {
+  const op = spec.paths[path]?.[method.toLowerCase()];
+  if (op === undefined) throw new Error(`spec has no ${method} ${path}`);
+  let response = op.responses[String(status)];
+  if (response === undefined) throw new Error(`spec has no ${status} for ${method} ${path}`);
+  if (response.$ref !== undefined) {
+    response = spec.components.responses[response.$ref.split('/').pop() as string] as typeof response;
+  }
+  const schema = Object.values(response.content ?? {})[0]?.schema;
+  const rewritten = JSON.parse(JSON.stringify(schema ?? {}).replaceAll('"#/components/', '"openapi#/components/')) as object;
+  return ajv.compile(rewritten);
+}
+
+let b: TestBroker;
+beforeAll(async () => {
+  b = await startBroker();
+});
+afterAll(async () => {
+  await b?.close();
+});
+
+describe('openapi.yaml', () => {
+  it('lists exactly the routes the server registers', () => {
+    const served = new Set(b.routes.filter((r) => r.method !== 'HEAD').map((r) => `${r.method} ${r.url}`));
+    const documented = new Set(
+      Object.entries(spec.paths).flatMap(([path, ops]) => Object.keys(ops).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`)),
+    );
+    expect([...served].sort()).toEqual([...documented].sort());
+  });
+
+  it('matches real responses, success and error', async () => {
+    const token = await b.token();
+    const cases: { path: string; method: string; res: Awaited<ReturnType<TestBroker['call']>> }[] = [
+      { path: '/v1/svid/x509', method: 'POST', res: await b.call({ path: '/v1/svid/x509', token, body: { csr: opensslKeyAndCsr('ec-p256').csrPem } }) },
+      { path: '/v1/svid/x509', method: 'POST', res: await b.call({ path: '/v1/svid/x509', token, body: { keyType: 'ec-p256' } }) },
+      { path: '/v1/svid/x509', method: 'POST', res: await b.call({ path: '/v1/svid/x509', body: { keyType: 'ec-p256' } }) },
+      { path: '/v1/svid/x509', method: 'POST', res: await b.call({ path: '/v1/svid/x509', token, body: { csr: 'nope' } }) },
+      { path: '/v1/svid/jwt', method: 'POST', res: await b.call({ path: '/v1/svid/jwt', token, body: { audience: ['payments'] } }) },
+      { path: '/v1/svid/jwt', method: 'POST', res: await b.call({ path: '/v1/svid/jwt', token, body: { audience: ['bank'] } }) },
+      { path: '/v1/bundle', method: 'GET', res: await b.call({ path: '/v1/bundle' }) },
+      { path: '/healthz', method: 'GET', res: await b.call({ path: '/healthz' }) },
+      { path: '/readyz', method: 'GET', res: await b.call({ path: '/readyz' }) },
+    ];
+    expect(cases.map((c) => c.res.status)).toEqual([200, 200, 401, 400, 200, 403, 200, 200, 200]);
+    for (const c of cases) {
+      const validate = schemaFor(c.path, c.method, c.res.status);
+      expect(validate(c.res.json), `${c.method} ${c.path} ${c.res.status}: ${ajv.errorsText(validate.errors)}`).toBe(true);
+    }
+  });
+});
