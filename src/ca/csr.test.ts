@@ -9,32 +9,9 @@ import { BrokerError } from '../errors.js';
 import { MAX_CSR_PEM_BYTES, keyKindOf, parseCsrPem, type KeyKind } from './csr.js';
 import { bitString, explicit, integer, nullValue, oid, readDer, sequence, set, toPem, utf8String } from './der.js';
 
-// @peculiar/x509 needs a Reflect metadata polyfill (tsyringe); a tiny one is enough for it.
+// @peculiar/x509 (tests only) needs the Reflect metadata polyfill loaded before it.
 async function loadPeculiar(): Promise<typeof import('@peculiar/x509')> {
-  const store = new WeakMap<object, Map<unknown, Map<unknown, unknown>>>();
-  const table = (t: object, p?: unknown): Map<unknown, unknown> => {
-    let m = store.get(t);
-    if (!m) store.set(t, (m = new Map()));
-    let n = m.get(p);
-    if (!n) m.set(p, (n = new Map()));
-    return n;
-  };
-  const R = Reflect as unknown as Record<string, unknown>;
-  if (typeof R.getMetadata !== 'function') {
-    Object.assign(R, {
-      defineMetadata: (k: unknown, v: unknown, t: object, p?: unknown) => void table(t, p).set(k, v),
-      getOwnMetadata: (k: unknown, t: object, p?: unknown) => table(t, p).get(k),
-      getMetadata: (k: unknown, t: object, p?: unknown) => {
-        for (let o: object | null = t; o; o = Object.getPrototypeOf(o) as object | null) {
-          const v = table(o, p).get(k);
-          if (v !== undefined) return v;
-        }
-        return undefined;
-      },
-      hasMetadata: (k: unknown, t: object, p?: unknown) => (R.getMetadata as (...a: unknown[]) => unknown)(k, t, p) !== undefined,
-      metadata: (k: unknown, v: unknown) => (t: object, p?: unknown) => void table(t, p).set(k, v),
-    });
-  }
+  await import('reflect-metadata');
   const x509 = await import('@peculiar/x509');
   x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
   return x509;
@@ -90,6 +67,7 @@ beforeAll(() => {
   makeCsr('ed25519', ['-newkey', 'ed25519']);
   makeCsr('p256sha512', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], ['-sha512']);
   makeCsr('rsa1024', ['-newkey', 'rsa:1024']);
+  makeCsr('rsa2047', ['-newkey', 'rsa:2047']);
   makeCsr('p521', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-521']);
   makeCsr('k256', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:secp256k1']);
   makeCsr('withExts', ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'], [
@@ -106,6 +84,8 @@ beforeAll(() => {
   openssl(['genpkey', '-genparam', '-algorithm', 'DSA', '-pkeyopt', 'dsa_paramgen_bits:2048', '-out', 'dsa.params']);
   openssl(['genpkey', '-paramfile', 'dsa.params', '-out', 'dsa.key']);
   csrFromKey('dsa', 'dsa.key');
+  openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-pkeyopt', 'ec_param_enc:explicit', '-out', 'explicit.key']);
+  csrFromKey('ecExplicit', 'explicit.key');
 });
 
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -124,6 +104,8 @@ describe('parseCsrPem: accepted CSRs', () => {
     expect(parsed.publicKey.type).toBe('public');
     expect(parsed.publicKey.equals(key)).toBe(true);
     expect(parsed.spki.equals(key.export({ type: 'spki', format: 'der' }))).toBe(true);
+    // The DER-based classification agrees with OpenSSL's view of a fresh (unmemoised) KeyObject.
+    expect(keyKindOf(createPublicKey({ key: parsed.spki, format: 'der', type: 'spki' }))).toBe(kind);
   });
 
   it('ignores requested CA:true, SANs and key usage: only the key comes out', () => {
@@ -215,8 +197,9 @@ describe('parseCsrPem: rejections', () => {
     expectBrokerError(() => parseCsrPem(derToCsrPem(ecdsaWithNull)), 'invalid_csr');
   });
 
-  it.each(['rsa1024', 'p521', 'k256', 'dsa', 'rsaE3'])('rejects a %s key with weak_key', (name) => {
+  it.each(['rsa1024', 'rsa2047', 'p521', 'k256', 'dsa', 'rsaE3'])('rejects a %s key with weak_key', (name) => {
     expectBrokerError(() => parseCsrPem(get(name).csr), 'weak_key');
+    expectBrokerError(() => keyKindOf(get(name).key), 'weak_key'); // same verdict from the KeyObject path
   });
 
   it('keyKindOf rejects X25519, X448, Ed448, RSA-PSS and oversize RSA keys', () => {
@@ -230,6 +213,51 @@ describe('parseCsrPem: rejections', () => {
       expectBrokerError(() => keyKindOf(k), 'weak_key');
     }
     expect(keyKindOf(generateKeyPairSync('ec', { namedCurve: 'P-384' }).privateKey)).toBe('ec-p384');
+  });
+
+  it('rejects EC keys with explicit curve parameters or compressed points (non-canonical SPKI)', () => {
+    // OpenSSL maps these explicit parameters to P-256, but the SPKI would not be the canonical named-curve form.
+    expectBrokerError(() => parseCsrPem(get('ecExplicit').csr), 'invalid_csr');
+    expect(() => parseCsrPem(get('ecExplicit').csr)).toThrow(/not canonical/);
+    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const spki = publicKey.export({ type: 'spki', format: 'der' });
+    const point = spki.subarray(spki.length - 65);
+    const compressed = Buffer.concat([Buffer.from([0x02 | (point[64]! & 1)]), point.subarray(1, 33)]);
+    const compressedSpki = sequence(sequence(oid('1.2.840.10045.2.1'), oid('1.2.840.10045.3.1.7')), bitString(compressed));
+    expect(createPublicKey({ key: compressedSpki, format: 'der', type: 'spki' }).equals(publicKey)).toBe(true); // same key
+    const cri = sequence(integer(0), sequence(), compressedSpki, explicit(0));
+    const csr = sequence(cri, sequence(oid('1.2.840.10045.4.3.2')), bitString(sign('sha256', cri, privateKey)));
+    expect(() => parseCsrPem(derToCsrPem(csr))).toThrow(/uncompressed point/);
+    // The same CSR with the uncompressed point is fine.
+    const cri2 = sequence(integer(0), sequence(), spki, explicit(0));
+    const csr2 = sequence(cri2, sequence(oid('1.2.840.10045.4.3.2')), bitString(sign('sha256', cri2, privateKey)));
+    expect(parseCsrPem(derToCsrPem(csr2)).publicKey.equals(publicKey)).toBe(true);
+  });
+
+  it('rejects an EC point that is not on the curve (invalid_csr) and X25519/Ed448 keys (weak_key)', () => {
+    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const offCurve = Buffer.from(publicKey.export({ type: 'spki', format: 'der' }));
+    offCurve[offCurve.length - 1] = offCurve.at(-1)! ^ 0x01;
+    const cri = sequence(integer(0), sequence(), offCurve, explicit(0));
+    const csr = sequence(cri, sequence(oid('1.2.840.10045.4.3.2')), bitString(sign('sha256', cri, privateKey)));
+    expectBrokerError(() => parseCsrPem(derToCsrPem(csr)), 'invalid_csr');
+    expect(() => parseCsrPem(derToCsrPem(csr))).toThrow(/malformed/);
+    for (const key of [generateKeyPairSync('x25519').publicKey, generateKeyPairSync('ed448').publicKey]) {
+      const spki = key.export({ type: 'spki', format: 'der' });
+      const cri2 = sequence(integer(0), sequence(), spki, explicit(0));
+      const csr2 = sequence(cri2, sequence(oid('1.3.101.113')), bitString(Buffer.alloc(114, 1)));
+      expectBrokerError(() => parseCsrPem(derToCsrPem(csr2)), 'weak_key');
+    }
+  });
+
+  it('rejects an RSA key whose algorithm parameters are absent instead of NULL', () => {
+    const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const spki = readDer(publicKey.export({ type: 'spki', format: 'der' }));
+    const noNull = sequence(sequence(oid('1.2.840.113549.1.1.1')), spki.children[1]!.raw);
+    const cri = sequence(integer(0), sequence(), noNull, explicit(0));
+    const csr = sequence(cri, sequence(oid('1.2.840.113549.1.1.11'), nullValue()), bitString(sign('sha256', cri, privateKey)));
+    expect(() => parseCsrPem(derToCsrPem(csr))).toThrow(/invalid_csr|not canonical|malformed/);
+    expectBrokerError(() => parseCsrPem(derToCsrPem(csr)), 'invalid_csr');
   });
 
   it('rejects truncated DER', () => {
@@ -268,7 +296,7 @@ describe('parseCsrPem: rejections', () => {
 
   it('rejects non-canonical base64 (non-zero pad bits) that decodes to a valid CSR', () => {
     const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
-    const name = Object.keys(fx).find((n) => pemToDer(get(n).csr).length % 3 !== 0 && !['rsa1024', 'p521', 'k256', 'dsa', 'rsaE3', 'rsaSha1', 'rsaMd5', 'rsaPss', 'ecSha1'].includes(n));
+    const name = Object.keys(fx).find((n) => pemToDer(get(n).csr).length % 3 !== 0 && !['rsa1024', 'rsa2047', 'p521', 'k256', 'dsa', 'rsaE3', 'rsaSha1', 'rsaMd5', 'rsaPss', 'ecSha1'].includes(n));
     expect(name).toBeDefined();
     const der = pemToDer(get(name!).csr);
     const b64 = der.toString('base64');

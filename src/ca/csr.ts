@@ -16,6 +16,7 @@ import {
   readInteger,
   readNull,
   readOid,
+  readUnsignedIntegerBytes,
   sequenceOf,
   type DerNode,
 } from './der.js';
@@ -56,31 +57,134 @@ const invalidCsr = (message: string, cause?: unknown): BrokerError =>
   new BrokerError('invalid_csr', 400, message, cause === undefined ? undefined : { cause });
 const weakKey = (message: string): BrokerError => new BrokerError('weak_key', 400, message);
 
+// Per-KeyObject memo of what OpenSSL 3 makes expensive: exporting an SPKI (~110 µs) and the first
+// read of asymmetricKeyDetails (~30 µs) each cost more than signing a certificate. KeyObjects are
+// immutable, so the memo can never go stale.
+interface KeyInfo {
+  kind?: KeyKind;
+  spki?: Buffer;
+}
+const keyInfo = new WeakMap<KeyObject, KeyInfo>();
+
+function infoFor(key: KeyObject): KeyInfo {
+  let info = keyInfo.get(key);
+  if (info === undefined) {
+    info = {};
+    keyInfo.set(key, info);
+  }
+  return info;
+}
+
+function checkRsa(bits: number, e: bigint): void {
+  if (bits < RSA_MIN_BITS) throw weakKey(`RSA key of ${bits} bits is too small; at least ${RSA_MIN_BITS} required`);
+  if (bits > RSA_MAX_BITS) throw weakKey(`RSA key of ${bits} bits is too large; at most ${RSA_MAX_BITS} allowed`);
+  if (e < 65537n || e % 2n === 0n) throw weakKey('RSA public exponent must be odd and at least 65537');
+}
+
+const notAllowed = (what: string): BrokerError =>
+  weakKey(`${what} is not allowed; use EC P-256/P-384, RSA ≥ 2048 or Ed25519`);
+
 /**
  * Classifies a key Tessera will certify, or throws weak_key. Allowed: EC P-256/P-384,
  * RSA 2048..8192 bits with an odd exponent ≥ 65537, Ed25519.
  */
 export function keyKindOf(key: KeyObject): KeyKind {
+  const cached = keyInfo.get(key)?.kind;
+  if (cached !== undefined) return cached;
   if (key.type === 'secret') throw weakKey('a symmetric key cannot be certified');
   const details = key.asymmetricKeyDetails ?? {};
+  let kind: KeyKind;
   switch (key.asymmetricKeyType) {
     case 'ec':
-      if (details.namedCurve === 'prime256v1') return 'ec-p256';
-      if (details.namedCurve === 'secp384r1') return 'ec-p384';
-      throw weakKey(`EC curve ${details.namedCurve ?? '(explicit parameters)'} is not allowed; use P-256 or P-384`);
-    case 'rsa': {
-      const bits = details.modulusLength ?? 0;
-      if (bits < RSA_MIN_BITS) throw weakKey(`RSA key of ${bits} bits is too small; at least ${RSA_MIN_BITS} required`);
-      if (bits > RSA_MAX_BITS) throw weakKey(`RSA key of ${bits} bits is too large; at most ${RSA_MAX_BITS} allowed`);
-      const e = details.publicExponent ?? 0n;
-      if (e < 65537n || e % 2n === 0n) throw weakKey('RSA public exponent must be odd and at least 65537');
-      return 'rsa';
-    }
+      if (details.namedCurve === 'prime256v1') kind = 'ec-p256';
+      else if (details.namedCurve === 'secp384r1') kind = 'ec-p384';
+      else throw notAllowed(`EC curve ${details.namedCurve ?? '(explicit parameters)'}`);
+      break;
+    case 'rsa':
+      checkRsa(details.modulusLength ?? 0, details.publicExponent ?? 0n);
+      kind = 'rsa';
+      break;
     case 'ed25519':
-      return 'ed25519';
+      kind = 'ed25519';
+      break;
     default:
-      throw weakKey(`key type ${key.asymmetricKeyType ?? 'unknown'} is not allowed; use EC P-256/P-384, RSA ≥ 2048 or Ed25519`);
+      throw notAllowed(`key type ${key.asymmetricKeyType ?? 'unknown'}`);
   }
+  infoFor(key).kind = kind;
+  return kind;
+}
+
+/**
+ * DER SubjectPublicKeyInfo of a key (public, or the public half of a private key), memoised per
+ * KeyObject. The returned Buffer is shared: never mutate it.
+ */
+export function spkiOf(key: KeyObject): Buffer {
+  const info = infoFor(key);
+  if (info.spki === undefined) {
+    const pub = key.type === 'private' ? createPublicKey(key) : key;
+    info.spki = pub.export({ type: 'spki', format: 'der' });
+  }
+  return info.spki;
+}
+
+const OID_EC_PUBLIC_KEY = '1.2.840.10045.2.1';
+const OID_RSA_ENCRYPTION = '1.2.840.113549.1.1.1';
+const OID_ED25519 = '1.3.101.112';
+const EC_CURVES: ReadonlyMap<string, { kind: KeyKind; pointLength: number }> = new Map([
+  ['1.2.840.10045.3.1.7', { kind: 'ec-p256', pointLength: 65 }],
+  ['1.3.132.0.34', { kind: 'ec-p384', pointLength: 97 }],
+]);
+// Names for the refusal message of common disallowed algorithms.
+const KNOWN_KEY_ALGORITHMS: ReadonlyMap<string, string> = new Map([
+  ['1.2.840.10040.4.1', 'DSA'],
+  ['1.2.840.113549.1.1.10', 'RSASSA-PSS'],
+  ['1.3.101.110', 'X25519'],
+  ['1.3.101.111', 'X448'],
+  ['1.3.101.113', 'Ed448'],
+]);
+const OPENSSL_TYPE: Readonly<Record<KeyKind, string>> = { 'ec-p256': 'ec', 'ec-p384': 'ec', rsa: 'rsa', ed25519: 'ed25519' };
+
+/**
+ * Classifies the CSR's key from its SPKI bytes (cheaper than asking OpenSSL) and insists on the
+ * canonical encoding, because the SPKI is copied into the certificate verbatim: named curve and
+ * uncompressed point for EC (Go rejects compressed points), NULL parameters for RSA, none for
+ * Ed25519. Throws weak_key for disallowed keys, DerError for non-canonical encodings.
+ */
+function kindFromSpki(spki: DerNode): KeyKind {
+  const alg = child(spki, 0, 'SPKI algorithm');
+  const key = readBitString(child(spki, 1, 'subjectPublicKey')).bytes;
+  const algOid = readOid(child(alg, 0, 'SPKI algorithm OID'));
+  let kind: KeyKind;
+  switch (algOid) {
+    case OID_EC_PUBLIC_KEY: {
+      const params = child(alg, 1, 'EC parameters');
+      if (params.tag !== TAG.OID || alg.children.length !== 2) throw new DerError('EC key must use a named curve');
+      const curveOid = readOid(params);
+      const curve = EC_CURVES.get(curveOid);
+      if (curve === undefined) throw notAllowed(`EC curve ${curveOid}`);
+      if (key.length !== curve.pointLength || key[0] !== 0x04) throw new DerError('EC public key must be an uncompressed point');
+      kind = curve.kind;
+      break;
+    }
+    case OID_RSA_ENCRYPTION: {
+      if (alg.children.length !== 2) throw new DerError('RSA key parameters must be NULL');
+      readNull(child(alg, 1, 'RSA parameters'));
+      const rsaKey = readDer(key);
+      sequenceOf(rsaKey, 'RSAPublicKey', 2);
+      const n = readUnsignedIntegerBytes(child(rsaKey, 0, 'modulus'));
+      const e = readUnsignedIntegerBytes(child(rsaKey, 1, 'publicExponent'));
+      checkRsa((n.length - 1) * 8 + (32 - Math.clz32(n[0] ?? 0)), BigInt(`0x${e.toString('hex')}`));
+      kind = 'rsa';
+      break;
+    }
+    case OID_ED25519:
+      if (alg.children.length !== 1 || key.length !== 32) throw new DerError('malformed Ed25519 key');
+      kind = 'ed25519';
+      break;
+    default:
+      throw notAllowed(`key algorithm ${KNOWN_KEY_ALGORITHMS.get(algOid) ?? algOid}`);
+  }
+  return kind;
 }
 
 const PEM_RE = /^-----BEGIN ((?:NEW )?CERTIFICATE REQUEST)-----([\s\S]*?)-----END ((?:NEW )?CERTIFICATE REQUEST)-----$/;
@@ -104,6 +208,7 @@ function pemToDer(pem: string): Buffer {
 
 interface CsrParts {
   readonly criRaw: Buffer;
+  readonly spkiNode: DerNode;
   readonly spki: Buffer;
   readonly sigAlgOid: string;
   readonly signature: Buffer;
@@ -138,7 +243,7 @@ function splitCsr(der: Buffer): CsrParts {
     if (family === 'rsa') readNull(alg.params);
     else if (family !== undefined) throw new DerError('signature algorithm must not have parameters');
   }
-  return { criRaw: cri.raw, spki: spkiNode.raw, sigAlgOid: alg.oid, signature: sigBits.bytes };
+  return { criRaw: cri.raw, spkiNode, spki: spkiNode.raw, sigAlgOid: alg.oid, signature: sigBits.bytes };
 }
 
 /** Parses a PEM CSR, verifies its self-signature and returns only its public key. */
@@ -152,18 +257,28 @@ export function parseCsrPem(pem: string): ParsedCsr {
     throw err;
   }
 
-  let publicKey: KeyObject;
+  // Cheap checks first: OpenSSL's key decoder is the most expensive step after verify. The key
+  // verdict (weak_key) precedes the algorithm one, since e.g. a DSA key implies a DSA signature.
+  let keyKind: KeyKind;
   try {
-    publicKey = createPublicKey({ key: parts.spki, format: 'der', type: 'spki' });
+    keyKind = kindFromSpki(parts.spkiNode);
   } catch (err) {
-    throw invalidCsr('CSR public key is malformed or of an unsupported type', err);
+    if (err instanceof DerError) throw invalidCsr(`CSR public key encoding is not canonical: ${err.message}`);
+    throw err;
   }
-  const keyKind = keyKindOf(publicKey);
-
   const alg = SIGNATURE_ALGORITHMS.get(parts.sigAlgOid);
   if (alg === undefined) throw invalidCsr(`CSR signature algorithm ${parts.sigAlgOid} is not allowed`);
   const keyFamily: SigFamily = keyKind === 'rsa' ? 'rsa' : keyKind === 'ed25519' ? 'ed25519' : 'ecdsa';
   if (alg.family !== keyFamily) throw invalidCsr('CSR signature algorithm does not match its key type');
+
+  let publicKey: KeyObject;
+  try {
+    publicKey = createPublicKey({ key: parts.spki, format: 'der', type: 'spki' });
+  } catch (err) {
+    throw invalidCsr('CSR public key is malformed (e.g. not a point on the curve)', err);
+  }
+  // OpenSSL parsed the same bytes; disagreeing with our classification would be a parser bug.
+  if (publicKey.asymmetricKeyType !== OPENSSL_TYPE[keyKind]) throw invalidCsr('CSR public key type is inconsistent');
 
   let ok: boolean;
   try {
@@ -177,5 +292,6 @@ export function parseCsrPem(pem: string): ParsedCsr {
     ok = false;
   }
   if (!ok) throw invalidCsr('CSR signature does not verify');
+  keyInfo.set(publicKey, { kind: keyKind, spki: Buffer.from(parts.spki) });
   return { publicKey, spki: Buffer.from(parts.spki), keyKind };
 }

@@ -94,6 +94,8 @@ export function tlv(tag: number, ...contents: readonly Uint8Array[]): Buffer {
 export const sequence = (...children: readonly Uint8Array[]): Buffer => tlv(TAG.SEQUENCE, ...children);
 export const set = (...children: readonly Uint8Array[]): Buffer => tlv(TAG.SET, ...children);
 
+const ZERO_BYTE = Buffer.from([0]);
+
 /** INTEGER from an unsigned big-endian magnitude: strips redundant zeros, adds one when the high bit is set. */
 export function integerFromBytes(magnitude: Uint8Array): Buffer {
   let start = 0;
@@ -102,7 +104,6 @@ export function integerFromBytes(magnitude: Uint8Array): Buffer {
   // A set high bit would read as negative: prefix 0x00 to keep the value positive.
   return (body[0] ?? 0) & 0x80 ? tlv(TAG.INTEGER, ZERO_BYTE, body) : tlv(TAG.INTEGER, body);
 }
-const ZERO_BYTE = Buffer.from([0]);
 
 /** Minimal unsigned big-endian bytes of a non-negative bigint (at least one byte). */
 export function bigintToBytes(n: bigint): Buffer {

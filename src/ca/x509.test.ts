@@ -1,41 +1,19 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import fc from 'fast-check';
 import { spawnSync } from 'node:child_process';
-import { createHash, createPublicKey, generateKeyPairSync, webcrypto, X509Certificate, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, webcrypto, X509Certificate, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import { BlockList, isIPv6 } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { BrokerError } from '../errors.js';
+import { parseCsrPem } from './csr.js';
 import { TAG, readDer, readInteger, readOid, readUnsignedIntegerBytes, type DerNode } from './der.js';
 import { ipAddressBytes, issuerFromPem, mintCa, mintLeaf, splitPemCertificates, type IssuerMaterial } from './x509.js';
 
-// @peculiar/x509 needs a Reflect metadata polyfill (tsyringe); a tiny one is enough for it.
+// @peculiar/x509 (tests only) needs the Reflect metadata polyfill loaded before it.
 async function loadPeculiar(): Promise<typeof import('@peculiar/x509')> {
-  const store = new WeakMap<object, Map<unknown, Map<unknown, unknown>>>();
-  const table = (t: object, p?: unknown): Map<unknown, unknown> => {
-    let m = store.get(t);
-    if (!m) store.set(t, (m = new Map()));
-    let n = m.get(p);
-    if (!n) m.set(p, (n = new Map()));
-    return n;
-  };
-  const R = Reflect as unknown as Record<string, unknown>;
-  if (typeof R.getMetadata !== 'function') {
-    Object.assign(R, {
-      defineMetadata: (k: unknown, v: unknown, t: object, p?: unknown) => void table(t, p).set(k, v),
-      getOwnMetadata: (k: unknown, t: object, p?: unknown) => table(t, p).get(k),
-      getMetadata: (k: unknown, t: object, p?: unknown) => {
-        for (let o: object | null = t; o; o = Object.getPrototypeOf(o) as object | null) {
-          const v = table(o, p).get(k);
-          if (v !== undefined) return v;
-        }
-        return undefined;
-      },
-      hasMetadata: (k: unknown, t: object, p?: unknown) => (R.getMetadata as (...a: unknown[]) => unknown)(k, t, p) !== undefined,
-      metadata: (k: unknown, v: unknown) => (t: object, p?: unknown) => void table(t, p).set(k, v),
-    });
-  }
+  await import('reflect-metadata');
   const x509 = await import('@peculiar/x509');
   x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
   return x509;
@@ -289,6 +267,29 @@ describe('mintLeaf (SPIFFE X509-SVID profile)', () => {
     expect(sigAlg).toBe({ 'ec-p384': '1.2.840.10045.4.3.3', ed25519: '1.3.101.112', rsa: '1.2.840.113549.1.1.11' }[kind]);
   });
 
+  it('copies the SPKI of a CSR key byte-exactly and refuses compressed EC points', () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'csr-'));
+    const r = spawnSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-384', '-nodes', '-keyout', 'k.pem', '-out', 'c.pem', '-subj', '/CN=x'], { cwd: dir });
+    expect(r.status).toBe(0);
+    const parsed = parseCsrPem(fs.readFileSync(path.join(dir, 'c.pem'), 'utf8'));
+    const leafR = mintLeaf(pki.inter, { spiffeId, dnsNames: [], subjectPublicKey: parsed.publicKey, notBefore, notAfter });
+    const certSpki = readDer(leafR.der).children[0]!.children[6]!.raw;
+    expect(certSpki.equals(parsed.spki)).toBe(true);
+    expect(new X509Certificate(leafR.pem).checkPrivateKey(createPrivateKey(fs.readFileSync(path.join(dir, 'k.pem'))))).toBe(true);
+
+    const spki = leafKey.publicKey.export({ type: 'spki', format: 'der' });
+    const point = spki.subarray(spki.length - 65);
+    const compressed = Buffer.concat([
+      Buffer.from('3039301306072a8648ce3d020106082a8648ce3d030107032200', 'hex'),
+      Buffer.from([0x02 | (point[64]! & 1)]),
+      point.subarray(1, 33),
+    ]);
+    const compressedKey = createPublicKey({ key: compressed, format: 'der', type: 'spki' });
+    expect(compressedKey.equals(leafKey.publicKey)).toBe(true);
+    const e = internalError(() => mintLeaf(pki.inter, { spiffeId, dnsNames: [], subjectPublicKey: compressedKey, notBefore, notAfter }));
+    expect([e.code, e.message]).toEqual(['internal', 'EC subject key must be an uncompressed point']);
+  });
+
   it('uses the given serial and rejects invalid ones', () => {
     const base = { spiffeId, dnsNames: [], subjectPublicKey: leafKey.publicKey, notBefore, notAfter };
     const r = mintLeaf(pki.inter, { ...base, serial: Buffer.from('00ff01', 'hex') });
@@ -485,6 +486,9 @@ describe('property: minted leaves parse back identically', () => {
           const nb = new Date(Math.floor(Date.now() / 1000) * 1000);
           const na = new Date(nb.getTime() + ttlS * 1000);
           const r = mintLeaf(pki.inter, { spiffeId, dnsNames: dns, ipAddresses: ips, subjectPublicKey: key, notBefore: nb, notAfter: na });
+          // Our strict reader accepts it: minimal lengths, no trailing bytes, valid serial/OIDs.
+          const tbs = readDer(r.der).children[0]!;
+          expect(readUnsignedIntegerBytes(tbs.children[1]!)).toHaveLength(16);
           const cert = new x509.X509Certificate(r.der);
           const names = cert.getExtension(x509.SubjectAlternativeNameExtension)!.names.toJSON();
           expect(names.filter((n) => n.type === 'url').map((n) => n.value)).toEqual([spiffeId]);

@@ -7,7 +7,6 @@
 import {
   createHash,
   createPrivateKey,
-  createPublicKey,
   randomFillSync,
   sign as cryptoSign,
   X509Certificate,
@@ -16,8 +15,8 @@ import {
 } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { BrokerError } from '../errors.js';
-import { parseSpiffeId, validateTrustDomain } from '../spiffe/id.js';
-import { keyKindOf } from './csr.js';
+import { parseSpiffeId, validateTrustDomain, type SpiffeId } from '../spiffe/id.js';
+import { keyKindOf, spkiOf, type KeyKind } from './csr.js';
 import {
   DerError,
   TAG,
@@ -219,19 +218,25 @@ function serialFor(given: Buffer | undefined): { der: Buffer; hex: string } {
   return { der: integerFromBytes(bytes), hex: bytes.toString('hex') };
 }
 
-function spkiOf(key: KeyObject): Buffer {
-  const pub = key.type === 'private' ? createPublicKey(key) : key;
-  return pub.export({ type: 'spki', format: 'der' });
-}
-
 /** RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING value (no tag, length, unused-bits octet). */
 export function subjectKeyIdOf(spkiDer: Buffer): Buffer {
+  return createHash('sha1').update(subjectPublicKeyBits(spkiDer)).digest();
+}
+
+function subjectPublicKeyBits(spkiDer: Buffer): Buffer {
   try {
-    const spki = readDer(spkiDer);
-    return createHash('sha1').update(readBitString(child(spki, 1, 'subjectPublicKey')).bytes).digest();
+    return readBitString(child(readDer(spkiDer), 1, 'subjectPublicKey')).bytes;
   } catch (err) {
     throw internal('malformed SubjectPublicKeyInfo', err);
   }
+}
+
+/** SPKI and SKI of a subject key, refusing EC points that are not uncompressed (Go cannot parse those). */
+function subjectKeyMaterial(key: KeyObject, kind: KeyKind): { spki: Buffer; ski: Buffer } {
+  const spki = spkiOf(key);
+  const bits = subjectPublicKeyBits(spki);
+  if ((kind === 'ec-p256' || kind === 'ec-p384') && bits[0] !== 0x04) throw internal('EC subject key must be an uncompressed point');
+  return { spki, ski: createHash('sha1').update(bits).digest() };
 }
 
 function truncateToSeconds(d: Date, what: string): Date {
@@ -293,7 +298,7 @@ export function ipAddressBytes(ip: string): Buffer {
 }
 
 function leafSpiffeUri(spiffeId: string): Buffer {
-  let parsed;
+  let parsed: SpiffeId;
   try {
     parsed = parseSpiffeId(spiffeId);
   } catch (err) {
@@ -325,7 +330,7 @@ export function mintLeaf(issuer: IssuerMaterial, profile: LeafProfile): MintedCe
   }
   for (const ip of ips) sans.push(implicit(7, ipAddressBytes(ip)));
 
-  const spki = spkiOf(profile.subjectPublicKey);
+  const { spki, ski } = subjectKeyMaterial(profile.subjectPublicKey, keyKind);
   const serial = serialFor(profile.serial);
   const v = validity(profile.notBefore, profile.notAfter);
 
@@ -345,7 +350,7 @@ export function mintLeaf(issuer: IssuerMaterial, profile: LeafProfile): MintedCe
         EXT_LEAF_EKU,
         // Subject is non-empty, so the SAN extension is non-critical (RFC 5280 §4.2.1.6).
         extension(OID.subjectAltName, false, sequence(...sans)),
-        extension(OID.subjectKeyIdentifier, false, octetString(subjectKeyIdOf(spki))),
+        extension(OID.subjectKeyIdentifier, false, octetString(ski)),
         cache.akiExtension,
       ),
     ),
@@ -368,10 +373,7 @@ export function mintCa(profile: CaProfile, issuer: IssuerMaterial | { selfSigned
     throw internal(`invalid trust domain for CA: ${err instanceof Error ? err.message : String(err)}`, err);
   }
   if (!Number.isSafeInteger(profile.pathLen) || profile.pathLen < 0) throw internal('pathLen must be a non-negative integer');
-  keyKindOf(profile.subjectPublicKey);
-
-  const spki = spkiOf(profile.subjectPublicKey);
-  const ski = subjectKeyIdOf(spki);
+  const { spki, ski } = subjectKeyMaterial(profile.subjectPublicKey, keyKindOf(profile.subjectPublicKey));
   const subject = sequence(
     rdn(OID.organizationName, utf8String('Tessera')),
     rdn(OID.commonName, utf8String(profile.commonName)),
