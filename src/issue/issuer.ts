@@ -5,7 +5,7 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import type { Identity } from '../attest/identity.js';
 import type { CertificateAuthority } from '../ca/authority.js';
-import { parseCsrPem } from '../ca/csr.js';
+import { parseCsrPem, spkiOf } from '../ca/csr.js';
 import type { JwtSvidSigner } from '../ca/jwt-svid.js';
 import type { Clock } from '../clock.js';
 import { BrokerError, auditUnavailable } from '../errors.js';
@@ -54,8 +54,9 @@ export interface IssuerDeps {
   readonly replicaId: string;
 }
 
+/** SHA-256 of the SPKI; spkiOf caches the DER per key, because exporting costs ~110 µs in OpenSSL 3. */
 function keyFingerprint(key: KeyObject): string {
-  return `sha256:${createHash('sha256').update(key.export({ type: 'spki', format: 'der' })).digest('hex')}`;
+  return `sha256:${createHash('sha256').update(spkiOf(key)).digest('hex')}`;
 }
 
 /** The identity metadata every entry carries: who, from where in the cluster, never an IP. */
