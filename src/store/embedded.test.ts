@@ -461,3 +461,136 @@ describe('EmbeddedStore consumeOnce', () => {
     expect(s3.stats.liveNonces).toBe(11);
   });
 });
+
+describe('EmbeddedStore kv', () => {
+  it('puts, gets, lists, deletes, and everything survives reopen', async () => {
+    const clock = new FakeClock();
+    const s = await openStore({ clock });
+    await s.kvPut('revocation', 'serial-1', 'why=compromised');
+    await s.kvPut('revocation', 'serial-2', 'v1');
+    await s.kvPut('revocation', 'serial-2', 'v2 ✓');
+    await s.kvPut('lease', 'serial-1', 'other space');
+    expect(await s.kvGet('revocation', 'serial-2')).toBe('v2 ✓');
+    expect(await s.kvGet('revocation', 'nope')).toBeUndefined();
+    expect(await s.kvGet('freeze', 'serial-1')).toBeUndefined();
+    expect(await s.kvDelete('revocation', 'serial-1')).toBe(true);
+    expect(await s.kvDelete('revocation', 'serial-1')).toBe(false);
+    expect(await s.kvList('revocation')).toEqual([{ key: 'serial-2', value: 'v2 ✓' }]);
+    expect(await s.kvList('empty')).toEqual([]);
+    await s.close();
+    open.pop();
+    const s2 = await openStore({ clock });
+    expect(await s2.kvGet('revocation', 'serial-1')).toBeUndefined();
+    expect(await s2.kvGet('revocation', 'serial-2')).toBe('v2 ✓');
+    expect(await s2.kvList('lease')).toEqual([{ key: 'serial-1', value: 'other space' }]);
+    expect(s2.stats.kvRecords).toBe(2);
+  });
+
+  it('expires records in memory and drops them on reopen, compacting the file', async () => {
+    const clock = new FakeClock();
+    const s = await openStore({ clock });
+    await s.kvPut('lease', 'short', 'a', clock.t + 100);
+    await s.kvPut('lease', 'long', 'b', clock.t + 10_000);
+    for (let i = 0; i < 20; i++) await s.kvPut('lease', 'churn', `v${i}`);
+    clock.t += 99;
+    expect(await s.kvGet('lease', 'short')).toBe('a');
+    clock.t += 1;
+    expect(await s.kvGet('lease', 'short')).toBeUndefined();
+    expect(await s.kvDelete('lease', 'short')).toBe(false);
+    expect((await s.kvList('lease')).map((r) => r.key).sort()).toEqual(['churn', 'long']);
+    await s.close();
+    open.pop();
+    const file = path.join(dir, 'kv.log');
+    const before = (await fsp.stat(file)).size;
+    const s2 = await openStore({ clock });
+    expect((await fsp.stat(file)).size).toBeLessThan(before / 5);
+    expect(await s2.kvGet('lease', 'churn')).toBe('v19');
+    expect(await s2.kvGet('lease', 'long')).toBe('b');
+    clock.t += 10_000;
+    await s2.close();
+    open.pop();
+    const s3 = await openStore({ clock });
+    expect(await s3.kvList('lease')).toEqual([{ key: 'churn', value: 'v19' }]);
+  });
+
+  it('concurrent writes to one key land in call order; a delete behind a pending put sees it', async () => {
+    const s = await openStore();
+    const puts = Array.from({ length: 30 }, (_, i) => s.kvPut('secret', 'k', `v${i}`));
+    const del = s.kvDelete('secret', 'k');
+    const last = s.kvPut('secret', 'k', 'final');
+    await Promise.all(puts);
+    expect(await del).toBe(true);
+    await last;
+    expect(await s.kvGet('secret', 'k')).toBe('final');
+  });
+
+  it('a failed write changes nothing, rejects with 503, and the store recovers', async () => {
+    const faults: Faults = { target: 'kv.log', writes: 0, syncs: 0 };
+    const s = await openStore({ openFile: faultyOpen(faults) });
+    await s.kvPut('freeze', 'ns/shop', 'on');
+    faults.sync = true;
+    await expectBroker(s.kvPut('freeze', 'ns/shop', 'changed'), 'store_unavailable', 503);
+    await expectBroker(s.kvPut('freeze', 'ns/new', 'x'), 'store_unavailable', 503);
+    await expectBroker(s.kvDelete('freeze', 'ns/shop'), 'store_unavailable', 503);
+    await expectBroker(s.checkWritable(), 'store_unavailable', 503);
+    expect(await s.kvList('freeze')).toEqual([{ key: 'ns/shop', value: 'on' }]);
+    faults.sync = false;
+    await s.checkWritable();
+    await s.kvPut('freeze', 'ns/new', 'y');
+    await s.close();
+    open.pop();
+    const s2 = await openStore();
+    expect((await s2.kvList('freeze')).sort((a, b) => a.key.localeCompare(b.key))).toEqual([
+      { key: 'ns/new', value: 'y' },
+      { key: 'ns/shop', value: 'on' },
+    ]);
+  });
+
+  it('refuses bad arguments with 400', async () => {
+    const s = await openStore();
+    await expectBroker(s.kvPut('Bad Space', 'k', 'v'), 'bad_request', 400);
+    await expectBroker(s.kvPut('', 'k', 'v'), 'bad_request', 400);
+    await expectBroker(s.kvPut('ok', '', 'v'), 'bad_request', 400);
+    await expectBroker(s.kvPut('ok', 'k'.repeat(1025), 'v'), 'bad_request', 400);
+    await expectBroker(s.kvPut('ok', 'k', 'x'.repeat(256 * 1024 + 1)), 'bad_request', 400);
+    await expectBroker(s.kvPut('ok', 'k', 'v', 1.5), 'bad_request', 400);
+    await expectBroker(s.kvGet('ok', ''), 'bad_request', 400);
+    await expectBroker(s.kvList('a/b'), 'bad_request', 400);
+  });
+});
+
+describe('EmbeddedStore hit and tryLock', () => {
+  it('counts hits in a fixed window per key and resets after it', async () => {
+    const clock = new FakeClock();
+    const s = await openStore({ clock });
+    expect(await s.hit('ip:a', 1000)).toEqual({ count: 1, resetInMs: 1000 });
+    clock.t += 400;
+    expect(await s.hit('ip:a', 1000)).toEqual({ count: 2, resetInMs: 600 });
+    expect(await s.hit('ip:b', 1000)).toEqual({ count: 1, resetInMs: 1000 });
+    const many = await Promise.all(Array.from({ length: 10 }, () => s.hit('ip:a', 1000)));
+    expect(many.map((r) => r.count).sort((x, y) => x - y)).toEqual([3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    clock.t += 600;
+    expect(await s.hit('ip:a', 1000)).toEqual({ count: 1, resetInMs: 1000 });
+    await expectBroker(s.hit('ip:a', 0), 'bad_request', 400);
+    await expectBroker(s.hit('', 1000), 'bad_request', 400);
+  });
+
+  it('gives a lock to one owner at a time, renews for the holder, and frees it on unlock or expiry', async () => {
+    const clock = new FakeClock();
+    const s = await openStore({ clock });
+    expect(await s.tryLock('checkpoint', 'replica-a', 1000)).toBe(true);
+    expect(await s.tryLock('checkpoint', 'replica-b', 1000)).toBe(false);
+    clock.t += 900;
+    expect(await s.tryLock('checkpoint', 'replica-a', 1000)).toBe(true); // renewal
+    clock.t += 900;
+    expect(await s.tryLock('checkpoint', 'replica-b', 1000)).toBe(false); // renewal extended it
+    await s.unlock('checkpoint', 'replica-b'); // not the owner: no effect
+    expect(await s.tryLock('checkpoint', 'replica-b', 1000)).toBe(false);
+    await s.unlock('checkpoint', 'replica-a');
+    expect(await s.tryLock('checkpoint', 'replica-b', 1000)).toBe(true);
+    clock.t += 1000;
+    expect(await s.tryLock('checkpoint', 'replica-a', 1000)).toBe(true); // b's lease expired
+    await expectBroker(s.tryLock('checkpoint', 'a', 0), 'bad_request', 400);
+    await expectBroker(s.tryLock('', 'a', 10), 'bad_request', 400);
+  });
+});

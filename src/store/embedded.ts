@@ -4,6 +4,11 @@
  *   <dir>/audit.log        audit entries, one record each, index = position in the file
  *   <dir>/checkpoints.log  signed checkpoint notes (UTF-8)
  *   <dir>/nonces.log       consumed single-use keys (see consumeOnce)
+ *   <dir>/kv.log           small records (kvPut/kvDelete), one JSON operation per record, replayed on
+ *                          open; expired and overwritten records are compacted away on open
+ *
+ * Rate-limit counters (hit) and locks (tryLock) live in memory only: one embedded store is one
+ * process, so there is nobody to share them with, and a restart resets them (a fresh window, no holder).
  *
  * Record framing (all three files), big-endian:
  *
@@ -28,6 +33,7 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
 import type { Store } from './store.js';
 
 /** The subset of fs.promises.FileHandle the store uses; injectable so tests can make I/O fail. */
@@ -64,6 +70,8 @@ export interface EmbeddedStoreStats {
   /** Bytes of torn tail dropped from audit.log when this store was opened. */
   auditTornBytesDropped: number;
   liveNonces: number;
+  /** Live kv records (expired ones may still be counted until they are next looked at). */
+  kvRecords: number;
 }
 
 /** File header: "TsLg" + u32 format version. */
@@ -436,6 +444,33 @@ interface NonceEntry {
   pending?: Promise<boolean> | undefined;
 }
 
+interface KvRecord {
+  value: string;
+  expiresAt?: number | undefined;
+}
+
+/** One kv.log record: a put (`v` set, `x` optional expiry) or a delete (no `v`). */
+interface KvOp {
+  s: string;
+  k: string;
+  v?: string;
+  x?: number;
+}
+
+function parseKvOp(p: Buffer): KvOp | undefined {
+  try {
+    const o = JSON.parse(p.toString('utf8')) as Partial<KvOp> | null;
+    if (!o || typeof o.s !== 'string' || typeof o.k !== 'string') return undefined;
+    if (o.v !== undefined && typeof o.v !== 'string') return undefined;
+    if (o.x !== undefined && typeof o.x !== 'number') return undefined;
+    return o as KvOp;
+  } catch {
+    return undefined;
+  }
+}
+
+const kvPayload = (op: KvOp): Buffer => Buffer.from(JSON.stringify(op), 'utf8');
+
 /** Directories open in this process: two stores on one directory would interleave writes. */
 const openDirs = new Set<string>();
 
@@ -447,6 +482,15 @@ export class EmbeddedStore implements Store {
   /** Not readonly: compaction on open swaps in the rewritten file. */
   #nonceFile: FramedFile;
   readonly #nonces: Map<string, NonceEntry>;
+  #kvFile!: FramedFile;
+  /** space → key → record; updated only once the operation is durable, in file order. */
+  #kv = new Map<string, Map<string, KvRecord>>();
+  /** `space\0key` → kv writes queued but not yet durable (a delete must not be skipped while one is). */
+  readonly #kvPending = new Map<string, number>();
+  /** Fixed-window counters: `windowMs\0key` → current window. */
+  readonly #hits = new Map<string, { count: number; resetAt: number }>();
+  #hitSweepAt = 1024;
+  readonly #locks = new Map<string, { owner: string; expiresAt: number }>();
   readonly #clock: Clock;
   readonly #openFile: OpenStoreFile;
   #sweepAt = 1024;
@@ -498,10 +542,43 @@ export class EmbeddedStore implements Store {
         if (!prev || prev.expiresAt < expiresAt) nonces.set(key, { expiresAt });
       });
       opened.push(nonceFile);
+      const kv = new Map<string, Map<string, KvRecord>>();
+      let kvRecords = 0;
+      const kvFile = await FramedFile.open(path.join(abs, 'kv.log'), openFile, fsync, storeUnavailable, (p) => {
+        kvRecords++;
+        const op = parseKvOp(p);
+        if (!op) return; // unknown record shape: ignore rather than refuse (like nonces)
+        let space = kv.get(op.s);
+        if (op.v === undefined) {
+          space?.delete(op.k);
+          return;
+        }
+        if (op.x !== undefined && op.x <= now) {
+          space?.delete(op.k); // a put that has already expired still replaces what was there
+          return;
+        }
+        if (!space) kv.set(op.s, (space = new Map()));
+        space.set(op.k, { value: op.v, expiresAt: op.x });
+      });
+      opened.push(kvFile);
       if (fsync) await syncDir(abs);
       const store = new EmbeddedStore(abs, audit, checkpoints, nonceFile, nonces, clock, openFile);
+      store.#kvFile = kvFile;
+      store.#kv = kv;
       // Expired nonces are dead weight: rewrite the file when they dominate it.
-      if (nonceRecords > 1024 && nonceRecords > 2 * nonces.size) await store.#compactNonces(fsync);
+      if (nonceRecords > 1024 && nonceRecords > 2 * nonces.size) {
+        store.#nonceFile = await store.#compact('nonces.log', store.#nonceFile, fsync, function* () {
+          for (const [key, e] of nonces) yield noncePayload(Buffer.from(key, 'base64'), e.expiresAt);
+        });
+      }
+      // kv records are few; drop every overwritten, deleted or expired one on each open.
+      let liveKv = 0;
+      for (const space of kv.values()) liveKv += space.size;
+      if (kvRecords > liveKv) {
+        store.#kvFile = await store.#compact('kv.log', store.#kvFile, fsync, function* () {
+          for (const [s, space] of kv) for (const [k, r] of space) yield kvPayload({ s, k, v: r.value, ...(r.expiresAt !== undefined ? { x: r.expiresAt } : {}) });
+        });
+      }
       return store;
     } catch (err) {
       await Promise.all(opened.map((f) => f.close().catch(() => {})));
@@ -512,22 +589,26 @@ export class EmbeddedStore implements Store {
   }
 
   /**
-   * Replaces nonces.log with only the live records (temp file, fsync, rename, fsync dir). Best effort
-   * up to the rename: if writing the copy fails, the old file simply stays in use.
+   * Replaces `<name>` with only the given live records (temp file, fsync, rename, fsync dir) and returns
+   * the file to use from now on. Best effort up to the rename: if writing the copy fails, the old file
+   * simply stays in use.
    */
-  async #compactNonces(fsync: boolean): Promise<void> {
-    const file = path.join(this.dir, 'nonces.log');
+  async #compact(name: string, current: FramedFile, fsync: boolean, records: () => Iterable<Buffer>): Promise<FramedFile> {
+    const file = path.join(this.dir, name);
     const tmp = `${file}.compact`;
     try {
       await fsp.rm(tmp, { force: true });
       const fresh = await FramedFile.open(tmp, this.#openFile, fsync, storeUnavailable);
       try {
         let chunk: Buffer[] = [];
-        for (const [key, e] of this.#nonces) {
-          chunk.push(noncePayload(Buffer.from(key, 'base64'), e.expiresAt));
-          if (chunk.length === 65_536) {
+        let bytes = 0;
+        for (const rec of records()) {
+          chunk.push(rec);
+          bytes += HEADER + rec.length;
+          if (chunk.length === 65_536 || bytes > MAX_BATCH_BYTES / 2) {
             await fresh.append(chunk);
             chunk = [];
+            bytes = 0;
           }
         }
         if (chunk.length > 0) await fresh.append(chunk);
@@ -537,11 +618,11 @@ export class EmbeddedStore implements Store {
       await fsp.rename(tmp, file);
     } catch {
       await fsp.rm(tmp, { force: true }).catch(() => {});
-      return;
+      return current;
     }
     if (fsync) await syncDir(this.dir);
-    await this.#nonceFile.close();
-    this.#nonceFile = await FramedFile.open(file, this.#openFile, fsync, storeUnavailable);
+    await current.close();
+    return FramedFile.open(file, this.#openFile, fsync, storeUnavailable);
   }
 
   appendAuditEntries(entries: readonly Buffer[]): Promise<number> {
@@ -625,6 +706,120 @@ export class EmbeddedStore implements Store {
     this.#sweepAt = Math.max(1024, this.#nonces.size * 2);
   }
 
+  /** Live record or undefined; drops an expired one from memory on the way. */
+  #kvLive(space: string, key: string, now: number): KvRecord | undefined {
+    const m = this.#kv.get(space);
+    const r = m?.get(key);
+    if (!r) return undefined;
+    if (r.expiresAt !== undefined && r.expiresAt <= now) {
+      m?.delete(key);
+      return undefined;
+    }
+    return r;
+  }
+
+  /** Appends one kv operation; `apply` runs once it is durable, in file order with every other kv write. */
+  async #kvWrite<T>(op: KvOp, apply: () => T): Promise<T> {
+    const id = `${op.s}\0${op.k}`;
+    this.#kvPending.set(id, (this.#kvPending.get(id) ?? 0) + 1);
+    try {
+      await this.#kvFile.append([kvPayload(op)]);
+      return apply();
+    } finally {
+      const n = (this.#kvPending.get(id) ?? 1) - 1;
+      if (n <= 0) this.#kvPending.delete(id);
+      else this.#kvPending.set(id, n);
+    }
+  }
+
+  /** fdatasync'd before it resolves; a failed write changes nothing (memory is updated only after). */
+  async kvPut(space: string, key: string, value: string, expiresAtMs?: number): Promise<void> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkSpace(space);
+    checkName('kv key', key);
+    checkValue(value);
+    checkExpiry(expiresAtMs);
+    const op: KvOp = { s: space, k: key, v: value, ...(expiresAtMs !== undefined ? { x: expiresAtMs } : {}) };
+    await this.#kvWrite(op, () => {
+      let m = this.#kv.get(space);
+      if (!m) this.#kv.set(space, (m = new Map()));
+      m.set(key, { value, expiresAt: expiresAtMs });
+    });
+  }
+
+  async kvGet(space: string, key: string): Promise<string | undefined> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkSpace(space);
+    checkName('kv key', key);
+    return this.#kvLive(space, key, this.#clock.now())?.value;
+  }
+
+  async kvDelete(space: string, key: string): Promise<boolean> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkSpace(space);
+    checkName('kv key', key);
+    // Nothing to delete and nothing on its way: no write needed.
+    if (!this.#kvLive(space, key, this.#clock.now()) && !this.#kvPending.has(`${space}\0${key}`)) return false;
+    return this.#kvWrite({ s: space, k: key }, () => {
+      const existed = this.#kvLive(space, key, this.#clock.now()) !== undefined;
+      this.#kv.get(space)?.delete(key);
+      return existed;
+    });
+  }
+
+  async kvList(space: string): Promise<{ key: string; value: string }[]> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkSpace(space);
+    const m = this.#kv.get(space);
+    if (!m) return [];
+    const now = this.#clock.now();
+    const out: { key: string; value: string }[] = [];
+    for (const [key, r] of m) {
+      if (r.expiresAt !== undefined && r.expiresAt <= now) m.delete(key);
+      else out.push({ key, value: r.value });
+    }
+    return out;
+  }
+
+  /** The first hit opens a window of `windowMs`; hits count until it ends, then the next hit opens a new one. */
+  async hit(key: string, windowMs: number): Promise<{ count: number; resetInMs: number }> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkName('counter key', key);
+    checkDuration('windowMs', windowMs);
+    const now = this.#clock.now();
+    const id = `${windowMs}\0${key}`;
+    let w = this.#hits.get(id);
+    if (!w || w.resetAt <= now) {
+      w = { count: 0, resetAt: now + windowMs };
+      this.#hits.set(id, w);
+    }
+    w.count++;
+    if (this.#hits.size >= this.#hitSweepAt) {
+      for (const [k, v] of this.#hits) if (v.resetAt <= now) this.#hits.delete(k);
+      this.#hitSweepAt = Math.max(1024, this.#hits.size * 2);
+    }
+    return { count: w.count, resetInMs: w.resetAt - now };
+  }
+
+  async tryLock(name: string, owner: string, ttlMs: number): Promise<boolean> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkName('lock name', name);
+    checkName('lock owner', owner);
+    checkDuration('ttlMs', ttlMs);
+    const now = this.#clock.now();
+    const held = this.#locks.get(name);
+    if (held && held.expiresAt > now && held.owner !== owner) return false;
+    this.#locks.set(name, { owner, expiresAt: now + ttlMs });
+    return true;
+  }
+
+  async unlock(name: string, owner: string): Promise<void> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkName('lock name', name);
+    checkName('lock owner', owner);
+    if (this.#locks.get(name)?.owner === owner) this.#locks.delete(name);
+  }
+
   /**
    * Cheap when healthy (no I/O). After a failed flush, probes the failed file (see FramedFile.recover)
    * and throws audit_unavailable / store_unavailable if it still cannot take durable writes.
@@ -635,6 +830,7 @@ export class EmbeddedStore implements Store {
       [this.#audit, auditUnavailable],
       [this.#checkpoints, storeUnavailable],
       [this.#nonceFile, storeUnavailable],
+      [this.#kvFile, storeUnavailable],
     ];
     for (const [f, unavailable] of files) {
       if (!f.failed) continue;
@@ -654,6 +850,7 @@ export class EmbeddedStore implements Store {
       auditFlushFailures: this.#audit.flushFailures,
       auditTornBytesDropped: this.#audit.tornBytesDropped,
       liveNonces: this.#nonces.size,
+      kvRecords: [...this.#kv.values()].reduce((n, m) => n + m.size, 0),
     };
   }
 
@@ -663,7 +860,7 @@ export class EmbeddedStore implements Store {
     this.#closed = true;
     this.#closing = (async () => {
       try {
-        await Promise.all([this.#audit.close(), this.#checkpoints.close(), this.#nonceFile.close()]);
+        await Promise.all([this.#audit.close(), this.#checkpoints.close(), this.#nonceFile.close(), this.#kvFile.close()]);
       } finally {
         openDirs.delete(this.dir);
       }

@@ -1,6 +1,6 @@
 /**
  * The only way to persistent state. Two implementations: `embedded` (memory + append-only files, fsync)
- * and, later, `redis`. Anything replicas must agree on goes through here atomically.
+ * and `redis` (store/redis.ts, shared by replicas). Anything replicas must agree on goes through here atomically.
  */
 export interface Store {
   readonly kind: 'embedded' | 'redis';
@@ -8,7 +8,8 @@ export interface Store {
   /**
    * Appends audit entries (already-canonical bytes) in order and resolves with the index of the first
    * one only once they are on stable storage. Rejects if they could not be made durable; a rejected
-   * append must never later appear in the log.
+   * append must never later appear in the log — except that over a network (Redis) a command that timed
+   * out may have run: such an entry can appear (once, never twice) although the caller saw a 503.
    */
   appendAuditEntries(entries: readonly Buffer[]): Promise<number>;
   /** Number of durably stored audit entries. */
@@ -25,6 +26,31 @@ export interface Store {
    * later call before expiry. Single-use nonces, token replay caches.
    */
   consumeOnce(key: string, expiresAtMs: number): Promise<boolean>;
+
+  /**
+   * Small durable records in a named space ('revocation', 'freeze', 'secret', 'lease', …). The value is
+   * opaque text to the store (secrets arrive already encrypted). A record with `expiresAtMs` disappears
+   * after that time. Writes are durable (fsync / Redis ack) before the promise resolves.
+   */
+  kvPut(space: string, key: string, value: string, expiresAtMs?: number): Promise<void>;
+  kvGet(space: string, key: string): Promise<string | undefined>;
+  /** Resolves true if a record was removed. */
+  kvDelete(space: string, key: string): Promise<boolean>;
+  /** Every live record of a space (spaces are expected to stay small: thousands, not millions). */
+  kvList(space: string): Promise<{ key: string; value: string }[]>;
+
+  /**
+   * Fixed-window counter shared by all replicas (rate limits, alert thresholds): atomically counts this
+   * hit in the current window of `windowMs` for `key` and returns the count and the time until reset.
+   */
+  hit(key: string, windowMs: number): Promise<{ count: number; resetInMs: number }>;
+
+  /**
+   * Mutual exclusion across replicas for singleton work (checkpoint signing, lease sweeping): resolves
+   * true if `owner` holds `name` for `ttlMs` after the call (a new acquisition or a renewal).
+   */
+  tryLock(name: string, owner: string, ttlMs: number): Promise<boolean>;
+  unlock(name: string, owner: string): Promise<void>;
 
   /** Throws a BrokerError (503) if the store cannot take durable writes right now. */
   checkWritable(): Promise<void>;

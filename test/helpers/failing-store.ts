@@ -1,12 +1,17 @@
 /**
- * Fault injection for fail-closed tests: wraps a real store and can make audit appends fail, the way
- * a full disk or an unreachable Redis would. Everything else goes to the real store.
+ * Fault injection for fail-closed tests: wraps a real store and can make writes fail, the way a full
+ * disk or an unreachable Redis would. Everything else goes to the real store.
+ *
+ *   failAppends  audit appends (and checkWritable) fail with store_unavailable
+ *   failWrites   every other write fails with store_unavailable: kvPut, kvDelete, consumeOnce,
+ *                appendCheckpoint, hit, tryLock, unlock (and checkWritable). Reads still work.
  */
 import { storeUnavailable } from '../../src/errors.js';
 import type { Store } from '../../src/store/store.js';
 
 export class FaultyStore implements Store {
   failAppends = false;
+  failWrites = false;
   constructor(private readonly inner: Store) {}
   get kind(): Store['kind'] {
     return this.inner.kind;
@@ -22,16 +27,44 @@ export class FaultyStore implements Store {
     return this.inner.readAuditEntries(start, end);
   }
   appendCheckpoint(note: string): Promise<void> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
     return this.inner.appendCheckpoint(note);
   }
   listCheckpoints(): Promise<string[]> {
     return this.inner.listCheckpoints();
   }
   consumeOnce(key: string, expiresAtMs: number): Promise<boolean> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
     return this.inner.consumeOnce(key, expiresAtMs);
   }
+  kvPut(space: string, key: string, value: string, expiresAtMs?: number): Promise<void> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.kvPut(space, key, value, expiresAtMs);
+  }
+  kvGet(space: string, key: string): Promise<string | undefined> {
+    return this.inner.kvGet(space, key);
+  }
+  kvDelete(space: string, key: string): Promise<boolean> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.kvDelete(space, key);
+  }
+  kvList(space: string): Promise<{ key: string; value: string }[]> {
+    return this.inner.kvList(space);
+  }
+  hit(key: string, windowMs: number): Promise<{ count: number; resetInMs: number }> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.hit(key, windowMs);
+  }
+  tryLock(name: string, owner: string, ttlMs: number): Promise<boolean> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.tryLock(name, owner, ttlMs);
+  }
+  unlock(name: string, owner: string): Promise<void> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.unlock(name, owner);
+  }
   checkWritable(): Promise<void> {
-    if (this.failAppends) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    if (this.failAppends || this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
     return this.inner.checkWritable();
   }
   close(): Promise<void> {

@@ -1,0 +1,51 @@
+/**
+ * Argument checks shared by every Store implementation, so the embedded and the Redis store accept and
+ * refuse exactly the same inputs (the contract test runs against both). Bad input is a caller bug, but
+ * it still becomes a 400 BrokerError rather than a crash.
+ */
+import { BrokerError } from '../errors.js';
+
+/** Space names: short, lowercase, safe inside file records and Redis key names. */
+const SPACE_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+export const MAX_KEY_CHARS = 1024;
+/** Values are small records (encrypted secrets, lease metadata); 256 KiB is far above any of them. */
+export const MAX_VALUE_BYTES = 256 * 1024;
+/** Longest lock lease and rate-limit window: a week. Anything longer is a unit mistake. */
+export const MAX_DURATION_MS = 7 * 24 * 3600 * 1000;
+export const MAX_NAME_CHARS = 4096;
+
+const bad = (message: string): BrokerError => new BrokerError('bad_request', 400, message);
+
+export function checkSpace(space: string): void {
+  if (typeof space !== 'string' || !SPACE_RE.test(space)) {
+    throw bad('kv space must match ^[a-z0-9][a-z0-9._-]{0,63}$');
+  }
+}
+
+/** Non-empty string of at most `max` characters (nonce keys, kv keys, counter and lock names). */
+export function checkName(what: string, name: string, max = MAX_KEY_CHARS): void {
+  if (typeof name !== 'string' || name.length === 0 || name.length > max) {
+    throw bad(`${what} must be a non-empty string of at most ${max} chars`);
+  }
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+export function checkValue(value: string): void {
+  if (typeof value !== 'string') throw bad('kv value must be a string');
+  // Lone surrogates cannot survive UTF-8; refuse them rather than store something else than was given.
+  if (LONE_SURROGATE.test(value)) throw bad('kv value must be well-formed Unicode');
+  if (Buffer.byteLength(value, 'utf8') > MAX_VALUE_BYTES) throw bad(`kv value must be at most ${MAX_VALUE_BYTES} bytes`);
+}
+
+export function checkExpiry(expiresAtMs: number | undefined): void {
+  if (expiresAtMs !== undefined && (!Number.isSafeInteger(expiresAtMs) || expiresAtMs <= 0)) {
+    throw bad('expiresAtMs must be a positive integer (ms since the epoch)');
+  }
+}
+
+export function checkDuration(what: string, ms: number): void {
+  if (!Number.isSafeInteger(ms) || ms <= 0 || ms > MAX_DURATION_MS) {
+    throw bad(`${what} must be an integer number of ms in 1..${MAX_DURATION_MS}`);
+  }
+}

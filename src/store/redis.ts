@@ -1,0 +1,552 @@
+/**
+ * Redis Store: all state several broker replicas must agree on, in one Redis (standalone, Sentinel or
+ * Cluster) via ioredis. Every key lives under `{<prefix>}:` — the braces are a Cluster hash tag, so all
+ * keys share one slot and multi-key scripts work in Cluster too. Key layout (see docs/redis.md):
+ *
+ *   {p}:audit                  list    canonical audit entries; index = position (RPUSH is the total order)
+ *   {p}:checkpoints            list    signed checkpoint notes
+ *   {p}:once:<sha256(key)>     string  consumed single-use key, expires at the caller's expiry (PXAT)
+ *   {p}:kv:<space>:<key>       string  kv record value, optional expiry (PXAT)
+ *   {p}:kvi:<space>            set     keys of a space (kvList reads this, never KEYS/SCAN)
+ *   {p}:hit:<windowMs>:<key>   string  fixed-window counter, expires with its window
+ *   {p}:lock:<name>            string  lock owner, expires after the lease (PX)
+ *   {p}:probe                  string  written by checkWritable (readiness)
+ *
+ * Atomicity: a single command where one suffices (RPUSH returns the new length, so the first index of
+ * an append is known without a read; SET NX PXAT consumes a nonce), Lua (defineCommand) where a step
+ * touches two keys or must compare before writing (kv + index, counter + expiry, lock renew, unlock).
+ * Nothing is read in Node and then written back.
+ *
+ * Fail closed, never hang: no offline queue (commands while disconnected fail at once), no automatic
+ * resend of in-flight commands after a reconnect (a resent RPUSH could append an entry twice), every
+ * command bounded by commandTimeoutMs and by an outer deadline; any failure is a 503 BrokerError
+ * (audit_unavailable for the audit log, store_unavailable otherwise). The client reconnects forever
+ * with a short backoff, so the broker recovers by itself when Redis is back.
+ *
+ * A command that times out may still have run: an audit append that failed with 503 can therefore
+ * appear in the log (an entry for a credential that was never handed out), but a credential is never
+ * handed out without its entry. Values are opaque strings; secrets reach the store already encrypted.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { ConnectionOptions } from 'node:tls';
+import { Cluster, Redis, type ChainableCommander, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { type Clock, systemClock } from '../clock.js';
+import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { MAX_PAYLOAD } from './embedded.js';
+import { checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
+import type { Store } from './store.js';
+
+export interface RedisAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface RedisTlsOptions {
+  /** PEM file of the CA(s) that sign the Redis server certificate (default: Node's roots). */
+  readonly caFile?: string;
+  /** Client certificate and key for Redis servers that require mutual TLS. */
+  readonly certFile?: string;
+  readonly keyFile?: string;
+  readonly serverName?: string;
+}
+
+/** Exactly one of `url`, `sentinels` (+ `name`) or `nodes` selects the topology. */
+export interface RedisStoreOptions {
+  /** redis://[user:password@]host:port[/db] or rediss:// for TLS. */
+  readonly url?: string;
+  readonly sentinels?: readonly RedisAddress[];
+  /** Sentinel master group name. */
+  readonly name?: string;
+  /** Cluster seed nodes. */
+  readonly nodes?: readonly RedisAddress[];
+  /** Key prefix; keys are `{prefix}:…`. Default "tessera". */
+  readonly prefix?: string;
+  /** After every write, `WAIT 1` for a replica's acknowledgement; fail with 503 if none acks in time. */
+  readonly requireReplicaAck?: boolean;
+  /** Bound on every command (default 1500 ms). */
+  readonly commandTimeoutMs?: number;
+  /** Bound on a connection attempt (default 1500 ms). */
+  readonly connectTimeoutMs?: number;
+  /** How long `connect()` waits for the first connection before giving up (default 10 s). */
+  readonly startupTimeoutMs?: number;
+  readonly username?: string;
+  /** File holding the Redis password (kept out of the config file). */
+  readonly passwordFile?: string;
+  /** TLS to Redis (rediss:// URLs enable it too). */
+  readonly tls?: RedisTlsOptions;
+  /** Time source for nonce expiry checks (default: system clock). */
+  readonly clock?: Clock;
+}
+
+const PREFIX_RE = /^[A-Za-z0-9._-]{1,64}$/;
+const MAX_NONCE_KEY = 4096;
+/** One append is one RPUSH; this bounds the command's size. */
+const MAX_APPEND_ENTRIES = 1024;
+/** Reads of the audit list per LRANGE (AuditLog reads in batches of up to 16384). */
+const READ_CHUNK = 4096;
+/** Reconnect backoff: quick first tries, never more than a second apart. */
+const retryStrategy = (times: number): number => Math.min(50 * times, 1000);
+
+/** Lua for steps that touch two keys or compare before writing. All keys share one hash slot. */
+const SCRIPTS = {
+  // KEYS: record, index. ARGV: key, value, pxat ('' for none). The index gains the key with the record.
+  tesseraKvPut: {
+    numberOfKeys: 2,
+    lua: `
+      if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2])
+      else redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3]) end
+      redis.call('SADD', KEYS[2], ARGV[1])
+      return 1`,
+  },
+  // KEYS: record, index. ARGV: key. Returns 1 if a live record was removed.
+  tesseraKvDelete: {
+    numberOfKeys: 2,
+    lua: `
+      local n = redis.call('DEL', KEYS[1])
+      redis.call('SREM', KEYS[2], ARGV[1])
+      return n`,
+  },
+  // KEYS: index. ARGV: record key prefix ("{p}:kv:<space>:"). Returns key, value, key, value, …;
+  // index entries whose record has expired are removed on the way (same hash slot as the index).
+  tesseraKvList: {
+    numberOfKeys: 1,
+    lua: `
+      local out = {}
+      local keys = redis.call('SMEMBERS', KEYS[1])
+      for _, k in ipairs(keys) do
+        local v = redis.call('GET', ARGV[1] .. k)
+        if v then out[#out + 1] = k; out[#out + 1] = v
+        else redis.call('SREM', KEYS[1], k) end
+      end
+      return out`,
+  },
+  // KEYS: counter. ARGV: windowMs. The first hit opens the window; returns {count, ms until reset}.
+  tesseraHit: {
+    numberOfKeys: 1,
+    lua: `
+      local c = redis.call('INCR', KEYS[1])
+      local ttl = redis.call('PTTL', KEYS[1])
+      if c == 1 or ttl < 0 then
+        redis.call('PEXPIRE', KEYS[1], ARGV[1])
+        ttl = tonumber(ARGV[1])
+      end
+      return {c, ttl}`,
+  },
+  // KEYS: lock. ARGV: owner, ttlMs. Acquire if free, renew if ours; 1 if we hold it afterwards.
+  tesseraTryLock: {
+    numberOfKeys: 1,
+    lua: `
+      local cur = redis.call('GET', KEYS[1])
+      if cur == false or cur == ARGV[1] then
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        return 1
+      end
+      return 0`,
+  },
+  // KEYS: lock. ARGV: owner. Compare-and-delete: never releases someone else's lock.
+  tesseraUnlock: {
+    numberOfKeys: 1,
+    lua: `
+      if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+      return 0`,
+  },
+} as const;
+
+type ScriptName = keyof typeof SCRIPTS;
+type Client = Redis | Cluster;
+/** A pipeline with our scripts on it (defineCommand adds them at run time; TypeScript cannot see that). */
+type ScriptPipeline = ChainableCommander & { [K in ScriptName]: (...args: (string | number)[]) => ScriptPipeline };
+type ScriptClient = Client & { [K in ScriptName]: (...args: (string | number)[]) => Promise<unknown> };
+
+type Unavailable = (message: string, cause?: unknown) => BrokerError;
+
+function readSecretFile(file: string, what: string): string {
+  try {
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw storeUnavailable(`cannot read Redis ${what} file ${file}`, err);
+  }
+}
+
+function tlsOptions(t: RedisTlsOptions | undefined): ConnectionOptions | undefined {
+  if (t === undefined) return undefined;
+  return {
+    ...(t.caFile !== undefined ? { ca: readSecretFile(t.caFile, 'TLS CA') } : {}),
+    ...(t.certFile !== undefined ? { cert: readSecretFile(t.certFile, 'TLS certificate') } : {}),
+    ...(t.keyFile !== undefined ? { key: readSecretFile(t.keyFile, 'TLS key') } : {}),
+    ...(t.serverName !== undefined ? { servername: t.serverName } : {}),
+    minVersion: 'TLSv1.2',
+  };
+}
+
+/** Options shared by every connection: bounded, no offline queue, no resend, reconnect forever. */
+function baseOptions(o: RedisStoreOptions, commandTimeout: number): RedisOptions {
+  const password = o.passwordFile !== undefined ? readSecretFile(o.passwordFile, 'password') : undefined;
+  const tls = tlsOptions(o.tls);
+  return {
+    commandTimeout,
+    connectTimeout: o.connectTimeoutMs ?? 1500,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    retryStrategy,
+    lazyConnect: true,
+    ...(o.username !== undefined ? { username: o.username } : {}),
+    ...(password !== undefined ? { password } : {}),
+    ...(tls !== undefined ? { tls } : {}),
+  };
+}
+
+function createClient(o: RedisStoreOptions, commandTimeout: number): Client {
+  const chosen = [o.url !== undefined, o.sentinels !== undefined, o.nodes !== undefined].filter(Boolean).length;
+  if (chosen !== 1) throw storeUnavailable('Redis store: set exactly one of url, sentinels (+ name) or nodes');
+  const base = baseOptions(o, commandTimeout);
+  if (o.url !== undefined) {
+    if (!/^rediss?:\/\//.test(o.url)) throw storeUnavailable('Redis store: url must start with redis:// or rediss://');
+    return new Redis(o.url, base);
+  }
+  if (o.sentinels !== undefined) {
+    if (o.name === undefined || o.sentinels.length === 0) throw storeUnavailable('Redis store: sentinels need a master group name and at least one address');
+    return new Redis({
+      ...base,
+      sentinels: o.sentinels.map((s) => ({ host: s.host, port: s.port })),
+      name: o.name,
+      sentinelRetryStrategy: retryStrategy,
+      sentinelCommandTimeout: commandTimeout,
+      ...(base.tls !== undefined ? { enableTLSForSentinelMode: true, sentinelTLS: base.tls } : {}),
+    });
+  }
+  const nodes = o.nodes ?? [];
+  if (nodes.length === 0) throw storeUnavailable('Redis store: nodes needs at least one address');
+  const { retryStrategy: _r, enableOfflineQueue: _q, lazyConnect: _l, ...redisOptions } = base;
+  const clusterOptions: ClusterOptions = {
+    enableOfflineQueue: false,
+    lazyConnect: true,
+    clusterRetryStrategy: retryStrategy,
+    // Nodes that drop come back without a topology change (a restart): reconnect to them too.
+    clusterNodeRetryStrategy: retryStrategy,
+    slotsRefreshTimeout: commandTimeout,
+    redisOptions,
+  };
+  return new Cluster(nodes.map((n) => ({ host: n.host, port: n.port })), clusterOptions);
+}
+
+export class RedisStore implements Store {
+  readonly kind = 'redis' as const;
+  readonly prefix: string;
+  readonly #client: ScriptClient;
+  readonly #clock: Clock;
+  readonly #ack: boolean;
+  readonly #commandTimeout: number;
+  /** Outer bound on every operation, a little above the command timeout (a pipeline is several commands). */
+  readonly #deadline: number;
+  readonly #k: (suffix: string) => string;
+  #closed = false;
+  #lastError: string | undefined;
+  /**
+   * Set when Redis stopped answering (timeout, lost connection). While set, operations are refused at
+   * once instead of each waiting out its own timeout — a request making several store calls against a
+   * hung Redis still fails within one command timeout — and one PING at a time checks for recovery.
+   */
+  #suspect = false;
+  #probing: Promise<void> | null = null;
+
+  private constructor(client: Client, o: RedisStoreOptions, prefix: string, commandTimeout: number) {
+    this.#client = client as ScriptClient;
+    this.prefix = prefix;
+    this.#clock = o.clock ?? systemClock;
+    this.#ack = o.requireReplicaAck ?? false;
+    this.#commandTimeout = commandTimeout;
+    this.#deadline = commandTimeout + 400;
+    const base = `{${prefix}}:`;
+    this.#k = (suffix) => base + suffix;
+    for (const [name, s] of Object.entries(SCRIPTS)) client.defineCommand(name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
+    // ioredis reports connection errors as events; without a listener Node would treat them as fatal.
+    client.on('error', (err: Error) => {
+      this.#lastError = err.message;
+    });
+    client.on('ready', () => {
+      this.#lastError = undefined;
+      this.#suspect = false;
+    });
+  }
+
+  /**
+   * Connects and resolves once Redis answers (bounded by startupTimeoutMs). Afterwards the client
+   * reconnects by itself whenever the connection drops.
+   */
+  static async connect(o: RedisStoreOptions): Promise<RedisStore> {
+    const prefix = o.prefix ?? 'tessera';
+    if (!PREFIX_RE.test(prefix)) throw storeUnavailable('Redis store: prefix must match ^[A-Za-z0-9._-]{1,64}$');
+    const commandTimeout = o.commandTimeoutMs ?? 1500;
+    if (!Number.isSafeInteger(commandTimeout) || commandTimeout < 100 || commandTimeout > 60_000) {
+      throw storeUnavailable('Redis store: commandTimeoutMs must be an integer in [100, 60000]');
+    }
+    const client = createClient(o, commandTimeout);
+    const store = new RedisStore(client, o, prefix, commandTimeout);
+    const startup = o.startupTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      // lazyConnect: connect() starts the first attempt; retryStrategy keeps trying until the deadline.
+      const ready = new Promise<void>((resolve) => client.once('ready', () => resolve()));
+      client.connect().catch(() => {});
+      await Promise.race([
+        ready,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(store.#lastError ?? 'no answer')), startup);
+        }),
+      ]);
+    } catch (err) {
+      client.disconnect();
+      throw storeUnavailable(`Redis store: cannot connect within ${startup} ms (${(err as Error).message})`, err);
+    } finally {
+      clearTimeout(timer);
+    }
+    return store;
+  }
+
+  /** Runs `op` bounded by the deadline; every failure becomes a 503 (or the BrokerError it already is). */
+  async #run<T>(what: string, op: () => Promise<T>, unavailable: Unavailable = storeUnavailable): Promise<T> {
+    if (this.#closed) throw unavailable('store is closed');
+    if (this.#suspect) {
+      this.#probe();
+      throw unavailable(`Redis unavailable: ${what} refused while Redis is not answering (${this.#lastError ?? 'timeout'})`);
+    }
+    try {
+      return await this.#bounded(op());
+    } catch (err) {
+      if (err instanceof BrokerError) throw err;
+      // A reply error (OOM, READONLY, MISCONF…) means Redis answered: no reason to stop talking to it.
+      if ((err as Error).name !== 'ReplyError') {
+        this.#suspect = true;
+        this.#lastError = (err as Error).message;
+      }
+      throw unavailable(`Redis unavailable: ${what} failed (${(err as Error).message})`, err);
+    }
+  }
+
+  async #bounded<T>(p: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        p,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${this.#deadline} ms`)), this.#deadline);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** One PING at a time while suspect; success lets operations through again. Failures are paced. */
+  #probe(): void {
+    if (this.#probing !== null || this.#closed) return;
+    this.#probing = (async () => {
+      try {
+        await this.#bounded(this.#client.ping());
+        this.#suspect = false;
+      } catch {
+        await new Promise((r) => setTimeout(r, 100));
+      } finally {
+        this.#probing = null;
+      }
+    })();
+  }
+
+  /**
+   * Runs writes as one pipeline (one round trip, one connection), followed by `WAIT 1` when replica
+   * acknowledgement is required; returns each command's reply.
+   */
+  async #write(build: (p: ScriptPipeline) => void, unavailable: Unavailable = storeUnavailable): Promise<unknown[]> {
+    const p = this.#client.pipeline() as ScriptPipeline;
+    build(p);
+    const n = p.length;
+    // WAIT's own timeout stays inside the command timeout so a missing replica is reported, not timed out.
+    if (this.#ack) p.wait(1, Math.max(50, this.#commandTimeout - 300));
+    const res = await p.exec();
+    if (res === null) throw unavailable('Redis unavailable: pipeline was discarded');
+    const out: unknown[] = [];
+    for (const [err, value] of res) {
+      if (err) throw err; // #run classifies it (a timeout marks Redis as not answering)
+      out.push(value);
+    }
+    if (this.#ack && Number(out[n]) < 1) {
+      throw unavailable('Redis: no replica acknowledged the write in time (requireReplicaAck)');
+    }
+    return out.slice(0, n);
+  }
+
+  appendAuditEntries(entries: readonly Buffer[]): Promise<number> {
+    return this.#run(
+      'audit append',
+      async () => {
+        if (entries.length === 0 || entries.length > MAX_APPEND_ENTRIES) {
+          throw new BrokerError('bad_request', 400, `one append carries 1..${MAX_APPEND_ENTRIES} entries`);
+        }
+        for (const e of entries) {
+          if (!(e instanceof Uint8Array) || e.length > MAX_PAYLOAD) {
+            throw new BrokerError('bad_request', 400, `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`);
+          }
+        }
+        // RPUSH is atomic and returns the new length: our entries are the last `entries.length`.
+        const [len] = await this.#write((p) => void p.rpush(this.#k('audit'), ...entries.map((e) => Buffer.from(e))), auditUnavailable);
+        const first = Number(len) - entries.length;
+        if (!Number.isSafeInteger(first) || first < 0) throw auditUnavailable(`Redis returned an invalid audit length ${String(len)}`);
+        return first;
+      },
+      auditUnavailable,
+    );
+  }
+
+  auditSize(): Promise<number> {
+    return this.#run('audit size', () => this.#client.llen(this.#k('audit')), auditUnavailable);
+  }
+
+  readAuditEntries(start: number, end: number): Promise<Buffer[]> {
+    return this.#run(
+      'audit read',
+      async () => {
+        if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) {
+          throw new BrokerError('bad_request', 400, 'record range must satisfy 0 <= start <= end');
+        }
+        const out: Buffer[] = [];
+        for (let i = start; i < end; i += READ_CHUNK) {
+          const to = Math.min(end, i + READ_CHUNK);
+          const got = await this.#client.lrangeBuffer(this.#k('audit'), i, to - 1);
+          out.push(...got);
+          if (got.length !== to - i) {
+            throw new BrokerError('bad_request', 400, `record range must satisfy 0 <= start <= end <= ${i + got.length}`);
+          }
+        }
+        return out;
+      },
+      auditUnavailable,
+    );
+  }
+
+  appendCheckpoint(note: string): Promise<void> {
+    return this.#run('checkpoint append', async () => {
+      if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 400, 'checkpoint note must be a non-empty string');
+      if (Buffer.byteLength(note, 'utf8') > MAX_PAYLOAD) throw new BrokerError('bad_request', 400, 'checkpoint note too large');
+      await this.#write((p) => void p.rpush(this.#k('checkpoints'), note));
+    });
+  }
+
+  listCheckpoints(): Promise<string[]> {
+    return this.#run('checkpoint list', () => this.#client.lrange(this.#k('checkpoints'), 0, -1));
+  }
+
+  /** SET NX PXAT: one atomic command. Keys are stored as SHA-256 (bounded size, no raw token IDs). */
+  consumeOnce(key: string, expiresAtMs: number): Promise<boolean> {
+    return this.#run('consumeOnce', async () => {
+      checkName('key', key, MAX_NONCE_KEY);
+      if (!Number.isSafeInteger(expiresAtMs)) throw new BrokerError('bad_request', 400, 'expiresAtMs must be an integer');
+      if (expiresAtMs <= this.#clock.now()) return false;
+      const id = createHash('sha256').update(key, 'utf8').digest('base64url');
+      const [res] = await this.#write((p) => void p.set(this.#k(`once:${id}`), '1', 'PXAT', expiresAtMs, 'NX'));
+      return res === 'OK';
+    });
+  }
+
+  kvPut(space: string, key: string, value: string, expiresAtMs?: number): Promise<void> {
+    return this.#run('kvPut', async () => {
+      checkSpace(space);
+      checkName('kv key', key);
+      checkValue(value);
+      checkExpiry(expiresAtMs);
+      await this.#write((p) => void p.tesseraKvPut(this.#k(`kv:${space}:${key}`), this.#k(`kvi:${space}`), key, value, expiresAtMs ?? ''));
+    });
+  }
+
+  kvGet(space: string, key: string): Promise<string | undefined> {
+    return this.#run('kvGet', async () => {
+      checkSpace(space);
+      checkName('kv key', key);
+      return (await this.#client.get(this.#k(`kv:${space}:${key}`))) ?? undefined;
+    });
+  }
+
+  kvDelete(space: string, key: string): Promise<boolean> {
+    return this.#run('kvDelete', async () => {
+      checkSpace(space);
+      checkName('kv key', key);
+      const [n] = await this.#write((p) => void p.tesseraKvDelete(this.#k(`kv:${space}:${key}`), this.#k(`kvi:${space}`), key));
+      return Number(n) > 0;
+    });
+  }
+
+  kvList(space: string): Promise<{ key: string; value: string }[]> {
+    return this.#run('kvList', async () => {
+      checkSpace(space);
+      // Runs as a script because it also drops index entries of expired records (a write).
+      const [flat] = await this.#write((p) => void p.tesseraKvList(this.#k(`kvi:${space}`), this.#k(`kv:${space}:`)));
+      if (!Array.isArray(flat)) throw storeUnavailable('Redis returned a malformed kv list');
+      const out: { key: string; value: string }[] = [];
+      for (let i = 0; i + 1 < flat.length; i += 2) out.push({ key: String(flat[i]), value: String(flat[i + 1]) });
+      return out;
+    });
+  }
+
+  hit(key: string, windowMs: number): Promise<{ count: number; resetInMs: number }> {
+    return this.#run('hit', async () => {
+      checkName('counter key', key);
+      checkDuration('windowMs', windowMs);
+      const [res] = await this.#write((p) => void p.tesseraHit(this.#k(`hit:${windowMs}:${key}`), windowMs));
+      if (!Array.isArray(res) || res.length !== 2) throw storeUnavailable('Redis returned a malformed counter');
+      return { count: Number(res[0]), resetInMs: Number(res[1]) };
+    });
+  }
+
+  tryLock(name: string, owner: string, ttlMs: number): Promise<boolean> {
+    return this.#run('tryLock', async () => {
+      checkName('lock name', name);
+      checkName('lock owner', owner);
+      checkDuration('ttlMs', ttlMs);
+      const [res] = await this.#write((p) => void p.tesseraTryLock(this.#k(`lock:${name}`), owner, ttlMs));
+      return Number(res) === 1;
+    });
+  }
+
+  unlock(name: string, owner: string): Promise<void> {
+    return this.#run('unlock', async () => {
+      checkName('lock name', name);
+      checkName('lock owner', owner);
+      await this.#write((p) => void p.tesseraUnlock(this.#k(`lock:${name}`), owner));
+    });
+  }
+
+  /**
+   * A real write (not just PING): it also catches a read-only replica after a failover, an OOM with
+   * `noeviction` and MISCONF (Redis refusing writes because it cannot persist).
+   */
+  checkWritable(): Promise<void> {
+    return this.#run('write probe', async () => {
+      if (this.#client.status !== 'ready') {
+        throw storeUnavailable(`Redis unavailable: connection is ${this.#client.status}${this.#lastError ? ` (${this.#lastError})` : ''}`);
+      }
+      await this.#write((p) => void p.set(this.#k('probe'), String(this.#clock.now()), 'PX', 10_000));
+    });
+  }
+
+  /** Quits gracefully (pending replies arrive first), disconnecting hard if that takes too long. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.#client.quit(),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, this.#commandTimeout);
+        }),
+      ]);
+    } catch {
+      /* already gone */
+    } finally {
+      clearTimeout(timer);
+      this.#client.disconnect();
+    }
+  }
+}
