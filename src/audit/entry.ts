@@ -15,7 +15,14 @@ export type AuditEventType =
   | 'admin'
   | 'break-glass'
   | 'secret.issued'
-  | 'lease.revoked';
+  | 'lease.revoked'
+  /** Secrets (src/secrets/): a static secret stored, a lease extended, a revoke that failed (retried), a KEK rotation. */
+  | 'secret.written'
+  | 'lease.renewed'
+  | 'lease.revoke-failed'
+  | 'kek.rotated'
+  /** An alert rule fired (see audit/alerts.ts); the broker itself is the author. */
+  | 'alert';
 
 /**
  * One audit log record. NEVER put secret material here (keys, tokens, secret values, CSR private
@@ -40,12 +47,24 @@ export interface AuditEntry {
   serial?: string;
   jti?: string;
   leaseId?: string;
+  /** Name of a static secret, or "postgres/<role>" for dynamic database credentials (never a value). */
+  secret?: string;
+  /** The PostgreSQL role a dynamic-credentials lease created (an identifier, never its password). */
+  dbUsername?: string;
   audience?: string[];
   ttlMs?: number;
   expiresAt?: number;
   keyFingerprint?: string;
   reason?: string;
   code?: string;
+  /** Admin API: what the admin did (revoke, freeze, thaw, …); see docs/admin-breakglass.md. */
+  action?: string;
+  /** Break-glass: the incident ticket, what was granted, and the ids of the keys that signed. */
+  ticket?: string;
+  grant?: string;
+  keyIds?: string[];
+  /** 'critical' on break-glass entries: alerting and log pipelines page on it. */
+  severity?: string;
   requestId: string;
   replica: string;
 }
@@ -58,6 +77,11 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
   'break-glass',
   'secret.issued',
   'lease.revoked',
+  'secret.written',
+  'lease.renewed',
+  'lease.revoke-failed',
+  'kek.rotated',
+  'alert',
 ];
 
 const MAX_DEPTH = 64;
@@ -142,9 +166,15 @@ const OPTIONAL_STRINGS = [
   'serial',
   'jti',
   'leaseId',
+  'secret',
+  'dbUsername',
   'keyFingerprint',
   'reason',
   'code',
+  'action',
+  'ticket',
+  'grant',
+  'severity',
 ] as const;
 
 /**
@@ -173,5 +203,6 @@ export function parseAuditEntry(bytes: Uint8Array): AuditEntry {
   if (o.audience !== undefined && !(Array.isArray(o.audience) && o.audience.every((a) => typeof a === 'string'))) {
     throw bad('audience');
   }
+  if (o.keyIds !== undefined && !(Array.isArray(o.keyIds) && o.keyIds.every((a) => typeof a === 'string'))) throw bad('keyIds');
   return o as unknown as AuditEntry;
 }

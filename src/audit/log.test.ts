@@ -46,6 +46,24 @@ class SharedMemoryStore implements Store {
   async consumeOnce(): Promise<boolean> {
     return true;
   }
+  // Not used by AuditLog; present to satisfy the Store interface.
+  async kvPut(): Promise<void> {}
+  async kvGet(): Promise<string | undefined> {
+    return undefined;
+  }
+  async kvDelete(): Promise<boolean> {
+    return false;
+  }
+  async kvList(): Promise<{ key: string; value: string }[]> {
+    return [];
+  }
+  async hit(): Promise<{ count: number; resetInMs: number }> {
+    return { count: 1, resetInMs: 0 };
+  }
+  async tryLock(): Promise<boolean> {
+    return true;
+  }
+  async unlock(): Promise<void> {}
   async checkWritable(): Promise<void> {
     if (this.failAppends) throw storeUnavailable('redis down');
   }

@@ -25,6 +25,12 @@ export interface AuditReceipt {
   readonly inclusionProof: readonly string[];
 }
 
+/**
+ * Told about every entry this log appended, after it is durable and before the caller gets its receipt.
+ * Must be synchronous and quick (queue work, never await): it runs on the issuance path.
+ */
+export type AppendListener = (entry: AuditEntry, receipt: AuditReceipt) => void;
+
 /** Entries read per store call while rebuilding or catching up. */
 const READ_BATCH = 16_384;
 
@@ -37,6 +43,7 @@ export class AuditLog {
   #want = 0;
   /** The single running catch-up, if any (catch-ups are serialized). */
   #catchingUp: Promise<void> | null = null;
+  readonly #listeners: AppendListener[] = [];
 
   private constructor(store: Store, tree: MerkleTree) {
     this.#store = store;
@@ -96,6 +103,11 @@ export class AuditLog {
     return this.#tree.size;
   }
 
+  /** Registers a listener for this log's own appends (alert rules watch the log through this). */
+  onAppend(listener: AppendListener): void {
+    this.#listeners.push(listener);
+  }
+
   async checkWritable(): Promise<void> {
     try {
       await this.#store.checkWritable();
@@ -135,13 +147,21 @@ export class AuditLog {
       throw auditUnavailable(`audit store returned index ${index} holding a different entry`);
     }
     const treeSize = this.#tree.size;
-    return {
+    const receipt: AuditReceipt = {
       index,
       treeSize,
       rootHash: this.#tree.root(treeSize).toString('base64'),
       leafHash: leaf.toString('base64'),
       inclusionProof: this.#tree.inclusionProof(index, treeSize).map((h) => h.toString('base64')),
     };
+    for (const listener of this.#listeners) {
+      try {
+        listener(entry, receipt);
+      } catch {
+        // A listener's bug must never turn a durable append into a failed request.
+      }
+    }
+    return receipt;
   }
 
   /** Resolves once the tree has at least `target` leaves. */

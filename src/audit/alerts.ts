@@ -1,0 +1,398 @@
+/**
+ * Threshold alerts over the audit log.
+ *
+ * Rules (config audit.alerts.rules):
+ *   - denials:     more than `threshold` denials for one SPIFFE ID (per: spiffeId, the caller) or one
+ *                  namespace (per: namespace) within a fixed window of `windowSeconds`;
+ *   - break-glass: any break-glass use (an entry of type 'break-glass' or from source 'break-glass').
+ *
+ * Counting goes through the store's shared fixed-window counter (`hit`) and muting through its lock
+ * (`tryLock` with the mute window as TTL), so N replicas agree: a threshold is crossed once for the
+ * whole fleet, and a firing is muted fleet-wide. Muting is per rule and key (one noisy workload does
+ * not hide another one).
+ *
+ * Nothing here is on the issuance path: `observe` only queues. A firing is appended to the audit log
+ * (type 'alert'), then POSTed as JSON to the webhook by a small pool of senders that retry with
+ * exponential backoff (5xx, 408, 429 and network errors; other 4xx are permanent). Queues are bounded:
+ * past the limit the oldest waiting alert is dropped and counted.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { AlertRuleConfig, AlertsConfig } from '../config/config.js';
+import { type Clock, systemClock } from '../clock.js';
+import type { Store } from '../store/store.js';
+import type { AuditEntry } from './entry.js';
+import type { AuditReceipt } from './log.js';
+
+/** The JSON body POSTed to the webhook (stable: receivers parse it). */
+export interface Alert {
+  readonly type: 'tessera.alert';
+  readonly id: string;
+  readonly rule: string;
+  readonly kind: AlertRuleConfig['kind'];
+  /** What the rule counted against. */
+  readonly key: { readonly spiffeId?: string; readonly namespace?: string };
+  /** Denials in the current window when it fired (denials rules). */
+  readonly count?: number;
+  readonly threshold?: number;
+  readonly windowSeconds?: number;
+  /** Further firings of this rule for this key are muted this long. */
+  readonly mutedForSeconds: number;
+  readonly firedAt: string;
+  /** The log (checkpoint origin) and replica that raised it. */
+  readonly origin: string;
+  readonly replica: string;
+  readonly summary: string;
+  /** The audit entry that crossed the threshold. */
+  readonly trigger: {
+    readonly index: number;
+    readonly ts: string;
+    readonly type: string;
+    readonly actor: string | null;
+    readonly subject: string | null;
+    readonly namespace?: string;
+    readonly serviceAccount?: string;
+    readonly code?: string;
+    readonly reason?: string;
+    readonly requestId: string;
+  };
+  /** Index of the 'alert' entry recording this firing (absent if the log could not record it). */
+  readonly auditIndex?: number;
+}
+
+export interface AlertStats {
+  readonly evaluated: number;
+  readonly fired: number;
+  readonly muted: number;
+  readonly delivered: number;
+  /** Attempts that failed and were retried. */
+  readonly retries: number;
+  /** Alerts given up on (permanent 4xx, or attempts exhausted). */
+  readonly failed: number;
+  /** Dropped because a queue was full, or still queued at close. */
+  readonly dropped: number;
+}
+
+export interface AlertEngineOptions {
+  readonly store: Store;
+  /** Appends the firing to the audit log (AuditLog.append). */
+  readonly append: (entry: AuditEntry) => Promise<AuditReceipt>;
+  readonly config: AlertsConfig;
+  readonly origin: string;
+  readonly replicaId: string;
+  readonly clock?: Clock;
+  readonly onError?: (err: unknown, what: string) => void;
+}
+
+/** Entries waiting to be evaluated; beyond this the oldest is dropped (the log itself has them all). */
+const EVAL_QUEUE_LIMIT = 10_000;
+/** Webhook deliveries in flight at once. */
+const SENDERS = 4;
+const MAX_BACKOFF_MS = 60_000;
+const CLOSE_TIMEOUT_MS = 3_000;
+
+interface Observed {
+  readonly entry: AuditEntry;
+  readonly index: number;
+}
+
+const digest = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex').slice(0, 32);
+
+/** Thrown by a delivery attempt; `retry` says whether trying again can help. */
+class DeliveryError extends Error {
+  constructor(
+    message: string,
+    readonly retry: boolean,
+  ) {
+    super(message);
+  }
+}
+
+export class AlertEngine {
+  readonly #store: Store;
+  readonly #append: (entry: AuditEntry) => Promise<AuditReceipt>;
+  readonly #config: AlertsConfig;
+  readonly #origin: string;
+  readonly #replica: string;
+  readonly #clock: Clock;
+  readonly #onError: (err: unknown, what: string) => void;
+  readonly #ca: string | undefined;
+  readonly #evalQueue: Observed[] = [];
+  #evaluating = false;
+  readonly #sendQueue: Alert[] = [];
+  #sending = 0;
+  #closed = false;
+  /** Set when close() stops waiting: deliveries stop retrying. */
+  #abandoned = false;
+  /** Resolves every pending backoff sleep at close. */
+  #wake: Array<() => void> = [];
+  #idleWaiters: Array<() => void> = [];
+  #stats = { evaluated: 0, fired: 0, muted: 0, delivered: 0, retries: 0, failed: 0, dropped: 0 };
+
+  constructor(opts: AlertEngineOptions) {
+    this.#store = opts.store;
+    this.#append = opts.append;
+    this.#config = opts.config;
+    this.#origin = opts.origin;
+    this.#replica = opts.replicaId;
+    this.#clock = opts.clock ?? systemClock;
+    this.#onError = opts.onError ?? (() => {});
+    this.#ca = opts.config.webhookCaFile !== undefined ? readFileSync(opts.config.webhookCaFile, 'utf8') : undefined;
+  }
+
+  get stats(): AlertStats {
+    return { ...this.#stats };
+  }
+
+  /** Called for every entry this replica appended (AuditLog.onAppend). Never blocks, never throws. */
+  observe(entry: AuditEntry, receipt: AuditReceipt): void {
+    if (this.#closed || this.#config.rules.length === 0 || !this.#mayMatch(entry)) return;
+    if (this.#evalQueue.length >= EVAL_QUEUE_LIMIT) {
+      this.#evalQueue.shift();
+      this.#stats.dropped++;
+    }
+    this.#evalQueue.push({ entry, index: receipt.index });
+    if (!this.#evaluating) void this.#evaluateLoop();
+  }
+
+  /** Resolves once nothing is queued or in flight (tests, and close). */
+  idle(): Promise<void> {
+    if (this.#isIdle()) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /**
+   * Stops taking new entries, finishes evaluating queued ones, and gives deliveries in flight up to a
+   * few seconds (backoff sleeps are cut short); whatever is still queued after that is dropped.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const deadline = new Promise<void>((r) => setTimeout(r, CLOSE_TIMEOUT_MS).unref());
+    await Promise.race([this.idle(), deadline]);
+    this.#abandoned = true;
+    for (const wake of this.#wake.splice(0)) wake();
+    if (this.#sendQueue.length > 0) {
+      this.#stats.dropped += this.#sendQueue.length;
+      this.#onError(new Error(`${this.#sendQueue.length} alert(s) not delivered before shutdown`), 'alert webhook');
+      this.#sendQueue.length = 0;
+    }
+  }
+
+  #mayMatch(entry: AuditEntry): boolean {
+    return entry.type === 'denial' || entry.type === 'break-glass' || entry.source === 'break-glass';
+  }
+
+  #isIdle(): boolean {
+    return this.#evalQueue.length === 0 && !this.#evaluating && this.#sendQueue.length === 0 && this.#sending === 0;
+  }
+
+  #checkIdle(): void {
+    if (!this.#isIdle()) return;
+    for (const resolve of this.#idleWaiters.splice(0)) resolve();
+  }
+
+  async #evaluateLoop(): Promise<void> {
+    this.#evaluating = true;
+    try {
+      for (let next = this.#evalQueue.shift(); next !== undefined; next = this.#evalQueue.shift()) {
+        this.#stats.evaluated++;
+        for (const rule of this.#config.rules) {
+          try {
+            await this.#evaluate(rule, next);
+          } catch (err) {
+            this.#onError(err, `alert rule ${rule.name}`);
+          }
+        }
+      }
+    } finally {
+      this.#evaluating = false;
+      this.#checkIdle();
+    }
+  }
+
+  async #evaluate(rule: AlertRuleConfig, { entry, index }: Observed): Promise<void> {
+    if (rule.kind === 'break-glass') {
+      if (entry.type !== 'break-glass' && entry.source !== 'break-glass') return;
+      const key = entry.actor !== null ? { spiffeId: entry.actor } : {};
+      await this.#fire(rule, key, entry.actor ?? '-', entry, index, undefined);
+      return;
+    }
+    if (entry.type !== 'denial') return;
+    const per = rule.per ?? 'spiffeId';
+    const value = per === 'spiffeId' ? entry.actor : entry.namespace;
+    // Unauthenticated denials have no identity to count against.
+    if (value === null || value === undefined || value === '') return;
+    const windowMs = (rule.windowSeconds ?? 60) * 1000;
+    const { count } = await this.#store.hit(`alert:${rule.name}:${digest(value)}`, windowMs);
+    if (count <= (rule.threshold ?? 0)) return;
+    const key = per === 'spiffeId' ? { spiffeId: value } : { namespace: value };
+    await this.#fire(rule, key, value, entry, index, count);
+  }
+
+  async #fire(
+    rule: AlertRuleConfig,
+    key: Alert['key'],
+    keyText: string,
+    entry: AuditEntry,
+    index: number,
+    count: number | undefined,
+  ): Promise<void> {
+    const id = randomUUID();
+    const muteSeconds = rule.muteSeconds ?? this.#config.muteSeconds;
+    // The lock is the fleet-wide mute: whoever takes it fires; it expires by itself after the window.
+    if (muteSeconds > 0 && !(await this.#store.tryLock(`alert-mute:${rule.name}:${digest(keyText)}`, id, muteSeconds * 1000))) {
+      this.#stats.muted++;
+      return;
+    }
+    this.#stats.fired++;
+    const summary =
+      rule.kind === 'break-glass'
+        ? `break-glass use by ${keyText}`
+        : `${count ?? 0} denials for ${key.spiffeId !== undefined ? 'SPIFFE ID' : 'namespace'} ${keyText} within ${rule.windowSeconds ?? 0}s (more than ${rule.threshold ?? 0})`;
+    const now = this.#clock.now();
+    let auditIndex: number | undefined;
+    try {
+      const receipt = await this.#append({
+        ts: now,
+        type: 'alert',
+        decision: entry.decision,
+        actor: null,
+        subject: key.spiffeId ?? entry.subject,
+        ...(key.namespace !== undefined ? { namespace: key.namespace } : entry.namespace !== undefined ? { namespace: entry.namespace } : {}),
+        code: 'alert',
+        reason: `rule ${rule.name}: ${summary} (trigger: audit entry ${index})`,
+        requestId: id,
+        replica: this.#replica,
+      });
+      auditIndex = receipt.index;
+    } catch (err) {
+      // The webhook still goes out: an alert must not be lost because the log is struggling.
+      this.#onError(err, `recording alert ${rule.name}`);
+    }
+    if (this.#config.webhookUrl === undefined) return;
+    this.#enqueue({
+      type: 'tessera.alert',
+      id,
+      rule: rule.name,
+      kind: rule.kind,
+      key,
+      ...(count !== undefined ? { count, threshold: rule.threshold ?? 0, windowSeconds: rule.windowSeconds ?? 0 } : {}),
+      mutedForSeconds: muteSeconds,
+      firedAt: new Date(now).toISOString(),
+      origin: this.#origin,
+      replica: this.#replica,
+      summary,
+      trigger: {
+        index,
+        ts: new Date(entry.ts).toISOString(),
+        type: entry.type,
+        actor: entry.actor,
+        subject: entry.subject,
+        ...(entry.namespace !== undefined ? { namespace: entry.namespace } : {}),
+        ...(entry.serviceAccount !== undefined ? { serviceAccount: entry.serviceAccount } : {}),
+        ...(entry.code !== undefined ? { code: entry.code } : {}),
+        ...(entry.reason !== undefined ? { reason: entry.reason } : {}),
+        requestId: entry.requestId,
+      },
+      ...(auditIndex !== undefined ? { auditIndex } : {}),
+    });
+  }
+
+  #enqueue(alert: Alert): void {
+    if (this.#sendQueue.length >= this.#config.queueLimit) {
+      this.#sendQueue.shift();
+      this.#stats.dropped++;
+      this.#onError(new Error('alert queue full; dropped the oldest alert'), 'alert webhook');
+    }
+    this.#sendQueue.push(alert);
+    this.#pump();
+  }
+
+  #pump(): void {
+    while (this.#sending < SENDERS && this.#sendQueue.length > 0) {
+      const alert = this.#sendQueue.shift() as Alert;
+      this.#sending++;
+      void this.#deliver(alert).finally(() => {
+        this.#sending--;
+        this.#pump();
+        this.#checkIdle();
+      });
+    }
+  }
+
+  async #deliver(alert: Alert): Promise<void> {
+    const body = JSON.stringify(alert);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#post(body, alert.id);
+        this.#stats.delivered++;
+        return;
+      } catch (err) {
+        const retry = err instanceof DeliveryError ? err.retry : true;
+        if (!retry || attempt >= this.#config.maxAttempts || this.#abandoned) {
+          this.#stats.failed++;
+          this.#onError(err, `alert ${alert.id} (${alert.rule}) not delivered after ${attempt} attempt(s)`);
+          return;
+        }
+        this.#stats.retries++;
+        const base = Math.min(MAX_BACKOFF_MS, this.#config.retryInitialMs * 2 ** (attempt - 1));
+        // Half fixed, half random: replicas retrying the same outage do not stay in lockstep.
+        await this.#sleep(base / 2 + Math.random() * (base / 2));
+        if (this.#abandoned) {
+          this.#stats.failed++;
+          this.#onError(err, `alert ${alert.id} (${alert.rule}) not delivered before shutdown`);
+          return;
+        }
+      }
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#wake = this.#wake.filter((w) => w !== done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#wake.push(done);
+    });
+  }
+
+  #post(body: string, id: string): Promise<void> {
+    const url = new URL(this.#config.webhookUrl as string);
+    const client = url.protocol === 'https:' ? https : http;
+    return new Promise<void>((resolve, reject) => {
+      const req = client.request(
+        url,
+        {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(body),
+            'user-agent': 'tessera-alerts/1',
+            'x-tessera-alert-id': id,
+          },
+          timeout: this.#config.timeoutMs,
+          agent: false,
+          ...(url.protocol === 'https:' && this.#ca !== undefined ? { ca: this.#ca } : {}),
+        },
+        (res) => {
+          res.resume();
+          const status = res.statusCode ?? 0;
+          res.on('end', () => {
+            if (status >= 200 && status < 300) resolve();
+            else reject(new DeliveryError(`webhook answered ${status}`, status >= 500 || status === 408 || status === 429));
+          });
+          res.on('error', (err) => reject(new DeliveryError(err.message, true)));
+        },
+      );
+      req.on('timeout', () => req.destroy(new DeliveryError(`webhook did not answer within ${this.#config.timeoutMs} ms`, true)));
+      req.on('error', (err) => reject(err instanceof DeliveryError ? err : new DeliveryError(err.message, true)));
+      req.end(body);
+    });
+  }
+}

@@ -1,0 +1,182 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BrokerError } from '../errors.js';
+import { EmbeddedStore } from '../store/embedded.js';
+import { CHECKPOINT_LOCK, Checkpointer } from './checkpointer.js';
+import type { AuditEntry } from './entry.js';
+import { AuditLog } from './log.js';
+import { leafHash, verifyConsistency, verifyInclusion } from './merkle.js';
+import { NoteSigner, openCheckpoint, parseCheckpoint, parseNote, signCheckpoint } from './note.js';
+
+const dirs: string[] = [];
+const closers: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of closers.splice(0).reverse()) await c().catch(() => {});
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+const signer = new NoteSigner('example.org/tessera/audit', generateKeyPairSync('ed25519').privateKey);
+
+async function setup(opts: { dir?: string; intervalMs?: number; receiptGapMs?: number } = {}) {
+  const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), 'tessera-cp-'));
+  if (opts.dir === undefined) dirs.push(dir);
+  const store = await EmbeddedStore.open(dir, { fsync: false });
+  const audit = await AuditLog.open(store);
+  const errors: string[] = [];
+  const cp = await Checkpointer.start({
+    store,
+    audit,
+    signer,
+    intervalMs: opts.intervalMs ?? 60_000,
+    receiptGapMs: opts.receiptGapMs ?? 0,
+    replicaId: 'test',
+    onError: (err, what) => errors.push(`${what}: ${(err as Error).message}`),
+  });
+  const close = async (): Promise<void> => {
+    await cp.close();
+    await store.close();
+  };
+  closers.push(close);
+  return { dir, store, audit, cp, errors, close };
+}
+
+const entry = (i: number): AuditEntry => ({
+  ts: 1_700_000_000_000 + i,
+  type: 'x509-svid.issued',
+  decision: 'allow',
+  actor: 'spiffe://example.org/ns/shop/sa/web',
+  subject: 'spiffe://example.org/ns/shop/sa/web',
+  serial: i.toString(16).padStart(16, '0'),
+  requestId: `req-${i}`,
+  replica: 'test',
+});
+
+const b64 = (s: string): Buffer => Buffer.from(s, 'base64');
+
+describe('Checkpointer', () => {
+  it('signs the empty log at start, so there is always a checkpoint to serve', async () => {
+    const { store, cp } = await setup();
+    expect(cp.latest?.size).toBe(0);
+    const stored = await store.listCheckpoints();
+    expect(stored).toHaveLength(1);
+    expect(openCheckpoint(stored[0] as string, signer.verifier).size).toBe(0);
+  });
+
+  it('gives every concurrent receipt a checkpoint that covers it, coalescing the signatures', async () => {
+    const { store, audit, cp } = await setup();
+    const n = 60;
+    const receipts = await Promise.all(Array.from({ length: n }, async (_, i) => cp.receipt(await audit.append(entry(i)))));
+    for (const r of receipts) {
+      const checkpoint = openCheckpoint(r.checkpoint, signer.verifier);
+      expect(checkpoint.size).toBe(r.treeSize);
+      expect(checkpoint.rootHash.toString('base64')).toBe(r.rootHash);
+      expect(r.treeSize).toBeGreaterThan(r.index);
+      expect(verifyInclusion(b64(r.leafHash), r.index, r.treeSize, r.inclusionProof.map(b64), checkpoint.rootHash)).toBe(true);
+    }
+    const stored = (await store.listCheckpoints()).map((note) => openCheckpoint(note, signer.verifier));
+    // One round signs for everyone who was waiting: far fewer signatures than receipts.
+    expect(stored.length - 1).toBeLessThan(n / 3);
+    // Stored checkpoints never shrink, and each is consistent with the one before.
+    for (let i = 1; i < stored.length; i++) {
+      const [a, b] = [stored[i - 1]!, stored[i]!];
+      expect(b.size).toBeGreaterThanOrEqual(a.size);
+      expect(verifyConsistency(a.size, b.size, a.rootHash, b.rootHash, audit.consistencyProof(a.size, b.size))).toBe(true);
+    }
+    expect(cp.stats.receipts).toBe(n);
+  });
+
+  it('reuses the latest checkpoint when it already covers the entry', async () => {
+    const { store, audit, cp } = await setup();
+    const r1 = await audit.append(entry(1));
+    await audit.append(entry(2));
+    await cp.signNow();
+    const before = (await store.listCheckpoints()).length;
+    const receipt = await cp.receipt(r1);
+    expect(receipt.treeSize).toBe(2);
+    expect((await store.listCheckpoints()).length).toBe(before);
+  });
+
+  it('signs in the background at most once per interval, only when the log grew', async () => {
+    const { store, audit, cp } = await setup({ intervalMs: 30 });
+    await new Promise((r) => setTimeout(r, 120));
+    expect(await store.listCheckpoints()).toHaveLength(1); // idle: nothing new to sign
+    await audit.append(entry(1));
+    await audit.append(entry(2));
+    for (let i = 0; i < 100 && (cp.latest?.size ?? 0) < 2; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(cp.latest?.size).toBe(2);
+    const count = (await store.listCheckpoints()).length;
+    expect(count).toBe(2);
+    await new Promise((r) => setTimeout(r, 120));
+    expect(await store.listCheckpoints()).toHaveLength(count);
+  });
+
+  it('spaces receipt rounds by receiptGapMs', async () => {
+    const { audit, cp } = await setup({ receiptGapMs: 80 });
+    await cp.receipt(await audit.append(entry(1)));
+    const t0 = Date.now();
+    await cp.receipt(await audit.append(entry(2)));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(60);
+  });
+
+  it('signs a final checkpoint on close, and a restart continues from it without re-signing', async () => {
+    const first = await setup();
+    for (let i = 0; i < 5; i++) await first.audit.append(entry(i));
+    await first.close();
+    const notes = await (async () => {
+      const s = await EmbeddedStore.open(first.dir, { fsync: false });
+      try {
+        return await s.listCheckpoints();
+      } finally {
+        await s.close();
+      }
+    })();
+    expect(parseCheckpoint(parseNote(notes[notes.length - 1] as string).text).size).toBe(5);
+    const second = await setup({ dir: first.dir });
+    expect(second.cp.latest?.size).toBe(5);
+    expect(await second.store.listCheckpoints()).toHaveLength(notes.length);
+    await second.cp.receipt(await second.audit.append(entry(5)));
+    expect(second.cp.latest?.size).toBe(6);
+  });
+
+  it('refuses to start when the log no longer matches its last signed checkpoint', async () => {
+    const first = await setup();
+    for (let i = 0; i < 3; i++) await first.audit.append(entry(i));
+    await first.cp.close();
+    // A checkpoint over a different history (as if entries had been rewritten since it was signed).
+    await first.store.appendCheckpoint(signCheckpoint(signer, 3, leafHash(Buffer.from('another history'))).note);
+    await first.store.close();
+    const store = await EmbeddedStore.open(first.dir, { fsync: false });
+    closers.push(() => store.close());
+    const audit = await AuditLog.open(store);
+    const err = await Checkpointer.start({ store, audit, signer, intervalMs: 1000, replicaId: 't' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BrokerError);
+    expect((err as BrokerError).code).toBe('audit_unavailable');
+    expect((err as Error).message).toMatch(/does not match its last signed checkpoint/);
+  });
+
+  it('waits while another replica holds the signing lock, then signs', async () => {
+    const { store, audit, cp } = await setup();
+    expect(await store.tryLock(CHECKPOINT_LOCK, 'other-replica', 10_000)).toBe(true);
+    const receipt = cp.receipt(await audit.append(entry(1)));
+    let done = false;
+    void receipt.then(() => (done = true));
+    await new Promise((r) => setTimeout(r, 60));
+    expect(done).toBe(false);
+    await store.unlock(CHECKPOINT_LOCK, 'other-replica');
+    expect((await receipt).treeSize).toBe(1);
+  });
+
+  it('fails closed (503) when the checkpoint cannot be stored', async () => {
+    const { store, audit, cp } = await setup();
+    const r = await audit.append(entry(1));
+    const original = store.appendCheckpoint.bind(store);
+    store.appendCheckpoint = () => Promise.reject(new Error('disk full'));
+    const err = await cp.receipt(r).catch((e: unknown) => e);
+    expect((err as BrokerError).status).toBe(503);
+    store.appendCheckpoint = original;
+    expect((await cp.receipt(r)).treeSize).toBe(1);
+  });
+});

@@ -1,0 +1,216 @@
+/**
+ * `tessera audit verify | export | search`: thin wrappers over audit/verify.ts, audit/export.ts and
+ * audit/search.ts. A log is read from an export directory, from a running broker (https:// URL), or
+ * (export, search) straight from the configured store.
+ *
+ * Exit codes: 0 success, 1 the log does not verify or the command failed, 2 bad usage.
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { openExport, exportLog } from '../audit/export.js';
+import { loadNoteSigner, parseVerifierKeyFile } from '../audit/note.js';
+import { parseSearchFilter, searchLog } from '../audit/search.js';
+import { type LogSource, remoteSource, storeSource } from '../audit/source.js';
+import { verifyLog, type VerifyResult } from '../audit/verify.js';
+import type { Config } from '../config/config.js';
+import { loadConfig } from '../config/load.js';
+import { BrokerError } from '../errors.js';
+import { EmbeddedStore } from '../store/embedded.js';
+import { RedisStore } from '../store/redis.js';
+import type { Store } from '../store/store.js';
+import { UsageError } from './usage.js';
+
+type Out = (text: string) => void;
+
+export interface AuditCliIo {
+  readonly stdout: Out;
+  readonly stderr: Out;
+  readonly now: () => number;
+}
+
+const defaultIo: AuditCliIo = {
+  stdout: (t) => void process.stdout.write(t),
+  stderr: (t) => void process.stderr.write(t),
+  now: () => Date.now(),
+};
+
+function readText(file: string, what: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new UsageError(`cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+const isUrl = (s: string): boolean => /^[a-z]+:\/\//i.test(s);
+
+/** --log: an export directory or an https:// broker URL. */
+function logSource(log: string, cacert: string | undefined): LogSource | Promise<LogSource> {
+  if (isUrl(log)) {
+    if (!log.startsWith('https://')) throw new UsageError('--log URL must be https://');
+    return remoteSource(log, cacert !== undefined ? readText(cacert, '--cacert') : undefined);
+  }
+  if (cacert !== undefined) throw new UsageError('--cacert is only for an https:// --log');
+  if (!existsSync(log) || !statSync(log).isDirectory()) throw new UsageError(`--log ${log}: no such export directory`);
+  return openExport(log);
+}
+
+/** The store the config points at. Read it while the broker is stopped (embedded) or any time (Redis). */
+async function configuredStore(config: Config): Promise<Store> {
+  if (config.store.redis !== undefined) return RedisStore.connect({ ...config.store.redis });
+  const dir = config.store.embedded.dir;
+  if (!existsSync(path.join(dir, 'audit.log'))) throw new UsageError(`no audit log in ${dir} (set store.embedded.dir, or run from the broker's folder)`);
+  return EmbeddedStore.open(dir, { fsync: config.store.embedded.fsync });
+}
+
+async function configuredSource(configFile: string | undefined): Promise<{ source: LogSource; config: Config }> {
+  const config = loadConfig(configFile !== undefined ? { file: configFile } : {});
+  return { source: storeSource(await configuredStore(config)), config };
+}
+
+function report(r: VerifyResult, keyText: string, out: Out): void {
+  const lines: string[] = [];
+  if (r.ok) {
+    lines.push(`OK: the audit log${r.origin !== undefined ? ` ${r.origin}` : ''} verifies with ${keyText}`);
+  } else {
+    const where = [
+      r.firstBadIndex !== undefined ? `first bad entry index ${r.firstBadIndex}` : undefined,
+      r.firstBadCheckpoint !== undefined ? `first bad checkpoint #${r.firstBadCheckpoint}` : undefined,
+    ].filter((x) => x !== undefined);
+    lines.push(`FAILED: the audit log does not verify${where.length > 0 ? `: ${where.join(', ')}` : ''}`);
+    for (const p of r.problems) lines.push(`  - ${p.message}`);
+  }
+  lines.push(`  entries     : ${r.entries} (root ${r.rootHash})`);
+  lines.push(`  checkpoints : ${r.checkpoints}`);
+  lines.push(`  proven      : ${r.verifiedSize === 0 ? 'no entries' : `entries 0..${r.verifiedSize - 1}`} by a signed checkpoint`);
+  if (r.uncovered > 0 && r.ok) {
+    lines.push(`  note        : ${r.uncovered} newer entr${r.uncovered === 1 ? 'y is' : 'ies are'} not covered by a signed checkpoint yet (not verified)`);
+  }
+  out(`${lines.join('\n')}\n`);
+}
+
+export async function auditCommand(args: readonly string[], io: AuditCliIo = defaultIo): Promise<number> {
+  const [sub, ...rest] = args;
+  const parse = <O extends Record<string, { type: 'string' | 'boolean' }>>(options: O) =>
+    parseArgs({ args: rest, options, strict: true, allowPositionals: false });
+  const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+
+  switch (sub) {
+    case 'verify': {
+      const { values } = parse({ log: { type: 'string' }, key: { type: 'string' }, cacert: { type: 'string' }, json: { type: 'boolean' } });
+      const log = str(values.log);
+      const keyFile = str(values.key);
+      if (log === undefined || keyFile === undefined) throw new UsageError('audit verify needs --log <export-dir|https-url> and --key <audit public key file>');
+      let key;
+      try {
+        key = parseVerifierKeyFile(readText(keyFile, '--key'));
+      } catch (err) {
+        if (err instanceof UsageError) throw err;
+        throw new UsageError(`--key ${keyFile}: ${(err as Error).message} (expected the verifier key from audit.pub or GET /v1/audit/key, or a PEM public key)`);
+      }
+      const source = await logSource(log, str(values.cacert));
+      let result: VerifyResult;
+      try {
+        result = await verifyLog(source, key);
+      } finally {
+        await source.close();
+      }
+      if (values.json === true) io.stdout(`${JSON.stringify(result, null, 2)}\n`);
+      else report(result, key.name !== undefined ? `key ${key.name}` : `the key in ${keyFile}`, io.stdout);
+      if (!result.ok) {
+        const first = result.firstBadIndex !== undefined ? `first bad entry index ${result.firstBadIndex}` : `first bad checkpoint #${result.firstBadCheckpoint ?? '?'}`;
+        io.stderr(`tessera: audit verify failed: ${first}\n`);
+        return 1;
+      }
+      return 0;
+    }
+
+    case 'export': {
+      const { values } = parse({ out: { type: 'string' }, config: { type: 'string' }, log: { type: 'string' }, cacert: { type: 'string' } });
+      const outDir = str(values.out);
+      if (outDir === undefined) throw new UsageError('audit export needs --out DIR');
+      const log = str(values.log);
+      if (log !== undefined && values.config !== undefined) throw new UsageError('use either --config (read the store) or --log https://… (read a running broker)');
+      let source: LogSource;
+      let verifierKey: string | undefined;
+      if (log !== undefined) {
+        if (!isUrl(log)) throw new UsageError('audit export --log takes a broker https:// URL');
+        source = await logSource(log, str(values.cacert));
+      } else {
+        const c = await configuredSource(str(values.config));
+        source = c.source;
+        try {
+          verifierKey = loadNoteSigner(c.config.audit.signingKeyFile, c.config.audit.origin).verifierKey;
+        } catch {
+          verifierKey = undefined; // informational only
+        }
+      }
+      try {
+        const manifest = await exportLog(source, outDir, { ...(verifierKey !== undefined ? { verifierKey } : {}), now: io.now });
+        io.stdout(`exported ${manifest.treeSize} entries and ${manifest.checkpointCount} checkpoints to ${outDir} (root ${manifest.rootHash})\n`);
+      } finally {
+        await source.close();
+      }
+      return 0;
+    }
+
+    case 'search': {
+      const { values } = parse({
+        config: { type: 'string' },
+        log: { type: 'string' },
+        cacert: { type: 'string' },
+        'spiffe-id': { type: 'string' },
+        serial: { type: 'string' },
+        since: { type: 'string' },
+        until: { type: 'string' },
+        type: { type: 'string' },
+        decision: { type: 'string' },
+        namespace: { type: 'string' },
+        limit: { type: 'string' },
+        start: { type: 'string' },
+      });
+      let filter;
+      try {
+        filter = parseSearchFilter(
+          {
+            ...(values['spiffe-id'] !== undefined ? { spiffeId: str(values['spiffe-id']) } : {}),
+            ...(values.serial !== undefined ? { serial: str(values.serial) } : {}),
+            ...(values.since !== undefined ? { since: str(values.since) } : {}),
+            ...(values.until !== undefined ? { until: str(values.until) } : {}),
+            ...(values.type !== undefined ? { type: str(values.type) } : {}),
+            ...(values.decision !== undefined ? { decision: str(values.decision) } : {}),
+            ...(values.namespace !== undefined ? { namespace: str(values.namespace) } : {}),
+          },
+          io.now(),
+        );
+      } catch (err) {
+        if (err instanceof BrokerError) throw new UsageError(`--${err.message.replace(/^spiffeId/, 'spiffe-id')}`);
+        throw err;
+      }
+      const count = (v: unknown, name: string, fallback: number, min: number): number => {
+        if (v === undefined) return fallback;
+        const n = Number(v);
+        if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`--${name} must be an integer ≥ ${min}`);
+        return n;
+      };
+      const limit = count(values.limit, 'limit', 1000, 1);
+      const start = count(values.start, 'start', 0, 0);
+      const log = str(values.log);
+      if (log !== undefined && values.config !== undefined) throw new UsageError('use either --config or --log');
+      const source = log !== undefined ? await logSource(log, str(values.cacert)) : (await configuredSource(str(values.config))).source;
+      try {
+        const r = await searchLog(source, filter, { limit, start });
+        for (const h of r.hits) io.stdout(`${JSON.stringify({ index: h.index, ...h.entry })}\n`);
+        io.stderr(`${r.hits.length} match(es) in ${r.scanned} entries${r.malformed > 0 ? `, ${r.malformed} malformed entries skipped (run audit verify)` : ''}\n`);
+        if (r.truncated) io.stderr(`more matches may follow: re-run with --start ${r.next ?? 0}\n`);
+      } finally {
+        await source.close();
+      }
+      return 0;
+    }
+
+    default:
+      throw new UsageError(`unknown audit command ${JSON.stringify(sub ?? '')} (verify, export, search)`);
+  }
+}
