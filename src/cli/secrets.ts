@@ -1,0 +1,173 @@
+/**
+ * `tessera secrets put NAME --from-file F` and `tessera secrets rotate-kek --new-kek-file F`.
+ * Until the admin API exists these write through the configured store directly (Redis: live for every
+ * replica; embedded store: stop the broker first — it is a single-writer file store). Each write is
+ * audited. Values and keys are never printed.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import net from 'node:net';
+import { hostname } from 'node:os';
+import type { AuditEntry } from '../audit/entry.js';
+import { AuditLog } from '../audit/log.js';
+import type { Config } from '../config/config.js';
+import { ConfigError, loadConfig } from '../config/load.js';
+import { ensureDevMaterial } from '../dev/material.js';
+import { EnvelopeError, KeyRing, type Kek, readKekFile, writeNewKekFile } from '../secrets/envelope.js';
+import { MAX_SECRET_BYTES, SECRET_SPACE, SecretKv } from '../secrets/kv.js';
+import { secretNameProblem } from '../secrets/names.js';
+import { EmbeddedStore } from '../store/embedded.js';
+import { RedisStore } from '../store/redis.js';
+import type { Store } from '../store/store.js';
+import { UsageError } from './usage.js';
+
+export interface SecretsCliOptions {
+  readonly config?: string;
+  readonly fromFile?: string;
+  readonly newKekFile?: string;
+  /** Where messages go (tests capture them). */
+  readonly out?: (line: string) => void;
+}
+
+async function load(configFile: string | undefined): Promise<Config> {
+  const config = loadConfig(configFile !== undefined ? { file: configFile } : {});
+  if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
+  return config;
+}
+
+function ring(config: Config): KeyRing {
+  if (config.secrets.kekFile === undefined) {
+    throw new ConfigError('config.secrets.kekFile: static secrets need a key-encryption key file (see docs/secrets.md)');
+  }
+  try {
+    return KeyRing.fromFiles(config.secrets.kekFile, config.secrets.oldKekFiles);
+  } catch (err) {
+    if (err instanceof EnvelopeError) throw new ConfigError(`config.secrets: ${err.message}`);
+    throw err;
+  }
+}
+
+/** True if something accepts TCP connections on the broker's listen address (bounded: 500 ms). */
+function listening(host: string, port: number): Promise<boolean> {
+  if (port === 0) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port });
+    const done = (v: boolean): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve(v);
+    };
+    const timer = setTimeout(() => done(false), 500);
+    sock.once('connect', () => done(true));
+    sock.once('error', () => done(false));
+  });
+}
+
+/** Opens the configured store; refuses the embedded one while a broker appears to be running on it. */
+async function openStore(config: Config): Promise<Store> {
+  if (config.store.redis !== undefined) return RedisStore.connect({ ...config.store.redis });
+  if (await listening(config.listen.host, config.listen.port)) {
+    throw new ConfigError(
+      `a broker is listening on ${config.listen.host}:${config.listen.port}: the embedded store has a single writer, ` +
+        'so stop the broker, run this command, then start it again (or use the Redis store)',
+    );
+  }
+  return EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync });
+}
+
+function cliEntry(fields: Partial<AuditEntry> & Pick<AuditEntry, 'type' | 'reason'>): AuditEntry {
+  return {
+    ts: Date.now(),
+    decision: 'allow',
+    actor: null,
+    subject: null,
+    source: 'cli',
+    requestId: randomUUID(),
+    replica: `cli@${hostname()}`,
+    ...fields,
+  };
+}
+
+export async function secretsPut(name: string | undefined, opts: SecretsCliOptions): Promise<void> {
+  const out = opts.out ?? ((l: string) => process.stdout.write(`${l}\n`));
+  if (name === undefined) throw new UsageError('secrets put needs a NAME (e.g. db/reporting-api-key)');
+  const problem = secretNameProblem(name);
+  if (problem !== undefined) throw new UsageError(`invalid secret name: ${problem}`);
+  if (opts.fromFile === undefined) throw new UsageError('secrets put needs --from-file FILE (the value is never taken from the command line)');
+  let value: Buffer;
+  try {
+    if (statSync(opts.fromFile).size > MAX_SECRET_BYTES) throw new ConfigError(`${opts.fromFile}: a secret value is at most ${MAX_SECRET_BYTES} bytes`);
+    value = readFileSync(opts.fromFile);
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    throw new ConfigError(`cannot read ${opts.fromFile}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  if (value.length === 0) throw new ConfigError(`${opts.fromFile} is empty`);
+  const config = await load(opts.config);
+  const keys = ring(config);
+  const store = await openStore(config);
+  try {
+    const audit = await AuditLog.open(store);
+    const kv = new SecretKv(store, keys);
+    const previous = await store.kvGet(SECRET_SPACE, name);
+    const { kek } = await kv.put(name, value);
+    try {
+      await audit.append(cliEntry({ type: 'secret.written', secret: name, reason: `tessera secrets put (encrypted under ${kek})` }));
+    } catch (err) {
+      // An unaudited write must not stand: put the previous value back.
+      if (previous === undefined) await store.kvDelete(SECRET_SPACE, name);
+      else await store.kvPut(SECRET_SPACE, name, previous);
+      throw err;
+    }
+    out(`stored secret "${name}" (${value.length} bytes, AES-256-GCM, data key wrapped by ${kek})`);
+  } finally {
+    value.fill(0);
+    await store.close();
+  }
+}
+
+export async function secretsRotateKek(opts: SecretsCliOptions): Promise<void> {
+  const out = opts.out ?? ((l: string) => process.stdout.write(`${l}\n`));
+  if (opts.newKekFile === undefined) throw new UsageError('secrets rotate-kek needs --new-kek-file FILE (created if missing)');
+  const config = await load(opts.config);
+  const current = ring(config);
+  let next: Kek;
+  try {
+    if (existsSync(opts.newKekFile)) {
+      next = readKekFile(opts.newKekFile);
+    } else {
+      next = await writeNewKekFile(opts.newKekFile);
+      out(`created a new KEK in ${opts.newKekFile} (mode 0600): ${next.id}`);
+    }
+  } catch (err) {
+    if (err instanceof EnvelopeError) throw new ConfigError(err.message);
+    throw err;
+  }
+  const ringNext = current.withActive(next);
+  const store = await openStore(config);
+  try {
+    const audit = await AuditLog.open(store);
+    const kv = new SecretKv(store, ringNext);
+    const report = await kv.rewrapAll(ringNext);
+    const left = [...(await kv.kekIds()).entries()].filter(([, id]) => id !== next.id);
+    await audit.append(
+      cliEntry({
+        type: 'kek.rotated',
+        reason: `tessera secrets rotate-kek: ${report.rewrapped} re-wrapped, ${report.unchanged} already on ${next.id}, ${report.failed.length} failed`,
+        ...(report.failed.length > 0 ? { code: 'secret_integrity_failed' } : {}),
+      }),
+    );
+    out(`re-wrapped ${report.rewrapped} secret(s) under ${next.id} (${report.unchanged} already were); ciphertexts unchanged`);
+    for (const f of report.failed) out(`  FAILED ${f.name}: ${f.error}`);
+    if (report.failed.length > 0 || left.length > 0) {
+      throw new ConfigError(
+        `${left.length} secret(s) are not under ${next.id} yet (${left.map(([n]) => n).join(', ')}); fix or re-put them and run rotate-kek again`,
+      );
+    }
+    out('');
+    out('Next: set secrets.kekFile to the new file on every replica (keep the old one in secrets.oldKekFiles');
+    out('until all replicas run with the new config), then remove the old KEK from the config and destroy it.');
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,126 @@
+/** The `secrets:` config section: defaults, default deny, and every bad setting refused by name. */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig } from '../config/load.js';
+
+function withFile(yaml: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tessera-secrets-config-'));
+  const file = path.join(dir, 'tessera.yaml');
+  writeFileSync(file, yaml);
+  return file;
+}
+
+const minimal = `
+trustDomain: prod.example
+tls: { certFile: tls.pem, keyFile: tls.key }
+ca: { certFile: ca.pem, keyFile: ca.key, bundleFile: roots.pem, jwtKeyFile: jwt.key }
+audit: { signingKeyFile: audit.key }
+issuers:
+  - issuer: https://oidc.cluster
+    jwksUrl: https://oidc.cluster/keys
+    audiences: [tessera]
+`;
+
+const full = `${minimal}
+secrets:
+  kekFile: keys/secrets.kek
+  oldKekFiles: [keys/old.kek]
+  lease: { defaultTtlSeconds: 300, maxTtlSeconds: 3600 }
+  sweepIntervalSeconds: 5
+  grants:
+    - spiffeIds: [spiffe://prod.example/ns/shop/sa/web]
+      secrets: [db/reporting-api-key, shop/]
+      postgresRoles: [reporting]
+    - selector: { namespace: payments }
+      secrets: [payments/]
+  postgres:
+    - name: main
+      url: postgres://tessera_admin@db.internal:5432/app
+      passwordFile: keys/pg.pass
+      roles:
+        reporting:
+          ttlSeconds: 600
+          maxTtlSeconds: 7200
+          grants:
+            - GRANT CONNECT ON DATABASE app TO {{name}}
+            - GRANT SELECT ON ALL TABLES IN SCHEMA reporting TO {{name}};
+`;
+
+describe('secrets config', () => {
+  it('reads a full section, resolving files against the config file', () => {
+    const file = withFile(full);
+    const base = path.dirname(file);
+    const s = loadConfig({ file, env: {} }).secrets;
+    expect(s.kekFile).toBe(path.join(base, 'keys/secrets.kek'));
+    expect(s.oldKekFiles).toEqual([path.join(base, 'keys/old.kek')]);
+    expect([s.leaseDefaultTtlSeconds, s.leaseMaxTtlSeconds, s.sweepIntervalSeconds]).toEqual([300, 3600, 5]);
+    expect(s.grants).toEqual([
+      { spiffeIds: ['spiffe://prod.example/ns/shop/sa/web'], secrets: ['db/reporting-api-key', 'shop/'], postgresRoles: ['reporting'] },
+      { selector: { namespace: 'payments', serviceAccount: '*' }, secrets: ['payments/'], postgresRoles: [] },
+    ]);
+    expect(s.postgres[0]).toMatchObject({
+      name: 'main',
+      passwordFile: path.join(base, 'keys/pg.pass'),
+      usernamePrefix: 'tessera_',
+      maxConnections: 4,
+      roles: { reporting: { ttlSeconds: 600, maxTtlSeconds: 7200 } },
+    });
+  });
+
+  it('grants nothing by default (no section, no KEK)', () => {
+    const s = loadConfig({ file: withFile(minimal), env: {} }).secrets;
+    expect(s.grants).toEqual([]);
+    expect(s.postgres).toEqual([]);
+    expect(s.kekFile).toBeUndefined();
+  });
+
+  it('on dev defaults uses the dev KEK and grants only dev/ secrets', () => {
+    const s = loadConfig({ env: {}, cwd: '/srv/t' }).secrets;
+    expect(s.kekFile).toBe('/srv/t/certs-dev/secrets.kek');
+    expect(s.grants).toEqual([{ selector: { namespace: '*', serviceAccount: '*' }, secrets: ['dev/'], postgresRoles: [] }]);
+  });
+
+  const sec = (body: string): string => `${minimal}\nsecrets:\n${body}`;
+  const engine = (roles: string, extra = ''): string =>
+    `  postgres:\n    - name: main\n      url: postgres://a@h:5432/app\n${extra}      roles:\n${roles}`;
+  const role = (grant: string): string => `        r:\n          grants: [${JSON.stringify(grant)}]\n`;
+
+  it.each([
+    ['grants without a KEK', sec('  grants: [{ selector: { namespace: a }, secrets: [x] }]\n'), /secrets.kekFile: required/],
+    ['a grant with both spiffeIds and selector', sec('  kekFile: k\n  grants: [{ spiffeIds: [spiffe://prod.example/a], selector: { namespace: a }, secrets: [x] }]\n'), /exactly one of spiffeIds or selector/],
+    ['a grant that grants nothing', sec('  kekFile: k\n  grants: [{ selector: { namespace: a } }]\n'), /grants nothing/],
+    ['a SPIFFE ID of another trust domain', sec('  kekFile: k\n  grants: [{ spiffeIds: [spiffe://other.example/a], secrets: [x] }]\n'), /trust domain prod.example/],
+    ['a traversal secret name', sec('  kekFile: k\n  grants: [{ selector: { namespace: a }, secrets: [../etc] }]\n'), /grants\[0\].secrets/],
+    ['a reserved secret prefix', sec('  kekFile: k\n  grants: [{ selector: { namespace: a }, secrets: [postgres/] }]\n'), /reserved/],
+    ['an unknown role in a grant', sec('  grants: [{ selector: { namespace: a }, postgresRoles: [ghost] }]\n'), /no engine defines role "ghost"/],
+    ['a bad role name', sec(`${engine('        Bad-Role:\n          grants: ["GRANT x TO {{name}}"]\n')}`), /role name "Bad-Role"/],
+    ['a template that does not name the role', sec(engine(role('GRANT SELECT ON t TO PUBLIC'))), /grants\[0\]: the statement must mention/],
+    ['two statements in one template', sec(engine(role('GRANT x TO {{name}}; DROP TABLE t'))), /one statement per list item/],
+    ['an unknown placeholder', sec(engine(role('GRANT {{role}} TO {{name}}'))), /only placeholder/],
+    ['a non-postgres URL', sec('  postgres:\n    - name: main\n      url: mysql://a@h/app\n      roles:\n' + role('GRANT x TO {{name}}')), /url: expected postgres/],
+    ['a URL without a database', sec('  postgres:\n    - name: main\n      url: postgres://a@h:5432\n      roles:\n' + role('GRANT x TO {{name}}')), /name the database/],
+    ['a bad username prefix', sec(engine(role('GRANT x TO {{name}}'), '      usernamePrefix: "Evil\\""\n')), /usernamePrefix/],
+    ['a TTL above its max', sec(engine('        r:\n          ttlSeconds: 900\n          maxTtlSeconds: 60\n          grants: ["GRANT x TO {{name}}"]\n')), /ttlSeconds exceeds/],
+    ['an unknown setting', sec('  kekfile: k\n'), /config.secrets.kekfile: unknown setting/],
+    [
+      'a role defined by two engines',
+      sec(`${engine(role('GRANT x TO {{name}}'))}    - name: other\n      url: postgres://a@h:5432/app\n      roles:\n${role('GRANT x TO {{name}}')}`),
+      /defined by engines/,
+    ],
+  ])('refuses %s', (_why, yaml, message) => {
+    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(message);
+    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(ConfigError);
+  });
+
+  it('never echoes an engine URL (it may hold a password) in errors', () => {
+    const yaml = sec('  postgres:\n    - name: main\n      url: "postgres://admin:hunter2@h:5432"\n      roles:\n' + role('GRANT x TO {{name}}'));
+    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(/name the database/);
+    try {
+      loadConfig({ file: withFile(yaml), env: {} });
+    } catch (err) {
+      expect((err as Error).message).not.toContain('hunter2');
+    }
+  });
+});

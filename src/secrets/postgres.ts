@@ -1,0 +1,253 @@
+/**
+ * Dynamic PostgreSQL credentials. For each request the engine creates a fresh LOGIN role
+ *
+ *   CREATE ROLE "<prefix><role>_<16 hex>" WITH LOGIN NOSUPERUSER … PASSWORD '<SCRAM verifier>' VALID UNTIL '<expiry>'
+ *
+ * and runs the role template's grant statements, all in one transaction (a failing grant leaves no
+ * role behind). Identifiers are only ever inserted with pg's escapeIdentifier, literals with
+ * escapeLiteral, lookups use bind parameters, and every statement goes over the extended query
+ * protocol, which refuses more than one statement per call. The password is random (32 bytes,
+ * base64url) and is sent to PostgreSQL only as a SCRAM-SHA-256 verifier, so it never appears in server
+ * logs either. Revoking disables login, terminates the role's sessions, reassigns and drops what it
+ * owns, and drops the role. PostgreSQL unreachable or refusing → BrokerError engine_unavailable (503).
+ */
+import { createHash, createHmac, pbkdf2, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import type { PostgresEngineConfig, PostgresRoleConfig } from '../config/config.js';
+import { BrokerError } from '../errors.js';
+import type { Lease, LeaseBackend } from './leases.js';
+import { renderGrantTemplate } from './sql-template.js';
+
+const pbkdf2Async = promisify(pbkdf2);
+export const SCRAM_ITERATIONS = 4096;
+
+/** A random password: 32 bytes from the CSPRNG, base64url (43 ASCII characters, nothing to escape). */
+export function randomPassword(): string {
+  return randomBytes(32).toString('base64url');
+}
+
+/**
+ * The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / RFC 7677), in PostgreSQL's
+ * text form "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>". Our passwords are ASCII, for which
+ * SASLprep is the identity.
+ */
+export async function scramSha256Verifier(password: string, salt: Buffer = randomBytes(16), iterations = SCRAM_ITERATIONS): Promise<string> {
+  const salted = await pbkdf2Async(Buffer.from(password, 'utf8'), salt, iterations, 32, 'sha256');
+  const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+  const storedKey = createHash('sha256').update(clientKey).digest();
+  const serverKey = createHmac('sha256', salted).update('Server Key').digest();
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
+}
+
+/** The statements that create `username` with the role template's grants, in order (pure; tested alone). */
+export function createRoleStatements(username: string, verifier: string, validUntilMs: number, grants: readonly string[]): string[] {
+  const id = pg.escapeIdentifier(username);
+  return [
+    `CREATE ROLE ${id} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT ` +
+      `PASSWORD ${pg.escapeLiteral(verifier)} VALID UNTIL ${pg.escapeLiteral(new Date(validUntilMs).toISOString())}`,
+    ...grants.map((g) => renderGrantTemplate(g, username)),
+  ];
+}
+
+/** pg's query config with the extended protocol forced (one statement per call). */
+function extended(text: string, values?: unknown[]): pg.QueryConfig {
+  const q = { text, queryMode: 'extended', ...(values !== undefined ? { values } : {}) };
+  return q as pg.QueryConfig;
+}
+
+interface PgError {
+  code?: string;
+  message?: string;
+}
+
+export class PostgresEngine {
+  readonly name: string;
+  readonly #config: PostgresEngineConfig;
+  readonly #pool: pg.Pool;
+  readonly #usernamePattern: RegExp;
+  #closed = false;
+
+  constructor(config: PostgresEngineConfig, opts: { onError?: (err: Error) => void } = {}) {
+    this.name = config.name;
+    this.#config = config;
+    const password = config.passwordFile !== undefined ? readFileSync(config.passwordFile, 'utf8').replace(/\r?\n$/, '') : undefined;
+    this.#pool = new pg.Pool({
+      connectionString: config.url,
+      ...(password !== undefined ? { password } : {}),
+      max: config.maxConnections,
+      connectionTimeoutMillis: config.connectTimeoutMs,
+      idleTimeoutMillis: 30_000,
+      statement_timeout: config.statementTimeoutMs,
+      lock_timeout: config.statementTimeoutMs,
+      query_timeout: config.statementTimeoutMs + 1000,
+      application_name: `tessera/${config.name}`,
+    });
+    // An idle connection that dies (server restart) must not crash the broker; the next checkout reconnects.
+    this.#pool.on('error', (err) => opts.onError?.(err));
+    this.#usernamePattern = new RegExp(`^${config.usernamePrefix}[a-z][a-z0-9_]{0,30}_[0-9a-f]{16}$`);
+  }
+
+  role(role: string): PostgresRoleConfig | undefined {
+    return Object.hasOwn(this.#config.roles, role) ? this.#config.roles[role] : undefined;
+  }
+
+  /** A new role name: <prefix><role>_<64 random bits as hex>, at most 62 bytes (PostgreSQL's limit is 63). */
+  newUsername(role: string): string {
+    return `${this.#config.usernamePrefix}${role}_${randomBytes(8).toString('hex')}`;
+  }
+
+  /** Only roles this engine made are ever renewed or dropped, whatever a lease record says. */
+  #checkUsername(username: string): void {
+    if (!this.#usernamePattern.test(username)) {
+      throw new BrokerError('bad_request', 400, `"${username}" is not a role engine ${this.name} created; refusing to touch it`);
+    }
+  }
+
+  #unavailable(action: string, err: unknown): BrokerError {
+    const e = err as PgError;
+    const detail = typeof e.code === 'string' && /^[A-Z0-9]{5}$|^E[A-Z]+$/.test(e.code) ? ` (${e.code})` : '';
+    return new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${this.name}" could not ${action}${detail}`, { cause: err });
+  }
+
+  async #client(action: string): Promise<pg.PoolClient> {
+    if (this.#closed) throw new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${this.name}" is closed`);
+    try {
+      return await this.#pool.connect();
+    } catch (err) {
+      throw this.#unavailable(`${action}: cannot connect`, err);
+    }
+  }
+
+  /** Creates `username` (LOGIN, password, VALID UNTIL) with the role's grants, atomically. */
+  async create(role: string, username: string, password: string, validUntilMs: number): Promise<void> {
+    const cfg = this.role(role);
+    if (cfg === undefined) throw new BrokerError('not_found', 404, `engine ${this.name} has no role ${role}`);
+    this.#checkUsername(username);
+    const statements = createRoleStatements(username, await scramSha256Verifier(password), validUntilMs, cfg.grants);
+    const client = await this.#client('create a role');
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      try {
+        for (const sql of statements) await client.query(extended(sql));
+        await client.query('COMMIT');
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => {
+          broken = true;
+        });
+        throw err;
+      }
+    } catch (err) {
+      broken = true;
+      throw this.#unavailable(`create a role for "${role}"`, err);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** Moves VALID UNTIL; 404 if the role no longer exists. */
+  async renew(username: string, validUntilMs: number): Promise<void> {
+    this.#checkUsername(username);
+    const client = await this.#client('renew a role');
+    try {
+      await client.query(
+        extended(`ALTER ROLE ${pg.escapeIdentifier(username)} VALID UNTIL ${pg.escapeLiteral(new Date(validUntilMs).toISOString())}`),
+      );
+    } catch (err) {
+      if ((err as PgError).code === '42704') throw new BrokerError('not_found', 404, `role ${username} no longer exists`);
+      throw this.#unavailable('renew a role', err);
+    } finally {
+      client.release();
+    }
+  }
+
+  /**
+   * Drops `username`: no new logins, its sessions terminated, what it owns reassigned to the admin role
+   * and its privileges dropped, then the role. Idempotent: a role that is already gone is success.
+   */
+  async revoke(username: string): Promise<void> {
+    this.#checkUsername(username);
+    const client = await this.#client('revoke a role');
+    const id = pg.escapeIdentifier(username);
+    let broken = false;
+    try {
+      const exists = await client.query(extended('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [username]));
+      if (exists.rowCount === 0) return;
+      await client.query(extended(`ALTER ROLE ${id} NOLOGIN`));
+      const sessions = extended(
+        'SELECT count(pg_catalog.pg_terminate_backend(pid))::int AS n FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND pid <> pg_catalog.pg_backend_pid()',
+        [username],
+      );
+      // Terminated backends take a moment to exit; wait (bounded) so "revoked" means "no session left".
+      for (let i = 0; i < 50; i++) {
+        const r = await client.query<{ n: number }>(sessions);
+        if ((r.rows[0]?.n ?? 0) === 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      await client.query('BEGIN');
+      try {
+        await client.query(extended(`REASSIGN OWNED BY ${id} TO CURRENT_USER`));
+        await client.query(extended(`DROP OWNED BY ${id}`));
+        await client.query(extended(`DROP ROLE ${id}`));
+        await client.query('COMMIT');
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => {
+          broken = true;
+        });
+        throw err;
+      }
+    } catch (err) {
+      broken = true;
+      throw this.#unavailable(`drop role ${username}`, err);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#pool.end();
+  }
+}
+
+/** All configured engines, found by role name (role names are unique across engines). */
+export class PostgresEngines implements LeaseBackend {
+  readonly #engines: ReadonlyMap<string, PostgresEngine>;
+
+  constructor(configs: readonly PostgresEngineConfig[], opts: { onError?: (engine: string, err: Error) => void } = {}) {
+    this.#engines = new Map(
+      configs.map((c) => [c.name, new PostgresEngine(c, { onError: (err) => opts.onError?.(c.name, err) })]),
+    );
+  }
+
+  /** The engine that defines `role`, or undefined. */
+  forRole(role: string): PostgresEngine | undefined {
+    for (const e of this.#engines.values()) if (e.role(role) !== undefined) return e;
+    return undefined;
+  }
+
+  #engineOf(lease: Lease): { engine: PostgresEngine; username: string } {
+    const engine = lease.engine !== undefined ? this.#engines.get(lease.engine) : undefined;
+    if (engine === undefined || lease.username === undefined) {
+      throw new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
+    }
+    return { engine, username: lease.username };
+  }
+
+  async renew(lease: Lease, expiresAt: number): Promise<void> {
+    const { engine, username } = this.#engineOf(lease);
+    await engine.renew(username, expiresAt);
+  }
+
+  async revoke(lease: Lease): Promise<void> {
+    const { engine, username } = this.#engineOf(lease);
+    await engine.revoke(username);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#engines.values()].map((e) => e.close()));
+  }
+}
