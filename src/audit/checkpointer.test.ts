@@ -107,8 +107,10 @@ describe('Checkpointer', () => {
     await audit.append(entry(2));
     for (let i = 0; i < 100 && (cp.latest?.size ?? 0) < 2; i++) await new Promise((r) => setTimeout(r, 10));
     expect(cp.latest?.size).toBe(2);
+    // The two appends may land in one round or in two (if a tick falls between them on a loaded machine).
     const count = (await store.listCheckpoints()).length;
-    expect(count).toBe(2);
+    expect(count).toBeGreaterThanOrEqual(2);
+    expect(count).toBeLessThanOrEqual(3);
     await new Promise((r) => setTimeout(r, 120));
     expect(await store.listCheckpoints()).toHaveLength(count);
   });
