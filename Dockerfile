@@ -1,0 +1,34 @@
+# Tessera broker (and agent) image.
+#
+#   docker build -t tessera:0.1.0 .
+#   docker run --rm -v /path/to/config:/etc/tessera/config:ro -v /path/to/pki:/etc/tessera/pki:ro \
+#     -p 8443:8443 tessera:0.1.0                      # = serve --config /etc/tessera/config/tessera.yaml
+#   docker run --rm tessera:0.1.0 agent --help        # the same image is the workload agent
+#
+# Two stages: the build stage has the TypeScript toolchain; the runtime stage has only production
+# dependencies and the compiled dist/. No key material is ever copied in (.dockerignore excludes
+# certs-dev/ and data/): the CA, TLS and signing keys are mounted at run time (a Kubernetes Secret).
+
+# ---- build: full dependency tree, compile TypeScript ----
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+# --ignore-scripts: "prepare" would build before the sources are here; the build runs below.
+RUN npm ci --no-audit --no-fund --ignore-scripts
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build
+
+# ---- runtime: production dependencies and dist/ only, unprivileged ----
+FROM node:20-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund --ignore-scripts && npm cache clean --force
+COPY --from=build /src/dist ./dist
+COPY openapi.yaml ./
+# The node image's unprivileged user; numeric so Kubernetes can enforce runAsNonRoot.
+USER 1000:1000
+EXPOSE 8443
+ENTRYPOINT ["node", "/app/dist/cli/main.js"]
+CMD ["serve", "--config", "/etc/tessera/config/tessera.yaml"]

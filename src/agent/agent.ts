@@ -1,0 +1,235 @@
+/**
+ * The agent: a TesseraClient whose credentials are mirrored into files for workloads that cannot use
+ * the SDK. Init-container mode (`once`) fetches, writes and returns; sidecar mode keeps the files
+ * current as the client rotates, serves /healthz, and runs the --on-rotate command after each change.
+ */
+import path from 'node:path';
+import { TesseraClient, type JwtSvid, type RotatedEvent, type X509Svid } from '../sdk/client.js';
+import { TesseraError } from '../sdk/errors.js';
+import type { BackoffOptions } from '../sdk/timing.js';
+import { OutputDirectory, type OutputFile } from './files.js';
+import { startHealthServer, type HealthReport, type HealthServer } from './health.js';
+import { RotateHook } from './hook.js';
+import type { Logger } from './log.js';
+
+export interface AgentOptions {
+  readonly broker: string;
+  readonly bundleFile: string;
+  readonly tokenFile: string;
+  readonly outDir: string;
+  readonly once: boolean;
+  readonly jwtAudiences: readonly string[];
+  readonly onRotate?: string;
+  /** Loopback port for /healthz; 0 picks a free one; absent: no health endpoint. */
+  readonly healthPort?: number;
+  /** How long to keep trying for the first SVID before giving up (seconds). */
+  readonly deadlineSeconds?: number;
+  readonly backoff?: BackoffOptions;
+}
+
+/** The agent could not do its job (no SVID by the deadline, files not writable); exit non-zero. */
+export class AgentError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AgentError';
+  }
+}
+
+/** File name for an audience: safe characters kept, anything else %-encoded (as UTF-8 bytes). */
+export function audienceFileName(audience: string): string {
+  const encoded = [...Buffer.from(audience, 'utf8')]
+    .map((b, i) => {
+      const c = String.fromCharCode(b);
+      return /[A-Za-z0-9_-]/.test(c) || (c === '.' && i > 0) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+    })
+    .join('');
+  return `${encoded}.token`;
+}
+
+const PUBLISH_RETRY_MS = 2_000;
+
+export class Agent {
+  readonly #opts: AgentOptions;
+  readonly #log: Logger;
+  readonly #client: TesseraClient;
+  readonly #out: OutputDirectory;
+  readonly #hook: RotateHook | undefined;
+  #x509: X509Svid | undefined;
+  readonly #jwts = new Map<string, JwtSvid>();
+  #ready = false;
+  #stopped = false;
+  #publishing: Promise<void> | undefined;
+  #publishAgain = false;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #health: HealthServer | undefined;
+
+  constructor(opts: AgentOptions, log: Logger) {
+    this.#opts = opts;
+    this.#log = log;
+    this.#out = new OutputDirectory(path.resolve(opts.outDir));
+    this.#hook = opts.onRotate !== undefined ? new RotateHook(opts.onRotate, log) : undefined;
+    this.#client = new TesseraClient({
+      broker: opts.broker,
+      bundleFile: opts.bundleFile,
+      tokenFile: opts.tokenFile,
+      jwtAudiences: opts.jwtAudiences,
+      keepProcessAlive: true,
+      ...(opts.backoff !== undefined ? { backoff: opts.backoff } : {}),
+    });
+    this.#client.on('rotated', (e) => this.#onRotated(e));
+    this.#client.on('error', (err) => {
+      this.#log.log('warn', this.#ready ? 'renewal failed; will retry' : 'could not obtain credentials yet; will retry', {
+        code: err.code,
+        error: err.message,
+        ...this.#expiry(),
+      });
+    });
+  }
+
+  /** Health endpoint port, once started with one. */
+  get healthPort(): number | undefined {
+    return this.#health?.port;
+  }
+
+  /** Init-container mode: first SVID (and JWTs) within the deadline, write them, run the hook, done. */
+  async runOnce(): Promise<void> {
+    const deadlineSeconds = this.#opts.deadlineSeconds ?? 60;
+    this.#log.log('info', 'fetching credentials (once)', { broker: this.#opts.broker, out: this.#out.dir, deadlineSeconds });
+    try {
+      await this.#client.start({ deadlineMs: deadlineSeconds * 1000 });
+      this.#ready = true;
+      await this.#publish();
+      await this.#hook?.idle();
+    } catch (err) {
+      throw err instanceof AgentError ? err : new AgentError(this.#explain(err), { cause: err });
+    } finally {
+      this.#client.close();
+    }
+  }
+
+  /** Sidecar mode: keeps the files current until stop(). Resolves once the first set is written. */
+  async start(): Promise<void> {
+    this.#log.log('info', 'starting sidecar', {
+      broker: this.#opts.broker,
+      out: this.#out.dir,
+      jwtAudiences: this.#opts.jwtAudiences,
+    });
+    if (this.#opts.healthPort !== undefined) {
+      this.#health = await startHealthServer(this.#opts.healthPort, () => this.health());
+      this.#log.log('info', 'health endpoint listening', { url: `http://127.0.0.1:${this.#health.port}/healthz` });
+    }
+    const deadline = this.#opts.deadlineSeconds;
+    try {
+      await this.#client.start(deadline !== undefined ? { deadlineMs: deadline * 1000 } : {});
+    } catch (err) {
+      if (this.#stopped) return;
+      throw new AgentError(this.#explain(err), { cause: err });
+    }
+    if (this.#stopped) return;
+    this.#ready = true;
+    await this.#publishQueued();
+  }
+
+  /** Stops timers and the health endpoint; waits for a publish or hook in progress. Files stay. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#client.close();
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+    await this.#publishing?.catch(() => undefined);
+    await this.#hook?.idle();
+    await this.#health?.close();
+  }
+
+  health(): HealthReport {
+    const s = this.#client.status();
+    const valid = s.expiresAt !== undefined && s.expiresAt.getTime() > Date.now();
+    const status = !this.#ready ? 'starting' : valid ? 'ok' : 'expired';
+    return {
+      healthy: valid && this.#ready,
+      body: {
+        status,
+        ...(s.spiffeId !== undefined ? { spiffeId: s.spiffeId, serial: s.serial } : {}),
+        ...(s.expiresAt !== undefined ? { expiresAt: s.expiresAt.toISOString(), secondsToExpiry: s.secondsToExpiry } : {}),
+        ...(s.lastRotation !== undefined ? { lastRotation: s.lastRotation.toISOString() } : {}),
+        consecutiveFailures: s.consecutiveFailures,
+        ...(s.lastError !== undefined ? { lastError: { code: s.lastError.code, message: s.lastError.message, at: s.lastError.at.toISOString() } } : {}),
+      },
+    };
+  }
+
+  #explain(err: unknown): string {
+    const e = err instanceof Error ? err : new Error(String(err));
+    const code = e instanceof TesseraError ? ` [${e.code}]` : '';
+    return `${e.message}${code}`;
+  }
+
+  #expiry(): Record<string, unknown> {
+    const s = this.#client.status();
+    return s.secondsToExpiry !== undefined ? { secondsToExpiry: s.secondsToExpiry } : {};
+  }
+
+  #onRotated(e: RotatedEvent): void {
+    if (e.kind === 'x509') {
+      this.#x509 = e.svid;
+      this.#log.log('info', 'X.509-SVID obtained', {
+        spiffeId: e.svid.spiffeId,
+        serial: e.svid.serial,
+        expiresAt: e.svid.expiresAt.toISOString(),
+        via: e.via,
+        ...(e.bundleChanged ? { bundleChanged: true } : {}),
+      });
+    } else {
+      for (const aud of e.svid.audience) if (this.#opts.jwtAudiences.includes(aud)) this.#jwts.set(aud, e.svid);
+      this.#log.log('info', 'JWT-SVID obtained', { audience: e.svid.audience, expiresAt: e.svid.expiresAt.toISOString(), via: e.via });
+    }
+    if (this.#ready && !this.#opts.once) void this.#publishQueued();
+  }
+
+  /** Serialises publishes; a request during one publish leads to exactly one more with the latest state. */
+  #publishQueued(): Promise<void> {
+    if (this.#publishing !== undefined) {
+      this.#publishAgain = true;
+      return this.#publishing;
+    }
+    this.#publishing = (async () => {
+      try {
+        do {
+          this.#publishAgain = false;
+          await this.#publish();
+        } while (this.#publishAgain && !this.#stopped);
+      } catch (err) {
+        this.#log.log('error', 'could not write the output files; retrying', { error: (err as Error).message, out: this.#out.dir });
+        if (!this.#stopped) {
+          this.#retryTimer = setTimeout(() => void this.#publishQueued(), PUBLISH_RETRY_MS);
+        }
+      } finally {
+        this.#publishing = undefined;
+      }
+    })();
+    return this.#publishing;
+  }
+
+  async #publish(): Promise<void> {
+    const svid = this.#x509;
+    if (svid === undefined) throw new AgentError('no X.509-SVID to write');
+    const files: OutputFile[] = [
+      { path: 'svid.pem', data: svid.chainPem, mode: 0o644 },
+      { path: 'svid.key', data: svid.privateKeyPem, mode: 0o600 },
+      { path: 'bundle.pem', data: this.#client.bundle(), mode: 0o644 },
+    ];
+    for (const aud of this.#opts.jwtAudiences) {
+      const jwt = this.#jwts.get(aud);
+      if (jwt !== undefined) files.push({ path: `jwt/${audienceFileName(aud)}`, data: jwt.token, mode: 0o600 });
+    }
+    let generation: string;
+    try {
+      generation = await this.#out.publish(files);
+    } catch (err) {
+      throw new AgentError(`cannot write ${this.#out.dir}: ${(err as Error).message}`, { cause: err });
+    }
+    this.#log.log('info', 'files written', { out: this.#out.dir, generation, serial: svid.serial, files: files.map((f) => f.path) });
+    if (this.#hook !== undefined) {
+      void this.#hook.trigger({ TESSERA_OUT_DIR: this.#out.dir, TESSERA_SPIFFE_ID: svid.spiffeId, TESSERA_SVID_SERIAL: svid.serial });
+    }
+  }
+}
