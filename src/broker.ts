@@ -2,18 +2,37 @@
  * Wires one broker from a Config: store, audit log, CA, JWT signer, attestors, policy, issuer.
  * The server and the CLI both start from here; tests can build one on temp files.
  */
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { BreakGlassService } from './admin/breakglass.js';
+import { breakGlassSecrets } from './admin/breakglass-secrets.js';
+import { IssuanceFreeze } from './admin/freeze.js';
+import { AccessGuard, namespaceOfSpiffeId } from './admin/guard.js';
+import { type AdminPki, loadAdminPki } from './admin/pki.js';
+import { AdminAuthority } from './admin/principals.js';
+import { Revocations } from './admin/revocation.js';
 import { ServiceAccountTokenAttestor } from './attest/k8s-token.js';
 import { MtlsAttestor } from './attest/mtls.js';
+import { AlertEngine } from './audit/alerts.js';
+import { Checkpointer } from './audit/checkpointer.js';
 import { AuditLog } from './audit/log.js';
+import { loadNoteSigner } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
+import { splitPemCertificates } from './ca/x509.js';
 import { JwtSvidSigner } from './ca/jwt-svid.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config/config.js';
+import { ConfigError } from './config/load.js';
 import { Issuer } from './issue/issuer.js';
+import { BrokerMetrics } from './metrics/metrics.js';
+import { instrumentStore } from './metrics/store.js';
 import { RegistrationPolicy } from './policy/registration.js';
+import { EnvelopeError, KeyRing } from './secrets/envelope.js';
+import { SecretsService } from './secrets/service.js';
+import { RateLimiter } from './server/limits.js';
 import { buildBundle, type SpiffeBundle } from './spiffe/bundle.js';
 import { EmbeddedStore } from './store/embedded.js';
+import { RedisStore } from './store/redis.js';
 import type { Store } from './store/store.js';
 
 export interface Broker {
@@ -21,14 +40,29 @@ export interface Broker {
   readonly clock: Clock;
   readonly store: Store;
   readonly audit: AuditLog;
+  /** Signs audit checkpoints (background, on demand for receipts, and on close). */
+  readonly checkpoints: Checkpointer;
+  /** Threshold alert rules watching this replica's audit appends. */
+  readonly alerts: AlertEngine;
   readonly ca: CertificateAuthority;
   readonly jwt: JwtSvidSigner;
   readonly tokens: ServiceAccountTokenAttestor;
   readonly mtls: MtlsAttestor;
   readonly policy: RegistrationPolicy;
   readonly issuer: Issuer;
+  /** Static secrets, dynamic PostgreSQL credentials and their leases (with the lease sweeper). */
+  readonly secrets: SecretsService;
   readonly bundle: SpiffeBundle;
   readonly tls: { readonly certPem: string; readonly keyPem: string };
+  /** Prometheus metrics of this broker (served by metrics/server.ts when config.metrics is enabled). */
+  readonly metrics: BrokerMetrics;
+  /** Rate limits, counted in the store (server/limits.ts; applied in server/auth.ts). */
+  readonly limits: RateLimiter;
+  /** Revocations and the issuance freeze: checked in server/auth.ts, by the issuer and for secrets. */
+  readonly guard: AccessGuard;
+  /** The admin CA (absent when admin.caBundleFile is not set) and who the admins are. */
+  readonly admin: { readonly pki?: AdminPki; readonly authority: AdminAuthority };
+  readonly breakGlass: BreakGlassService;
   close(): Promise<void>;
 }
 
@@ -45,12 +79,102 @@ export async function createBroker(config: Config, opts: { clock?: Clock; store?
   });
   const jwt = await JwtSvidSigner.fromFile(config.ca.jwtKeyFile);
   const tls = { certPem: readFileSync(config.tls.certFile, 'utf8'), keyPem: readFileSync(config.tls.keyFile, 'utf8') };
-  const store = opts.store ?? (await EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync }));
+  const metrics = new BrokerMetrics({ clock, caNotAfterMs: ca.signingCertNotAfter });
+  // Redis when configured (shared by replicas), else the embedded store on local disk. Store failures
+  // and audit append latency are measured at this one boundary.
+  const store = instrumentStore(
+    opts.store ??
+      (config.store.redis !== undefined
+        ? await RedisStore.connect({ ...config.store.redis, clock })
+        : await EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync })),
+    metrics,
+  );
   const audit = await AuditLog.open(store);
+  metrics.watchAuditSize(() => audit.size);
+  const limits = new RateLimiter(store, config.limits, metrics);
+  const auditSigner = loadNoteSigner(config.audit.signingKeyFile, config.audit.origin);
+  const warn = (err: unknown, what: string): void => {
+    process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_AUDIT' });
+  };
+  const checkpoints = await Checkpointer.start({
+    store,
+    audit,
+    signer: auditSigner,
+    intervalMs: config.audit.checkpointIntervalMs,
+    receiptGapMs: config.audit.receiptCheckpointGapMs,
+    replicaId: config.replicaId,
+    clock,
+    onError: warn,
+  });
+  const alerts = new AlertEngine({
+    store,
+    append: (entry) => audit.append(entry),
+    config: config.audit.alerts,
+    origin: config.audit.origin,
+    replicaId: config.replicaId,
+    clock,
+    onError: warn,
+  });
+  audit.onAppend((entry, receipt) => alerts.observe(entry, receipt));
   const tokens = new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
-  const mtls = new MtlsAttestor(config.trustDomain);
+  // Every CA certificate that issues workload SVIDs (roots, the signing CA, intermediates): mTLS tells
+  // workload chains from admin chains by signature against these and the admin CA roots.
+  const workloadAnchors = [
+    ...ca.rootCertsDer,
+    ...splitPemCertificates(readFileSync(config.ca.certFile, 'utf8'), 'CA certificate'),
+    ...(config.ca.intermediatesFile !== undefined ? splitPemCertificates(readFileSync(config.ca.intermediatesFile, 'utf8'), 'intermediates') : []),
+  ].map((der) => new X509Certificate(der));
+  const adminPki = loadAdminPki(config.admin, workloadAnchors);
+  const mtls = new MtlsAttestor(config.trustDomain, { workload: workloadAnchors, admin: adminPki?.roots ?? [] });
   const policy = new RegistrationPolicy(config.trustDomain, config.registration, config.svid);
-  const issuer = new Issuer({ ca, jwt, policy, audit, clock, replicaId: config.replicaId });
+  const revocations = new Revocations(store, clock);
+  const guard = new AccessGuard(revocations, new IssuanceFreeze(store, clock), (identity) => {
+    try {
+      const ns = policy.workload(identity).namespace;
+      return ns === '*' ? undefined : ns;
+    } catch {
+      return undefined; // not registered: nothing to match (and nothing will be issued to it)
+    }
+  });
+  const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
+  const issuer = new Issuer({ ca, jwt, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard });
+  let ring: KeyRing | undefined;
+  if (config.secrets.kekFile !== undefined) {
+    try {
+      ring = KeyRing.fromFiles(config.secrets.kekFile, config.secrets.oldKekFiles);
+    } catch (err) {
+      if (err instanceof EnvelopeError) throw new ConfigError(`config.secrets: ${err.message}`);
+      throw err;
+    }
+  }
+  const secrets = new SecretsService({
+    config: config.secrets,
+    store,
+    clock,
+    audit,
+    checkpoint: (r) => checkpoints.receipt(r),
+    policy,
+    // The admin revocation list (SPIFFE ID, or its /ns/<ns>/ namespace) decides for secrets too.
+    revocations: {
+      isRevoked: async (spiffeId: string) =>
+        (await revocations.find({ spiffeIds: [spiffeId], namespaces: [namespaceOfSpiffeId(spiffeId)] })) !== undefined,
+    },
+    replicaId: config.replicaId,
+    ...(ring !== undefined ? { ring } : {}),
+  });
+  secrets.start();
+  const breakGlass = new BreakGlassService({
+    config: config.breakGlass,
+    trustDomain: config.trustDomain,
+    store,
+    audit,
+    checkpoints,
+    clock,
+    replicaId: config.replicaId,
+    ...(adminPki?.signer !== undefined ? { adminCa: adminPki.signer } : {}),
+    secrets: breakGlassSecrets(secrets),
+    generateKey: () => ca.generateServerKey('ec-p256'),
+  });
   const bundle = buildBundle({
     rootCertsDer: ca.rootCertsDer,
     jwtKeys: [{ kid: jwt.kid, jwk: jwt.publicJwk }],
@@ -58,7 +182,15 @@ export async function createBroker(config: Config, opts: { clock?: Clock; store?
     refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
   });
   return {
-    config, clock, store, audit, ca, jwt, tokens, mtls, policy, issuer, bundle, tls,
-    close: () => store.close(),
+    config, clock, store, audit, checkpoints, alerts, ca, jwt, tokens, mtls, policy, issuer, secrets, bundle, tls, metrics, limits,
+    guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
+    // Alerts first (they may append), then the final checkpoint over everything, then the store.
+    close: async () => {
+      // The lease sweeper may still append; stop it (and the PostgreSQL pools) first.
+      await secrets.close();
+      await alerts.close();
+      await checkpoints.close();
+      await store.close();
+    },
   };
 }

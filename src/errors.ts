@@ -21,17 +21,38 @@ export type ErrorCode =
   | 'audit_unavailable'
   | 'issuance_frozen'
   | 'not_ready'
+  /** A secrets engine (PostgreSQL) cannot be reached or refused the operation; nothing was issued (503). */
+  | 'engine_unavailable'
+  /** A stored secret failed its integrity check (tampered or corrupt ciphertext); it is never served (409). */
+  | 'secret_integrity_failed'
+  /** A stored secret is wrapped under a key-encryption key this replica does not have (503). */
+  | 'kek_unavailable'
+  /** The SPIFFE ID, namespace or certificate serial was revoked by an operator (403). */
+  | 'revoked'
+  /** A break-glass request whose signatures, keys or M-of-N count do not hold (401). */
+  | 'break_glass_denied'
+  /** A break-glass request older than 5 minutes, expired, or issued in the future (401). */
+  | 'break_glass_stale'
+  /** A break-glass request whose jti was already used, on any replica (409). */
+  | 'break_glass_replayed'
+  /** The HTTP request (headers in 5 s, all of it in 10 s) did not arrive in time (408, written before routing; see server/errors.ts). */
+  | 'request_timeout'
+  /** The HTTP request headers are larger than the server accepts (431, written before routing). */
+  | 'header_too_large'
   | 'internal';
 
 export class BrokerError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
+  /** Sent as `Retry-After` (seconds) when set: rate limits say when the window resets. */
+  readonly retryAfterSeconds?: number;
 
-  constructor(code: ErrorCode, status: number, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(code: ErrorCode, status: number, message: string, options?: { cause?: unknown; retryAfterSeconds?: number }) {
+    super(message, options !== undefined && 'cause' in options ? { cause: options.cause } : undefined);
     this.name = 'BrokerError';
     this.code = code;
     this.status = status;
+    if (options?.retryAfterSeconds !== undefined) this.retryAfterSeconds = options.retryAfterSeconds;
   }
 }
 

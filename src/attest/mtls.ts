@@ -3,19 +3,73 @@
  * TLS handshake. The TLS layer has already verified the chain against our trust bundle (requestCert with
  * `ca` = our roots); this module checks what TLS does not: the leaf is not a CA, it carries exactly one
  * URI SAN, and that URI is a SPIFFE ID in our trust domain. The result is computed once per connection.
+ * When an admin CA is configured, TLS trusts its roots too, and every verified chain is classified by
+ * signature: admin-CA chains become an AdminPeer (admin routes only), never a workload identity.
  */
-import type { TLSSocket } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
+import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { BrokerError } from '../errors.js';
 import { parseSpiffeId } from '../spiffe/id.js';
 import type { Identity } from './identity.js';
 
 const DEFAULT_PATH = /^\/ns\/([a-zA-Z0-9._-]+)\/sa\/([a-zA-Z0-9._-]+)$/;
 
-/** What one TLS connection proved: nothing (no certificate), an identity, or a rejected certificate. */
+/** An admin client certificate: chains to the admin CA, never a workload identity. */
+export interface AdminPeer {
+  readonly spiffeId: string;
+  /** Lowercase hex serial of the presented certificate. */
+  readonly serial: string;
+  readonly notBefore: number;
+  readonly expiresAt: number;
+}
+
+/**
+ * What one TLS connection proved: nothing (no certificate), a workload identity, an admin (a chain to
+ * the admin CA — only admin routes accept it), or a rejected certificate.
+ */
 export type PeerResult =
   | { readonly kind: 'none' }
   | { readonly kind: 'identity'; readonly identity: Identity }
+  | { readonly kind: 'admin'; readonly admin: AdminPeer }
   | { readonly kind: 'rejected'; readonly error: BrokerError };
+
+/**
+ * The CA certificates a verified chain can end at. With admin roots configured the TLS layer accepts
+ * chains to either CA, so every chain is classified here by signature (checkIssued + verify) against
+ * these sets: `workload` (roots, and the signing CA and intermediates that issue SVIDs) and `admin`.
+ */
+export interface TrustAnchors {
+  readonly workload: readonly X509Certificate[];
+  readonly admin: readonly X509Certificate[];
+}
+
+/** Longest chain followed while classifying (leaf included). */
+const MAX_CHAIN = 8;
+
+function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
+  try {
+    return child.checkIssued(parent) && child.verify(parent.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+/** The certificates the peer sent (and the root OpenSSL found), from Node's issuerCertificate links. */
+function presentedChain(socket: TLSSocket): X509Certificate[] {
+  const out: X509Certificate[] = [];
+  let node: DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as DetailedPeerCertificate | undefined;
+  const seen = new Set<DetailedPeerCertificate>();
+  while (node !== undefined && node.raw !== undefined && !seen.has(node) && out.length < MAX_CHAIN + 2) {
+    seen.add(node);
+    try {
+      out.push(new X509Certificate(node.raw));
+    } catch {
+      break;
+    }
+    node = node.issuerCertificate;
+  }
+  return out;
+}
 
 function reject(message: string): PeerResult {
   return { kind: 'rejected', error: new BrokerError('invalid_client_certificate', 401, message) };
@@ -36,7 +90,10 @@ export function uriSans(subjectAltName: string | undefined): string[] | undefine
 export class MtlsAttestor {
   private readonly cache = new WeakMap<TLSSocket, PeerResult>();
 
-  constructor(private readonly trustDomain: string) {}
+  constructor(
+    private readonly trustDomain: string,
+    private readonly anchors: TrustAnchors = { workload: [], admin: [] },
+  ) {}
 
   /** Resolves (and caches for the connection's life) what the peer of `socket` proved. */
   peer(socket: TLSSocket): PeerResult {
@@ -63,6 +120,22 @@ export class MtlsAttestor {
     } catch {
       return reject('the URI SAN of the client certificate is not a valid SPIFFE ID');
     }
+    // Only with an admin CA does the TLS layer trust two CAs; then which one issued this chain decides.
+    if (this.anchors.admin.length > 0) {
+      const anchor = this.classify(socket, cert);
+      if (anchor === undefined) return reject('client certificate does not chain to the workload CA or the admin CA');
+      if (anchor === 'admin') {
+        return {
+          kind: 'admin',
+          admin: {
+            spiffeId: spiffeId.uri,
+            serial: cert.serialNumber.toLowerCase(),
+            notBefore: Date.parse(cert.validFrom),
+            expiresAt: Date.parse(cert.validTo),
+          },
+        };
+      }
+    }
     if (spiffeId.trustDomain !== this.trustDomain) {
       return reject(`client SVID belongs to trust domain ${spiffeId.trustDomain}, not ${this.trustDomain}`);
     }
@@ -82,5 +155,26 @@ export class MtlsAttestor {
         },
       },
     };
+  }
+
+  /**
+   * Which CA issued the leaf: walks up from the leaf by signature, first against the known CA
+   * certificates, then through the certificates the peer presented. A resumed TLS session has no
+   * presented chain, which is why the signing CAs themselves are among the known certificates.
+   */
+  private classify(socket: TLSSocket, leaf: X509Certificate): 'workload' | 'admin' | undefined {
+    let presented: X509Certificate[] | undefined;
+    let current = leaf;
+    for (let depth = 0; depth < MAX_CHAIN; depth++) {
+      const admin = this.anchors.admin.some((a) => issuedBy(current, a));
+      const workload = this.anchors.workload.some((a) => issuedBy(current, a));
+      if (admin !== workload) return admin ? 'admin' : 'workload';
+      if (admin && workload) return undefined; // cannot happen with separate keys; never guess
+      presented ??= presentedChain(socket);
+      const parent = presented.find((c) => c.ca && !c.raw.equals(current.raw) && issuedBy(current, c));
+      if (parent === undefined) return undefined;
+      current = parent;
+    }
+    return undefined;
   }
 }

@@ -1,9 +1,14 @@
 #!/usr/bin/env node
 /** The `tessera` command: a thin dispatcher over the modules; every failure is a message and a non-zero exit. */
 import { parseArgs } from 'node:util';
-import { ConfigError } from '../config/load.js';
+import { ConfigError, readWorkers } from '../config/load.js';
 import { BrokerError } from '../errors.js';
+import { auditCommand } from './audit.js';
+import { adminCommand } from './admin.js';
+import { breakGlassCommand } from './breakglass.js';
 import { devCerts, devToken } from './dev.js';
+import { agent } from './agent.js';
+import { secretsPut, secretsRotateKek } from './secrets.js';
 import { serve } from './serve.js';
 import { USAGE, UsageError } from './usage.js';
 
@@ -12,9 +17,21 @@ async function main(argv: string[]): Promise<void> {
   const parse = (options: Record<string, { type: 'string' | 'boolean' }>) =>
     parseArgs({ args: rest, options, strict: true, allowPositionals: true });
   switch (command) {
+    case 'agent':
+      await agent(rest);
+      return;
+    case 'break-glass':
+      await breakGlassCommand(rest);
+      return;
+    case 'admin':
+      adminCommand(rest);
+      return;
     case 'serve': {
-      const { values } = parse({ config: { type: 'string' } });
-      await serve({ ...(typeof values.config === 'string' ? { config: values.config } : {}) });
+      const { values } = parse({ config: { type: 'string' }, workers: { type: 'string' } });
+      await serve({
+        ...(typeof values.config === 'string' ? { config: values.config } : {}),
+        ...(typeof values.workers === 'string' ? { workers: readWorkers(values.workers, '--workers') } : {}),
+      });
       return;
     }
     case 'dev': {
@@ -41,6 +58,34 @@ async function main(argv: string[]): Promise<void> {
         return;
       }
       throw new UsageError(`unknown dev command ${JSON.stringify(positionals[0] ?? '')}`);
+    }
+    case 'audit': {
+      // Exit code 1 when a log does not verify (the report is already printed).
+      process.exitCode = await auditCommand(rest);
+      return;
+    }
+    case 'secrets': {
+      const { values, positionals } = parse({
+        config: { type: 'string' },
+        'from-file': { type: 'string' },
+        'new-kek-file': { type: 'string' },
+      });
+      const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+      const opts = {
+        ...(str(values.config) !== undefined ? { config: str(values.config) } : {}),
+        ...(str(values['from-file']) !== undefined ? { fromFile: str(values['from-file']) } : {}),
+        ...(str(values['new-kek-file']) !== undefined ? { newKekFile: str(values['new-kek-file']) } : {}),
+      };
+      if (positionals[0] === 'put') {
+        if (positionals.length > 2) throw new UsageError('secrets put takes one NAME');
+        await secretsPut(positionals[1], opts);
+        return;
+      }
+      if (positionals[0] === 'rotate-kek') {
+        await secretsRotateKek(opts);
+        return;
+      }
+      throw new UsageError(`unknown secrets command ${JSON.stringify(positionals[0] ?? '')}`);
     }
     case undefined:
     case 'help':

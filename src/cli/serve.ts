@@ -1,27 +1,38 @@
 /** `tessera serve`: load config, create dev material if running on defaults, start the HTTPS broker. */
 import path from 'node:path';
 import { createBroker } from '../broker.js';
+import type { Config } from '../config/config.js';
 import { loadConfig } from '../config/load.js';
 import { ensureDevMaterial } from '../dev/material.js';
+import { startMetricsServer } from '../metrics/server.js';
 import { buildServer } from '../server/app.js';
+import { type BannerInfo, clusterWorker, runPrimary } from './cluster.js';
 
-export async function serve(opts: { config?: string }): Promise<void> {
-  const config = loadConfig(opts.config !== undefined ? { file: opts.config } : {});
-  if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
-  const broker = await createBroker(config);
-  const app = await buildServer(broker);
-  await app.listen({ host: config.listen.host, port: config.listen.port });
-  const address = app.server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : config.listen.port;
-  const url = `https://${config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host}:${port}`;
+/** Where shared state lives, without credentials (a URL's password is never printed). */
+function redisLabel(r: Config['store']['redis']): string | undefined {
+  if (r === undefined) return undefined;
+  let where = '';
+  if (r.url !== undefined) {
+    const u = new URL(r.url);
+    where = `${u.protocol}//${u.host}${u.pathname === '/' ? '' : u.pathname}`;
+  } else if (r.sentinels !== undefined) where = `sentinel ${r.name ?? ''} via ${r.sentinels.map((a) => `${a.host}:${a.port}`).join(',')}`;
+  else where = `cluster ${(r.nodes ?? []).map((a) => `${a.host}:${a.port}`).join(',')}`;
+  return `redis ${where}, keys {${r.prefix}}:*`;
+}
+
+/** The startup banner (printed once: by the broker, or by the cluster primary when workers serve). */
+function bannerText(config: Config, b: BannerInfo): string {
+  const { url } = b;
   const rel = (p: string): string => path.relative(process.cwd(), p) || '.';
-  process.stdout.write(
+  return (
     [
       '',
       `Tessera broker listening on ${url}  (trust domain ${config.trustDomain}${config.dev ? ', DEV defaults' : ''})`,
       `  trust bundle : ${rel(config.ca.bundleFile)}`,
       `  signing CA   : ${rel(config.ca.certFile)}`,
-      `  audit store  : ${rel(config.store.embedded.dir)}  (${broker.audit.size} entries)`,
+      `  audit store  : ${redisLabel(config.store.redis) ?? rel(config.store.embedded.dir)}  (${b.auditEntries} entries)`,
+      ...(b.workers > 1 ? [`  workers      : ${b.workers} processes (node:cluster, replica IDs ${config.replicaId}-w1..w${b.workers})`] : []),
+      ...(b.metricsUrl !== undefined ? [`  metrics      : ${b.metricsUrl}`] : []),
       ...(config.dev
         ? [
             `  dev issuer   : ${config.issuers[0]?.issuer ?? ''} (JWKS ${rel(config.issuers[0]?.jwksFile ?? '')})`,
@@ -32,23 +43,64 @@ export async function serve(opts: { config?: string }): Promise<void> {
           ]
         : []),
       '',
-    ].join('\n'),
+    ].join('\n')
   );
+}
+
+export async function serve(opts: { config?: string; workers?: number }): Promise<void> {
+  let config = loadConfig(opts.config !== undefined ? { file: opts.config } : {});
+  // N > 1 workers: this process becomes the cluster primary (cli/cluster.ts) and forks N brokers.
+  const worker = clusterWorker(config);
+  const workers = opts.workers ?? config.workers;
+  if (worker === undefined && workers > 1) {
+    await runPrimary(config, workers, (b) => bannerText(config, b));
+    return;
+  }
+  if (worker !== undefined) config = worker.config;
+  else if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
+  const broker = await createBroker(config, worker?.store !== undefined ? { store: worker.store } : {});
+  const app = await buildServer(broker);
+  await app.listen({ host: config.listen.host, port: config.listen.port });
+  // A worker's metrics are served by the primary, summed over all workers.
+  const metricsServer = config.metrics.enabled && worker === undefined ? await startMetricsServer(broker.metrics, config.metrics) : undefined;
+  const address = app.server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : config.listen.port;
+  if (worker !== undefined) worker.ready(broker, port);
+  else {
+    const url = `https://${config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host}:${port}`;
+    process.stdout.write(bannerText(config, { url, auditEntries: broker.audit.size, workers: 1, ...(metricsServer !== undefined ? { metricsUrl: metricsServer.url } : {}) }));
+  }
   let closing = false;
   const shutdown = (signal: string): void => {
     if (closing) return;
     closing = true;
-    app.log.info({ signal }, 'shutting down');
-    void app
-      .close()
-      .then(() => broker.close())
-      .then(
-        () => process.exit(0),
-        (err: unknown) => {
-          app.log.error({ err }, 'error during shutdown');
-          process.exit(1);
-        },
-      );
+    app.log.info({ signal }, 'shutting down: no new connections, finishing requests in flight');
+    // A request lives at most requestTimeout (10 s); past this deadline something is stuck.
+    setTimeout(() => {
+      app.log.error('shutdown did not finish within 20 s; exiting');
+      process.exit(1);
+    }, 20_000).unref();
+    void (async () => {
+      // app.close() stops accepting and closes the connections idle right now; one that finishes its
+      // request during the drain would then sit in keep-alive for up to 65 s, so close those as they go idle.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 100);
+      try {
+        await app.close(); // waits for the requests in flight
+      } finally {
+        clearInterval(sweep);
+      }
+      await metricsServer?.close();
+      await broker.close(); // signs the final audit checkpoint, then closes the store
+    })().then(
+      () => {
+        app.log.info('shut down cleanly');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        app.log.error({ err }, 'error during shutdown');
+        process.exit(1);
+      },
+    );
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));

@@ -15,6 +15,7 @@ const minimal = `
 trustDomain: prod.example
 tls: { certFile: tls.pem, keyFile: tls.key }
 ca: { certFile: ca.pem, keyFile: ca.key, bundleFile: roots.pem, jwtKeyFile: jwt.key }
+audit: { signingKeyFile: audit.key }
 issuers:
   - issuer: https://oidc.cluster
     jwksUrl: https://oidc.cluster/keys
@@ -35,6 +36,13 @@ describe('loadConfig', () => {
     expect(c.store.embedded).toEqual({ dir: '/srv/tessera/data', fsync: true });
     expect(c.issuers[0]?.issuer).toBe(DEV_TOKEN_ISSUER);
     expect(c.bodyLimitBytes).toBe(65_536);
+    expect(c.audit).toMatchObject({
+      signingKeyFile: '/srv/tessera/certs-dev/audit-signing.key',
+      origin: 'example.org/tessera/audit',
+      checkpointIntervalMs: 1000,
+      alerts: { muteSeconds: 300, allowInsecureHttp: false, rules: [] },
+    });
+    expect(c.audit.alerts.webhookUrl).toBeUndefined();
     expect(Object.isFrozen(c) && Object.isFrozen(c.listen) && Object.isFrozen(c.registration)).toBe(true);
   });
 
@@ -60,12 +68,124 @@ describe('loadConfig', () => {
     ['port out of range', `${minimal}\nlisten: { port: 70000 }\n`, /listen.port/],
     ['default above max', `${minimal}\nsvid: { x509DefaultTtlSeconds: 9000, x509MaxTtlSeconds: 3600 }\n`, /exceeds/],
     ['not a mapping', '- a\n- b\n', /mapping/],
+    ['no audit signing key', minimal.replace('audit: { signingKeyFile: audit.key }', ''), /config.audit.signingKeyFile/],
+    ['origin with a space', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, origin: "a b"'), /config.audit.origin/],
+    ['http webhook', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { webhookUrl: "http://hooks.example/x" }'), /allowInsecureHttp/],
+    ['bad alert kind', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: nope }] }'), /rules\[0\].kind/],
+    ['denials rule without window', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: denials, threshold: 3 }] }'), /threshold and windowSeconds/],
+    ['duplicate rule names', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: break-glass }, { name: r, kind: break-glass }] }'), /duplicate/],
   ])('refuses %s with a message naming the field', (_name, yaml, message) => {
     expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(message);
     expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(ConfigError);
   });
 
+  it('reads the audit section: origin, intervals and alert rules', () => {
+    const yaml = minimal.replace(
+      'audit: { signingKeyFile: audit.key }',
+      `audit:
+  signingKeyFile: keys/audit.key
+  checkpointIntervalMs: 250
+  alerts:
+    webhookUrl: https://hooks.example/tessera
+    muteSeconds: 60
+    rules:
+      - { name: many-denials, kind: denials, per: namespace, threshold: 5, windowSeconds: 30 }
+      - { name: break-glass, kind: break-glass, muteSeconds: 0 }
+`,
+    );
+    const file = withFile(yaml);
+    const c = loadConfig({ file, env: {} });
+    expect(c.audit.signingKeyFile).toBe(path.join(path.dirname(file), 'keys/audit.key'));
+    expect(c.audit.origin).toBe('prod.example/tessera/audit');
+    expect(c.audit.checkpointIntervalMs).toBe(250);
+    expect(c.audit.alerts.webhookUrl).toBe('https://hooks.example/tessera');
+    expect(c.audit.alerts.rules).toEqual([
+      { name: 'many-denials', kind: 'denials', per: 'namespace', threshold: 5, windowSeconds: 30 },
+      { name: 'break-glass', kind: 'break-glass', muteSeconds: 0 },
+    ]);
+  });
+
   it('refuses a file that does not exist', () => {
     expect(() => loadConfig({ file: '/nonexistent/tessera.yaml', env: {} })).toThrow(ConfigError);
+  });
+});
+
+describe('loadConfig store.redis', () => {
+  const withStore = (store: string): string => withFile(`${minimal}store:\n${store}`);
+
+  it('has no Redis unless configured, and defaults the rest when a url is given', () => {
+    expect(loadConfig({ file: withFile(minimal), env: {} }).store.redis).toBeUndefined();
+    const c = loadConfig({ file: withStore('  redis: { url: "redis://10.0.0.5:6379/2" }\n'), env: {} });
+    expect(c.store.redis).toEqual({
+      url: 'redis://10.0.0.5:6379/2',
+      prefix: 'tessera',
+      requireReplicaAck: false,
+      commandTimeoutMs: 1500,
+      connectTimeoutMs: 1500,
+    });
+    expect(Object.isFrozen(c.store.redis)).toBe(true);
+  });
+
+  it('reads Sentinel and Cluster topologies, TLS and a password file (paths resolved against the file)', () => {
+    const file = withStore(
+      [
+        '  redis:',
+        '    sentinels: ["10.0.0.1:26379", { host: s2.internal, port: 26380 }]',
+        '    name: tessera-master',
+        '    prefix: prod-1',
+        '    requireReplicaAck: true',
+        '    commandTimeoutMs: 800',
+        '    username: tessera',
+        '    passwordFile: redis.pass',
+        '    tls: { caFile: redis-ca.pem }',
+        '',
+      ].join('\n'),
+    );
+    const dir = path.dirname(file);
+    expect(loadConfig({ file, env: {} }).store.redis).toEqual({
+      sentinels: [{ host: '10.0.0.1', port: 26379 }, { host: 's2.internal', port: 26380 }],
+      name: 'tessera-master',
+      prefix: 'prod-1',
+      requireReplicaAck: true,
+      commandTimeoutMs: 800,
+      connectTimeoutMs: 1500,
+      username: 'tessera',
+      passwordFile: path.join(dir, 'redis.pass'),
+      tls: { caFile: path.join(dir, 'redis-ca.pem') },
+    });
+    const cluster = loadConfig({ file: withStore('  redis: { nodes: ["10.0.0.1:7000", "10.0.0.2:7000"], tls: true }\n'), env: {} });
+    expect(cluster.store.redis?.nodes).toEqual([{ host: '10.0.0.1', port: 7000 }, { host: '10.0.0.2', port: 7000 }]);
+    expect(cluster.store.redis?.tls).toEqual({});
+  });
+
+  it('REDIS_URL configures Redis, or replaces the topology from the file but keeps its other settings', () => {
+    const fromEnv = loadConfig({ file: withFile(minimal), env: { REDIS_URL: 'rediss://cache:6380' } });
+    expect(fromEnv.store.redis?.url).toBe('rediss://cache:6380');
+    const file = withStore('  redis: { nodes: ["10.0.0.1:7000"], prefix: blue }\n');
+    const over = loadConfig({ file, env: { REDIS_URL: 'redis://127.0.0.1:6379' } });
+    expect(over.store.redis).toMatchObject({ url: 'redis://127.0.0.1:6379', prefix: 'blue' });
+    expect(over.store.redis?.nodes).toBeUndefined();
+    expect(loadConfig({ file: withFile(minimal), env: { REDIS_URL: '' } }).store.redis).toBeUndefined();
+  });
+
+  it('refuses ambiguous or malformed Redis settings, naming the field', () => {
+    const bad: [string, RegExp][] = [
+      ['  redis: {}\n', /store\.redis: set exactly one/],
+      ['  redis: { url: "redis://a:1", nodes: ["b:2"] }\n', /exactly one/],
+      ['  redis: { url: "http://a:1" }\n', /store\.redis\.url/],
+      ['  redis: { sentinels: ["a:26379"] }\n', /store\.redis\.name/],
+      ['  redis: { nodes: [] }\n', /empty/],
+      ['  redis: { nodes: ["nope"] }\n', /nodes\[0\]/],
+      ['  redis: { nodes: ["a:99999"] }\n', /nodes\[0\]/],
+      ['  redis: { url: "redis://a:1", prefix: "{x}" }\n', /store\.redis\.prefix/],
+      ['  redis: { url: "redis://a:1", commandTimeoutMs: 5 }\n', /commandTimeoutMs/],
+      ['  redis: { url: "redis://a:1", tls: { certFile: c.pem } }\n', /store\.redis\.tls/],
+      ['  redis: { url: "redis://a:1", pasword: x }\n', /store\.redis\.pasword: unknown setting/],
+      ['  redis: "redis://a:1"\n', /store\.redis: expected a mapping/],
+    ];
+    for (const [yaml, message] of bad) {
+      expect(() => loadConfig({ file: withStore(yaml), env: {} }), yaml).toThrow(message);
+    }
+    expect(() => loadConfig({ file: withFile(minimal), env: { REDIS_URL: 'localhost:6379' } })).toThrow(/env\.REDIS_URL/);
   });
 });

@@ -10,7 +10,8 @@ import type { JwtSvidSigner } from '../ca/jwt-svid.js';
 import type { Clock } from '../clock.js';
 import { BrokerError, auditUnavailable } from '../errors.js';
 import type { AuditEntry, AuditEventType } from '../audit/entry.js';
-import type { AuditLog, AuditReceipt } from '../audit/log.js';
+import type { CheckpointedReceipt, Checkpointer } from '../audit/checkpointer.js';
+import type { AuditLog } from '../audit/log.js';
 import type { RegistrationPolicy } from '../policy/registration.js';
 
 export type ServerKeyType = 'ec-p256';
@@ -28,7 +29,7 @@ export interface X509Issued {
   readonly notBefore: number;
   readonly expiresAt: number;
   readonly privateKey?: string;
-  readonly audit: AuditReceipt;
+  readonly audit: CheckpointedReceipt;
 }
 
 export interface JwtRequest {
@@ -42,7 +43,7 @@ export interface JwtIssued {
   readonly jti: string;
   readonly audience: readonly string[];
   readonly expiresAt: number;
-  readonly audit: AuditReceipt;
+  readonly audit: CheckpointedReceipt;
 }
 
 export interface IssuerDeps {
@@ -50,8 +51,20 @@ export interface IssuerDeps {
   readonly jwt: JwtSvidSigner;
   readonly policy: RegistrationPolicy;
   readonly audit: AuditLog;
+  /** Signs (or finds) the checkpoint each issuance receipt is proven against. */
+  readonly checkpoints: Checkpointer;
   readonly clock: Clock;
   readonly replicaId: string;
+  /**
+   * Revocations and the issuance freeze (admin/guard.ts), checked for the credential about to be
+   * minted. Optional only so the issuer can be built alone in benchmarks; the broker always sets it.
+   */
+  readonly guard?: IssuanceGuard;
+}
+
+/** What the issuer asks before minting: throws 403 `revoked` or 503 `issuance_frozen`. */
+export interface IssuanceGuard {
+  assertMayIssue(subject: { spiffeId: string; namespace?: string }): Promise<void>;
 }
 
 /** SHA-256 of the SPKI; spkiOf caches the DER per key, because exporting costs ~110 µs in OpenSSL 3. */
@@ -75,17 +88,34 @@ function identityFields(identity: Identity): Partial<AuditEntry> {
 export class Issuer {
   constructor(private readonly deps: IssuerDeps) {}
 
-  private async record(entry: AuditEntry): Promise<AuditReceipt> {
+  private async record(entry: AuditEntry): Promise<CheckpointedReceipt> {
     try {
-      return await this.deps.audit.append(entry);
+      return await this.deps.checkpoints.receipt(await this.deps.audit.append(entry));
     } catch (err) {
       if (err instanceof BrokerError && err.status === 503) throw err;
       throw auditUnavailable('the audit log could not record this request; nothing was issued', err);
     }
   }
 
+  /** Records without waiting for a checkpoint: a denial returns no receipt, so it need not wait. */
+  private async recordOnly(entry: AuditEntry): Promise<void> {
+    try {
+      await this.deps.audit.append(entry);
+    } catch (err) {
+      if (err instanceof BrokerError && err.status === 503) throw err;
+      throw auditUnavailable('the audit log could not record this request; nothing was issued', err);
+    }
+  }
+
+  /** Kill switch and revocations for the ID being issued, in the namespace policy resolved for it. */
+  private async guarded(identity: Identity, spiffeId: string): Promise<void> {
+    if (this.deps.guard === undefined) return;
+    await this.deps.guard.assertMayIssue({ spiffeId, namespace: this.deps.policy.workload(identity).namespace });
+  }
+
   async x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
     const grant = this.deps.policy.x509(identity, req.ttlSeconds);
+    await this.guarded(identity, grant.spiffeId);
     let publicKey: KeyObject;
     let privateKey: string | undefined;
     if (req.csr !== undefined) {
@@ -131,6 +161,7 @@ export class Issuer {
 
   async jwt(identity: Identity, req: JwtRequest, requestId: string): Promise<JwtIssued> {
     const grant = this.deps.policy.jwt(identity, req.audience, req.ttlSeconds);
+    await this.guarded(identity, grant.spiffeId);
     const now = this.deps.clock.now();
     const svid = await this.deps.jwt.sign({ spiffeId: grant.spiffeId, audiences: grant.audiences, ttlMs: grant.ttlMs, now });
     const receipt = await this.record({
@@ -164,7 +195,7 @@ export class Issuer {
     identity: Identity | undefined,
     requestId: string,
   ): Promise<void> {
-    await this.record({
+    await this.recordOnly({
       ts: this.deps.clock.now(),
       type: 'denial',
       decision: 'deny',

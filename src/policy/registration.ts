@@ -90,7 +90,7 @@ export class RegistrationPolicy {
    * account; an mTLS identity (renewal) by recovering them from its SPIFFE ID through the entry's path,
    * so a renewal is judged by today's policy, not by what the old certificate says.
    */
-  private resolve(identity: Identity): { entry: RegistrationEntry; spiffeId: string } {
+  private resolve(identity: Identity): { entry: RegistrationEntry; spiffeId: string; workload: Workload } {
     if (identity.trustDomain !== this.trustDomain) {
       throw forbidden(`identity ${identity.spiffeId} is not in trust domain ${this.trustDomain}`);
     }
@@ -105,15 +105,24 @@ export class RegistrationPolicy {
           serviceAccount: found.serviceAccount ?? entry.selector.serviceAccount,
         };
         if (matches(entry, w) && this.spiffeIdFor(entry, w) === identity.spiffeId) {
-          return { entry, spiffeId: identity.spiffeId };
+          return { entry, spiffeId: identity.spiffeId, workload: w };
         }
       }
     } else {
       const w: Workload = { namespace: identity.claims.namespace, serviceAccount: identity.claims.serviceAccount };
       const entry = this.entries.find((e) => matches(e, w));
-      if (entry !== undefined) return { entry, spiffeId: this.spiffeIdFor(entry, w) };
+      if (entry !== undefined) return { entry, spiffeId: this.spiffeIdFor(entry, w), workload: w };
     }
     throw forbidden(`no registration entry grants credentials to ${identity.spiffeId}`);
+  }
+
+  /**
+   * The SPIFFE ID policy assigns to a registered identity, with its namespace and service account
+   * (secret grants and leases are keyed by it: the same for a token caller and its SVID). 403 if none.
+   */
+  workload(identity: Identity): { readonly spiffeId: string; readonly namespace: string; readonly serviceAccount: string } {
+    const { spiffeId, workload } = this.resolve(identity);
+    return { spiffeId, namespace: workload.namespace, serviceAccount: workload.serviceAccount };
   }
 
   x509(identity: Identity, requestedTtlSeconds?: number): X509Grant {

@@ -9,12 +9,14 @@ export const errorResponses = { '4xx': errorBodySchema, '5xx': errorBodySchema }
 
 export const auditReceiptSchema = {
   type: 'object',
-  required: ['index', 'treeSize', 'rootHash', 'leafHash', 'inclusionProof'],
+  required: ['index', 'treeSize', 'rootHash', 'leafHash', 'inclusionProof', 'checkpoint'],
   properties: {
     index: { type: 'integer' },
     treeSize: { type: 'integer' },
     rootHash: { type: 'string' },
     leafHash: { type: 'string' },
     inclusionProof: { type: 'array', items: { type: 'string' } },
+    /** The signed checkpoint note (C2SP tlog-checkpoint) of size treeSize the proof is against. */
+    checkpoint: { type: 'string' },
   },
 } as const;

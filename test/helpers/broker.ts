@@ -47,6 +47,15 @@ export interface StartOptions {
   readonly clock?: Clock;
   /** Reuse a data directory (restart tests). */
   readonly dataDir?: string;
+  /** Pino options for the server's logger (e.g. `{ level: 'trace', stream }` to capture lines); default: no logger. */
+  readonly logger?: Record<string, unknown>;
+  /** Listen on this port instead of an ephemeral one (a client that must find a restarted broker). */
+  readonly port?: number;
+  /**
+   * The `secrets:` config section (grants, postgres engines, lease TTLs …). When given, kekFile
+   * defaults to the shared dev KEK and the sweeper interval to an hour (tests call sweepOnce()).
+   */
+  readonly secrets?: Record<string, unknown>;
 }
 
 export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> {
@@ -68,6 +77,7 @@ export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> 
         bundleFile: path.join(pkiDir, 'bundle.pem'),
         jwtKeyFile: path.join(pkiDir, 'jwt-signing.key'),
       },
+      audit: { signingKeyFile: material.auditKeyFile },
       issuers: [{ issuer: DEV_ISSUER, jwksFile: material.issuerJwksFile, audiences: ['tessera'] }],
       registration: [
         { selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'] },
@@ -75,6 +85,14 @@ export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> 
         { selector: { namespace: 'payments', serviceAccount: 'api' }, x509TtlSeconds: 600, jwtAudiences: [] },
       ],
       store: { embedded: { dir: dataDir } },
+      // The separate admin CA (dev material) and its dev admin, as `tessera serve` has in dev.
+      admin: {
+        caBundleFile: material.adminCaCertFile,
+        caCertFile: material.adminCaCertFile,
+        caKeyFile: material.adminCaKeyFile,
+        principals: [{ id: 'spiffe://example.org/admin/dev', roles: ['auditor', 'operator', 'secrets-admin'] }],
+      },
+      ...(opts.secrets !== undefined ? { secrets: { kekFile: material.kekFile, sweepIntervalSeconds: 3600, ...opts.secrets } } : {}),
       ...opts.config,
     }),
   );
@@ -85,8 +103,8 @@ export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> 
     ...(opts.clock !== undefined ? { clock: opts.clock } : {}),
   });
   const routes: { method: string; url: string }[] = [];
-  const app = await buildServer(broker, { logger: false, onRoute: (method, url) => routes.push({ method, url }) });
-  await app.listen({ host: '127.0.0.1', port: 0 });
+  const app = await buildServer(broker, { logger: opts.logger ?? false, onRoute: (method, url) => routes.push({ method, url }) });
+  await app.listen({ host: '127.0.0.1', port: opts.port ?? 0 });
   const address = app.server.address();
   if (address === null || typeof address !== 'object') throw new Error('no address');
   const url = `https://127.0.0.1:${address.port}`;

@@ -6,6 +6,7 @@ import type { Broker } from '../../broker.js';
 import { BrokerError, badRequest } from '../../errors.js';
 import type { JwtRequest, X509Request } from '../../issue/issuer.js';
 import { authenticate } from '../auth.js';
+import { isRepeatedRateLimit, RateLimitedError } from '../limits.js';
 import { auditReceiptSchema, errorResponses } from '../schemas.js';
 
 const x509Body = {
@@ -72,8 +73,9 @@ async function audited<T>(
     identity = await authenticate(broker, request);
     return await issue(identity);
   } catch (err) {
-    if (err instanceof BrokerError && err.status >= 400 && err.status < 500) {
-      await broker.issuer.recordDenial(type, err, identity, request.id);
+    // A flood of 429s leaves one entry per key and window, not one per request.
+    if (err instanceof BrokerError && err.status >= 400 && err.status < 500 && !isRepeatedRateLimit(err)) {
+      await broker.issuer.recordDenial(type, err, identity ?? (err instanceof RateLimitedError ? err.identity : undefined), request.id);
     }
     throw err;
   }
