@@ -6,6 +6,7 @@
  * ever arise. Anything that JSON would silently coerce or drop (NaN, Dates, Maps, class instances,
  * functions, holes/undefined in arrays) is rejected instead, so two encoders cannot disagree.
  */
+import type { Identity } from '../attest/identity.js';
 import { BrokerError } from '../errors.js';
 
 export type AuditEventType =
@@ -205,4 +206,17 @@ export function parseAuditEntry(bytes: Uint8Array): AuditEntry {
   }
   if (o.keyIds !== undefined && !(Array.isArray(o.keyIds) && o.keyIds.every((a) => typeof a === 'string'))) throw bad('keyIds');
   return o as unknown as AuditEntry;
+}
+
+/** The identity metadata every entry carries: who, from where in the cluster, never an IP. */
+export function identityFields(identity: Identity): Partial<AuditEntry> {
+  const c = identity.claims;
+  return {
+    actor: identity.spiffeId,
+    source: identity.source,
+    ...(c.namespace ? { namespace: c.namespace } : {}),
+    ...(c.serviceAccount ? { serviceAccount: c.serviceAccount } : {}),
+    ...(c.podName !== undefined ? { podName: c.podName } : {}),
+    ...(c.podUid !== undefined ? { podUid: c.podUid } : {}),
+  };
 }

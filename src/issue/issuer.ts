@@ -9,7 +9,7 @@ import { parseCsrPem, spkiOf } from '../ca/csr.js';
 import type { JwtSvidSigner } from '../ca/jwt-svid.js';
 import type { Clock } from '../clock.js';
 import { BrokerError, auditUnavailable } from '../errors.js';
-import type { AuditEntry, AuditEventType } from '../audit/entry.js';
+import { identityFields, type AuditEntry, type AuditEventType } from '../audit/entry.js';
 import type { CheckpointedReceipt, Checkpointer } from '../audit/checkpointer.js';
 import type { AuditLog } from '../audit/log.js';
 import type { RegistrationPolicy } from '../policy/registration.js';
@@ -70,19 +70,6 @@ export interface IssuanceGuard {
 /** SHA-256 of the SPKI; spkiOf caches the DER per key, because exporting costs ~110 µs in OpenSSL 3. */
 function keyFingerprint(key: KeyObject): string {
   return `sha256:${createHash('sha256').update(spkiOf(key)).digest('hex')}`;
-}
-
-/** The identity metadata every entry carries: who, from where in the cluster, never an IP. */
-function identityFields(identity: Identity): Partial<AuditEntry> {
-  const c = identity.claims;
-  return {
-    actor: identity.spiffeId,
-    source: identity.source,
-    ...(c.namespace ? { namespace: c.namespace } : {}),
-    ...(c.serviceAccount ? { serviceAccount: c.serviceAccount } : {}),
-    ...(c.podName !== undefined ? { podName: c.podName } : {}),
-    ...(c.podUid !== undefined ? { podUid: c.podUid } : {}),
-  };
 }
 
 export class Issuer {

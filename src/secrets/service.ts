@@ -6,7 +6,7 @@
  * Nothing here knows about HTTP.
  */
 import type { Identity } from '../attest/identity.js';
-import type { AuditEntry, AuditEventType } from '../audit/entry.js';
+import { identityFields, type AuditEntry, type AuditEventType } from '../audit/entry.js';
 import type { CheckpointedReceipt } from '../audit/checkpointer.js';
 import type { AuditLog, AuditReceipt } from '../audit/log.js';
 import type { Clock } from '../clock.js';
@@ -58,19 +58,6 @@ export interface DbCredentials {
 export interface LeaseChange {
   readonly lease: Lease;
   readonly audit: CheckpointedReceipt;
-}
-
-/** The identity metadata every entry carries: who, from where in the cluster, never an IP. */
-function identityFields(identity: Identity): Partial<AuditEntry> {
-  const c = identity.claims;
-  return {
-    actor: identity.spiffeId,
-    source: identity.source,
-    ...(c.namespace ? { namespace: c.namespace } : {}),
-    ...(c.serviceAccount ? { serviceAccount: c.serviceAccount } : {}),
-    ...(c.podName !== undefined ? { podName: c.podName } : {}),
-    ...(c.podUid !== undefined ? { podUid: c.podUid } : {}),
-  };
 }
 
 export class SecretsService {
