@@ -1,0 +1,325 @@
+#!/usr/bin/env node
+// `npm run bench`: drives a live Tessera broker (a real `tessera serve` process, HTTPS keep-alive,
+// durable group-commit audit appends) and, in the same run, `cfssl serve` with an equivalent P-256
+// profile, and prints rates, p50/p99 and Tessera/cfssl ratios side by side. Also: the per-core crypto
+// limit of one issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
+//
+// Usage: npm run bench [-- --seconds 5] [--quick] [--workers N]
+//   --quick: 2 s runs, no 10^6-entry scale test; --workers N: `tessera serve` with N cluster workers
+//   (default 1; `auto` = one per core). See docs/performance.md.
+// Results: bench/results/latest.json and a table on stdout (copy it into the README).
+import { spawn, spawnSync } from 'node:child_process';
+import https from 'node:https';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { runLoad } from './load.mjs';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const { values: args } = parseArgs({
+  options: { seconds: { type: 'string' }, quick: { type: 'boolean' }, 'skip-scale': { type: 'boolean' }, workers: { type: 'string' } },
+});
+const workers = args.workers ?? '1';
+if (!/^(auto|[1-9]\d{0,1})$/.test(workers)) throw new Error('--workers: expected an integer in [1, 99] or auto');
+const quick = args.quick === true;
+const seconds = Number(args.seconds ?? (quick ? 2 : 5));
+const dist = (p) => import(path.join(root, 'dist', p));
+
+const { ensureDevMaterial } = await dist('dev/material.js');
+const { mintDevToken } = await dist('dev/token-issuer.js');
+const { EmbeddedStore } = await dist('store/embedded.js');
+const { canonicalJson } = await dist('audit/entry.js');
+
+const work = mkdtempSync(path.join(tmpdir(), 'tessera-bench-'));
+const material = await ensureDevMaterial(path.join(work, 'pki'), 'example.org');
+const pki = material.dir;
+const ca = readFileSync(material.bundleFile, 'utf8');
+const log = (...a) => console.error('[bench]', ...a);
+
+function writeConfig(dataDir) {
+  const file = path.join(work, `tessera-${path.basename(dataDir)}.yaml`);
+  writeFileSync(
+    file,
+    [
+      'trustDomain: example.org',
+      'replicaId: bench',
+      'logLevel: warn',
+      'listen: { host: 127.0.0.1, port: 0 }',
+      `tls: { certFile: ${pki}/server.pem, keyFile: ${pki}/server.key }`,
+      `ca: { certFile: ${pki}/intermediate.pem, keyFile: ${pki}/intermediate.key, bundleFile: ${pki}/bundle.pem, jwtKeyFile: ${pki}/jwt-signing.key }`,
+      'issuers:',
+      '  - issuer: https://kubernetes.default.svc.cluster.local',
+      `    jwksFile: ${material.issuerJwksFile}`,
+      '    audiences: [tessera]',
+      'registration:',
+      '  - selector: { namespace: bench, serviceAccount: "*" }',
+      '    jwtAudiences: [payments]',
+      `store: { embedded: { dir: ${dataDir}, fsync: true } }`,
+      `audit: { signingKeyFile: ${material.auditKeyFile} }`,
+      // One identity (and one client address) drives every request: rate limits would cap the run at
+      // a few hundred requests per minute and measure the limiter, not the broker.
+      'limits: { enabled: false }',
+      `workers: ${workers}`,
+      ...(process.env.TESSERA_BENCH_EXTRA_CONFIG ? [process.env.TESSERA_BENCH_EXTRA_CONFIG] : []),
+      '',
+    ].join('\n'),
+  );
+  return file;
+}
+
+/** Starts `tessera serve`; resolves with its URL and the ms from spawn to listening. */
+function startBroker(dataDir) {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', writeConfig(dataDir)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, TESSERA_CONFIG: '' },
+  });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const onData = (d) => {
+      out += d.toString();
+      const m = /listening on (https:\/\/[\d.]+:\d+)/.exec(out);
+      if (m) resolve({ child, url: m[1], startMs: Math.round(performance.now() - t0) });
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (d) => (out += d.toString()));
+    child.on('exit', (code) => reject(new Error(`broker exited ${code}: ${out.slice(-2000)}`)));
+  });
+}
+
+async function stop(child) {
+  if (child.exitCode !== null) return;
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await done;
+}
+
+function opensslCsr() {
+  const dir = mkdtempSync(path.join(work, 'csr-'));
+  spawnSync('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', `${dir}/k.pem`]);
+  spawnSync('openssl', ['req', '-new', '-key', `${dir}/k.pem`, '-subj', '/CN=bench', '-out', `${dir}/c.pem`]);
+  return readFileSync(`${dir}/c.pem`, 'utf8');
+}
+
+const csrPem = opensslCsr();
+const token = await mintDevToken({ keyFile: material.issuerKeyFile, namespace: 'bench', serviceAccount: 'load', ttlSeconds: 3600 });
+
+// ---------- the per-core crypto limit of one issuance ----------
+function cryptoLimit() {
+  const rsa = createPrivateKey(readFileSync(material.issuerKeyFile));
+  const rsaPub = createPublicKey(rsa);
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const input = Buffer.from(token.split('.').slice(0, 2).join('.'));
+  const rsaSig = sign('sha256', input, rsa);
+  const tbs = Buffer.alloc(420, 1);
+  const ecSig = sign('sha256', tbs, ec.privateKey);
+  const time = (fn, n) => {
+    for (let i = 0; i < 200; i++) fn();
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) fn();
+    return ((performance.now() - t0) * 1000) / n;
+  };
+  const rs256VerifyUs = time(() => verify('sha256', input, rsaPub, rsaSig), 3000);
+  const csrVerifyUs = time(() => verify('sha256', tbs, ec.publicKey, ecSig), 3000);
+  const p256SignUs = time(() => sign('sha256', tbs, ec.privateKey), 5000);
+  const totalUs = rs256VerifyUs + csrVerifyUs + p256SignUs;
+  return {
+    rs256VerifyUs: Number(rs256VerifyUs.toFixed(1)),
+    csrVerifyUs: Number(csrVerifyUs.toFixed(1)),
+    p256SignUs: Number(p256SignUs.toFixed(1)),
+    perIssuanceUs: Number(totalUs.toFixed(1)),
+    perCoreLimit: Math.round(1e6 / totalUs),
+  };
+}
+
+// ---------- scenarios against Tessera ----------
+const json = { 'content-type': 'application/json' };
+const csrBody = JSON.stringify({ csr: csrPem });
+const keygenBody = JSON.stringify({ keyType: 'ec-p256' });
+const jwtBody = JSON.stringify({ audience: ['payments'] });
+
+async function tesseraScenarios(url) {
+  // An SVID for the mTLS renewal scenarios.
+  const first = await runLoadOnce(url, '/v1/svid/x509', keygenBody, { authorization: `Bearer ${token}` });
+  const mtls = { ca, cert: first.svid, key: first.privateKey };
+  const bearer = { ...json, authorization: `Bearer ${token}` };
+  const scenarios = [
+    ['x509 from CSR (token)', { path: '/v1/svid/x509', headers: bearer, body: csrBody, keepAlive: true, tls: { ca } }],
+    ['x509 server keygen (token)', { path: '/v1/svid/x509', headers: bearer, body: keygenBody, keepAlive: true, tls: { ca } }],
+    ['JWT-SVID (token)', { path: '/v1/svid/jwt', headers: bearer, body: jwtBody, keepAlive: true, tls: { ca } }],
+    ['x509 renewal, mTLS keep-alive', { path: '/v1/svid/x509', headers: json, body: csrBody, keepAlive: true, tls: mtls }],
+    ['x509 renewal, mTLS fresh conns (resumed)', { path: '/v1/svid/x509', headers: json, body: csrBody, keepAlive: false, tls: mtls }],
+  ];
+  const results = [];
+  for (const [name, s] of scenarios) {
+    for (const concurrency of [1, 32]) {
+      const r = await runLoad({
+        url: url + s.path, method: 'POST', headers: s.headers, body: () => s.body,
+        concurrency, durationMs: seconds * 1000, keepAlive: s.keepAlive, tls: s.tls,
+      });
+      log(name, `c=${concurrency}`, r);
+      results.push({ scenario: name, concurrency, ...r });
+    }
+  }
+  return results;
+}
+
+async function runLoadOnce(url, p, body, headers) {
+  const res = await fetchJson(url + p, body, headers);
+  if (res.status !== 200) throw new Error(`setup request failed: ${res.status} ${JSON.stringify(res.json)}`);
+  return res.json;
+}
+
+function fetchJson(u, body, headers) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(u, { method: 'POST', ca, headers: { ...json, ...headers } }, (res) => {
+      let t = '';
+      res.on('data', (c) => (t += c));
+      res.on('end', () => resolve({ status: res.statusCode, json: JSON.parse(t) }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+// ---------- cfssl, same CSR, same client ----------
+async function cfsslScenarios() {
+  const which = spawnSync('sh', ['-c', 'command -v cfssl']);
+  if (which.status !== 0) {
+    const apt = spawnSync('sh', ['-c', 'apt-get install -y golang-cfssl >/dev/null 2>&1 || (apt-get update >/dev/null 2>&1 && apt-get install -y golang-cfssl >/dev/null 2>&1)']);
+    if (apt.status !== 0 || spawnSync('sh', ['-c', 'command -v cfssl']).status !== 0) {
+      return { unavailable: 'cfssl is not installed and Debian\'s golang-cfssl could not be installed here' };
+    }
+  }
+  const cfg = path.join(work, 'cfssl.json');
+  writeFileSync(cfg, JSON.stringify({ signing: { default: { expiry: '1h', usages: ['digital signature', 'server auth', 'client auth'] } } }));
+  const port = 18888 + Math.floor(Math.random() * 1000);
+  const child = spawn('cfssl', ['serve', '-address', '127.0.0.1', '-port', String(port), '-ca', `${pki}/intermediate.pem`, '-ca-key', `${pki}/intermediate.key`, '-config', cfg], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let errText = '';
+  child.stderr.on('data', (d) => (errText += d.toString()));
+  const url = `http://127.0.0.1:${port}/api/v1/cfssl/sign`;
+  const body = JSON.stringify({ certificate_request: csrPem });
+  for (let i = 0; i < 100; i++) {
+    const probe = await runLoad({ url, method: 'POST', headers: json, body: () => body, concurrency: 1, durationMs: 1, keepAlive: false }).catch(() => undefined);
+    if (probe && probe.ok > 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const version = spawnSync('cfssl', ['version']).stdout?.toString().split('\n')[0] ?? '';
+  const results = [];
+  for (const concurrency of [1, 32]) {
+    const r = await runLoad({
+      url, method: 'POST', headers: json, body: () => body, concurrency, durationMs: seconds * 1000, keepAlive: true,
+      check: (status, text) => status === 200 && text.includes('"success":true'),
+    });
+    log('cfssl sign', `c=${concurrency}`, r);
+    results.push({ scenario: 'cfssl sign P-256 CSR (plain HTTP, no auth, no audit)', concurrency, ...r });
+  }
+  child.kill('SIGTERM');
+  if (results.every((r) => r.ok === 0)) return { unavailable: `cfssl did not sign: ${errText.slice(-500)}` };
+  return { version, results };
+}
+
+// ---------- audit log scale ----------
+async function prefill(dir, n) {
+  const store = await EmbeddedStore.open(dir);
+  const now = Date.now();
+  const batch = 10_000; // one append carries at most 8 MiB (the embedded store's batch cap)
+  for (let i = 0; i < n; i += batch) {
+    const entries = [];
+    for (let j = i; j < Math.min(n, i + batch); j++) {
+      entries.push(canonicalJson({
+        ts: now, type: 'x509-svid.issued', decision: 'allow', actor: 'spiffe://example.org/ns/bench/sa/load',
+        subject: 'spiffe://example.org/ns/bench/sa/load', source: 'k8s-sa-token', namespace: 'bench', serviceAccount: 'load',
+        podName: `load-${j % 1000}`, podUid: '6f1c3a52-4f0e-4b8e-9a51-2f6f0c0d9e11', serial: j.toString(16).padStart(32, '0'),
+        ttlMs: 3_600_000, expiresAt: now + 3_600_000, keyFingerprint: `sha256:${'ab'.repeat(32)}`, requestId: `r-${j}`, replica: 'prefill',
+      }));
+    }
+    await store.appendAuditEntries(entries);
+  }
+  await store.close();
+}
+
+async function scaleRun(n) {
+  const dir = path.join(work, `data-${n}`);
+  mkdirSync(dir, { recursive: true });
+  const t0 = performance.now();
+  await prefill(dir, n);
+  log(`prefilled ${n} entries in ${Math.round(performance.now() - t0)} ms`);
+  const { child, url, startMs } = await startBroker(dir);
+  try {
+    const r = await runLoad({
+      url: `${url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` },
+      body: () => csrBody, concurrency: 32, durationMs: seconds * 1000, keepAlive: true, tls: { ca },
+    });
+    log(`scale ${n}`, { startMs, ...r });
+    return { entries: n, restartMs: startMs, ...r };
+  } finally {
+    await stop(child);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ---------- run ----------
+const machine = { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '', brokerWorkers: workers };
+log('machine', machine);
+const crypto = cryptoLimit();
+log('crypto limit', crypto);
+
+const { child, url } = await startBroker(path.join(work, 'data-main'));
+let tessera;
+try {
+  tessera = await tesseraScenarios(url);
+} finally {
+  await stop(child);
+}
+const cfssl = await cfsslScenarios();
+
+const scale = [];
+if (!quick && !args['skip-scale']) {
+  scale.push(await scaleRun(1_000));
+  scale.push(await scaleRun(1_000_000));
+}
+
+const csrAt = (c) => tessera.find((r) => r.scenario === 'x509 from CSR (token)' && r.concurrency === c);
+const cfsslAt = (c) => cfssl.results?.find((r) => r.concurrency === c);
+const ratios = [1, 32].map((c) => ({
+  concurrency: c,
+  tesseraRps: csrAt(c)?.rps,
+  cfsslRps: cfsslAt(c)?.rps,
+  ratio: cfsslAt(c) ? Number((csrAt(c).rps / cfsslAt(c).rps).toFixed(2)) : null,
+}));
+const result = {
+  date: new Date().toISOString(),
+  secondsPerRun: seconds,
+  machine,
+  crypto,
+  tessera,
+  cfssl,
+  ratios,
+  fractionOfCryptoLimit: {
+    oneCore: Number((csrAt(32).rps / crypto.perCoreLimit).toFixed(2)),
+    allCores: Number((csrAt(32).rps / (crypto.perCoreLimit * machine.cpus)).toFixed(2)),
+  },
+  scale,
+};
+mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
+
+const row = (r) => `| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} |`;
+console.log(`\nTessera benchmark — ${result.date}, Node ${machine.node}, ${machine.cpus} cores, broker workers ${workers}, ${seconds} s per run\n`);
+console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed |\n|---|---:|---:|---:|---:|---:|');
+for (const r of tessera) console.log(row(r));
+if (cfssl.results) for (const r of cfssl.results) console.log(row(r));
+else console.log(`\ncfssl: ${cfssl.unavailable}`);
+console.log('\n| X.509 from CSR | Tessera req/s | cfssl req/s | Tessera/cfssl |\n|---:|---:|---:|---:|');
+for (const r of ratios) console.log(`| c=${r.concurrency} | ${r.tesseraRps?.toLocaleString('en')} | ${r.cfsslRps?.toLocaleString('en') ?? 'n/a'} | ${r.ratio ?? 'n/a'} |`);
+console.log(`\nCrypto in one issuance: RS256 verify ${crypto.rs256VerifyUs} µs + CSR verify ${crypto.csrVerifyUs} µs + P-256 sign ${crypto.p256SignUs} µs = ${crypto.perIssuanceUs} µs → ${crypto.perCoreLimit.toLocaleString('en')}/s per core.`);
+console.log(`Tessera at c=32 is ${result.fractionOfCryptoLimit.oneCore}× one core's crypto limit (${result.fractionOfCryptoLimit.allCores} of all ${machine.cpus} cores').`);
+if (scale.length) {
+  console.log('\n| audit entries | restart ms | req/s (CSR, c=32) | p99 ms |\n|---:|---:|---:|---:|');
+  for (const s of scale) console.log(`| ${s.entries.toLocaleString('en')} | ${s.restartMs} | ${s.rps.toLocaleString('en')} | ${s.p99Ms} |`);
+}
+rmSync(work, { recursive: true, force: true });
