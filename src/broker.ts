@@ -69,7 +69,14 @@ export interface Broker {
 /** How long relying parties may cache the bundle before fetching it again. */
 const BUNDLE_REFRESH_HINT_SECONDS = 300;
 
-export async function createBroker(config: Config, opts: { clock?: Clock; store?: Store } = {}): Promise<Broker> {
+export interface CreateBrokerOptions {
+  clock?: Clock;
+  store?: Store;
+  /** Cluster workers: the primary signs audit checkpoints (see CheckpointerOptions.remote, cli/cluster.ts). */
+  checkpointRemote?: (minSize: number) => Promise<string>;
+}
+
+export async function createBroker(config: Config, opts: CreateBrokerOptions = {}): Promise<Broker> {
   const clock = opts.clock ?? systemClock;
   const ca = CertificateAuthority.fromFiles({
     certFile: config.ca.certFile,
@@ -105,6 +112,7 @@ export async function createBroker(config: Config, opts: { clock?: Clock; store?
     replicaId: config.replicaId,
     clock,
     onError: warn,
+    ...(opts.checkpointRemote !== undefined ? { remote: opts.checkpointRemote } : {}),
   });
   const alerts = new AlertEngine({
     store,

@@ -15,12 +15,15 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import { Checkpointer } from '../audit/checkpointer.js';
+import { AuditLog } from '../audit/log.js';
+import { loadNoteSigner } from '../audit/note.js';
 import type { Broker } from '../broker.js';
 import type { Config } from '../config/config.js';
 import { ensureDevMaterial } from '../dev/material.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js';
 import { EmbeddedStore } from '../store/embedded.js';
-import { IpcStore, endpointOf, serveStore, type StoreServer } from '../store/ipc.js';
+import { AuditLeafHashCache, IpcStore, LockWaiters, endpointOf, serveStore, type StoreServer } from '../store/ipc.js';
 import type { Store } from '../store/store.js';
 
 /** Set in a worker's environment by the primary: the worker's number, 1..N. */
@@ -60,6 +63,8 @@ export interface ClusterWorker {
   readonly config: Config;
   /** The IPC store (embedded store in the primary); undefined with Redis (the worker connects itself). */
   readonly store?: Store;
+  /** With the IPC store: the primary signs the audit checkpoints (for createBroker's checkpointRemote). */
+  readonly checkpointRemote?: (minSize: number) => Promise<string>;
   /** Tells the primary this worker listens; from then on it also answers metrics requests. */
   ready(broker: Broker, port: number): void;
 }
@@ -73,7 +78,7 @@ export function clusterWorker(config: Config): ClusterWorker | undefined {
   return {
     index,
     config: Object.freeze({ ...config, replicaId: `${config.replicaId}-w${index}` }),
-    ...(store !== undefined ? { store } : {}),
+    ...(store !== undefined ? { store, checkpointRemote: (minSize: number) => store.checkpointCovering(minSize) } : {}),
     ready(broker, port) {
       const channel = endpointOf(process);
       channel.subscribe((m) => {
@@ -109,6 +114,18 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
   if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
   const store =
     config.store.redis === undefined ? await EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync }) : undefined;
+  // Every worker rebuilds its Merkle tree at start: hash the log once here, while they boot.
+  const leafHashes = store !== undefined ? new AuditLeafHashCache(store) : undefined;
+  const warming = leafHashes?.warm().catch(() => {}); // a failure surfaces to the worker that asks
+  // An unlock by one worker hands a lock to another waiting for it (the lease sweeper's lock).
+  const locks = new LockWaiters();
+  // With the embedded store the primary is the one checkpoint signer: workers ask it for a checkpoint
+  // covering their entries (one round trip) instead of taking turns on the lock through busy event loops.
+  // It opens (hashing the log) while the workers boot; they wait for it only when they need a checkpoint.
+  const checkpointsReady = store !== undefined && leafHashes !== undefined ? primaryCheckpointer(config, store, leafHashes) : undefined;
+  checkpointsReady?.catch(() => {}); // reported by the start below
+  let checkpoints: Checkpointer | undefined;
+  const checkpointSource = checkpointsReady && { covering: async (minSize: number) => (await checkpointsReady).covering(minSize) };
   // Advanced serialization: audit entries cross as Buffers, not as JSON arrays of numbers.
   cluster.setupPrimary({ serialization: 'advanced' });
 
@@ -126,7 +143,9 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
     slot.ready = false;
     slot.startedAt = Date.now();
     worker.on('error', () => {}); // a send to a worker that just died; its exit is handled below
-    if (store !== undefined) slot.server = serveStore(store, endpointOf(worker));
+    if (store !== undefined && leafHashes !== undefined) {
+      slot.server = serveStore(store, endpointOf(worker), { leafHashes, locks, ...(checkpointSource !== undefined ? { checkpoints: checkpointSource } : {}) });
+    }
     worker.on('message', (m: unknown) => {
       if (typeof m !== 'object' || m === null || (m as { t?: unknown }).t !== READY) return;
       const r = m as ReadyMessage;
@@ -196,11 +215,16 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
         } else readyWaiters.push(check);
       };
       for (const slot of slots) fork(slot);
+      // The primary's own log must open (and match its last checkpoint), or nothing starts.
+      checkpointsReady?.then((c) => (checkpoints = c), failStart);
       check();
     });
+    if (checkpointsReady !== undefined) checkpoints = await checkpointsReady;
   } catch (err) {
     closing = true;
     await stopWorkers();
+    await warming;
+    await checkpointsReady?.then((c) => c.close(), () => {});
     await store?.close();
     throw err;
   }
@@ -217,8 +241,9 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
     log(`${signal}: stopping ${workers} workers (finishing requests in flight), then closing the store`);
     void (async () => {
       const clean = await stopWorkers();
-      // Every worker is gone; anything they asked of the store has been answered or dropped.
+      // Every worker is gone (each asked for its final checkpoint); sign one over anything after that.
       await metrics?.close();
+      await checkpoints?.close();
       await store?.close();
       return clean;
     })().then(
@@ -234,6 +259,32 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+/** The primary's own view of the log (leaf hashes from the shared cache) and the one checkpoint signer. */
+async function primaryCheckpointer(config: Config, store: Store, leafHashes: AuditLeafHashCache): Promise<Checkpointer> {
+  const readAuditLeafHashes = async (start: number, end: number): Promise<Buffer[]> => {
+    const all = await leafHashes.read(start, end);
+    return Array.from({ length: end - start }, (_, i) => all.subarray(i * 32, (i + 1) * 32));
+  };
+  // The store, plus the leaf-hash read AuditLog uses when a store offers it (audit/log.ts).
+  const withLeafHashes = new Proxy(store, {
+    get(target, prop) {
+      if (prop === 'readAuditLeafHashes') return readAuditLeafHashes;
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  const audit = await AuditLog.open(withLeafHashes);
+  return Checkpointer.start({
+    store,
+    audit,
+    signer: loadNoteSigner(config.audit.signingKeyFile, config.audit.origin),
+    intervalMs: config.audit.checkpointIntervalMs,
+    receiptGapMs: config.audit.receiptCheckpointGapMs,
+    replicaId: `${config.replicaId}-primary`,
+    onError: (err, what) => log(`${what}: ${err instanceof Error ? err.message : String(err)}`),
+  });
 }
 
 /** Gauges that every worker reports alike (log size, CA expiry) are not summed. */

@@ -58,7 +58,10 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
   }
   if (worker !== undefined) config = worker.config;
   else if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
-  const broker = await createBroker(config, worker?.store !== undefined ? { store: worker.store } : {});
+  const broker = await createBroker(
+    config,
+    worker?.store !== undefined ? { store: worker.store, ...(worker.checkpointRemote !== undefined ? { checkpointRemote: worker.checkpointRemote } : {}) } : {},
+  );
   const app = await buildServer(broker);
   await app.listen({ host: config.listen.host, port: config.listen.port });
   // A worker's metrics are served by the primary, summed over all workers.

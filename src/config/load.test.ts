@@ -1,8 +1,8 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, DEV_TOKEN_ISSUER, loadConfig } from './load.js';
+import { ConfigError, DEV_TOKEN_ISSUER, MAX_WORKERS, loadConfig, readWorkers } from './load.js';
 
 function withFile(yaml: string): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-config-'));
@@ -187,5 +187,27 @@ describe('loadConfig store.redis', () => {
       expect(() => loadConfig({ file: withStore(yaml), env: {} }), yaml).toThrow(message);
     }
     expect(() => loadConfig({ file: withFile(minimal), env: { REDIS_URL: 'localhost:6379' } })).toThrow(/env\.REDIS_URL/);
+  });
+});
+
+describe('loadConfig workers', () => {
+  it('defaults to 1; takes an integer, auto / 0 (one per core), from the file or TESSERA_WORKERS', () => {
+    const cores = Math.min(MAX_WORKERS, availableParallelism());
+    expect(loadConfig({ file: withFile(minimal), env: {} }).workers).toBe(1);
+    expect(loadConfig({ env: {}, cwd: '/srv' }).workers).toBe(1);
+    expect(loadConfig({ file: withFile(`${minimal}workers: 3\n`), env: {} }).workers).toBe(3);
+    expect(loadConfig({ file: withFile(`${minimal}workers: auto\n`), env: {} }).workers).toBe(cores);
+    expect(loadConfig({ file: withFile(`${minimal}workers: 0\n`), env: {} }).workers).toBe(cores);
+    expect(loadConfig({ file: withFile(`${minimal}workers: 3\n`), env: { TESSERA_WORKERS: '2' } }).workers).toBe(2);
+    expect(readWorkers('4', '--workers')).toBe(4);
+  });
+
+  it('refuses anything else, naming where it came from', () => {
+    for (const bad of ['-1', '1.5', 'two', '65', '[2]', 'true']) {
+      expect(() => loadConfig({ file: withFile(`${minimal}workers: ${bad}\n`), env: {} })).toThrow(/config\.workers: expected an integer in \[1, 64\] or auto/);
+    }
+    expect(() => loadConfig({ file: withFile(minimal), env: { TESSERA_WORKERS: 'many' } })).toThrow(/env\.TESSERA_WORKERS/);
+    expect(() => readWorkers('1e3', '--workers')).toThrow(ConfigError);
+    expect(() => readWorkers('1e3', '--workers')).toThrow(/^--workers: /);
   });
 });

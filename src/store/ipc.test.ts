@@ -9,9 +9,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../audit/log.js';
+import { leafHash } from '../audit/merkle.js';
 import { BrokerError } from '../errors.js';
 import { EmbeddedStore } from './embedded.js';
-import { type IpcEndpoint, IpcStore, STORE_REQUEST, STORE_RESPONSE, type StoreServer, endpointOf, serveStore } from './ipc.js';
+import { AuditLeafHashCache, type IpcEndpoint, IpcStore, LOCK_WAIT_MS, LockWaiters, MAX_LEAF_HASHES_PER_READ, STORE_REQUEST, STORE_RESPONSE, type StoreServer, endpointOf, serveStore } from './ipc.js';
 import type { Store } from './store.js';
 
 const RELAY = "process.on('message', (m) => process.send(m)); process.on('disconnect', () => process.exit(0));";
@@ -21,11 +22,15 @@ function startRelay(): ChildProcess {
 }
 
 /** Counts the request messages (not calls) a client sends. */
-function counting(e: IpcEndpoint): IpcEndpoint & { requests: number } {
+function counting(e: IpcEndpoint): IpcEndpoint & { requests: number; calls: number } {
   const out = {
     requests: 0,
+    calls: 0,
     send(m: unknown, onError: (err: Error | null) => void) {
-      if ((m as { t?: unknown }).t === STORE_REQUEST) out.requests++;
+      if ((m as { t?: unknown }).t === STORE_REQUEST) {
+        out.requests++;
+        out.calls += (m as { calls: unknown[] }).calls.length;
+      }
       e.send(m, onError);
     },
     subscribe: (l: (m: unknown) => void) => e.subscribe(l),
@@ -130,6 +135,29 @@ describe('IpcStore over a real IPC channel', () => {
     expect(remote.message).toBe((direct as Error).message);
   });
 
+  it('readAuditLeafHashes: the leaf hash of each entry, hashed once in the primary for every worker', async () => {
+    const entries = Array.from({ length: 50 }, (_, i) => entry(i));
+    await real.appendAuditEntries(entries);
+    const cache = new AuditLeafHashCache(real);
+    // Two "workers" on one cache.
+    const [r1, r2] = [startRelay(), startRelay()];
+    relays.push(r1, r2);
+    for (const r of [r1, r2]) servers.push(serveStore(real, endpointOf(r), { leafHashes: cache }).close);
+    const [w1, w2] = [r1, r2].map((r) => new IpcStore(endpointOf(r), { kind: 'embedded' })) as [IpcStore, IpcStore];
+    clients.push(w1, w2);
+    const got = await w1.readAuditLeafHashes(10, 50);
+    expect(got.map((h) => h.toString('hex'))).toEqual(entries.slice(10).map((e) => leafHash(e).toString('hex')));
+    expect(cache.count).toBe(50);
+    expect((await w2.readAuditLeafHashes(0, 3)).map((h) => h.toString('hex'))).toEqual(entries.slice(0, 3).map((e) => leafHash(e).toString('hex')));
+    expect(await w2.readAuditLeafHashes(7, 7)).toEqual([]);
+    // The log grows: the cache follows.
+    await w2.appendAuditEntries([entry(50)]);
+    expect((await w1.readAuditLeafHashes(50, 51))[0]?.equals(leafHash(entry(50)))).toBe(true);
+    await expectBroker(w1.readAuditLeafHashes(0, 52), 'bad_request', 400);
+    await expectBroker(w1.readAuditLeafHashes(5, 4), 'bad_request', 400);
+    await expectBroker(w1.readAuditLeafHashes(0, MAX_LEAF_HASHES_PER_READ + 1), 'bad_request', 400);
+  });
+
   it('checkpoints, consumeOnce, kv (with expiry), hit, tryLock/unlock and checkWritable round-trip', async () => {
     const s = client();
     await s.appendCheckpoint('origin\n1\nAAAA\n\n— sig\n');
@@ -173,6 +201,26 @@ describe('IpcStore over a real IPC channel', () => {
     await expect(s.checkWritable()).resolves.toBeUndefined();
   });
 
+  it('a lock another worker holds is handed over on unlock (no polling), or refused after LOCK_WAIT_MS', async () => {
+    const locks = new LockWaiters();
+    const [r1, r2] = [startRelay(), startRelay()];
+    relays.push(r1, r2);
+    for (const r of [r1, r2]) servers.push(serveStore(real, endpointOf(r), { locks }).close);
+    const [a, b] = [r1, r2].map((r) => new IpcStore(endpointOf(r), { kind: 'embedded' })) as [IpcStore, IpcStore];
+    clients.push(a, b);
+    expect(await a.tryLock('checkpoint', 'a', 60_000)).toBe(true);
+    let t0 = Date.now();
+    expect(await b.tryLock('checkpoint', 'b', 60_000)).toBe(false);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(LOCK_WAIT_MS - 5);
+    const waiting = b.tryLock('checkpoint', 'b', 60_000);
+    await new Promise((r) => setTimeout(r, 10));
+    t0 = Date.now();
+    await a.unlock('checkpoint', 'a');
+    expect(await waiting).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(LOCK_WAIT_MS);
+    expect(await real.tryLock('checkpoint', 'c', 60_000)).toBe(false);
+  });
+
   it('releaseLocks: the locks a dead worker held are freed for the others, and only those', async () => {
     const dead = new IpcStore(endpointOf(startRelayFor()), { kind: 'embedded' });
     clients.push(dead);
@@ -195,15 +243,33 @@ describe('IpcStore over a real IPC channel', () => {
     expect(s.endpoint.requests - before).toBe(1);
   });
 
+  it('identical kvGets in one turn share one call; a later turn reads again and sees a new value', async () => {
+    const s = client();
+    await real.kvPut('freeze', 'global', 'v1');
+    const calls0 = s.endpoint.calls;
+    const got = await Promise.all([...Array.from({ length: 20 }, () => s.kvGet('freeze', 'global')), s.kvGet('freeze', 'other')]);
+    expect(got.slice(0, 20).every((v) => v === 'v1')).toBe(true);
+    expect(got[20]).toBeUndefined();
+    expect(s.endpoint.calls - calls0).toBe(2);
+    await real.kvPut('freeze', 'global', 'v2');
+    expect(await s.kvGet('freeze', 'global')).toBe('v2');
+    expect(s.endpoint.calls - calls0).toBe(3);
+  });
+
   it('two AuditLogs on two IpcStores (two workers) agree; catch-up reads are batched', async () => {
     const a = client();
     const b = client();
-    const reads = { n: 0, entries: 0 };
-    const read = b.readAuditEntries.bind(b);
-    b.readAuditEntries = async (start, end) => {
+    const reads = { n: 0, entries: 0, full: 0 };
+    const read = b.readAuditLeafHashes.bind(b);
+    b.readAuditLeafHashes = async (start, end) => {
       reads.n++;
       reads.entries += end - start;
       return read(start, end);
+    };
+    const readFull = b.readAuditEntries.bind(b);
+    b.readAuditEntries = async (start, end) => {
+      reads.full++;
+      return readFull(start, end);
     };
     const [logA, logB] = await Promise.all([AuditLog.open(a), AuditLog.open(b)]);
     const mk = (w: string, i: number) => ({
@@ -222,9 +288,11 @@ describe('IpcStore over a real IPC channel', () => {
     expect(logA.size).toBe(400);
     expect(logB.size).toBe(400);
     expect(logA.root().equals(logB.root())).toBe(true);
-    // B read only what A appended (200 entries), in far fewer reads than entries.
+    // B read only the leaf hashes of what A appended (200 entries), in far fewer reads than entries,
+    // and never the entries themselves.
     expect(reads.entries).toBe(200);
     expect(reads.n).toBeLessThanOrEqual(60);
+    expect(reads.full).toBe(0);
   });
 
   it('a store call that is not allowed is refused by the server, and the store stays open', async () => {

@@ -8,7 +8,8 @@
  *   promise settles  ◄── {t:'tessera.store.res', results:[[id, 1, value] | [id, 0, error], …]} ◄──┘
  *
  * Calls made in one event-loop turn travel in one message, and so do the results the primary finishes
- * in one turn: a round trip costs ~20 µs of CPU on each side, a batched call ~3 µs.
+ * in one turn: a message costs ~25–60 µs of CPU on each side (a system call and a wake-up), a call
+ * batched with others ~3 µs.
  * A call the primary does not answer within `timeoutMs` (or any call once the channel is gone) rejects
  * with store_unavailable (503), so a stuck primary is a refusal, never a hang. As with Redis, an audit
  * append that timed out may still have been made durable (the Store contract allows this over a network).
@@ -16,6 +17,7 @@
 import type { ChildProcess } from 'node:child_process';
 import type { Worker } from 'node:cluster';
 import type { EventEmitter } from 'node:events';
+import { leafHash } from '../audit/merkle.js';
 import { BrokerError, type ErrorCode, storeUnavailable } from '../errors.js';
 import type { Store } from './store.js';
 
@@ -24,8 +26,21 @@ export const IPC_STORE_OPS = [
   'appendAuditEntries', 'auditSize', 'readAuditEntries', 'appendCheckpoint', 'listCheckpoints', 'consumeOnce',
   'kvPut', 'kvGet', 'kvDelete', 'kvList', 'hit', 'tryLock', 'unlock', 'checkWritable',
 ] as const;
-export type IpcStoreOp = (typeof IPC_STORE_OPS)[number];
-const OPS: ReadonlySet<string> = new Set(IPC_STORE_OPS);
+/** Leaf hashes of audit entries, hashed once in the primary (not a Store method; see AuditLeafHashCache). */
+const LEAF_HASHES = 'readAuditLeafHashes';
+/** A checkpoint signed by the primary (not a Store method; see CheckpointerOptions.remote). */
+const CHECKPOINT = 'checkpointCovering';
+export type IpcStoreOp = (typeof IPC_STORE_OPS)[number] | typeof LEAF_HASHES | typeof CHECKPOINT;
+const OPS: ReadonlySet<string> = new Set<string>([...IPC_STORE_OPS, LEAF_HASHES, CHECKPOINT]);
+
+const HASH_SIZE = 32;
+/** Most leaf hashes one call returns (512 KiB); AuditLog reads 16 384 at a time. */
+export const MAX_LEAF_HASHES_PER_READ = 16_384;
+
+/** What signs checkpoints in the primary (audit/checkpointer.ts's Checkpointer has this method). */
+export interface CheckpointSource {
+  covering(minSize: number): Promise<{ readonly note: string }>;
+}
 
 export const STORE_REQUEST = 'tessera.store.req';
 export const STORE_RESPONSE = 'tessera.store.res';
@@ -137,6 +152,8 @@ export class IpcStore implements Store {
   readonly #timeoutMs: number;
   readonly #pending = new Map<number, Pending>();
   #outbox: Call[] = [];
+  /** kvGet calls in the outbox by space + key (see kvGet); emptied when the outbox is sent. */
+  readonly #turnReads = new Map<string, Promise<string | undefined>>();
   #flushScheduled = false;
   #nextId = 1;
   #closed: string | undefined;
@@ -178,6 +195,7 @@ export class IpcStore implements Store {
     this.#flushScheduled = false;
     const calls = this.#outbox;
     this.#outbox = [];
+    this.#turnReads.clear();
     if (calls.length === 0 || this.#closed !== undefined) return;
     const message: RequestMessage = { t: STORE_REQUEST, calls };
     this.#endpoint.send(message, (err) => {
@@ -221,6 +239,7 @@ export class IpcStore implements Store {
   /** Rejects everything in flight and refuses further calls (the channel is gone or we are closing). */
   #fail(why: string): void {
     if (this.#closed === undefined) this.#closed = why;
+    this.#turnReads.clear();
     const e = storeUnavailable(`store unavailable: ${why}`);
     for (const [id, p] of this.#pending) {
       this.#pending.delete(id);
@@ -242,6 +261,24 @@ export class IpcStore implements Store {
     if (!Array.isArray(got) || !got.every(isBytes)) throw storeUnavailable('store process returned malformed audit entries');
     return got.map(asBuffer);
   }
+  /**
+   * Leaf hashes (SHA-256(0x00 ‖ entry)) of audit entries [start, end): what AuditLog needs to catch up,
+   * at 32 bytes per entry instead of the entry (audit/log.ts uses this when the store has it).
+   */
+  async readAuditLeafHashes(start: number, end: number): Promise<Buffer[]> {
+    const got = await this.#call<unknown>(LEAF_HASHES, [start, end]);
+    if (!isBytes(got) || got.length !== (end - start) * HASH_SIZE) throw storeUnavailable('store process returned malformed audit leaf hashes');
+    const all = asBuffer(got);
+    const out: Buffer[] = [];
+    for (let at = 0; at < all.length; at += HASH_SIZE) out.push(all.subarray(at, at + HASH_SIZE));
+    return out;
+  }
+  /** A signed, stored checkpoint note covering at least `minSize` entries, signed by the primary. */
+  async checkpointCovering(minSize: number): Promise<string> {
+    const note = await this.#call<unknown>(CHECKPOINT, [minSize]);
+    if (typeof note !== 'string') throw storeUnavailable('store process returned a malformed checkpoint');
+    return note;
+  }
   async appendCheckpoint(note: string): Promise<void> {
     await this.#call('appendCheckpoint', [note]);
   }
@@ -255,8 +292,15 @@ export class IpcStore implements Store {
     await this.#call('kvPut', expiresAtMs === undefined ? [space, key, value] : [space, key, value, expiresAtMs]);
   }
   async kvGet(space: string, key: string): Promise<string | undefined> {
-    const v = await this.#call<string | null | undefined>('kvGet', [space, key]);
-    return v ?? undefined;
+    // Identical reads asked for in the same event-loop turn share one call: they reach the primary
+    // together and would get the same answer anyway. Every request reads the same few revocation and
+    // freeze records, so under load this removes most calls. A read never joins an earlier turn's call.
+    const k = typeof space === 'string' && typeof key === 'string' ? `${space}\0${key}` : undefined;
+    const shared = k !== undefined ? this.#turnReads.get(k) : undefined;
+    if (shared !== undefined) return shared;
+    const p = this.#call<string | null | undefined>('kvGet', [space, key]).then((v) => v ?? undefined);
+    if (k !== undefined) this.#turnReads.set(k, p);
+    return p;
   }
   async kvDelete(space: string, key: string): Promise<boolean> {
     return this.#call('kvDelete', [space, key]);
@@ -302,17 +346,149 @@ export interface StoreServer {
 }
 
 /**
+ * The leaf hashes of the store's audit entries, computed once, in order, as workers ask for them (at
+ * start every worker rebuilds its tree: the primary hashes 10^6 entries once instead of shipping
+ * ~500 MB to each worker). Entries are immutable once durable, so a hash never goes stale.
+ */
+export class AuditLeafHashCache {
+  readonly #store: Store;
+  #hashes = Buffer.allocUnsafe(HASH_SIZE * 1024);
+  #count = 0;
+  /** Entries the store is known to hold (refreshed when someone asks for more). */
+  #known = 0;
+  /** Callers waiting for `count` to reach their `end`; woken batch by batch, so they overlap the hashing. */
+  #waiters: { end: number; resolve: () => void; reject: (err: unknown) => void }[] = [];
+  #running = false;
+
+  constructor(store: Store) {
+    this.#store = store;
+  }
+
+  /** Entries hashed so far. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Hashes of entries [start, end), concatenated (32 bytes each). Rejects (400) beyond the log, like readAuditEntries. */
+  async read(start: number, end: number): Promise<Buffer> {
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end - start > MAX_LEAF_HASHES_PER_READ) {
+      throw new BrokerError('bad_request', 400, `leaf hash range must satisfy 0 <= start <= end, at most ${MAX_LEAF_HASHES_PER_READ} at a time`);
+    }
+    await this.#upTo(end);
+    // A view: the bytes for [0, count) never change, even when a later batch reallocates.
+    return this.#hashes.subarray(start * HASH_SIZE, end * HASH_SIZE);
+  }
+
+  /** Hashes every entry the store holds now (the primary starts this while its workers boot). */
+  async warm(): Promise<void> {
+    await this.#upTo(await this.#store.auditSize());
+  }
+
+  #upTo(end: number): Promise<void> {
+    if (this.#count >= end) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.#waiters.push({ end, resolve, reject });
+      if (!this.#running) void this.#run();
+    });
+  }
+
+  /** Hashes batch after batch until every waiter is served; one run at a time. */
+  async #run(): Promise<void> {
+    this.#running = true;
+    try {
+      for (;;) {
+        let target = 0;
+        for (const w of this.#waiters) target = Math.max(target, w.end);
+        if (target <= this.#count) break;
+        if (target > this.#known) {
+          this.#known = await this.#store.auditSize();
+          // Asking beyond the log is the caller's mistake, not the others'.
+          const beyond = this.#waiters.filter((w) => w.end > this.#known);
+          this.#waiters = this.#waiters.filter((w) => w.end <= this.#known);
+          const err = new BrokerError('bad_request', 400, `record range must satisfy 0 <= start <= end <= ${this.#known}`);
+          for (const w of beyond) w.reject(err);
+          continue;
+        }
+        const from = this.#count;
+        const to = Math.min(target, from + MAX_LEAF_HASHES_PER_READ);
+        const entries = await this.#store.readAuditEntries(from, to);
+        if (entries.length !== to - from) throw storeUnavailable(`audit store returned ${entries.length} entries for [${from}, ${to})`);
+        if (this.#hashes.length < to * HASH_SIZE) {
+          const grown = Buffer.allocUnsafe(Math.max(to * HASH_SIZE, this.#hashes.length * 2));
+          this.#hashes.copy(grown, 0, 0, from * HASH_SIZE);
+          this.#hashes = grown;
+        }
+        for (let i = 0; i < entries.length; i++) leafHash(entries[i] as Buffer).copy(this.#hashes, (from + i) * HASH_SIZE);
+        this.#count = to;
+        const ready = this.#waiters.filter((w) => w.end <= to);
+        this.#waiters = this.#waiters.filter((w) => w.end > to);
+        for (const w of ready) w.resolve();
+      }
+    } catch (err) {
+      const waiting = this.#waiters;
+      this.#waiters = [];
+      for (const w of waiting) w.reject(err);
+    } finally {
+      this.#running = false;
+    }
+  }
+}
+
+/** How long the primary holds a worker's tryLock on a lock another worker holds, waiting for its release. */
+export const LOCK_WAIT_MS = 50;
+
+/**
+ * Workers waiting for a lock, shared by the primary's connections: an unlock by one worker retries the
+ * others' tryLocks at once. Without it, a worker polls with growing sleeps while its neighbour signs
+ * round after round (checkpoint receipts then wait 100+ ms); with it, the lock is handed over.
+ */
+export class LockWaiters {
+  readonly #waiting = new Map<string, Set<() => void>>();
+
+  /** Resolves when `name` is released or after `ms`, whichever comes first. */
+  wait(name: string, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      let set = this.#waiting.get(name);
+      if (set === undefined) this.#waiting.set(name, (set = new Set()));
+      const waiters = set;
+      const done = (): void => {
+        clearTimeout(timer);
+        waiters.delete(done);
+        if (waiters.size === 0 && this.#waiting.get(name) === waiters) this.#waiting.delete(name);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, ms));
+      waiters.add(done);
+    });
+  }
+
+  /** `name` may be free now: every waiter tries again (one wins, the rest wait on). */
+  released(name: string): void {
+    const waiters = this.#waiting.get(name);
+    if (waiters !== undefined) for (const w of [...waiters]) w();
+  }
+}
+
+/**
  * The primary side for one worker: runs each allowed call against `store` and sends the results back,
  * those finished in the same event-loop turn in one message. A call the primary cannot deliver (the
  * worker died) is dropped; what it did to the store stands, like a client that disconnected.
  */
-export function serveStore(store: Store, endpoint: IpcEndpoint): StoreServer {
+export function serveStore(
+  store: Store,
+  endpoint: IpcEndpoint,
+  opts: { leafHashes?: AuditLeafHashCache; locks?: LockWaiters; checkpoints?: CheckpointSource } = {},
+): StoreServer {
+  // One cache and one set of lock waiters for all workers when the primary passes them.
+  const leafHashes = opts.leafHashes ?? new AuditLeafHashCache(store);
+  const locks = opts.locks ?? new LockWaiters();
   let outbox: Result[] = [];
   let scheduled = false;
   let inFlight = 0;
   /** lock name → owner, for the locks this worker acquired and has not released. */
   const held = new Map<string, string>();
-  let released = false;
+  /** Set once the worker is dead (releaseLocks): nothing is held on its behalf any more. */
+  let dead = false;
   const flush = (): void => {
     scheduled = false;
     const results = outbox;
@@ -327,6 +503,21 @@ export function serveStore(store: Store, endpoint: IpcEndpoint): StoreServer {
       setImmediate(flush);
     }
   };
+  /** tryLock, but a lock held by someone else is waited for (up to LOCK_WAIT_MS) instead of refused at once. */
+  const tryLockWaiting = async (args: unknown[]): Promise<boolean> => {
+    const [name, owner, ttlMs] = args as [string, string, number];
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    for (;;) {
+      if (await store.tryLock(name, owner, ttlMs)) return true;
+      if (dead || Date.now() >= deadline) return false;
+      await locks.wait(String(name), deadline - Date.now());
+    }
+  };
+  const signedCheckpoint = async (minSize: unknown): Promise<string> => {
+    if (opts.checkpoints === undefined) throw new BrokerError('bad_request', 400, 'this store process does not sign checkpoints');
+    if (!Number.isSafeInteger(minSize) || (minSize as number) < 0) throw new BrokerError('bad_request', 400, 'minSize must be a non-negative integer');
+    return (await opts.checkpoints.covering(minSize as number)).note;
+  };
   const run = (id: number, op: IpcStoreOp, args: unknown[]): void => {
     inFlight++;
     let p: Promise<unknown>;
@@ -336,7 +527,14 @@ export function serveStore(store: Store, endpoint: IpcEndpoint): StoreServer {
         if (!Array.isArray(entries) || !entries.every(isBytes)) throw new BrokerError('bad_request', 400, 'audit entries must be byte arrays');
         args = [entries.map(asBuffer)];
       }
-      p = Promise.resolve((store[op] as (...a: unknown[]) => Promise<unknown>).apply(store, args));
+      p =
+        op === LEAF_HASHES
+          ? leafHashes.read(args[0] as number, args[1] as number)
+          : op === CHECKPOINT
+            ? signedCheckpoint(args[0])
+            : op === 'tryLock'
+              ? tryLockWaiting(args)
+              : Promise.resolve((store[op] as (...a: unknown[]) => Promise<unknown>).apply(store, args));
     } catch (err) {
       p = Promise.reject(err);
     }
@@ -344,10 +542,13 @@ export function serveStore(store: Store, endpoint: IpcEndpoint): StoreServer {
       (value) => {
         if (op === 'tryLock' && value === true) {
           // Acquired after the worker died (the call was in flight): give it straight back.
-          if (released) void store.unlock(String(args[0]), String(args[1])).catch(() => {});
+          if (dead) void store.unlock(String(args[0]), String(args[1])).then(() => locks.released(String(args[0])), () => {});
           else held.set(String(args[0]), String(args[1]));
         }
-        if (op === 'unlock' && held.get(String(args[0])) === String(args[1])) held.delete(String(args[0]));
+        if (op === 'unlock') {
+          if (held.get(String(args[0])) === String(args[1])) held.delete(String(args[0]));
+          locks.released(String(args[0]));
+        }
         answer([id, 1, value ?? null]);
       },
       (err: unknown) => answer([id, 0, toWire(err)]),
@@ -375,11 +576,11 @@ export function serveStore(store: Store, endpoint: IpcEndpoint): StoreServer {
     },
     close: unsubscribe,
     async releaseLocks() {
-      released = true;
-      const locks = [...held];
+      dead = true;
+      const mine = [...held];
       held.clear();
       // unlock is compare-and-delete: a lock that expired and went to another owner is left alone.
-      await Promise.all(locks.map(([name, owner]) => store.unlock(name, owner).catch(() => {})));
+      await Promise.all(mine.map(([name, owner]) => store.unlock(name, owner).then(() => locks.released(name), () => {})));
     },
   };
 }
