@@ -65,3 +65,16 @@ export const auditUnavailable = (message: string, cause?: unknown): BrokerError 
   new BrokerError('audit_unavailable', 503, message, { cause });
 export const storeUnavailable = (message: string, cause?: unknown): BrokerError =>
   new BrokerError('store_unavailable', 503, message, { cause });
+
+/**
+ * Fail closed around an audit write: a 503 from below passes through as it is; any other failure
+ * becomes 503 `audit_unavailable` with `message`, so no caller ever hands out a credential it could not record.
+ */
+export async function auditedOrUnavailable<T>(write: () => Promise<T>, message: string): Promise<T> {
+  try {
+    return await write();
+  } catch (err) {
+    if (err instanceof BrokerError && err.status === 503) throw err;
+    throw auditUnavailable(message, err);
+  }
+}

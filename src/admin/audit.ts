@@ -8,7 +8,7 @@ import type { AuditEntry } from '../audit/entry.js';
 import type { CheckpointedReceipt, Checkpointer } from '../audit/checkpointer.js';
 import type { AuditLog } from '../audit/log.js';
 import type { Clock } from '../clock.js';
-import { BrokerError, auditUnavailable } from '../errors.js';
+import { type BrokerError, auditedOrUnavailable } from '../errors.js';
 import type { AdminPrincipal } from './principals.js';
 
 /** The caller of a refused admin call, as far as it is known. */
@@ -35,22 +35,12 @@ export class AdminAudit {
   /** Records an allowed call; resolves once durable and checkpointed (its receipt goes in the response). */
   async allow(p: AdminPrincipal, action: string, fields: Partial<AdminEntryFields>, requestId: string): Promise<CheckpointedReceipt> {
     const c = AdminAudit.callerOf(p);
-    try {
-      return await this.checkpoints.receipt(await this.audit.append(this.#entry(c, action, 'allow', fields, requestId, p.serial)));
-    } catch (err) {
-      if (err instanceof BrokerError && err.status === 503) throw err;
-      throw auditUnavailable('the audit log could not record this admin call; nothing was done', err);
-    }
+    return auditedOrUnavailable(async () => this.checkpoints.receipt(await this.audit.append(this.#entry(c, action, 'allow', fields, requestId, p.serial))), 'the audit log could not record this admin call; nothing was done');
   }
 
   /** Records a refused call (no checkpoint wait: a refusal returns no receipt). */
   async deny(c: AdminCaller, action: string, error: BrokerError, requestId: string, fields: Partial<AdminEntryFields> = {}): Promise<void> {
-    try {
-      await this.audit.append({ ...this.#entry(c, action, 'deny', fields, requestId), code: error.code, reason: error.message });
-    } catch (err) {
-      if (err instanceof BrokerError && err.status === 503) throw err;
-      throw auditUnavailable('the audit log could not record this admin call', err);
-    }
+    await auditedOrUnavailable(async () => this.audit.append({ ...this.#entry(c, action, 'deny', fields, requestId), code: error.code, reason: error.message }), 'the audit log could not record this admin call');
   }
 
   #entry(c: AdminCaller, action: string, decision: 'allow' | 'deny', fields: Partial<AdminEntryFields>, requestId: string, serial?: string): AuditEntry {

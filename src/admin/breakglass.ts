@@ -22,7 +22,7 @@ import type { CertificateAuthority } from '../ca/authority.js';
 import { parseCsrPem } from '../ca/csr.js';
 import type { Clock } from '../clock.js';
 import type { AdminRole, BreakGlassConfig } from '../config/config.js';
-import { BrokerError, auditUnavailable, badRequest } from '../errors.js';
+import { BrokerError, auditedOrUnavailable, badRequest } from '../errors.js';
 import type { Store } from '../store/store.js';
 import {
   type BreakGlassClaims,
@@ -269,12 +269,7 @@ export class BreakGlassService {
       replica: this.#d.replicaId,
     };
     let receipt: CheckpointedReceipt;
-    try {
-      receipt = await this.#d.checkpoints.receipt(await this.#d.audit.append(entry));
-    } catch (err) {
-      if (err instanceof BrokerError && err.status === 503) throw err;
-      throw auditUnavailable('the audit log could not record this break-glass use; nothing was issued', err);
-    }
+    receipt = await auditedOrUnavailable(async () => this.#d.checkpoints.receipt(await this.#d.audit.append(entry)), 'the audit log could not record this break-glass use; nothing was issued');
     const event: BreakGlassEvent = {
       ts: now,
       requestId,
@@ -306,27 +301,25 @@ export class BreakGlassService {
     const message = capped
       ? `more than ${max} failed break-glass attempts this minute; further failures this minute are refused without an entry each (last: ${err.code})`
       : err.message;
-    let receipt;
-    try {
-      receipt = await this.#d.audit.append({
-        ts: now,
-        type: 'break-glass',
-        decision: 'deny',
-        actor: null,
-        subject: null,
-        source: 'break-glass',
-        severity: 'critical',
-        code: err.code,
-        ...(c !== undefined ? { jti: c.jti, ticket: c.ticket, grant: c.grant } : {}),
-        ...(keyIds.length > 0 ? { keyIds: [...keyIds] } : {}),
-        reason: `BREAK-GLASS REFUSED: ${message}${c !== undefined ? ` (${this.#describe(c, keyIds)})` : ''}`,
-        requestId,
-        replica: this.#d.replicaId,
-      });
-    } catch (e) {
-      if (e instanceof BrokerError && e.status === 503) throw e;
-      throw auditUnavailable('the audit log could not record this break-glass attempt', e);
-    }
+    const receipt = await auditedOrUnavailable(
+      async () =>
+        this.#d.audit.append({
+            ts: now,
+            type: 'break-glass',
+            decision: 'deny',
+            actor: null,
+            subject: null,
+            source: 'break-glass',
+            severity: 'critical',
+            code: err.code,
+            ...(c !== undefined ? { jti: c.jti, ticket: c.ticket, grant: c.grant } : {}),
+            ...(keyIds.length > 0 ? { keyIds: [...keyIds] } : {}),
+            reason: `BREAK-GLASS REFUSED: ${message}${c !== undefined ? ` (${this.#describe(c, keyIds)})` : ''}`,
+            requestId,
+            replica: this.#d.replicaId,
+        }),
+      'the audit log could not record this break-glass attempt',
+    );
     const event: BreakGlassEvent = {
       ts: now,
       requestId,

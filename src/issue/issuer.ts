@@ -8,7 +8,7 @@ import type { CertificateAuthority } from '../ca/authority.js';
 import { parseCsrPem, spkiOf } from '../ca/csr.js';
 import type { JwtSvidSigner } from '../ca/jwt-svid.js';
 import type { Clock } from '../clock.js';
-import { BrokerError, auditUnavailable } from '../errors.js';
+import { type BrokerError, auditedOrUnavailable } from '../errors.js';
 import { identityFields, type AuditEntry, type AuditEventType } from '../audit/entry.js';
 import type { CheckpointedReceipt, Checkpointer } from '../audit/checkpointer.js';
 import type { AuditLog } from '../audit/log.js';
@@ -76,22 +76,12 @@ export class Issuer {
   constructor(private readonly deps: IssuerDeps) {}
 
   private async record(entry: AuditEntry): Promise<CheckpointedReceipt> {
-    try {
-      return await this.deps.checkpoints.receipt(await this.deps.audit.append(entry));
-    } catch (err) {
-      if (err instanceof BrokerError && err.status === 503) throw err;
-      throw auditUnavailable('the audit log could not record this request; nothing was issued', err);
-    }
+    return auditedOrUnavailable(async () => this.deps.checkpoints.receipt(await this.deps.audit.append(entry)), 'the audit log could not record this request; nothing was issued');
   }
 
   /** Records without waiting for a checkpoint: a denial returns no receipt, so it need not wait. */
   private async recordOnly(entry: AuditEntry): Promise<void> {
-    try {
-      await this.deps.audit.append(entry);
-    } catch (err) {
-      if (err instanceof BrokerError && err.status === 503) throw err;
-      throw auditUnavailable('the audit log could not record this request; nothing was issued', err);
-    }
+    await auditedOrUnavailable(async () => this.deps.audit.append(entry), 'the audit log could not record this request; nothing was issued');
   }
 
   /** Kill switch and revocations for the ID being issued, in the namespace policy resolved for it. */

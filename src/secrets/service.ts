@@ -11,7 +11,7 @@ import type { CheckpointedReceipt } from '../audit/checkpointer.js';
 import type { AuditLog, AuditReceipt } from '../audit/log.js';
 import type { Clock } from '../clock.js';
 import type { SecretsConfig } from '../config/config.js';
-import { BrokerError, auditUnavailable, forbidden } from '../errors.js';
+import { BrokerError, auditUnavailable, auditedOrUnavailable, forbidden } from '../errors.js';
 import type { RegistrationPolicy } from '../policy/registration.js';
 import type { Store } from '../store/store.js';
 import { EnvelopeError, type KeyRing } from './envelope.js';
@@ -105,22 +105,12 @@ export class SecretsService {
   }
 
   async #append(entry: AuditEntry): Promise<AuditReceipt> {
-    try {
-      return await this.#d.audit.append(entry);
-    } catch (err) {
-      if (err instanceof BrokerError && err.status === 503) throw err;
-      throw auditUnavailable('the audit log could not record this request; nothing was issued', err);
-    }
+    return auditedOrUnavailable(async () => this.#d.audit.append(entry), 'the audit log could not record this request; nothing was issued');
   }
 
   async #record(entry: AuditEntry): Promise<CheckpointedReceipt> {
     const receipt = await this.#append(entry);
-    try {
-      return await this.#d.checkpoint(receipt);
-    } catch (err) {
-      if (err instanceof BrokerError && err.status === 503) throw err;
-      throw auditUnavailable('the audit log could not prove this entry; nothing was issued', err);
-    }
+    return auditedOrUnavailable(async () => this.#d.checkpoint(receipt), 'the audit log could not prove this entry; nothing was issued');
   }
 
   /** Registered and not revoked (under its registered and its presented SPIFFE ID), or a 403. */
