@@ -12,9 +12,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEV_ISSUER, mintDevToken } from '../../src/dev/token-issuer.js';
+import { mintDevToken } from '../../src/dev/token-issuer.js';
 import { EmbeddedStore } from '../../src/store/embedded.js';
-import { devMaterial } from '../helpers/broker.js';
+import { devMaterial, materialConfig } from '../helpers/broker.js';
 import { httpsCall } from '../helpers/https.js';
 import { CLI, type Issued, type Receipt, verifyMergedLog } from '../helpers/replicas.js';
 
@@ -89,19 +89,10 @@ describe('tessera serve --workers 2 (node:cluster)', () => {
     writeFileSync(
       configFile,
       stringify({
-        trustDomain: 'example.org',
+        ...materialConfig(pki, material),
         replicaId: 'e2e-cluster',
         listen: { host: '127.0.0.1', port: 0 },
         logLevel: 'warn',
-        tls: { certFile: path.join(pki, 'server.pem'), keyFile: path.join(pki, 'server.key') },
-        ca: {
-          certFile: path.join(pki, 'intermediate.pem'),
-          keyFile: path.join(pki, 'intermediate.key'),
-          bundleFile: path.join(pki, 'bundle.pem'),
-          jwtKeyFile: path.join(pki, 'jwt-signing.key'),
-        },
-        audit: { signingKeyFile: material.auditKeyFile },
-        issuers: [{ issuer: DEV_ISSUER, jwksFile: material.issuerJwksFile, audiences: ['tessera'] }],
         registration: [{ selector: { namespace: 'shop', serviceAccount: 'web' }, jwtAudiences: ['payments'] }],
         store: { embedded: { dir: dataDir } },
         // One identity drives all the load here.

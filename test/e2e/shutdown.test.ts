@@ -13,9 +13,9 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mintDevToken, DEV_ISSUER } from '../../src/dev/token-issuer.js';
+import { mintDevToken } from '../../src/dev/token-issuer.js';
 import { EmbeddedStore } from '../../src/store/embedded.js';
-import { devMaterial } from '../helpers/broker.js';
+import { devMaterial, materialConfig } from '../helpers/broker.js';
 import { httpsCall } from '../helpers/https.js';
 
 const CLI = path.resolve('dist/cli/main.js');
@@ -65,19 +65,11 @@ beforeAll(async () => {
   writeFileSync(
     configFile,
     stringify({
-      trustDomain: 'example.org',
+      ...materialConfig(pki, material),
       replicaId: 'shutdown-test',
       listen: { host: '127.0.0.1', port: 0 },
       logLevel: 'info',
-      tls: { certFile: path.join(pki, 'server.pem'), keyFile: path.join(pki, 'server.key') },
-      ca: {
-        certFile: path.join(pki, 'intermediate.pem'),
-        keyFile: path.join(pki, 'intermediate.key'),
-        bundleFile: path.join(pki, 'bundle.pem'),
-        jwtKeyFile: path.join(pki, 'jwt-signing.key'),
-      },
       audit: { signingKeyFile: material.auditKeyFile, checkpointIntervalMs: 3_600_000 },
-      issuers: [{ issuer: DEV_ISSUER, jwksFile: material.issuerJwksFile, audiences: ['tessera'] }],
       registration: [{ selector: { namespace: 'shop', serviceAccount: 'web' }, jwtAudiences: ['payments'] }],
       store: { embedded: { dir: dataDir } },
       metrics: { enabled: true, host: '127.0.0.1', port: 0 },

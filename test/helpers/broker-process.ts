@@ -8,8 +8,8 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { DEV_ISSUER, mintDevToken } from '../../src/dev/token-issuer.js';
-import { devMaterial } from './broker.js';
+import { mintDevToken } from '../../src/dev/token-issuer.js';
+import { devMaterial, materialConfig } from './broker.js';
 
 export const CLI = path.resolve('dist/cli/main.js');
 
@@ -45,19 +45,10 @@ export async function spawnBroker(opts: { registration: unknown[]; svid?: Record
   writeFileSync(
     configFile,
     stringify({
-      trustDomain: 'example.org',
+      ...materialConfig(pkiDir, material),
       replicaId: 'e2e-process',
       listen: { host: '127.0.0.1', port },
       logLevel: 'warn',
-      tls: { certFile: path.join(pkiDir, 'server.pem'), keyFile: path.join(pkiDir, 'server.key') },
-      ca: {
-        certFile: path.join(pkiDir, 'intermediate.pem'),
-        keyFile: path.join(pkiDir, 'intermediate.key'),
-        bundleFile: path.join(pkiDir, 'bundle.pem'),
-        jwtKeyFile: path.join(pkiDir, 'jwt-signing.key'),
-      },
-      audit: { signingKeyFile: material.auditKeyFile },
-      issuers: [{ issuer: DEV_ISSUER, jwksFile: material.issuerJwksFile, audiences: ['tessera'] }],
       registration: opts.registration,
       ...(opts.svid !== undefined ? { svid: opts.svid } : {}),
       store: { embedded: { dir: path.join(dir, 'data') } },

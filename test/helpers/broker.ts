@@ -29,6 +29,25 @@ export interface TestBroker {
   close(): Promise<void>;
 }
 
+/**
+ * The part of a test broker's config that points at the shared dev material: trust domain, TLS, CA,
+ * audit signing key and the dev token issuer. Every test that writes its own config starts from this.
+ */
+export function materialConfig(pkiDir: string, material: DevMaterial): Record<string, unknown> & { audit: Record<string, unknown> } {
+  return {
+    trustDomain: 'example.org',
+    tls: { certFile: path.join(pkiDir, 'server.pem'), keyFile: path.join(pkiDir, 'server.key') },
+    ca: {
+      certFile: path.join(pkiDir, 'intermediate.pem'),
+      keyFile: path.join(pkiDir, 'intermediate.key'),
+      bundleFile: path.join(pkiDir, 'bundle.pem'),
+      jwtKeyFile: path.join(pkiDir, 'jwt-signing.key'),
+    },
+    audit: { signingKeyFile: material.auditKeyFile },
+    issuers: [{ issuer: DEV_ISSUER, jwksFile: material.issuerJwksFile, audiences: ['tessera'] }],
+  };
+}
+
 /** Material shared by all brokers of one test file: generating a CA per test would only cost time. */
 let sharedMaterial: { dir: string; material: DevMaterial } | undefined;
 
@@ -66,19 +85,10 @@ export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> 
   writeFileSync(
     file,
     stringify({
-      trustDomain: 'example.org',
+      ...materialConfig(pkiDir, material),
       replicaId: 'test-replica',
       listen: { host: '127.0.0.1', port: 0 },
       logLevel: 'silent',
-      tls: { certFile: path.join(pkiDir, 'server.pem'), keyFile: path.join(pkiDir, 'server.key') },
-      ca: {
-        certFile: path.join(pkiDir, 'intermediate.pem'),
-        keyFile: path.join(pkiDir, 'intermediate.key'),
-        bundleFile: path.join(pkiDir, 'bundle.pem'),
-        jwtKeyFile: path.join(pkiDir, 'jwt-signing.key'),
-      },
-      audit: { signingKeyFile: material.auditKeyFile },
-      issuers: [{ issuer: DEV_ISSUER, jwksFile: material.issuerJwksFile, audiences: ['tessera'] }],
       registration: [
         { selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'] },
         { selector: { namespace: 'shop', serviceAccount: '*' }, jwtAudiences: ['inventory'] },

@@ -13,9 +13,9 @@ import path from 'node:path';
 import { stringify } from 'yaml';
 import { parseAuditEntry } from '../../src/audit/entry.js';
 import { leafHash, rootFromLeaves, verifyInclusion } from '../../src/audit/merkle.js';
-import { DEV_ISSUER, mintDevToken } from '../../src/dev/token-issuer.js';
+import { mintDevToken } from '../../src/dev/token-issuer.js';
 import type { Store } from '../../src/store/store.js';
-import { devMaterial } from './broker.js';
+import { devMaterial, materialConfig } from './broker.js';
 import { httpsCall, type HttpsResult } from './https.js';
 
 export const CLI = path.resolve('dist/cli/main.js');
@@ -49,18 +49,9 @@ async function writeConfig(dir: string, redisUrl: string, prefix: string): Promi
   writeFileSync(
     file,
     stringify({
-      trustDomain: 'example.org',
+      ...materialConfig(pkiDir, material),
       listen: { host: '127.0.0.1', port: 0 },
       logLevel: 'warn',
-      tls: { certFile: path.join(pkiDir, 'server.pem'), keyFile: path.join(pkiDir, 'server.key') },
-      ca: {
-        certFile: path.join(pkiDir, 'intermediate.pem'),
-        keyFile: path.join(pkiDir, 'intermediate.key'),
-        bundleFile: path.join(pkiDir, 'bundle.pem'),
-        jwtKeyFile: path.join(pkiDir, 'jwt-signing.key'),
-      },
-      audit: { signingKeyFile: material.auditKeyFile },
-      issuers: [{ issuer: DEV_ISSUER, jwksFile: material.issuerJwksFile, audiences: ['tessera'] }],
       registration: [{ selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'] }],
       store: { embedded: { dir: path.join(dir, 'unused-data') }, redis: { url: redisUrl, prefix } },
     }),
