@@ -18,6 +18,8 @@ import { Checkpointer } from './audit/checkpointer.js';
 import { AuditLog } from './audit/log.js';
 import { loadNoteSigner } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
+import { InlineMinter, type X509Minter } from './ca/minter.js';
+import { MinterPool } from './ca/minter-pool.js';
 import { splitPemCertificates } from './ca/x509.js';
 import { JwtSvidSigner } from './ca/jwt-svid.js';
 import { systemClock, type Clock } from './clock.js';
@@ -45,6 +47,8 @@ export interface Broker {
   /** Threshold alert rules watching this replica's audit appends. */
   readonly alerts: AlertEngine;
   readonly ca: CertificateAuthority;
+  /** Mints X.509-SVIDs: on `config.ca.threads` minting threads, or inline when that is 0. */
+  readonly minter: X509Minter;
   readonly jwt: JwtSvidSigner;
   readonly tokens: ServiceAccountTokenAttestor;
   readonly mtls: MtlsAttestor;
@@ -145,7 +149,12 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     }
   });
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
-  const issuer = new Issuer({ ca, jwt, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard });
+  const minter: X509Minter =
+    config.ca.threads === 0 ? new InlineMinter(ca) : await MinterPool.start(ca.source, {
+          threads: config.ca.threads,
+          onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_CA' }),
+        });
+  const issuer = new Issuer({ minter, jwt, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard });
   let ring: KeyRing | undefined;
   if (config.secrets.kekFile !== undefined) {
     try {
@@ -190,12 +199,13 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
   });
   return {
-    config, clock, store, audit, checkpoints, alerts, ca, jwt, tokens, mtls, policy, issuer, secrets, bundle, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, tokens, mtls, policy, issuer, secrets, bundle, tls, metrics, limits,
     guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {
       // The lease sweeper may still append; stop it (and the PostgreSQL pools) first.
       await secrets.close();
+      await minter.close();
       await alerts.close();
       await checkpoints.close();
       await store.close();

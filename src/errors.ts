@@ -39,6 +39,8 @@ export type ErrorCode =
   | 'request_timeout'
   /** The HTTP request headers are larger than the server accepts (431, written before routing). */
   | 'header_too_large'
+  /** The certificate minting thread died or hung (ca/minter-pool.ts); nothing was issued; retry (503). */
+  | 'ca_unavailable'
   | 'internal';
 
 export class BrokerError extends Error {

@@ -56,6 +56,14 @@ function issued(child: X509Certificate, parent: X509Certificate): boolean {
   return child.checkIssued(parent) && child.verify(parent.publicKey);
 }
 
+/** The PEM inputs a CertificateAuthority was built from; minting threads build their own copy from them. */
+export interface CaSource {
+  readonly certPem: string;
+  readonly keyPem: string;
+  readonly intermediatesPem?: string;
+  readonly rootsPem: string;
+}
+
 export class CertificateAuthority {
   readonly rootsPem: string;
   readonly rootCertsDer: readonly Buffer[];
@@ -65,8 +73,10 @@ export class CertificateAuthority {
   /** PEMs of the signing cert and intermediates above it (never the root). */
   readonly #intermediatesChain: readonly string[];
   readonly #signingCertNotBefore: number;
+  readonly #source: CaSource;
 
-  private constructor(issuer: IssuerMaterial, intermediatesChain: readonly string[], roots: readonly Buffer[]) {
+  private constructor(source: CaSource, issuer: IssuerMaterial, intermediatesChain: readonly string[], roots: readonly Buffer[]) {
+    this.#source = source;
     this.#issuer = issuer;
     this.#intermediatesChain = intermediatesChain;
     this.rootCertsDer = roots;
@@ -79,7 +89,7 @@ export class CertificateAuthority {
    * Loads the signing CA and verifies: the key matches the certificate, the certificate is a CA,
    * and it chains (through `intermediatesPem`, in any order) to one of `rootsPem` by signature.
    */
-  static fromPem(opts: { certPem: string; keyPem: string; intermediatesPem?: string; rootsPem: string }): CertificateAuthority {
+  static fromPem(opts: CaSource): CertificateAuthority {
     const issuer = issuerFromPem(opts.certPem, opts.keyPem);
     const roots = parseCerts(opts.rootsPem, 'roots PEM');
     if (roots.length === 0) throw internal('roots PEM holds no certificate');
@@ -101,6 +111,7 @@ export class CertificateAuthority {
       current = parent;
     }
     return new CertificateAuthority(
+      { ...opts },
       issuer,
       chain.map((c) => toPem('CERTIFICATE', c.raw)),
       roots.map((r) => Buffer.from(r.raw)),
@@ -121,6 +132,11 @@ export class CertificateAuthority {
       intermediatesPem: opts.intermediatesFile === undefined ? undefined : read(opts.intermediatesFile, 'intermediates'),
       rootsPem: read(opts.rootsFile, 'roots'),
     });
+  }
+
+  /** What this CA was loaded from (including the signing key): only for minting threads in this process. */
+  get source(): CaSource {
+    return this.#source;
   }
 
   /**

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BrokerError } from '../errors.js';
-import { MAX_CSR_PEM_BYTES, keyKindOf, parseCsrPem, type KeyKind } from './csr.js';
+import { MAX_CSR_PEM_BYTES, keyKindOf, parseCsrPem, verifyCsrPem, type KeyKind } from './csr.js';
 import { bitString, explicit, integer, nullValue, oid, readDer, sequence, set, toPem, utf8String } from './der.js';
 
 // @peculiar/x509 (tests only) needs the Reflect metadata polyfill loaded before it.
@@ -363,6 +363,68 @@ describe('parseCsrPem: fuzzing', () => {
         }
       }),
       { numRuns: 1500 },
+    );
+  });
+});
+
+// verifyCsrPem is the issuance hot path (minting threads): it differs from parseCsrPem only in how an
+// EC key is imported (WebCrypto raw point instead of JWK), so every input must get the same answer.
+describe('verifyCsrPem agrees with parseCsrPem', () => {
+  const outcome = (run: () => { spki: Buffer; keyKind: KeyKind }): string => {
+    try {
+      const r = run();
+      return `ok ${r.keyKind} ${r.spki.toString('hex')}`;
+    } catch (e) {
+      return e instanceof BrokerError ? `${e.status} ${e.code} ${e.message}` : `unexpected ${String(e)}`;
+    }
+  };
+  const outcomeAsync = async (pem: string): Promise<string> => {
+    try {
+      const r = await verifyCsrPem(pem);
+      return `ok ${r.keyKind} ${r.spki.toString('hex')}`;
+    } catch (e) {
+      return e instanceof BrokerError ? `${e.status} ${e.code} ${e.message}` : `unexpected ${String(e)}`;
+    }
+  };
+  const same = async (pem: string): Promise<string> => {
+    const expected = outcome(() => parseCsrPem(pem));
+    expect(await outcomeAsync(pem)).toBe(expected);
+    return expected;
+  };
+
+  it('on every fixture, accepted or refused', async () => {
+    const accepted: string[] = [];
+    for (const [name, f] of Object.entries(fx)) if ((await same(f.csr)).startsWith('ok ')) accepted.push(name);
+    expect(accepted.sort()).toEqual(['p256', 'p256sha512', 'p384', 'rsa2048', 'ed25519', 'withExts'].sort());
+    const parsed = await verifyCsrPem(get('p256').csr);
+    expect(parsed.publicKey.equals(get('p256').key)).toBe(true);
+    expect(keyKindOf(parsed.publicKey)).toBe('ec-p256');
+    expect((await verifyCsrPem(get('p384').csr)).publicKey.equals(get('p384').key)).toBe(true);
+  });
+
+  it('refuses an EC point off the curve, and a CSR signed by another key', async () => {
+    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const offCurve = Buffer.from(publicKey.export({ type: 'spki', format: 'der' }));
+    offCurve[offCurve.length - 1] = offCurve.at(-1)! ^ 0x01;
+    const cri = sequence(integer(0), sequence(), offCurve, explicit(0));
+    const csr = derToCsrPem(sequence(cri, sequence(oid('1.2.840.10045.4.3.2')), bitString(sign('sha256', cri, privateKey))));
+    expect(await same(csr)).toMatch(/^400 invalid_csr .*malformed/);
+    const other = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const cri2 = sequence(integer(0), sequence(), publicKey.export({ type: 'spki', format: 'der' }), explicit(0));
+    const csr2 = derToCsrPem(sequence(cri2, sequence(oid('1.2.840.10045.4.3.2')), bitString(sign('sha256', cri2, other.privateKey))));
+    expect(await same(csr2)).toBe('400 invalid_csr CSR signature does not verify');
+  });
+
+  it('on arbitrary mutations of valid CSRs', async () => {
+    const names = ['p256', 'p384', 'rsa2048', 'ed25519'];
+    const ders = names.map((n) => pemToDer(get(n).csr));
+    await fc.assert(
+      fc.asyncProperty(fc.nat(names.length - 1), fc.nat(), fc.integer({ min: 0, max: 255 }), fc.nat(), async (which, at, value, cut) => {
+        const der = Buffer.from(ders[which]!);
+        der[at % der.length] = value;
+        await same(derToCsrPem(der.subarray(0, der.length - (cut % 3 === 0 ? cut % 40 : 0))));
+      }),
+      { numRuns: 1000 },
     );
   });
 });

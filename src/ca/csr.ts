@@ -4,7 +4,7 @@
  * bytes. Subject, attributes and requested extensions are checked for well-formed DER and then
  * ignored; the certificate profile is decided by policy, never by the requester.
  */
-import { createPublicKey, verify as cryptoVerify, constants as cryptoConstants, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, verify as cryptoVerify, constants as cryptoConstants, KeyObject, webcrypto, type JsonWebKey } from 'node:crypto';
 import { BrokerError } from '../errors.js';
 import {
   DerError,
@@ -256,8 +256,15 @@ function splitCsr(der: Buffer): CsrParts {
   return { criRaw: cri.raw, spkiNode, spki: spkiNode.raw, sigAlgOid: alg.oid, signature: sigBits.bytes };
 }
 
-/** Parses a PEM CSR, verifies its self-signature and returns only its public key. */
-export function parseCsrPem(pem: string): ParsedCsr {
+/** A CSR parsed and classified, its key not yet imported into OpenSSL nor its signature checked. */
+interface PreparedCsr {
+  readonly parts: CsrParts;
+  readonly keyKind: KeyKind;
+  readonly jwk: JsonWebKey;
+  readonly alg: SigAlg;
+}
+
+function prepareCsr(pem: string): PreparedCsr {
   const der = pemToDer(pem);
   let parts: CsrParts;
   try {
@@ -281,15 +288,14 @@ export function parseCsrPem(pem: string): ParsedCsr {
   if (alg === undefined) throw invalidCsr(`CSR signature algorithm ${parts.sigAlgOid} is not allowed`);
   const keyFamily: SigFamily = keyKind === 'rsa' ? 'rsa' : keyKind === 'ed25519' ? 'ed25519' : 'ecdsa';
   if (alg.family !== keyFamily) throw invalidCsr('CSR signature algorithm does not match its key type');
+  return { parts, keyKind, jwk, alg };
+}
 
-  // Imported from the components we already parsed: OpenSSL 3's SPKI decoder costs about twice a JWK
-  // import, and this is the hot path. The import still checks that an EC point is on the curve.
-  let publicKey: KeyObject;
-  try {
-    publicKey = createPublicKey({ key: jwk, format: 'jwk' });
-  } catch (err) {
-    throw invalidCsr('CSR public key is malformed (e.g. not a point on the curve)', err);
-  }
+const malformedKey = (err: unknown): BrokerError => invalidCsr('CSR public key is malformed (e.g. not a point on the curve)', err);
+
+/** Proof of possession: the CSR's signature over its CertificationRequestInfo, with the imported key. */
+function finishCsr(csr: PreparedCsr, publicKey: KeyObject): ParsedCsr {
+  const { parts, keyKind, alg } = csr;
   // OpenSSL parsed the same bytes; disagreeing with our classification would be a parser bug.
   if (publicKey.asymmetricKeyType !== OPENSSL_TYPE[keyKind]) throw invalidCsr('CSR public key type is inconsistent');
 
@@ -307,4 +313,40 @@ export function parseCsrPem(pem: string): ParsedCsr {
   if (!ok) throw invalidCsr('CSR signature does not verify');
   keyInfo.set(publicKey, { kind: keyKind, spki: Buffer.from(parts.spki) });
   return { publicKey, spki: Buffer.from(parts.spki), keyKind };
+}
+
+/** Parses a PEM CSR, verifies its self-signature and returns only its public key. */
+export function parseCsrPem(pem: string): ParsedCsr {
+  const csr = prepareCsr(pem);
+  // Imported from the components we already parsed: OpenSSL 3's SPKI decoder costs about twice a JWK
+  // import. The import still checks that an EC point is on the curve.
+  let publicKey: KeyObject;
+  try {
+    publicKey = createPublicKey({ key: csr.jwk, format: 'jwk' });
+  } catch (err) {
+    throw malformedKey(err);
+  }
+  return finishCsr(csr, publicKey);
+}
+
+/**
+ * parseCsrPem for the issuance hot path: the same checks and answers, but an EC key is imported as a
+ * raw point through WebCrypto, which skips OpenSSL 3's generic key decoder (~45 µs instead of ~65 µs for
+ * a JWK; the point is still checked to be on the curve). The work is synchronous under the promise.
+ */
+export async function verifyCsrPem(pem: string): Promise<ParsedCsr> {
+  const csr = prepareCsr(pem);
+  let publicKey: KeyObject;
+  try {
+    if (csr.keyKind === 'ec-p256' || csr.keyKind === 'ec-p384') {
+      const point = readBitString(child(csr.parts.spkiNode, 1, 'subjectPublicKey')).bytes;
+      const namedCurve = csr.keyKind === 'ec-p256' ? 'P-256' : 'P-384';
+      publicKey = KeyObject.from(await webcrypto.subtle.importKey('raw', point, { name: 'ECDSA', namedCurve }, true, ['verify']));
+    } else {
+      publicKey = createPublicKey({ key: csr.jwk, format: 'jwk' });
+    }
+  } catch (err) {
+    throw malformedKey(err);
+  }
+  return finishCsr(csr, publicKey);
 }

@@ -21,6 +21,11 @@ export interface CaConfig {
   readonly bundleFile: string;
   /** EC P-256 key that signs JWT-SVIDs (kept apart from the X.509 CA key). */
   readonly jwtKeyFile: string;
+  /**
+   * Minting threads (CSR check, key import, certificate signature off the event loop; ca/minter-pool.ts).
+   * 0 mints on the event loop. Resolved from `auto` (the default) at load time.
+   */
+  readonly threads: number;
 }
 
 export interface TokenIssuerConfig {

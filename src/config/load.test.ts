@@ -3,6 +3,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, DEV_TOKEN_ISSUER, MAX_WORKERS, loadConfig, readWorkers } from './load.js';
+import { autoCaThreads } from '../ca/minter-pool.js';
 
 function withFile(yaml: string): string {
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-config-'));
@@ -209,5 +210,33 @@ describe('loadConfig workers', () => {
     expect(() => loadConfig({ file: withFile(minimal), env: { TESSERA_WORKERS: 'many' } })).toThrow(/env\.TESSERA_WORKERS/);
     expect(() => readWorkers('1e3', '--workers')).toThrow(ConfigError);
     expect(() => readWorkers('1e3', '--workers')).toThrow(/^--workers: /);
+  });
+});
+
+describe('loadConfig ca.threads', () => {
+  const withThreads = (v: string): string => minimal.replace('jwtKeyFile: jwt.key }', `jwtKeyFile: jwt.key, threads: ${v} }`);
+
+  it('defaults to auto: the cores beyond the event loop, 1..4, shared by the worker processes', () => {
+    const cores = availableParallelism();
+    const expected = (processes: number): number => Math.max(1, Math.min(4, Math.floor(cores / processes) - 1));
+    expect(autoCaThreads(1)).toBe(expected(1));
+    expect(autoCaThreads(64)).toBe(1);
+    expect(loadConfig({ file: withFile(minimal), env: {} }).ca.threads).toBe(expected(1));
+    expect(loadConfig({ file: withFile(withThreads('auto')), env: {} }).ca.threads).toBe(expected(1));
+    expect(loadConfig({ file: withFile(`${minimal}workers: 2\n`), env: {} }).ca.threads).toBe(expected(2));
+    expect(loadConfig({ env: {}, cwd: '/srv' }).ca.threads).toBe(expected(1));
+  });
+
+  it('takes 0 (mint on the event loop) to 16, from the file or TESSERA_CA_THREADS', () => {
+    expect(loadConfig({ file: withFile(withThreads('0')), env: {} }).ca.threads).toBe(0);
+    expect(loadConfig({ file: withFile(withThreads('16')), env: {} }).ca.threads).toBe(16);
+    expect(loadConfig({ file: withFile(withThreads('3')), env: { TESSERA_CA_THREADS: '0' } }).ca.threads).toBe(0);
+  });
+
+  it('refuses anything else, naming where it came from', () => {
+    for (const bad of ['-1', '1.5', 'two', '17', '[2]', 'true']) {
+      expect(() => loadConfig({ file: withFile(withThreads(bad)), env: {} })).toThrow(/config\.ca\.threads: expected an integer in \[0, 16\] or auto/);
+    }
+    expect(() => loadConfig({ file: withFile(minimal), env: { TESSERA_CA_THREADS: 'lots' } })).toThrow(/env\.TESSERA_CA_THREADS: expected/);
   });
 });

@@ -12,6 +12,7 @@ import { validatePathSegment, validateTrustDomain } from '../spiffe/id.js';
 import { isRoleName, secretGrantProblem } from '../secrets/names.js';
 import { grantTemplateProblem } from '../secrets/sql-template.js';
 import { parseSpiffeId } from '../spiffe/id.js';
+import { autoCaThreads, MAX_CA_THREADS } from '../ca/minter-pool.js';
 import type { PostgresEngineConfig, PostgresRoleConfig, SecretGrantConfig, SecretsConfig } from './config.js';
 import type { AdminConfig, AdminPrincipalConfig, AdminRole, BreakGlassConfig, BreakGlassKeyConfig } from './config.js';
 import type { AlertRuleConfig, AuditConfig, Config, RedisAddressConfig, RedisStoreConfig, RegistrationEntry, TokenIssuerConfig } from './config.js';
@@ -659,6 +660,19 @@ export function readWorkers(value: unknown, where = 'config.workers'): number {
   return n;
 }
 
+/**
+ * ca.threads: minting threads per broker process, an integer in [0, 16] (0: mint on the event loop)
+ * or `auto` (the default: the cores each of `processes` processes may use beyond its event loop, 1..4).
+ */
+export function readCaThreads(value: unknown, where: string, processes: number): number {
+  if (value === undefined || value === null || value === '' || value === 'auto') return autoCaThreads(processes);
+  const n = typeof value === 'string' && /^\d+$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > MAX_CA_THREADS) {
+    throw new ConfigError(`${where}: expected an integer in [0, ${MAX_CA_THREADS}] or auto`);
+  }
+  return n;
+}
+
 function deepFreeze<T>(value: T): T {
   if (typeof value === 'object' && value !== null) {
     for (const child of Object.values(value)) deepFreeze(child);
@@ -707,7 +721,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
 
   const listen = top.obj_('listen', ['host', 'port']);
   const tls = top.obj_('tls', ['certFile', 'keyFile']);
-  const ca = top.obj_('ca', ['certFile', 'keyFile', 'intermediatesFile', 'bundleFile', 'jwtKeyFile']);
+  const ca = top.obj_('ca', ['certFile', 'keyFile', 'intermediatesFile', 'bundleFile', 'jwtKeyFile', 'threads']);
   const svid = top.obj_('svid', ['x509DefaultTtlSeconds', 'x509MaxTtlSeconds', 'jwtDefaultTtlSeconds', 'jwtMaxTtlSeconds']);
   const store = top.obj_('store', ['embedded', 'redis']);
   const embedded = store.obj_('embedded', ['dir', 'fsync']);
@@ -752,6 +766,12 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   }
 
   const portFromEnv = env.TESSERA_PORT;
+  const workers = readWorkers(env.TESSERA_WORKERS ?? raw.workers, env.TESSERA_WORKERS !== undefined ? 'env.TESSERA_WORKERS' : 'config.workers');
+  const caThreads = readCaThreads(
+    env.TESSERA_CA_THREADS ?? (isObj(raw.ca) ? raw.ca.threads : undefined),
+    env.TESSERA_CA_THREADS !== undefined ? 'env.TESSERA_CA_THREADS' : 'config.ca.threads',
+    workers,
+  );
   const config: Config = {
     dev,
     devDir,
@@ -772,6 +792,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
         : {}),
       bundleFile: file_(ca, 'bundleFile', 'bundle.pem'),
       jwtKeyFile: file_(ca, 'jwtKeyFile', 'jwt-signing.key'),
+      threads: caThreads,
     },
     issuers,
     registration,
@@ -789,7 +810,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
     breakGlass: readBreakGlass(top),
     limits: readLimits(top, env),
     metrics: readMetrics(top, env),
-    workers: readWorkers(env.TESSERA_WORKERS ?? raw.workers, env.TESSERA_WORKERS !== undefined ? 'env.TESSERA_WORKERS' : 'config.workers'),
+    workers,
     bodyLimitBytes: top.int('bodyLimitBytes', 64 * 1024, 1024, 1024 * 1024),
     logLevel: logLevel as Config['logLevel'],
   };

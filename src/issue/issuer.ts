@@ -2,11 +2,9 @@
  * The issuance path: policy decides, the CA mints, the audit log records, and only then does the
  * credential leave. Denials are recorded too. Nothing here knows about HTTP.
  */
-import { createHash, type KeyObject } from 'node:crypto';
 import type { Identity } from '../attest/identity.js';
-import type { CertificateAuthority } from '../ca/authority.js';
-import { parseCsrPem, spkiOf } from '../ca/csr.js';
 import type { JwtSvidSigner } from '../ca/jwt-svid.js';
+import type { ServerKeyType, X509Minter } from '../ca/minter.js';
 import type { Clock } from '../clock.js';
 import { type BrokerError, auditedOrUnavailable } from '../errors.js';
 import { identityFields, type AuditEntry, type AuditEventType } from '../audit/entry.js';
@@ -14,7 +12,7 @@ import type { CheckpointedReceipt, Checkpointer } from '../audit/checkpointer.js
 import type { AuditLog } from '../audit/log.js';
 import type { RegistrationPolicy } from '../policy/registration.js';
 
-export type ServerKeyType = 'ec-p256';
+export type { ServerKeyType } from '../ca/minter.js';
 
 export interface X509Request {
   readonly csr?: string;
@@ -47,7 +45,8 @@ export interface JwtIssued {
 }
 
 export interface IssuerDeps {
-  readonly ca: CertificateAuthority;
+  /** Verifies the CSR (or makes the key), mints and signs: on minting threads in the broker. */
+  readonly minter: X509Minter;
   readonly jwt: JwtSvidSigner;
   readonly policy: RegistrationPolicy;
   readonly audit: AuditLog;
@@ -65,11 +64,6 @@ export interface IssuerDeps {
 /** What the issuer asks before minting: throws 403 `revoked` or 503 `issuance_frozen`. */
 export interface IssuanceGuard {
   assertMayIssue(subject: { spiffeId: string; namespace?: string }): Promise<void>;
-}
-
-/** SHA-256 of the SPKI; spkiOf caches the DER per key, because exporting costs ~110 µs in OpenSSL 3. */
-function keyFingerprint(key: KeyObject): string {
-  return `sha256:${createHash('sha256').update(spkiOf(key)).digest('hex')}`;
 }
 
 export class Issuer {
@@ -93,20 +87,11 @@ export class Issuer {
   async x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
     const grant = this.deps.policy.x509(identity, req.ttlSeconds);
     await this.guarded(identity, grant.spiffeId);
-    let publicKey: KeyObject;
-    let privateKey: string | undefined;
-    if (req.csr !== undefined) {
-      publicKey = parseCsrPem(req.csr).publicKey;
-    } else {
-      const made = await this.deps.ca.generateServerKey(req.keyType ?? 'ec-p256');
-      publicKey = made.publicKey;
-      privateKey = made.privateKeyPem;
-    }
     const now = this.deps.clock.now();
-    const svid = this.deps.ca.issueX509Svid({
+    const svid = await this.deps.minter.mint({
+      key: req.csr !== undefined ? { csrPem: req.csr } : { generate: req.keyType ?? 'ec-p256' },
       spiffeId: grant.spiffeId,
       dnsNames: grant.dnsNames,
-      publicKey,
       ttlMs: grant.ttlMs,
       now,
     });
@@ -120,8 +105,8 @@ export class Issuer {
       serial: svid.serialHex,
       ttlMs: svid.notAfter - now,
       expiresAt: svid.notAfter,
-      keyFingerprint: keyFingerprint(publicKey),
-      ...(privateKey !== undefined ? { reason: 'server-generated key' } : {}),
+      keyFingerprint: svid.keyFingerprint,
+      ...(svid.privateKeyPem !== undefined ? { reason: 'server-generated key' } : {}),
       requestId,
       replica: this.deps.replicaId,
     });
@@ -131,7 +116,7 @@ export class Issuer {
       certificates: svid.chainPem,
       notBefore: svid.notBefore,
       expiresAt: svid.notAfter,
-      ...(privateKey !== undefined ? { privateKey } : {}),
+      ...(svid.privateKeyPem !== undefined ? { privateKey: svid.privateKeyPem } : {}),
       audit: receipt,
     };
   }
