@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // `npm run bench`: drives a live Tessera broker (a real `tessera serve` process, HTTPS keep-alive,
 // durable group-commit audit appends) and, in the same run, `cfssl serve` with an equivalent P-256
-// profile, and prints rates, p50/p99 and Tessera/cfssl ratios side by side. Also: the per-core crypto
-// limit of one issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
+// profile, and prints rates, p50/p99 and Tessera/cfssl ratios side by side. Also: the CSR scenario with
+// minting on the event loop (ca.threads 0) for comparison, the CSR scenario and cfssl driven by wrk (a
+// C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
+// issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
 //
 // Usage: npm run bench [-- --seconds 5] [--quick] [--workers N]
 //   --quick: 2 s runs, no 10^6-entry scale test; --workers N: `tessera serve` with N cluster workers
@@ -71,11 +73,11 @@ function writeConfig(dataDir) {
 }
 
 /** Starts `tessera serve`; resolves with its URL and the ms from spawn to listening. */
-function startBroker(dataDir) {
+function startBroker(dataDir, env = {}) {
   const t0 = performance.now();
   const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', writeConfig(dataDir)], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, TESSERA_CONFIG: '' },
+    env: { ...process.env, TESSERA_CONFIG: '', ...env },
   });
   return new Promise((resolve, reject) => {
     let out = '';
@@ -167,6 +169,17 @@ async function tesseraScenarios(url) {
   return results;
 }
 
+/** X.509 from a CSR, driven by wrk instead of bench/load.mjs (see wrkLoad). */
+async function tesseraWrk(url) {
+  const rows = [];
+  for (const concurrency of [1, 32]) {
+    const r = await wrkLoad({ url: `${url}/v1/svid/x509`, body: csrBody, headers: { ...json, authorization: `Bearer ${token}` }, concurrency });
+    log('wrk: x509 from CSR (token)', `c=${concurrency}`, r);
+    rows.push({ scenario: 'x509 from CSR (token)', client: 'wrk', concurrency, ...r });
+  }
+  return rows;
+}
+
 async function runLoadOnce(url, p, body, headers) {
   const res = await fetchJson(url + p, body, headers);
   if (res.status !== 200) throw new Error(`setup request failed: ${res.status} ${JSON.stringify(res.json)}`);
@@ -183,6 +196,49 @@ function fetchJson(u, body, headers) {
     req.on('error', reject);
     req.end(body);
   });
+}
+
+// ---------- wrk: the same requests from a C load generator ----------
+// bench/load.mjs costs ~150–200 µs of CPU per HTTPS request on this machine, taken from the same two
+// cores as the server under test. wrk (Debian's package; no client certificates, so token scenarios
+// only) costs a fraction of that, so both servers get more of the machine. Both clients are reported.
+function haveWrk() {
+  if (spawnSync('sh', ['-c', 'command -v wrk']).status === 0) return true;
+  spawnSync('sh', ['-c', 'apt-get install -y wrk >/dev/null 2>&1 || (apt-get update >/dev/null 2>&1 && apt-get install -y wrk >/dev/null 2>&1)']);
+  return spawnSync('sh', ['-c', 'command -v wrk']).status === 0;
+}
+
+// Async on purpose: a blocked event loop would stop draining cfssl's per-request log pipe, and cfssl
+// would stall writing to it.
+async function wrkLoad({ url, body, headers, concurrency }) {
+  const script = path.join(work, `wrk-${Math.random().toString(36).slice(2)}.lua`);
+  writeFileSync(script, [
+    'wrk.method = "POST"',
+    `wrk.body = ${JSON.stringify(body)}`,
+    ...Object.entries(headers).map(([k, v]) => `wrk.headers[${JSON.stringify(k)}] = ${JSON.stringify(v)}`),
+    '',
+  ].join('\n'));
+  const r = await new Promise((resolve) => {
+    const child = spawn('wrk', ['-t1', `-c${concurrency}`, `-d${seconds}s`, '--latency', '-s', script, url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('error', (err) => resolve({ status: -1, stdout, stderr: String(err) }));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+  const out = r.stdout;
+  const ms = (label) => {
+    const m = new RegExp(`^\\s*${label}\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(out);
+    if (m === null) return NaN;
+    return Number((Number(m[1]) * { us: 0.001, ms: 1, s: 1000 }[m[2]]).toFixed(2));
+  };
+  const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? 0);
+  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
+  const socketErrors = (/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out) ?? []).slice(1).reduce((a, b) => a + Number(b), 0);
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
+  if (r.status !== 0 || requests === 0) return { requests: 0, ok: 0, failed: 0, rps: 0, p50Ms: NaN, p99Ms: NaN, firstError: `wrk: ${(r.stderr ?? '').slice(0, 300)}` };
+  return { requests, ok: requests - non2xx, failed: non2xx + socketErrors, rps: Math.round(rps * (requests - non2xx) / requests), p50Ms: ms('50%'), p99Ms: ms('99%') };
 }
 
 // ---------- cfssl, same CSR, same client ----------
@@ -217,9 +273,17 @@ async function cfsslScenarios() {
     log('cfssl sign', `c=${concurrency}`, r);
     results.push({ scenario: 'cfssl sign P-256 CSR (plain HTTP, no auth, no audit)', concurrency, ...r });
   }
+  const wrk = [];
+  if (useWrk) {
+    for (const concurrency of [1, 32]) {
+      const r = await wrkLoad({ url, body, headers: json, concurrency });
+      log('wrk: cfssl sign', `c=${concurrency}`, r);
+      wrk.push({ scenario: 'cfssl sign P-256 CSR (plain HTTP, no auth, no audit)', client: 'wrk', concurrency, ...r });
+    }
+  }
   child.kill('SIGTERM');
   if (results.every((r) => r.ok === 0)) return { unavailable: `cfssl did not sign: ${errText.slice(-500)}` };
-  return { version, results };
+  return { version, results, wrk };
 }
 
 // ---------- audit log scale ----------
@@ -268,12 +332,32 @@ log('machine', machine);
 const crypto = cryptoLimit();
 log('crypto limit', crypto);
 
+const useWrk = haveWrk();
+if (!useWrk) log('wrk is not installed and Debian\'s wrk could not be installed here: the wrk rows are skipped');
+
 const { child, url } = await startBroker(path.join(work, 'data-main'));
 let tessera;
+let tesseraWrkRows = [];
 try {
   tessera = await tesseraScenarios(url);
+  if (useWrk) tesseraWrkRows = await tesseraWrk(url);
 } finally {
   await stop(child);
+}
+
+// The same CSR scenario with minting on the event loop (ca.threads 0): what the minting threads buy.
+const inline = await startBroker(path.join(work, 'data-inline'), { TESSERA_CA_THREADS: '0' });
+try {
+  for (const concurrency of [1, 32]) {
+    const r = await runLoad({
+      url: `${inline.url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` },
+      body: () => csrBody, concurrency, durationMs: seconds * 1000, keepAlive: true, tls: { ca },
+    });
+    log('x509 from CSR (token), ca.threads 0', `c=${concurrency}`, r);
+    tessera.push({ scenario: 'x509 from CSR (token), minting inline (ca.threads 0)', concurrency, ...r });
+  }
+} finally {
+  await stop(inline.child);
 }
 const cfssl = await cfsslScenarios();
 
@@ -299,6 +383,17 @@ const result = {
   tessera,
   cfssl,
   ratios,
+  wrk: useWrk
+    ? {
+        tessera: tesseraWrkRows,
+        cfssl: cfssl.wrk ?? [],
+        ratios: [1, 32].map((c) => {
+          const t = tesseraWrkRows.find((r) => r.concurrency === c);
+          const f = cfssl.wrk?.find((r) => r.concurrency === c);
+          return { concurrency: c, tesseraRps: t?.rps, cfsslRps: f?.rps, ratio: t && f && f.rps > 0 ? Number((t.rps / f.rps).toFixed(2)) : null };
+        }),
+      }
+    : { unavailable: 'wrk could not be installed' },
   fractionOfCryptoLimit: {
     oneCore: Number((csrAt(32).rps / crypto.perCoreLimit).toFixed(2)),
     allCores: Number((csrAt(32).rps / (crypto.perCoreLimit * machine.cpus)).toFixed(2)),
@@ -316,6 +411,13 @@ if (cfssl.results) for (const r of cfssl.results) console.log(row(r));
 else console.log(`\ncfssl: ${cfssl.unavailable}`);
 console.log('\n| X.509 from CSR | Tessera req/s | cfssl req/s | Tessera/cfssl |\n|---:|---:|---:|---:|');
 for (const r of ratios) console.log(`| c=${r.concurrency} | ${r.tesseraRps?.toLocaleString('en')} | ${r.cfsslRps?.toLocaleString('en') ?? 'n/a'} | ${r.ratio ?? 'n/a'} |`);
+if (result.wrk.ratios) {
+  console.log('\nDriven by wrk (C load generator, keep-alive, token scenario only):\n');
+  console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed |\n|---|---:|---:|---:|---:|---:|');
+  for (const r of [...result.wrk.tessera, ...result.wrk.cfssl]) console.log(row(r));
+  console.log('\n| X.509 from CSR (wrk) | Tessera req/s | cfssl req/s | Tessera/cfssl |\n|---:|---:|---:|---:|');
+  for (const r of result.wrk.ratios) console.log(`| c=${r.concurrency} | ${r.tesseraRps?.toLocaleString('en')} | ${r.cfsslRps?.toLocaleString('en') ?? 'n/a'} | ${r.ratio ?? 'n/a'} |`);
+}
 console.log(`\nCrypto in one issuance: RS256 verify ${crypto.rs256VerifyUs} µs + CSR verify ${crypto.csrVerifyUs} µs + P-256 sign ${crypto.p256SignUs} µs = ${crypto.perIssuanceUs} µs → ${crypto.perCoreLimit.toLocaleString('en')}/s per core.`);
 console.log(`Tessera at c=32 is ${result.fractionOfCryptoLimit.oneCore}× one core's crypto limit (${result.fractionOfCryptoLimit.allCores} of all ${machine.cpus} cores').`);
 if (scale.length) {
