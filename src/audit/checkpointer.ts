@@ -9,7 +9,8 @@
  *     optionally spaces rounds further apart to bound how many checkpoints a busy log stores.
  *
  * A round takes the store's `audit-checkpoint` lock (only one replica signs at a time), catches the tree
- * up with the store, signs the root at that size, and makes the note durable before anyone sees it.
+ * up with the store, signs the root at that size, and stores the note before anyone sees it. The entries
+ * a note covers are durable before it is signed, so the note itself is re-creatable (store/embedded.ts).
  * Because every round first catches up under the lock, stored checkpoints never shrink, and every one
  * is a prefix of the same log: no checkpoint is ever inconsistent with an earlier one.
  */

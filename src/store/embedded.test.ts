@@ -291,6 +291,33 @@ describe('EmbeddedStore crash recovery', () => {
   });
 });
 
+describe('EmbeddedStore checkpoint notes', () => {
+  it('are written without an fdatasync each (they are re-creatable from the fsynced entries) and synced on close', async () => {
+    const cp: Faults = { target: 'checkpoints.log', writes: 0, syncs: 0 };
+    const s = await openStore({ openFile: faultyOpen(cp) });
+    await s.appendAuditEntries([entry(0)]);
+    const [writes, syncs] = [cp.writes, cp.syncs]; // the new file's header
+    for (let i = 0; i < 3; i++) await s.appendCheckpoint(`note ${i}\n`);
+    expect(cp.writes).toBe(writes + 3);
+    expect(cp.syncs).toBe(syncs);
+    await s.close();
+    expect(cp.syncs).toBe(syncs + 1);
+    open.pop();
+    const reopened = await openStore();
+    expect(await reopened.listCheckpoints()).toEqual(['note 0\n', 'note 1\n', 'note 2\n']);
+  });
+
+  it('audit entries still get their fdatasync before the append resolves', async () => {
+    const faults: Faults = { target: 'audit.log', writes: 0, syncs: 0 };
+    const s = await openStore({ openFile: faultyOpen(faults) });
+    await s.appendAuditEntries([entry(0)]);
+    expect(faults.syncs).toBeGreaterThanOrEqual(1);
+    const before = faults.syncs;
+    await s.appendAuditEntries([entry(1)]);
+    expect(faults.syncs).toBe(before + 1);
+  });
+});
+
 describe('EmbeddedStore write failures', () => {
   const cases: [string, Partial<Faults>][] = [
     ['write throws', { write: 'throw' }],
