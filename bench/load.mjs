@@ -66,12 +66,14 @@ export async function runLoad(o) {
     });
 
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   await Promise.all(
     Array.from({ length: o.concurrency }, async () => {
       while (performance.now() < deadline) await once();
     }),
   );
   const elapsed = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
   agent.destroy();
   latencies.sort((a, b) => a - b);
   const q = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : NaN);
@@ -82,6 +84,8 @@ export async function runLoad(o) {
     rps: Math.round(ok / elapsed),
     p50Ms: Number(q(0.5).toFixed(2)),
     p99Ms: Number(q(0.99).toFixed(2)),
+    // CPU this client process spent per request (all its threads), taken from the same cores.
+    clientCpuUs: ok + failed > 0 ? Math.round((cpu.user + cpu.system) / (ok + failed)) : null,
     ...(firstError ? { firstError } : {}),
   };
 }

@@ -12,8 +12,8 @@
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
-import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, webcrypto } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -72,6 +72,49 @@ function writeConfig(dataDir) {
   return file;
 }
 
+/**
+ * CPU time (µs, all threads) used so far by a process and its live children (`--workers` forks), from
+ * /proc; undefined where there is none.
+ */
+function processCpuUs(pid) {
+  const statOf = (p) => readFileSync(`/proc/${p}/stat`, 'utf8').split(') ')[1].split(' ');
+  try {
+    const pids = [String(pid)];
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry) || entry === String(pid)) continue;
+      try {
+        if (statOf(entry)[1] === String(pid)) pids.push(entry);
+      } catch {
+        // exited meanwhile
+      }
+    }
+    let ticks = 0;
+    for (const p of pids) {
+      const f = statOf(p);
+      ticks += Number(f[11]) + Number(f[12]); // utime + stime, in clock ticks of 1/100 s
+    }
+    return (ticks * 1e6) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Unmeasured load first: the JIT of both the server and this client warms up on the first thousands of
+ * requests, and a short run would otherwise measure it.
+ */
+async function warmUp(opts) {
+  await runLoad({ ...opts, concurrency: 32, durationMs: quick ? 1000 : 2000 });
+}
+
+/** runLoad, plus the broker's CPU per request over the run. */
+async function measured(pid, opts) {
+  const before = processCpuUs(pid);
+  const r = await runLoad(opts);
+  const after = processCpuUs(pid);
+  return { ...r, ...(before !== undefined && after !== undefined && r.requests > 0 ? { serverCpuUs: Math.round((after - before) / r.requests) } : {}) };
+}
+
 /** Starts `tessera serve`; resolves with its URL and the ms from spawn to listening. */
 function startBroker(dataDir, env = {}) {
   const t0 = performance.now();
@@ -110,7 +153,7 @@ const csrPem = opensslCsr();
 const token = await mintDevToken({ keyFile: material.issuerKeyFile, namespace: 'bench', serviceAccount: 'load', ttlSeconds: 3600 });
 
 // ---------- the per-core crypto limit of one issuance ----------
-function cryptoLimit() {
+async function cryptoLimit() {
   const rsa = createPrivateKey(readFileSync(material.issuerKeyFile));
   const rsaPub = createPublicKey(rsa);
   const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -128,10 +171,25 @@ function cryptoLimit() {
   const csrVerifyUs = time(() => verify('sha256', tbs, ec.publicKey, ecSig), 3000);
   const p256SignUs = time(() => sign('sha256', tbs, ec.privateKey), 5000);
   const totalUs = rs256VerifyUs + csrVerifyUs + p256SignUs;
+  // Importing a CSR's P-256 key, three ways: the SPKI through OpenSSL 3's decoder, a JWK, and the raw
+  // point through WebCrypto (what the minting threads do; ca/csr.ts verifyCsrPem).
+  const spki = ec.publicKey.export({ type: 'spki', format: 'der' });
+  const jwk = ec.publicKey.export({ format: 'jwk' });
+  const raw = spki.subarray(spki.length - 65);
+  const keyImportSpkiUs = time(() => createPublicKey({ key: spki, format: 'der', type: 'spki' }), 3000);
+  const keyImportJwkUs = time(() => createPublicKey({ key: jwk, format: 'jwk' }), 3000);
+  const rawImport = () => webcrypto.subtle.importKey('raw', raw, { name: 'ECDSA', namedCurve: 'P-256' }, true, ['verify']);
+  for (let i = 0; i < 200; i++) await rawImport();
+  const t0 = performance.now();
+  for (let i = 0; i < 3000; i++) await rawImport();
+  const keyImportRawUs = ((performance.now() - t0) * 1000) / 3000;
   return {
     rs256VerifyUs: Number(rs256VerifyUs.toFixed(1)),
     csrVerifyUs: Number(csrVerifyUs.toFixed(1)),
     p256SignUs: Number(p256SignUs.toFixed(1)),
+    keyImportSpkiUs: Number(keyImportSpkiUs.toFixed(1)),
+    keyImportJwkUs: Number(keyImportJwkUs.toFixed(1)),
+    keyImportRawUs: Number(keyImportRawUs.toFixed(1)),
     perIssuanceUs: Number(totalUs.toFixed(1)),
     perCoreLimit: Math.round(1e6 / totalUs),
   };
@@ -143,11 +201,12 @@ const csrBody = JSON.stringify({ csr: csrPem });
 const keygenBody = JSON.stringify({ keyType: 'ec-p256' });
 const jwtBody = JSON.stringify({ audience: ['payments'] });
 
-async function tesseraScenarios(url) {
+async function tesseraScenarios(url, pid) {
   // An SVID for the mTLS renewal scenarios.
   const first = await runLoadOnce(url, '/v1/svid/x509', keygenBody, { authorization: `Bearer ${token}` });
   const mtls = { ca, cert: first.svid, key: first.privateKey };
   const bearer = { ...json, authorization: `Bearer ${token}` };
+  await warmUp({ url: `${url}/v1/svid/x509`, method: 'POST', headers: bearer, body: () => csrBody, keepAlive: true, tls: { ca } });
   const scenarios = [
     ['x509 from CSR (token)', { path: '/v1/svid/x509', headers: bearer, body: csrBody, keepAlive: true, tls: { ca } }],
     ['x509 server keygen (token)', { path: '/v1/svid/x509', headers: bearer, body: keygenBody, keepAlive: true, tls: { ca } }],
@@ -158,7 +217,7 @@ async function tesseraScenarios(url) {
   const results = [];
   for (const [name, s] of scenarios) {
     for (const concurrency of [1, 32]) {
-      const r = await runLoad({
+      const r = await measured(pid, {
         url: url + s.path, method: 'POST', headers: s.headers, body: () => s.body,
         concurrency, durationMs: seconds * 1000, keepAlive: s.keepAlive, tls: s.tls,
       });
@@ -170,10 +229,10 @@ async function tesseraScenarios(url) {
 }
 
 /** X.509 from a CSR, driven by wrk instead of bench/load.mjs (see wrkLoad). */
-async function tesseraWrk(url) {
+async function tesseraWrk(url, serverPid) {
   const rows = [];
   for (const concurrency of [1, 32]) {
-    const r = await wrkLoad({ url: `${url}/v1/svid/x509`, body: csrBody, headers: { ...json, authorization: `Bearer ${token}` }, concurrency });
+    const r = await wrkLoad({ url: `${url}/v1/svid/x509`, body: csrBody, headers: { ...json, authorization: `Bearer ${token}` }, concurrency, serverPid });
     log('wrk: x509 from CSR (token)', `c=${concurrency}`, r);
     rows.push({ scenario: 'x509 from CSR (token)', client: 'wrk', concurrency, ...r });
   }
@@ -210,7 +269,8 @@ function haveWrk() {
 
 // Async on purpose: a blocked event loop would stop draining cfssl's per-request log pipe, and cfssl
 // would stall writing to it.
-async function wrkLoad({ url, body, headers, concurrency }) {
+async function wrkLoad({ url, body, headers, concurrency, serverPid }) {
+  const before = serverPid === undefined ? undefined : processCpuUs(serverPid);
   const script = path.join(work, `wrk-${Math.random().toString(36).slice(2)}.lua`);
   writeFileSync(script, [
     'wrk.method = "POST"',
@@ -238,7 +298,11 @@ async function wrkLoad({ url, body, headers, concurrency }) {
   const socketErrors = (/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out) ?? []).slice(1).reduce((a, b) => a + Number(b), 0);
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0);
   if (r.status !== 0 || requests === 0) return { requests: 0, ok: 0, failed: 0, rps: 0, p50Ms: NaN, p99Ms: NaN, firstError: `wrk: ${(r.stderr ?? '').slice(0, 300)}` };
-  return { requests, ok: requests - non2xx, failed: non2xx + socketErrors, rps: Math.round(rps * (requests - non2xx) / requests), p50Ms: ms('50%'), p99Ms: ms('99%') };
+  const after = serverPid === undefined ? undefined : processCpuUs(serverPid);
+  return {
+    requests, ok: requests - non2xx, failed: non2xx + socketErrors, rps: Math.round(rps * (requests - non2xx) / requests), p50Ms: ms('50%'), p99Ms: ms('99%'),
+    ...(before !== undefined && after !== undefined ? { serverCpuUs: Math.round((after - before) / requests) } : {}),
+  };
 }
 
 // ---------- cfssl, same CSR, same client ----------
@@ -264,9 +328,10 @@ async function cfsslScenarios() {
     await new Promise((r) => setTimeout(r, 100));
   }
   const version = spawnSync('cfssl', ['version']).stdout?.toString().split('\n')[0] ?? '';
+  await warmUp({ url, method: 'POST', headers: json, body: () => body, keepAlive: true });
   const results = [];
   for (const concurrency of [1, 32]) {
-    const r = await runLoad({
+    const r = await measured(child.pid, {
       url, method: 'POST', headers: json, body: () => body, concurrency, durationMs: seconds * 1000, keepAlive: true,
       check: (status, text) => status === 200 && text.includes('"success":true'),
     });
@@ -276,7 +341,7 @@ async function cfsslScenarios() {
   const wrk = [];
   if (useWrk) {
     for (const concurrency of [1, 32]) {
-      const r = await wrkLoad({ url, body, headers: json, concurrency });
+      const r = await wrkLoad({ url, body, headers: json, concurrency, serverPid: child.pid });
       log('wrk: cfssl sign', `c=${concurrency}`, r);
       wrk.push({ scenario: 'cfssl sign P-256 CSR (plain HTTP, no auth, no audit)', client: 'wrk', concurrency, ...r });
     }
@@ -314,7 +379,8 @@ async function scaleRun(n) {
   log(`prefilled ${n} entries in ${Math.round(performance.now() - t0)} ms`);
   const { child, url, startMs } = await startBroker(dir);
   try {
-    const r = await runLoad({
+    await warmUp({ url: `${url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` }, body: () => csrBody, keepAlive: true, tls: { ca } });
+    const r = await measured(child.pid, {
       url: `${url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` },
       body: () => csrBody, concurrency: 32, durationMs: seconds * 1000, keepAlive: true, tls: { ca },
     });
@@ -329,7 +395,7 @@ async function scaleRun(n) {
 // ---------- run ----------
 const machine = { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '', brokerWorkers: workers };
 log('machine', machine);
-const crypto = cryptoLimit();
+const crypto = await cryptoLimit();
 log('crypto limit', crypto);
 
 const useWrk = haveWrk();
@@ -339,8 +405,8 @@ const { child, url } = await startBroker(path.join(work, 'data-main'));
 let tessera;
 let tesseraWrkRows = [];
 try {
-  tessera = await tesseraScenarios(url);
-  if (useWrk) tesseraWrkRows = await tesseraWrk(url);
+  tessera = await tesseraScenarios(url, child.pid);
+  if (useWrk) tesseraWrkRows = await tesseraWrk(url, child.pid);
 } finally {
   await stop(child);
 }
@@ -348,8 +414,9 @@ try {
 // The same CSR scenario with minting on the event loop (ca.threads 0): what the minting threads buy.
 const inline = await startBroker(path.join(work, 'data-inline'), { TESSERA_CA_THREADS: '0' });
 try {
+  await warmUp({ url: `${inline.url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` }, body: () => csrBody, keepAlive: true, tls: { ca } });
   for (const concurrency of [1, 32]) {
-    const r = await runLoad({
+    const r = await measured(inline.child.pid, {
       url: `${inline.url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` },
       body: () => csrBody, concurrency, durationMs: seconds * 1000, keepAlive: true, tls: { ca },
     });
@@ -403,9 +470,10 @@ const result = {
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
 
-const row = (r) => `| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} |`;
+const us = (v) => (v === undefined || v === null ? '' : String(v));
+const row = (r) => `| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`;
 console.log(`\nTessera benchmark — ${result.date}, Node ${machine.node}, ${machine.cpus} cores, broker workers ${workers}, ${seconds} s per run\n`);
-console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed |\n|---|---:|---:|---:|---:|---:|');
+console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
 for (const r of tessera) console.log(row(r));
 if (cfssl.results) for (const r of cfssl.results) console.log(row(r));
 else console.log(`\ncfssl: ${cfssl.unavailable}`);
@@ -413,12 +481,13 @@ console.log('\n| X.509 from CSR | Tessera req/s | cfssl req/s | Tessera/cfssl |\
 for (const r of ratios) console.log(`| c=${r.concurrency} | ${r.tesseraRps?.toLocaleString('en')} | ${r.cfsslRps?.toLocaleString('en') ?? 'n/a'} | ${r.ratio ?? 'n/a'} |`);
 if (result.wrk.ratios) {
   console.log('\nDriven by wrk (C load generator, keep-alive, token scenario only):\n');
-  console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed |\n|---|---:|---:|---:|---:|---:|');
+  console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of [...result.wrk.tessera, ...result.wrk.cfssl]) console.log(row(r));
   console.log('\n| X.509 from CSR (wrk) | Tessera req/s | cfssl req/s | Tessera/cfssl |\n|---:|---:|---:|---:|');
   for (const r of result.wrk.ratios) console.log(`| c=${r.concurrency} | ${r.tesseraRps?.toLocaleString('en')} | ${r.cfsslRps?.toLocaleString('en') ?? 'n/a'} | ${r.ratio ?? 'n/a'} |`);
 }
 console.log(`\nCrypto in one issuance: RS256 verify ${crypto.rs256VerifyUs} µs + CSR verify ${crypto.csrVerifyUs} µs + P-256 sign ${crypto.p256SignUs} µs = ${crypto.perIssuanceUs} µs → ${crypto.perCoreLimit.toLocaleString('en')}/s per core.`);
+console.log(`Importing the CSR's P-256 key: SPKI ${crypto.keyImportSpkiUs} µs, JWK ${crypto.keyImportJwkUs} µs, raw point via WebCrypto ${crypto.keyImportRawUs} µs (used).`);
 console.log(`Tessera at c=32 is ${result.fractionOfCryptoLimit.oneCore}× one core's crypto limit (${result.fractionOfCryptoLimit.allCores} of all ${machine.cpus} cores').`);
 if (scale.length) {
   console.log('\n| audit entries | restart ms | req/s (CSR, c=32) | p99 ms |\n|---:|---:|---:|---:|');
