@@ -106,4 +106,25 @@ describe.skipIf(!redis.ok)('two broker replicas on one Redis', () => {
         `log size ${report.size}, ${report.checkpoints} checkpoints, all verified`,
     );
   }, 90_000);
+
+  it("a replica reports the log's size, including entries another replica just appended", async () => {
+    const { httpsCall } = await import('../helpers/https.js');
+    const [a, b] = set.replicas;
+    if (a === undefined || b === undefined) throw new Error('two replicas expected');
+    const token = await set.token();
+    const agent = new https.Agent({ keepAlive: true });
+    const sizeAt = async (url: string): Promise<number> => {
+      const res = await httpsCall<{ treeSize: number }>(url, set.ca, { path: '/v1/audit/entries?start=0&end=0' });
+      expect(res.status).toBe(200);
+      return res.json.treeSize;
+    };
+    await sizeAt(b.url); // b has read the log as it is now
+    for (let i = 0; i < 3; i++) {
+      const r = await issueOnce(set, a, 'jwt', token, agent);
+      expect(r.issued).toBeDefined();
+      // Straight after a's append, b must not report a shorter log than the entry a's receipt names.
+      expect(await sizeAt(b.url)).toBeGreaterThan(r.issued?.audit.index ?? Number.POSITIVE_INFINITY);
+    }
+    agent.destroy();
+  });
 });

@@ -148,8 +148,10 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     async (request) => {
       const start = int(request.query.start, 'start') as number;
       let end = int(request.query.end, 'end');
+      // treeSize must be the log's size, not this replica's last view of it: another replica may have
+      // appended (and signed a checkpoint over) entries this one has not read yet.
+      await audit.refresh();
       if (end === undefined) {
-        await audit.refresh();
         end = Math.min(start + AUDIT_PAGE_LIMIT, audit.size);
         if (start > end) throw badRequest(`start=${start} is beyond the log (it has ${audit.size} entries)`);
       }
