@@ -7,6 +7,7 @@
  *   <dir>/nonces.log       consumed single-use keys (see consumeOnce)
  *   <dir>/kv.log           small records (kvPut/kvDelete), one JSON operation per record, replayed on
  *                          open; expired and overwritten records are compacted away on open
+ *   <dir>/tessera.lock     the process that has the store open (store/dir-lock.ts): one at a time
  *
  * Rate-limit counters (hit) and locks (tryLock) live in memory only: one embedded store is one
  * process, so there is nobody to share them with, and a restart resets them (a fresh window, no holder).
@@ -34,6 +35,7 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { type DirLock, lockDataDir } from './dir-lock.js';
 import { checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
 import type { Store } from './store.js';
 
@@ -499,6 +501,7 @@ export class EmbeddedStore implements Store {
   readonly #clock: Clock;
   readonly #openFile: OpenStoreFile;
   readonly #fsync: boolean;
+  readonly #lock: DirLock;
   #sweepAt = 1024;
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -512,9 +515,11 @@ export class EmbeddedStore implements Store {
     clock: Clock,
     openFile: OpenStoreFile,
     fsync: boolean,
+    lock: DirLock,
   ) {
     this.dir = dir;
     this.#fsync = fsync;
+    this.#lock = lock;
     this.#audit = audit;
     this.#checkpoints = checkpoints;
     this.#nonceFile = nonceFile;
@@ -531,8 +536,11 @@ export class EmbeddedStore implements Store {
     if (openDirs.has(abs)) throw storeUnavailable(`store directory ${abs} is already open in this process`);
     openDirs.add(abs);
     const opened: FramedFile[] = [];
+    let lock: DirLock | undefined;
     try {
       await fsp.mkdir(abs, { recursive: true, mode: 0o700 });
+      // One process per directory: a second broker appending to the same files would destroy the log.
+      lock = await lockDataDir(abs);
       const audit = await FramedFile.open(path.join(abs, 'audit.log'), openFile, fsync, auditUnavailable);
       opened.push(audit);
       // Checkpoint notes are written without waiting for fdatasync (synced on close). A note is a pure
@@ -575,7 +583,7 @@ export class EmbeddedStore implements Store {
       });
       opened.push(kvFile);
       if (fsync) await syncDir(abs);
-      const store = new EmbeddedStore(abs, audit, checkpoints, nonceFile, nonces, clock, openFile, fsync);
+      const store = new EmbeddedStore(abs, audit, checkpoints, nonceFile, nonces, clock, openFile, fsync, lock);
       store.#kvFile = kvFile;
       store.#kv = kv;
       // Expired nonces are dead weight: rewrite the file when they dominate it.
@@ -595,6 +603,7 @@ export class EmbeddedStore implements Store {
       return store;
     } catch (err) {
       await Promise.all(opened.map((f) => f.close().catch(() => {})));
+      await lock?.release().catch(() => {});
       openDirs.delete(abs);
       if (err instanceof BrokerError) throw err;
       throw storeUnavailable(`cannot open store in ${abs}`, err);
@@ -880,6 +889,7 @@ export class EmbeddedStore implements Store {
           this.#kvFile.close(),
         ]);
       } finally {
+        await this.#lock.release().catch(() => {});
         openDirs.delete(this.dir);
       }
     })();
