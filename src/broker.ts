@@ -153,7 +153,9 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     config.ca.threads === 0 ? new InlineMinter(ca) : await MinterPool.start(ca.source, {
           threads: config.ca.threads,
           onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_CA' }),
+          onThreadFailure: (reason) => metrics.mintThreadFailed(reason),
         });
+  if (minter instanceof MinterPool) metrics.watchMintJobs(() => minter.inFlight);
   const issuer = new Issuer({ minter, jwt, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard });
   let ring: KeyRing | undefined;
   if (config.secrets.kekFile !== undefined) {

@@ -36,7 +36,10 @@ const request = (key: X509MintRequest['key'], spiffeId = 'spiffe://example.org/n
   now: Date.now(),
 });
 
-async function start(threads: number, opts: { script?: URL; jobTimeoutMs?: number } = {}): Promise<MinterPool> {
+async function start(
+  threads: number,
+  opts: { script?: URL; jobTimeoutMs?: number; onThreadFailure?: (reason: 'exited' | 'stuck') => void } = {},
+): Promise<MinterPool> {
   const pool = await MinterPool.start(ca.source, { threads, ...opts });
   pools.push(pool);
   return pool;
@@ -157,10 +160,13 @@ describe('MinterPool', () => {
   });
 
   it('fails the jobs of a thread that dies with 503 ca_unavailable, and replaces the thread', async () => {
-    const pool = await start(1, { script: testScript() });
+    const failures: string[] = [];
+    const pool = await start(1, { script: testScript(), onThreadFailure: (r) => failures.push(r) });
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const err = await rejection(pool.mint(request({ csrPem: csrFor(key) }, 'spiffe://example.org/ns/a/sa/crash')));
     expect([err.code, err.status]).toEqual(['ca_unavailable', 503]);
+    expect(failures).toEqual(['exited']);
+    expect(pool.inFlight).toBe(0);
     // While it is being replaced, jobs are refused at once (never queued to nowhere); then served again.
     const deadline = Date.now() + 5000;
     for (;;) {
@@ -176,11 +182,15 @@ describe('MinterPool', () => {
   });
 
   it('terminates a thread stuck past the job timeout: its jobs fail with 503, a new thread serves', async () => {
-    const pool = await start(1, { script: testScript(), jobTimeoutMs: 300 });
+    const failures: string[] = [];
+    const pool = await start(1, { script: testScript(), jobTimeoutMs: 300, onThreadFailure: (r) => failures.push(r) });
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const t0 = Date.now();
-    const err = await rejection(pool.mint(request({ csrPem: csrFor(key) }, 'spiffe://example.org/ns/a/sa/hang')));
+    const hung = pool.mint(request({ csrPem: csrFor(key) }, 'spiffe://example.org/ns/a/sa/hang'));
+    expect(pool.inFlight).toBe(1);
+    const err = await rejection(hung);
     expect([err.code, err.status]).toEqual(['ca_unavailable', 503]);
+    expect(failures).toEqual(['stuck']);
     expect(Date.now() - t0).toBeLessThan(3000);
     await expect.poll(async () => (await pool.mint(request({ csrPem: csrFor(key) })).catch(() => undefined))?.spiffeId, { timeout: 5000, interval: 50 }).toBe(
       'spiffe://example.org/ns/shop/sa/web',

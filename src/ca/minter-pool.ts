@@ -46,6 +46,8 @@ export interface MinterPoolOptions {
   readonly script?: URL;
   /** Told when a thread dies or is replaced. */
   readonly onError?: (err: unknown, what: string) => void;
+  /** Counted in metrics: a thread exited, or was terminated for holding a job too long. */
+  readonly onThreadFailure?: (reason: 'exited' | 'stuck') => void;
 }
 
 const unavailable = (message: string): BrokerError => new BrokerError('ca_unavailable', 503, message);
@@ -65,6 +67,8 @@ interface Thread {
   /** Jobs of this turn, not yet posted. */
   queue: MintJob[];
   alive: boolean;
+  /** Terminated by the watchdog (counted as stuck, not as exited). */
+  stuck: boolean;
 }
 
 // Under vitest the sources are .ts files that plain Node cannot run in a thread: the build's copy is
@@ -114,6 +118,11 @@ export class MinterPool implements X509Minter {
     return this.#threads.length;
   }
 
+  /** Jobs handed to the threads and not yet answered. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
   mint(req: X509MintRequest): Promise<X509Minted> {
     if (this.#closed) return Promise.reject(unavailable('the broker is shutting down; nothing was issued'));
     let thread: Thread | undefined;
@@ -159,7 +168,7 @@ export class MinterPool implements X509Minter {
   #spawn(slot: number): Promise<void> {
     const worker = new Worker(this.#opts.script ?? defaultScript(), { workerData: { ca: this.#source } satisfies ThreadInit });
     worker.unref();
-    const thread: Thread = { worker, startedAt: Date.now(), inFlight: 0, queue: [], alive: false };
+    const thread: Thread = { worker, startedAt: Date.now(), inFlight: 0, queue: [], alive: false, stuck: false };
     this.#threads[slot] = thread;
     return new Promise<void>((resolve, reject) => {
       let ready = false;
@@ -204,6 +213,8 @@ export class MinterPool implements X509Minter {
   }
 
   #onExit(slot: number, thread: Thread, code: number): void {
+    // A stuck thread was counted by #expire; a thread that never got ready counts as exited too.
+    if (!thread.stuck && !this.#closed) this.#opts.onThreadFailure?.('exited');
     thread.alive = false;
     thread.queue = [];
     this.#failAll((p) => p.thread === thread, 'the certificate minting thread stopped; nothing was issued (retry shortly)');
@@ -225,6 +236,8 @@ export class MinterPool implements X509Minter {
       if (now - p.sentAt < this.#jobTimeoutMs) break;
       if (p.thread.alive) {
         p.thread.alive = false;
+        p.thread.stuck = true;
+        this.#opts.onThreadFailure?.('stuck');
         this.#opts.onError?.(new Error(`a job took over ${this.#jobTimeoutMs} ms`), 'certificate minting thread is stuck; terminating it');
         void p.thread.worker.terminate();
       }

@@ -287,9 +287,13 @@ async function primaryCheckpointer(config: Config, store: Store, leafHashes: Aud
   });
 }
 
-/** Gauges that every worker reports alike (log size, CA expiry) are not summed. */
+/** Per-worker quantities are summed (the default); gauges every worker reports alike (log size, CA expiry) are not. */
+const SUMMED_GAUGES: ReadonlySet<string> = new Set(['tessera_ca_jobs_in_flight']);
+
 function aggregatorFor(metric: MetricObjectWithValues<MetricValue<string>>): MetricObjectWithValues<MetricValue<string>> {
-  if (String(metric.type) === 'gauge' && metric.name.startsWith('tessera_')) return { ...metric, aggregator: 'max' };
+  if (String(metric.type) === 'gauge' && metric.name.startsWith('tessera_') && !SUMMED_GAUGES.has(metric.name)) {
+    return { ...metric, aggregator: 'max' };
+  }
   return metric;
 }
 

@@ -70,6 +70,24 @@ describe('BrokerMetrics', () => {
     expect(sample(text, 'tessera_audit_log_entries')).toBe(9);
   });
 
+  it('counts minting-thread failures by reason and reads the jobs in flight from the pool', async () => {
+    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0 });
+    let text = await m.text();
+    expect(sample(text, 'tessera_ca_jobs_in_flight')).toBe(0);
+    expect(sample(text, 'tessera_ca_thread_failures_total{reason="exited"}')).toBe(0);
+    let jobs = 5;
+    m.watchMintJobs(() => jobs);
+    m.mintThreadFailed('exited');
+    m.mintThreadFailed('exited');
+    m.mintThreadFailed('stuck');
+    text = await m.text();
+    expect(sample(text, 'tessera_ca_jobs_in_flight')).toBe(5);
+    expect(sample(text, 'tessera_ca_thread_failures_total{reason="exited"}')).toBe(2);
+    expect(sample(text, 'tessera_ca_thread_failures_total{reason="stuck"}')).toBe(1);
+    jobs = 0;
+    expect(sample(await m.text(), 'tessera_ca_jobs_in_flight')).toBe(0);
+  });
+
   it('includes the standard process metrics, once per process', async () => {
     const a = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0 }).text();
     const b = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0 }).text();

@@ -16,11 +16,14 @@ export type Decision = 'allow' | 'deny' | 'error';
 export type LimitScope = 'source' | 'identity';
 /** Connections refused before routing (see server/errors.ts clientErrorHandler); tls: handshake failed or timed out. */
 export type ClientErrorReason = 'timeout' | 'header_too_large' | 'malformed' | 'tls';
+/** Why a minting thread was replaced (ca/minter-pool.ts): it exited, or it held a job past the timeout. */
+export type MintThreadFailure = 'exited' | 'stuck';
 
 export const ISSUANCE_TYPES: readonly IssuanceType[] = ['x509-svid', 'jwt-svid', 'secret', 'db-credentials', 'break-glass'];
 const DECISIONS: readonly Decision[] = ['allow', 'deny', 'error'];
 const LIMIT_SCOPES: readonly LimitScope[] = ['source', 'identity'];
 const CLIENT_ERROR_REASONS: readonly ClientErrorReason[] = ['timeout', 'header_too_large', 'malformed', 'tls'];
+const MINT_THREAD_FAILURES: readonly MintThreadFailure[] = ['exited', 'stuck'];
 
 /** Store operations whose failures are counted (the Store interface's methods). */
 export const STORE_OPS = [
@@ -63,7 +66,9 @@ export class BrokerMetrics {
   readonly #rateLimited: Readonly<Record<LimitScope, { inc(): void }>>;
   readonly #clientErrors: Readonly<Record<ClientErrorReason, { inc(): void }>>;
   readonly #auditAppend: Histogram;
+  readonly #mintThreadFailures: Readonly<Record<MintThreadFailure, { inc(): void }>>;
   #auditSize: () => number = () => 0;
+  #mintJobs: () => number = () => 0;
 
   constructor(sources: MetricsSources) {
     const register = [this.registry];
@@ -141,6 +146,22 @@ export class BrokerMetrics {
         this.set(Math.round((caNotAfterMs - clock.now()) / 1000));
       },
     });
+    const mintThreadFailures = new Counter({
+      name: 'tessera_ca_thread_failures_total',
+      help: 'Minting threads replaced because they exited or held a job past the timeout (their jobs failed with 503, nothing issued).',
+      labelNames: ['reason'] as const,
+      registers: register,
+    });
+    this.#mintThreadFailures = bindChildren(MINT_THREAD_FAILURES, (reason) => mintThreadFailures.labels(reason));
+    const mintJobs = (): number => this.#mintJobs();
+    new Gauge({
+      name: 'tessera_ca_jobs_in_flight',
+      help: 'X.509 minting jobs handed to minting threads and not yet answered.',
+      registers: register,
+      collect() {
+        this.set(mintJobs());
+      },
+    });
     const size = (): number => this.#auditSize();
     new Gauge({
       name: 'tessera_audit_log_entries',
@@ -173,6 +194,15 @@ export class BrokerMetrics {
 
   clientError(reason: ClientErrorReason): void {
     this.#clientErrors[reason].inc();
+  }
+
+  mintThreadFailed(reason: MintThreadFailure): void {
+    this.#mintThreadFailures[reason].inc();
+  }
+
+  /** Where the minting-jobs gauge reads from (the pool starts after the metrics exist). */
+  watchMintJobs(inFlight: () => number): void {
+    this.#mintJobs = inFlight;
   }
 
   /** Where the audit-size gauge reads from (the log is opened after the metrics exist). */
