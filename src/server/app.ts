@@ -7,6 +7,7 @@ import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { Broker } from '../broker.js';
 import { BrokerError } from '../errors.js';
 import { clientErrorHandler, errorHandler } from './errors.js';
+import { LazyLogger } from './lazy-logger.js';
 import { observeRequests } from './observe.js';
 import { bundleRoutes } from './routes/bundle.js';
 import { healthRoutes } from './routes/health.js';
@@ -48,6 +49,8 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
     connectionTimeout: 30_000,
     keepAliveTimeout: 65_000,
     genReqId: () => randomUUID(),
+    // Per-request loggers are made when the request first logs (lazy-logger.ts).
+    childLoggerFactory: (logger, bindings, opts) => new LazyLogger(logger, bindings, opts),
     logger:
       opts.logger === false
         ? false
