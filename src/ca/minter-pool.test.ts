@@ -2,14 +2,14 @@
 // and errors equal the inline minter's, and a thread that dies or hangs fails its jobs closed (503,
 // nothing issued) and is replaced.
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign as cryptoSign, X509Certificate, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { BrokerError } from '../errors.js';
 import { CertificateAuthority } from './authority.js';
-import { bitString, explicit, integer, oid, sequence, toPem } from './der.js';
+import { csrFor } from '../sdk/csr.js';
 import { InlineMinter, type X509MintRequest, type X509Minted } from './minter.js';
 import { MinterPool } from './minter-pool.js';
 import { issuerFromPem, mintCa } from './x509.js';
@@ -22,11 +22,8 @@ let ca: CertificateAuthority;
 let signingPublicKey: KeyObject;
 const pools: MinterPool[] = [];
 
-/** An ECDSA-with-SHA256 CSR for `key`, signed by `signer` (another key makes it fail proof of possession). */
-function csrFor(key: { publicKey: KeyObject; privateKey: KeyObject }, signer = key.privateKey): string {
-  const cri = sequence(integer(0), sequence(), key.publicKey.export({ type: 'spki', format: 'der' }), explicit(0));
-  return toPem('CERTIFICATE REQUEST', sequence(cri, sequence(oid('1.2.840.10045.4.3.2')), bitString(cryptoSign('sha256', cri, signer))));
-}
+// The SDK's CSR builder (ECDSA with SHA-256; signed by `signer`, which fails proof of possession when it is another key).
+const csrOf = (key: { publicKey: KeyObject; privateKey: KeyObject }, signer = key.privateKey): string => csrFor(signer, key.publicKey);
 
 const request = (key: X509MintRequest['key'], spiffeId = 'spiffe://example.org/ns/shop/sa/web'): X509MintRequest => ({
   key,
@@ -100,7 +97,7 @@ describe('MinterPool', () => {
   it('mints from a CSR what the inline minter mints, signed by the CA, for the CSR key', async () => {
     const pool = await start(2);
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const req = request({ csrPem: csrFor(key) });
+    const req = request({ csrPem: csrOf(key) });
     const [threaded, inline] = await Promise.all([pool.mint(req), new InlineMinter(ca).mint(req)]);
     for (const m of [threaded, inline]) {
       const cert = new X509Certificate(m.certPem);
@@ -133,9 +130,9 @@ describe('MinterPool', () => {
     const k1 = generateKeyPairSync('ec', { namedCurve: 'secp256k1' });
     const cases: X509MintRequest[] = [
       request({ csrPem: 'not a csr' }),
-      request({ csrPem: csrFor(key, other.privateKey) }),
-      request({ csrPem: csrFor(k1) }),
-      request({ csrPem: csrFor(key) }, 'spiffe://example.org'),
+      request({ csrPem: csrOf(key, other.privateKey) }),
+      request({ csrPem: csrOf(k1) }),
+      request({ csrPem: csrOf(key) }, 'spiffe://example.org'),
       request({ generate: 'rsa' as 'ec-p256' }),
     ];
     for (const c of cases) {
@@ -150,7 +147,7 @@ describe('MinterPool', () => {
     const pool = await start(2);
     expect(pool.threads).toBe(2);
     const keys = Array.from({ length: 8 }, () => generateKeyPairSync('ec', { namedCurve: 'P-256' }));
-    const results = await Promise.all(Array.from({ length: 200 }, (_, i) => pool.mint(request({ csrPem: csrFor(keys[i % 8]!) }, `spiffe://example.org/ns/n/sa/w${i}`))));
+    const results = await Promise.all(Array.from({ length: 200 }, (_, i) => pool.mint(request({ csrPem: csrOf(keys[i % 8]!) }, `spiffe://example.org/ns/n/sa/w${i}`))));
     expect(new Set(results.map((r) => r.serialHex)).size).toBe(200);
     results.forEach((r, i) => {
       const cert = new X509Certificate(r.certPem);
@@ -163,14 +160,14 @@ describe('MinterPool', () => {
     const failures: string[] = [];
     const pool = await start(1, { script: testScript(), onThreadFailure: (r) => failures.push(r) });
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const err = await rejection(pool.mint(request({ csrPem: csrFor(key) }, 'spiffe://example.org/ns/a/sa/crash')));
+    const err = await rejection(pool.mint(request({ csrPem: csrOf(key) }, 'spiffe://example.org/ns/a/sa/crash')));
     expect([err.code, err.status]).toEqual(['ca_unavailable', 503]);
     expect(failures).toEqual(['exited']);
     expect(pool.inFlight).toBe(0);
     // While it is being replaced, jobs are refused at once (never queued to nowhere); then served again.
     const deadline = Date.now() + 5000;
     for (;;) {
-      const r: X509Minted | BrokerError = await pool.mint(request({ csrPem: csrFor(key) })).catch((e: unknown) => e as BrokerError);
+      const r: X509Minted | BrokerError = await pool.mint(request({ csrPem: csrOf(key) })).catch((e: unknown) => e as BrokerError);
       if (!(r instanceof BrokerError)) {
         expect(new X509Certificate(r.certPem).verify(signingPublicKey)).toBe(true);
         break;
@@ -186,13 +183,13 @@ describe('MinterPool', () => {
     const pool = await start(1, { script: testScript(), jobTimeoutMs: 300, onThreadFailure: (r) => failures.push(r) });
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
     const t0 = Date.now();
-    const hung = pool.mint(request({ csrPem: csrFor(key) }, 'spiffe://example.org/ns/a/sa/hang'));
+    const hung = pool.mint(request({ csrPem: csrOf(key) }, 'spiffe://example.org/ns/a/sa/hang'));
     expect(pool.inFlight).toBe(1);
     const err = await rejection(hung);
     expect([err.code, err.status]).toEqual(['ca_unavailable', 503]);
     expect(failures).toEqual(['stuck']);
     expect(Date.now() - t0).toBeLessThan(3000);
-    await expect.poll(async () => (await pool.mint(request({ csrPem: csrFor(key) })).catch(() => undefined))?.spiffeId, { timeout: 5000, interval: 50 }).toBe(
+    await expect.poll(async () => (await pool.mint(request({ csrPem: csrOf(key) })).catch(() => undefined))?.spiffeId, { timeout: 5000, interval: 50 }).toBe(
       'spiffe://example.org/ns/shop/sa/web',
     );
   });
@@ -200,10 +197,10 @@ describe('MinterPool', () => {
   it('close() lets jobs in flight finish, then refuses new ones', async () => {
     const pool = await start(1);
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-    const inFlight = Array.from({ length: 20 }, () => pool.mint(request({ csrPem: csrFor(key) })));
+    const inFlight = Array.from({ length: 20 }, () => pool.mint(request({ csrPem: csrOf(key) })));
     await pool.close();
     expect((await Promise.all(inFlight)).length).toBe(20);
-    const err = await rejection(pool.mint(request({ csrPem: csrFor(key) })));
+    const err = await rejection(pool.mint(request({ csrPem: csrOf(key) })));
     expect([err.code, err.status]).toEqual(['ca_unavailable', 503]);
   });
 

@@ -5,8 +5,7 @@
  * threads (minter-pool.ts) and keeps the event loop for TLS, attestation and the audit log. The same
  * function, `mintX509Svid`, runs in those threads and inline, so both give the same answers and errors.
  */
-import { createHash, generateKeyPair, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { promisify } from 'node:util';
+import { createHash, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { BrokerError } from '../errors.js';
 import type { CertificateAuthority, X509SvidResult } from './authority.js';
 import { spkiOf, verifyCsrPem } from './csr.js';
@@ -35,8 +34,6 @@ export interface X509Minter {
   mint(req: X509MintRequest): Promise<X509Minted>;
   close(): Promise<void>;
 }
-
-const generateKeyPairAsync = promisify(generateKeyPair);
 
 function checkKeyType(kind: string): void {
   if (kind !== 'ec-p256') throw new BrokerError('internal', 500, `unsupported server key kind ${kind}`);
@@ -72,9 +69,8 @@ export class InlineMinter implements X509Minter {
   async mint(req: X509MintRequest): Promise<X509Minted> {
     if ('csrPem' in req.key) return mintX509Svid(this.ca, req);
     // Key generation goes to libuv's pool instead of blocking the event loop.
-    checkKeyType(req.key.generate);
-    const pair = await generateKeyPairAsync('ec', { namedCurve: 'P-256' });
-    return minted(this.ca, req, pair.publicKey, pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString());
+    const made = await this.ca.generateServerKey(req.key.generate);
+    return minted(this.ca, req, made.publicKey, made.privateKeyPem);
   }
 
   async close(): Promise<void> {}
