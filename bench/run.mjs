@@ -200,13 +200,17 @@ const json = { 'content-type': 'application/json' };
 const csrBody = JSON.stringify({ csr: csrPem });
 const keygenBody = JSON.stringify({ keyType: 'ec-p256' });
 const jwtBody = JSON.stringify({ audience: ['payments'] });
+/** The main scenario's requests (X.509 from a CSR, token, keep-alive) against the broker at `url`. */
+const csrLoad = (url) => ({
+  url: `${url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` }, body: () => csrBody, keepAlive: true, tls: { ca },
+});
 
 async function tesseraScenarios(url, pid) {
   // An SVID for the mTLS renewal scenarios.
   const first = await runLoadOnce(url, '/v1/svid/x509', keygenBody, { authorization: `Bearer ${token}` });
   const mtls = { ca, cert: first.svid, key: first.privateKey };
   const bearer = { ...json, authorization: `Bearer ${token}` };
-  await warmUp({ url: `${url}/v1/svid/x509`, method: 'POST', headers: bearer, body: () => csrBody, keepAlive: true, tls: { ca } });
+  await warmUp(csrLoad(url));
   const scenarios = [
     ['x509 from CSR (token)', { path: '/v1/svid/x509', headers: bearer, body: csrBody, keepAlive: true, tls: { ca } }],
     ['x509 server keygen (token)', { path: '/v1/svid/x509', headers: bearer, body: keygenBody, keepAlive: true, tls: { ca } }],
@@ -379,11 +383,8 @@ async function scaleRun(n) {
   log(`prefilled ${n} entries in ${Math.round(performance.now() - t0)} ms`);
   const { child, url, startMs } = await startBroker(dir);
   try {
-    await warmUp({ url: `${url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` }, body: () => csrBody, keepAlive: true, tls: { ca } });
-    const r = await measured(child.pid, {
-      url: `${url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` },
-      body: () => csrBody, concurrency: 32, durationMs: seconds * 1000, keepAlive: true, tls: { ca },
-    });
+    await warmUp(csrLoad(url));
+    const r = await measured(child.pid, { ...csrLoad(url), concurrency: 32, durationMs: seconds * 1000 });
     log(`scale ${n}`, { startMs, ...r });
     return { entries: n, restartMs: startMs, ...r };
   } finally {
@@ -414,12 +415,9 @@ try {
 // The same CSR scenario with minting on the event loop (ca.threads 0): what the minting threads buy.
 const inline = await startBroker(path.join(work, 'data-inline'), { TESSERA_CA_THREADS: '0' });
 try {
-  await warmUp({ url: `${inline.url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` }, body: () => csrBody, keepAlive: true, tls: { ca } });
+  await warmUp(csrLoad(inline.url));
   for (const concurrency of [1, 32]) {
-    const r = await measured(inline.child.pid, {
-      url: `${inline.url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` },
-      body: () => csrBody, concurrency, durationMs: seconds * 1000, keepAlive: true, tls: { ca },
-    });
+    const r = await measured(inline.child.pid, { ...csrLoad(inline.url), concurrency, durationMs: seconds * 1000 });
     log('x509 from CSR (token), ca.threads 0', `c=${concurrency}`, r);
     tessera.push({ scenario: 'x509 from CSR (token), minting inline (ca.threads 0)', concurrency, ...r });
   }
