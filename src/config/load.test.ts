@@ -1,27 +1,11 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, DEV_TOKEN_ISSUER, MAX_WORKERS, loadConfig, readWorkers } from './load.js';
 import { autoCaThreads } from '../ca/minter-pool.js';
+import { configFile, MINIMAL_CONFIG } from '../../test/helpers/config-file.js';
 
-function withFile(yaml: string): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tessera-config-'));
-  const file = path.join(dir, 'tessera.yaml');
-  writeFileSync(file, yaml);
-  return file;
-}
-
-const minimal = `
-trustDomain: prod.example
-tls: { certFile: tls.pem, keyFile: tls.key }
-ca: { certFile: ca.pem, keyFile: ca.key, bundleFile: roots.pem, jwtKeyFile: jwt.key }
-audit: { signingKeyFile: audit.key }
-issuers:
-  - issuer: https://oidc.cluster
-    jwksUrl: https://oidc.cluster/keys
-    audiences: [tessera]
-registration:
+const minimal = `${MINIMAL_CONFIG}registration:
   - selector: { namespace: shop, serviceAccount: web }
     dnsNames: [web.shop.svc]
     jwtAudiences: [payments]
@@ -48,7 +32,7 @@ describe('loadConfig', () => {
   });
 
   it('reads a file, resolving paths against its folder, with env overrides', () => {
-    const file = withFile(minimal);
+    const file = configFile(minimal);
     const c = loadConfig({ file, env: { TESSERA_PORT: '9443', TESSERA_DATA_DIR: '/var/lib/tessera' } });
     expect(c.dev).toBe(false);
     expect(c.tls.certFile).toBe(path.join(path.dirname(file), 'tls.pem'));
@@ -76,8 +60,8 @@ describe('loadConfig', () => {
     ['denials rule without window', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: denials, threshold: 3 }] }'), /threshold and windowSeconds/],
     ['duplicate rule names', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: break-glass }, { name: r, kind: break-glass }] }'), /duplicate/],
   ])('refuses %s with a message naming the field', (_name, yaml, message) => {
-    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(message);
-    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(ConfigError);
+    expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(message);
+    expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(ConfigError);
   });
 
   it('reads the audit section: origin, intervals and alert rules', () => {
@@ -94,7 +78,7 @@ describe('loadConfig', () => {
       - { name: break-glass, kind: break-glass, muteSeconds: 0 }
 `,
     );
-    const file = withFile(yaml);
+    const file = configFile(yaml);
     const c = loadConfig({ file, env: {} });
     expect(c.audit.signingKeyFile).toBe(path.join(path.dirname(file), 'keys/audit.key'));
     expect(c.audit.origin).toBe('prod.example/tessera/audit');
@@ -112,10 +96,10 @@ describe('loadConfig', () => {
 });
 
 describe('loadConfig store.redis', () => {
-  const withStore = (store: string): string => withFile(`${minimal}store:\n${store}`);
+  const withStore = (store: string): string => configFile(`${minimal}store:\n${store}`);
 
   it('has no Redis unless configured, and defaults the rest when a url is given', () => {
-    expect(loadConfig({ file: withFile(minimal), env: {} }).store.redis).toBeUndefined();
+    expect(loadConfig({ file: configFile(minimal), env: {} }).store.redis).toBeUndefined();
     const c = loadConfig({ file: withStore('  redis: { url: "redis://10.0.0.5:6379/2" }\n'), env: {} });
     expect(c.store.redis).toEqual({
       url: 'redis://10.0.0.5:6379/2',
@@ -160,13 +144,13 @@ describe('loadConfig store.redis', () => {
   });
 
   it('REDIS_URL configures Redis, or replaces the topology from the file but keeps its other settings', () => {
-    const fromEnv = loadConfig({ file: withFile(minimal), env: { REDIS_URL: 'rediss://cache:6380' } });
+    const fromEnv = loadConfig({ file: configFile(minimal), env: { REDIS_URL: 'rediss://cache:6380' } });
     expect(fromEnv.store.redis?.url).toBe('rediss://cache:6380');
     const file = withStore('  redis: { nodes: ["10.0.0.1:7000"], prefix: blue }\n');
     const over = loadConfig({ file, env: { REDIS_URL: 'redis://127.0.0.1:6379' } });
     expect(over.store.redis).toMatchObject({ url: 'redis://127.0.0.1:6379', prefix: 'blue' });
     expect(over.store.redis?.nodes).toBeUndefined();
-    expect(loadConfig({ file: withFile(minimal), env: { REDIS_URL: '' } }).store.redis).toBeUndefined();
+    expect(loadConfig({ file: configFile(minimal), env: { REDIS_URL: '' } }).store.redis).toBeUndefined();
   });
 
   it('refuses ambiguous or malformed Redis settings, naming the field', () => {
@@ -187,27 +171,27 @@ describe('loadConfig store.redis', () => {
     for (const [yaml, message] of bad) {
       expect(() => loadConfig({ file: withStore(yaml), env: {} }), yaml).toThrow(message);
     }
-    expect(() => loadConfig({ file: withFile(minimal), env: { REDIS_URL: 'localhost:6379' } })).toThrow(/env\.REDIS_URL/);
+    expect(() => loadConfig({ file: configFile(minimal), env: { REDIS_URL: 'localhost:6379' } })).toThrow(/env\.REDIS_URL/);
   });
 });
 
 describe('loadConfig workers', () => {
   it('defaults to 1; takes an integer, auto / 0 (one per core), from the file or TESSERA_WORKERS', () => {
     const cores = Math.min(MAX_WORKERS, availableParallelism());
-    expect(loadConfig({ file: withFile(minimal), env: {} }).workers).toBe(1);
+    expect(loadConfig({ file: configFile(minimal), env: {} }).workers).toBe(1);
     expect(loadConfig({ env: {}, cwd: '/srv' }).workers).toBe(1);
-    expect(loadConfig({ file: withFile(`${minimal}workers: 3\n`), env: {} }).workers).toBe(3);
-    expect(loadConfig({ file: withFile(`${minimal}workers: auto\n`), env: {} }).workers).toBe(cores);
-    expect(loadConfig({ file: withFile(`${minimal}workers: 0\n`), env: {} }).workers).toBe(cores);
-    expect(loadConfig({ file: withFile(`${minimal}workers: 3\n`), env: { TESSERA_WORKERS: '2' } }).workers).toBe(2);
+    expect(loadConfig({ file: configFile(`${minimal}workers: 3\n`), env: {} }).workers).toBe(3);
+    expect(loadConfig({ file: configFile(`${minimal}workers: auto\n`), env: {} }).workers).toBe(cores);
+    expect(loadConfig({ file: configFile(`${minimal}workers: 0\n`), env: {} }).workers).toBe(cores);
+    expect(loadConfig({ file: configFile(`${minimal}workers: 3\n`), env: { TESSERA_WORKERS: '2' } }).workers).toBe(2);
     expect(readWorkers('4', '--workers')).toBe(4);
   });
 
   it('refuses anything else, naming where it came from', () => {
     for (const bad of ['-1', '1.5', 'two', '65', '[2]', 'true']) {
-      expect(() => loadConfig({ file: withFile(`${minimal}workers: ${bad}\n`), env: {} })).toThrow(/config\.workers: expected an integer in \[1, 64\] or auto/);
+      expect(() => loadConfig({ file: configFile(`${minimal}workers: ${bad}\n`), env: {} })).toThrow(/config\.workers: expected an integer in \[1, 64\] or auto/);
     }
-    expect(() => loadConfig({ file: withFile(minimal), env: { TESSERA_WORKERS: 'many' } })).toThrow(/env\.TESSERA_WORKERS/);
+    expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_WORKERS: 'many' } })).toThrow(/env\.TESSERA_WORKERS/);
     expect(() => readWorkers('1e3', '--workers')).toThrow(ConfigError);
     expect(() => readWorkers('1e3', '--workers')).toThrow(/^--workers: /);
   });
@@ -221,22 +205,22 @@ describe('loadConfig ca.threads', () => {
     const expected = (processes: number): number => Math.max(1, Math.min(4, Math.floor(cores / processes) - 1));
     expect(autoCaThreads(1)).toBe(expected(1));
     expect(autoCaThreads(64)).toBe(1);
-    expect(loadConfig({ file: withFile(minimal), env: {} }).ca.threads).toBe(expected(1));
-    expect(loadConfig({ file: withFile(withThreads('auto')), env: {} }).ca.threads).toBe(expected(1));
-    expect(loadConfig({ file: withFile(`${minimal}workers: 2\n`), env: {} }).ca.threads).toBe(expected(2));
+    expect(loadConfig({ file: configFile(minimal), env: {} }).ca.threads).toBe(expected(1));
+    expect(loadConfig({ file: configFile(withThreads('auto')), env: {} }).ca.threads).toBe(expected(1));
+    expect(loadConfig({ file: configFile(`${minimal}workers: 2\n`), env: {} }).ca.threads).toBe(expected(2));
     expect(loadConfig({ env: {}, cwd: '/srv' }).ca.threads).toBe(expected(1));
   });
 
   it('takes 0 (mint on the event loop) to 16, from the file or TESSERA_CA_THREADS', () => {
-    expect(loadConfig({ file: withFile(withThreads('0')), env: {} }).ca.threads).toBe(0);
-    expect(loadConfig({ file: withFile(withThreads('16')), env: {} }).ca.threads).toBe(16);
-    expect(loadConfig({ file: withFile(withThreads('3')), env: { TESSERA_CA_THREADS: '0' } }).ca.threads).toBe(0);
+    expect(loadConfig({ file: configFile(withThreads('0')), env: {} }).ca.threads).toBe(0);
+    expect(loadConfig({ file: configFile(withThreads('16')), env: {} }).ca.threads).toBe(16);
+    expect(loadConfig({ file: configFile(withThreads('3')), env: { TESSERA_CA_THREADS: '0' } }).ca.threads).toBe(0);
   });
 
   it('refuses anything else, naming where it came from', () => {
     for (const bad of ['-1', '1.5', 'two', '17', '[2]', 'true']) {
-      expect(() => loadConfig({ file: withFile(withThreads(bad)), env: {} })).toThrow(/config\.ca\.threads: expected an integer in \[0, 16\] or auto/);
+      expect(() => loadConfig({ file: configFile(withThreads(bad)), env: {} })).toThrow(/config\.ca\.threads: expected an integer in \[0, 16\] or auto/);
     }
-    expect(() => loadConfig({ file: withFile(minimal), env: { TESSERA_CA_THREADS: 'lots' } })).toThrow(/env\.TESSERA_CA_THREADS: expected/);
+    expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_CA_THREADS: 'lots' } })).toThrow(/env\.TESSERA_CA_THREADS: expected/);
   });
 });

@@ -1,29 +1,11 @@
 /** The `secrets:` config section: defaults, default deny, and every bad setting refused by name. */
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../config/load.js';
+import { configFile, MINIMAL_CONFIG } from '../../test/helpers/config-file.js';
 
-function withFile(yaml: string): string {
-  const dir = mkdtempSync(path.join(tmpdir(), 'tessera-secrets-config-'));
-  const file = path.join(dir, 'tessera.yaml');
-  writeFileSync(file, yaml);
-  return file;
-}
 
-const minimal = `
-trustDomain: prod.example
-tls: { certFile: tls.pem, keyFile: tls.key }
-ca: { certFile: ca.pem, keyFile: ca.key, bundleFile: roots.pem, jwtKeyFile: jwt.key }
-audit: { signingKeyFile: audit.key }
-issuers:
-  - issuer: https://oidc.cluster
-    jwksUrl: https://oidc.cluster/keys
-    audiences: [tessera]
-`;
-
-const full = `${minimal}
+const full = `${MINIMAL_CONFIG}
 secrets:
   kekFile: keys/secrets.kek
   oldKekFiles: [keys/old.kek]
@@ -50,7 +32,7 @@ secrets:
 
 describe('secrets config', () => {
   it('reads a full section, resolving files against the config file', () => {
-    const file = withFile(full);
+    const file = configFile(full);
     const base = path.dirname(file);
     const s = loadConfig({ file, env: {} }).secrets;
     expect(s.kekFile).toBe(path.join(base, 'keys/secrets.kek'));
@@ -70,7 +52,7 @@ describe('secrets config', () => {
   });
 
   it('grants nothing by default (no section, no KEK)', () => {
-    const s = loadConfig({ file: withFile(minimal), env: {} }).secrets;
+    const s = loadConfig({ file: configFile(MINIMAL_CONFIG), env: {} }).secrets;
     expect(s.grants).toEqual([]);
     expect(s.postgres).toEqual([]);
     expect(s.kekFile).toBeUndefined();
@@ -82,7 +64,7 @@ describe('secrets config', () => {
     expect(s.grants).toEqual([{ selector: { namespace: '*', serviceAccount: '*' }, secrets: ['dev/'], postgresRoles: [] }]);
   });
 
-  const sec = (body: string): string => `${minimal}\nsecrets:\n${body}`;
+  const sec = (body: string): string => `${MINIMAL_CONFIG}\nsecrets:\n${body}`;
   const engine = (roles: string, extra = ''): string =>
     `  postgres:\n    - name: main\n      url: postgres://a@h:5432/app\n${extra}      roles:\n${roles}`;
   const role = (grant: string): string => `        r:\n          grants: [${JSON.stringify(grant)}]\n`;
@@ -110,15 +92,15 @@ describe('secrets config', () => {
       /defined by engines/,
     ],
   ])('refuses %s', (_why, yaml, message) => {
-    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(message);
-    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(ConfigError);
+    expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(message);
+    expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(ConfigError);
   });
 
   it('never echoes an engine URL (it may hold a password) in errors', () => {
     const yaml = sec('  postgres:\n    - name: main\n      url: "postgres://admin:hunter2@h:5432"\n      roles:\n' + role('GRANT x TO {{name}}'));
-    expect(() => loadConfig({ file: withFile(yaml), env: {} })).toThrow(/name the database/);
+    expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(/name the database/);
     try {
-      loadConfig({ file: withFile(yaml), env: {} });
+      loadConfig({ file: configFile(yaml), env: {} });
     } catch (err) {
       expect((err as Error).message).not.toContain('hunter2');
     }
