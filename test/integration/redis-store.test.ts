@@ -20,12 +20,12 @@ import {
   startPrivateRedis,
   uniquePrefix,
 } from '../helpers/redis.js';
+import { until } from '../helpers/until.js';
 
 const redis = await sharedRedis();
 const haveServer = redisServerAvailable();
 if (!haveServer) console.warn('[redis] private redis-server tests SKIPPED: the redis-server binary is not on PATH');
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const entry = (r: string, i: number): Buffer => Buffer.from(JSON.stringify({ replica: r, i }));
 
 /** Resolves with the error (must be a 503 BrokerError) and how long the call took. */
@@ -39,21 +39,6 @@ async function timed503(p: () => Promise<unknown>): Promise<{ err: BrokerError; 
   expect(err, String(err)).toBeInstanceOf(BrokerError);
   expect((err as BrokerError).status).toBe(503);
   return { err: err as BrokerError, ms };
-}
-
-async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    await sleep(50);
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`);
 }
 
 const cleanup: (() => Promise<unknown>)[] = [];

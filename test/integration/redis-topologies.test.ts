@@ -10,30 +10,15 @@ import { AuditLog } from '../../src/audit/log.js';
 import { RedisStore } from '../../src/store/redis.js';
 import type { Store } from '../../src/store/store.js';
 import { redisServerAvailable, startPrivateRedis, startSentinel } from '../helpers/redis.js';
+import { until } from '../helpers/until.js';
 
 const haveServer = redisServerAvailable();
 if (!haveServer) console.warn('[redis] Cluster/Sentinel tests SKIPPED: the redis-server binary is not on PATH');
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const cleanup: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
   for (const f of cleanup.reverse()) await f().catch(() => {});
 });
-
-async function until<T>(what: string, f: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const v = await f();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    await sleep(100);
-  }
-  throw new Error(`${what}: not within ${timeoutMs} ms (${String(last)})`);
-}
 
 /** Every operation once, including each Lua script (two keys in one slot). */
 async function exercise(s: Store): Promise<void> {
@@ -73,7 +58,7 @@ describe.skipIf(!haveServer)('RedisStore topologies (private redis-server)', () 
     const admin = new Redis(node.url);
     try {
       await admin.call('CLUSTER', 'ADDSLOTSRANGE', '0', '16383');
-      await until('cluster_state:ok', async () => (/cluster_state:ok/.test(String(await admin.call('CLUSTER', 'INFO'))) ? true : undefined), 10_000);
+      await until('cluster_state:ok', async () => (/cluster_state:ok/.test(String(await admin.call('CLUSTER', 'INFO'))) ? true : undefined), 10_000, 100);
     } finally {
       admin.disconnect();
     }
@@ -102,15 +87,15 @@ describe.skipIf(!haveServer)('RedisStore topologies (private redis-server)', () 
     const rc = new Redis(replica.url);
     const sc = new Redis(sentinel.url);
     try {
-      await until('replica caught up', async () => ((await rc.llen('{sentinel}:audit')) === 1 ? true : undefined), 10_000);
+      await until('replica caught up', async () => ((await rc.llen('{sentinel}:audit')) === 1 ? true : undefined), 10_000, 100);
       // Sentinel refuses (NOGOODSLAVE) until it has seen the replica's link up: retry until accepted.
-      await until('sentinel starts the failover', async () => ((await sc.call('SENTINEL', 'FAILOVER', 'tessera-test')) === 'OK' ? true : undefined), 20_000);
-      await until('replica promoted', async () => (/role:master/.test(await rc.info('replication')) ? true : undefined), 15_000);
+      await until('sentinel starts the failover', async () => ((await sc.call('SENTINEL', 'FAILOVER', 'tessera-test')) === 'OK' ? true : undefined), 20_000, 100);
+      await until('replica promoted', async () => (/role:master/.test(await rc.info('replication')) ? true : undefined), 15_000, 100);
       // Until Sentinel demotes the old primary it still takes writes that the new one never sees
       // (asynchronous replication: the window docs/redis.md warns about). Wait for the demotion.
       const oc = new Redis(primary.url);
       try {
-        await until('old primary demoted', async () => (/role:slave/.test(await oc.info('replication')) ? true : undefined), 20_000);
+        await until('old primary demoted', async () => (/role:slave/.test(await oc.info('replication')) ? true : undefined), 20_000, 100);
       } finally {
         oc.disconnect();
       }
@@ -119,7 +104,7 @@ describe.skipIf(!haveServer)('RedisStore topologies (private redis-server)', () 
       sc.disconnect();
     }
     // The old primary is demoted; the store must end up writing to the new one, by itself.
-    const index = await until('store writes to the new master', async () => s.appendAuditEntries([Buffer.from('{"after":"failover"}')]), 20_000);
+    const index = await until('store writes to the new master', async () => s.appendAuditEntries([Buffer.from('{"after":"failover"}')]), 20_000, 100);
     expect(index).toBeGreaterThanOrEqual(1);
     const nc = new Redis(replica.url);
     try {
