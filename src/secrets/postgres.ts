@@ -57,6 +57,18 @@ function extended(text: string, values?: unknown[]): pg.QueryConfig {
   return q as pg.QueryConfig;
 }
 
+/** Runs `statements` as one transaction; on failure rolls back (best effort) and rethrows. */
+async function inTransaction(client: pg.PoolClient, statements: readonly pg.QueryConfig[]): Promise<void> {
+  await client.query('BEGIN');
+  try {
+    for (const q of statements) await client.query(q);
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  }
+}
+
 interface PgError {
   code?: string;
   message?: string;
@@ -129,17 +141,9 @@ export class PostgresEngine {
     const client = await this.#client('create a role');
     let broken = false;
     try {
-      await client.query('BEGIN');
-      try {
-        for (const sql of statements) await client.query(extended(sql));
-        await client.query('COMMIT');
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => {
-          broken = true;
-        });
-        throw err;
-      }
+      await inTransaction(client, statements.map((sql) => extended(sql)));
     } catch (err) {
+      // A failed statement or rollback may leave the session unusable: the pool drops it.
       broken = true;
       throw this.#unavailable(`create a role for "${role}"`, err);
     } finally {
@@ -186,18 +190,11 @@ export class PostgresEngine {
         if ((r.rows[0]?.n ?? 0) === 0) break;
         await new Promise((resolve) => setTimeout(resolve, 100));
       }
-      await client.query('BEGIN');
-      try {
-        await client.query(extended(`REASSIGN OWNED BY ${id} TO CURRENT_USER`));
-        await client.query(extended(`DROP OWNED BY ${id}`));
-        await client.query(extended(`DROP ROLE ${id}`));
-        await client.query('COMMIT');
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => {
-          broken = true;
-        });
-        throw err;
-      }
+      await inTransaction(client, [
+        extended(`REASSIGN OWNED BY ${id} TO CURRENT_USER`),
+        extended(`DROP OWNED BY ${id}`),
+        extended(`DROP ROLE ${id}`),
+      ]);
     } catch (err) {
       broken = true;
       throw this.#unavailable(`drop role ${username}`, err);
