@@ -137,7 +137,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     ...(config.ca.intermediatesFile !== undefined ? splitPemCertificates(readFileSync(config.ca.intermediatesFile, 'utf8'), 'intermediates') : []),
   ].map((der) => new X509Certificate(der));
   const adminPki = loadAdminPki(config.admin, workloadAnchors);
-  const mtls = new MtlsAttestor(config.trustDomain, { workload: workloadAnchors, admin: adminPki?.roots ?? [] });
+  const mtls = new MtlsAttestor(config.trustDomain, { workload: workloadAnchors, admin: adminPki?.roots ?? [] }, clock);
   const policy = new RegistrationPolicy(config.trustDomain, config.registration, config.svid);
   const revocations = new Revocations(store, clock);
   const guard = new AccessGuard(revocations, new IssuanceFreeze(store, clock), (identity) => {

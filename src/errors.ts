@@ -13,6 +13,8 @@ export type ErrorCode =
   | 'unauthenticated'
   | 'invalid_token'
   | 'invalid_client_certificate'
+  /** A valid client SVID and a valid token that name different SPIFFE IDs in one request (400). */
+  | 'ambiguous_identity'
   | 'forbidden'
   | 'not_found'
   | 'method_not_allowed'

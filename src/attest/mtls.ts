@@ -2,7 +2,10 @@
  * mTLS attestation: the caller's identity is the SPIFFE ID in the X.509-SVID it presented during the
  * TLS handshake. The TLS layer has already verified the chain against our trust bundle (requestCert with
  * `ca` = our roots); this module checks what TLS does not: the leaf is not a CA, it carries exactly one
- * URI SAN, and that URI is a SPIFFE ID in our trust domain. The result is computed once per connection.
+ * URI SAN, and that URI is a SPIFFE ID in our trust domain. What the chain proves is computed once per
+ * connection; the certificate's validity window is checked against the clock on EVERY request, because a
+ * kept-alive connection or a resumed TLS session outlives the certificate it was made with (OpenSSL
+ * checks dates only in a full handshake).
  * When an admin CA is configured, TLS trusts its roots too, and every verified chain is classified by
  * signature: admin-CA chains become an AdminPeer (admin routes only), never a workload identity.
  */
@@ -10,6 +13,7 @@ import { X509Certificate } from 'node:crypto';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { BrokerError } from '../errors.js';
 import { parseSpiffeId } from '../spiffe/id.js';
+import { systemClock, type Clock } from '../clock.js';
 import type { Identity } from './identity.js';
 
 const DEFAULT_PATH = /^\/ns\/([a-zA-Z0-9._-]+)\/sa\/([a-zA-Z0-9._-]+)$/;
@@ -87,27 +91,54 @@ export function uriSans(subjectAltName: string | undefined): string[] | undefine
   return uris;
 }
 
+/** What a connection's certificate proved, with the window in which that proof may be used. */
+interface Evaluated {
+  readonly result: PeerResult;
+  readonly notBefore: number;
+  readonly notAfter: number;
+}
+
+const NO_WINDOW = { notBefore: Number.NEGATIVE_INFINITY, notAfter: Number.POSITIVE_INFINITY };
+
 export class MtlsAttestor {
-  private readonly cache = new WeakMap<TLSSocket, PeerResult>();
+  private readonly cache = new WeakMap<TLSSocket, Evaluated>();
 
   constructor(
     private readonly trustDomain: string,
     private readonly anchors: TrustAnchors = { workload: [], admin: [] },
+    private readonly clock: Clock = systemClock,
   ) {}
 
-  /** Resolves (and caches for the connection's life) what the peer of `socket` proved. */
+  /**
+   * What the peer of `socket` proved, as of now: the chain checks are cached for the connection, the
+   * validity window is not — an identity or admin certificate outside it is refused on this request.
+   */
   peer(socket: TLSSocket): PeerResult {
-    let result = this.cache.get(socket);
-    if (result === undefined) {
-      result = this.evaluate(socket);
-      this.cache.set(socket, result);
+    let evaluated = this.cache.get(socket);
+    if (evaluated === undefined) {
+      evaluated = this.evaluate(socket);
+      this.cache.set(socket, evaluated);
     }
+    const { result, notBefore, notAfter } = evaluated;
+    if (result.kind !== 'identity' && result.kind !== 'admin') return result;
+    const now = this.clock.now();
+    if (now < notBefore) return reject(`client certificate is not valid before ${new Date(notBefore).toISOString()}`);
+    if (now >= notAfter) return reject(`client certificate expired at ${new Date(notAfter).toISOString()}; present a current SVID or a token`);
     return result;
   }
 
-  private evaluate(socket: TLSSocket): PeerResult {
+  private evaluate(socket: TLSSocket): Evaluated {
     const cert = socket.getPeerX509Certificate();
-    if (cert === undefined) return { kind: 'none' };
+    if (cert === undefined) return { result: { kind: 'none' }, ...NO_WINDOW };
+    const window = { notBefore: Date.parse(cert.validFrom), notAfter: Date.parse(cert.validTo) };
+    // An unparseable date never widens trust: treat it as outside every window.
+    if (Number.isNaN(window.notBefore) || Number.isNaN(window.notAfter)) {
+      return { result: reject('client certificate has an unreadable validity period'), ...NO_WINDOW };
+    }
+    return { result: this.classifyPeer(socket, cert), ...window };
+  }
+
+  private classifyPeer(socket: TLSSocket, cert: X509Certificate): PeerResult {
     if (!socket.authorized) {
       return reject(`client certificate was not accepted: ${String(socket.authorizationError ?? 'unknown error')}`);
     }

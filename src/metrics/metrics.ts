@@ -123,7 +123,7 @@ export class BrokerMetrics {
 
     const rateLimited = new Counter({
       name: 'tessera_rate_limited_total',
-      help: 'Requests refused with 429 by scope (source: unauthenticated attempts per client address; identity: per SPIFFE ID).',
+      help: 'Requests refused with 429 by scope (source: failed attestations per client address; identity: per SPIFFE ID).',
       labelNames: ['scope'] as const,
       registers: register,
     });

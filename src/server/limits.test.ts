@@ -52,20 +52,20 @@ describe('RateLimiter', () => {
   it('lets a source make its attempts, then answers 429 with Retry-After until the window resets', async () => {
     const seen: LimitScope[] = [];
     const limiter = new RateLimiter(store, config(), { rateLimited: (s) => seen.push(s) });
-    for (let i = 0; i < 3; i++) await limiter.source('10.0.0.1');
+    for (let i = 0; i < 3; i++) await limiter.failedAttempt('10.0.0.1');
     now += 15_000;
-    const first = await refusal(limiter.source('10.0.0.1'));
+    const first = await refusal(limiter.failedAttempt('10.0.0.1'));
     expect(first).toMatchObject({ code: 'rate_limited', status: 429, scope: 'source', firstInWindow: true, retryAfterSeconds: 45 });
     expect(first.message).not.toContain('10.0.0.1');
     expect(isRepeatedRateLimit(first)).toBe(false);
-    const second = await refusal(limiter.source('10.0.0.1'));
+    const second = await refusal(limiter.failedAttempt('10.0.0.1'));
     expect(second.firstInWindow).toBe(false);
     expect(isRepeatedRateLimit(second)).toBe(true);
     // Another address has its own counter.
-    await limiter.source('10.0.0.2');
+    await limiter.failedAttempt('10.0.0.2');
     expect(seen).toEqual(['source', 'source']);
     now += 45_000;
-    await limiter.source('10.0.0.1');
+    await limiter.failedAttempt('10.0.0.1');
   });
 
   it('counts identities by SPIFFE ID and carries the refused identity', async () => {
@@ -86,16 +86,16 @@ describe('RateLimiter', () => {
     const off = new RateLimiter(broken, config({ enabled: false }));
     const zero = new RateLimiter(broken, config({ attemptsPerSource: 0, issuancesPerIdentity: 0 }));
     for (let i = 0; i < 10; i++) {
-      await off.source('10.0.0.1');
+      await off.failedAttempt('10.0.0.1');
       await off.identity(who('spiffe://example.org/ns/shop/sa/web'));
-      await zero.source('10.0.0.1');
+      await zero.failedAttempt('10.0.0.1');
       await zero.identity(who('spiffe://example.org/ns/shop/sa/web'));
     }
   });
 
   it('fails closed with 503 when the counters cannot be reached', async () => {
     const broken = new Proxy({} as Store, { get: () => () => Promise.reject(new Error('connection refused')) });
-    const err = await new RateLimiter(broken, config()).source('10.0.0.1').catch((e: unknown) => e);
+    const err = await new RateLimiter(broken, config()).failedAttempt('10.0.0.1').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BrokerError);
     expect(err).toMatchObject({ status: 503, code: 'store_unavailable' });
   });

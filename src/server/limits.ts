@@ -1,10 +1,12 @@
 /**
  * Rate limits, in one place, counted in the Store (`hit`, a fixed window shared by every replica):
  *
- *   source    every request that is not authenticated by an accepted SVID (a token to verify, a bad
- *             certificate, no credential) counts against the client address BEFORE any verification,
- *             so a flood of forged tokens costs a counter increment, not an RS256 verify and an fsync.
- *             The address is used only as this counter's key: never in identity, audit or policy.
+ *   source    every request whose attestation FAILS (a bad token, a bad certificate, no credential)
+ *             counts against the client address. Past the limit such failures answer 429 and are no
+ *             longer audited one by one, so a flood of forged tokens costs a verify and a counter
+ *             increment, not an fsync each. A request that attests is never counted here: in
+ *             Kubernetes many pods share a node's address, and junk from one must not lock out the
+ *             rest. The address is used only as this counter's key: never in identity, audit or policy.
  *   identity  every authenticated request counts against the caller's SPIFFE ID.
  *
  * Over the limit: 429 `rate_limited` with Retry-After (seconds until the window resets). Only the
@@ -103,10 +105,10 @@ export class RateLimiter {
     this.#observer = observer;
   }
 
-  /** Counts one not-yet-authenticated attempt from `address`; throws 429 over the limit. */
-  async source(address: string | undefined): Promise<void> {
+  /** Counts one failed attestation from `address`; throws 429 over the limit. */
+  async failedAttempt(address: string | undefined): Promise<void> {
     if (this.#perSource === 0) return;
-    await this.#count('source', sourceKey(address), this.#perSource, 'too many unauthenticated attempts from this client address');
+    await this.#count('source', sourceKey(address), this.#perSource, 'too many failed authentication attempts from this client address');
   }
 
   /** Counts one authenticated request by `identity` (its SPIFFE ID); throws 429 over the limit. */

@@ -29,7 +29,7 @@ function expectRateLimited(res: Awaited<ReturnType<TestBroker['call']>>, windowS
   expect(retryAfter).toBeLessThanOrEqual(windowSeconds);
 }
 
-describe('per source: attempts that are not authenticated by an accepted SVID', () => {
+describe('per source: failed attestations', () => {
   let b: TestBroker;
   beforeAll(async () => {
     b = await startBroker({ config: { limits: { windowSeconds: 60, attemptsPerSource: 5, issuancesPerIdentity: 100 } } });
@@ -38,16 +38,14 @@ describe('per source: attempts that are not authenticated by an accepted SVID', 
     await b?.close();
   });
 
-  it('counts bad tokens, then refuses every token with 429 + Retry-After, auditing the first refusal only', async () => {
+  it('counts bad tokens, then refuses failed attempts with 429 + Retry-After, auditing the first refusal only', async () => {
     const start = b.broker.audit.size;
-    // An SVID obtained before the flood: mTLS callers are counted per identity, not per source.
+    // An SVID obtained before the flood: a caller that attests is counted per identity, not per source.
     const svid = await b.call<{ svid: string; privateKey: string }>({ path: '/v1/svid/x509', token: await b.token(), body: x509 });
     expect(svid.status).toBe(200);
-    for (let i = 0; i < 4; i++) expectError(await b.call({ path: '/v1/svid/x509', token: 'a.b.c', body: x509 }), 401, 'invalid_token');
+    for (let i = 0; i < 5; i++) expectError(await b.call({ path: '/v1/svid/x509', token: 'a.b.c', body: x509 }), 401, 'invalid_token');
     for (let i = 0; i < 5; i++) expectRateLimited(await b.call({ path: '/v1/svid/jwt', token: 'a.b.c', body: { audience: ['payments'] } }), 60);
-    // A valid token from the same address is limited too: the limit runs before verification.
-    expectRateLimited(await b.call({ path: '/v1/svid/x509', token: await b.token(), body: x509 }), 60);
-    // No credential at all counts as an attempt as well.
+    // No credential at all is a failed attempt as well.
     expectRateLimited(await b.call({ path: '/v1/svid/x509', body: x509 }), 60);
     // The SVID holder is not locked out by its neighbours' flood.
     const renewed = await b.call({ path: '/v1/svid/x509', body: x509, cert: svid.json.svid, key: svid.json.privateKey });
@@ -58,8 +56,26 @@ describe('per source: attempts that are not authenticated by an accepted SVID', 
     expect(limited).toHaveLength(1);
     expect(limited[0]).toMatchObject({ type: 'denial', decision: 'deny', actor: null });
     expect(JSON.stringify(log)).not.toContain('127.0.0.1');
-    expect(log.filter((e) => e.code === 'invalid_token')).toHaveLength(4);
-    expect(await metric(b, 'tessera_rate_limited_total{scope="source"}')).toBe(7);
+    expect(log.filter((e) => e.code === 'invalid_token')).toHaveLength(5);
+    expect(await metric(b, 'tessera_rate_limited_total{scope="source"}')).toBe(6);
+  });
+
+  // Regression (issue 12.7): the source limit ran before verification, so a junk-token flood from a
+  // node's address locked out every valid workload on that node until the window reset.
+  it('a valid token from a flooded address is still served: only failures count against the source', async () => {
+    for (let i = 0; i < 8; i++) {
+      const res = await b.call({ path: '/v1/svid/jwt', token: 'x.y.z', body: { audience: ['payments'] } });
+      expect([401, 429]).toContain(res.status);
+    }
+    expectRateLimited(await b.call({ path: '/v1/svid/jwt', token: 'x.y.z', body: { audience: ['payments'] } }), 60);
+    const token = await b.token({ serviceAccount: 'api' });
+    for (let i = 0; i < 3; i++) {
+      const res = await b.call({ path: '/v1/svid/jwt', token, body: { audience: ['inventory'] } });
+      expect(res.status, res.text).toBe(200);
+    }
+    expect((await b.call({ path: '/v1/svid/x509', token, body: x509 })).status).toBe(200);
+    // The junk goes on being refused.
+    expectRateLimited(await b.call({ path: '/v1/svid/jwt', token: 'x.y.z', body: { audience: ['payments'] } }), 60);
   });
 });
 
@@ -137,9 +153,8 @@ describe.skipIf(!redis.ok)('shared by replicas through Redis', () => {
     const statuses = [];
     for (const r of [a, b, a, b]) statuses.push((await r.call({ path: '/v1/svid/jwt', token, body: jwt })).status);
     expect(statuses).toEqual([200, 200, 200, 429]);
-    // Source: those four token attempts counted too; two more (one per replica) reach 6, then it is over.
-    expect((await a.call({ path: '/v1/svid/jwt', token: 'a.b.c', body: jwt })).status).toBe(401);
-    expect((await b.call({ path: '/v1/svid/jwt', token: 'a.b.c', body: jwt })).status).toBe(401);
+    // Source: the token attempts that attested are not counted; six failures (three per replica) reach the limit.
+    for (const r of [a, b, a, b, a, b]) expect((await r.call({ path: '/v1/svid/jwt', token: 'a.b.c', body: jwt })).status).toBe(401);
     expectRateLimited(await a.call({ path: '/v1/svid/jwt', token: 'a.b.c', body: { audience: ['payments'] } }), 60);
     expectRateLimited(await b.call({ path: '/v1/svid/jwt', token: 'a.b.c', body: { audience: ['payments'] } }), 60);
   });

@@ -188,8 +188,8 @@ export function adminRoutes(app: FastifyInstance, broker: Broker): void {
   async function admit(request: FastifyRequest, roles: readonly AdminRole[], caller: { value: AdminCaller }): Promise<AdminPrincipal> {
     const socket = request.raw.socket as TLSSocket;
     const peer = broker.mtls.peer(socket);
-    // Like server/auth.ts: whoever is not an admin counts against the client address first.
-    if (peer.kind !== 'admin') await broker.limits.source(socket.remoteAddress);
+    // Like server/auth.ts: a caller that does not attest as an admin counts against the client address.
+    if (peer.kind !== 'admin') await broker.limits.failedAttempt(socket.remoteAddress);
     if (peer.kind === 'rejected') throw peer.error;
     if (peer.kind === 'identity') {
       caller.value = { spiffeId: peer.identity.spiffeId, source: 'mtls' };
@@ -417,9 +417,14 @@ export function adminRoutes(app: FastifyInstance, broker: Broker): void {
 
   // No mTLS here: the request, signed offline by M of N break-glass keys, is the credential.
   app.post<{ Body: { request: unknown; csr?: string } }>('/v1/admin/break-glass', { schema: { body: breakGlassBody, response: { 200: breakGlassResponse, ...errorResponses } } }, async (request, reply) => {
-    // Unauthenticated until verified: counts against the client address like any such request.
-    await broker.limits.source((request.raw.socket as TLSSocket).remoteAddress);
-    const issued = await broker.breakGlass.redeem(request.body.request, request.body.csr, request.id);
+    // A refused request counts against the client address like any failed attestation; a genuine
+    // break-glass request is never locked out by junk sent from the same address before it.
+    const issued = await broker.breakGlass.redeem(request.body.request, request.body.csr, request.id).catch(async (err: unknown) => {
+      if (err instanceof BrokerError && err.status >= 400 && err.status < 500) {
+        await broker.limits.failedAttempt((request.raw.socket as TLSSocket).remoteAddress);
+      }
+      throw err;
+    });
     void reply.header('cache-control', 'no-store');
     const base = {
       grant: issued.grant,
