@@ -325,6 +325,7 @@ describe('break-glass attempts with a genuine key are never capped (issue 12)', 
     expect(entry?.reason).not.toContain('failed break-glass attempts this minute');
     const alert = await hook.waitFor((a) => (a.trigger as { requestId: string }).requestId === entry?.requestId);
     expect(alert).toMatchObject({ kind: 'break-glass', trigger: { code: want.code } });
+    for (const id of want.keyIds as string[]) expect(alert.summary).toContain(id);
     return entry;
   };
   beforeAll(async () => {
