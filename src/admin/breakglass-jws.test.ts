@@ -73,6 +73,17 @@ describe('break-glass JWS', () => {
     expect(await code(verifyBreakGlassRequest(flipped, opts()))).toBe('break_glass_denied');
   });
 
+  it('a bad signature in front does not hide a genuine one: partial names the verified keys and the claims', async () => {
+    const c = claims();
+    const partial: Parameters<typeof verifyBreakGlassRequest>[2] = {};
+    // p3 is not configured; its signature comes first, p1's (configured) second.
+    expect(await code(verifyBreakGlassRequest(await signBreakGlassRequest(c, [p3, p1]), opts(), partial))).toBe('break_glass_denied');
+    expect(partial).toMatchObject({ keyIds: ['bg-1'], claims: { jti: c.jti, ticket: 'INC-1' } });
+    const junk: Parameters<typeof verifyBreakGlassRequest>[2] = {};
+    expect(await code(verifyBreakGlassRequest(await signBreakGlassRequest(c, [p3]), opts(), junk))).toBe('break_glass_denied');
+    expect(junk).toEqual({});
+  });
+
   it('refuses other algorithms, extra header parameters and a missing typ', async () => {
     const payload = new TextEncoder().encode(JSON.stringify(claims()));
     const kid = keys[0]?.kid as string;

@@ -229,10 +229,30 @@ export function grantAllowed(grant: string, allowed: readonly string[]): boolean
   return allowed.some((a) => a === grant || (a.startsWith('secret:') && a.endsWith('/') && grant.startsWith(a) && grant.length > a.length));
 }
 
+/** One signature: its header, a configured key, and the signature itself. Returns the key's config id. */
+async function verifyOne(payload: string, s: { protected: string; signature: string }, byKid: ReadonlyMap<string, BreakGlassKey>): Promise<string> {
+  const h = headerOf(s.protected);
+  for (const k of Object.keys(h)) {
+    if (k !== 'alg' && k !== 'kid' && k !== 'typ') throw denied(`break-glass signature header "${k}" is not allowed`);
+  }
+  if (h.alg !== 'EdDSA' && h.alg !== 'Ed25519') throw denied('break-glass signatures must use EdDSA (Ed25519)');
+  if (h.typ !== BREAK_GLASS_TYP) throw denied(`break-glass signatures must have typ "${BREAK_GLASS_TYP}"`);
+  const key = typeof h.kid === 'string' ? byKid.get(h.kid) : undefined;
+  if (key === undefined) throw denied('a signature is by a key that is not one of this deployment\'s break-glass keys');
+  try {
+    await flattenedVerify({ payload, protected: s.protected, signature: s.signature }, key.key, { algorithms: ['EdDSA', 'Ed25519'] });
+  } catch {
+    throw denied(`the signature of break-glass key ${key.id} does not verify`);
+  }
+  return key.id;
+}
+
 /**
  * Signatures first (every one must verify, by a configured key, EdDSA only), then M-of-N over distinct
  * keys, then the claims (audience, grant), then freshness. Throws break_glass_denied (401),
- * break_glass_stale (401) or bad_request (400). `partial` receives what was learnt before a failure.
+ * break_glass_stale (401) or bad_request (400). `partial` receives what was learnt before a failure:
+ * the ids of the keys whose signatures verified (even if another signature failed), and the claims
+ * once at least one configured key's signature over them verified.
  */
 export async function verifyBreakGlassRequest(
   input: unknown,
@@ -243,24 +263,30 @@ export async function verifyBreakGlassRequest(
   const jws = parseGeneralJws(input);
   const byKid = new Map(opts.keys.map((k) => [k.kid, k]));
   const signers = new Set<string>();
+  // Every signature is checked, even after one failed: a junk signature in front must not hide a
+  // genuine deployment key (the broker audits any attempt carrying one individually, never capped).
+  let failure: BrokerError | undefined;
   for (const s of jws.signatures) {
-    const h = headerOf(s.protected);
-    for (const k of Object.keys(h)) {
-      if (k !== 'alg' && k !== 'kid' && k !== 'typ') throw denied(`break-glass signature header "${k}" is not allowed`);
-    }
-    if (h.alg !== 'EdDSA' && h.alg !== 'Ed25519') throw denied('break-glass signatures must use EdDSA (Ed25519)');
-    if (h.typ !== BREAK_GLASS_TYP) throw denied(`break-glass signatures must have typ "${BREAK_GLASS_TYP}"`);
-    const key = typeof h.kid === 'string' ? byKid.get(h.kid) : undefined;
-    if (key === undefined) throw denied('a signature is by a key that is not one of this deployment\'s break-glass keys');
     try {
-      await flattenedVerify({ payload: jws.payload, protected: s.protected, signature: s.signature }, key.key, { algorithms: ['EdDSA', 'Ed25519'] });
-    } catch {
-      throw denied(`the signature of break-glass key ${key.id} does not verify`);
+      signers.add(await verifyOne(jws.payload, s, byKid));
+    } catch (err) {
+      if (!(err instanceof BrokerError)) throw err;
+      failure ??= err;
     }
-    signers.add(key.id);
-    partial.keyIds = [...signers].sort();
   }
   const keyIds = [...signers].sort();
+  if (keyIds.length > 0) partial.keyIds = keyIds;
+  if (failure !== undefined) {
+    // The payload is what these deployment keys signed: worth recording, though the request fails.
+    if (keyIds.length > 0) {
+      try {
+        partial.claims = unverifiedClaims(jws);
+      } catch {
+        // not parseable: the signature failure is the answer
+      }
+    }
+    throw failure;
+  }
   const claims = unverifiedClaims(jws); // verified by now
   partial.claims = claims;
   if (keyIds.length < opts.requiredSignatures) {

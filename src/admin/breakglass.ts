@@ -7,10 +7,12 @@
  *   Store (atomic: a replay fails on every replica) → mint, capped at breakGlass.maxTtlSeconds (≤ 15
  *   min) → critical audit entry (type 'break-glass'; the alert rule fires on it) → event record → return.
  *
- * Failed attempts are audited and recorded as events too (they also fire the alert). Unauthenticated
- * failures are capped per minute across the fleet (breakGlass.maxFailuresPerMinute) so they cannot
- * flood the log: past the cap one summary entry is written and further failures that minute are
- * refused without an entry each. A valid request is never held back by the cap.
+ * Failed attempts are audited and recorded as events too (they also fire the alert). Failures with no
+ * valid deployment-key signature (junk anyone can send) are capped per minute across the fleet
+ * (breakGlass.maxFailuresPerMinute) so they cannot flood the log: past the cap one summary entry is
+ * written and further junk that minute is refused without an entry each. An attempt carrying at least
+ * one valid deployment-key signature is never capped (nor counted): a genuine key in use must not hide
+ * in noise, so it always gets its own entry and alert. A valid request is never held back by the cap.
  *
  * The request itself (the JWS) is never stored or logged: entries carry reason, ticket, grant and key ids.
  */
@@ -292,12 +294,16 @@ export class BreakGlassService {
   async #recordFailure(err: BrokerError, partial: { keyIds?: string[]; claims?: BreakGlassClaims }, requestId: string): Promise<void> {
     const now = this.#d.clock.now();
     const max = this.#d.config.maxFailuresPerMinute;
-    const { count } = await this.#d.store.hit('break-glass-failures', 60_000);
-    if (count > max + 1) return;
-    const capped = count === max + 1;
-    // Claims are only trusted (and so only recorded) once every signature verified.
-    const c = partial.keyIds !== undefined && partial.claims !== undefined ? partial.claims : undefined;
     const keyIds = partial.keyIds ?? [];
+    // Only junk (no valid deployment-key signature) is capped; a genuine key always gets its own entry.
+    let capped = false;
+    if (keyIds.length === 0) {
+      const { count } = await this.#d.store.hit('break-glass-failures', 60_000);
+      if (count > max + 1) return;
+      capped = count === max + 1;
+    }
+    // Claims are only recorded once a deployment key's signature over them verified.
+    const c = keyIds.length > 0 ? partial.claims : undefined;
     const message = capped
       ? `more than ${max} failed break-glass attempts this minute; further failures this minute are refused without an entry each (last: ${err.code})`
       : err.message;

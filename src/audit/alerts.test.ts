@@ -157,6 +157,35 @@ describe('AlertEngine', () => {
     expect(hook.received[2]?.alert.key).toEqual({ namespace: 'shop' });
   });
 
+  it('break-glass: junk attempts share one mute; an attempt naming a verified deployment key is never muted', async () => {
+    const hook = await receiver();
+    cleanups.push(() => hook.close());
+    const { audit, engine } = await setup({ webhookUrl: hook.url, muteSeconds: 300, rules: [{ name: 'bg', kind: 'break-glass' }] });
+    const attempt = (keyIds?: string[]): AuditEntry => ({
+      ts: Date.now(),
+      type: 'break-glass',
+      decision: 'deny',
+      actor: null,
+      subject: null,
+      source: 'break-glass',
+      code: 'break_glass_denied',
+      ...(keyIds !== undefined ? { keyIds } : {}),
+      reason: 'BREAK-GLASS REFUSED',
+      requestId: `req-${Math.random()}`,
+      replica: 'r1',
+    });
+    for (let i = 0; i < 3; i++) await audit.append(attempt());
+    await audit.append(attempt(['bg-1']));
+    await audit.append(attempt(['bg-1']));
+    await engine.idle();
+    expect(engine.stats.muted).toBe(2);
+    expect(hook.received.map((r) => r.alert.summary)).toEqual([
+      'break-glass use by -',
+      'break-glass attempt refused (break_glass_denied) carrying valid signature(s) of deployment key(s) bg-1',
+      'break-glass attempt refused (break_glass_denied) carrying valid signature(s) of deployment key(s) bg-1',
+    ]);
+  });
+
   it('retries with backoff after the receiver answers 500, delivering the same alert', async () => {
     const hook = await receiver([500, 503]);
     cleanups.push(() => hook.close());

@@ -5,6 +5,7 @@
  *   - denials:     more than `threshold` denials for one SPIFFE ID (per: spiffeId, the caller) or one
  *                  namespace (per: namespace) within a fixed window of `windowSeconds`;
  *   - break-glass: any break-glass use (an entry of type 'break-glass' or from source 'break-glass').
+ *                  An entry naming verified break-glass keys (keyIds) is never muted.
  *
  * Counting goes through the store's shared fixed-window counter (`hit`) and muting through its lock
  * (`tryLock` with the mute window as TTL), so N replicas agree: a threshold is crossed once for the
@@ -217,7 +218,10 @@ export class AlertEngine {
     if (rule.kind === 'break-glass') {
       if (entry.type !== 'break-glass' && entry.source !== 'break-glass') return;
       const key = entry.actor !== null ? { spiffeId: entry.actor } : {};
-      await this.#fire(rule, key, entry.actor ?? '-', entry, index, undefined);
+      // An entry naming verified deployment keys (a use, or a refused attempt with a genuine key) is
+      // never muted: junk attempts share one mute key, and must not silence a real key in use.
+      const genuine = entry.keyIds !== undefined && entry.keyIds.length > 0;
+      await this.#fire(rule, key, entry.actor ?? '-', entry, index, undefined, !genuine);
       return;
     }
     if (entry.type !== 'denial') return;
@@ -239,9 +243,10 @@ export class AlertEngine {
     entry: AuditEntry,
     index: number,
     count: number | undefined,
+    mutable = true,
   ): Promise<void> {
     const id = randomUUID();
-    const muteSeconds = rule.muteSeconds ?? this.#config.muteSeconds;
+    const muteSeconds = mutable ? (rule.muteSeconds ?? this.#config.muteSeconds) : 0;
     // The lock is the fleet-wide mute: whoever takes it fires; it expires by itself after the window.
     if (muteSeconds > 0 && !(await this.#store.tryLock(`alert-mute:${rule.name}:${digest(keyText)}`, id, muteSeconds * 1000))) {
       this.#stats.muted++;
@@ -250,7 +255,9 @@ export class AlertEngine {
     this.#stats.fired++;
     const summary =
       rule.kind === 'break-glass'
-        ? `break-glass use by ${keyText}`
+        ? entry.decision === 'deny' && !mutable
+          ? `break-glass attempt refused (${entry.code ?? 'deny'}) carrying valid signature(s) of deployment key(s) ${(entry.keyIds ?? []).join(', ')}`
+          : `break-glass use by ${keyText}`
         : `${count ?? 0} denials for ${key.spiffeId !== undefined ? 'SPIFFE ID' : 'namespace'} ${keyText} within ${rule.windowSeconds ?? 0}s (more than ${rule.threshold ?? 0})`;
     const now = this.#clock.now();
     let auditIndex: number | undefined;

@@ -74,7 +74,8 @@ function config(breakGlass: Record<string, unknown>, extra: Record<string, unkno
   };
 }
 
-async function start(breakGlass: Record<string, unknown>, opts: Partial<StartOptions> = {}): Promise<TestBroker> {
+/** `muteSeconds` of the break-glass alert rule (0 in the docs' example: every use and attempt alerts). */
+async function start(breakGlass: Record<string, unknown>, opts: Partial<StartOptions> = {}, muteSeconds = 0): Promise<TestBroker> {
   const { material } = await devMaterial();
   return startBroker({
     ...opts,
@@ -85,7 +86,7 @@ async function start(breakGlass: Record<string, unknown>, opts: Partial<StartOpt
           webhookUrl: hook.url,
           allowInsecureHttp: true,
           retryInitialMs: 20,
-          rules: [{ name: 'break-glass', kind: 'break-glass', muteSeconds: 0 }],
+          rules: [{ name: 'break-glass', kind: 'break-glass', muteSeconds }],
         },
       },
       ...(opts.config ?? {}),
@@ -304,6 +305,82 @@ describe('break-glass failures are capped per minute (no log flooding)', () => {
     } finally {
       await b.close();
     }
+  });
+});
+
+describe('break-glass attempts with a genuine key are never capped (issue 12)', () => {
+  // A frozen clock: the per-minute failure window cannot roll over halfway through.
+  const t0 = Date.now();
+  const now = Math.floor(t0 / 1000);
+  let b: TestBroker;
+  const breakGlassEntries = async () => (await auditEntries(b)).filter((e) => e.entry.type === 'break-glass').map((e) => e.entry);
+  const junk = async () => {
+    const res = await redeem(b, await signBreakGlassRequest(claims(), [stranger.key]));
+    expect([res.status, res.json.error]).toEqual([401, 'break_glass_denied']);
+  };
+  /** The newest break-glass entry must be this attempt's own, and must have reached the webhook. */
+  const expectAuditedAndAlerted = async (want: Record<string, unknown>) => {
+    const entry = (await breakGlassEntries()).at(-1);
+    expect(entry).toMatchObject({ decision: 'deny', severity: 'critical', source: 'break-glass', actor: null, ...want });
+    expect(entry?.reason).not.toContain('failed break-glass attempts this minute');
+    const alert = await hook.waitFor((a) => (a.trigger as { requestId: string }).requestId === entry?.requestId);
+    expect(alert).toMatchObject({ kind: 'break-glass', trigger: { code: want.code } });
+    for (const id of want.keyIds as string[]) expect(alert.summary).toContain(id);
+    return entry;
+  };
+  beforeAll(async () => {
+    // Muted alerts too: the junk flood takes the rule's mute, the genuine attempts must still alert.
+    b = await start({ requiredSignatures: 2, maxFailuresPerMinute: 2 }, { clock: { now: () => t0 } }, 300);
+  });
+  afterAll(async () => {
+    await b?.close();
+  });
+
+  it('junk past the cap, then 1 of 2 genuine signatures: 401, its own entry naming key, ticket and jti, and its own alert', async () => {
+    const before = (await breakGlassEntries()).length;
+    for (let i = 0; i < 31; i++) await junk();
+    const flood = (await breakGlassEntries()).slice(before);
+    expect(flood).toHaveLength(3); // two entries, then the summary, then nothing
+    expect(flood[2]?.reason).toContain('more than 2 failed break-glass attempts');
+
+    const c = claims({ ticket: 'INC-777' });
+    const request = await signBreakGlassRequest(c, [k1.key]);
+    const res = await redeem(b, request);
+    expect([res.status, res.json.error]).toEqual([401, 'break_glass_denied']);
+    const entry = await expectAuditedAndAlerted({ code: 'break_glass_denied', keyIds: ['bg-1'], jti: c.jti, ticket: 'INC-777', grant: 'operator' });
+    expect(entry?.reason).toContain('2 distinct keys');
+    const text = await auditText(b);
+    for (const s of request.signatures) expect(text).not.toContain(s.signature);
+    expect(text).not.toContain(request.payload);
+
+    // A junk signature in front of the genuine one does not turn it into junk.
+    const mixed = await redeem(b, await signBreakGlassRequest(claims({ ticket: 'INC-778' }), [stranger.key, k1.key]));
+    expect([mixed.status, mixed.json.error]).toEqual([401, 'break_glass_denied']);
+    await expectAuditedAndAlerted({ code: 'break_glass_denied', keyIds: ['bg-1'], ticket: 'INC-778' });
+  });
+
+  it('every signature valid but refused (replay, expired, wrong audience): each audited and alerted on its own; junk stays capped', async () => {
+    const count = (await breakGlassEntries()).length;
+    await junk();
+    expect((await breakGlassEntries()).length).toBe(count); // still past the cap: no entry
+
+    const request = await signBreakGlassRequest(claims(), [k1.key, k2.key]);
+    expect((await redeem(b, request)).status).toBe(200);
+    const replay = await redeem(b, request);
+    expect([replay.status, replay.json.error]).toEqual([409, 'break_glass_replayed']);
+    await expectAuditedAndAlerted({ code: 'break_glass_replayed', keyIds: ['bg-1', 'bg-2'], ticket: 'INC-123' });
+
+    const expired = await redeem(b, await signBreakGlassRequest(claims({ iat: now - 100, exp: now - 1, ticket: 'INC-779' }), [k1.key, k2.key]));
+    expect([expired.status, expired.json.error]).toEqual([401, 'break_glass_stale']);
+    await expectAuditedAndAlerted({ code: 'break_glass_stale', keyIds: ['bg-1', 'bg-2'], ticket: 'INC-779' });
+
+    const elsewhere = await redeem(b, await signBreakGlassRequest(claims({ aud: 'other.example', ticket: 'INC-780' }), [k1.key, k2.key]));
+    expect([elsewhere.status, elsewhere.json.error]).toEqual([401, 'break_glass_denied']);
+    await expectAuditedAndAlerted({ code: 'break_glass_denied', keyIds: ['bg-1', 'bg-2'], ticket: 'INC-780' });
+
+    const after = (await breakGlassEntries()).length;
+    await junk();
+    expect((await breakGlassEntries()).length).toBe(after);
   });
 });
 
