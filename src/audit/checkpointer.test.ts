@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { Clock } from '../clock.js';
 import { BrokerError } from '../errors.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import { CHECKPOINT_LOCK, Checkpointer } from './checkpointer.js';
@@ -20,7 +21,7 @@ afterEach(async () => {
 
 const signer = new NoteSigner('example.org/tessera/audit', generateKeyPairSync('ed25519').privateKey);
 
-async function setup(opts: { dir?: string; intervalMs?: number; receiptGapMs?: number } = {}) {
+async function setup(opts: { dir?: string; intervalMs?: number; receiptGapMs?: number; clock?: Clock } = {}) {
   const dir = opts.dir ?? mkdtempSync(path.join(os.tmpdir(), 'tessera-cp-'));
   if (opts.dir === undefined) dirs.push(dir);
   const store = await EmbeddedStore.open(dir, { fsync: false });
@@ -33,6 +34,7 @@ async function setup(opts: { dir?: string; intervalMs?: number; receiptGapMs?: n
     intervalMs: opts.intervalMs ?? 60_000,
     receiptGapMs: opts.receiptGapMs ?? 0,
     replicaId: 'test',
+    ...(opts.clock !== undefined ? { clock: opts.clock } : {}),
     onError: (err, what) => errors.push(`${what}: ${(err as Error).message}`),
   });
   const close = async (): Promise<void> => {
@@ -180,5 +182,17 @@ describe('Checkpointer', () => {
     expect((err as BrokerError).status).toBe(503);
     store.appendCheckpoint = original;
     expect((await cp.receipt(r)).treeSize).toBe(1);
+  });
+
+  // Regression: the wait before a receipt round was computed from the wall clock, so a clock stepped
+  // back an hour (NTP) parked every receipt for an hour and each request hung until its socket timed out.
+  it('a wall clock stepped backwards does not park receipts: the wait never exceeds the receipt gap', async () => {
+    const clock = { offset: 0, now(): number { return Date.now() + this.offset; } };
+    const { audit, cp } = await setup({ receiptGapMs: 20, clock });
+    expect((await cp.receipt(await audit.append(entry(1)))).treeSize).toBe(1);
+    clock.offset = -3_600_000;
+    const late = cp.receipt(await audit.append(entry(2)));
+    const outcome = await Promise.race([late.then((r) => r.treeSize), new Promise((r) => setTimeout(() => r('still waiting'), 3_000))]);
+    expect(outcome).toBe(2);
   });
 });

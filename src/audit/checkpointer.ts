@@ -144,7 +144,8 @@ export class Checkpointer {
       if (this.#closed) throw auditUnavailable('the audit checkpointer is shut down');
       if (this.#clock.now() > deadline) throw auditUnavailable(`no signed checkpoint covers audit entry ${minSize - 1} yet`);
       if (this.#round === null) {
-        const wait = this.#lastRoundAt + this.#receiptGapMs - this.#clock.now();
+        // Clamped to the gap: a wall clock stepped backwards (NTP) must not park every receipt for the step.
+        const wait = Math.min(this.#receiptGapMs, this.#lastRoundAt + this.#receiptGapMs - this.#clock.now());
         this.#round = (async () => {
           if (wait > 0) await sleep(wait);
           await this.#signRound();
