@@ -6,6 +6,11 @@ import https from 'node:https';
 import { BrokerError } from '../errors.js';
 import type { Store } from '../store/store.js';
 
+/** Leaf hashes (SHA-256(0x00 ‖ entry)) of entries [start, end), in order: what GET /v1/audit/leaves serves. */
+export interface LeafHashSource {
+  leafHashes(start: number, end: number): AsyncIterable<Buffer>;
+}
+
 export interface LogSource {
   /** Every stored checkpoint note, in stored order. Call before size() on a live log. */
   checkpoints(): Promise<string[]>;
@@ -15,6 +20,8 @@ export interface LogSource {
   entries(start: number, end: number): AsyncIterable<Buffer>;
   /** For exports: the size the manifest claims, so a reader can tell a truncated file. */
   readonly expectedSize?: number;
+  /** The log's own leaf hashes (a running broker's public ones), when the source has them. */
+  readonly leafHashes?: LeafHashSource['leafHashes'];
   close(): Promise<void>;
 }
 
