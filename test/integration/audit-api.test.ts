@@ -4,7 +4,7 @@
  * receipt), entries go only to an auditor (all) or a workload (its own), every bad range is a 400, and
  * every response matches openapi.yaml.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Ajv } from 'ajv';
@@ -15,7 +15,7 @@ import { parseAuditEntry } from '../../src/audit/entry.js';
 import { leafHash, rootFromLeaves, verifyConsistency, verifyInclusion } from '../../src/audit/merkle.js';
 import { openCheckpoint, parseVerifierKey, parseVerifierKeyFile } from '../../src/audit/note.js';
 import { auditCommand } from '../../src/cli/audit.js';
-import { auditEntries, type ClientCert, mintAdminCert, workloadSvid } from '../helpers/admin.js';
+import { auditEntries, type ClientCert, mintAdminCert, workloadSvid, writeClientCert } from '../helpers/admin.js';
 import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
 import { opensslKeyAndCsr } from '../helpers/openssl.js';
 
@@ -227,17 +227,15 @@ describe('audit API', () => {
   it('verifies every entry over HTTPS as an auditor (--admin-cert, --admin-key), and says so', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'tessera-auditor-'));
     try {
-      writeFileSync(path.join(dir, 'alice.pem'), alice.cert);
-      writeFileSync(path.join(dir, 'alice.key'), alice.key, { mode: 0o600 });
-      const r = await cli([...verifyArgs(), '--admin-cert', path.join(dir, 'alice.pem'), '--admin-key', path.join(dir, 'alice.key')]);
+      const a = writeClientCert(dir, 'alice', alice);
+      const r = await cli([...verifyArgs(), '--admin-cert', a.certFile, '--admin-key', a.keyFile]);
       expect(r.code, r.out).toBe(0);
       expect(r.out).toMatch(/^OK: the audit log/);
       expect(r.out).toMatch(/checked +: every entry, read as an auditor/);
       // An admin without the auditor role is told so, not silently downgraded to hashes.
-      writeFileSync(path.join(dir, 'olive.pem'), olive.cert);
-      writeFileSync(path.join(dir, 'olive.key'), olive.key, { mode: 0o600 });
-      await expect(cli([...verifyArgs(), '--admin-cert', path.join(dir, 'olive.pem'), '--admin-key', path.join(dir, 'olive.key')])).rejects.toThrow(/HTTP 403.*auditor/);
-      await expect(cli([...verifyArgs(), '--admin-cert', path.join(dir, 'alice.pem')])).rejects.toThrow(/--admin-cert and --admin-key/);
+      const o = writeClientCert(dir, 'olive', olive);
+      await expect(cli([...verifyArgs(), '--admin-cert', o.certFile, '--admin-key', o.keyFile])).rejects.toThrow(/HTTP 403.*auditor/);
+      await expect(cli([...verifyArgs(), '--admin-cert', a.certFile])).rejects.toThrow(/--admin-cert and --admin-key/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
