@@ -158,3 +158,76 @@ describe('verifyLog', () => {
     expect(r).toMatchObject({ ok: true, verifiedSize: N - 3, uncovered: 3 });
   });
 });
+
+describe('verifyLog: entries that share a checkpoint', () => {
+  // 200 entries, signed only at sizes 107, 162 and 200 (a busy broker: many entries per checkpoint).
+  const M = 200;
+  let dir: string;
+  let store: EmbeddedStore;
+  /** The log's own leaf hashes (what GET /v1/audit/leaves serves), read from the untouched store. */
+  const logLeaves = { name: 'the log', leafHashes: async function* (start: number, end: number) {
+    for (const e of await store.readAuditEntries(start, end)) yield leafHash(e);
+  } };
+
+  beforeAll(async () => {
+    dir = path.join(root, 'shared');
+    store = await EmbeddedStore.open(path.join(dir, 'data'), { fsync: false });
+    const audit = await AuditLog.open(store);
+    const cp = await Checkpointer.start({ store, audit, signer, intervalMs: 3_600_000, replicaId: 'r1' });
+    for (let i = 0; i < M; i++) {
+      const r = await audit.append(entry(i));
+      if (i === 106 || i === 161) await cp.receipt(r);
+    }
+    await cp.close();
+    await exportLog(storeSource(store), path.join(dir, 'export'), { verifierKey: signer.verifierKey });
+  });
+  afterAll(async () => {
+    await store.close();
+  });
+
+  const swapped = (): string => {
+    const out = path.join(dir, `swap${copies++}`);
+    cpSync(path.join(dir, 'export'), out, { recursive: true });
+    const p = path.join(out, ENTRIES_FILE);
+    const l = lines(readFileSync(p, 'utf8'));
+    [l[150], l[151]] = [l[151] as string, l[150] as string];
+    writeFileSync(p, unlines(l));
+    return out;
+  };
+
+  it('names exactly index 150 for a swap at 150 inside [107, 162), using the log\'s leaf hashes', async () => {
+    const notes = await (await openExport(path.join(dir, 'export'))).checkpoints();
+    expect(notes.map((n) => Number(n.split('\n')[1]))).toEqual([0, 107, 162, 200]);
+    const r = await verifyLog(await openExport(swapped()), key, { reference: logLeaves });
+    expect(r.ok).toBe(false);
+    expect(r.firstBadIndex).toBe(150);
+    expect(r.firstBadRange).toBeUndefined();
+    expect(r.problems[0]?.message).toMatch(/the first bad index is 150\b/);
+  });
+
+  it('names exactly index 150 for a changed byte at 150', async () => {
+    const out = path.join(dir, `edit${copies++}`);
+    cpSync(path.join(dir, 'export'), out, { recursive: true });
+    const p = path.join(out, ENTRIES_FILE);
+    writeFileSync(p, readFileSync(p, 'utf8').replace('"request-150"', '"request-15X"'));
+    const r = await verifyLog(await openExport(out), key, { reference: logLeaves });
+    expect(r.firstBadIndex).toBe(150);
+  });
+
+  it('without a reference, says it is a range and why', async () => {
+    const r = await verifyLog(await openExport(swapped()), key);
+    expect(r.ok).toBe(false);
+    expect(r.firstBadRange).toEqual([107, 162]);
+    expect(r.problems[0]?.message).toMatch(/somewhere in \[107, 162\)/);
+    expect(r.problems[0]?.message).toMatch(/no per-entry leaf hashes/);
+  });
+
+  it('does not trust reference leaf hashes that do not hash to the signed root', async () => {
+    const lying = { name: 'a liar', leafHashes: async function* (start: number, end: number) {
+      for await (const h of logLeaves.leafHashes(start, end)) yield start++ === 120 ? Buffer.alloc(32) : h;
+    } };
+    const r = await verifyLog(await openExport(swapped()), key, { reference: lying });
+    expect(r.firstBadRange).toEqual([107, 162]);
+    expect(r.problems[0]?.message).toMatch(/a liar.*do not hash to the root of checkpoint/);
+  });
+});

@@ -11,14 +11,22 @@
  * Locating the damage: roots are the only trusted facts, so the authentic prefix is the largest
  * checkpoint size g whose root matches. A checkpoint of size ≤ g that does not match is a signed
  * fork (inconsistent with the matching one). A checkpoint of size > g that does not match means the
- * entries from index g on were changed, removed or reordered; the first bad index is g, or the first
- * malformed entry in that range if there is one. (With checkpoints signed per issuance, g is exact.)
+ * entries in [g, s) were changed, removed or reordered (s = the smallest mismatching size). When s = g + 1
+ * (a checkpoint per issuance) that names the entry. When entries share a checkpoint, checkpoints alone
+ * only localize the damage to the range [g, s); the verifier then compares entry by entry with a
+ * reference list of leaf hashes (the log's public GET /v1/audit/leaves), which it trusts only after
+ * the proven prefix [0, g) followed by the reference's [g, s) hashes to the signed root of size s.
+ * Without such a reference (an export holds no per-entry hashes of its own) it says it is a range.
+ *
+ * Hashes-only mode (a remote log read without the auditor role): steps 1 and 3 on the log's public
+ * leaf hashes instead of entries. It proves the log's leaves are consistent with every signed
+ * checkpoint, but not what the entries say: nothing is read to check.
  */
 import { BrokerError } from '../errors.js';
 import { canonicalJson, parseAuditEntry } from './entry.js';
 import { MerkleTree, leafHash } from './merkle.js';
 import { type NoteVerifier, NoteError, openCheckpoint, type SignedCheckpoint } from './note.js';
-import type { LogSource } from './source.js';
+import type { LeafHashSource, LogSource } from './source.js';
 
 export type VerifyProblemKind =
   | 'checkpoint-malformed'
@@ -36,7 +44,19 @@ export interface VerifyProblem {
   readonly index?: number;
   /** Checkpoint number (0-based, in stored order), for checkpoint problems. */
   readonly checkpoint?: number;
+  /** For an entries-mismatch that could not be narrowed to one entry: the range [from, to). */
+  readonly range?: readonly [number, number];
   readonly message: string;
+}
+
+export interface VerifyOptions {
+  /**
+   * Per-entry leaf hashes from elsewhere (the log's public leaves), to name the exact first bad index
+   * when entries share a checkpoint. Trusted only once they hash to a signed root.
+   */
+  readonly reference?: LeafHashSource & { readonly name: string };
+  /** Read the source's leaf hashes instead of its entries (a log read without the auditor role). */
+  readonly hashesOnly?: boolean;
 }
 
 export interface VerifyResult {
@@ -51,6 +71,13 @@ export interface VerifyResult {
   /** Entries after the newest matching checkpoint: read and hashed, but no signature covers them. */
   readonly uncovered: number;
   readonly firstBadIndex?: number;
+  /**
+   * Set when the damage can only be localized to entries [from, to) (entries share a checkpoint and no
+   * trusted per-entry reference was available); firstBadIndex is then `from`, the first unproven entry.
+   */
+  readonly firstBadRange?: readonly [number, number];
+  /** 'entries': every entry read and re-hashed; 'hashes': only the log's leaf hashes (contents unchecked). */
+  readonly mode: 'entries' | 'hashes';
   readonly firstBadCheckpoint?: number;
   /** In order of discovery; `ok` is true only when empty. */
   readonly problems: readonly VerifyProblem[];
@@ -59,7 +86,7 @@ export interface VerifyResult {
 /** Malformed entries reported individually before they are summarised. */
 const MAX_MALFORMED_REPORTED = 20;
 
-export async function verifyLog(source: LogSource, key: NoteVerifier): Promise<VerifyResult> {
+export async function verifyLog(source: LogSource, key: NoteVerifier, opts: VerifyOptions = {}): Promise<VerifyResult> {
   const problems: VerifyProblem[] = [];
 
   // 1. Checkpoints: parse and check signatures.
@@ -97,17 +124,22 @@ export async function verifyLog(source: LogSource, key: NoteVerifier): Promise<V
   const end = source.expectedSize !== undefined ? Number.POSITIVE_INFINITY : expected;
   const tree = new MerkleTree({ capacity: expected });
   const malformed: number[] = [];
-  for await (const bytes of source.entries(0, end)) {
-    const index = tree.append(leafHash(bytes));
-    let why: string | undefined;
-    try {
-      if (!canonicalJson(parseAuditEntry(bytes)).equals(bytes)) why = 'not in canonical form';
-    } catch (err) {
-      why = err instanceof BrokerError || err instanceof TypeError ? err.message : String(err);
-    }
-    if (why !== undefined) {
-      malformed.push(index);
-      if (malformed.length <= MAX_MALFORMED_REPORTED) problems.push({ kind: 'entry-malformed', index, message: `entry ${index}: ${why}` });
+  if (opts.hashesOnly === true) {
+    if (source.leafHashes === undefined) throw new BrokerError('bad_request', 400, 'this log source serves no leaf hashes');
+    for await (const leaf of source.leafHashes(0, end)) tree.append(leaf);
+  } else {
+    for await (const bytes of source.entries(0, end)) {
+      const index = tree.append(leafHash(bytes));
+      let why: string | undefined;
+      try {
+        if (!canonicalJson(parseAuditEntry(bytes)).equals(bytes)) why = 'not in canonical form';
+      } catch (err) {
+        why = err instanceof BrokerError || err instanceof TypeError ? err.message : String(err);
+      }
+      if (why !== undefined) {
+        malformed.push(index);
+        if (malformed.length <= MAX_MALFORMED_REPORTED) problems.push({ kind: 'entry-malformed', index, message: `entry ${index}: ${why}` });
+      }
     }
   }
   const n = tree.size;
@@ -142,20 +174,36 @@ export async function verifyLog(source: LogSource, key: NoteVerifier): Promise<V
     mismatches++;
     if (firstMismatch === undefined || v.cp.size < firstMismatch.cp.size) firstMismatch = v;
   }
+  let firstBadRange: readonly [number, number] | undefined;
   if (firstMismatch !== undefined) {
     const s = firstMismatch.cp.size;
-    const exact = malformed.find((i) => i >= g && i < s);
-    const index = exact ?? g;
     const others = mismatches > 1 ? ` (${mismatches - 1} later checkpoint(s) fail too)` : '';
     const why =
       s > n
         ? `checkpoint #${firstMismatch.n} covers ${s} entries but only ${n} are present: entries were removed`
         : `entries [${g}, ${s}) do not hash to the root of checkpoint #${firstMismatch.n} (size ${s}): an entry was changed, removed, inserted or reordered`;
+    // The exact index: one unproven entry, else the reference's first differing leaf, else a malformed entry.
+    let exact: number | undefined;
+    let note = '';
+    if (s === g + 1 || (g === n && s > n)) exact = g;
+    else if (opts.reference !== undefined) {
+      const r = await firstDifference(tree, g, s, firstMismatch.cp, opts.reference);
+      if (typeof r === 'number') exact = r;
+      else note = `; ${r}`;
+    } else {
+      note = `; checkpoints alone cannot tell which of these entries is bad: the export holds no per-entry leaf hashes of its own (verify with --reference https://<broker> to compare with the log's public leaf hashes)`;
+    }
+    exact ??= malformed.find((i) => i >= g && i < s);
+    if (exact === undefined) firstBadRange = [g, Math.max(s, g + 1)];
     problems.push({
       kind: 'entries-mismatch',
-      index,
+      index: exact ?? g,
       checkpoint: firstMismatch.n,
-      message: `${why}; the first bad index is ${exact !== undefined ? index : `${index} (the first entry not proven by a matching checkpoint)`}${others}`,
+      ...(firstBadRange !== undefined ? { range: firstBadRange } : {}),
+      message:
+        exact !== undefined
+          ? `${why}; the first bad index is ${exact}${others}`
+          : `${why}; the first bad entry is somewhere in [${g}, ${s})${note}${others}`,
     });
   }
 
@@ -170,7 +218,40 @@ export async function verifyLog(source: LogSource, key: NoteVerifier): Promise<V
     verifiedSize: g,
     uncovered: Math.max(0, n - g),
     ...(indexes.length > 0 ? { firstBadIndex: Math.min(...indexes) } : {}),
+    // A range only when nothing more exact came before it.
+    ...(firstBadRange !== undefined && Math.min(...indexes) === firstBadRange[0] ? { firstBadRange } : {}),
+    mode: opts.hashesOnly === true ? 'hashes' : 'entries',
     ...(cps.length > 0 ? { firstBadCheckpoint: Math.min(...cps) } : {}),
     problems,
   };
+}
+
+/**
+ * The first index in [g, s) whose leaf differs from the reference's, once the reference is proven:
+ * the authentic leaves [0, g) followed by the reference's [g, s) must hash to the signed root of size s.
+ * Returns a sentence saying why not otherwise.
+ */
+async function firstDifference(
+  tree: MerkleTree,
+  g: number,
+  s: number,
+  cp: SignedCheckpoint,
+  reference: LeafHashSource & { readonly name: string },
+): Promise<number | string> {
+  const ref = new MerkleTree({ capacity: s });
+  for (let i = 0; i < g; i++) ref.append(tree.leaf(i));
+  let first: number | undefined;
+  try {
+    for await (const h of reference.leafHashes(g, s)) {
+      const i = ref.append(h);
+      if (first === undefined && (i >= tree.size || !tree.leaf(i).equals(h))) first = i;
+    }
+  } catch (err) {
+    return `the leaf hashes from ${reference.name} could not be read (${(err as Error).message}), so only the range is known`;
+  }
+  if (ref.size !== s || !ref.root(s).equals(cp.rootHash)) {
+    return `the leaf hashes from ${reference.name} do not hash to the root of checkpoint (size ${s}) either, so they cannot name the entry`;
+  }
+  // Proven reference: the first differing leaf is the first bad entry (n ≤ index means it is missing).
+  return first ?? Math.min(tree.size, s);
 }

@@ -3,6 +3,10 @@
  * audit/search.ts. A log is read from an export directory, from a running broker (https:// URL), or
  * (export, search) straight from the configured store.
  *
+ * Reading a running broker: checkpoints and leaf hashes are public, entries are not. With
+ * --admin-cert/--admin-key (an admin certificate with the auditor role) every entry is read; without,
+ * `verify` checks the log's leaf hashes against every signed checkpoint and says it read no entries.
+ *
  * Exit codes: 0 success, 1 the log does not verify or the command failed, 2 bad usage.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -11,8 +15,8 @@ import { parseArgs } from 'node:util';
 import { openExport, exportLog } from '../audit/export.js';
 import { loadNoteSigner, parseVerifierKeyFile } from '../audit/note.js';
 import { parseSearchFilter, searchLog } from '../audit/search.js';
-import { type LogSource, remoteSource, storeSource } from '../audit/source.js';
-import { verifyLog, type VerifyResult } from '../audit/verify.js';
+import { type LogSource, type RemoteTls, remoteSource, storeSource } from '../audit/source.js';
+import { type VerifyOptions, verifyLog, type VerifyResult } from '../audit/verify.js';
 import type { Config } from '../config/config.js';
 import { loadConfig } from '../config/load.js';
 import { BrokerError } from '../errors.js';
@@ -45,13 +49,41 @@ function readText(file: string, what: string): string {
 
 const isUrl = (s: string): boolean => /^[a-z]+:\/\//i.test(s);
 
+/** --cacert, --admin-cert, --admin-key: TLS material for an https:// log. */
+interface TlsFlags {
+  readonly cacert?: string | undefined;
+  readonly adminCert?: string | undefined;
+  readonly adminKey?: string | undefined;
+}
+
+const TLS_OPTIONS = { cacert: { type: 'string' }, 'admin-cert': { type: 'string' }, 'admin-key': { type: 'string' } } as const;
+
+function tlsFlags(values: Record<string, unknown>): TlsFlags {
+  const s = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+  return { cacert: s(values.cacert), adminCert: s(values['admin-cert']), adminKey: s(values['admin-key']) };
+}
+
+function remoteTls(flags: TlsFlags): RemoteTls {
+  if ((flags.adminCert === undefined) !== (flags.adminKey === undefined)) throw new UsageError('give both --admin-cert and --admin-key (an admin certificate with the auditor role), or neither');
+  return {
+    ...(flags.cacert !== undefined ? { ca: readText(flags.cacert, '--cacert') } : {}),
+    ...(flags.adminCert !== undefined && flags.adminKey !== undefined
+      ? { cert: readText(flags.adminCert, '--admin-cert'), key: readText(flags.adminKey, '--admin-key') }
+      : {}),
+  };
+}
+
+function httpsUrl(url: string, flag: string): string {
+  if (!url.startsWith('https://')) throw new UsageError(`${flag} URL must be https://`);
+  return url;
+}
+
 /** --log: an export directory or an https:// broker URL. */
-function logSource(log: string, cacert: string | undefined): LogSource | Promise<LogSource> {
-  if (isUrl(log)) {
-    if (!log.startsWith('https://')) throw new UsageError('--log URL must be https://');
-    return remoteSource(log, cacert !== undefined ? readText(cacert, '--cacert') : undefined);
+function logSource(log: string, flags: TlsFlags): LogSource | Promise<LogSource> {
+  if (isUrl(log)) return remoteSource(httpsUrl(log, '--log'), remoteTls(flags));
+  if (flags.cacert !== undefined || flags.adminCert !== undefined || flags.adminKey !== undefined) {
+    throw new UsageError('--cacert, --admin-cert and --admin-key are only for an https:// --log (or --reference)');
   }
-  if (cacert !== undefined) throw new UsageError('--cacert is only for an https:// --log');
   if (!existsSync(log) || !statSync(log).isDirectory()) throw new UsageError(`--log ${log}: no such export directory`);
   return openExport(log);
 }
@@ -69,13 +101,17 @@ async function configuredSource(configFile: string | undefined): Promise<{ sourc
   return { source: storeSource(await configuredStore(config)), config };
 }
 
-function report(r: VerifyResult, keyText: string, out: Out): void {
+function report(r: VerifyResult, keyText: string, checked: string, out: Out): void {
   const lines: string[] = [];
   if (r.ok) {
     lines.push(`OK: the audit log${r.origin !== undefined ? ` ${r.origin}` : ''} verifies with ${keyText}`);
   } else {
     const where = [
-      r.firstBadIndex !== undefined ? `first bad entry index ${r.firstBadIndex}` : undefined,
+      r.firstBadRange !== undefined
+        ? `first bad entry somewhere in [${r.firstBadRange[0]}, ${r.firstBadRange[1]})`
+        : r.firstBadIndex !== undefined
+          ? `first bad entry index ${r.firstBadIndex}`
+          : undefined,
       r.firstBadCheckpoint !== undefined ? `first bad checkpoint #${r.firstBadCheckpoint}` : undefined,
     ].filter((x) => x !== undefined);
     lines.push(`FAILED: the audit log does not verify${where.length > 0 ? `: ${where.join(', ')}` : ''}`);
@@ -83,6 +119,7 @@ function report(r: VerifyResult, keyText: string, out: Out): void {
   }
   lines.push(`  entries     : ${r.entries} (root ${r.rootHash})`);
   lines.push(`  checkpoints : ${r.checkpoints}`);
+  lines.push(`  checked     : ${checked}`);
   lines.push(`  proven      : ${r.verifiedSize === 0 ? 'no entries' : `entries 0..${r.verifiedSize - 1}`} by a signed checkpoint`);
   if (r.uncovered > 0 && r.ok) {
     lines.push(`  note        : ${r.uncovered} newer entr${r.uncovered === 1 ? 'y is' : 'ies are'} not covered by a signed checkpoint yet (not verified)`);
@@ -98,7 +135,7 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
 
   switch (sub) {
     case 'verify': {
-      const { values } = parse({ log: { type: 'string' }, key: { type: 'string' }, cacert: { type: 'string' }, json: { type: 'boolean' } });
+      const { values } = parse({ log: { type: 'string' }, key: { type: 'string' }, reference: { type: 'string' }, json: { type: 'boolean' }, ...TLS_OPTIONS });
       const log = str(values.log);
       const keyFile = str(values.key);
       if (log === undefined || keyFile === undefined) throw new UsageError('audit verify needs --log <export-dir|https-url> and --key <audit public key file>');
@@ -109,17 +146,50 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
         if (err instanceof UsageError) throw err;
         throw new UsageError(`--key ${keyFile}: ${(err as Error).message} (expected the verifier key from audit.pub or GET /v1/audit/key, or a PEM public key)`);
       }
-      const source = await logSource(log, str(values.cacert));
+      const flags = tlsFlags(values);
+      const ref = str(values.reference);
+      let source: LogSource;
+      let opts: VerifyOptions;
+      let checked: string;
+      if (isUrl(log)) {
+        if (ref !== undefined) throw new UsageError('--reference is for an export directory; a broker URL is its own reference');
+        const remote = remoteSource(httpsUrl(log, '--log'), remoteTls(flags));
+        source = remote;
+        if (flags.adminCert !== undefined) {
+          // The broker's own public leaf hashes name the exact entry if its stored entries were changed.
+          opts = { reference: { name: log, leafHashes: remote.leafHashes } };
+          checked = 'every entry, read as an auditor (--admin-cert) and re-hashed';
+        } else {
+          opts = { hashesOnly: true };
+          checked = 'leaf hashes only: without auditor credentials no entry was read, so entry contents are unchecked (pass --admin-cert and --admin-key to read them)';
+        }
+      } else {
+        source = await logSource(log, ref === undefined ? flags : {});
+        if (ref !== undefined) {
+          if (flags.adminCert !== undefined || flags.adminKey !== undefined) throw new UsageError('--reference reads public leaf hashes: it needs no --admin-cert');
+          const remote = remoteSource(httpsUrl(ref, '--reference'), remoteTls(flags));
+          opts = { reference: { name: ref, leafHashes: remote.leafHashes } };
+          checked = `every entry in the export, re-hashed, and compared with the leaf hashes of ${ref} where checkpoints alone cannot name the entry`;
+        } else {
+          opts = {};
+          checked = 'every entry in the export, re-hashed';
+        }
+      }
       let result: VerifyResult;
       try {
-        result = await verifyLog(source, key);
+        result = await verifyLog(source, key, opts);
       } finally {
         await source.close();
       }
       if (values.json === true) io.stdout(`${JSON.stringify(result, null, 2)}\n`);
-      else report(result, key.name !== undefined ? `key ${key.name}` : `the key in ${keyFile}`, io.stdout);
+      else report(result, key.name !== undefined ? `key ${key.name}` : `the key in ${keyFile}`, checked, io.stdout);
       if (!result.ok) {
-        const first = result.firstBadIndex !== undefined ? `first bad entry index ${result.firstBadIndex}` : `first bad checkpoint #${result.firstBadCheckpoint ?? '?'}`;
+        const first =
+          result.firstBadRange !== undefined
+            ? `first bad entry somewhere in [${result.firstBadRange[0]}, ${result.firstBadRange[1]})`
+            : result.firstBadIndex !== undefined
+              ? `first bad entry index ${result.firstBadIndex}`
+              : `first bad checkpoint #${result.firstBadCheckpoint ?? '?'}`;
         io.stderr(`tessera: audit verify failed: ${first}\n`);
         return 1;
       }
@@ -127,7 +197,7 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
     }
 
     case 'export': {
-      const { values } = parse({ out: { type: 'string' }, config: { type: 'string' }, log: { type: 'string' }, cacert: { type: 'string' } });
+      const { values } = parse({ out: { type: 'string' }, config: { type: 'string' }, log: { type: 'string' }, ...TLS_OPTIONS });
       const outDir = str(values.out);
       if (outDir === undefined) throw new UsageError('audit export needs --out DIR');
       const log = str(values.log);
@@ -136,7 +206,7 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
       let verifierKey: string | undefined;
       if (log !== undefined) {
         if (!isUrl(log)) throw new UsageError('audit export --log takes a broker https:// URL');
-        source = await logSource(log, str(values.cacert));
+        source = await logSource(log, tlsFlags(values));
       } else {
         const c = await configuredSource(str(values.config));
         source = c.source;
@@ -159,7 +229,7 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
       const { values } = parse({
         config: { type: 'string' },
         log: { type: 'string' },
-        cacert: { type: 'string' },
+        ...TLS_OPTIONS,
         'spiffe-id': { type: 'string' },
         serial: { type: 'string' },
         since: { type: 'string' },
@@ -198,7 +268,7 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
       const start = count(values.start, 'start', 0, 0);
       const log = str(values.log);
       if (log !== undefined && values.config !== undefined) throw new UsageError('use either --config or --log');
-      const source = log !== undefined ? await logSource(log, str(values.cacert)) : (await configuredSource(str(values.config))).source;
+      const source = log !== undefined ? await logSource(log, tlsFlags(values)) : (await configuredSource(str(values.config))).source;
       try {
         const r = await searchLog(source, filter, { limit, start });
         for (const h of r.hits) io.stdout(`${JSON.stringify({ index: h.index, ...h.entry })}\n`);

@@ -20,13 +20,16 @@ commands:
                                    (embedded store: stop the broker first)
   secrets rotate-kek --new-kek-file FILE [--config FILE]
                                    re-wrap every secret's data key under a new KEK (FILE is created if missing)
-  audit verify --log DIR|URL --key FILE [--cacert PEM] [--json]
+  audit verify --log DIR|URL --key FILE [--cacert PEM] [--admin-cert PEM --admin-key KEY]
+               [--reference URL] [--json]
                                    check an audit log offline: every entry, root, checkpoint signature
-                                   and consistency (exit 1 naming the first bad index)
-  audit export --out DIR [--config FILE | --log URL [--cacert PEM]]
+                                   and consistency (exit 1 naming the first bad index). A URL without
+                                   an auditor's --admin-cert is checked by its public leaf hashes only;
+                                   --reference URL names the exact bad entry of an export DIR
+  audit export --out DIR [--config FILE | --log URL [--cacert PEM] --admin-cert PEM --admin-key KEY]
                                    write the log as entries.jsonl + checkpoints.txt + manifest.json
                                    (stop the broker first when reading an embedded store)
-  audit search [--config FILE | --log DIR|URL [--cacert PEM]] [--spiffe-id ID] [--serial S]
+  audit search [--config FILE | --log DIR|URL [--cacert PEM --admin-cert PEM --admin-key KEY]] [--spiffe-id ID] [--serial S]
                [--since T] [--until T] [--type TYPE] [--decision allow|deny] [--namespace NS]
                [--limit N] [--start INDEX]
                                    print matching entries as JSON lines (T: ISO-8601, ms, or 15m/2h/7d ago)

@@ -4,9 +4,10 @@
  * entries, and a real webhook receiver on 127.0.0.1 that records every alert POSTed to it.
  */
 import { generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import { CertificateAuthority } from '../../src/ca/authority.js';
 import { mintCa } from '../../src/ca/x509.js';
 import { type AuditEntry, parseAuditEntry } from '../../src/audit/entry.js';
@@ -31,6 +32,15 @@ export function mintAdminCert(material: DevMaterial, spiffeId: string, ttlMs = 3
   const k = newKey();
   const leaf = ca.issueX509Svid({ spiffeId, dnsNames: [], publicKey: k.publicKey, ttlMs, now: Date.now() });
   return { cert: leaf.chainPem.join(''), key: k.keyPem, serial: leaf.serialHex };
+}
+
+/** Writes a client certificate as DIR/<name>.pem and DIR/<name>.key (0600), for CLI flags. */
+export function writeClientCert(dir: string, name: string, c: ClientCert): { certFile: string; keyFile: string } {
+  const certFile = path.join(dir, `${name}.pem`);
+  const keyFile = path.join(dir, `${name}.key`);
+  writeFileSync(certFile, c.cert);
+  writeFileSync(keyFile, c.key, { mode: 0o600 });
+  return { certFile, keyFile };
 }
 
 /** A client certificate for `spiffeId` from a throwaway CA that neither the workload nor the admin trust. */

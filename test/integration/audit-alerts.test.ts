@@ -82,7 +82,8 @@ describe('audit alerts', () => {
       threshold: 2,
       trigger: { type: 'denial', code: 'forbidden', actor: 'spiffe://example.org/ns/shop/sa/web' },
     });
-    const page = await b.call<{ entries: string[] }>({ path: `/v1/audit/entries?start=${alert.auditIndex as number}&end=${(alert.auditIndex as number) + 1}` });
+    // Entries are not public: web reads the alert entry because it is its subject.
+    const page = await b.call<{ entries: string[] }>({ path: `/v1/audit/entries?start=${alert.auditIndex as number}&end=${(alert.auditIndex as number) + 1}`, token });
     expect(JSON.parse(page.json.entries[0] as string)).toMatchObject({ type: 'alert', requestId: alert.id, subject: 'spiffe://example.org/ns/shop/sa/web' });
   });
 

@@ -1,17 +1,22 @@
 /**
  * The audit API over real TLS: receipts carry a signed checkpoint and an inclusion proof against it,
- * the public endpoints serve the key, checkpoints, proofs and entries, every bad range is a 400, and
+ * the public endpoints serve the key, checkpoints, proofs and leaf hashes (enough to verify every
+ * receipt), entries go only to an auditor (all) or a workload (its own), every bad range is a 400, and
  * every response matches openapi.yaml.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { Ajv } from 'ajv';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CheckpointedReceipt } from '../../src/audit/checkpointer.js';
-import { leafHash, verifyConsistency, verifyInclusion } from '../../src/audit/merkle.js';
+import { parseAuditEntry } from '../../src/audit/entry.js';
+import { leafHash, rootFromLeaves, verifyConsistency, verifyInclusion } from '../../src/audit/merkle.js';
 import { openCheckpoint, parseVerifierKey, parseVerifierKeyFile } from '../../src/audit/note.js';
 import { auditCommand } from '../../src/cli/audit.js';
-import { startBroker, type TestBroker } from '../helpers/broker.js';
+import { auditEntries, type ClientCert, mintAdminCert, workloadSvid, writeClientCert } from '../helpers/admin.js';
+import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
 import { opensslKeyAndCsr } from '../helpers/openssl.js';
 
 interface Spec {
@@ -41,9 +46,28 @@ const b64 = (s: string): Buffer => Buffer.from(s, 'base64');
 let b: TestBroker;
 let receipts: CheckpointedReceipt[] = [];
 let serials: string[] = [];
+const ALICE = 'spiffe://example.org/admin/alice'; // auditor
+const OLIVE = 'spiffe://example.org/admin/olive'; // operator, not auditor
+const WEB = 'spiffe://example.org/ns/shop/sa/web';
+const API = 'spiffe://example.org/ns/payments/sa/api';
+let alice: ClientCert;
+let olive: ClientCert;
+const as = (c: ClientCert) => ({ cert: c.cert, key: c.key });
 
 beforeAll(async () => {
-  b = await startBroker();
+  const { material: m } = await devMaterial();
+  b = await startBroker({
+    config: {
+      admin: {
+        caBundleFile: m.adminCaCertFile,
+        caCertFile: m.adminCaCertFile,
+        caKeyFile: m.adminCaKeyFile,
+        principals: [{ id: ALICE, roles: ['auditor'] }, { id: OLIVE, roles: ['operator'] }],
+      },
+    },
+  });
+  alice = mintAdminCert(b.material, ALICE);
+  olive = mintAdminCert(b.material, OLIVE);
   const token = await b.token();
   for (let i = 0; i < 5; i++) {
     const x = await b.call<{ serial: string; audit: CheckpointedReceipt }>({ path: '/v1/svid/x509', token, body: { csr: opensslKeyAndCsr('ec-p256').csrPem } });
@@ -124,9 +148,10 @@ describe('audit API', () => {
   });
 
   it('serves entries as exact canonical text whose leaf hashes match the receipts', async () => {
-    const res = await b.call<{ start: number; end: number; treeSize: number; entries: string[] }>({ path: '/v1/audit/entries?start=0&end=12' });
-    expect(res.status).toBe(200);
+    const res = await b.call<{ start: number; end: number; treeSize: number; scope: string; entries: string[] }>({ path: '/v1/audit/entries?start=0&end=12', ...as(alice) });
+    expect(res.status, res.text).toBe(200);
     checkSpec('/v1/audit/entries', 200, res);
+    expect(res.json.scope).toBe('all');
     expect(res.json.entries).toHaveLength(12);
     for (const r of receipts) {
       if (r.index < 12) expect(leafHash(Buffer.from(res.json.entries[r.index]!, 'utf8')).toString('base64')).toBe(r.leafHash);
@@ -136,9 +161,12 @@ describe('audit API', () => {
     expect(JSON.stringify(x509)).not.toMatch(/BEGIN|PRIVATE|eyJ/); // no keys, CSRs or tokens
     const denial = res.json.entries.map((e) => JSON.parse(e) as { type: string }).find((e) => e.type === 'denial');
     expect(denial).toBeDefined();
-    const page = await b.call<{ start: number; end: number; entries: string[] }>({ path: '/v1/audit/entries?start=10' });
+    const page = await b.call<{ start: number; end: number; entries: string[] }>({ path: '/v1/audit/entries?start=10', ...as(alice) });
     expect(page.json).toMatchObject({ start: 10, end: page.json.start + page.json.entries.length });
     expect(page.json.end).toBeGreaterThanOrEqual(12);
+    // Reading the log is itself in the log.
+    const reads = (await auditEntries(b)).filter((e) => e.entry.type === 'admin' && e.entry.action === 'audit.entries');
+    expect(reads.map((e) => [e.entry.actor, e.entry.decision, e.entry.reason])).toContainEqual([ALICE, 'allow', 'entries [0, 12)']);
   });
 
   it('lists the stored checkpoints in pages', async () => {
@@ -166,22 +194,143 @@ describe('audit API', () => {
     ['/v1/audit/entries?start=0&extra=1', /invalid request/],
     ['/v1/audit/checkpoints?start=0&end=99999', /at most 1000|beyond/],
     ['/v1/audit/checkpoints?start=99990&end=99999', /beyond/],
+    ['/v1/audit/leaves?start=0&end=1001', /at most 1000/],
+    ['/v1/audit/leaves?start=5&end=2', /start must not exceed end/],
+    ['/v1/audit/leaves?start=0&end=99999', /at most 1000|beyond/],
+    ['/v1/audit/leaves?start=99999', /beyond the log/],
+    ['/v1/audit/leaves?start=-1', /invalid request/],
+    ['/v1/audit/leaves?start=0&extra=1', /invalid request/],
+    ['/v1/audit/leaves', /invalid request/],
   ])('refuses %s with 400', async (p, message) => {
-    const res = await b.call<{ error: string; message: string }>({ path: p });
+    // Entries need the auditor role first; the other endpoints are public.
+    const res = await b.call<{ error: string; message: string }>({ path: p, ...(p.startsWith('/v1/audit/entries') ? as(alice) : {}) });
     expect(res.status, res.text).toBe(400);
     expect(res.json.error).toBe('bad_request');
     expect(res.json.message).toMatch(message);
     checkSpec(p.split('?')[0] as string, 400, res);
   });
 
-  it('verifies end to end over HTTPS with the CLI verifier (tessera audit verify --log URL)', async () => {
+  const cli = async (args: string[]): Promise<{ code: number; out: string }> => {
     const out: string[] = [];
-    const code = await auditCommand(['verify', '--log', b.url, '--key', b.material.auditPubFile, '--cacert', b.material.bundleFile], {
-      stdout: (t) => out.push(t),
-      stderr: (t) => out.push(t),
-      now: () => Date.now(),
-    });
-    expect(code, out.join('')).toBe(0);
-    expect(out.join('')).toMatch(/^OK: the audit log example.org\/tessera\/audit verifies/);
+    const code = await auditCommand(args, { stdout: (t) => out.push(t), stderr: (t) => out.push(t), now: () => Date.now() });
+    return { code, out: out.join('') };
+  };
+  const verifyArgs = (): string[] => ['verify', '--log', b.url, '--key', b.material.auditPubFile, '--cacert', b.material.bundleFile];
+
+  it('verifies end to end over HTTPS with the CLI verifier, hashes only without credentials, and says so', async () => {
+    const r = await cli(verifyArgs());
+    expect(r.code, r.out).toBe(0);
+    expect(r.out).toMatch(/^OK: the audit log example.org\/tessera\/audit verifies/);
+    expect(r.out).toMatch(/checked +: leaf hashes only/);
+  });
+
+  it('verifies every entry over HTTPS as an auditor (--admin-cert, --admin-key), and says so', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-auditor-'));
+    try {
+      const a = writeClientCert(dir, 'alice', alice);
+      const r = await cli([...verifyArgs(), '--admin-cert', a.certFile, '--admin-key', a.keyFile]);
+      expect(r.code, r.out).toBe(0);
+      expect(r.out).toMatch(/^OK: the audit log/);
+      expect(r.out).toMatch(/checked +: every entry, read as an auditor/);
+      // An admin without the auditor role is told so, not silently downgraded to hashes.
+      const o = writeClientCert(dir, 'olive', olive);
+      await expect(cli([...verifyArgs(), '--admin-cert', o.certFile, '--admin-key', o.keyFile])).rejects.toThrow(/HTTP 403.*auditor/);
+      await expect(cli([...verifyArgs(), '--admin-cert', a.certFile])).rejects.toThrow(/--admin-cert and --admin-key/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('what the audit API makes public, and what it does not', () => {
+  it('refuses entries to an unauthenticated caller with 401 {error, message}', async () => {
+    const res = await b.call<{ error: string; message: string }>({ path: '/v1/audit/entries?start=0&end=12' });
+    expect(res.status, res.text).toBe(401);
+    expect(res.json).toEqual({ error: 'unauthenticated', message: expect.any(String) });
+    expect(res.text).not.toContain('spiffe://');
+    checkSpec('/v1/audit/entries', 401, res);
+  });
+
+  it('refuses entries to an admin without the auditor role (403)', async () => {
+    const res = await b.call<{ error: string; message: string }>({ path: '/v1/audit/entries?start=0&end=12', ...as(olive) });
+    expect(res.status, res.text).toBe(403);
+    expect(res.json.error).toBe('forbidden');
+    expect(res.text).not.toContain('ns/shop');
+    checkSpec('/v1/audit/entries', 403, res);
+    const refused = (await auditEntries(b)).filter((e) => e.entry.action === 'audit.entries' && e.entry.actor === OLIVE);
+    expect(refused.length).toBeGreaterThanOrEqual(1);
+    expect(refused.every((e) => e.entry.decision === 'deny')).toBe(true);
+  });
+
+  it('serves leaf hashes publicly: enough to check every receipt without reading an entry', async () => {
+    const res = await b.call<{ start: number; end: number; treeSize: number; leafHashes: string[] }>({ path: '/v1/audit/leaves?start=0&end=12' });
+    expect(res.status, res.text).toBe(200);
+    checkSpec('/v1/audit/leaves', 200, res);
+    expect(res.json).toMatchObject({ start: 0, end: 12 });
+    expect(res.json.leafHashes).toHaveLength(12);
+    for (const r of receipts) {
+      expect(res.json.leafHashes[r.index]).toBe(r.leafHash);
+      // The receipt's root, rebuilt from public leaf hashes alone.
+      expect(rootFromLeaves(res.json.leafHashes.slice(0, r.treeSize).map(b64)).toString('base64')).toBe(r.rootHash);
+    }
+    expect(res.text).not.toContain('spiffe://');
+    const page = await b.call<{ start: number; end: number; leafHashes: string[] }>({ path: '/v1/audit/leaves?start=10' });
+    expect(page.json).toMatchObject({ start: 10, end: 10 + page.json.leafHashes.length });
+  });
+
+  it('serves checkpoints publicly, and they carry no entry contents (origin, size, root, signatures only)', async () => {
+    const res = await b.call<{ checkpoints: string[] }>({ path: '/v1/audit/checkpoints' });
+    expect(res.status).toBe(200);
+    expect(res.json.checkpoints.length).toBeGreaterThanOrEqual(11);
+    for (const note of res.json.checkpoints) {
+      const [body, sigs] = note.split('\n\n');
+      expect(body?.split('\n')).toEqual([expect.stringMatching(/^example\.org\/tessera\/audit$/), expect.stringMatching(/^\d+$/), expect.stringMatching(/^[A-Za-z0-9+/]{43}=$/)]);
+      expect(sigs?.trim().split('\n').every((l) => l.startsWith('\u2014 '))).toBe(true);
+      expect(note).not.toMatch(/spiffe:|shop|payments/);
+    }
+  });
+
+  /** Issues one JWT-SVID for payments/api and returns the entries as seen by `who`. */
+  const pageAs = async (who: { token?: string; cert?: string; key?: string }) => {
+    const end = (await b.call<{ treeSize: number }>({ path: '/v1/audit/leaves?start=0&end=0' })).json.treeSize;
+    const res = await b.call<{ scope: string; entries: (string | null)[] }>({ path: `/v1/audit/entries?start=0&end=${end}`, ...who });
+    expect(res.status, res.text).toBe(200);
+    checkSpec('/v1/audit/entries', 200, res);
+    expect(res.json.scope).toBe('own');
+    expect(res.json.entries).toHaveLength(end);
+    return res.json.entries;
+  };
+  const involves = (text: string, id: string): boolean => {
+    const e = parseAuditEntry(Buffer.from(text, 'utf8'));
+    return e.actor === id || e.subject === id;
+  };
+
+  it('serves a workload (token) only the entries whose actor or subject is its own SPIFFE ID', async () => {
+    const api = await b.token({ namespace: 'payments', serviceAccount: 'api' });
+    const issued = await b.call<{ audit: CheckpointedReceipt }>({ path: '/v1/svid/x509', token: api, body: { keyType: 'ec-p256' } });
+    expect(issued.status, issued.text).toBe(200);
+    const all = await b.call<{ entries: string[] }>({ path: `/v1/audit/entries?start=0&end=${issued.json.audit.index + 1}`, ...as(alice) });
+
+    const web = await pageAs({ token: await b.token() });
+    const mine = web.filter((e): e is string => e !== null);
+    expect(mine.length).toBeGreaterThanOrEqual(11);
+    expect(mine.every((e) => involves(e, WEB))).toBe(true);
+    expect(web[issued.json.audit.index]).toBeNull(); // payments/api's issuance
+    expect(web.join('')).not.toContain('ns/payments');
+    // Withheld is exactly what is not its own; what is shown is the exact entry.
+    all.json.entries.forEach((e, i) => expect(web[i]).toBe(involves(e, WEB) ? e : null));
+
+    const apiView = await pageAs({ token: api });
+    expect(apiView[issued.json.audit.index]).toBe(all.json.entries[issued.json.audit.index]);
+    expect(apiView.filter((e) => e !== null).every((e) => involves(e as string, API))).toBe(true);
+    expect(apiView.join('')).not.toContain('ns/shop');
+  });
+
+  it('serves a workload presenting its X.509-SVID the same: its own entries only', async () => {
+    const svid = await workloadSvid(b, { namespace: 'payments', serviceAccount: 'api' });
+    const view = await pageAs({ cert: svid.cert, key: svid.key });
+    const mine = view.filter((e): e is string => e !== null);
+    expect(mine.some((e) => JSON.parse(e).serial === svid.serial)).toBe(true);
+    expect(mine.every((e) => involves(e, API))).toBe(true);
   });
 });

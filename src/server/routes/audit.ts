@@ -1,14 +1,22 @@
 /**
- * The audit log's public read API: the latest signed checkpoint, the audit public key, RFC 9162
- * inclusion and consistency proofs, and paged entries and checkpoints. Nothing here needs the
- * signing key or can change the log; what a reader gets is checkable against the public key alone.
+ * The audit log's read API. Public: the latest signed checkpoint, the audit public key, RFC 9162
+ * inclusion and consistency proofs, paged checkpoints and paged leaf hashes — enough to verify every
+ * receipt and that every checkpoint extends the last, and nothing that says who did what.
+ * Not public: the entries themselves (SPIFFE IDs, pods, secret names, lease ids, admin reasons,
+ * break-glass tickets). They go to an admin with the auditor role (admin mTLS; each read is audited)
+ * and, for a workload (token or SVID), to the entries whose actor or subject is its own SPIFFE ID.
  *
  * Query parameters are decimal strings checked by pattern (the app does not coerce types), then
  * range-checked here: every bad range is a 400 bad_request, never a 500.
  */
-import type { FastifyInstance } from 'fastify';
+import type { TLSSocket } from 'node:tls';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { AdminAudit, type AdminCaller } from '../../admin/audit.js';
+import { type AdminPrincipal, requireRole } from '../../admin/principals.js';
+import { parseAuditEntry } from '../../audit/entry.js';
 import type { Broker } from '../../broker.js';
 import { BrokerError, badRequest } from '../../errors.js';
+import { authenticate } from '../auth.js';
 import { errorResponses } from '../schemas.js';
 
 /** Entries or checkpoints per page, at most. */
@@ -26,6 +34,47 @@ function int(value: string | undefined, name: string): number | undefined {
 
 export function auditRoutes(app: FastifyInstance, broker: Broker): void {
   const { audit, checkpoints } = broker;
+  const adminLog = new AdminAudit(broker.audit, broker.checkpoints, broker.clock, broker.config.replicaId);
+
+  /**
+   * Who may read entries: an admin certificate with the auditor role reads all; any other caller must
+   * authenticate as a workload (authenticate() refuses no credential with 401) and reads its own.
+   */
+  const reader = async (request: FastifyRequest): Promise<{ scope: 'all'; admin: AdminPrincipal } | { scope: 'own'; spiffeId: string }> => {
+    const peer = broker.mtls.peer(request.raw.socket as TLSSocket);
+    if (peer.kind === 'admin') {
+      // A refused admin read is recorded, as on /v1/admin/* (server/routes/admin.ts).
+      let caller: AdminCaller = { spiffeId: peer.admin.spiffeId, source: 'admin' };
+      try {
+        const principal = await broker.admin.authority.authorize(peer.admin);
+        caller = AdminAudit.callerOf(principal);
+        requireRole(principal, ['auditor']);
+        return { scope: 'all', admin: principal };
+      } catch (err) {
+        if (err instanceof BrokerError && err.status >= 400 && err.status < 500) await adminLog.deny(caller, 'audit.entries', err, request.id);
+        throw err;
+      }
+    }
+    const identity = await authenticate(broker, request);
+    return { scope: 'own', spiffeId: identity.spiffeId };
+  };
+
+  /** The page [start, end) of the log as it is now (refreshed: another replica may have appended). */
+  const page = async (q: { start: string; end?: string }, what: string): Promise<{ start: number; end: number }> => {
+    const start = int(q.start, 'start') as number;
+    let end = int(q.end, 'end');
+    // treeSize must be the log's size, not this replica's last view of it: another replica may have
+    // appended (and signed a checkpoint over) entries this one has not read yet.
+    await audit.refresh();
+    if (end === undefined) {
+      end = Math.min(start + AUDIT_PAGE_LIMIT, audit.size);
+      if (start > end) throw badRequest(`start=${start} is beyond the log (it has ${audit.size} entries)`);
+    }
+    if (start > end) throw badRequest(`start must not exceed end (start=${start}, end=${end})`);
+    if (end - start > AUDIT_PAGE_LIMIT) throw badRequest(`at most ${AUDIT_PAGE_LIMIT} ${what} per page (end - start = ${end - start})`);
+    await ensureSize(end, 'end');
+    return { start, end };
+  };
   const vkey = `${checkpoints.verifierKey}\n`;
   const pem = broker.checkpoints.publicKeyPem;
 
@@ -130,37 +179,73 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     },
   );
 
+  const pageQuery = { type: 'object', additionalProperties: false, required: ['start'], properties: { start: uint, end: uint } } as const;
+
   app.get<{ Querystring: { start: string; end?: string } }>(
-    '/v1/audit/entries',
+    '/v1/audit/leaves',
     {
       schema: {
-        querystring: { type: 'object', additionalProperties: false, required: ['start'], properties: { start: uint, end: uint } },
+        querystring: pageQuery,
         response: {
           200: {
             type: 'object',
-            required: ['start', 'end', 'treeSize', 'entries'],
-            properties: { start: { type: 'integer' }, end: { type: 'integer' }, treeSize: { type: 'integer' }, entries: { type: 'array', items: { type: 'string' } } },
+            required: ['start', 'end', 'treeSize', 'leafHashes'],
+            properties: { start: { type: 'integer' }, end: { type: 'integer' }, treeSize: { type: 'integer' }, leafHashes: hashList },
           },
           ...errorResponses,
         },
       },
     },
     async (request) => {
-      const start = int(request.query.start, 'start') as number;
-      let end = int(request.query.end, 'end');
-      // treeSize must be the log's size, not this replica's last view of it: another replica may have
-      // appended (and signed a checkpoint over) entries this one has not read yet.
-      await audit.refresh();
-      if (end === undefined) {
-        end = Math.min(start + AUDIT_PAGE_LIMIT, audit.size);
-        if (start > end) throw badRequest(`start=${start} is beyond the log (it has ${audit.size} entries)`);
-      }
-      if (start > end) throw badRequest(`start must not exceed end (start=${start}, end=${end})`);
-      if (end - start > AUDIT_PAGE_LIMIT) throw badRequest(`at most ${AUDIT_PAGE_LIMIT} entries per page (end - start = ${end - start})`);
-      await ensureSize(end, 'end');
+      const { start, end } = await page(request.query, 'leaf hashes');
+      const leafHashes: string[] = [];
+      for (let i = start; i < end; i++) leafHashes.push(audit.leafHash(i).toString('base64'));
+      return { start, end, treeSize: audit.size, leafHashes };
+    },
+  );
+
+  app.get<{ Querystring: { start: string; end?: string } }>(
+    '/v1/audit/entries',
+    {
+      schema: {
+        querystring: pageQuery,
+        response: {
+          200: {
+            type: 'object',
+            required: ['start', 'end', 'treeSize', 'scope', 'entries'],
+            properties: {
+              start: { type: 'integer' },
+              end: { type: 'integer' },
+              treeSize: { type: 'integer' },
+              scope: { type: 'string', enum: ['all', 'own'] },
+              entries: { type: 'array', items: { type: ['string', 'null'] } },
+            },
+          },
+          ...errorResponses,
+        },
+      },
+    },
+    async (request) => {
+      // Who first: a caller who may not read entries learns nothing, not even a range error.
+      const who = await reader(request);
+      const { start, end } = await page(request.query, 'entries');
       const entries = await audit.entries(start, end);
-      // The exact canonical bytes as text: SHA-256(0x00 ‖ UTF-8 bytes) is the leaf hash.
-      return { start, end, treeSize: audit.size, entries: entries.map((e) => e.toString('utf8')) };
+      if (who.scope === 'all') {
+        // Reading the log is itself recorded, like an audit search.
+        await adminLog.allow(who.admin, 'audit.entries', { reason: `entries [${start}, ${end})` }, request.id);
+        // The exact canonical bytes as text: SHA-256(0x00 ‖ UTF-8 bytes) is the leaf hash.
+        return { start, end, treeSize: audit.size, scope: 'all', entries: entries.map((e) => e.toString('utf8')) };
+      }
+      // A workload sees its own entries; every other one is withheld as null (its leaf hash is public).
+      const own = (bytes: Buffer): boolean => {
+        try {
+          const e = parseAuditEntry(bytes);
+          return e.actor === who.spiffeId || e.subject === who.spiffeId;
+        } catch {
+          return false; // a malformed entry is nobody's: an auditor sees it
+        }
+      };
+      return { start, end, treeSize: audit.size, scope: 'own', entries: entries.map((e) => (own(e) ? e.toString('utf8') : null)) };
     },
   );
 
