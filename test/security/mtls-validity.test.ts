@@ -80,11 +80,26 @@ async function expectExpiredRefusal(r: Awaited<ReturnType<typeof renew>>): Promi
   expect(denial).toMatchObject({ code: 'invalid_client_certificate', actor: null });
 }
 
+/**
+ * Runs `use` with a fresh 60 s SVID in an https.Agent (kept alive on one socket, or a new connection per
+ * request that resumes the cached TLS session), then destroys the agent and puts the clock back.
+ */
+async function withSvidAgent(mode: 'keep-alive' | 'resume', use: (agent: https.Agent, svid: Svid) => Promise<void>): Promise<void> {
+  const svid = await svidFor();
+  const tls = { ca: b.ca, cert: svid.svid, key: svid.privateKey };
+  const agent =
+    mode === 'keep-alive' ? new https.Agent({ keepAlive: true, maxSockets: 1, ...tls }) : new https.Agent({ keepAlive: false, maxCachedSessions: 10, ...tls });
+  try {
+    await use(agent, svid);
+  } finally {
+    agent.destroy();
+    clock.offset = 0;
+  }
+}
+
 describe('an SVID past its notAfter (injected clock)', () => {
-  it('is refused on the same kept-alive connection it renewed on before', async () => {
-    const svid = await svidFor();
-    const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: b.ca, cert: svid.svid, key: svid.privateKey });
-    try {
+  it('is refused on the same kept-alive connection it renewed on before', () =>
+    withSvidAgent('keep-alive', async (agent, svid) => {
       const before = await renew(agent);
       expect(before.status).toBe(200);
       const issued = await allowCount(b);
@@ -96,19 +111,11 @@ describe('an SVID past its notAfter (injected clock)', () => {
       setClock(Date.parse(svid.expiresAt) + 330_000);
       await expectExpiredRefusal(await renew(agent));
       expect(await allowCount(b)).toBe(issued);
-    } finally {
-      agent.destroy();
-      clock.offset = 0;
-    }
-  });
+    }));
 
-  it('is refused on a resumed TLS session', async () => {
-    const svid = await svidFor();
-    // keepAlive off: every request is a new connection; the agent offers the cached session ticket.
-    const agent = new https.Agent({ keepAlive: false, maxCachedSessions: 10, ca: b.ca, cert: svid.svid, key: svid.privateKey });
-    try {
-      const first = await renew(agent);
-      expect(first.status).toBe(200);
+  it('is refused on a resumed TLS session', () =>
+    withSvidAgent('resume', async (agent, svid) => {
+      expect((await renew(agent)).status).toBe(200);
       const resumedOk = await renew(agent);
       expect(resumedOk.socket.isSessionReused(), 'second connection resumed the session').toBe(true);
       expect(resumedOk.status).toBe(200);
@@ -116,25 +123,15 @@ describe('an SVID past its notAfter (injected clock)', () => {
       const resumed = await renew(agent);
       expect(resumed.socket.isSessionReused(), 'third connection resumed the session').toBe(true);
       await expectExpiredRefusal(resumed);
-    } finally {
-      agent.destroy();
-      clock.offset = 0;
-    }
-  });
+    }));
 
-  it('is refused before its notBefore too (a clock behind the certificate)', async () => {
-    const svid = await svidFor();
-    const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: b.ca, cert: svid.svid, key: svid.privateKey });
-    try {
+  it('is refused before its notBefore too (a clock behind the certificate)', () =>
+    withSvidAgent('keep-alive', async (agent) => {
       setClock(Date.now() - 3_600_000);
       const r = await renew(agent);
       expect(r.status).toBe(401);
       expect(r.json).toMatchObject({ error: 'invalid_client_certificate', message: expect.stringMatching(/not valid before/) });
-    } finally {
-      agent.destroy();
-      clock.offset = 0;
-    }
-  });
+    }));
 });
 
 describe('two identities in one request', () => {
