@@ -128,6 +128,13 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     onError: warn,
   });
   audit.onAppend((entry, receipt) => alerts.observe(entry, receipt));
+  // Lost history (docs/redis.md "Data loss"): one loud line on stderr and an alert; the log stays closed.
+  audit.onHistoryLost((err) => {
+    process.emitWarning(`${err.message} [known log size ${audit.size}, origin ${config.audit.origin}, replica ${config.replicaId}]`, {
+      code: 'TESSERA_AUDIT_HISTORY_LOST',
+    });
+    alerts.historyLost(err.message, audit.size);
+  });
   const tokens = new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
   // Every CA certificate that issues workload SVIDs (roots, the signing CA, intermediates): mTLS tells
   // workload chains from admin chains by signature against these and the admin CA roots.

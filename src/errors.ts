@@ -21,6 +21,11 @@ export type ErrorCode =
   | 'rate_limited'
   | 'store_unavailable'
   | 'audit_unavailable'
+  /**
+   * The store no longer holds the audit history this replica knows (entries lost or changed, e.g. Redis
+   * restarted empty): nothing is issued or appended until an operator acts (docs/redis.md) (503).
+   */
+  | 'audit_history_lost'
   | 'issuance_frozen'
   | 'not_ready'
   /** A secrets engine (PostgreSQL) cannot be reached or refused the operation; nothing was issued (503). */
@@ -67,6 +72,8 @@ export const unauthenticated = (message: string, code: ErrorCode = 'unauthentica
 export const forbidden = (message: string): BrokerError => new BrokerError('forbidden', 403, message);
 export const auditUnavailable = (message: string, cause?: unknown): BrokerError =>
   new BrokerError('audit_unavailable', 503, message, { cause });
+export const auditHistoryLost = (message: string, cause?: unknown): BrokerError =>
+  new BrokerError('audit_history_lost', 503, message, { cause });
 export const storeUnavailable = (message: string, cause?: unknown): BrokerError =>
   new BrokerError('store_unavailable', 503, message, { cause });
 

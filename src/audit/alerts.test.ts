@@ -100,6 +100,27 @@ const web = 'spiffe://example.org/ns/shop/sa/web';
 const api = 'spiffe://example.org/ns/shop/sa/api';
 
 describe('AlertEngine', () => {
+  it('historyLost: POSTs an audit-history-lost alert without a rule and appends nothing to the log', async () => {
+    const hook = await receiver();
+    cleanups.push(() => hook.close());
+    const { audit, engine, store } = await setup({ webhookUrl: hook.url });
+    for (let i = 0; i < 3; i++) await audit.append(denial(web));
+    engine.historyLost('audit history lost: the store holds 0 audit entries, fewer than the 3 this replica knows', 3);
+    await engine.idle();
+    expect(hook.received).toHaveLength(1);
+    expect(hook.received[0]?.alert).toMatchObject({
+      type: 'tessera.alert',
+      rule: 'audit-history-lost',
+      kind: 'audit-history-lost',
+      origin: 'example.org/tessera/audit',
+      replica: 'r1',
+      summary: expect.stringMatching(/audit history lost/),
+      trigger: { index: 3, type: 'audit-history-lost', code: 'audit_history_lost' },
+    });
+    expect(await store.auditSize()).toBe(3);
+    expect(engine.stats.fired).toBe(1);
+  });
+
   it('fires once a SPIFFE ID has more than N denials in the window, records it, and POSTs it', async () => {
     const hook = await receiver();
     cleanups.push(() => hook.close());

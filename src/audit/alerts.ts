@@ -16,6 +16,10 @@
  * (type 'alert'), then POSTed as JSON to the webhook by a small pool of senders that retry with
  * exponential backoff (5xx, 408, 429 and network errors; other 4xx are permanent). Queues are bounded:
  * past the limit the oldest waiting alert is dropped and counted.
+ *
+ * One alert needs no rule: `historyLost` (kind 'audit-history-lost') fires once per process when the
+ * store is found not to hold the audit history this replica knows. It is not appended to the log (the
+ * log is what is lost) and not muted (it happens once, then the replica stays closed).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -32,7 +36,7 @@ export interface Alert {
   readonly type: 'tessera.alert';
   readonly id: string;
   readonly rule: string;
-  readonly kind: AlertRuleConfig['kind'];
+  readonly kind: AlertRuleConfig['kind'] | 'audit-history-lost';
   /** What the rule counted against. */
   readonly key: { readonly spiffeId?: string; readonly namespace?: string };
   /** Denials in the current window when it fired (denials rules). */
@@ -305,6 +309,31 @@ export class AlertEngine {
         requestId: entry.requestId,
       },
       ...(auditIndex !== undefined ? { auditIndex } : {}),
+    });
+  }
+
+  /**
+   * The store lost (or changed) audit history this replica knows (AuditLog.onHistoryLost): POSTs an
+   * 'audit-history-lost' alert if a webhook is configured. `knownSize` is the size of the log this
+   * replica knows; the trigger names it.
+   */
+  historyLost(message: string, knownSize: number): void {
+    this.#stats.fired++;
+    if (this.#closed || this.#config.webhookUrl === undefined) return;
+    const id = randomUUID();
+    const now = new Date(this.#clock.now()).toISOString();
+    this.#enqueue({
+      type: 'tessera.alert',
+      id,
+      rule: 'audit-history-lost',
+      kind: 'audit-history-lost',
+      key: {},
+      mutedForSeconds: 0,
+      firedAt: now,
+      origin: this.#origin,
+      replica: this.#replica,
+      summary: message,
+      trigger: { index: knownSize, ts: now, type: 'audit-history-lost', actor: null, subject: null, code: 'audit_history_lost', reason: message, requestId: id },
     });
   }
 

@@ -22,6 +22,15 @@ class SharedMemoryStore implements Store {
   failReads = false;
   /** Lie about the index (a broken store): the log must refuse to issue a receipt. */
   indexSkew = 0;
+  readonly #reconnectListeners: Array<() => void> = [];
+
+  onReconnect(listener: () => void): void {
+    this.#reconnectListeners.push(listener);
+  }
+  /** The connection came back (the server behind it may have restarted). */
+  reconnect(): void {
+    for (const l of this.#reconnectListeners) l();
+  }
 
   async appendAuditEntries(entries: readonly Buffer[]): Promise<number> {
     if (this.failAppends) throw storeUnavailable('redis down');
@@ -185,7 +194,72 @@ describe('AuditLog', () => {
     await log.append(mk(0));
     await log.append(mk(1));
     store.indexSkew = -1;
-    await expect(log.append(mk(2))).rejects.toMatchObject({ code: 'audit_unavailable' });
+    // Index 1 holds another entry in our tree: the store's history is not ours; stop appending.
+    await expect(log.append(mk(2))).rejects.toMatchObject({ code: 'audit_history_lost', status: 503 });
+    store.indexSkew = 0;
+    await expect(log.append(mk(3))).rejects.toMatchObject({ code: 'audit_history_lost' });
+    expect(store.log).toHaveLength(3);
+  });
+
+  describe('lost history (the store restarted without its data)', () => {
+    async function logWith(n: number): Promise<{ store: SharedMemoryStore; log: AuditLog; lost: BrokerError[] }> {
+      const store = new SharedMemoryStore();
+      const log = await AuditLog.open(store);
+      const lost: BrokerError[] = [];
+      log.onHistoryLost((e) => lost.push(e));
+      for (let i = 0; i < n; i++) await log.append(mk(i));
+      return { store, log, lost };
+    }
+
+    it('after a reconnect to an emptied store: refuses every append with audit_history_lost and pushes nothing', async () => {
+      const { store, log, lost } = await logWith(5);
+      store.log.length = 0;
+      store.reconnect();
+      for (let i = 0; i < 10; i++) await expect(log.append(mk(10 + i))).rejects.toMatchObject({ code: 'audit_history_lost', status: 503 });
+      expect(store.log).toHaveLength(0);
+      await expect(log.checkWritable()).rejects.toMatchObject({ code: 'audit_history_lost', message: expect.stringMatching(/audit history lost: .*fewer than the 5/) });
+      await expect(log.refresh()).rejects.toMatchObject({ code: 'audit_history_lost' });
+      expect(lost).toHaveLength(1); // told once
+      expect(log.historyLost?.code).toBe('audit_history_lost');
+    });
+
+    it('stays closed when the store is refilled to the old size by others (different root)', async () => {
+      const { store, log } = await logWith(5);
+      store.log.length = 0;
+      for (let i = 0; i < 7; i++) store.log.push(canonicalJson(mk(100 + i, 'r2')));
+      store.reconnect();
+      await expect(log.append(mk(5))).rejects.toMatchObject({ code: 'audit_history_lost' });
+      expect(store.log).toHaveLength(7);
+    });
+
+    it('after a reconnect to a store that kept its entries (and grew): appends continue', async () => {
+      const { store, log, lost } = await logWith(5);
+      store.log.push(canonicalJson(mk(50, 'r2'))); // another replica appended meanwhile
+      store.reconnect();
+      const r = await log.append(mk(5));
+      expect(r.index).toBe(6);
+      checkReceipt(r, mk(5), store.log);
+      expect(lost).toHaveLength(0);
+    });
+
+    it('a check that cannot read the store is retried, not latched', async () => {
+      const { store, log } = await logWith(3);
+      store.failReads = true;
+      store.reconnect();
+      await expect(log.append(mk(3))).rejects.toMatchObject({ code: 'audit_unavailable' });
+      expect(store.log).toHaveLength(3);
+      store.failReads = false;
+      expect((await log.append(mk(3))).index).toBe(3);
+    });
+
+    it('a store that shrank is caught by refresh (background checkpoint tick) without a reconnect event', async () => {
+      const { store, log, lost } = await logWith(4);
+      store.log.length = 2;
+      await expect(log.refresh()).rejects.toMatchObject({ code: 'audit_history_lost' });
+      await expect(log.append(mk(9))).rejects.toMatchObject({ code: 'audit_history_lost' });
+      expect(store.log).toHaveLength(2);
+      expect(lost).toHaveLength(1);
+    });
   });
 
   it('refuses entries that cannot be canonically encoded before touching the store', async () => {

@@ -7,9 +7,18 @@
  * The store, not this class, assigns indexes: with a shared store (Redis) other replicas append too,
  * so after our append the tree is caught up to at least our index by reading entries we have not seen.
  * Entries never carry secrets (see AuditEntry): the log is permanent and copied to verifiers.
+ *
+ * Lost history: the tree is everything this replica has seen durable in the store. If the store later
+ * holds less or something else (Redis restarted without its data), appending would produce receipts
+ * for a history the store does not hold. So after every reconnect the store is checked to continue the
+ * tree (audit/continuity.ts) before anything is appended, and a store that does not is latched as
+ * `audit_history_lost`: every append, refresh and readiness check fails with it, nothing is written to
+ * the store, and the listeners (log line, alert) are told once. Only an operator clears it by
+ * restarting the replica against a recovered store (docs/redis.md).
  */
-import { BrokerError, auditUnavailable } from '../errors.js';
+import { BrokerError, auditHistoryLost, auditUnavailable } from '../errors.js';
 import type { Store } from '../store/store.js';
+import { checkContinuation } from './continuity.js';
 import { type AuditEntry, canonicalJson } from './entry.js';
 import { MerkleTree, leafHash } from './merkle.js';
 
@@ -30,6 +39,9 @@ export interface AuditReceipt {
  * Must be synchronous and quick (queue work, never await): it runs on the issuance path.
  */
 export type AppendListener = (entry: AuditEntry, receipt: AuditReceipt) => void;
+
+/** Told once when the store is found not to hold the history this log knows (synchronous, never throws). */
+export type HistoryLostListener = (err: BrokerError) => void;
 
 /** Entries read per store call while rebuilding or catching up. */
 const READ_BATCH = 16_384;
@@ -57,11 +69,24 @@ export class AuditLog {
   /** The single running catch-up, if any (catch-ups are serialized). */
   #catchingUp: Promise<void> | null = null;
   readonly #listeners: AppendListener[] = [];
+  readonly #lostListeners: HistoryLostListener[] = [];
+  /** Latched audit_history_lost: set once, never cleared in this process. */
+  #lost: BrokerError | undefined;
+  /** Reconnects the store reported, and how many of them a continuation check has covered. */
+  #reconnects = 0;
+  #checkedReconnects = 0;
+  /** The single running continuation check, if any. */
+  #checking: Promise<void> | null = null;
 
   private constructor(store: Store, tree: MerkleTree) {
     this.#store = store;
     this.#leafHashes = leafHashReader(store);
     this.#tree = tree;
+    store.onReconnect?.(() => {
+      this.#reconnects++;
+      // Check at once, not only at the next request: an idle replica raises the alarm too.
+      this.#checkContinuation().catch(() => {});
+    });
   }
 
   /** Rebuilds the tree from every entry in the store, reading in large batches. */
@@ -107,14 +132,26 @@ export class AuditLog {
 
   /** Catches the tree up with entries other replicas appended; returns the new size. */
   async refresh(): Promise<number> {
+    await this.#gate();
     let size: number;
     try {
       size = await this.#store.auditSize();
     } catch (err) {
       throw asAuditError(err, 'audit store unavailable');
     }
+    if (size < this.#tree.size) throw this.#markLost(`the store holds ${size} audit entries, fewer than the ${this.#tree.size} this replica knows`);
     await this.#ensure(size);
     return this.#tree.size;
+  }
+
+  /** The latched audit_history_lost error, if the store was found not to hold this log's history. */
+  get historyLost(): BrokerError | undefined {
+    return this.#lost;
+  }
+
+  /** Registers a listener told once when the history is found lost (log line, alert, metric). */
+  onHistoryLost(listener: HistoryLostListener): void {
+    this.#lostListeners.push(listener);
   }
 
   /** Registers a listener for this log's own appends (alert rules watch the log through this). */
@@ -123,6 +160,7 @@ export class AuditLog {
   }
 
   async checkWritable(): Promise<void> {
+    await this.#gate();
     try {
       await this.#store.checkWritable();
     } catch (err) {
@@ -142,10 +180,14 @@ export class AuditLog {
       throw new BrokerError('internal', 500, 'audit entry cannot be encoded', { cause: err });
     }
     const leaf = leafHash(bytes);
+    // Never push an entry into a log whose history is unknown.
+    await this.#gate();
     let index: number;
     try {
       index = await this.#store.appendAuditEntries([bytes]);
     } catch (err) {
+      // The store itself refused: it holds fewer entries than it has shown us before (store/redis.ts).
+      if (err instanceof BrokerError && err.code === 'audit_history_lost') throw this.#markLost(err.message);
       throw asAuditError(err, 'audit entry could not be recorded');
     }
     if (!Number.isSafeInteger(index) || index < 0) throw auditUnavailable(`store returned invalid audit index ${String(index)}`);
@@ -157,8 +199,9 @@ export class AuditLog {
     }
     // Only sync code from here: the receipt describes one consistent tree size.
     if (!this.#tree.leaf(index).equals(leaf)) {
-      // The store put different bytes at the index it gave us: never hand out that receipt.
-      throw auditUnavailable(`audit store returned index ${index} holding a different entry`);
+      // The store put our entry at an index where this replica already knows a different one: the
+      // store's history is not ours. Never hand out that receipt, and stop appending.
+      throw this.#markLost(`the store put a new entry at index ${index}, where this replica knows a different entry`);
     }
     const treeSize = this.#tree.size;
     const receipt: AuditReceipt = {
@@ -176,6 +219,72 @@ export class AuditLog {
       }
     }
     return receipt;
+  }
+
+  /**
+   * Throws the latched loss, or runs the continuation check first if the store reconnected since the
+   * last one (its server may have restarted without its data).
+   */
+  async #gate(): Promise<void> {
+    if (this.#lost !== undefined) throw this.#lost;
+    if (this.#checkedReconnects !== this.#reconnects) await this.#checkContinuation();
+    if (this.#lost !== undefined) throw this.#lost;
+  }
+
+  /** One check at a time; callers arriving meanwhile wait for it (and re-check if it was stale). */
+  async #checkContinuation(): Promise<void> {
+    while (this.#lost === undefined && this.#checkedReconnects !== this.#reconnects) {
+      if (this.#checking === null) {
+        const covers = this.#reconnects;
+        this.#checking = this.#runCheck(covers)
+          .then(() => {
+            if (covers > this.#checkedReconnects) this.#checkedReconnects = covers;
+          })
+          .finally(() => {
+            this.#checking = null;
+          });
+      }
+      await this.#checking;
+    }
+  }
+
+  async #runCheck(covers: number): Promise<void> {
+    // The tree only grows and its prefix never changes: this snapshot stays valid while we read.
+    const known = { size: this.#tree.size, rootHash: this.#tree.root() };
+    let size: number;
+    try {
+      size = await this.#store.auditSize();
+    } catch (err) {
+      throw asAuditError(err, 'audit store unavailable');
+    }
+    const reader = this.#leafHashes;
+    const read = reader
+      ? (start: number, end: number): Promise<Buffer[]> => reader.readAuditLeafHashes(start, end)
+      : async (start: number, end: number): Promise<Buffer[]> => (await this.#store.readAuditEntries(start, end)).map(leafHash);
+    let result;
+    try {
+      result = await checkContinuation(known, size, read);
+    } catch (err) {
+      throw asAuditError(err, 'audit entries could not be read to check the store after a reconnect');
+    }
+    if (!result.ok) throw this.#markLost(`${result.reason} (after store reconnect #${covers})`);
+  }
+
+  /** Latches the loss (once) and tells the listeners; returns the error to throw. */
+  #markLost(reason: string): BrokerError {
+    if (this.#lost !== undefined) return this.#lost;
+    const err = auditHistoryLost(
+      `audit history lost: ${reason}. Refusing every issuance and audit append until an operator recovers the store (docs/redis.md, "Data loss")`,
+    );
+    this.#lost = err;
+    for (const listener of this.#lostListeners) {
+      try {
+        listener(err);
+      } catch {
+        // A listener's bug must not hide the loss from the caller.
+      }
+    }
+    return err;
   }
 
   /** Resolves once the tree has at least `target` leaves. */
@@ -218,6 +327,6 @@ export class AuditLog {
 }
 
 function asAuditError(err: unknown, message: string): BrokerError {
-  if (err instanceof BrokerError && err.code === 'audit_unavailable') return err;
+  if (err instanceof BrokerError && (err.code === 'audit_unavailable' || err.code === 'audit_history_lost')) return err;
   return auditUnavailable(message, err);
 }

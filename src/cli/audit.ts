@@ -1,6 +1,6 @@
 /**
- * `tessera audit verify | export | search`: thin wrappers over audit/verify.ts, audit/export.ts and
- * audit/search.ts. A log is read from an export directory, from a running broker (https:// URL), or
+ * `tessera audit verify | export | search | recover`: thin wrappers over audit/verify.ts, audit/export.ts,
+ * audit/search.ts and audit/recover.ts. A log is read from an export directory, from a running broker (https:// URL), or
  * (export, search) straight from the configured store.
  *
  * Reading a running broker: checkpoints and leaf hashes are public, entries are not. With
@@ -13,7 +13,8 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { openExport, exportLog } from '../audit/export.js';
-import { loadNoteSigner, parseVerifierKeyFile } from '../audit/note.js';
+import { loadNoteSigner, type NoteVerifier, parseVerifierKeyFile } from '../audit/note.js';
+import { recoverLog } from '../audit/recover.js';
 import { parseSearchFilter, searchLog } from '../audit/search.js';
 import { type LogSource, type RemoteTls, remoteSource, storeSource } from '../audit/source.js';
 import { type VerifyOptions, verifyLog, type VerifyResult } from '../audit/verify.js';
@@ -88,6 +89,16 @@ function logSource(log: string, flags: TlsFlags): LogSource | Promise<LogSource>
   return openExport(log);
 }
 
+/** --key: the audit verifier key (audit.pub, GET /v1/audit/key) or a PEM public key. */
+function verifierKey(keyFile: string): NoteVerifier {
+  try {
+    return parseVerifierKeyFile(readText(keyFile, '--key'));
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`--key ${keyFile}: ${(err as Error).message} (expected the verifier key from audit.pub or GET /v1/audit/key, or a PEM public key)`);
+  }
+}
+
 /** The store the config points at. Read it while the broker is stopped (embedded) or any time (Redis). */
 async function configuredStore(config: Config): Promise<Store> {
   if (config.store.redis !== undefined) return RedisStore.connect({ ...config.store.redis });
@@ -139,13 +150,7 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
       const log = str(values.log);
       const keyFile = str(values.key);
       if (log === undefined || keyFile === undefined) throw new UsageError('audit verify needs --log <export-dir|https-url> and --key <audit public key file>');
-      let key;
-      try {
-        key = parseVerifierKeyFile(readText(keyFile, '--key'));
-      } catch (err) {
-        if (err instanceof UsageError) throw err;
-        throw new UsageError(`--key ${keyFile}: ${(err as Error).message} (expected the verifier key from audit.pub or GET /v1/audit/key, or a PEM public key)`);
-      }
+      const key = verifierKey(keyFile);
       const flags = tlsFlags(values);
       const ref = str(values.reference);
       let source: LogSource;
@@ -280,7 +285,35 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
       return 0;
     }
 
+    case 'recover': {
+      // Re-seed an emptied store from an export (audit/recover.ts); every replica must be stopped.
+      const { values } = parse({ from: { type: 'string' }, key: { type: 'string' }, config: { type: 'string' } });
+      const from = str(values.from);
+      const keyFile = str(values.key);
+      if (from === undefined || keyFile === undefined) throw new UsageError('audit recover needs --from <export-dir> and --key <audit public key file> (and --config FILE for the store)');
+      const key = verifierKey(keyFile);
+      if (!existsSync(from) || !statSync(from).isDirectory()) throw new UsageError(`--from ${from}: no such export directory`);
+      const source = await openExport(from);
+      const config = loadConfig(str(values.config) !== undefined ? { file: str(values.config) as string } : {});
+      const store = config.store.redis !== undefined ? await RedisStore.connect({ ...config.store.redis }) : await EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync });
+      try {
+        const r = await recoverLog(source, key, store, { from, now: io.now });
+        io.stdout(
+          `recovered ${r.restored} entries and ${r.checkpoints} checkpoints (root ${r.rootHash}); the recovery is audit entry ${r.recordIndex}` +
+            `${r.skipped > 0 ? `; ${r.skipped} newer entries without a signed checkpoint were not restored` : ''}\n` +
+            'restart every replica now: each one checks the recovered log against its newest checkpoint on start\n',
+        );
+      } catch (err) {
+        io.stderr(`tessera: audit recover failed: ${(err as Error).message}\n`);
+        return 1;
+      } finally {
+        await source.close();
+        await store.close();
+      }
+      return 0;
+    }
+
     default:
-      throw new UsageError(`unknown audit command ${JSON.stringify(sub ?? '')} (verify, export, search)`);
+      throw new UsageError(`unknown audit command ${JSON.stringify(sub ?? '')} (verify, export, search, recover)`);
   }
 }

@@ -33,6 +33,9 @@ commands:
                [--since T] [--until T] [--type TYPE] [--decision allow|deny] [--namespace NS]
                [--limit N] [--start INDEX]
                                    print matching entries as JSON lines (T: ISO-8601, ms, or 15m/2h/7d ago)
+  audit recover --from DIR --key FILE [--config FILE]
+                                   re-seed an EMPTY store (Redis that lost its data) from a verified export;
+                                   stop every replica first, restart them after (docs/redis.md)
   agent --broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]
         [--on-rotate CMD] [--health-port N] [--deadline SECONDS]
                                    write and rotate this workload's SVID files (init container or sidecar;

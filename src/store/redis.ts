@@ -12,10 +12,12 @@
  *   {p}:lock:<name>            string  lock owner, expires after the lease (PX)
  *   {p}:probe                  string  written by checkWritable (readiness)
  *
- * Atomicity: a single command where one suffices (RPUSH returns the new length, so the first index of
- * an append is known without a read; SET NX PXAT consumes a nonce), Lua (defineCommand) where a step
+ * Atomicity: a single command where one suffices (SET NX PXAT consumes a nonce), Lua (defineCommand) where a step
  * touches two keys or must compare before writing (kv + index, counter + expiry, lock renew, unlock).
- * Nothing is read in Node and then written back.
+ * Nothing is read in Node and then written back. An audit append is a script: RPUSH (whose reply, the
+ * new length, gives the first index without a read) only if the list is at least as long as this
+ * client has ever seen it — a Redis that came back with less data than before (restarted without
+ * persistence) is refused with audit_history_lost and gets nothing pushed (docs/redis.md "Data loss").
  *
  * Fail closed, never hang: no offline queue (commands while disconnected fail at once), no automatic
  * resend of in-flight commands after a reconnect (a resent RPUSH could append an entry twice), every
@@ -32,7 +34,7 @@ import { readFileSync } from 'node:fs';
 import type { ConnectionOptions } from 'node:tls';
 import { Cluster, Redis, type ChainableCommander, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { type Clock, systemClock } from '../clock.js';
-import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { BrokerError, auditHistoryLost, auditUnavailable, storeUnavailable } from '../errors.js';
 import { MAX_PAYLOAD } from './embedded.js';
 import { checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
 import type { Store } from './store.js';
@@ -90,6 +92,17 @@ const retryStrategy = (times: number): number => Math.min(50 * times, 1000);
 
 /** Lua for steps that touch two keys or compare before writing. All keys share one hash slot. */
 const SCRIPTS = {
+  // KEYS: audit list. ARGV: minimum length, entries… RPUSH only onto a list at least as long as the
+  // caller has seen it; otherwise an error reply (the prefix is matched in appendAuditEntries).
+  tesseraAuditAppend: {
+    numberOfKeys: 1,
+    lua: `
+      local n = redis.call('LLEN', KEYS[1])
+      if n < tonumber(ARGV[1]) then
+        return redis.error_reply('TESSERA_HISTORY_LOST the audit list holds ' .. n .. ' entries, fewer than the ' .. ARGV[1] .. ' seen before')
+      end
+      return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))`,
+  },
   // KEYS: record, index. ARGV: key, value, pxat ('' for none). The index gains the key with the record.
   tesseraKvPut: {
     numberOfKeys: 2,
@@ -156,7 +169,7 @@ const SCRIPTS = {
 type ScriptName = keyof typeof SCRIPTS;
 type Client = Redis | Cluster;
 /** A pipeline with our scripts on it (defineCommand adds them at run time; TypeScript cannot see that). */
-type ScriptPipeline = ChainableCommander & { [K in ScriptName]: (...args: (string | number)[]) => ScriptPipeline };
+type ScriptPipeline = ChainableCommander & { [K in ScriptName]: (...args: (string | number | Buffer)[]) => ScriptPipeline };
 type ScriptClient = Client & { [K in ScriptName]: (...args: (string | number)[]) => Promise<unknown> };
 
 type Unavailable = (message: string, cause?: unknown) => BrokerError;
@@ -251,6 +264,11 @@ export class RedisStore implements Store {
    */
   #suspect = false;
   #probing: Promise<void> | null = null;
+  /** Longest the audit list has been seen (append replies, LLEN): appends refuse a shorter list. */
+  #auditSeen = 0;
+  /** 'ready' events so far: the first is the initial connection, every later one a reconnect. */
+  #readyCount = 0;
+  readonly #reconnectListeners: Array<() => void> = [];
 
   private constructor(client: Client, o: RedisStoreOptions, prefix: string, commandTimeout: number) {
     this.#client = client as ScriptClient;
@@ -269,6 +287,14 @@ export class RedisStore implements Store {
     client.on('ready', () => {
       this.#lastError = undefined;
       this.#suspect = false;
+      if (this.#readyCount++ === 0) return;
+      for (const listener of this.#reconnectListeners) {
+        try {
+          listener();
+        } catch {
+          // A listener's bug must not break the connection handling.
+        }
+      }
     });
   }
 
@@ -390,10 +416,22 @@ export class RedisStore implements Store {
             throw new BrokerError('bad_request', 400, `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`);
           }
         }
-        // RPUSH is atomic and returns the new length: our entries are the last `entries.length`.
-        const [len] = await this.#write((p) => void p.rpush(this.#k('audit'), ...entries.map((e) => Buffer.from(e))), auditUnavailable);
+        // The script's RPUSH is atomic and returns the new length: our entries are the last `entries.length`.
+        let len: unknown;
+        try {
+          [len] = await this.#write(
+            (p) => void p.tesseraAuditAppend(this.#k('audit'), this.#auditSeen, ...entries.map((e) => Buffer.from(e))),
+            auditUnavailable,
+          );
+        } catch (err) {
+          if (err instanceof Error && err.name === 'ReplyError' && err.message.includes('TESSERA_HISTORY_LOST')) {
+            throw auditHistoryLost(`Redis lost audit entries: ${err.message.slice(err.message.indexOf('TESSERA_HISTORY_LOST') + 21)}; nothing was appended`, err);
+          }
+          throw err;
+        }
         const first = Number(len) - entries.length;
         if (!Number.isSafeInteger(first) || first < 0) throw auditUnavailable(`Redis returned an invalid audit length ${String(len)}`);
+        this.#sawAuditSize(Number(len));
         return first;
       },
       auditUnavailable,
@@ -401,7 +439,24 @@ export class RedisStore implements Store {
   }
 
   auditSize(): Promise<number> {
-    return this.#run('audit size', () => this.#client.llen(this.#k('audit')), auditUnavailable);
+    return this.#run(
+      'audit size',
+      async () => {
+        const n = await this.#client.llen(this.#k('audit'));
+        this.#sawAuditSize(n);
+        return n;
+      },
+      auditUnavailable,
+    );
+  }
+
+  #sawAuditSize(n: number): void {
+    if (n > this.#auditSeen) this.#auditSeen = n;
+  }
+
+  /** `listener` runs after every reconnect (not the first connection); see Store.onReconnect. */
+  onReconnect(listener: () => void): void {
+    this.#reconnectListeners.push(listener);
   }
 
   readAuditEntries(start: number, end: number): Promise<Buffer[]> {

@@ -52,6 +52,13 @@ export interface Store {
   tryLock(name: string, owner: string, ttlMs: number): Promise<boolean>;
   unlock(name: string, owner: string): Promise<void>;
 
+  /**
+   * Networked stores (Redis): `listener` runs each time the connection comes back after it was lost.
+   * The server behind it may have restarted with less (or other) data, so the audit log checks that
+   * the store still continues the history it knows before it appends again (audit/continuity.ts).
+   */
+  onReconnect?(listener: () => void): void;
+
   /** Throws a BrokerError (503) if the store cannot take durable writes right now. */
   checkWritable(): Promise<void>;
   close(): Promise<void>;

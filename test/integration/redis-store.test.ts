@@ -157,6 +157,34 @@ describe.skipIf(!haveServer)('RedisStore fails closed and recovers (private redi
     expect(await s.appendAuditEntries([entry('x', 10)])).toBe(10);
   });
 
+  it('Redis restarted empty: the store reports the reconnect and never appends to a list shorter than it has seen', async () => {
+    const r = await startPrivateRedis(['--appendonly', 'no']); // no persistence: a restart loses everything
+    cleanup.push(() => r.destroy());
+    const s = await RedisStore.connect({ url: r.url, prefix: 'loss' });
+    cleanup.push(() => s.close());
+    let reconnects = 0;
+    s.onReconnect(() => reconnects++);
+    for (let i = 0; i < 5; i++) await s.appendAuditEntries([entry('x', i)]);
+    await r.kill();
+    await r.start();
+    await until('store reconnects', async () => (await s.checkWritable(), true), 10_000);
+    expect(reconnects).toBeGreaterThanOrEqual(1);
+    expect(await s.auditSize()).toBe(0);
+    for (let i = 0; i < 3; i++) {
+      await expect(s.appendAuditEntries([entry('x', 5 + i)])).rejects.toMatchObject({
+        code: 'audit_history_lost',
+        status: 503,
+        message: expect.stringMatching(/holds 0 entries, fewer than the 5 seen before/),
+      });
+    }
+    expect(await s.auditSize()).toBe(0);
+    // A fresh client (a new process) has seen nothing and may append: the broker's AuditLog, not the
+    // store, decides whether a log is new (docs/redis.md "Data loss").
+    const fresh = await RedisStore.connect({ url: r.url, prefix: 'loss' });
+    cleanup.push(() => fresh.close());
+    expect(await fresh.appendAuditEntries([entry('y', 0)])).toBe(0);
+  });
+
   it('Redis hanging (SIGSTOP): operations fail with 503 within 2 s instead of waiting; SIGCONT: back to normal', async () => {
     const r = await startPrivateRedis();
     cleanup.push(() => r.destroy());
