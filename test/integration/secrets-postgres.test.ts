@@ -88,13 +88,21 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
     'GRANT SELECT ON app.orders TO {{name}}',
   ];
 
+  // A least-privilege admin (LOGIN CREATEROLE, not a superuser), unique to this run: the production shape.
+  // It owns schema "lim" so it can grant CREATE on it; db.drop() removes it with the run's other roles.
+  let limitedAdmin: string;
+
   beforeAll(async () => {
     db = await createTestDatabase('secrets');
+    limitedAdmin = `${db.prefix}admin`;
+    await db.query(`CREATE ROLE ${pg.escapeIdentifier(limitedAdmin)} WITH LOGIN CREATEROLE NOSUPERUSER`);
+    await db.query(`GRANT CONNECT ON DATABASE ${pg.escapeIdentifier(db.name)} TO ${pg.escapeIdentifier(limitedAdmin)} WITH GRANT OPTION`);
+    await db.query(`CREATE SCHEMA lim AUTHORIZATION ${pg.escapeIdentifier(limitedAdmin)}`);
     proxy = await startPgProxy();
     closedPort = await freePort();
     secretsConfig = {
       grants: [
-        { spiffeIds: [WEB], postgresRoles: ['reporting', 'offline', 'proxied', 'flash'] },
+        { spiffeIds: [WEB], postgresRoles: ['reporting', 'offline', 'proxied', 'flash', 'builder'] },
         { selector: { namespace: 'payments', serviceAccount: '*' }, postgresRoles: ['offline'] },
       ],
       postgres: [
@@ -116,6 +124,18 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
           usernamePrefix: db.prefix,
           connectTimeoutMs: 1000,
           roles: { proxied: { ttlSeconds: 60, grants: reportingGrants(db.name) } },
+        },
+        // Connected as the non-superuser admin: roles that create (and so own) tables.
+        {
+          name: 'limited',
+          url: pgUrl(db.name, undefined, limitedAdmin),
+          usernamePrefix: db.prefix,
+          roles: {
+            builder: {
+              ttlSeconds: 60,
+              grants: [`GRANT CONNECT ON DATABASE ${pg.escapeIdentifier(db.name)} TO {{name}}`, 'GRANT USAGE, CREATE ON SCHEMA lim TO {{name}}'],
+            },
+          },
         },
       ],
     };
@@ -230,6 +250,24 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
     expect(await auditEntries(before)).toEqual([
       expect.objectContaining({ type: 'lease.revoked', leaseId: c.leaseId, dbUsername: c.username, actor: WEB, reason: 'revoked by holder' }),
     ]);
+  });
+
+  it('revoke works with a non-superuser CREATEROLE admin when the role owns a table (PostgreSQL 15+)', async () => {
+    const res = await creds('builder');
+    expect(res.status, res.text).toBe(200);
+    const c = res.json;
+    expect(await asRole(c.username, c.password, db.name, 'CREATE TABLE lim.made_by_lease (x int)')).toEqual({ ok: true, rows: [] });
+    const owner = await db.query<{ owner: string }>("SELECT tableowner AS owner FROM pg_tables WHERE schemaname = 'lim' AND tablename = 'made_by_lease'");
+    expect(owner.rows).toEqual([{ owner: c.username }]);
+
+    const rev = await b.call({ path: `/v1/leases/${c.leaseId}/revoke`, token: await token(), method: 'POST' });
+    expect(rev.status, rev.text).toBe(200);
+    expectSpec('/v1/leases/{leaseId}/revoke', 'post', rev);
+    expect(await roleRow(c.username)).toBeUndefined();
+    expect(await b.broker.store.kvGet(LEASE_SPACE, c.leaseId)).toBeUndefined();
+    // What the role owned now belongs to the admin (REASSIGN OWNED), not dropped with the role.
+    const after = await db.query<{ owner: string }>("SELECT tableowner AS owner FROM pg_tables WHERE schemaname = 'lim' AND tablename = 'made_by_lease'");
+    expect(after.rows).toEqual([{ owner: limitedAdmin }]);
   });
 
   it('renewals move VALID UNTIL and stop at the max TTL', async () => {
