@@ -99,11 +99,15 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
     await db.query(`CREATE ROLE ${pg.escapeIdentifier(limitedAdmin)} WITH LOGIN CREATEROLE NOSUPERUSER`);
     await db.query(`GRANT CONNECT ON DATABASE ${pg.escapeIdentifier(db.name)} TO ${pg.escapeIdentifier(limitedAdmin)} WITH GRANT OPTION`);
     await db.query(`CREATE SCHEMA lim AUTHORIZATION ${pg.escapeIdentifier(limitedAdmin)}`);
+    // Two admins that cannot do the job: no CREATEROLE; CREATEROLE but NOINHERIT.
+    await db.query(`CREATE ROLE ${pg.escapeIdentifier(`${db.prefix}weak`)} WITH LOGIN NOSUPERUSER NOCREATEROLE`);
+    await db.query(`CREATE ROLE ${pg.escapeIdentifier(`${db.prefix}noinh`)} WITH LOGIN NOSUPERUSER CREATEROLE NOINHERIT`);
+    for (const r of ['weak', 'noinh']) await db.query(`GRANT CONNECT ON DATABASE ${pg.escapeIdentifier(db.name)} TO ${pg.escapeIdentifier(`${db.prefix}${r}`)}`);
     proxy = await startPgProxy();
     closedPort = await freePort();
     secretsConfig = {
       grants: [
-        { spiffeIds: [WEB], postgresRoles: ['reporting', 'offline', 'proxied', 'flash', 'builder'] },
+        { spiffeIds: [WEB], postgresRoles: ['reporting', 'offline', 'proxied', 'flash', 'builder', 'weakling', 'noinherit'] },
         { selector: { namespace: 'payments', serviceAccount: '*' }, postgresRoles: ['offline'] },
       ],
       postgres: [
@@ -138,6 +142,8 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
             },
           },
         },
+        { name: 'weak', url: pgUrl(db.name, undefined, `${db.prefix}weak`), usernamePrefix: db.prefix, roles: { weakling: { grants: reportingGrants(db.name) } } },
+        { name: 'noinh', url: pgUrl(db.name, undefined, `${db.prefix}noinh`), usernamePrefix: db.prefix, roles: { noinherit: { grants: reportingGrants(db.name) } } },
       ],
     };
     b = await startBroker({ secrets: secretsConfig, clock });
@@ -269,6 +275,22 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
     // What the role owned now belongs to the admin (REASSIGN OWNED), not dropped with the role.
     const after = await db.query<{ owner: string }>("SELECT tableowner AS owner FROM pg_tables WHERE schemaname = 'lim' AND tablename = 'made_by_lease'");
     expect(after.rows).toEqual([{ owner: limitedAdmin }]);
+  });
+
+  it('an admin role that could not drop what it creates is refused before any role is created: 503 with the reason', async () => {
+    const rolesBefore = await db.roles();
+    const leasesBefore = (await leases()).length;
+    for (const [role, why] of [
+      ['weakling', /admin role "[^"]+weak" has neither SUPERUSER nor CREATEROLE/],
+      ['noinherit', /admin role "[^"]+noinh" is NOINHERIT/],
+    ] as const) {
+      const res = await creds(role);
+      expectError(res, 503, 'engine_unavailable');
+      expectSpec('/v1/secrets/postgres/{role}/creds', 'post', res);
+      expect((res.json as unknown as { message: string }).message).toMatch(why);
+    }
+    expect(await db.roles()).toEqual(rolesBefore);
+    expect((await leases()).length).toBe(leasesBefore);
   });
 
   it('renewals move VALID UNTIL and stop at the max TTL', async () => {
