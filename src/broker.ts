@@ -187,6 +187,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     },
     replicaId: config.replicaId,
     ...(ring !== undefined ? { ring } : {}),
+    onRevokeFailure: (_lease, permanent) => metrics.leaseRevokeFailed(permanent ? 'permanent' : 'transient'),
   });
   secrets.start();
   const breakGlass = new BreakGlassService({

@@ -30,6 +30,8 @@ export type ErrorCode =
   | 'not_ready'
   /** A secrets engine (PostgreSQL) cannot be reached or refused the operation; nothing was issued (503). */
   | 'engine_unavailable'
+  /** A secrets engine refused to drop a credential for a reason retrying cannot fix (e.g. missing privileges); the lease is marked revoke_failed and operators are alerted (502). */
+  | 'revoke_failed'
   /** A stored secret failed its integrity check (tampered or corrupt ciphertext); it is never served (409). */
   | 'secret_integrity_failed'
   /** A stored secret is wrapped under a key-encryption key this replica does not have (503). */

@@ -207,6 +207,37 @@ describe('AlertEngine', () => {
     ]);
   });
 
+  it('revoke-failed: fires on a permanent lease revoke failure only, muted per lease', async () => {
+    const hook = await receiver();
+    cleanups.push(() => hook.close());
+    const { audit, engine } = await setup({ webhookUrl: hook.url, rules: [{ name: 'stuck', kind: 'revoke-failed' }] });
+    const failure = (leaseId: string, code: string): AuditEntry => ({
+      ts: Date.now(),
+      type: 'lease.revoke-failed',
+      decision: 'allow',
+      actor: null,
+      subject: web,
+      leaseId,
+      secret: 'postgres/ro',
+      code,
+      reason: 'expired: attempt 1 failed',
+      requestId: `req-${Math.random()}`,
+      replica: 'r1',
+    });
+    const a = 'a'.repeat(32);
+    const b = 'b'.repeat(32);
+    await audit.append(failure(a, 'engine_unavailable')); // transient: retried, no page
+    await audit.append(failure(a, 'revoke_failed'));
+    await audit.append(failure(a, 'revoke_failed')); // the hourly retry of the same lease: muted
+    await audit.append(failure(b, 'revoke_failed'));
+    await audit.append(denial(web)); // other kinds of entry are not this rule's business
+    await engine.idle();
+    expect(hook.received.map((r) => r.alert.key)).toEqual([{ leaseId: a }, { leaseId: b }]);
+    expect(hook.received[0]?.alert).toMatchObject({ rule: 'stuck', kind: 'revoke-failed', trigger: { type: 'lease.revoke-failed', code: 'revoke_failed', subject: web } });
+    expect(hook.received[0]?.alert.summary).toContain(`lease ${a}`);
+    expect(engine.stats).toMatchObject({ fired: 2, muted: 1 });
+  });
+
   it('retries with backoff after the receiver answers 500, delivering the same alert', async () => {
     const hook = await receiver([500, 503]);
     cleanups.push(() => hook.close());

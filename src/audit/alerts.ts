@@ -5,7 +5,9 @@
  *   - denials:     more than `threshold` denials for one SPIFFE ID (per: spiffeId, the caller) or one
  *                  namespace (per: namespace) within a fixed window of `windowSeconds`;
  *   - break-glass: any break-glass use (an entry of type 'break-glass' or from source 'break-glass').
- *                  An entry naming verified break-glass keys (keyIds) is never muted.
+ *                  An entry naming verified break-glass keys (keyIds) is never muted;
+ *   - revoke-failed: a lease whose credential the engine refused to drop for good (an entry of type
+ *                  'lease.revoke-failed' with code 'revoke_failed'; muted per lease).
  *
  * Counting goes through the store's shared fixed-window counter (`hit`) and muting through its lock
  * (`tryLock` with the mute window as TTL), so N replicas agree: a threshold is crossed once for the
@@ -38,7 +40,7 @@ export interface Alert {
   readonly rule: string;
   readonly kind: AlertRuleConfig['kind'] | 'audit-history-lost';
   /** What the rule counted against. */
-  readonly key: { readonly spiffeId?: string; readonly namespace?: string };
+  readonly key: { readonly spiffeId?: string; readonly namespace?: string; readonly leaseId?: string };
   /** Denials in the current window when it fired (denials rules). */
   readonly count?: number;
   readonly threshold?: number;
@@ -102,6 +104,9 @@ interface Observed {
   readonly entry: AuditEntry;
   readonly index: number;
 }
+
+/** A failed revoke retrying cannot fix (leases.ts marks the lease revoke_failed). */
+const isPermanentRevokeFailure = (entry: AuditEntry): boolean => entry.type === 'lease.revoke-failed' && entry.code === 'revoke_failed';
 
 const digest = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex').slice(0, 32);
 
@@ -187,7 +192,7 @@ export class AlertEngine {
   }
 
   #mayMatch(entry: AuditEntry): boolean {
-    return entry.type === 'denial' || entry.type === 'break-glass' || entry.source === 'break-glass';
+    return entry.type === 'denial' || entry.type === 'break-glass' || entry.source === 'break-glass' || isPermanentRevokeFailure(entry);
   }
 
   #isIdle(): boolean {
@@ -228,6 +233,12 @@ export class AlertEngine {
       await this.#fire(rule, key, entry.actor ?? '-', entry, index, undefined, !genuine);
       return;
     }
+    if (rule.kind === 'revoke-failed') {
+      if (!isPermanentRevokeFailure(entry) || typeof entry.leaseId !== 'string') return;
+      // Muted per lease: the hourly retries of one stuck lease do not page again within the window.
+      await this.#fire(rule, { leaseId: entry.leaseId }, entry.leaseId, entry, index, undefined);
+      return;
+    }
     if (entry.type !== 'denial') return;
     const per = rule.per ?? 'spiffeId';
     const value = per === 'spiffeId' ? entry.actor : entry.namespace;
@@ -262,7 +273,9 @@ export class AlertEngine {
         ? entry.decision === 'deny' && !mutable
           ? `break-glass attempt refused (${entry.code ?? 'deny'}) carrying valid signature(s) of deployment key(s) ${(entry.keyIds ?? []).join(', ')}`
           : `break-glass use by ${keyText}`
-        : `${count ?? 0} denials for ${key.spiffeId !== undefined ? 'SPIFFE ID' : 'namespace'} ${keyText} within ${rule.windowSeconds ?? 0}s (more than ${rule.threshold ?? 0})`;
+        : rule.kind === 'revoke-failed'
+          ? `lease ${keyText} (${entry.subject ?? '-'}, ${entry.secret ?? '-'}) could not be revoked: the engine refused; an operator must act`
+          : `${count ?? 0} denials for ${key.spiffeId !== undefined ? 'SPIFFE ID' : 'namespace'} ${keyText} within ${rule.windowSeconds ?? 0}s (more than ${rule.threshold ?? 0})`;
     const now = this.#clock.now();
     let auditIndex: number | undefined;
     try {

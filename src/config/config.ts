@@ -93,8 +93,11 @@ export interface StoreConfig {
 export interface AlertRuleConfig {
   /** Unique name; it is in every alert and in the mute key. */
   readonly name: string;
-  /** 'denials': more than `threshold` denials for one key within `windowSeconds`. 'break-glass': any use. */
-  readonly kind: 'denials' | 'break-glass';
+  /**
+   * 'denials': more than `threshold` denials for one key within `windowSeconds`. 'break-glass': any use.
+   * 'revoke-failed': a lease whose credential the engine refused to drop (lease state revoke_failed).
+   */
+  readonly kind: 'denials' | 'break-glass' | 'revoke-failed';
   /** What a denial is counted against (denials rules only). */
   readonly per?: 'spiffeId' | 'namespace';
   readonly threshold?: number;

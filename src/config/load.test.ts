@@ -58,6 +58,7 @@ describe('loadConfig', () => {
     ['http webhook', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { webhookUrl: "http://hooks.example/x" }'), /allowInsecureHttp/],
     ['bad alert kind', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: nope }] }'), /rules\[0\].kind/],
     ['denials rule without window', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: denials, threshold: 3 }] }'), /threshold and windowSeconds/],
+    ['revoke-failed rule with a threshold', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: revoke-failed, threshold: 1 }] }'), /threshold: not used by a revoke-failed rule/],
     ['duplicate rule names', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: break-glass }, { name: r, kind: break-glass }] }'), /duplicate/],
   ])('refuses %s with a message naming the field', (_name, yaml, message) => {
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(message);
@@ -76,6 +77,7 @@ describe('loadConfig', () => {
     rules:
       - { name: many-denials, kind: denials, per: namespace, threshold: 5, windowSeconds: 30 }
       - { name: break-glass, kind: break-glass, muteSeconds: 0 }
+      - { name: stuck-revoke, kind: revoke-failed }
 `,
     );
     const file = configFile(yaml);
@@ -87,6 +89,7 @@ describe('loadConfig', () => {
     expect(c.audit.alerts.rules).toEqual([
       { name: 'many-denials', kind: 'denials', per: 'namespace', threshold: 5, windowSeconds: 30 },
       { name: 'break-glass', kind: 'break-glass', muteSeconds: 0 },
+      { name: 'stuck-revoke', kind: 'revoke-failed' },
     ]);
   });
 

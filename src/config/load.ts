@@ -258,13 +258,13 @@ function readAlertRule(raw: unknown, where: string): AlertRuleConfig {
   const kind = f.str('kind');
   const muteSeconds = f.optInt('muteSeconds', 0, 7 * 86_400);
   const mute = muteSeconds !== undefined ? { muteSeconds } : {};
-  if (kind === 'break-glass') {
+  if (kind === 'break-glass' || kind === 'revoke-failed') {
     for (const k of ['per', 'threshold', 'windowSeconds']) {
-      if (raw[k] !== undefined) throw new ConfigError(`${where}.${k}: not used by a break-glass rule`);
+      if (raw[k] !== undefined) throw new ConfigError(`${where}.${k}: not used by a ${kind} rule`);
     }
     return { name, kind, ...mute };
   }
-  if (kind !== 'denials') throw new ConfigError(`${where}.kind: expected denials or break-glass`);
+  if (kind !== 'denials') throw new ConfigError(`${where}.kind: expected denials, break-glass or revoke-failed`);
   const per = f.str('per', 'spiffeId');
   if (per !== 'spiffeId' && per !== 'namespace') throw new ConfigError(`${where}.per: expected spiffeId or namespace`);
   if (raw.threshold === undefined || raw.windowSeconds === undefined) {

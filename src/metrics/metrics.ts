@@ -18,12 +18,15 @@ export type LimitScope = 'source' | 'identity';
 export type ClientErrorReason = 'timeout' | 'header_too_large' | 'malformed' | 'tls';
 /** Why a minting thread was replaced (ca/minter-pool.ts): it exited, or it held a job past the timeout. */
 export type MintThreadFailure = 'exited' | 'stuck';
+/** A failed lease revoke: transient (engine unavailable, retried with backoff) or permanent (lease revoke_failed). */
+export type RevokeFailureKind = 'transient' | 'permanent';
 
 export const ISSUANCE_TYPES: readonly IssuanceType[] = ['x509-svid', 'jwt-svid', 'secret', 'db-credentials', 'break-glass'];
 const DECISIONS: readonly Decision[] = ['allow', 'deny', 'error'];
 const LIMIT_SCOPES: readonly LimitScope[] = ['source', 'identity'];
 const CLIENT_ERROR_REASONS: readonly ClientErrorReason[] = ['timeout', 'header_too_large', 'malformed', 'tls'];
 const MINT_THREAD_FAILURES: readonly MintThreadFailure[] = ['exited', 'stuck'];
+const REVOKE_FAILURE_KINDS: readonly RevokeFailureKind[] = ['transient', 'permanent'];
 
 /** Store operations whose failures are counted (the Store interface's methods). */
 export const STORE_OPS = [
@@ -67,6 +70,7 @@ export class BrokerMetrics {
   readonly #clientErrors: Readonly<Record<ClientErrorReason, { inc(): void }>>;
   readonly #auditAppend: Histogram;
   readonly #mintThreadFailures: Readonly<Record<MintThreadFailure, { inc(): void }>>;
+  readonly #revokeFailures: Readonly<Record<RevokeFailureKind, { inc(): void }>>;
   #auditSize: () => number = () => 0;
   #mintJobs: () => number = () => 0;
 
@@ -153,6 +157,13 @@ export class BrokerMetrics {
       registers: register,
     });
     this.#mintThreadFailures = bindChildren(MINT_THREAD_FAILURES, (reason) => mintThreadFailures.labels(reason));
+    const revokeFailures = new Counter({
+      name: 'tessera_lease_revoke_failures_total',
+      help: 'Failed lease revokes (dynamic credentials): transient = engine unavailable, retried with backoff; permanent = engine refused, lease marked revoke_failed.',
+      labelNames: ['kind'] as const,
+      registers: register,
+    });
+    this.#revokeFailures = bindChildren(REVOKE_FAILURE_KINDS, (kind) => revokeFailures.labels(kind));
     const mintJobs = (): number => this.#mintJobs();
     new Gauge({
       name: 'tessera_ca_jobs_in_flight',
@@ -198,6 +209,10 @@ export class BrokerMetrics {
 
   mintThreadFailed(reason: MintThreadFailure): void {
     this.#mintThreadFailures[reason].inc();
+  }
+
+  leaseRevokeFailed(kind: RevokeFailureKind): void {
+    this.#revokeFailures[kind].inc();
   }
 
   /** Where the minting-jobs gauge reads from (the pool starts after the metrics exist). */

@@ -6,7 +6,7 @@ import type { AuditEntry } from '../audit/entry.js';
 import type { AuditReceipt } from '../audit/log.js';
 import { BrokerError } from '../errors.js';
 import { EmbeddedStore } from '../store/embedded.js';
-import { type Lease, type LeaseBackend, LeaseManager, MAX_RETRY_DELAY_MS, SWEEPER_LOCK, parseLease } from './leases.js';
+import { type Lease, type LeaseBackend, LeaseManager, MAX_RETRY_DELAY_MS, PERMANENT_RETRY_DELAY_MS, SWEEPER_LOCK, parseLease } from './leases.js';
 
 class ManualClock {
   t = 1_700_000_000_000;
@@ -18,6 +18,8 @@ class ManualClock {
 /** A backend standing in for an engine: records calls and can be told to fail. */
 class FakeBackend implements LeaseBackend {
   failing = false;
+  /** When set, revoke throws this instead (e.g. a permanent revoke_failed). */
+  refusal: BrokerError | undefined;
   revoked: string[] = [];
   renewed: { id: string; expiresAt: number }[] = [];
   async renew(lease: Lease, expiresAt: number): Promise<void> {
@@ -25,6 +27,7 @@ class FakeBackend implements LeaseBackend {
     this.renewed.push({ id: lease.id, expiresAt });
   }
   async revoke(lease: Lease): Promise<void> {
+    if (this.refusal !== undefined) throw this.refusal;
     if (this.failing) throw new BrokerError('engine_unavailable', 503, 'engine down');
     this.revoked.push(lease.id);
   }
@@ -38,6 +41,8 @@ let entries: AuditEntry[];
 
 const receipt: AuditReceipt = { index: 0, treeSize: 1, rootHash: '', leafHash: '', inclusionProof: [] };
 
+let failures: { id: string; permanent: boolean }[];
+
 function manager(overrides: { replicaId?: string; store?: EmbeddedStore } = {}): LeaseManager {
   return new LeaseManager({
     store: overrides.store ?? store,
@@ -49,6 +54,7 @@ function manager(overrides: { replicaId?: string; store?: EmbeddedStore } = {}):
     replicaId: overrides.replicaId ?? 'r1',
     backends: { postgres: backend },
     sweepIntervalMs: 1000,
+    onRevokeFailure: (lease, permanent) => failures.push({ id: lease.id, permanent }),
   });
 }
 
@@ -61,6 +67,7 @@ beforeEach(async () => {
   store = await EmbeddedStore.open(dir, { fsync: false, clock });
   backend = new FakeBackend();
   entries = [];
+  failures = [];
 });
 afterEach(async () => {
   await store.close();
@@ -147,6 +154,36 @@ describe('leases', () => {
 
     backend.failing = false;
     clock.t = (stuck?.nextAttemptAt ?? 0) + 1;
+    expect((await m.sweepOnce()).revoked).toEqual([lease.id]);
+    expect(await m.get(lease.id)).toBeUndefined();
+    expect(entries.at(-1)).toMatchObject({ type: 'lease.revoked', reason: 'retry: test' });
+  });
+
+  it('a revoke the engine refuses for good is revoke_failed: counted, audited with its code, retried only hourly, healed once fixed', async () => {
+    const m = manager();
+    const lease = await m.create({ ...pgLease, ttlMs: 10_000, maxTtlMs: 120_000 });
+    // First a transient failure: revoking, short backoff.
+    backend.failing = true;
+    await m.revoke(lease, ctx);
+    expect(await m.get(lease.id)).toMatchObject({ state: 'revoking', attempts: 1 });
+    // Then the engine refuses for good.
+    backend.refusal = new BrokerError('revoke_failed', 502, 'refused (42501)');
+    clock.t += 1000;
+    expect((await m.sweepOnce()).failed).toEqual([{ id: lease.id, error: 'refused (42501)' }]);
+    const failed = await m.get(lease.id);
+    expect(failed).toMatchObject({ state: 'revoke_failed', attempts: 2, lastError: 'refused (42501)', nextAttemptAt: clock.t + PERMANENT_RETRY_DELAY_MS, revokeReason: 'test' });
+    expect(parseLease(JSON.stringify(failed))).toEqual(failed);
+    expect(failures).toEqual([{ id: lease.id, permanent: false }, { id: lease.id, permanent: true }]);
+    expect(entries.at(-1)).toMatchObject({ type: 'lease.revoke-failed', leaseId: lease.id, code: 'revoke_failed' });
+    expect((await m.failedRevocations()).map((l) => l.id)).toEqual([lease.id]);
+    // Well past the transient backoff cap, but within the hour: left alone, and renewals are refused.
+    clock.t += MAX_RETRY_DELAY_MS * 2;
+    expect(await m.sweepOnce()).toMatchObject({ revoked: [], failed: [] });
+    await expect(m.renew(failed as Lease, 60_000)).rejects.toMatchObject({ code: 'not_found' });
+    // The hourly retry: fixed meanwhile, so the lease is revoked with its original reason.
+    backend.refusal = undefined;
+    backend.failing = false;
+    clock.t = (failed?.nextAttemptAt ?? 0) + 1;
     expect((await m.sweepOnce()).revoked).toEqual([lease.id]);
     expect(await m.get(lease.id)).toBeUndefined();
     expect(entries.at(-1)).toMatchObject({ type: 'lease.revoked', reason: 'retry: test' });

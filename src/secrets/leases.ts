@@ -5,9 +5,15 @@
  *   create → (renew …) → revoke  (by its holder, by revokeIdentity, or by the sweeper once expired)
  *
  * A revoke first marks the lease "revoking", then asks the backend (PostgreSQL: drop the role), then
- * deletes the record and audits it. If the backend fails, the lease stays "revoking" with the error and
- * a next-attempt time: the sweeper retries it (with backoff, forever) and every failure is audited and
- * logged — a lease is never dropped while its credential may still work.
+ * deletes the record and audits it. If the backend fails, the lease is kept with the error and a
+ * next-attempt time, and every failure is audited, logged and counted — a lease is never dropped while
+ * its credential may still work:
+ *   - a transient failure (engine_unavailable: unreachable, timeout) keeps it "revoking"; the sweeper
+ *     retries with exponential backoff up to MAX_RETRY_DELAY_MS;
+ *   - a permanent one (BrokerError revoke_failed: e.g. the admin lacks a privilege) marks it
+ *     "revoke_failed": retrying every few minutes cannot help, so the sweeper only tries again every
+ *     PERMANENT_RETRY_DELAY_MS (it heals itself once an operator fixes the cause), and the failure
+ *     entry ('lease.revoke-failed', code revoke_failed) is what the alert rule kind 'revoke-failed' fires on.
  *
  * The sweeper runs on one replica at a time (Store.tryLock), looks for expired and failed leases
  * every interval, and handles at most SWEEP_BATCH per run so one run stays short.
@@ -25,9 +31,12 @@ export const SWEEPER_LOCK = 'secrets.lease-sweeper';
 export const SWEEP_BATCH = 100;
 /** Longest wait between two revoke attempts of one lease. */
 export const MAX_RETRY_DELAY_MS = 5 * 60_000;
+/** Wait between two attempts of a lease whose revoke failed permanently (state revoke_failed). */
+export const PERMANENT_RETRY_DELAY_MS = 60 * 60_000;
 
 export type LeaseKind = 'kv' | 'postgres';
-export type LeaseState = 'active' | 'revoking';
+/** revoke_failed: the backend refused the revoke for a reason retrying cannot fix (see the header). */
+export type LeaseState = 'active' | 'revoking' | 'revoke_failed';
 
 export interface Lease {
   readonly v: 1;
@@ -92,6 +101,8 @@ export interface LeaseManagerDeps {
   readonly backends: Partial<Record<LeaseKind, LeaseBackend>>;
   readonly sweepIntervalMs: number;
   readonly log?: LeaseLogger;
+  /** Called for every failed backend revoke (the broker counts them in a metric). */
+  readonly onRevokeFailure?: (lease: Lease, permanent: boolean) => void;
 }
 
 const LEASE_ID = /^[0-9a-f]{32}$/;
@@ -121,7 +132,7 @@ export function parseLease(text: string): Lease | undefined {
     (o.kind !== 'kv' && o.kind !== 'postgres') ||
     typeof o.identity !== 'string' || typeof o.secret !== 'string' ||
     !isInt(o.issuedAt) || !isInt(o.expiresAt) || !isInt(o.maxExpiresAt) ||
-    (o.state !== 'active' && o.state !== 'revoking') || !isInt(o.attempts) ||
+    (o.state !== 'active' && o.state !== 'revoking' && o.state !== 'revoke_failed') || !isInt(o.attempts) ||
     !optStr('engine') || !optStr('role') || !optStr('username') || !optStr('lastError') || !optStr('revokeReason') ||
     (o.nextAttemptAt !== undefined && !isInt(o.nextAttemptAt))
   ) {
@@ -185,9 +196,9 @@ export class LeaseManager {
     return out;
   }
 
-  /** Leases whose revocation has failed at least once and is still being retried. */
+  /** Leases whose revocation has failed at least once (state revoking or revoke_failed). */
   async failedRevocations(): Promise<Lease[]> {
-    return (await this.list()).filter((l) => l.state === 'revoking' && l.attempts > 0);
+    return (await this.list()).filter((l) => l.state !== 'active' && l.attempts > 0);
   }
 
   async #put(lease: Lease): Promise<void> {
@@ -246,7 +257,7 @@ export class LeaseManager {
    * retries it. On success the lease is deleted and a 'lease.revoked' entry is appended.
    */
   async revoke(lease: Lease, ctx: RevokeContext): Promise<RevokeOutcome> {
-    const marked: Lease = lease.state === 'revoking' ? lease : { ...lease, state: 'revoking', revokeReason: ctx.reason };
+    const marked: Lease = lease.state !== 'active' ? lease : { ...lease, state: 'revoking', revokeReason: ctx.reason };
     if (marked !== lease) await this.#put(marked);
     try {
       await this.#d.backends[lease.kind]?.revoke(marked);
@@ -276,10 +287,25 @@ export class LeaseManager {
   async #revokeFailed(lease: Lease, ctx: RevokeContext, err: unknown): Promise<RevokeOutcome> {
     const now = this.#d.clock.now();
     const attempts = lease.attempts + 1;
-    const delay = Math.min(MAX_RETRY_DELAY_MS, this.#d.sweepIntervalMs * 2 ** Math.min(attempts - 1, 16));
+    const permanent = err instanceof BrokerError && err.code === 'revoke_failed';
+    const delay = permanent
+      ? PERMANENT_RETRY_DELAY_MS
+      : Math.min(MAX_RETRY_DELAY_MS, this.#d.sweepIntervalMs * 2 ** Math.min(attempts - 1, 16));
     const error = err instanceof Error ? err.message : String(err);
-    const failed: Lease = { ...lease, attempts, lastError: error, nextAttemptAt: now + delay };
-    this.#log?.warn({ leaseId: lease.id, secret: lease.secret, attempts, error, retryInMs: delay }, 'lease revoke failed; it will be retried');
+    const failed: Lease = { ...lease, state: permanent ? 'revoke_failed' : 'revoking', attempts, lastError: error, nextAttemptAt: now + delay };
+    try {
+      this.#d.onRevokeFailure?.(failed, permanent);
+    } catch {
+      // A metrics hook must never change the outcome of a revoke.
+    }
+    if (permanent) {
+      this.#log?.error(
+        { leaseId: lease.id, secret: lease.secret, attempts, error, retryInMs: delay },
+        'lease revoke failed permanently (revoke_failed); an operator must fix the cause',
+      );
+    } else {
+      this.#log?.warn({ leaseId: lease.id, secret: lease.secret, attempts, error, retryInMs: delay }, 'lease revoke failed; it will be retried');
+    }
     try {
       await this.#put(failed);
     } catch (putErr) {
@@ -297,7 +323,7 @@ export class LeaseManager {
         ...(lease.username !== undefined ? { dbUsername: lease.username } : {}),
         expiresAt: lease.expiresAt,
         code: err instanceof BrokerError ? err.code : 'engine_unavailable',
-        reason: `${ctx.reason}: attempt ${attempts} failed (${error}); retrying in ${Math.round(delay / 1000)} s`,
+        reason: `${ctx.reason}: attempt ${attempts} failed${permanent ? ' permanently' : ''} (${error}); retrying in ${Math.round(delay / 1000)} s`,
         requestId: ctx.requestId,
         replica: this.#d.replicaId,
       });

@@ -9,7 +9,18 @@
  * protocol, which refuses more than one statement per call. The password is random (32 bytes,
  * base64url) and is sent to PostgreSQL only as a SCRAM-SHA-256 verifier, so it never appears in server
  * logs either. Revoking disables login, terminates the role's sessions, reassigns and drops what it
- * owns, and drops the role. PostgreSQL unreachable or refusing → BrokerError engine_unavailable (503).
+ * owns, and drops the role.
+ *
+ * The admin role needs SUPERUSER, or CREATEROLE and INHERIT (docs/secrets.md, per PostgreSQL version):
+ * REASSIGN OWNED and DROP OWNED require the privileges *of* the role they act on, which CREATEROLE
+ * alone does not give (PostgreSQL 15 refuses with 42501; 16 no longer lets CREATEROLE act on roles it
+ * holds no ADMIN OPTION on). So every role is granted to the admin (GRANT <role> TO CURRENT_USER) in
+ * the transaction that creates it, and again before it is dropped (roles made before this existed).
+ *
+ * Errors: PostgreSQL unreachable, timing out or busy → BrokerError engine_unavailable (503), worth
+ * retrying. A revoke refused for a reason retrying cannot fix (isPermanentPgError: privileges,
+ * unknown objects, dependent objects) → BrokerError revoke_failed (502): the lease manager marks the
+ * lease revoke_failed, counts it and alerts instead of retrying every few minutes forever.
  */
 import { createHash, createHmac, pbkdf2, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -41,14 +52,32 @@ export async function scramSha256Verifier(password: string, salt: Buffer = rando
   return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
 }
 
-/** The statements that create `username` with the role template's grants, in order (pure; tested alone). */
+/**
+ * The statements that create `username` with the role template's grants, in order (pure; tested alone).
+ * The role is granted to the admin (CURRENT_USER) so that the admin can later REASSIGN/DROP OWNED it:
+ * without that membership a non-superuser admin cannot drop a role that owns anything (PostgreSQL 15+).
+ */
 export function createRoleStatements(username: string, verifier: string, validUntilMs: number, grants: readonly string[]): string[] {
   const id = pg.escapeIdentifier(username);
   return [
     `CREATE ROLE ${id} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT ` +
       `PASSWORD ${pg.escapeLiteral(verifier)} VALID UNTIL ${pg.escapeLiteral(new Date(validUntilMs).toISOString())}`,
+    `GRANT ${id} TO CURRENT_USER`,
     ...grants.map((g) => renderGrantTemplate(g, username)),
   ];
+}
+
+/**
+ * SQLSTATEs for which retrying the same revoke cannot succeed until an operator changes something:
+ * class 42 (insufficient privilege 42501, undefined object 42704, …), 2BP01 (the role still owns or
+ * is granted objects elsewhere, e.g. in another database), 0L (invalid grantor), 0P (invalid role
+ * specification). Everything else is transient: no code at all (network, timeouts in the client),
+ * 08 connection, 28 authentication (a rotated admin password), 53 resources, 57 shutdown / statement
+ * timeout, 40 serialization / deadlock, 55 lock not available / object in use, XX internal.
+ */
+export function isPermanentPgError(code: string | undefined): boolean {
+  if (typeof code !== 'string' || !/^[0-9A-Z]{5}$/.test(code)) return false;
+  return code.startsWith('42') || code === '2BP01' || code.startsWith('0L') || code.startsWith('0P');
 }
 
 /** pg's query config with the extended protocol forced (one statement per call). */
@@ -80,6 +109,7 @@ export class PostgresEngine {
   readonly #pool: pg.Pool;
   readonly #usernamePattern: RegExp;
   #closed = false;
+  #adminChecked = false;
 
   constructor(config: PostgresEngineConfig, opts: { onError?: (err: Error) => void } = {}) {
     this.name = config.name;
@@ -118,9 +148,56 @@ export class PostgresEngine {
   }
 
   #unavailable(action: string, err: unknown): BrokerError {
+    if (err instanceof BrokerError) return err;
     const e = err as PgError;
     const detail = typeof e.code === 'string' && /^[A-Z0-9]{5}$|^E[A-Z]+$/.test(e.code) ? ` (${e.code})` : '';
     return new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${this.name}" could not ${action}${detail}`, { cause: err });
+  }
+
+  /** A revoke failure: revoke_failed (502) when retrying cannot help, else engine_unavailable (503). */
+  #revokeError(username: string, err: unknown): BrokerError {
+    const e = err as PgError;
+    if (!(err instanceof BrokerError) && isPermanentPgError(e.code)) {
+      // PostgreSQL's message names roles and objects, never a password (those only go out as verifiers).
+      const why = typeof e.message === 'string' ? `: ${e.message.slice(0, 200)}` : '';
+      return new BrokerError(
+        'revoke_failed',
+        502,
+        `PostgreSQL engine "${this.name}" refused to drop role ${username} (${e.code as string}${why}); retrying cannot fix this — see docs/secrets.md for the admin role's privileges`,
+        { cause: err },
+      );
+    }
+    return this.#unavailable(`drop role ${username}`, err);
+  }
+
+  /**
+   * The admin role must be able to drop what it creates: SUPERUSER, or CREATEROLE with INHERIT (it acts
+   * with the privileges of the roles granted to it). Checked before the first role is created, so a
+   * misconfigured admin gets a clear error instead of roles it can never drop. Cached once it passes.
+   */
+  async #checkAdmin(client: pg.PoolClient): Promise<void> {
+    if (this.#adminChecked) return;
+    let row: { rolname: string; rolsuper: boolean; rolcreaterole: boolean; rolinherit: boolean } | undefined;
+    try {
+      const r = await client.query<{ rolname: string; rolsuper: boolean; rolcreaterole: boolean; rolinherit: boolean }>(
+        extended('SELECT rolname, rolsuper, rolcreaterole, rolinherit FROM pg_catalog.pg_roles WHERE rolname = current_user'),
+      );
+      row = r.rows[0];
+    } catch (err) {
+      throw this.#unavailable('check the admin role', err);
+    }
+    const who = row?.rolname ?? '?';
+    if (row === undefined || (!row.rolsuper && !row.rolcreaterole)) {
+      throw new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${this.name}": admin role "${who}" has neither SUPERUSER nor CREATEROLE; it cannot create or drop roles (see docs/secrets.md)`);
+    }
+    if (!row.rolsuper && !row.rolinherit) {
+      throw new BrokerError(
+        'engine_unavailable',
+        503,
+        `PostgreSQL engine "${this.name}": admin role "${who}" is NOINHERIT, so it cannot drop roles that own objects (REASSIGN/DROP OWNED need the role's privileges); ALTER ROLE ... INHERIT (see docs/secrets.md)`,
+      );
+    }
+    this.#adminChecked = true;
   }
 
   async #client(action: string): Promise<pg.PoolClient> {
@@ -141,6 +218,7 @@ export class PostgresEngine {
     const client = await this.#client('create a role');
     let broken = false;
     try {
+      await this.#checkAdmin(client);
       await inTransaction(client, statements.map((sql) => extended(sql)));
     } catch (err) {
       // A failed statement or rollback may leave the session unusable: the pool drops it.
@@ -179,6 +257,9 @@ export class PostgresEngine {
     try {
       const exists = await client.query(extended('SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1', [username]));
       if (exists.rowCount === 0) return;
+      // Membership gives the admin the role's privileges: needed to terminate its sessions and to
+      // REASSIGN/DROP OWNED it. Idempotent; roles created before creation did this get it here.
+      await client.query(extended(`GRANT ${id} TO CURRENT_USER`));
       await client.query(extended(`ALTER ROLE ${id} NOLOGIN`));
       const sessions = extended(
         'SELECT count(pg_catalog.pg_terminate_backend(pid))::int AS n FROM pg_catalog.pg_stat_activity WHERE usename = $1 AND pid <> pg_catalog.pg_backend_pid()',
@@ -197,7 +278,7 @@ export class PostgresEngine {
       ]);
     } catch (err) {
       broken = true;
-      throw this.#unavailable(`drop role ${username}`, err);
+      throw this.#revokeError(username, err);
     } finally {
       client.release(broken);
     }

@@ -36,6 +36,8 @@ export interface SecretsServiceDeps {
   /** Absent when no KEK is configured: static secrets then answer 503 kek_unavailable. */
   readonly ring?: KeyRing;
   readonly log?: LeaseLogger;
+  /** Every failed backend revoke, permanent (revoke_failed) or not: the broker counts them. */
+  readonly onRevokeFailure?: (lease: Lease, permanent: boolean) => void;
 }
 
 export interface SecretRead {
@@ -86,6 +88,7 @@ export class SecretsService {
       backends: { postgres: this.engines },
       sweepIntervalMs: deps.config.sweepIntervalSeconds * 1000,
       ...(deps.log !== undefined ? { log: deps.log } : {}),
+      ...(deps.onRevokeFailure !== undefined ? { onRevokeFailure: deps.onRevokeFailure } : {}),
     });
   }
 
@@ -257,12 +260,20 @@ export class SecretsService {
   /**
    * POST /v1/leases/<id>/revoke: the holder ends its lease (a revoked identity may still do this: it
    * only takes access away). If the engine cannot drop the credential now, the broker keeps retrying
-   * and the caller gets 503.
+   * and the caller gets 503; if the engine refused for a reason retrying cannot fix, the lease is
+   * revoke_failed (operators are alerted) and the caller gets 502 revoke_failed.
    */
   async revokeLease(identity: Identity, leaseId: string, requestId: string): Promise<LeaseChange> {
     const w = this.#d.policy.workload(identity);
     const lease = await this.#ownLease(w, leaseId);
     const outcome = await this.leases.revoke(lease, { actor: identity.spiffeId, requestId, reason: 'revoked by holder' });
+    if (!outcome.revoked && outcome.lease.state === 'revoke_failed') {
+      throw new BrokerError(
+        'revoke_failed',
+        502,
+        `lease ${leaseId} could not be revoked (${outcome.error}); the lease is kept as revoke_failed, operators are alerted, and the broker tries again hourly`,
+      );
+    }
     if (!outcome.revoked) {
       throw new BrokerError(
         'engine_unavailable',

@@ -75,6 +75,8 @@ export interface StartOptions {
    * defaults to the shared dev KEK and the sweeper interval to an hour (tests call sweepOnce()).
    */
   readonly secrets?: Record<string, unknown>;
+  /** The `audit.alerts:` config section (rules, webhook), kept beside the dev audit signing key. */
+  readonly alerts?: Record<string, unknown>;
 }
 
 export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> {
@@ -82,10 +84,12 @@ export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> 
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-broker-'));
   const dataDir = opts.dataDir ?? path.join(dir, 'data');
   const file = path.join(dir, 'tessera.yaml');
+  const base = materialConfig(pkiDir, material);
   writeFileSync(
     file,
     stringify({
-      ...materialConfig(pkiDir, material),
+      ...base,
+      ...(opts.alerts !== undefined ? { audit: { ...base.audit, alerts: opts.alerts } } : {}),
       replicaId: 'test-replica',
       listen: { host: '127.0.0.1', port: 0 },
       logLevel: 'silent',

@@ -98,6 +98,7 @@ describe('admin roles over mTLS', () => {
   const calls: Call[] = [
     { name: 'whoami', method: 'GET', path: '/v1/admin/whoami', spec: '/v1/admin/whoami', allowed: ['alice', 'olive', 'sam'] },
     { name: 'list revocations', method: 'GET', path: '/v1/admin/revocations', spec: '/v1/admin/revocations', allowed: ['alice', 'olive'] },
+    { name: 'failed lease revokes', method: 'GET', path: '/v1/admin/leases/failed', spec: '/v1/admin/leases/failed', allowed: ['alice', 'olive'] },
     {
       name: 'revoke',
       method: 'POST',

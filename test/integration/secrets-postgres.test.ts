@@ -13,6 +13,7 @@ import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LEASE_SPACE, type Lease } from '../../src/secrets/leases.js';
 import { createRoleStatements, scramSha256Verifier } from '../../src/secrets/postgres.js';
+import { mintAdminCert } from '../helpers/admin.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
 import {
   asRole,
@@ -88,13 +89,25 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
     'GRANT SELECT ON app.orders TO {{name}}',
   ];
 
+  // A least-privilege admin (LOGIN CREATEROLE, not a superuser), unique to this run: the production shape.
+  // It owns schema "lim" so it can grant CREATE on it; db.drop() removes it with the run's other roles.
+  let limitedAdmin: string;
+
   beforeAll(async () => {
     db = await createTestDatabase('secrets');
+    limitedAdmin = `${db.prefix}admin`;
+    await db.query(`CREATE ROLE ${pg.escapeIdentifier(limitedAdmin)} WITH LOGIN CREATEROLE NOSUPERUSER`);
+    await db.query(`GRANT CONNECT ON DATABASE ${pg.escapeIdentifier(db.name)} TO ${pg.escapeIdentifier(limitedAdmin)} WITH GRANT OPTION`);
+    await db.query(`CREATE SCHEMA lim AUTHORIZATION ${pg.escapeIdentifier(limitedAdmin)}`);
+    // Two admins that cannot do the job: no CREATEROLE; CREATEROLE but NOINHERIT.
+    await db.query(`CREATE ROLE ${pg.escapeIdentifier(`${db.prefix}weak`)} WITH LOGIN NOSUPERUSER NOCREATEROLE`);
+    await db.query(`CREATE ROLE ${pg.escapeIdentifier(`${db.prefix}noinh`)} WITH LOGIN NOSUPERUSER CREATEROLE NOINHERIT`);
+    for (const r of ['weak', 'noinh']) await db.query(`GRANT CONNECT ON DATABASE ${pg.escapeIdentifier(db.name)} TO ${pg.escapeIdentifier(`${db.prefix}${r}`)}`);
     proxy = await startPgProxy();
     closedPort = await freePort();
     secretsConfig = {
       grants: [
-        { spiffeIds: [WEB], postgresRoles: ['reporting', 'offline', 'proxied', 'flash'] },
+        { spiffeIds: [WEB], postgresRoles: ['reporting', 'offline', 'proxied', 'flash', 'builder', 'weakling', 'noinherit'] },
         { selector: { namespace: 'payments', serviceAccount: '*' }, postgresRoles: ['offline'] },
       ],
       postgres: [
@@ -117,6 +130,20 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
           connectTimeoutMs: 1000,
           roles: { proxied: { ttlSeconds: 60, grants: reportingGrants(db.name) } },
         },
+        // Connected as the non-superuser admin: roles that create (and so own) tables.
+        {
+          name: 'limited',
+          url: pgUrl(db.name, undefined, limitedAdmin),
+          usernamePrefix: db.prefix,
+          roles: {
+            builder: {
+              ttlSeconds: 60,
+              grants: [`GRANT CONNECT ON DATABASE ${pg.escapeIdentifier(db.name)} TO {{name}}`, 'GRANT USAGE, CREATE ON SCHEMA lim TO {{name}}'],
+            },
+          },
+        },
+        { name: 'weak', url: pgUrl(db.name, undefined, `${db.prefix}weak`), usernamePrefix: db.prefix, roles: { weakling: { grants: reportingGrants(db.name) } } },
+        { name: 'noinh', url: pgUrl(db.name, undefined, `${db.prefix}noinh`), usernamePrefix: db.prefix, roles: { noinherit: { grants: reportingGrants(db.name) } } },
       ],
     };
     b = await startBroker({ secrets: secretsConfig, clock });
@@ -230,6 +257,40 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
     expect(await auditEntries(before)).toEqual([
       expect.objectContaining({ type: 'lease.revoked', leaseId: c.leaseId, dbUsername: c.username, actor: WEB, reason: 'revoked by holder' }),
     ]);
+  });
+
+  it('revoke works with a non-superuser CREATEROLE admin when the role owns a table (PostgreSQL 15+)', async () => {
+    const res = await creds('builder');
+    expect(res.status, res.text).toBe(200);
+    const c = res.json;
+    expect(await asRole(c.username, c.password, db.name, 'CREATE TABLE lim.made_by_lease (x int)')).toEqual({ ok: true, rows: [] });
+    const owner = await db.query<{ owner: string }>("SELECT tableowner AS owner FROM pg_tables WHERE schemaname = 'lim' AND tablename = 'made_by_lease'");
+    expect(owner.rows).toEqual([{ owner: c.username }]);
+
+    const rev = await b.call({ path: `/v1/leases/${c.leaseId}/revoke`, token: await token(), method: 'POST' });
+    expect(rev.status, rev.text).toBe(200);
+    expectSpec('/v1/leases/{leaseId}/revoke', 'post', rev);
+    expect(await roleRow(c.username)).toBeUndefined();
+    expect(await b.broker.store.kvGet(LEASE_SPACE, c.leaseId)).toBeUndefined();
+    // What the role owned now belongs to the admin (REASSIGN OWNED), not dropped with the role.
+    const after = await db.query<{ owner: string }>("SELECT tableowner AS owner FROM pg_tables WHERE schemaname = 'lim' AND tablename = 'made_by_lease'");
+    expect(after.rows).toEqual([{ owner: limitedAdmin }]);
+  });
+
+  it('an admin role that could not drop what it creates is refused before any role is created: 503 with the reason', async () => {
+    const rolesBefore = await db.roles();
+    const leasesBefore = (await leases()).length;
+    for (const [role, why] of [
+      ['weakling', /admin role "[^"]+weak" has neither SUPERUSER nor CREATEROLE/],
+      ['noinherit', /admin role "[^"]+noinh" is NOINHERIT/],
+    ] as const) {
+      const res = await creds(role);
+      expectError(res, 503, 'engine_unavailable');
+      expectSpec('/v1/secrets/postgres/{role}/creds', 'post', res);
+      expect((res.json as unknown as { message: string }).message).toMatch(why);
+    }
+    expect(await db.roles()).toEqual(rolesBefore);
+    expect((await leases()).length).toBe(leasesBefore);
   });
 
   it('renewals move VALID UNTIL and stop at the max TTL', async () => {
@@ -450,6 +511,71 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
       expect(await live.broker.store.kvGet(LEASE_SPACE, res.json.leaseId)).toBeUndefined();
     } finally {
       await live.close();
+    }
+  });
+  it('a revoke PostgreSQL refuses for good (42501) marks the lease revoke_failed: 502, metric, alert, admin list, hourly retry', async () => {
+    // Its own broker and clock (it moves time by an hour), with the revoke-failed alert rule.
+    const own = new OffsetClock();
+    const sb = await startBroker({ secrets: secretsConfig, clock: own, alerts: { rules: [{ name: 'stuck-revoke', kind: 'revoke-failed' }] } });
+    const admin = pg.escapeIdentifier(limitedAdmin);
+    try {
+      const issued = await sb.call<Creds>({ path: '/v1/secrets/postgres/builder/creds', token: await sb.token(), method: 'POST' });
+      expect(issued.status, issued.text).toBe(200);
+      const c = issued.json;
+      const metric = async (): Promise<number> =>
+        Number(/^tessera_lease_revoke_failures_total\{kind="permanent"\} (\d+)$/m.exec(await sb.broker.metrics.text())?.[1] ?? 'NaN');
+      expect(await metric()).toBe(0);
+      // The admin loses CREATEROLE (a realistic misconfiguration): every revoke statement is now 42501.
+      await db.query(`ALTER ROLE ${admin} NOCREATEROLE`);
+      const before = sb.broker.audit.size;
+      const res = await sb.call({ path: `/v1/leases/${c.leaseId}/revoke`, token: await sb.token(), method: 'POST' });
+      expectError(res, 502, 'revoke_failed');
+      expectSpec('/v1/leases/{leaseId}/revoke', 'post', res);
+      expect((res.json as { message: string }).message).toMatch(/42501/);
+
+      const kept = JSON.parse((await sb.broker.store.kvGet(LEASE_SPACE, c.leaseId)) as string) as Lease;
+      expect(kept).toMatchObject({ state: 'revoke_failed', attempts: 1 });
+      expect((kept.nextAttemptAt as number) - own.now()).toBeGreaterThan(59 * 60_000);
+      expect(await roleRow(c.username)).toBeDefined();
+      expect(await metric()).toBe(1);
+
+      // Audited, and the revoke-failed rule raised an alert (recorded in the log).
+      await sb.broker.alerts.idle();
+      const entries = (await sb.broker.audit.entries(before, sb.broker.audit.size)).map((e) => JSON.parse(e.toString('utf8')) as Record<string, unknown>);
+      expect(entries).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({ type: 'lease.revoke-failed', leaseId: c.leaseId, code: 'revoke_failed', dbUsername: c.username }),
+          expect.objectContaining({ type: 'alert', code: 'alert', reason: expect.stringContaining(`rule stuck-revoke: lease ${c.leaseId}`) }),
+        ]),
+      );
+
+      // Operators see it through the admin API.
+      const cert = mintAdminCert(sb.material, 'spiffe://example.org/admin/dev');
+      const list = await sb.call<{ leases: { leaseId: string; state: string; username?: string }[] }>({
+        path: '/v1/admin/leases/failed',
+        cert: cert.cert,
+        key: cert.key,
+      });
+      expect(list.status, list.text).toBe(200);
+      expectSpec('/v1/admin/leases/failed', 'get', list);
+      expect(list.json.leases).toContainEqual(expect.objectContaining({ leaseId: c.leaseId, state: 'revoke_failed', username: c.username }));
+
+      // The sweeper does not hammer it: nothing within the hour (the transient backoff would be minutes).
+      own.advance(30 * 60_000);
+      const quiet = await sb.broker.secrets.leases.sweepOnce();
+      expect([...quiet.revoked, ...quiet.failed.map((f) => f.id)]).not.toContain(c.leaseId);
+      expect(JSON.parse((await sb.broker.store.kvGet(LEASE_SPACE, c.leaseId)) as string)).toMatchObject({ state: 'revoke_failed', attempts: 1 });
+
+      // Once the cause is fixed, the hourly retry drops the role and forgets the lease.
+      await db.query(`ALTER ROLE ${admin} CREATEROLE`);
+      own.advance(31 * 60_000);
+      const healed = await sb.broker.secrets.leases.sweepOnce();
+      expect(healed.revoked).toContain(c.leaseId);
+      expect(await roleRow(c.username)).toBeUndefined();
+      expect(await sb.broker.store.kvGet(LEASE_SPACE, c.leaseId)).toBeUndefined();
+    } finally {
+      await db.query(`ALTER ROLE ${admin} CREATEROLE`);
+      await sb.close();
     }
   });
 });

@@ -6,6 +6,7 @@
  *   GET  /v1/admin/revocations            list                                                (auditor, operator)
  *   POST /v1/admin/revoke                 {kind, value, reason} — also revokes leases         (operator)
  *   POST /v1/admin/unrevoke               {kind, value, reason}                               (operator)
+ *   GET  /v1/admin/leases/failed          leases whose revoke failed (revoking, revoke_failed) (auditor, operator)
  *   GET  /v1/admin/freeze                 freeze status                                       (auditor, operator)
  *   POST /v1/admin/freeze                 {namespace?, reason} — the kill switch              (operator)
  *   POST /v1/admin/thaw                   {namespace?, reason}                                (operator)
@@ -260,6 +261,57 @@ export function adminRoutes(app: FastifyInstance, broker: Broker): void {
       const list = await guard.revocations.list();
       const audit = await log.allow(p, 'revocations.list', {}, request.id);
       return { revocations: list.map(revocationOut), audit };
+    }),
+  );
+
+  // Leases whose credential could not be dropped yet: revoking (transient, retried with backoff) or
+  // revoke_failed (the engine refused; retried hourly until an operator fixes the cause).
+  app.get('/v1/admin/leases/failed', { schema: { response: { 200: {
+    type: 'object',
+    required: ['leases', 'audit'],
+    properties: {
+      leases: {
+        type: 'array',
+        items: {
+          type: 'object',
+          required: ['leaseId', 'identity', 'secret', 'state', 'attempts', 'expiresAt'],
+          properties: {
+            leaseId: { type: 'string' },
+            identity: { type: 'string' },
+            secret: { type: 'string' },
+            engine: { type: 'string' },
+            username: { type: 'string' },
+            state: { type: 'string', enum: ['revoking', 'revoke_failed'] },
+            attempts: { type: 'integer' },
+            lastError: { type: 'string' },
+            nextAttemptAt: { type: 'string' },
+            expiresAt: { type: 'string' },
+            revokeReason: { type: 'string' },
+          },
+        },
+      },
+      audit: auditReceiptSchema,
+    },
+  }, ...errorResponses } } }, async (request) =>
+    run(request, READERS, 'leases.failed', async (p) => {
+      const failed = await broker.secrets.leases.failedRevocations();
+      const audit = await log.allow(p, 'leases.failed', {}, request.id);
+      return {
+        leases: failed.map((l) => ({
+          leaseId: l.id,
+          identity: l.identity,
+          secret: l.secret,
+          ...(l.engine !== undefined ? { engine: l.engine } : {}),
+          ...(l.username !== undefined ? { username: l.username } : {}),
+          state: l.state,
+          attempts: l.attempts,
+          ...(l.lastError !== undefined ? { lastError: l.lastError } : {}),
+          ...(l.nextAttemptAt !== undefined ? { nextAttemptAt: iso(l.nextAttemptAt) } : {}),
+          expiresAt: iso(l.expiresAt),
+          ...(l.revokeReason !== undefined ? { revokeReason: l.revokeReason } : {}),
+        })),
+        audit,
+      };
     }),
   );
 
