@@ -50,34 +50,84 @@ export type ErrorCode =
   | 'header_too_large'
   /** The certificate minting thread died or hung (ca/minter-pool.ts); nothing was issued; retry (503). */
   | 'ca_unavailable'
+  /** A path parameter longer than the server accepts (414, raised by fastify before routing). */
+  | 'uri_too_long'
   | 'internal';
+
+/**
+ * The one table from error code to HTTP status: a code always answers with the same status, wherever
+ * it is raised. server/errors.ts turns a BrokerError into `{error, message}` with this status.
+ */
+export const ERROR_STATUS = {
+  bad_request: 400,
+  invalid_json: 400,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  uri_too_long: 414,
+  invalid_csr: 400,
+  weak_key: 400,
+  ambiguous_identity: 400,
+  unauthenticated: 401,
+  invalid_token: 401,
+  invalid_client_certificate: 401,
+  break_glass_denied: 401,
+  break_glass_stale: 401,
+  forbidden: 403,
+  revoked: 403,
+  not_found: 404,
+  method_not_allowed: 405,
+  request_timeout: 408,
+  secret_integrity_failed: 409,
+  break_glass_replayed: 409,
+  rate_limited: 429,
+  header_too_large: 431,
+  internal: 500,
+  revoke_failed: 502,
+  store_unavailable: 503,
+  audit_unavailable: 503,
+  audit_history_lost: 503,
+  issuance_frozen: 503,
+  not_ready: 503,
+  engine_unavailable: 503,
+  kek_unavailable: 503,
+  ca_unavailable: 503,
+} as const satisfies { readonly [C in ErrorCode]: number };
+
+/** The codes that answer with HTTP status `S`. */
+export type CodeWithStatus<S extends number> = { [C in ErrorCode]: (typeof ERROR_STATUS)[C] extends S ? C : never }[ErrorCode];
+
+export interface BrokerErrorOptions {
+  readonly cause?: unknown;
+  /** Sent as `Retry-After` (seconds): rate limits say when the window resets. */
+  readonly retryAfterSeconds?: number;
+}
 
 export class BrokerError extends Error {
   readonly code: ErrorCode;
+  /** Always ERROR_STATUS[code]. */
   readonly status: number;
   /** Sent as `Retry-After` (seconds) when set: rate limits say when the window resets. */
   readonly retryAfterSeconds?: number;
 
-  constructor(code: ErrorCode, status: number, message: string, options?: { cause?: unknown; retryAfterSeconds?: number }) {
+  constructor(code: ErrorCode, message: string, options?: BrokerErrorOptions) {
     super(message, options !== undefined && 'cause' in options ? { cause: options.cause } : undefined);
     this.name = 'BrokerError';
     this.code = code;
-    this.status = status;
+    this.status = ERROR_STATUS[code];
     if (options?.retryAfterSeconds !== undefined) this.retryAfterSeconds = options.retryAfterSeconds;
   }
 }
 
-export const badRequest = (message: string, code: ErrorCode = 'bad_request'): BrokerError =>
-  new BrokerError(code, 400, message);
-export const unauthenticated = (message: string, code: ErrorCode = 'unauthenticated'): BrokerError =>
-  new BrokerError(code, 401, message);
-export const forbidden = (message: string): BrokerError => new BrokerError('forbidden', 403, message);
+export const badRequest = (message: string, code: CodeWithStatus<400> = 'bad_request'): BrokerError => new BrokerError(code, message);
+export const unauthenticated = (message: string, code: CodeWithStatus<401> = 'unauthenticated'): BrokerError =>
+  new BrokerError(code, message);
+export const forbidden = (message: string): BrokerError => new BrokerError('forbidden', message);
 export const auditUnavailable = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('audit_unavailable', 503, message, { cause });
+  new BrokerError('audit_unavailable', message, { cause });
 export const auditHistoryLost = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('audit_history_lost', 503, message, { cause });
+  new BrokerError('audit_history_lost', message, { cause });
 export const storeUnavailable = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('store_unavailable', 503, message, { cause });
+  new BrokerError('store_unavailable', message, { cause });
 
 /**
  * Fail closed around an audit write: a 503 from below passes through as it is; any other failure

@@ -50,7 +50,7 @@ const JTI = /^[A-Za-z0-9_-]{16,64}$/;
 const TICKET = /^[A-Za-z0-9][A-Za-z0-9._:#/-]{0,63}$/;
 const B64URL = /^[A-Za-z0-9_-]*$/;
 
-const denied = (message: string): BrokerError => new BrokerError('break_glass_denied', 401, message);
+const denied = (message: string): BrokerError => new BrokerError('break_glass_denied', message);
 
 /** RFC 7638 thumbprint of an Ed25519 public key: the `kid` every signature names. */
 export function keyIdOf(publicKey: KeyObject): string {
@@ -120,7 +120,7 @@ async function signOne(payload: Uint8Array, key: KeyObject): Promise<{ payload: 
   if (key.asymmetricKeyType !== 'ed25519' || key.type !== 'private') throw badRequest('a break-glass signing key must be an Ed25519 private key');
   const kid = keyIdOf(createPublicKey(key));
   const jws = await new FlattenedSign(payload).setProtectedHeader({ alg: 'EdDSA', kid, typ: BREAK_GLASS_TYP }).sign(key);
-  if (jws.protected === undefined) throw new BrokerError('internal', 500, 'jose produced no protected header');
+  if (jws.protected === undefined) throw new BrokerError('internal', 'jose produced no protected header');
   return { payload: jws.payload, protected: jws.protected, signature: jws.signature };
 }
 
@@ -293,9 +293,9 @@ export async function verifyBreakGlassRequest(
     throw denied(`break-glass needs signatures from ${opts.requiredSignatures} distinct keys; this request has ${keyIds.length} (${keyIds.join(', ')})`);
   }
   if (claims.aud !== opts.trustDomain) throw denied(`the request is for "${claims.aud}", not this deployment (${opts.trustDomain})`);
-  if (!grantAllowed(claims.grant, opts.allowedGrants)) throw new BrokerError('forbidden', 403, `grant "${claims.grant}" is not in breakGlass.allowedGrants`);
+  if (!grantAllowed(claims.grant, opts.allowedGrants)) throw new BrokerError('forbidden', `grant "${claims.grant}" is not in breakGlass.allowedGrants`);
   const now = Math.floor(opts.now / 1000);
-  const stale = (m: string): BrokerError => new BrokerError('break_glass_stale', 401, m);
+  const stale = (m: string): BrokerError => new BrokerError('break_glass_stale', m);
   if (claims.iat > now + FUTURE_SKEW_SECONDS) throw stale('the request was signed in the future (check the signing machine\'s clock)');
   if (now - claims.iat > MAX_REQUEST_AGE_SECONDS) throw stale(`the request was signed ${now - claims.iat}s ago; it must be used within ${MAX_REQUEST_AGE_SECONDS}s — sign a new one`);
   if (claims.exp <= now) throw stale('the request has expired (exp); sign a new one');

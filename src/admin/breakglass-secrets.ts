@@ -16,10 +16,10 @@ export function breakGlassSecrets(secrets: SecretsService): BreakGlassSecrets {
         value = await secrets.kv.get(name);
       } catch (err) {
         if (!(err instanceof EnvelopeError)) throw err;
-        if (err.reason === 'unknown-kek') throw new BrokerError('kek_unavailable', 503, err.message, { cause: err });
-        throw new BrokerError('secret_integrity_failed', 409, `secret "${name}" failed its integrity check and is not served`, { cause: err });
+        if (err.reason === 'unknown-kek') throw new BrokerError('kek_unavailable', err.message, { cause: err });
+        throw new BrokerError('secret_integrity_failed', `secret "${name}" failed its integrity check and is not served`, { cause: err });
       }
-      if (value === undefined) throw new BrokerError('not_found', 404, `no secret named "${name}"`);
+      if (value === undefined) throw new BrokerError('not_found', `no secret named "${name}"`);
       try {
         const lease = await secrets.leases.create({ kind: 'kv', identity: holder, secret: name, ttlMs, maxTtlMs: ttlMs });
         return { value, leaseId: lease.id, expiresAt: lease.expiresAt };

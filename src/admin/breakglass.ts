@@ -129,7 +129,7 @@ export class BreakGlassService {
       if (csr !== undefined && claims.grant.startsWith('secret:')) throw badRequest('a CSR goes with an admin-role grant, not a secret grant');
       // Only a verified request may burn its jti (nobody else can pick it), and only once, fleet-wide.
       const fresh = await this.#d.store.consumeOnce(`break-glass:${claims.jti}`, (claims.iat + MAX_REQUEST_AGE_SECONDS + 120) * 1000);
-      if (!fresh) throw new BrokerError('break_glass_replayed', 409, `break-glass request ${claims.jti} was already used; sign a new one`);
+      if (!fresh) throw new BrokerError('break_glass_replayed', `break-glass request ${claims.jti} was already used; sign a new one`);
     } catch (err) {
       if (err instanceof BrokerError && err.status >= 400 && err.status < 500) await this.#recordFailure(err, partial, requestId);
       throw err;
@@ -172,7 +172,7 @@ export class BreakGlassService {
     const ca = this.#d.adminCa;
     const role = claims.grant as AdminRole;
     if (!ADMIN_ROLES.includes(role)) throw badRequest(`unknown grant "${claims.grant}"`);
-    if (ca === undefined) throw new BrokerError('not_ready', 503, 'admin-role grants need the admin CA key (admin.caCertFile, admin.caKeyFile)');
+    if (ca === undefined) throw new BrokerError('not_ready', 'admin-role grants need the admin CA key (admin.caCertFile, admin.caKeyFile)');
     let publicKey: KeyObject;
     let privateKey: string | undefined;
     if (csr !== undefined) {
@@ -215,7 +215,7 @@ export class BreakGlassService {
 
   async #issueSecret(claims: BreakGlassClaims, keyIds: readonly string[], ttlSeconds: number, requestId: string): Promise<BreakGlassIssued> {
     const secrets = this.#d.secrets;
-    if (secrets === undefined) throw new BrokerError('not_ready', 503, 'secret grants need the secrets module (secrets.kekFile)');
+    if (secrets === undefined) throw new BrokerError('not_ready', 'secret grants need the secrets module (secrets.kekFile)');
     const name = claims.grant.slice('secret:'.length);
     const now = this.#d.clock.now();
     const spiffeId = this.#holderId(claims);

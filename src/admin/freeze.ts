@@ -86,7 +86,7 @@ export class IssuanceFreeze {
       this.store.kvGet(SPACE, GLOBAL),
       namespace !== undefined && namespace !== '' ? this.store.kvGet(SPACE, nsKey(namespace)) : Promise.resolve(undefined),
     ]);
-    if (global !== undefined) throw new BrokerError('issuance_frozen', 503, 'issuance is frozen by an operator (kill switch); try again after it is thawed');
-    if (ns !== undefined) throw new BrokerError('issuance_frozen', 503, `issuance for namespace ${namespace ?? ''} is frozen by an operator (kill switch)`);
+    if (global !== undefined) throw new BrokerError('issuance_frozen', 'issuance is frozen by an operator (kill switch); try again after it is thawed');
+    if (ns !== undefined) throw new BrokerError('issuance_frozen', `issuance for namespace ${namespace ?? ''} is frozen by an operator (kill switch)`);
   }
 }

@@ -22,7 +22,7 @@ export interface AdminPki {
 }
 
 const internal = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('internal', 500, message, cause === undefined ? undefined : { cause });
+  new BrokerError('internal', message, cause === undefined ? undefined : { cause });
 
 function read(file: string, what: string): string {
   try {

@@ -52,7 +52,7 @@ export class AdminAuthority {
     const now = this.clock.now();
     // A resumed TLS session is not re-verified by OpenSSL: check the validity window ourselves.
     if (!(now >= peer.notBefore && now < peer.expiresAt)) {
-      throw new BrokerError('invalid_client_certificate', 401, 'the admin certificate is expired or not yet valid');
+      throw new BrokerError('invalid_client_certificate', 'the admin certificate is expired or not yet valid');
     }
     const serial = normalizeSerial(peer.serial) ?? peer.serial;
     await this.revocations.assertNotRevoked({ spiffeIds: [peer.spiffeId], serials: [serial] });

@@ -135,7 +135,7 @@ export class Revocations {
     const r = await this.find(subject);
     if (r !== undefined) {
       const what = r.kind === 'spiffeId' ? r.value : r.kind === 'namespace' ? `namespace ${r.value}` : `certificate serial ${r.value}`;
-      throw new BrokerError('revoked', 403, `${what} has been revoked by an operator`);
+      throw new BrokerError('revoked', `${what} has been revoked by an operator`);
     }
   }
 }

@@ -59,7 +59,7 @@ type Lookup =
   | { readonly kind: 'wrong-type' }
   | { readonly kind: 'ambiguous' };
 
-const invalidToken = (message: string): BrokerError => new BrokerError('invalid_token', 401, message);
+const invalidToken = (message: string): BrokerError => new BrokerError('invalid_token', message);
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);

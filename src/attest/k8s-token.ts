@@ -60,7 +60,7 @@ export function isDnsSubdomain(value: string): boolean {
   return value.length <= 253 && DNS_SUBDOMAIN.test(value);
 }
 
-const invalidToken = (message: string): BrokerError => new BrokerError('invalid_token', 401, message);
+const invalidToken = (message: string): BrokerError => new BrokerError('invalid_token', message);
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);

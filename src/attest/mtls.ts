@@ -76,7 +76,7 @@ function presentedChain(socket: TLSSocket): X509Certificate[] {
 }
 
 function reject(message: string): PeerResult {
-  return { kind: 'rejected', error: new BrokerError('invalid_client_certificate', 401, message) };
+  return { kind: 'rejected', error: new BrokerError('invalid_client_certificate', message) };
 }
 
 /** The URI SANs of a certificate, from Node's `subjectAltName` text ("URI:a, DNS:b"). */

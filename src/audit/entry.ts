@@ -183,7 +183,7 @@ const OPTIONAL_STRINGS = [
  * verifiers of the log; the log itself stores and hashes the bytes, never the parsed form).
  */
 export function parseAuditEntry(bytes: Uint8Array): AuditEntry {
-  const bad = (why: string): BrokerError => new BrokerError('bad_request', 400, `malformed audit entry: ${why}`);
+  const bad = (why: string): BrokerError => new BrokerError('bad_request', `malformed audit entry: ${why}`);
   let v: unknown;
   try {
     v = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));

@@ -48,7 +48,7 @@ export interface ExportManifest {
 
 export class ExportError extends BrokerError {
   constructor(message: string) {
-    super('bad_request', 400, message);
+    super('bad_request', message);
     this.name = 'ExportError';
   }
 }

@@ -177,7 +177,7 @@ export class AuditLog {
     try {
       bytes = canonicalJson(entry);
     } catch (err) {
-      throw new BrokerError('internal', 500, 'audit entry cannot be encoded', { cause: err });
+      throw new BrokerError('internal', 'audit entry cannot be encoded', { cause: err });
     }
     const leaf = leafHash(bytes);
     // Never push an entry into a log whose history is unknown.

@@ -44,7 +44,7 @@ export function leafHash(entry: Uint8Array): Buffer {
 /** RFC 6962 interior node hash: SHA-256(0x01 ‖ left ‖ right). Both inputs must be 32 bytes. */
 export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
   if (left.length !== HASH_SIZE || right.length !== HASH_SIZE) {
-    throw new BrokerError('bad_request', 400, 'node hash inputs must be 32 bytes');
+    throw new BrokerError('bad_request', 'node hash inputs must be 32 bytes');
   }
   nodeScratch.set(left, 1);
   nodeScratch.set(right, 1 + HASH_SIZE);
@@ -76,7 +76,7 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(a, b) === 0;
 }
 
-const badArg = (message: string): BrokerError => new BrokerError('bad_request', 400, message);
+const badArg = (message: string): BrokerError => new BrokerError('bad_request', message);
 
 const MIN_LEVEL_NODES = 64;
 

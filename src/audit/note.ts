@@ -31,7 +31,7 @@ const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'he
 
 export class NoteError extends BrokerError {
   constructor(message: string) {
-    super('bad_request', 400, message);
+    super('bad_request', message);
     this.name = 'NoteError';
   }
 }

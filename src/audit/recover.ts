@@ -26,7 +26,7 @@ import { verifyLog } from './verify.js';
 
 export class RecoverError extends BrokerError {
   constructor(message: string) {
-    super('bad_request', 400, message);
+    super('bad_request', message);
     this.name = 'RecoverError';
   }
 }

@@ -43,7 +43,7 @@ export function storeSource(store: Store): LogSource {
 
 export class RemoteLogError extends BrokerError {
   constructor(message: string) {
-    super('bad_request', 400, message);
+    super('bad_request', message);
     this.name = 'RemoteLogError';
   }
 }

@@ -125,7 +125,7 @@ export async function verifyLog(source: LogSource, key: NoteVerifier, opts: Veri
   const tree = new MerkleTree({ capacity: expected });
   const malformed: number[] = [];
   if (opts.hashesOnly === true) {
-    if (source.leafHashes === undefined) throw new BrokerError('bad_request', 400, 'this log source serves no leaf hashes');
+    if (source.leafHashes === undefined) throw new BrokerError('bad_request', 'this log source serves no leaf hashes');
     for await (const leaf of source.leafHashes(0, end)) tree.append(leaf);
   } else {
     for await (const bytes of source.entries(0, end)) {

@@ -38,7 +38,7 @@ export const CLOCK_SKEW_BACKDATE_MS = 60_000;
 const MAX_CHAIN_LENGTH = 8;
 
 const internal = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('internal', 500, message, cause === undefined ? undefined : { cause });
+  new BrokerError('internal', message, cause === undefined ? undefined : { cause });
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 

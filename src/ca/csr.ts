@@ -54,8 +54,8 @@ const SIGNATURE_ALGORITHMS: ReadonlyMap<string, SigAlg> = new Map([
 ]);
 
 const invalidCsr = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('invalid_csr', 400, message, cause === undefined ? undefined : { cause });
-const weakKey = (message: string): BrokerError => new BrokerError('weak_key', 400, message);
+  new BrokerError('invalid_csr', message, cause === undefined ? undefined : { cause });
+const weakKey = (message: string): BrokerError => new BrokerError('weak_key', message);
 
 // Per-KeyObject memo of what OpenSSL 3 makes expensive: exporting an SPKI (~110 µs) and the first
 // read of asymmetricKeyDetails (~30 µs) each cost more than signing a certificate. KeyObjects are

@@ -24,7 +24,7 @@ export class JwtSvidSigner {
   static async fromPem(pem: string): Promise<JwtSvidSigner> {
     const key = createPrivateKey(pem);
     if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
-      throw new BrokerError('internal', 500, 'the JWT-SVID signing key must be an EC P-256 key');
+      throw new BrokerError('internal', 'the JWT-SVID signing key must be an EC P-256 key');
     }
     const jwk = createPublicKey(key).export({ format: 'jwk' });
     const kid = await calculateJwkThumbprint({ kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y }, 'sha256');

@@ -25,7 +25,7 @@ export interface MintJob {
 }
 export type MintResult =
   | { readonly id: number; readonly ok: true; readonly value: X509Minted }
-  | { readonly id: number; readonly ok: false; readonly error: { readonly code: ErrorCode; readonly status: number; readonly message: string } };
+  | { readonly id: number; readonly ok: false; readonly error: { readonly code: ErrorCode; readonly message: string } };
 export type ThreadMessage = { readonly type: 'ready' } | { readonly type: 'results'; readonly results: readonly MintResult[] };
 
 export const MAX_CA_THREADS = 16;
@@ -50,7 +50,7 @@ export interface MinterPoolOptions {
   readonly onThreadFailure?: (reason: 'exited' | 'stuck') => void;
 }
 
-const unavailable = (message: string): BrokerError => new BrokerError('ca_unavailable', 503, message);
+const unavailable = (message: string): BrokerError => new BrokerError('ca_unavailable', message);
 
 interface Pending {
   readonly resolve: (value: X509Minted) => void;
@@ -183,10 +183,10 @@ export class MinterPool implements X509Minter {
       });
       worker.on('error', (err) => {
         this.#opts.onError?.(err, `certificate minting thread ${slot + 1} failed`);
-        if (!ready) reject(new BrokerError('internal', 500, `certificate minting thread could not start: ${err.message}`));
+        if (!ready) reject(new BrokerError('internal', `certificate minting thread could not start: ${err.message}`));
       });
       worker.on('exit', (code) => {
-        if (!ready) reject(new BrokerError('internal', 500, `certificate minting thread exited with code ${code} before it was ready`));
+        if (!ready) reject(new BrokerError('internal', `certificate minting thread exited with code ${code} before it was ready`));
         this.#onExit(slot, thread, code);
       });
     });
@@ -199,7 +199,7 @@ export class MinterPool implements X509Minter {
       this.#pending.delete(r.id);
       if (--thread.inFlight === 0) thread.worker.unref();
       if (r.ok) p.resolve(r.value);
-      else p.reject(new BrokerError(r.error.code, r.error.status, r.error.message));
+      else p.reject(new BrokerError(r.error.code, r.error.message));
     }
   }
 

@@ -1,7 +1,7 @@
 /**
  * A minting thread (see minter-pool.ts): builds its own CertificateAuthority from the PEMs the broker
  * loaded, then answers batches of mint jobs with `mintX509Svid`, the same code the inline minter runs.
- * A BrokerError (invalid_csr, weak_key, ...) goes back as its code, status and message.
+ * A BrokerError (invalid_csr, weak_key, ...) goes back as its code and message (the status follows from the code).
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { BrokerError } from '../errors.js';
@@ -18,8 +18,8 @@ async function run(job: MintJob): Promise<MintResult> {
   try {
     return { id: job.id, ok: true, value: await mintX509Svid(ca, job.req) };
   } catch (err) {
-    if (err instanceof BrokerError) return { id: job.id, ok: false, error: { code: err.code, status: err.status, message: err.message } };
-    return { id: job.id, ok: false, error: { code: 'internal', status: 500, message: `minting failed: ${err instanceof Error ? err.message : String(err)}` } };
+    if (err instanceof BrokerError) return { id: job.id, ok: false, error: { code: err.code, message: err.message } };
+    return { id: job.id, ok: false, error: { code: 'internal', message: `minting failed: ${err instanceof Error ? err.message : String(err)}` } };
   }
 }
 

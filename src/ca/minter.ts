@@ -36,7 +36,7 @@ export interface X509Minter {
 }
 
 function checkKeyType(kind: string): void {
-  if (kind !== 'ec-p256') throw new BrokerError('internal', 500, `unsupported server key kind ${kind}`);
+  if (kind !== 'ec-p256') throw new BrokerError('internal', `unsupported server key kind ${kind}`);
 }
 
 function minted(ca: CertificateAuthority, req: X509MintRequest, publicKey: KeyObject, privateKeyPem?: string): X509Minted {

@@ -102,7 +102,7 @@ const OID = {
 } as const;
 
 const internal = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('internal', 500, message, cause === undefined ? undefined : { cause });
+  new BrokerError('internal', message, cause === undefined ? undefined : { cause });
 
 // --- constant encodings ------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import {
 import { breakGlassGrantProblem, loadConfig } from '../config/load.js';
 import { BrokerError } from '../errors.js';
 import { validateTrustDomain } from '../spiffe/id.js';
-import { UsageError } from './usage.js';
+import { CommandFailed, UsageError } from './usage.js';
 
 const out = (s: string): boolean => process.stdout.write(s);
 const err = (s: string): boolean => process.stderr.write(s);
@@ -265,7 +265,7 @@ async function use(args: string[]): Promise<void> {
   if (url.protocol !== 'https:') throw new UsageError('--url must be https://');
   const res = await post(url, readFileSync(values.cacert, 'utf8'), JSON.stringify(body));
   if (res.status !== 200) {
-    throw new BrokerError('bad_request', res.status, `the broker refused (${res.status} ${String(res.json.error ?? '')}): ${String(res.json.message ?? '')}`);
+    throw new CommandFailed(`the broker refused (${res.status} ${String(res.json.error ?? '')}): ${String(res.json.message ?? '')}`);
   }
   const j = res.json as {
     grant: string; spiffeId: string; expiresAt: string; svid?: string; privateKey?: string; adminBundle?: string; serial?: string;

@@ -10,7 +10,7 @@ import { devCerts, devToken } from './dev.js';
 import { agent } from './agent.js';
 import { secretsPut, secretsRotateKek } from './secrets.js';
 import { serve } from './serve.js';
-import { USAGE, UsageError } from './usage.js';
+import { CommandFailed, USAGE, UsageError } from './usage.js';
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
@@ -103,7 +103,7 @@ main(process.argv.slice(2)).catch((err: unknown) => {
     process.stderr.write(`tessera: ${(err as Error).message}\n\n${USAGE}`);
     process.exit(2);
   }
-  if (err instanceof ConfigError || err instanceof BrokerError) {
+  if (err instanceof ConfigError || err instanceof BrokerError || err instanceof CommandFailed) {
     process.stderr.write(`tessera: ${err.message}\n`);
     process.exit(1);
   }

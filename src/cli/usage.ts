@@ -6,6 +6,14 @@ export class UsageError extends Error {
   }
 }
 
+/** A command that ran and failed (a refusal from the broker, a failed check): printed, exit code 1. */
+export class CommandFailed extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CommandFailed';
+  }
+}
+
 export const USAGE = `usage: tessera <command> [options]
 
 commands:

@@ -31,7 +31,7 @@ const DAY_MS = 86_400_000;
 const BACKDATE_MS = 60_000;
 
 const internal = (message: string, cause?: unknown): BrokerError =>
-  new BrokerError('internal', 500, message, cause === undefined ? undefined : { cause });
+  new BrokerError('internal', message, cause === undefined ? undefined : { cause });
 
 export function devPkiPaths(dir: string): DevPkiPaths {
   const f = (name: string): string => path.join(dir, name);

@@ -116,14 +116,14 @@ function randomSuffix(length: number): string {
 /** Mints a token shaped like a projected service account token, signed by the dev issuer key. */
 export async function mintDevToken(opts: MintDevTokenOptions): Promise<string> {
   const { namespace, serviceAccount } = opts;
-  if (!isDnsLabel(namespace)) throw new BrokerError('bad_request', 400, 'namespace must be a DNS label (lowercase a-z, 0-9, "-")');
+  if (!isDnsLabel(namespace)) throw new BrokerError('bad_request', 'namespace must be a DNS label (lowercase a-z, 0-9, "-")');
   if (!isDnsSubdomain(serviceAccount)) {
-    throw new BrokerError('bad_request', 400, 'service account must be a DNS subdomain (lowercase a-z, 0-9, "-", ".")');
+    throw new BrokerError('bad_request', 'service account must be a DNS subdomain (lowercase a-z, 0-9, "-", ".")');
   }
   const podName = opts.podName ?? `${serviceAccount.slice(0, 240).replace(/[.-]+$/, '')}-${randomSuffix(5)}`;
-  if (!isDnsSubdomain(podName)) throw new BrokerError('bad_request', 400, 'pod name must be a DNS subdomain');
+  if (!isDnsSubdomain(podName)) throw new BrokerError('bad_request', 'pod name must be a DNS subdomain');
   const ttl = opts.ttlSeconds ?? DEFAULT_DEV_TOKEN_TTL_SECONDS;
-  if (!Number.isInteger(ttl) || ttl <= 0) throw new BrokerError('bad_request', 400, 'ttlSeconds must be a positive integer');
+  if (!Number.isInteger(ttl) || ttl <= 0) throw new BrokerError('bad_request', 'ttlSeconds must be a positive integer');
 
   const pem = await readFile(opts.keyFile, 'utf8');
   const { kid } = await publicJwkOf(pem);

@@ -32,7 +32,7 @@ export class SecretKv {
   /** The ring, or a 503 explaining that static secrets need a KEK. */
   private keys(): KeyRing {
     if (this.ring === undefined) {
-      throw new BrokerError('kek_unavailable', 503, 'static secrets are not enabled: set secrets.kekFile in the config');
+      throw new BrokerError('kek_unavailable', 'static secrets are not enabled: set secrets.kekFile in the config');
     }
     return this.ring;
   }
@@ -44,8 +44,8 @@ export class SecretKv {
   /** Encrypts and stores `value` under `name` (replacing any previous value). */
   async put(name: string, value: Buffer): Promise<{ kek: string }> {
     validateSecretName(name);
-    if (value.length === 0) throw new BrokerError('bad_request', 400, 'a secret value may not be empty');
-    if (value.length > MAX_SECRET_BYTES) throw new BrokerError('bad_request', 400, `a secret value is at most ${MAX_SECRET_BYTES} bytes`);
+    if (value.length === 0) throw new BrokerError('bad_request', 'a secret value may not be empty');
+    if (value.length > MAX_SECRET_BYTES) throw new BrokerError('bad_request', `a secret value is at most ${MAX_SECRET_BYTES} bytes`);
     const sealed = seal(this.keys(), value, name);
     await this.store.kvPut(SECRET_SPACE, name, serializeSealed(sealed));
     return { kek: sealed.kek };

@@ -23,12 +23,12 @@ class FakeBackend implements LeaseBackend {
   revoked: string[] = [];
   renewed: { id: string; expiresAt: number }[] = [];
   async renew(lease: Lease, expiresAt: number): Promise<void> {
-    if (this.failing) throw new BrokerError('engine_unavailable', 503, 'engine down');
+    if (this.failing) throw new BrokerError('engine_unavailable', 'engine down');
     this.renewed.push({ id: lease.id, expiresAt });
   }
   async revoke(lease: Lease): Promise<void> {
     if (this.refusal !== undefined) throw this.refusal;
-    if (this.failing) throw new BrokerError('engine_unavailable', 503, 'engine down');
+    if (this.failing) throw new BrokerError('engine_unavailable', 'engine down');
     this.revoked.push(lease.id);
   }
 }
@@ -167,7 +167,7 @@ describe('leases', () => {
     await m.revoke(lease, ctx);
     expect(await m.get(lease.id)).toMatchObject({ state: 'revoking', attempts: 1 });
     // Then the engine refuses for good.
-    backend.refusal = new BrokerError('revoke_failed', 502, 'refused (42501)');
+    backend.refusal = new BrokerError('revoke_failed', 'refused (42501)');
     clock.t += 1000;
     expect((await m.sweepOnce()).failed).toEqual([{ id: lease.id, error: 'refused (42501)' }]);
     const failed = await m.get(lease.id);

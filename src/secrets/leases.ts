@@ -180,7 +180,7 @@ export class LeaseManager {
     const lease = parseLease(text);
     if (lease === undefined || lease.id !== id) {
       this.#log?.error({ leaseId: id }, 'lease record is unreadable');
-      throw new BrokerError('internal', 500, `lease ${id} is unreadable`);
+      throw new BrokerError('internal', `lease ${id} is unreadable`);
     }
     return lease;
   }
@@ -242,8 +242,8 @@ export class LeaseManager {
    */
   async renew(lease: Lease, ttlMs: number): Promise<Lease> {
     const now = this.#d.clock.now();
-    if (lease.state !== 'active') throw new BrokerError('not_found', 404, `lease ${lease.id} is being revoked`);
-    if (lease.expiresAt <= now) throw new BrokerError('not_found', 404, `lease ${lease.id} has expired; request a new credential`);
+    if (lease.state !== 'active') throw new BrokerError('not_found', `lease ${lease.id} is being revoked`);
+    if (lease.expiresAt <= now) throw new BrokerError('not_found', `lease ${lease.id} has expired; request a new credential`);
     const expiresAt = Math.min(now + ttlMs, lease.maxExpiresAt);
     await this.#d.backends[lease.kind]?.renew(lease, expiresAt);
     const renewed: Lease = { ...lease, expiresAt };

@@ -143,7 +143,7 @@ export class PostgresEngine {
   /** Only roles this engine made are ever renewed or dropped, whatever a lease record says. */
   #checkUsername(username: string): void {
     if (!this.#usernamePattern.test(username)) {
-      throw new BrokerError('bad_request', 400, `"${username}" is not a role engine ${this.name} created; refusing to touch it`);
+      throw new BrokerError('bad_request', `"${username}" is not a role engine ${this.name} created; refusing to touch it`);
     }
   }
 
@@ -151,7 +151,7 @@ export class PostgresEngine {
     if (err instanceof BrokerError) return err;
     const e = err as PgError;
     const detail = typeof e.code === 'string' && /^[A-Z0-9]{5}$|^E[A-Z]+$/.test(e.code) ? ` (${e.code})` : '';
-    return new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${this.name}" could not ${action}${detail}`, { cause: err });
+    return new BrokerError('engine_unavailable', `PostgreSQL engine "${this.name}" could not ${action}${detail}`, { cause: err });
   }
 
   /** A revoke failure: revoke_failed (502) when retrying cannot help, else engine_unavailable (503). */
@@ -162,7 +162,6 @@ export class PostgresEngine {
       const why = typeof e.message === 'string' ? `: ${e.message.slice(0, 200)}` : '';
       return new BrokerError(
         'revoke_failed',
-        502,
         `PostgreSQL engine "${this.name}" refused to drop role ${username} (${e.code as string}${why}); retrying cannot fix this — see docs/secrets.md for the admin role's privileges`,
         { cause: err },
       );
@@ -188,12 +187,11 @@ export class PostgresEngine {
     }
     const who = row?.rolname ?? '?';
     if (row === undefined || (!row.rolsuper && !row.rolcreaterole)) {
-      throw new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${this.name}": admin role "${who}" has neither SUPERUSER nor CREATEROLE; it cannot create or drop roles (see docs/secrets.md)`);
+      throw new BrokerError('engine_unavailable', `PostgreSQL engine "${this.name}": admin role "${who}" has neither SUPERUSER nor CREATEROLE; it cannot create or drop roles (see docs/secrets.md)`);
     }
     if (!row.rolsuper && !row.rolinherit) {
       throw new BrokerError(
         'engine_unavailable',
-        503,
         `PostgreSQL engine "${this.name}": admin role "${who}" is NOINHERIT, so it cannot drop roles that own objects (REASSIGN/DROP OWNED need the role's privileges); ALTER ROLE ... INHERIT (see docs/secrets.md)`,
       );
     }
@@ -201,7 +199,7 @@ export class PostgresEngine {
   }
 
   async #client(action: string): Promise<pg.PoolClient> {
-    if (this.#closed) throw new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${this.name}" is closed`);
+    if (this.#closed) throw new BrokerError('engine_unavailable', `PostgreSQL engine "${this.name}" is closed`);
     try {
       return await this.#pool.connect();
     } catch (err) {
@@ -212,7 +210,7 @@ export class PostgresEngine {
   /** Creates `username` (LOGIN, password, VALID UNTIL) with the role's grants, atomically. */
   async create(role: string, username: string, password: string, validUntilMs: number): Promise<void> {
     const cfg = this.role(role);
-    if (cfg === undefined) throw new BrokerError('not_found', 404, `engine ${this.name} has no role ${role}`);
+    if (cfg === undefined) throw new BrokerError('not_found', `engine ${this.name} has no role ${role}`);
     this.#checkUsername(username);
     const statements = createRoleStatements(username, await scramSha256Verifier(password), validUntilMs, cfg.grants);
     const client = await this.#client('create a role');
@@ -238,7 +236,7 @@ export class PostgresEngine {
         extended(`ALTER ROLE ${pg.escapeIdentifier(username)} VALID UNTIL ${pg.escapeLiteral(new Date(validUntilMs).toISOString())}`),
       );
     } catch (err) {
-      if ((err as PgError).code === '42704') throw new BrokerError('not_found', 404, `role ${username} no longer exists`);
+      if ((err as PgError).code === '42704') throw new BrokerError('not_found', `role ${username} no longer exists`);
       throw this.#unavailable('renew a role', err);
     } finally {
       client.release();
@@ -310,7 +308,7 @@ export class PostgresEngines implements LeaseBackend {
   #engineOf(lease: Lease): { engine: PostgresEngine; username: string } {
     const engine = lease.engine !== undefined ? this.#engines.get(lease.engine) : undefined;
     if (engine === undefined || lease.username === undefined) {
-      throw new BrokerError('engine_unavailable', 503, `PostgreSQL engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
+      throw new BrokerError('engine_unavailable', `PostgreSQL engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
     }
     return { engine, username: lease.username };
   }

@@ -156,17 +156,16 @@ export class SecretsService {
     } catch (err) {
       if (!(err instanceof EnvelopeError)) throw err;
       if (err.reason === 'unknown-kek') {
-        throw new BrokerError('kek_unavailable', 503, `${err.message}; add it to secrets.oldKekFiles or finish the KEK rotation`, { cause: err });
+        throw new BrokerError('kek_unavailable', `${err.message}; add it to secrets.oldKekFiles or finish the KEK rotation`, { cause: err });
       }
       this.#log?.error({ secret: name, requestId }, `secret integrity check FAILED: ${err.message}`);
       throw new BrokerError(
         'secret_integrity_failed',
-        409,
         `secret "${name}" failed its integrity check and is not served: the stored ciphertext was modified or is corrupt; an operator must write it again`,
         { cause: err },
       );
     }
-    if (value === undefined) throw new BrokerError('not_found', 404, `no secret named "${name}"`);
+    if (value === undefined) throw new BrokerError('not_found', `no secret named "${name}"`);
     const cfg = this.#d.config;
     try {
       const lease = await this.leases.create({
@@ -197,7 +196,7 @@ export class SecretsService {
     if (!this.grants.mayPostgresRole(w, role)) throw forbidden(`${w.spiffeId} is not granted PostgreSQL role "${role}"`);
     const engine = this.engines.forRole(role);
     const cfg = engine?.role(role);
-    if (engine === undefined || cfg === undefined) throw new BrokerError('not_found', 404, `no PostgreSQL role "${role}" is configured`);
+    if (engine === undefined || cfg === undefined) throw new BrokerError('not_found', `no PostgreSQL role "${role}" is configured`);
     const ttl = Math.min(ttlSeconds ?? cfg.ttlSeconds, cfg.maxTtlSeconds);
     const username = engine.newUsername(role);
     const password = randomPassword();
@@ -240,7 +239,7 @@ export class SecretsService {
   /** The caller's own lease, or 404 / 403. */
   async #ownLease(w: Workload, leaseId: string): Promise<Lease> {
     const lease = await this.leases.get(leaseId);
-    if (lease === undefined) throw new BrokerError('not_found', 404, `no lease ${leaseId} (unknown, expired or revoked)`);
+    if (lease === undefined) throw new BrokerError('not_found', `no lease ${leaseId} (unknown, expired or revoked)`);
     if (lease.identity !== w.spiffeId) throw forbidden(`lease ${leaseId} is held by another identity`);
     return lease;
   }
@@ -270,14 +269,12 @@ export class SecretsService {
     if (!outcome.revoked && outcome.lease.state === 'revoke_failed') {
       throw new BrokerError(
         'revoke_failed',
-        502,
         `lease ${leaseId} could not be revoked (${outcome.error}); the lease is kept as revoke_failed, operators are alerted, and the broker tries again hourly`,
       );
     }
     if (!outcome.revoked) {
       throw new BrokerError(
         'engine_unavailable',
-        503,
         `lease ${leaseId} could not be revoked right now (${outcome.error}); the broker keeps retrying until it is`,
       );
     }

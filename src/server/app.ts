@@ -86,7 +86,7 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
   app.removeContentTypeParser('text/plain');
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((request, reply) => {
-    errorHandler(new BrokerError('not_found', 404, `no route ${request.method} ${request.url.split('?')[0] ?? ''}`), request, reply);
+    errorHandler(new BrokerError('not_found', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`), request, reply);
   });
 
   healthRoutes(app, broker);

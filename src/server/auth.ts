@@ -66,7 +66,6 @@ async function attest(
   if (peer.identity.spiffeId !== fromToken.spiffeId) {
     throw new BrokerError(
       'ambiguous_identity',
-      400,
       `the client certificate is ${peer.identity.spiffeId} but the token is ${fromToken.spiffeId}; present one identity per request`,
     );
   }

@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { BrokerError, type ErrorCode } from '../errors.js';
+import { BrokerError, ERROR_STATUS, type ErrorCode } from '../errors.js';
 import type { ClientErrorReason } from '../metrics/metrics.js';
 
 export interface ErrorBody {
@@ -13,19 +13,19 @@ export interface ErrorBody {
   readonly message: string;
 }
 
-const FASTIFY_CODES: Readonly<Record<string, { code: ErrorCode; status: number; message?: string }>> = {
-  FST_ERR_CTP_BODY_TOO_LARGE: { code: 'payload_too_large', status: 413, message: 'request body is larger than the limit' },
+/** fastify's own errors, by their code: the broker's error code (its status comes from ERROR_STATUS). */
+const FASTIFY_CODES: Readonly<Record<string, { code: ErrorCode; message: string }>> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: { code: 'payload_too_large', message: 'request body is larger than the limit' },
   FST_ERR_CTP_INVALID_MEDIA_TYPE: {
     code: 'unsupported_media_type',
-    status: 415,
     message: 'send the body as JSON with Content-Type: application/json (curl: --json)',
   },
-  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { code: 'bad_request', status: 400, message: 'Content-Length does not match the body' },
-  FST_ERR_CTP_EMPTY_JSON_BODY: { code: 'invalid_json', status: 400, message: 'the JSON body is empty' },
-  FST_ERR_CTP_INVALID_JSON_BODY: { code: 'invalid_json', status: 400, message: 'the body is not valid JSON' },
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: { code: 'bad_request', message: 'Content-Length does not match the body' },
+  FST_ERR_CTP_EMPTY_JSON_BODY: { code: 'invalid_json', message: 'the JSON body is empty' },
+  FST_ERR_CTP_INVALID_JSON_BODY: { code: 'invalid_json', message: 'the body is not valid JSON' },
   // Raised before routing (app.ts frameworkErrors): a malformed percent-encoding, an overlong path parameter.
-  FST_ERR_BAD_URL: { code: 'bad_request', status: 400, message: 'the URL is not valid (malformed percent-encoding)' },
-  FST_ERR_MAX_PARAM_LENGTH: { code: 'bad_request', status: 414, message: 'a path parameter is longer than the server accepts' },
+  FST_ERR_BAD_URL: { code: 'bad_request', message: 'the URL is not valid (malformed percent-encoding)' },
+  FST_ERR_MAX_PARAM_LENGTH: { code: 'uri_too_long', message: 'a path parameter is longer than the server accepts' },
 };
 
 export function toErrorResponse(err: unknown): { status: number; body: ErrorBody; unexpected: boolean } {
@@ -38,7 +38,7 @@ export function toErrorResponse(err: unknown): { status: number; body: ErrorBody
   }
   const known = fe?.code !== undefined ? FASTIFY_CODES[fe.code] : undefined;
   if (known !== undefined) {
-    return { status: known.status, body: { error: known.code, message: known.message ?? fe?.message ?? '' }, unexpected: false };
+    return { status: ERROR_STATUS[known.code], body: { error: known.code, message: known.message }, unexpected: false };
   }
   // A SyntaxError from JSON.parse (content-type parser) is the client's fault.
   if (err instanceof SyntaxError || fe?.statusCode === 400) {

@@ -29,7 +29,7 @@ export class RateLimitedError extends BrokerError {
   readonly identity: Identity | undefined;
 
   constructor(scope: LimitScope, message: string, retryAfterSeconds: number, firstInWindow: boolean, identity?: Identity) {
-    super('rate_limited', 429, message, { retryAfterSeconds });
+    super('rate_limited', message, { retryAfterSeconds });
     this.scope = scope;
     this.firstInWindow = firstInWindow;
     this.identity = identity;

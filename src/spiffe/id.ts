@@ -21,7 +21,7 @@ export interface SpiffeId {
 }
 
 function invalid(message: string): BrokerError {
-  return new BrokerError('bad_request', 400, `invalid SPIFFE ID: ${message}`);
+  return new BrokerError('bad_request', `invalid SPIFFE ID: ${message}`);
 }
 
 export function validateTrustDomain(trustDomain: string): string {

@@ -275,7 +275,7 @@ class FramedFile {
     for (const p of payloads) total += HEADER + p.length;
     // One call is one write; keeping it within a batch bounds what a crash can tear (see #handleBadRecord).
     if (total > MAX_BATCH_BYTES) {
-      return Promise.reject(new BrokerError('bad_request', 400, `one append may carry at most ${MAX_BATCH_BYTES} bytes`));
+      return Promise.reject(new BrokerError('bad_request', `one append may carry at most ${MAX_BATCH_BYTES} bytes`));
     }
     const frame = Buffer.allocUnsafe(total);
     const lengths: number[] = [];
@@ -385,7 +385,7 @@ class FramedFile {
   /** Payloads of records [start, end), read with positioned reads and re-checked against their CRC. */
   async read(start: number, end: number): Promise<Buffer[]> {
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end > this.#count) {
-      throw new BrokerError('bad_request', 400, `record range must satisfy 0 <= start <= end <= ${this.#count}`);
+      throw new BrokerError('bad_request', `record range must satisfy 0 <= start <= end <= ${this.#count}`);
     }
     if (this.#closed) throw this.unavailable(`${path.basename(this.filePath)} is closed`);
     const out: Buffer[] = [];
@@ -651,7 +651,7 @@ export class EmbeddedStore implements Store {
     if (this.#closed) return Promise.reject(auditUnavailable('store is closed'));
     for (const e of entries) {
       if (!(e instanceof Uint8Array) || e.length > MAX_PAYLOAD) {
-        return Promise.reject(new BrokerError('bad_request', 400, `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`));
+        return Promise.reject(new BrokerError('bad_request', `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`));
       }
     }
     return this.#audit.append(entries);
@@ -667,9 +667,9 @@ export class EmbeddedStore implements Store {
 
   async appendCheckpoint(note: string): Promise<void> {
     if (this.#closed) throw storeUnavailable('store is closed');
-    if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 400, 'checkpoint note must be a non-empty string');
+    if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
     const bytes = Buffer.from(note, 'utf8');
-    if (bytes.length > MAX_PAYLOAD) throw new BrokerError('bad_request', 400, 'checkpoint note too large');
+    if (bytes.length > MAX_PAYLOAD) throw new BrokerError('bad_request', 'checkpoint note too large');
     await this.#checkpoints.append([bytes]);
   }
 
@@ -687,9 +687,9 @@ export class EmbeddedStore implements Store {
   async consumeOnce(key: string, expiresAtMs: number): Promise<boolean> {
     if (this.#closed) throw storeUnavailable('store is closed');
     if (typeof key !== 'string' || key.length === 0 || key.length > MAX_NONCE_KEY) {
-      throw new BrokerError('bad_request', 400, `key must be a non-empty string of at most ${MAX_NONCE_KEY} chars`);
+      throw new BrokerError('bad_request', `key must be a non-empty string of at most ${MAX_NONCE_KEY} chars`);
     }
-    if (!Number.isSafeInteger(expiresAtMs)) throw new BrokerError('bad_request', 400, 'expiresAtMs must be an integer');
+    if (!Number.isSafeInteger(expiresAtMs)) throw new BrokerError('bad_request', 'expiresAtMs must be an integer');
     const now = this.#clock.now();
     if (expiresAtMs <= now) return false;
     const digest = createHash('sha256').update(key, 'utf8').digest();

@@ -127,7 +127,7 @@ function toWire(err: unknown): WireError {
 
 function fromWire(w: WireError): Error {
   if (typeof w.code === 'string' && typeof w.status === 'number') {
-    return new BrokerError(w.code, w.status, String(w.message), w.retryAfterSeconds !== undefined ? { retryAfterSeconds: w.retryAfterSeconds } : undefined);
+    return new BrokerError(w.code, String(w.message), w.retryAfterSeconds !== undefined ? { retryAfterSeconds: w.retryAfterSeconds } : undefined);
   }
   return new Error(`store (primary process): ${String(w.message)}`);
 }
@@ -372,7 +372,7 @@ export class AuditLeafHashCache {
   /** Hashes of entries [start, end), concatenated (32 bytes each). Rejects (400) beyond the log, like readAuditEntries. */
   async read(start: number, end: number): Promise<Buffer> {
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start || end - start > MAX_LEAF_HASHES_PER_READ) {
-      throw new BrokerError('bad_request', 400, `leaf hash range must satisfy 0 <= start <= end, at most ${MAX_LEAF_HASHES_PER_READ} at a time`);
+      throw new BrokerError('bad_request', `leaf hash range must satisfy 0 <= start <= end, at most ${MAX_LEAF_HASHES_PER_READ} at a time`);
     }
     await this.#upTo(end);
     // A view: the bytes for [0, count) never change, even when a later batch reallocates.
@@ -405,7 +405,7 @@ export class AuditLeafHashCache {
           // Asking beyond the log is the caller's mistake, not the others'.
           const beyond = this.#waiters.filter((w) => w.end > this.#known);
           this.#waiters = this.#waiters.filter((w) => w.end <= this.#known);
-          const err = new BrokerError('bad_request', 400, `record range must satisfy 0 <= start <= end <= ${this.#known}`);
+          const err = new BrokerError('bad_request', `record range must satisfy 0 <= start <= end <= ${this.#known}`);
           for (const w of beyond) w.reject(err);
           continue;
         }
@@ -514,8 +514,8 @@ export function serveStore(
     }
   };
   const signedCheckpoint = async (minSize: unknown): Promise<string> => {
-    if (opts.checkpoints === undefined) throw new BrokerError('bad_request', 400, 'this store process does not sign checkpoints');
-    if (!Number.isSafeInteger(minSize) || (minSize as number) < 0) throw new BrokerError('bad_request', 400, 'minSize must be a non-negative integer');
+    if (opts.checkpoints === undefined) throw new BrokerError('bad_request', 'this store process does not sign checkpoints');
+    if (!Number.isSafeInteger(minSize) || (minSize as number) < 0) throw new BrokerError('bad_request', 'minSize must be a non-negative integer');
     return (await opts.checkpoints.covering(minSize as number)).note;
   };
   const run = (id: number, op: IpcStoreOp, args: unknown[]): void => {
@@ -524,7 +524,7 @@ export function serveStore(
     try {
       if (op === 'appendAuditEntries') {
         const entries = args[0];
-        if (!Array.isArray(entries) || !entries.every(isBytes)) throw new BrokerError('bad_request', 400, 'audit entries must be byte arrays');
+        if (!Array.isArray(entries) || !entries.every(isBytes)) throw new BrokerError('bad_request', 'audit entries must be byte arrays');
         args = [entries.map(asBuffer)];
       }
       p =
@@ -564,7 +564,7 @@ export function serveStore(
       if (!Number.isSafeInteger(id)) continue;
       if (typeof op !== 'string' || !OPS.has(op) || !Array.isArray(args)) {
         inFlight++;
-        answer([id as number, 0, toWire(new BrokerError('bad_request', 400, `unknown store operation ${JSON.stringify(op)}`))]);
+        answer([id as number, 0, toWire(new BrokerError('bad_request', `unknown store operation ${JSON.stringify(op)}`))]);
         continue;
       }
       run(id as number, op as IpcStoreOp, args);

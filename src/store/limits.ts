@@ -14,7 +14,7 @@ export const MAX_VALUE_BYTES = 256 * 1024;
 export const MAX_DURATION_MS = 7 * 24 * 3600 * 1000;
 export const MAX_NAME_CHARS = 4096;
 
-const bad = (message: string): BrokerError => new BrokerError('bad_request', 400, message);
+const bad = (message: string): BrokerError => new BrokerError('bad_request', message);
 
 export function checkSpace(space: string): void {
   if (typeof space !== 'string' || !SPACE_RE.test(space)) {

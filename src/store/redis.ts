@@ -409,11 +409,11 @@ export class RedisStore implements Store {
       'audit append',
       async () => {
         if (entries.length === 0 || entries.length > MAX_APPEND_ENTRIES) {
-          throw new BrokerError('bad_request', 400, `one append carries 1..${MAX_APPEND_ENTRIES} entries`);
+          throw new BrokerError('bad_request', `one append carries 1..${MAX_APPEND_ENTRIES} entries`);
         }
         for (const e of entries) {
           if (!(e instanceof Uint8Array) || e.length > MAX_PAYLOAD) {
-            throw new BrokerError('bad_request', 400, `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`);
+            throw new BrokerError('bad_request', `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`);
           }
         }
         // The script's RPUSH is atomic and returns the new length: our entries are the last `entries.length`.
@@ -464,7 +464,7 @@ export class RedisStore implements Store {
       'audit read',
       async () => {
         if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) {
-          throw new BrokerError('bad_request', 400, 'record range must satisfy 0 <= start <= end');
+          throw new BrokerError('bad_request', 'record range must satisfy 0 <= start <= end');
         }
         const out: Buffer[] = [];
         for (let i = start; i < end; i += READ_CHUNK) {
@@ -472,7 +472,7 @@ export class RedisStore implements Store {
           const got = await this.#client.lrangeBuffer(this.#k('audit'), i, to - 1);
           out.push(...got);
           if (got.length !== to - i) {
-            throw new BrokerError('bad_request', 400, `record range must satisfy 0 <= start <= end <= ${i + got.length}`);
+            throw new BrokerError('bad_request', `record range must satisfy 0 <= start <= end <= ${i + got.length}`);
           }
         }
         return out;
@@ -483,8 +483,8 @@ export class RedisStore implements Store {
 
   appendCheckpoint(note: string): Promise<void> {
     return this.#run('checkpoint append', async () => {
-      if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 400, 'checkpoint note must be a non-empty string');
-      if (Buffer.byteLength(note, 'utf8') > MAX_PAYLOAD) throw new BrokerError('bad_request', 400, 'checkpoint note too large');
+      if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
+      if (Buffer.byteLength(note, 'utf8') > MAX_PAYLOAD) throw new BrokerError('bad_request', 'checkpoint note too large');
       await this.#write((p) => void p.rpush(this.#k('checkpoints'), note));
     });
   }
@@ -497,7 +497,7 @@ export class RedisStore implements Store {
   consumeOnce(key: string, expiresAtMs: number): Promise<boolean> {
     return this.#run('consumeOnce', async () => {
       checkName('key', key, MAX_NONCE_KEY);
-      if (!Number.isSafeInteger(expiresAtMs)) throw new BrokerError('bad_request', 400, 'expiresAtMs must be an integer');
+      if (!Number.isSafeInteger(expiresAtMs)) throw new BrokerError('bad_request', 'expiresAtMs must be an integer');
       if (expiresAtMs <= this.#clock.now()) return false;
       const id = createHash('sha256').update(key, 'utf8').digest('base64url');
       const [res] = await this.#write((p) => void p.set(this.#k(`once:${id}`), '1', 'PXAT', expiresAtMs, 'NX'));

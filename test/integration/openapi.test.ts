@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { Ajv, type ValidateFunction } from 'ajv';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ERROR_STATUS } from '../../src/errors.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { opensslKeyAndCsr } from '../helpers/openssl.js';
 
@@ -30,6 +31,13 @@ function schemaFor(path: string, method: string, status: number): ValidateFuncti
   const rewritten = JSON.parse(JSON.stringify(schema ?? {}).replaceAll('"#/components/', '"openapi#/components/')) as object;
   return ajv.compile(rewritten);
 }
+
+describe('error codes', () => {
+  it('the spec lists exactly the codes the broker can answer with', () => {
+    const listed = (spec.components.schemas.Error as { properties: { error: { enum: string[] } } }).properties.error.enum;
+    expect([...listed].sort()).toEqual(Object.keys(ERROR_STATUS).sort());
+  });
+});
 
 let b: TestBroker;
 beforeAll(async () => {

@@ -500,7 +500,7 @@ export function adminRoutes(app: FastifyInstance, broker: Broker): void {
       };
     }
     const s = issued.secret;
-    if (s === undefined) throw new BrokerError('internal', 500, 'break-glass issued nothing');
+    if (s === undefined) throw new BrokerError('internal', 'break-glass issued nothing');
     try {
       return { ...base, secret: { name: s.name, ...encodeValue(s.value), leaseId: s.leaseId } };
     } finally {

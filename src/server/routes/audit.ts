@@ -80,7 +80,7 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
 
   const latestSize = (): number => {
     const cp = checkpoints.latest;
-    if (cp === undefined) throw new BrokerError('not_ready', 503, 'no audit checkpoint has been signed yet');
+    if (cp === undefined) throw new BrokerError('not_ready', 'no audit checkpoint has been signed yet');
     return cp.size;
   };
 
@@ -95,7 +95,7 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     { schema: { response: errorResponses } },
     async (_request, reply) => {
       const cp = checkpoints.latest;
-      if (cp === undefined) throw new BrokerError('not_ready', 503, 'no audit checkpoint has been signed yet');
+      if (cp === undefined) throw new BrokerError('not_ready', 'no audit checkpoint has been signed yet');
       void reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
       return cp.note;
     },

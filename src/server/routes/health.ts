@@ -20,10 +20,10 @@ export function healthRoutes(app: FastifyInstance, broker: Broker): void {
     await check('store', () => broker.store.checkWritable());
     await check('audit', () => broker.audit.checkWritable());
     await check('ca', () => {
-      if (broker.ca.signingCertNotAfter <= broker.clock.now()) throw new BrokerError('not_ready', 503, 'the signing CA has expired');
+      if (broker.ca.signingCertNotAfter <= broker.clock.now()) throw new BrokerError('not_ready', 'the signing CA has expired');
     });
     if (!ready) {
-      throw new BrokerError('not_ready', 503, `not ready: ${Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
+      throw new BrokerError('not_ready', `not ready: ${Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
     }
     return { status: 'ready', checks };
   });
