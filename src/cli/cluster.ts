@@ -95,6 +95,8 @@ interface Slot {
  */
 export async function runPrimary(config: Config, workers: number, banner: (info: BannerInfo) => string): Promise<void> {
   if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
+  // Advanced serialization: metric values cross as numbers, NaN and Infinity included (JSON would make them null).
+  cluster.setupPrimary({ serialization: 'advanced' });
   const slots: Slot[] = Array.from({ length: workers }, (_, i) => ({ index: i + 1, startedAt: 0, failures: 0, ready: false }));
   let closing = false;
   let started = false;
