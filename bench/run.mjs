@@ -6,9 +6,8 @@
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
 // issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
 //
-// Usage: npm run bench [-- --seconds 5] [--quick] [--workers N]
-//   --quick: 2 s runs, no 10^6-entry scale test; --workers N: `tessera serve` with N cluster workers
-//   (default 1; `auto` = one per core). See docs/performance.md.
+// Usage: npm run bench [-- --seconds 5] [--quick]
+//   --quick: 2 s runs, no 10^6-entry scale test. See docs/performance.md.
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
@@ -22,10 +21,8 @@ import { runLoad } from './load.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
-  options: { seconds: { type: 'string' }, quick: { type: 'boolean' }, 'skip-scale': { type: 'boolean' }, workers: { type: 'string' } },
+  options: { seconds: { type: 'string' }, quick: { type: 'boolean' }, 'skip-scale': { type: 'boolean' } },
 });
-const workers = args.workers ?? '1';
-if (!/^(auto|[1-9]\d{0,1})$/.test(workers)) throw new Error('--workers: expected an integer in [1, 99] or auto');
 const quick = args.quick === true;
 const seconds = Number(args.seconds ?? (quick ? 2 : 5));
 const dist = (p) => import(path.join(root, 'dist', p));
@@ -64,7 +61,6 @@ function writeConfig(dataDir) {
       // One identity (and one client address) drives every request: rate limits would cap the run at
       // a few hundred requests per minute and measure the limiter, not the broker.
       'limits: { enabled: false }',
-      `workers: ${workers}`,
       ...(process.env.TESSERA_BENCH_EXTRA_CONFIG ? [process.env.TESSERA_BENCH_EXTRA_CONFIG] : []),
       '',
     ].join('\n'),
@@ -73,7 +69,7 @@ function writeConfig(dataDir) {
 }
 
 /**
- * CPU time (µs, all threads) used so far by a process and its live children (`--workers` forks), from
+ * CPU time (µs, all threads) used so far by a process and its live children, from
  * /proc; undefined where there is none.
  */
 function processCpuUs(pid) {
@@ -394,7 +390,7 @@ async function scaleRun(n) {
 }
 
 // ---------- run ----------
-const machine = { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '', brokerWorkers: workers };
+const machine = { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '' };
 log('machine', machine);
 const crypto = await cryptoLimit();
 log('crypto limit', crypto);
@@ -470,7 +466,7 @@ writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(re
 
 const us = (v) => (v === undefined || v === null ? '' : String(v));
 const row = (r) => `| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`;
-console.log(`\nTessera benchmark — ${result.date}, Node ${machine.node}, ${machine.cpus} cores, broker workers ${workers}, ${seconds} s per run\n`);
+console.log(`\nTessera benchmark — ${result.date}, Node ${machine.node}, ${machine.cpus} cores, ${seconds} s per run\n`);
 console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
 for (const r of tessera) console.log(row(r));
 if (cfssl.results) for (const r of cfssl.results) console.log(row(r));

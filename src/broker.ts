@@ -76,8 +76,6 @@ const BUNDLE_REFRESH_HINT_SECONDS = 300;
 export interface CreateBrokerOptions {
   clock?: Clock;
   store?: Store;
-  /** Cluster workers: the primary signs audit checkpoints (see CheckpointerOptions.remote, cli/cluster.ts). */
-  checkpointRemote?: (minSize: number) => Promise<string>;
 }
 
 export async function createBroker(config: Config, opts: CreateBrokerOptions = {}): Promise<Broker> {
@@ -116,7 +114,6 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     replicaId: config.replicaId,
     clock,
     onError: warn,
-    ...(opts.checkpointRemote !== undefined ? { remote: opts.checkpointRemote } : {}),
   });
   const alerts = new AlertEngine({
     store,

@@ -40,14 +40,6 @@ export interface CheckpointerOptions {
   readonly clock?: Clock;
   /** Background failures (a tick, the final checkpoint) are reported here instead of thrown. */
   readonly onError?: (err: unknown, what: string) => void;
-  /**
-   * Cluster workers (cli/cluster.ts): another process signs — the primary, the one signer for all
-   * workers — and returns a stored checkpoint note covering at least `minSize` entries. A round then
-   * costs one round trip instead of lock, catch-up, append and unlock through a busy worker, and the
-   * workers do not take turns on the lock. The note is verified with our key and checked against our
-   * own tree before it is used.
-   */
-  readonly remote?: (minSize: number) => Promise<string>;
 }
 
 export interface CheckpointerStats {
@@ -78,7 +70,6 @@ export class Checkpointer {
   readonly #owner: string;
   readonly #receiptGapMs: number;
   readonly #onError: (err: unknown, what: string) => void;
-  readonly #remote: ((minSize: number) => Promise<string>) | undefined;
   #latest: SignedCheckpoint | undefined;
   #round: Promise<void> | null = null;
   #lastRoundAt = -Infinity;
@@ -98,7 +89,6 @@ export class Checkpointer {
     this.#owner = `${opts.replicaId}/${randomUUID()}`;
     this.#receiptGapMs = opts.receiptGapMs ?? 0;
     this.#onError = opts.onError ?? (() => {});
-    this.#remote = opts.remote;
   }
 
   /**
@@ -216,7 +206,6 @@ export class Checkpointer {
 
   /** One signing round under the cross-replica lock. */
   async #signRound(): Promise<void> {
-    if (this.#remote !== undefined) return this.#remoteRound(this.#remote);
     this.#lastRoundAt = this.#clock.now();
     let locked = false;
     for (let attempt = 1; attempt <= LOCK_ATTEMPTS; attempt++) {
@@ -247,24 +236,6 @@ export class Checkpointer {
     } finally {
       await this.#store.unlock(CHECKPOINT_LOCK, this.#owner).catch(() => {});
     }
-  }
-
-  /** A round signed elsewhere: take the note only if our key signed it and our log has that root. */
-  async #remoteRound(remote: (minSize: number) => Promise<string>): Promise<void> {
-    this.#lastRoundAt = this.#clock.now();
-    const want = this.#audit.size;
-    let cp: SignedCheckpoint;
-    try {
-      const note = await remote(want);
-      cp = openCheckpoint(note, this.#signer.verifier);
-    } catch (err) {
-      throw asUnavailable(err, 'the audit checkpoint could not be signed');
-    }
-    if (cp.size > this.#audit.size) await this.#audit.refresh();
-    if (cp.size < want || cp.size > this.#audit.size || !this.#audit.root(cp.size).equals(cp.rootHash)) {
-      throw auditUnavailable(`the checkpoint signed for this worker (size ${cp.size}) does not match its audit log (${this.#audit.size} entries)`);
-    }
-    if (this.#latest === undefined || cp.size > this.#latest.size) this.#latest = cp;
   }
 
   /**

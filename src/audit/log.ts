@@ -46,21 +46,8 @@ export type HistoryLostListener = (err: BrokerError) => void;
 /** Entries read per store call while rebuilding or catching up. */
 const READ_BATCH = 16_384;
 
-/**
- * A store that can hand out the leaf hashes of entries instead of the entries (store/ipc.ts: the cluster
- * primary hashes each entry once for all workers, and 32 bytes cross the channel instead of ~500).
- */
-interface LeafHashReader {
-  readAuditLeafHashes(start: number, end: number): Promise<Buffer[]>;
-}
-
-function leafHashReader(store: Store): LeafHashReader | undefined {
-  return typeof (store as Partial<LeafHashReader>).readAuditLeafHashes === 'function' ? (store as unknown as LeafHashReader) : undefined;
-}
-
 export class AuditLog {
   readonly #store: Store;
-  readonly #leafHashes: LeafHashReader | undefined;
   readonly #tree: MerkleTree;
   /** Leaf hashes of our own appends not yet in the tree, by index: catch-up needs no read for them. */
   readonly #ownPending = new Map<number, Buffer>();
@@ -80,7 +67,6 @@ export class AuditLog {
 
   private constructor(store: Store, tree: MerkleTree) {
     this.#store = store;
-    this.#leafHashes = leafHashReader(store);
     this.#tree = tree;
     store.onReconnect?.(() => {
       this.#reconnects++;
@@ -257,13 +243,9 @@ export class AuditLog {
     } catch (err) {
       throw asAuditError(err, 'audit store unavailable');
     }
-    const reader = this.#leafHashes;
-    const read = reader
-      ? (start: number, end: number): Promise<Buffer[]> => reader.readAuditLeafHashes(start, end)
-      : async (start: number, end: number): Promise<Buffer[]> => (await this.#store.readAuditEntries(start, end)).map(leafHash);
     let result;
     try {
-      result = await checkContinuation(known, size, read);
+      result = await checkContinuation(known, size, (start, end) => this.#readLeafHashes(start, end));
     } catch (err) {
       throw asAuditError(err, 'audit entries could not be read to check the store after a reconnect');
     }
@@ -285,6 +267,10 @@ export class AuditLog {
       }
     }
     return err;
+  }
+
+  async #readLeafHashes(start: number, end: number): Promise<Buffer[]> {
+    return (await this.#store.readAuditEntries(start, end)).map(leafHash);
   }
 
   /** Resolves once the tree has at least `target` leaves. */
@@ -315,7 +301,7 @@ export class AuditLog {
       while (end < this.#want && end - start < READ_BATCH && !this.#ownPending.has(end)) end++;
       let got: Buffer[];
       try {
-        got = this.#leafHashes ? await this.#leafHashes.readAuditLeafHashes(start, end) : (await this.#store.readAuditEntries(start, end)).map(leafHash);
+        got = await this.#readLeafHashes(start, end);
       } catch (err) {
         throw asAuditError(err, 'audit entries could not be read');
       }

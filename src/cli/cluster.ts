@@ -1,38 +1,28 @@
 /**
- * `tessera serve --workers N` (N > 1): one deployment on every core, with node:cluster.
+ * `tessera serve --workers N` (N > 1): N brokers on one host, with node:cluster.
  *
- * The primary loads the config, creates dev material if needed, opens the one real store and forks N
- * workers. Each worker is an ordinary broker (createBroker + buildServer + listen on the shared
- * host:port; the primary hands out connections round-robin) whose store is an IpcStore forwarding
- * every call to the primary. Workers are replicas in all but transport: audit order, checkpoint and
- * sweeper locks, rate-limit counters, nonces and kv all go through the one store, atomically. With a
- * Redis store the workers connect to Redis themselves (exactly like replicas) and the primary opens
- * nothing. Each worker's replica ID is `<replicaId>-w<n>`, so audit entries say which one answered.
+ * Each worker is an ordinary broker and a replica in all but name: it connects to the Redis store
+ * itself, the checkpoint lock in Redis decides who signs, and it listens on the shared host:port (the
+ * primary hands out connections round-robin). The primary opens no store. Each worker's replica ID is
+ * `<replicaId>-w<n>`, so audit entries say which one answered. Workers need Redis (cli/serve.ts says so
+ * at start): the embedded store belongs to one process.
  *
  * The primary supervises: a worker that dies is restarted with backoff; SIGTERM/SIGINT makes every
  * worker shut down gracefully (finish in-flight requests, sign a final checkpoint), then the primary
- * closes the store and exits. It also answers /metrics (when enabled) by summing the workers' metrics.
+ * exits. It also answers /metrics (when enabled) by summing the workers' metrics.
  */
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
-import { Checkpointer } from '../audit/checkpointer.js';
-import { AuditLog } from '../audit/log.js';
-import { loadNoteSigner } from '../audit/note.js';
 import type { Broker } from '../broker.js';
 import type { Config } from '../config/config.js';
 import { ensureDevMaterial } from '../dev/material.js';
 import { startMetricsServer, type MetricsServer } from '../metrics/server.js';
-import { EmbeddedStore } from '../store/embedded.js';
-import { AuditLeafHashCache, IpcStore, LockWaiters, endpointOf, serveStore, type StoreServer } from '../store/ipc.js';
-import type { Store } from '../store/store.js';
 
 /** Set in a worker's environment by the primary: the worker's number, 1..N. */
 const WORKER_ENV = 'TESSERA_CLUSTER_WORKER';
 const READY = 'tessera.worker.ready';
 const METRICS_REQ = 'tessera.metrics.req';
 const METRICS_RES = 'tessera.metrics.res';
-/** A store call the primary has not answered in this time fails with 503 in the worker. */
-const STORE_TIMEOUT_MS = 10_000;
 /** Worker start (broker + audit catch-up) and graceful stop (in-flight requests + final checkpoint). */
 const START_TIMEOUT_MS = 120_000;
 const STOP_TIMEOUT_MS = 30_000;
@@ -56,15 +46,11 @@ export interface BannerInfo {
   workers: number;
 }
 
-/** What a worker needs from this module: its config, its store, and how to report that it listens. */
+/** What a worker needs from this module: its config, and how to report that it listens. */
 export interface ClusterWorker {
   readonly index: number;
   /** The primary's config with this worker's replica ID. */
   readonly config: Config;
-  /** The IPC store (embedded store in the primary); undefined with Redis (the worker connects itself). */
-  readonly store?: Store;
-  /** With the IPC store: the primary signs the audit checkpoints (for createBroker's checkpointRemote). */
-  readonly checkpointRemote?: (minSize: number) => Promise<string>;
   /** Tells the primary this worker listens; from then on it also answers metrics requests. */
   ready(broker: Broker, port: number): void;
 }
@@ -74,22 +60,21 @@ export function clusterWorker(config: Config): ClusterWorker | undefined {
   const raw = process.env[WORKER_ENV];
   if (!cluster.isWorker || raw === undefined || !/^[1-9]\d{0,2}$/.test(raw)) return undefined;
   const index = Number(raw);
-  const store = config.store.redis === undefined ? new IpcStore(endpointOf(process), { kind: 'embedded', timeoutMs: STORE_TIMEOUT_MS }) : undefined;
   return {
     index,
     config: Object.freeze({ ...config, replicaId: `${config.replicaId}-w${index}` }),
-    ...(store !== undefined ? { store, checkpointRemote: (minSize: number) => store.checkpointCovering(minSize) } : {}),
     ready(broker, port) {
-      const channel = endpointOf(process);
-      channel.subscribe((m) => {
+      // The callback keeps a send on a closed channel (the primary is gone) from crashing the worker.
+      const tell = (message: object): void => void process.send?.(message, undefined, {}, () => {});
+      process.on('message', (m: unknown) => {
         if (typeof m !== 'object' || m === null || (m as { t?: unknown }).t !== METRICS_REQ) return;
         const id = (m as { id?: unknown }).id;
         broker.metrics.json().then(
-          (metrics) => channel.send({ t: METRICS_RES, id, metrics }, () => {}),
-          () => channel.send({ t: METRICS_RES, id, metrics: [] }, () => {}),
+          (metrics) => tell({ t: METRICS_RES, id, metrics }),
+          () => tell({ t: METRICS_RES, id, metrics: [] }),
         );
       });
-      channel.send({ t: READY, port, auditEntries: broker.audit.size } satisfies ReadyMessage, () => {});
+      tell({ t: READY, port, auditEntries: broker.audit.size } satisfies ReadyMessage);
     },
   };
 }
@@ -99,36 +84,19 @@ const log = (line: string): void => void process.stderr.write(`tessera: ${line}\
 interface Slot {
   index: number;
   worker?: Worker;
-  server?: StoreServer;
   startedAt: number;
   failures: number;
   ready: boolean;
 }
 
 /**
- * Runs the primary until it is told to stop; the process exits when the workers and the store are
- * closed (0 when every worker stopped cleanly). Rejects (before anything listens) if a worker fails to
- * start.
+ * Runs the primary until it is told to stop; the process exits when the workers are gone (0 when
+ * every worker stopped cleanly). Rejects (before anything listens) if a worker fails to start.
  */
 export async function runPrimary(config: Config, workers: number, banner: (info: BannerInfo) => string): Promise<void> {
   if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
-  const store =
-    config.store.redis === undefined ? await EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync }) : undefined;
-  // Every worker rebuilds its Merkle tree at start: hash the log once here, while they boot.
-  const leafHashes = store !== undefined ? new AuditLeafHashCache(store) : undefined;
-  const warming = leafHashes?.warm().catch(() => {}); // a failure surfaces to the worker that asks
-  // An unlock by one worker hands a lock to another waiting for it (the lease sweeper's lock).
-  const locks = new LockWaiters();
-  // With the embedded store the primary is the one checkpoint signer: workers ask it for a checkpoint
-  // covering their entries (one round trip) instead of taking turns on the lock through busy event loops.
-  // It opens (hashing the log) while the workers boot; they wait for it only when they need a checkpoint.
-  const checkpointsReady = store !== undefined && leafHashes !== undefined ? primaryCheckpointer(config, store, leafHashes) : undefined;
-  checkpointsReady?.catch(() => {}); // reported by the start below
-  let checkpoints: Checkpointer | undefined;
-  const checkpointSource = checkpointsReady && { covering: async (minSize: number) => (await checkpointsReady).covering(minSize) };
-  // Advanced serialization: audit entries cross as Buffers, not as JSON arrays of numbers.
+  // Advanced serialization: metric values cross as numbers, NaN and Infinity included (JSON would make them null).
   cluster.setupPrimary({ serialization: 'advanced' });
-
   const slots: Slot[] = Array.from({ length: workers }, (_, i) => ({ index: i + 1, startedAt: 0, failures: 0, ready: false }));
   let closing = false;
   let started = false;
@@ -143,9 +111,6 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
     slot.ready = false;
     slot.startedAt = Date.now();
     worker.on('error', () => {}); // a send to a worker that just died; its exit is handled below
-    if (store !== undefined && leafHashes !== undefined) {
-      slot.server = serveStore(store, endpointOf(worker), { leafHashes, locks, ...(checkpointSource !== undefined ? { checkpoints: checkpointSource } : {}) });
-    }
     worker.on('message', (m: unknown) => {
       if (typeof m !== 'object' || m === null || (m as { t?: unknown }).t !== READY) return;
       const r = m as ReadyMessage;
@@ -156,11 +121,6 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
       readyWaiters.splice(0).forEach((w) => w());
     });
     worker.on('exit', (code, signal) => {
-      const server = slot.server;
-      server?.close();
-      // A dead worker holds nothing: free its checkpoint / sweeper locks for the others now.
-      void server?.releaseLocks();
-      slot.server = undefined;
       slot.worker = undefined;
       const lived = Date.now() - slot.startedAt;
       if (closing) return;
@@ -215,17 +175,11 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
         } else readyWaiters.push(check);
       };
       for (const slot of slots) fork(slot);
-      // The primary's own log must open (and match its last checkpoint), or nothing starts.
-      checkpointsReady?.then((c) => (checkpoints = c), failStart);
       check();
     });
-    if (checkpointsReady !== undefined) checkpoints = await checkpointsReady;
   } catch (err) {
     closing = true;
     await stopWorkers();
-    await warming;
-    await checkpointsReady?.then((c) => c.close(), () => {});
-    await store?.close();
     throw err;
   }
   started = true;
@@ -238,13 +192,10 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
   const shutdown = (signal: string): void => {
     if (closing) return;
     closing = true;
-    log(`${signal}: stopping ${workers} workers (finishing requests in flight), then closing the store`);
+    log(`${signal}: stopping ${workers} workers (finishing requests in flight)`);
     void (async () => {
       const clean = await stopWorkers();
-      // Every worker is gone (each asked for its final checkpoint); sign one over anything after that.
       await metrics?.close();
-      await checkpoints?.close();
-      await store?.close();
       return clean;
     })().then(
       (clean) => {
@@ -259,32 +210,6 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
-}
-
-/** The primary's own view of the log (leaf hashes from the shared cache) and the one checkpoint signer. */
-async function primaryCheckpointer(config: Config, store: Store, leafHashes: AuditLeafHashCache): Promise<Checkpointer> {
-  const readAuditLeafHashes = async (start: number, end: number): Promise<Buffer[]> => {
-    const all = await leafHashes.read(start, end);
-    return Array.from({ length: end - start }, (_, i) => all.subarray(i * 32, (i + 1) * 32));
-  };
-  // The store, plus the leaf-hash read AuditLog uses when a store offers it (audit/log.ts).
-  const withLeafHashes = new Proxy(store, {
-    get(target, prop) {
-      if (prop === 'readAuditLeafHashes') return readAuditLeafHashes;
-      const value: unknown = Reflect.get(target, prop, target);
-      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
-    },
-  });
-  const audit = await AuditLog.open(withLeafHashes);
-  return Checkpointer.start({
-    store,
-    audit,
-    signer: loadNoteSigner(config.audit.signingKeyFile, config.audit.origin),
-    intervalMs: config.audit.checkpointIntervalMs,
-    receiptGapMs: config.audit.receiptCheckpointGapMs,
-    replicaId: `${config.replicaId}-primary`,
-    onError: (err, what) => log(`${what}: ${err instanceof Error ? err.message : String(err)}`),
-  });
 }
 
 /** Per-worker quantities are summed (the default); gauges every worker reports alike (log size, CA expiry) are not. */

@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { createBroker } from '../broker.js';
 import type { Config } from '../config/config.js';
-import { loadConfig } from '../config/load.js';
+import { ConfigError, loadConfig } from '../config/load.js';
 import { ensureDevMaterial } from '../dev/material.js';
 import { startMetricsServer } from '../metrics/server.js';
 import { buildServer } from '../server/app.js';
@@ -53,15 +53,19 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
   const worker = clusterWorker(config);
   const workers = opts.workers ?? config.workers;
   if (worker === undefined && workers > 1) {
+    if (config.store.redis === undefined) {
+      throw new ConfigError(
+        `${opts.workers !== undefined ? '--workers' : 'workers'} ${workers}: more than one worker needs the Redis store (store.redis), ` +
+          'which the workers share like replicas; the embedded store belongs to one process. Run one process ' +
+          '(it mints on threads, ca.threads) or configure store.redis (docs/performance.md, "Scaling")',
+      );
+    }
     await runPrimary(config, workers, (b) => bannerText(config, b));
     return;
   }
   if (worker !== undefined) config = worker.config;
   else if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
-  const broker = await createBroker(
-    config,
-    worker?.store !== undefined ? { store: worker.store, ...(worker.checkpointRemote !== undefined ? { checkpointRemote: worker.checkpointRemote } : {}) } : {},
-  );
+  const broker = await createBroker(config);
   const app = await buildServer(broker);
   await app.listen({ host: config.listen.host, port: config.listen.port });
   // A worker's metrics are served by the primary, summed over all workers.

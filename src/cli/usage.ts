@@ -19,7 +19,7 @@ export const USAGE = `usage: tessera <command> [options]
 commands:
   serve [--config FILE] [--workers N|auto]
                                    run the broker (no config: dev defaults, https://127.0.0.1:8443);
-                                   N > 1: N worker processes share the port and one store (node:cluster)
+                                   N > 1: N replicas share the port (node:cluster); needs store.redis
   dev token --namespace NS --service-account SA [--pod NAME] [--audience AUD] [--ttl SECONDS]
                                    print a dev Kubernetes-style service-account token
   dev certs                        create the dev CA, TLS and issuer material under certs-dev/
