@@ -125,7 +125,7 @@ export const AGENT_COMMANDS = [
   command({
     name: 'agent',
     usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS]',
-    summary: "write and rotate this workload's SVID files (init container or sidecar;\ntessera agent --help for details)",
+    summary: "write and rotate this workload's SVID files (init container or sidecar)",
     details: AGENT_HELP,
     options: AGENT_OPTIONS,
     run: (values) => runAgent(checkAgentFiles(agentFlags(values))),

@@ -163,12 +163,12 @@ async function request(values: Values<'reason' | 'ticket' | 'grant' | 'ttl' | 't
   err(`Signed break-glass request${values.out !== undefined ? ` → ${values.out}` : ''}:\n${describe(claims, keys.length)}\n`);
 }
 
-function readBody(file: string): { request: ReturnType<typeof parseGeneralJws>; csr?: string } {
+function readBody(file: string, flag: string): { request: ReturnType<typeof parseGeneralJws>; csr?: string } {
   let parsed: unknown;
   try {
     parsed = JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new UsageError(`${file}: not a break-glass request file (${(e as Error).message})`);
+    throw new UsageError(`${flag} ${file}: not a break-glass request file (${(e as Error).message})`);
   }
   if (typeof parsed !== 'object' || parsed === null || !('request' in parsed)) throw new UsageError(`${file}: expected {"request": …}`);
   try {
@@ -180,7 +180,7 @@ function readBody(file: string): { request: ReturnType<typeof parseGeneralJws>; 
 
 async function cosign(values: Values<'in' | 'key' | 'out'>): Promise<void> {
   if (values.in === undefined || values.key === undefined) throw new UsageError('break-glass cosign needs --in FILE and --key FILE');
-  const { request: jws } = readBody(values.in);
+  const { request: jws } = readBody(values.in, '--in');
   let claims: BreakGlassClaims;
   let signed;
   try {
@@ -228,7 +228,7 @@ async function use(values: Values<'request' | 'url' | 'cacert' | 'out'>): Promis
   if (values.request === undefined || values.url === undefined || values.cacert === undefined || values.out === undefined) {
     throw new UsageError('break-glass use needs --request FILE --url https://broker:8443 --cacert bundle.pem --out DIR');
   }
-  const body = readBody(values.request);
+  const body = readBody(values.request, '--request');
   // Checked before the request is spent: the credential must have somewhere fresh to go.
   for (const name of ['admin.pem', 'admin.key', 'admin-ca.pem', 'secret']) {
     if (existsSync(path.join(values.out, name))) throw new UsageError(`${path.join(values.out, name)} already exists; use an empty --out directory`);
