@@ -36,7 +36,7 @@ export interface Command {
 
 export interface CommandSpec<O extends Options> extends Omit<Command, 'run'> {
   readonly options: O;
-  /** Names the positional arguments in the synopsis; without it positionals are refused. */
+  /** Accepts positional arguments (the command checks them); without it they are refused. */
   readonly positionals?: boolean;
   run(values: Parsed<O>['values'], positionals: string[], io: CliIo): Promise<number | void> | number | void;
 }

@@ -15,10 +15,13 @@ export function readNamedFile(file: string, namedBy: string): string {
   }
 }
 
-/** The config field (dotted path) whose value is `file`, for a read that failed deeper down. */
-export function configFieldNaming(config: Config, file: string): string | undefined {
+/** A file-system error from reading a file the config names, as CommandFailed naming the field; other errors unchanged. */
+export function nameConfigFile(err: unknown, config: () => Config): unknown {
+  const { code, path } = (err ?? {}) as NodeJS.ErrnoException;
+  if (path === undefined || (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EISDIR')) return err;
+  // The config field (dotted path) whose value is that file.
   const walk = (value: unknown, at: string): string | undefined => {
-    if (value === file) return at;
+    if (value === path) return at;
     if (typeof value !== 'object' || value === null) return undefined;
     for (const [k, v] of Object.entries(value)) {
       const found = walk(v, at === '' ? k : `${at}.${k}`);
@@ -26,18 +29,11 @@ export function configFieldNaming(config: Config, file: string): string | undefi
     }
     return undefined;
   };
-  return walk(config, '');
-}
-
-/** A file-system error from reading a file the config names, as CommandFailed naming the field; other errors unchanged. */
-export function nameConfigFile(err: unknown, config: () => Config): unknown {
-  const { code, path } = (err ?? {}) as NodeJS.ErrnoException;
-  if (path === undefined || (code !== 'ENOENT' && code !== 'EACCES' && code !== 'EISDIR')) return err;
   let field: string | undefined;
   try {
-    field = configFieldNaming(config(), path);
+    field = walk(config(), '');
   } catch {
-    field = undefined;
+    field = undefined; // the config itself no longer loads: keep the original error
   }
   return field === undefined ? err : new CommandFailed(`${field} ${path}: cannot read it (${code})`);
 }

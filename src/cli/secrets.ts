@@ -101,7 +101,7 @@ export async function secretsPut(name: string | undefined, opts: SecretsCliOptio
     value = readFileSync(opts.fromFile);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
-    throw new ConfigError(`cannot read ${opts.fromFile}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    throw new ConfigError(`--from-file: cannot read ${opts.fromFile}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
   }
   if (value.length === 0) throw new ConfigError(`${opts.fromFile} is empty`);
   const config = await load(opts.config);
