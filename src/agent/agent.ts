@@ -10,7 +10,7 @@ import type { BackoffOptions } from '../sdk/timing.js';
 import { OutputDirectory, type OutputFile } from './files.js';
 import { startHealthServer, type HealthReport, type HealthServer } from './health.js';
 import { RotateHook } from './hook.js';
-import type { Logger } from './log.js';
+import type { AgentLogger } from './log.js';
 
 export interface AgentOptions {
   readonly broker: string;
@@ -50,7 +50,7 @@ const PUBLISH_RETRY_MS = 2_000;
 
 export class Agent {
   readonly #opts: AgentOptions;
-  readonly #log: Logger;
+  readonly #log: AgentLogger;
   readonly #client: TesseraClient;
   readonly #out: OutputDirectory;
   readonly #hook: RotateHook | undefined;
@@ -63,7 +63,7 @@ export class Agent {
   #retryTimer: NodeJS.Timeout | undefined;
   #health: HealthServer | undefined;
 
-  constructor(opts: AgentOptions, log: Logger) {
+  constructor(opts: AgentOptions, log: AgentLogger) {
     this.#opts = opts;
     this.#log = log;
     this.#out = new OutputDirectory(path.resolve(opts.outDir));
@@ -78,11 +78,8 @@ export class Agent {
     });
     this.#client.on('rotated', (e) => this.#onRotated(e));
     this.#client.on('error', (err) => {
-      this.#log.log('warn', this.#ready ? 'renewal failed; will retry' : 'could not obtain credentials yet; will retry', {
-        code: err.code,
-        error: err.message,
-        ...this.#expiry(),
-      });
+      const msg = this.#ready ? 'renewal failed; will retry' : 'could not obtain credentials yet; will retry';
+      this.#log.warn({ code: err.code, error: err.message, ...this.#expiry() }, msg);
     });
   }
 
@@ -94,7 +91,7 @@ export class Agent {
   /** Init-container mode: first SVID (and JWTs) within the deadline, write them, run the hook, done. */
   async runOnce(): Promise<void> {
     const deadlineSeconds = this.#opts.deadlineSeconds ?? 60;
-    this.#log.log('info', 'fetching credentials (once)', { broker: this.#opts.broker, out: this.#out.dir, deadlineSeconds });
+    this.#log.info({ broker: this.#opts.broker, out: this.#out.dir, deadlineSeconds }, 'fetching credentials (once)');
     try {
       await this.#client.start({ deadlineMs: deadlineSeconds * 1000 });
       this.#ready = true;
@@ -109,14 +106,10 @@ export class Agent {
 
   /** Sidecar mode: keeps the files current until stop(). Resolves once the first set is written. */
   async start(): Promise<void> {
-    this.#log.log('info', 'starting sidecar', {
-      broker: this.#opts.broker,
-      out: this.#out.dir,
-      jwtAudiences: this.#opts.jwtAudiences,
-    });
+    this.#log.info({ broker: this.#opts.broker, out: this.#out.dir, jwtAudiences: this.#opts.jwtAudiences }, 'starting sidecar');
     if (this.#opts.healthPort !== undefined) {
       this.#health = await startHealthServer(this.#opts.healthPort, () => this.health());
-      this.#log.log('info', 'health endpoint listening', { url: `http://127.0.0.1:${this.#health.port}/healthz` });
+      this.#log.info({ url: `http://127.0.0.1:${this.#health.port}/healthz` }, 'health endpoint listening');
     }
     const deadline = this.#opts.deadlineSeconds;
     try {
@@ -171,16 +164,12 @@ export class Agent {
   #onRotated(e: RotatedEvent): void {
     if (e.kind === 'x509') {
       this.#x509 = e.svid;
-      this.#log.log('info', 'X.509-SVID obtained', {
-        spiffeId: e.svid.spiffeId,
-        serial: e.svid.serial,
-        expiresAt: e.svid.expiresAt.toISOString(),
-        via: e.via,
-        ...(e.bundleChanged ? { bundleChanged: true } : {}),
-      });
+      const { spiffeId, serial, expiresAt } = e.svid;
+      const fields = { spiffeId, serial, expiresAt: expiresAt.toISOString(), via: e.via, ...(e.bundleChanged ? { bundleChanged: true } : {}) };
+      this.#log.info(fields, 'X.509-SVID obtained');
     } else {
       for (const aud of e.svid.audience) if (this.#opts.jwtAudiences.includes(aud)) this.#jwts.set(aud, e.svid);
-      this.#log.log('info', 'JWT-SVID obtained', { audience: e.svid.audience, expiresAt: e.svid.expiresAt.toISOString(), via: e.via });
+      this.#log.info({ audience: e.svid.audience, expiresAt: e.svid.expiresAt.toISOString(), via: e.via }, 'JWT-SVID obtained');
     }
     if (this.#ready && !this.#opts.once) void this.#publishQueued();
   }
@@ -198,7 +187,7 @@ export class Agent {
           await this.#publish();
         } while (this.#publishAgain && !this.#stopped);
       } catch (err) {
-        this.#log.log('error', 'could not write the output files; retrying', { error: (err as Error).message, out: this.#out.dir });
+        this.#log.error({ error: (err as Error).message, out: this.#out.dir }, 'could not write the output files; retrying');
         if (!this.#stopped) {
           this.#retryTimer = setTimeout(() => void this.#publishQueued(), PUBLISH_RETRY_MS);
         }
@@ -227,7 +216,7 @@ export class Agent {
     } catch (err) {
       throw new AgentError(`cannot write ${this.#out.dir}: ${(err as Error).message}`, { cause: err });
     }
-    this.#log.log('info', 'files written', { out: this.#out.dir, generation, serial: svid.serial, files: files.map((f) => f.path) });
+    this.#log.info({ out: this.#out.dir, generation, serial: svid.serial, files: files.map((f) => f.path) }, 'files written');
     if (this.#hook !== undefined) {
       void this.#hook.trigger({ TESSERA_OUT_DIR: this.#out.dir, TESSERA_SPIFFE_ID: svid.spiffeId, TESSERA_SVID_SERIAL: svid.serial });
     }

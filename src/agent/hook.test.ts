@@ -2,12 +2,26 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { pino } from 'pino';
 import { RotateHook } from './hook.js';
-import type { Level } from './log.js';
+import { agentLogger } from './log.js';
 
-function recorder(): { logger: { log: (l: Level, m: string, f?: Record<string, unknown>) => void }; lines: { level: Level; msg: string; fields?: Record<string, unknown> }[] } {
-  const lines: { level: Level; msg: string; fields?: Record<string, unknown> }[] = [];
-  return { lines, logger: { log: (level, msg, fields) => lines.push({ level, msg, ...(fields ? { fields } : {}) }) } };
+interface Line {
+  level: string;
+  msg: string;
+  fields: Record<string, unknown>;
+}
+
+/** The agent's pino logger, its lines read back as level name, message and fields. */
+function recorder(): { logger: ReturnType<typeof agentLogger>; lines: Line[] } {
+  const lines: Line[] = [];
+  const logger = agentLogger({
+    write: (line: string) => {
+      const { level, msg, time: _t, pid: _p, hostname: _h, component: _c, ...fields } = JSON.parse(line) as Record<string, unknown>;
+      lines.push({ level: pino.levels.labels[level as number] as string, msg: msg as string, fields });
+    },
+  });
+  return { lines, logger };
 }
 
 describe('RotateHook', () => {

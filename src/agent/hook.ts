@@ -4,7 +4,7 @@
  * environment), so a burst of rotations costs at most two runs. A run that hangs is killed.
  */
 import { spawn } from 'node:child_process';
-import type { Logger } from './log.js';
+import type { AgentLogger } from './log.js';
 
 export const HOOK_TIMEOUT_MS = 30_000;
 
@@ -14,7 +14,7 @@ export class RotateHook {
 
   constructor(
     private readonly command: string,
-    private readonly logger: Logger,
+    private readonly logger: AgentLogger,
     private readonly timeoutMs = HOOK_TIMEOUT_MS,
   ) {}
 
@@ -51,19 +51,19 @@ export class RotateHook {
     return new Promise<void>((resolve) => {
       const child = spawn('/bin/sh', ['-c', this.command], { env: { ...process.env, ...env }, stdio: ['ignore', 'inherit', 'inherit'] });
       const timer = setTimeout(() => {
-        this.logger.log('warn', 'on-rotate command timed out; killing it', { timeoutMs: this.timeoutMs });
+        this.logger.warn({ timeoutMs: this.timeoutMs }, 'on-rotate command timed out; killing it');
         child.kill('SIGKILL');
       }, this.timeoutMs);
       child.on('error', (err) => {
         clearTimeout(timer);
-        this.logger.log('error', 'on-rotate command could not start', { error: err.message });
+        this.logger.error({ error: err.message }, 'on-rotate command could not start');
         resolve();
       });
       child.on('exit', (code, signal) => {
         clearTimeout(timer);
         const fields = { exitCode: code, signal, ms: Date.now() - started };
-        if (code === 0) this.logger.log('info', 'on-rotate command finished', fields);
-        else this.logger.log('warn', 'on-rotate command failed', fields);
+        if (code === 0) this.logger.info(fields, 'on-rotate command finished');
+        else this.logger.warn(fields, 'on-rotate command failed');
         resolve();
       });
     });

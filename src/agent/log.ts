@@ -1,14 +1,10 @@
-/** The agent's log: one JSON object per line on stderr, the format cluster log pipelines expect. */
-export type Level = 'debug' | 'info' | 'warn' | 'error';
+/** The agent's log: pino JSON lines on stderr in the broker's shape (level as a number, time, pid, hostname, msg, fields). */
+import { pino, type DestinationStream, type Logger } from 'pino';
 
-export interface Logger {
-  log(level: Level, msg: string, fields?: Record<string, unknown>): void;
-}
+/** What the agent writes with: pino's `log.info({ fields }, 'message')`. */
+export type AgentLogger = Pick<Logger, 'info' | 'warn' | 'error'>;
 
-export function jsonLogger(write: (line: string) => void = (l) => process.stderr.write(l)): Logger {
-  return {
-    log(level, msg, fields = {}) {
-      write(`${JSON.stringify({ ts: new Date().toISOString(), level, component: 'tessera-agent', msg, ...fields })}\n`);
-    },
-  };
+/** Synchronous by default: the agent may exit right after its last line. */
+export function agentLogger(destination: DestinationStream = pino.destination({ dest: 2, sync: true })): Logger {
+  return pino({}, destination).child({ component: 'tessera-agent' });
 }

@@ -5,12 +5,13 @@
  * admin.principals with roles before the broker accepts it. Run it where the admin CA key is kept.
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { CertificateAuthority } from '../ca/authority.js';
 import { loadConfig } from '../config/load.js';
 import { parseSpiffeId } from '../spiffe/id.js';
+import { command } from './command.js';
+import { readNamedFile } from './files.js';
 import { UsageError } from './usage.js';
 
 /** "8h", "30m", "7d", "3600" (seconds) → ms; between 5 minutes and 90 days. */
@@ -23,47 +24,47 @@ function parseDuration(text: string): number {
   return seconds * 1000;
 }
 
-export function adminCommand(argv: string[]): void {
-  const [sub, ...rest] = argv;
-  if (sub !== 'cert') throw new UsageError(`unknown admin command ${JSON.stringify(sub ?? '')} (cert)`);
-  const { values } = parseArgs({
-    args: rest,
+export const ADMIN_COMMANDS = [
+  command({
+    name: 'admin cert',
+    usage: '--id spiffe://TD/admin/NAME --out DIR [--ttl 8h] [--config FILE | --ca-cert F --ca-key F]',
+    summary: 'an admin client certificate from the admin CA (the ID needs roles in\nadmin.principals)',
     options: { id: { type: 'string' }, out: { type: 'string' }, ttl: { type: 'string' }, config: { type: 'string' }, 'ca-cert': { type: 'string' }, 'ca-key': { type: 'string' } },
-    strict: true,
-  });
-  if (values.id === undefined || values.out === undefined) throw new UsageError('admin cert needs --id spiffe://<trust-domain>/admin/<name> and --out DIR');
-  let id;
-  try {
-    id = parseSpiffeId(values.id);
-  } catch (err) {
-    throw new UsageError(`--id: ${(err as Error).message}`);
-  }
-  if (id.path === '' || id.path.startsWith('/admin/break-glass/')) throw new UsageError('--id needs a path such as /admin/alice (/admin/break-glass/ is reserved)');
-  let caCert = values['ca-cert'];
-  let caKey = values['ca-key'];
-  let rootsFile: string | undefined;
-  if ((caCert === undefined) !== (caKey === undefined)) throw new UsageError('give both --ca-cert and --ca-key, or neither (then the config is used)');
-  if (caCert === undefined) {
-    const admin = loadConfig(values.config !== undefined ? { file: values.config } : {}).admin;
-    caCert = admin.caCertFile;
-    caKey = admin.caKeyFile;
-    rootsFile = admin.caBundleFile;
-    if (caCert === undefined || caKey === undefined) throw new UsageError('no admin CA: set admin.caCertFile/caKeyFile in the config, or pass --ca-cert and --ca-key');
-  }
-  const certPem = readFileSync(caCert, 'utf8');
-  // The signing CA may be an intermediate under the admin roots (config), or a self-signed root (--ca-cert).
-  const rootsPem = rootsFile !== undefined ? readFileSync(rootsFile, 'utf8') : certPem;
-  const ca = CertificateAuthority.fromPem({ certPem, keyPem: readFileSync(caKey as string, 'utf8'), rootsPem });
-  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const leaf = ca.issueX509Svid({ spiffeId: id.uri, dnsNames: [], publicKey, ttlMs: parseDuration(values.ttl ?? '8h'), now: Date.now() });
-  const name = id.path.split('/').filter(Boolean).at(-1) ?? 'admin';
-  mkdirSync(values.out, { recursive: true, mode: 0o700 });
-  const certFile = path.join(values.out, `${name}.pem`);
-  const keyFile = path.join(values.out, `${name}.key`);
-  writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
-  writeFileSync(certFile, leaf.chainPem.join(''), { mode: 0o644 });
-  process.stderr.write(
-    `admin certificate for ${id.uri}\n  ${certFile}\n  ${keyFile} (0600)\n  serial ${leaf.serialHex}, expires ${new Date(leaf.notAfter).toISOString()}\n` +
-      `It works once ${id.uri} is in admin.principals with roles.\n`,
-  );
-}
+    run(values) {
+      if (values.id === undefined || values.out === undefined) throw new UsageError('admin cert needs --id spiffe://<trust-domain>/admin/<name> and --out DIR');
+      let id;
+      try {
+        id = parseSpiffeId(values.id);
+      } catch (err) {
+        throw new UsageError(`--id: ${(err as Error).message}`);
+      }
+      if (id.path === '' || id.path.startsWith('/admin/break-glass/')) throw new UsageError('--id needs a path such as /admin/alice (/admin/break-glass/ is reserved)');
+      let ca: CertificateAuthority;
+      if ((values['ca-cert'] === undefined) !== (values['ca-key'] === undefined)) throw new UsageError('give both --ca-cert and --ca-key, or neither (then the config is used)');
+      if (values['ca-cert'] !== undefined && values['ca-key'] !== undefined) {
+        // A self-signed root given on the command line is its own trust anchor.
+        const certPem = readNamedFile(values['ca-cert'], '--ca-cert');
+        ca = CertificateAuthority.fromPem({ certPem, keyPem: readNamedFile(values['ca-key'], '--ca-key'), rootsPem: certPem });
+      } else {
+        const admin = loadConfig(values.config !== undefined ? { file: values.config } : {}).admin;
+        if (admin.caCertFile === undefined || admin.caKeyFile === undefined) throw new UsageError('no admin CA: set admin.caCertFile/caKeyFile in the config, or pass --ca-cert and --ca-key');
+        // The signing CA may be an intermediate under the admin roots.
+        const certPem = readNamedFile(admin.caCertFile, 'admin.caCertFile');
+        const rootsPem = admin.caBundleFile !== undefined ? readNamedFile(admin.caBundleFile, 'admin.caBundleFile') : certPem;
+        ca = CertificateAuthority.fromPem({ certPem, keyPem: readNamedFile(admin.caKeyFile, 'admin.caKeyFile'), rootsPem });
+      }
+      const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const leaf = ca.issueX509Svid({ spiffeId: id.uri, dnsNames: [], publicKey, ttlMs: parseDuration(values.ttl ?? '8h'), now: Date.now() });
+      const name = id.path.split('/').filter(Boolean).at(-1) ?? 'admin';
+      mkdirSync(values.out, { recursive: true, mode: 0o700 });
+      const certFile = path.join(values.out, `${name}.pem`);
+      const keyFile = path.join(values.out, `${name}.key`);
+      writeFileSync(keyFile, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
+      writeFileSync(certFile, leaf.chainPem.join(''), { mode: 0o644 });
+      process.stderr.write(
+        `admin certificate for ${id.uri}\n  ${certFile}\n  ${keyFile} (0600)\n  serial ${leaf.serialHex}, expires ${new Date(leaf.notAfter).toISOString()}\n` +
+          `It works once ${id.uri} is in admin.principals with roles.\n`,
+      );
+    },
+  }),
+];

@@ -4,15 +4,14 @@
  * passes) or sidecar mode (runs until SIGTERM/SIGINT, then exits 0).
  */
 import { readFileSync, statSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { Agent, audienceFileName, type AgentOptions } from '../agent/agent.js';
-import { jsonLogger } from '../agent/log.js';
+import { agentLogger } from '../agent/log.js';
 import { brokerUrl } from '../sdk/http.js';
 import { splitPem } from '../sdk/x509.js';
+import { command, parseOptions } from './command.js';
 import { UsageError } from './usage.js';
 
-export const AGENT_USAGE = `usage: tessera agent --broker URL --bundle FILE --token-file FILE --out DIR [options]
-
+const AGENT_HELP = `options:
   --broker URL          broker base URL (https://)
   --bundle FILE         trust bundle (PEM) to verify the broker with
   --token-file FILE     projected service-account token (re-read on every use)
@@ -37,32 +36,29 @@ function intFlag(value: string | undefined, flag: string, min: number, max: numb
   return Number(value);
 }
 
+const AGENT_OPTIONS = {
+  broker: { type: 'string' },
+  bundle: { type: 'string' },
+  'token-file': { type: 'string' },
+  out: { type: 'string' },
+  once: { type: 'boolean' },
+  'jwt-audience': { type: 'string', multiple: true },
+  'on-rotate': { type: 'string' },
+  'health-port': { type: 'string' },
+  deadline: { type: 'string' },
+} as const;
+
+type AgentValues = ReturnType<typeof parseOptions<typeof AGENT_OPTIONS>>['values'];
+
 /**
  * Parses `tessera agent` arguments and checks every value that needs no filesystem (deploy manifests
  * are checked with this); throws UsageError with a message naming the flag.
  */
 export function parseAgentFlags(argv: readonly string[]): AgentOptions {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: [...argv],
-      options: {
-        broker: { type: 'string' },
-        bundle: { type: 'string' },
-        'token-file': { type: 'string' },
-        out: { type: 'string' },
-        once: { type: 'boolean' },
-        'jwt-audience': { type: 'string', multiple: true },
-        'on-rotate': { type: 'string' },
-        'health-port': { type: 'string' },
-        deadline: { type: 'string' },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (err) {
-    throw new UsageError(`agent: ${(err as Error).message}`);
-  }
+  return agentFlags(parseOptions(AGENT_OPTIONS, argv).values);
+}
+
+function agentFlags(values: AgentValues): AgentOptions {
   const broker = need(values.broker, '--broker URL');
   try {
     brokerUrl(broker);
@@ -100,7 +96,10 @@ export function parseAgentFlags(argv: readonly string[]): AgentOptions {
 
 /** parseAgentFlags, then the files: a readable bundle with certificates, a token file, an output directory. */
 export function parseAgentArgs(argv: readonly string[]): AgentOptions {
-  const opts = parseAgentFlags(argv);
+  return checkAgentFiles(parseAgentFlags(argv));
+}
+
+function checkAgentFiles(opts: AgentOptions): AgentOptions {
   let bundle: string;
   try {
     bundle = readFileSync(opts.bundleFile, 'utf8');
@@ -122,25 +121,24 @@ export function parseAgentArgs(argv: readonly string[]): AgentOptions {
   return opts;
 }
 
-/** Runs `tessera agent`; exits the process itself (0 done or stopped, 1 failed). */
-export async function agent(argv: readonly string[]): Promise<void> {
-  if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(AGENT_USAGE);
-    return;
-  }
-  let opts: AgentOptions;
-  try {
-    opts = parseAgentArgs(argv);
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`tessera: ${err.message}\n\n${AGENT_USAGE}`);
-    process.exit(2);
-  }
-  const log = jsonLogger();
+export const AGENT_COMMANDS = [
+  command({
+    name: 'agent',
+    usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS]',
+    summary: "write and rotate this workload's SVID files (init container or sidecar)",
+    details: AGENT_HELP,
+    options: AGENT_OPTIONS,
+    run: (values) => runAgent(checkAgentFiles(agentFlags(values))),
+  }),
+];
+
+/** Runs the agent; exits the process itself (0 done or stopped, 1 failed). */
+async function runAgent(opts: AgentOptions): Promise<void> {
+  const log = agentLogger();
   const a = new Agent(opts, log);
   const fail = (err: unknown): never => {
     const message = err instanceof Error ? err.message : String(err);
-    log.log('error', 'giving up', { error: message });
+    log.error({ error: message }, 'giving up');
     process.stderr.write(`tessera agent: ${message}\n`);
     process.exit(1);
   };
@@ -149,7 +147,7 @@ export async function agent(argv: readonly string[]): Promise<void> {
   const shutdown = (signal: NodeJS.Signals): void => {
     if (stopping) return;
     stopping = true;
-    log.log('info', 'stopping', { signal });
+    log.info({ signal }, 'stopping');
     // Interrupting --once before the files exist is a failure; stopping a sidecar is not.
     a.stop().then(
       () => process.exit(opts.once ? 1 : 0),
@@ -167,7 +165,7 @@ export async function agent(argv: readonly string[]): Promise<void> {
       fail(err);
     }
     if (stopping) return;
-    log.log('info', 'done', { out: opts.outDir });
+    log.info({ out: opts.outDir }, 'done');
     process.exit(0);
   }
   try {

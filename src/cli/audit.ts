@@ -9,9 +9,8 @@
  *
  * Exit codes: 0 success, 1 the log does not verify or the command failed, 2 bad usage.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { openExport, exportLog } from '../audit/export.js';
 import { loadNoteSigner, type NoteVerifier, parseVerifierKeyFile } from '../audit/note.js';
 import { recoverLog } from '../audit/recover.js';
@@ -24,29 +23,11 @@ import { BrokerError } from '../errors.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import { RedisStore } from '../store/redis.js';
 import type { Store } from '../store/store.js';
+import { type CliIo, command, dispatch, processIo } from './command.js';
+import { readNamedFile } from './files.js';
 import { UsageError } from './usage.js';
 
 type Out = (text: string) => void;
-
-export interface AuditCliIo {
-  readonly stdout: Out;
-  readonly stderr: Out;
-  readonly now: () => number;
-}
-
-const defaultIo: AuditCliIo = {
-  stdout: (t) => void process.stdout.write(t),
-  stderr: (t) => void process.stderr.write(t),
-  now: () => Date.now(),
-};
-
-function readText(file: string, what: string): string {
-  try {
-    return readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new UsageError(`cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-}
 
 const isUrl = (s: string): boolean => /^[a-z]+:\/\//i.test(s);
 
@@ -67,9 +48,9 @@ function tlsFlags(values: Record<string, unknown>): TlsFlags {
 function remoteTls(flags: TlsFlags): RemoteTls {
   if ((flags.adminCert === undefined) !== (flags.adminKey === undefined)) throw new UsageError('give both --admin-cert and --admin-key (an admin certificate with the auditor role), or neither');
   return {
-    ...(flags.cacert !== undefined ? { ca: readText(flags.cacert, '--cacert') } : {}),
+    ...(flags.cacert !== undefined ? { ca: readNamedFile(flags.cacert, '--cacert') } : {}),
     ...(flags.adminCert !== undefined && flags.adminKey !== undefined
-      ? { cert: readText(flags.adminCert, '--admin-cert'), key: readText(flags.adminKey, '--admin-key') }
+      ? { cert: readNamedFile(flags.adminCert, '--admin-cert'), key: readNamedFile(flags.adminKey, '--admin-key') }
       : {}),
   };
 }
@@ -92,7 +73,7 @@ function logSource(log: string, flags: TlsFlags): LogSource | Promise<LogSource>
 /** --key: the audit verifier key (audit.pub, GET /v1/audit/key) or a PEM public key. */
 function verifierKey(keyFile: string): NoteVerifier {
   try {
-    return parseVerifierKeyFile(readText(keyFile, '--key'));
+    return parseVerifierKeyFile(readNamedFile(keyFile, '--key'));
   } catch (err) {
     if (err instanceof UsageError) throw err;
     throw new UsageError(`--key ${keyFile}: ${(err as Error).message} (expected the verifier key from audit.pub or GET /v1/audit/key, or a PEM public key)`);
@@ -138,21 +119,19 @@ function report(r: VerifyResult, keyText: string, checked: string, out: Out): vo
   out(`${lines.join('\n')}\n`);
 }
 
-export async function auditCommand(args: readonly string[], io: AuditCliIo = defaultIo): Promise<number> {
-  const [sub, ...rest] = args;
-  const parse = <O extends Record<string, { type: 'string' | 'boolean' }>>(options: O) =>
-    parseArgs({ args: rest, options, strict: true, allowPositionals: false });
-  const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
-
-  switch (sub) {
-    case 'verify': {
-      const { values } = parse({ log: { type: 'string' }, key: { type: 'string' }, reference: { type: 'string' }, json: { type: 'boolean' }, ...TLS_OPTIONS });
-      const log = str(values.log);
-      const keyFile = str(values.key);
+export const AUDIT_COMMANDS = [
+  command({
+    name: 'audit verify',
+    usage: '--log DIR|URL --key FILE [--cacert PEM] [--admin-cert PEM --admin-key KEY]\n      [--reference URL] [--json]',
+    summary: 'check an audit log offline: every entry, root, checkpoint signature\nand consistency (exit 1 naming the first bad index). A URL without\nan auditor\'s --admin-cert is checked by its public leaf hashes only;\n--reference URL names the exact bad entry of an export DIR',
+    options: { log: { type: 'string' }, key: { type: 'string' }, reference: { type: 'string' }, json: { type: 'boolean' }, ...TLS_OPTIONS },
+    async run(values, _positionals, io) {
+      const log = values.log;
+      const keyFile = values.key;
       if (log === undefined || keyFile === undefined) throw new UsageError('audit verify needs --log <export-dir|https-url> and --key <audit public key file>');
       const key = verifierKey(keyFile);
       const flags = tlsFlags(values);
-      const ref = str(values.reference);
+      const ref = values.reference;
       let source: LogSource;
       let opts: VerifyOptions;
       let checked: string;
@@ -199,13 +178,17 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
         return 1;
       }
       return 0;
-    }
-
-    case 'export': {
-      const { values } = parse({ out: { type: 'string' }, config: { type: 'string' }, log: { type: 'string' }, ...TLS_OPTIONS });
-      const outDir = str(values.out);
+    },
+  }),
+  command({
+    name: 'audit export',
+    usage: '--out DIR [--config FILE | --log URL [--cacert PEM] --admin-cert PEM --admin-key KEY]',
+    summary: 'write the log as entries.jsonl + checkpoints.txt + manifest.json\n(stop the broker first when reading an embedded store)',
+    options: { out: { type: 'string' }, config: { type: 'string' }, log: { type: 'string' }, ...TLS_OPTIONS },
+    async run(values, _positionals, io) {
+      const outDir = values.out;
       if (outDir === undefined) throw new UsageError('audit export needs --out DIR');
-      const log = str(values.log);
+      const log = values.log;
       if (log !== undefined && values.config !== undefined) throw new UsageError('use either --config (read the store) or --log https://… (read a running broker)');
       let source: LogSource;
       let verifierKey: string | undefined;
@@ -213,7 +196,7 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
         if (!isUrl(log)) throw new UsageError('audit export --log takes a broker https:// URL');
         source = await logSource(log, tlsFlags(values));
       } else {
-        const c = await configuredSource(str(values.config));
+        const c = await configuredSource(values.config);
         source = c.source;
         try {
           verifierKey = loadNoteSigner(c.config.audit.signingKeyFile, c.config.audit.origin).verifierKey;
@@ -228,10 +211,13 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
         await source.close();
       }
       return 0;
-    }
-
-    case 'search': {
-      const { values } = parse({
+    },
+  }),
+  command({
+    name: 'audit search',
+    usage: '[--config FILE | --log DIR|URL [--cacert PEM --admin-cert PEM --admin-key KEY]]\n      [--spiffe-id ID] [--serial S] [--since T] [--until T] [--type TYPE]\n      [--decision allow|deny] [--namespace NS] [--limit N] [--start INDEX]',
+    summary: 'print matching entries as JSON lines (T: ISO-8601, ms, or 15m/2h/7d ago)',
+    options: {
         config: { type: 'string' },
         log: { type: 'string' },
         ...TLS_OPTIONS,
@@ -244,18 +230,19 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
         namespace: { type: 'string' },
         limit: { type: 'string' },
         start: { type: 'string' },
-      });
+      },
+    async run(values, _positionals, io) {
       let filter;
       try {
         filter = parseSearchFilter(
           {
-            ...(values['spiffe-id'] !== undefined ? { spiffeId: str(values['spiffe-id']) } : {}),
-            ...(values.serial !== undefined ? { serial: str(values.serial) } : {}),
-            ...(values.since !== undefined ? { since: str(values.since) } : {}),
-            ...(values.until !== undefined ? { until: str(values.until) } : {}),
-            ...(values.type !== undefined ? { type: str(values.type) } : {}),
-            ...(values.decision !== undefined ? { decision: str(values.decision) } : {}),
-            ...(values.namespace !== undefined ? { namespace: str(values.namespace) } : {}),
+            ...(values['spiffe-id'] !== undefined ? { spiffeId: values['spiffe-id'] } : {}),
+            ...(values.serial !== undefined ? { serial: values.serial } : {}),
+            ...(values.since !== undefined ? { since: values.since } : {}),
+            ...(values.until !== undefined ? { until: values.until } : {}),
+            ...(values.type !== undefined ? { type: values.type } : {}),
+            ...(values.decision !== undefined ? { decision: values.decision } : {}),
+            ...(values.namespace !== undefined ? { namespace: values.namespace } : {}),
           },
           io.now(),
         );
@@ -271,9 +258,9 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
       };
       const limit = count(values.limit, 'limit', 1000, 1);
       const start = count(values.start, 'start', 0, 0);
-      const log = str(values.log);
+      const log = values.log;
       if (log !== undefined && values.config !== undefined) throw new UsageError('use either --config or --log');
-      const source = log !== undefined ? await logSource(log, tlsFlags(values)) : (await configuredSource(str(values.config))).source;
+      const source = log !== undefined ? await logSource(log, tlsFlags(values)) : (await configuredSource(values.config)).source;
       try {
         const r = await searchLog(source, filter, { limit, start });
         for (const h of r.hits) io.stdout(`${JSON.stringify({ index: h.index, ...h.entry })}\n`);
@@ -283,18 +270,22 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
         await source.close();
       }
       return 0;
-    }
-
-    case 'recover': {
+    },
+  }),
+  command({
+    name: 'audit recover',
+    usage: '--from DIR --key FILE [--config FILE]',
+    summary: 're-seed an EMPTY store (Redis that lost its data) from a verified export;\nstop every replica first, restart them after (docs/redis.md)',
+    options: { from: { type: 'string' }, key: { type: 'string' }, config: { type: 'string' } },
+    async run(values, _positionals, io) {
       // Re-seed an emptied store from an export (audit/recover.ts); every replica must be stopped.
-      const { values } = parse({ from: { type: 'string' }, key: { type: 'string' }, config: { type: 'string' } });
-      const from = str(values.from);
-      const keyFile = str(values.key);
+            const from = values.from;
+      const keyFile = values.key;
       if (from === undefined || keyFile === undefined) throw new UsageError('audit recover needs --from <export-dir> and --key <audit public key file> (and --config FILE for the store)');
       const key = verifierKey(keyFile);
       if (!existsSync(from) || !statSync(from).isDirectory()) throw new UsageError(`--from ${from}: no such export directory`);
       const source = await openExport(from);
-      const config = loadConfig(str(values.config) !== undefined ? { file: str(values.config) as string } : {});
+      const config = loadConfig(values.config !== undefined ? { file: values.config } : {});
       const store = config.store.redis !== undefined ? await RedisStore.connect({ ...config.store.redis }) : await EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync });
       try {
         const r = await recoverLog(source, key, store, { from, now: io.now });
@@ -311,9 +302,11 @@ export async function auditCommand(args: readonly string[], io: AuditCliIo = def
         await store.close();
       }
       return 0;
-    }
+    },
+  }),
+];
 
-    default:
-      throw new UsageError(`unknown audit command ${JSON.stringify(sub ?? '')} (verify, export, search, recover)`);
-  }
+/** `tessera audit …` with its arguments; throws on misuse (tests call it with their own io). */
+export function auditCommand(args: readonly string[], io: CliIo = processIo): Promise<number> {
+  return dispatch(AUDIT_COMMANDS, ['audit', ...args], io);
 }

@@ -1,18 +1,12 @@
 /**
  * `tessera break-glass …`: make this deployment's break-glass keys, sign and co-sign an emergency
  * request (offline, where the keys are kept), and redeem it against a broker. See docs/admin-breakglass.md.
- *
- *   init    --out DIR [--count N] [--prefix bg]          key pairs: private keys to DIR (0600), config snippet to stdout
- *   request --key FILE [--key FILE …] --reason TEXT --ticket ID --grant G [--ttl 15m]
- *           [--trust-domain TD | --config FILE] [--out FILE]   the signed request body (JSON)
- *   cosign  --in FILE --key FILE [--out FILE]             add one more signature (two-person rule)
- *   use     --request FILE --url URL --cacert FILE --out DIR   redeem it; write the credential to DIR
+ * The commands and their options are in BREAK_GLASS_COMMANDS at the end.
  */
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import {
   MAX_REQUEST_VALIDITY_SECONDS,
   type BreakGlassClaims,
@@ -27,6 +21,8 @@ import {
 import { breakGlassGrantProblem, loadConfig } from '../config/load.js';
 import { BrokerError } from '../errors.js';
 import { validateTrustDomain } from '../spiffe/id.js';
+import { command } from './command.js';
+import { readNamedFile } from './files.js';
 import { CommandFailed, UsageError } from './usage.js';
 
 const out = (s: string): boolean => process.stdout.write(s);
@@ -59,8 +55,9 @@ function writeSecretFile(file: string, data: string | Buffer, overwrite = false)
   if (overwrite) chmodSync(file, 0o600);
 }
 
-function init(args: string[]): void {
-  const { values } = parseArgs({ args, options: { out: { type: 'string' }, count: { type: 'string' }, prefix: { type: 'string' } }, strict: true });
+type Values<K extends string> = { [k in K]?: string | undefined };
+
+function init(values: Values<'out' | 'count' | 'prefix'>): void {
   if (values.out === undefined) throw new UsageError('break-glass init needs --out DIR (where the private keys are written, to be moved offline)');
   const count = Number(values.count ?? '1');
   if (!Number.isInteger(count) || count < 1 || count > 16) throw new UsageError('--count must be between 1 and 16');
@@ -131,21 +128,7 @@ function describe(c: BreakGlassClaims, signatures: number): string {
   ].join('\n');
 }
 
-async function request(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      key: { type: 'string', multiple: true },
-      reason: { type: 'string' },
-      ticket: { type: 'string' },
-      grant: { type: 'string' },
-      ttl: { type: 'string' },
-      'trust-domain': { type: 'string' },
-      config: { type: 'string' },
-      out: { type: 'string' },
-    },
-    strict: true,
-  });
+async function request(values: Values<'reason' | 'ticket' | 'grant' | 'ttl' | 'trust-domain' | 'config' | 'out'> & { key?: string[] | undefined }): Promise<void> {
   const keyFiles = values.key ?? [];
   if (keyFiles.length === 0) throw new UsageError('break-glass request needs --key FILE (repeat --key for M-of-N)');
   if (values.reason === undefined || values.ticket === undefined || values.grant === undefined) {
@@ -180,12 +163,12 @@ async function request(args: string[]): Promise<void> {
   err(`Signed break-glass request${values.out !== undefined ? ` → ${values.out}` : ''}:\n${describe(claims, keys.length)}\n`);
 }
 
-function readBody(file: string): { request: ReturnType<typeof parseGeneralJws>; csr?: string } {
+function readBody(file: string, flag: string): { request: ReturnType<typeof parseGeneralJws>; csr?: string } {
   let parsed: unknown;
   try {
     parsed = JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new UsageError(`${file}: not a break-glass request file (${(e as Error).message})`);
+    throw new UsageError(`${flag} ${file}: not a break-glass request file (${(e as Error).message})`);
   }
   if (typeof parsed !== 'object' || parsed === null || !('request' in parsed)) throw new UsageError(`${file}: expected {"request": …}`);
   try {
@@ -195,10 +178,9 @@ function readBody(file: string): { request: ReturnType<typeof parseGeneralJws>; 
   }
 }
 
-async function cosign(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { in: { type: 'string' }, key: { type: 'string' }, out: { type: 'string' } }, strict: true });
+async function cosign(values: Values<'in' | 'key' | 'out'>): Promise<void> {
   if (values.in === undefined || values.key === undefined) throw new UsageError('break-glass cosign needs --in FILE and --key FILE');
-  const { request: jws } = readBody(values.in);
+  const { request: jws } = readBody(values.in, '--in');
   let claims: BreakGlassClaims;
   let signed;
   try {
@@ -242,16 +224,11 @@ function post(url: URL, ca: string, body: string): Promise<{ status: number; jso
   });
 }
 
-async function use(args: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args,
-    options: { request: { type: 'string' }, url: { type: 'string' }, cacert: { type: 'string' }, out: { type: 'string' } },
-    strict: true,
-  });
+async function use(values: Values<'request' | 'url' | 'cacert' | 'out'>): Promise<void> {
   if (values.request === undefined || values.url === undefined || values.cacert === undefined || values.out === undefined) {
     throw new UsageError('break-glass use needs --request FILE --url https://broker:8443 --cacert bundle.pem --out DIR');
   }
-  const body = readBody(values.request);
+  const body = readBody(values.request, '--request');
   // Checked before the request is spent: the credential must have somewhere fresh to go.
   for (const name of ['admin.pem', 'admin.key', 'admin-ca.pem', 'secret']) {
     if (existsSync(path.join(values.out, name))) throw new UsageError(`${path.join(values.out, name)} already exists; use an empty --out directory`);
@@ -263,7 +240,7 @@ async function use(args: string[]): Promise<void> {
     throw new UsageError(`--url ${values.url}: not a URL`);
   }
   if (url.protocol !== 'https:') throw new UsageError('--url must be https://');
-  const res = await post(url, readFileSync(values.cacert, 'utf8'), JSON.stringify(body));
+  const res = await post(url, readNamedFile(values.cacert, '--cacert'), JSON.stringify(body));
   if (res.status !== 200) {
     throw new CommandFailed(`the broker refused (${res.status} ${String(res.json.error ?? '')}): ${String(res.json.message ?? '')}`);
   }
@@ -304,22 +281,42 @@ async function use(args: string[]): Promise<void> {
   );
 }
 
-export async function breakGlassCommand(argv: string[]): Promise<void> {
-  const [sub, ...rest] = argv;
-  switch (sub) {
-    case 'init':
-      init(rest);
-      return;
-    case 'request':
-      await request(rest);
-      return;
-    case 'cosign':
-      await cosign(rest);
-      return;
-    case 'use':
-      await use(rest);
-      return;
-    default:
-      throw new UsageError(`unknown break-glass command ${JSON.stringify(sub ?? '')} (init, request, cosign, use)`);
-  }
-}
+export const BREAK_GLASS_COMMANDS = [
+  command({
+    name: 'break-glass init',
+    usage: '--out DIR [--count N] [--prefix bg]',
+    summary: 'make break-glass Ed25519 key pairs: private keys to DIR (0600, move\nthem offline), the public keys as a config snippet on stdout',
+    options: { out: { type: 'string' }, count: { type: 'string' }, prefix: { type: 'string' } },
+    run: init,
+  }),
+  command({
+    name: 'break-glass request',
+    usage: '--key FILE [--key FILE ...] --reason TEXT --ticket ID\n      --grant auditor|operator|secrets-admin|secret:NAME [--ttl 15m]\n      [--trust-domain TD | --config FILE] [--out FILE]',
+    summary: 'sign an emergency request (valid 5 minutes, single use)',
+    options: {
+      key: { type: 'string', multiple: true },
+      reason: { type: 'string' },
+      ticket: { type: 'string' },
+      grant: { type: 'string' },
+      ttl: { type: 'string' },
+      'trust-domain': { type: 'string' },
+      config: { type: 'string' },
+      out: { type: 'string' },
+    },
+    run: request,
+  }),
+  command({
+    name: 'break-glass cosign',
+    usage: '--in FILE --key FILE [--out FILE]',
+    summary: 'add a second signature (two-person rule)',
+    options: { in: { type: 'string' }, key: { type: 'string' }, out: { type: 'string' } },
+    run: cosign,
+  }),
+  command({
+    name: 'break-glass use',
+    usage: '--request FILE --url URL --cacert FILE --out DIR',
+    summary: 'redeem a request: writes admin.pem/admin.key (or secret) to DIR\n(docs/admin-breakglass.md has the runbook)',
+    options: { request: { type: 'string' }, url: { type: 'string' }, cacert: { type: 'string' }, out: { type: 'string' } },
+    run: use,
+  }),
+];

@@ -1,117 +1,49 @@
 #!/usr/bin/env node
-/** The `tessera` command: a thin dispatcher over the modules; every failure is a message and a non-zero exit. */
-import { parseArgs } from 'node:util';
-import { ConfigError, readWorkers } from '../config/load.js';
+/** The `tessera` command: the command table of every module, run by cli/command.ts (exit 0 ok, 1 failure, 2 usage). */
+import { readFileSync } from 'node:fs';
+import { ConfigError, loadConfig, readWorkers } from '../config/load.js';
 import { BrokerError } from '../errors.js';
-import { auditCommand } from './audit.js';
-import { adminCommand } from './admin.js';
-import { breakGlassCommand } from './breakglass.js';
-import { devCerts, devToken } from './dev.js';
-import { agent } from './agent.js';
-import { secretsPut, secretsRotateKek } from './secrets.js';
+import { ADMIN_COMMANDS } from './admin.js';
+import { AGENT_COMMANDS } from './agent.js';
+import { AUDIT_COMMANDS } from './audit.js';
+import { BREAK_GLASS_COMMANDS } from './breakglass.js';
+import { command, processIo, runCli } from './command.js';
+import { DEV_COMMANDS } from './dev.js';
+import { nameConfigFile } from './files.js';
+import { SECRETS_COMMANDS } from './secrets.js';
 import { serve } from './serve.js';
-import { CommandFailed, USAGE, UsageError } from './usage.js';
 
-async function main(argv: string[]): Promise<void> {
-  const [command, ...rest] = argv;
-  const parse = (options: Record<string, { type: 'string' | 'boolean' }>) =>
-    parseArgs({ args: rest, options, strict: true, allowPositionals: true });
-  switch (command) {
-    case 'agent':
-      await agent(rest);
-      return;
-    case 'break-glass':
-      await breakGlassCommand(rest);
-      return;
-    case 'admin':
-      adminCommand(rest);
-      return;
-    case 'serve': {
-      const { values } = parse({ config: { type: 'string' }, workers: { type: 'string' } });
+const SERVE = command({
+  name: 'serve',
+  usage: '[--config FILE] [--workers N|auto]',
+  summary: 'run the broker (no config: dev defaults, https://127.0.0.1:8443);\nN > 1: N replicas share the port (node:cluster); needs store.redis',
+  options: { config: { type: 'string' }, workers: { type: 'string' } },
+  async run(values) {
+    try {
       await serve({
-        ...(typeof values.config === 'string' ? { config: values.config } : {}),
-        ...(typeof values.workers === 'string' ? { workers: readWorkers(values.workers, '--workers') } : {}),
+        ...(values.config !== undefined ? { config: values.config } : {}),
+        ...(values.workers !== undefined ? { workers: readWorkers(values.workers, '--workers') } : {}),
       });
-      return;
+    } catch (err) {
+      // A key or certificate the config names, and that cannot be read: say which field named it.
+      throw nameConfigFile(err, () => loadConfig(values.config !== undefined ? { file: values.config } : {}));
     }
-    case 'dev': {
-      const { values, positionals } = parse({
-        namespace: { type: 'string' },
-        'service-account': { type: 'string' },
-        pod: { type: 'string' },
-        audience: { type: 'string' },
-        ttl: { type: 'string' },
-      });
-      const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
-      if (positionals[0] === 'token') {
-        await devToken({
-          namespace: str(values.namespace),
-          serviceAccount: str(values['service-account']),
-          pod: str(values.pod),
-          audience: str(values.audience),
-          ttl: str(values.ttl),
-        });
-        return;
-      }
-      if (positionals[0] === 'certs') {
-        await devCerts();
-        return;
-      }
-      throw new UsageError(`unknown dev command ${JSON.stringify(positionals[0] ?? '')}`);
-    }
-    case 'audit': {
-      // Exit code 1 when a log does not verify (the report is already printed).
-      process.exitCode = await auditCommand(rest);
-      return;
-    }
-    case 'secrets': {
-      const { values, positionals } = parse({
-        config: { type: 'string' },
-        'from-file': { type: 'string' },
-        'new-kek-file': { type: 'string' },
-      });
-      const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
-      const opts = {
-        ...(str(values.config) !== undefined ? { config: str(values.config) } : {}),
-        ...(str(values['from-file']) !== undefined ? { fromFile: str(values['from-file']) } : {}),
-        ...(str(values['new-kek-file']) !== undefined ? { newKekFile: str(values['new-kek-file']) } : {}),
-      };
-      if (positionals[0] === 'put') {
-        if (positionals.length > 2) throw new UsageError('secrets put takes one NAME');
-        await secretsPut(positionals[1], opts);
-        return;
-      }
-      if (positionals[0] === 'rotate-kek') {
-        await secretsRotateKek(opts);
-        return;
-      }
-      throw new UsageError(`unknown secrets command ${JSON.stringify(positionals[0] ?? '')}`);
-    }
-    case undefined:
-    case 'help':
-    case '--help':
-    case '-h':
-      process.stdout.write(USAGE);
-      return;
-    default:
-      throw new UsageError(`unknown command ${JSON.stringify(command)}`);
-  }
+  },
+});
+
+/** What exit 1 prints: the message of an expected failure, the stack of a bug. */
+function failure(err: unknown): string {
+  if (err instanceof ConfigError || err instanceof BrokerError) return err.message;
+  const e = err as NodeJS.ErrnoException;
+  if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'ENOENT') return e.message;
+  return `unexpected error: ${e.stack ?? String(err)}`;
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => {
-  if (err instanceof UsageError || (err instanceof TypeError && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS'))) {
-    process.stderr.write(`tessera: ${(err as Error).message}\n\n${USAGE}`);
-    process.exit(2);
-  }
-  if (err instanceof ConfigError || err instanceof BrokerError || err instanceof CommandFailed) {
-    process.stderr.write(`tessera: ${err.message}\n`);
-    process.exit(1);
-  }
-  const e = err as NodeJS.ErrnoException;
-  if (e.code === 'EADDRINUSE' || e.code === 'EACCES' || e.code === 'ENOENT') {
-    process.stderr.write(`tessera: ${e.message}\n`);
-    process.exit(1);
-  }
-  process.stderr.write(`tessera: unexpected error: ${e.stack ?? String(err)}\n`);
-  process.exit(1);
+const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const table = [SERVE, ...DEV_COMMANDS, ...SECRETS_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...ADMIN_COMMANDS, ...BREAK_GLASS_COMMANDS];
+
+runCli({ table, version, failure }, process.argv.slice(2), processIo).then((code) => {
+  // A command that keeps running (serve, the agent sidecar) sets up its own exit.
+  if (code !== 0) process.exit(code);
 });

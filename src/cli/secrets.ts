@@ -19,12 +19,13 @@ import { secretNameProblem } from '../secrets/names.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import { RedisStore } from '../store/redis.js';
 import type { Store } from '../store/store.js';
+import { command } from './command.js';
 import { UsageError } from './usage.js';
 
 export interface SecretsCliOptions {
-  readonly config?: string;
-  readonly fromFile?: string;
-  readonly newKekFile?: string;
+  readonly config?: string | undefined;
+  readonly fromFile?: string | undefined;
+  readonly newKekFile?: string | undefined;
   /** Where messages go (tests capture them). */
   readonly out?: (line: string) => void;
 }
@@ -100,7 +101,7 @@ export async function secretsPut(name: string | undefined, opts: SecretsCliOptio
     value = readFileSync(opts.fromFile);
   } catch (err) {
     if (err instanceof ConfigError) throw err;
-    throw new ConfigError(`cannot read ${opts.fromFile}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    throw new ConfigError(`--from-file: cannot read ${opts.fromFile}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
   }
   if (value.length === 0) throw new ConfigError(`${opts.fromFile} is empty`);
   const config = await load(opts.config);
@@ -171,3 +172,27 @@ export async function secretsRotateKek(opts: SecretsCliOptions): Promise<void> {
     await store.close();
   }
 }
+
+const putCommand = command({
+  name: 'secrets put',
+  usage: 'NAME --from-file FILE [--config FILE]',
+  summary: 'store a static secret, encrypted (AES-256-GCM envelope) in the store\n(embedded store: stop the broker first)',
+  options: { config: { type: 'string' }, 'from-file': { type: 'string' } },
+  positionals: true,
+  async run(values, positionals) {
+    if (positionals.length > 1) throw new UsageError('secrets put takes one NAME');
+    await secretsPut(positionals[0], { config: values.config, fromFile: values['from-file'] });
+  },
+});
+
+const rotateKekCommand = command({
+  name: 'secrets rotate-kek',
+  usage: '--new-kek-file FILE [--config FILE]',
+  summary: "re-wrap every secret's data key under a new KEK (FILE is created if missing)",
+  options: { config: { type: 'string' }, 'new-kek-file': { type: 'string' } },
+  async run(values) {
+    await secretsRotateKek({ config: values.config, newKekFile: values['new-kek-file'] });
+  },
+});
+
+export const SECRETS_COMMANDS = [putCommand, rotateKekCommand];
