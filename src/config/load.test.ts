@@ -53,6 +53,7 @@ describe('loadConfig', () => {
     ['missing CA file', minimal.replace('certFile: ca.pem, ', ''), /config.ca.certFile/],
     ['both JWKS sources', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    jwksFile: k.json'), /exactly one of jwksFile or jwksUrl/],
     ['no audiences', minimal.replace('audiences: [tessera]', 'audiences: []'), /audiences/],
+    ['no token issuer', minimal.replace(/issuers:[\s\S]*audiences: \[tessera\]\n/, 'issuers: []\n'), /config.issuers: at least one token issuer is required/],
     ['bad DNS SAN', minimal.replace('web.shop.svc', 'WEB_SHOP'), /dnsNames/],
     ['bad selector', minimal.replace('namespace: shop', 'namespace: "a/b"'), /selector/],
     ['port out of range', `${minimal}\nlisten: { port: 70000 }\n`, /listen.port/],
