@@ -6,11 +6,8 @@
 import Type, { type Static, type TSchema } from 'typebox';
 import { MAX_CA_THREADS } from '../ca/minter-pool.js';
 
-/** What a user is told when a value does not fit (`<field>: <message>`); read by load.ts. */
-interface Says {
-  readonly message: string;
-}
-
+// Every schema carries `message`: what a user is told when a value does not fit (`<setting>: <message>`).
+// String schemas with `file: true` are paths, resolved against the config file's folder (load.ts).
 const str = (opts: { pattern?: string; message?: string; default?: string } = {}) =>
   Type.String({ minLength: 1, message: 'expected a non-empty string', ...opts });
 const int = (minimum: number, maximum: number, fallback?: number) =>
@@ -19,7 +16,7 @@ const bool = (fallback: boolean) => Type.Boolean({ default: fallback, message: '
 const strings = () => Type.Array(Type.String({ minLength: 1 }), { message: 'expected a list of non-empty strings' });
 const strList = (fallback: readonly string[] = []) =>
   Type.Array(Type.String({ minLength: 1 }), { default: [...fallback], message: 'expected a list of non-empty strings' });
-/** A path; relative paths are resolved against the config file's folder (load.ts looks for `file`). */
+/** A path (relative to the config file's folder). */
 const file = (fallback?: string) => Type.String({ minLength: 1, message: 'expected a non-empty string', file: true, ...(fallback !== undefined ? { default: fallback } : {}) });
 const files = () => Type.Array(file(), { default: [], message: 'expected a list of non-empty strings' });
 const list = <T extends TSchema>(item: T) => Type.Array(item, { message: 'expected a list' });
@@ -229,7 +226,6 @@ export const ConfigFileSchema = section({
   logLevel: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'expected fatal|error|warn|info|debug|trace|silent', 'info'),
 });
 export type ConfigFile = Static<typeof ConfigFileSchema>;
-export type SchemaWithMessage = TSchema & Partial<Says>;
 
 type DeepReadonly<T> = T extends readonly (infer I)[] ? readonly DeepReadonly<I>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
 type File = DeepReadonly<ConfigFile>;
