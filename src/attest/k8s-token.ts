@@ -102,20 +102,13 @@ export class ServiceAccountTokenAttestor {
     this.skew = opts.clockSkewSeconds ?? DEFAULT_CLOCK_SKEW_SECONDS;
     if (!Number.isFinite(this.skew) || this.skew < 0) throw new Error('clockSkewSeconds must be a non-negative number');
 
+    // The issuer settings were checked when the config was loaded (config/config.ts).
     for (const cfg of opts.issuers) {
-      if (typeof cfg.issuer !== 'string' || cfg.issuer.length === 0) throw new Error('token issuer must be a non-empty string');
       if (this.issuers.has(cfg.issuer)) throw new Error(`token issuer ${cfg.issuer} is configured twice`);
-      if (cfg.audiences.length === 0 || cfg.audiences.some((a) => typeof a !== 'string' || a.length === 0)) {
-        throw new Error(`token issuer ${cfg.issuer}: audiences must be a non-empty list of non-empty strings`);
-      }
-      const maxLifetimeSeconds = cfg.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS;
-      if (!Number.isFinite(maxLifetimeSeconds) || maxLifetimeSeconds <= 0) {
-        throw new Error(`token issuer ${cfg.issuer}: maxLifetimeSeconds must be a positive number`);
-      }
       this.issuers.set(cfg.issuer, {
         issuer: cfg.issuer,
         audiences: [...cfg.audiences],
-        maxLifetimeSeconds,
+        maxLifetimeSeconds: cfg.maxLifetimeSeconds ?? DEFAULT_MAX_LIFETIME_SECONDS,
         requirePodBinding: cfg.requirePodBinding === true,
         keys: new JwksKeySource({
           issuer: cfg.issuer,
@@ -127,7 +120,6 @@ export class ServiceAccountTokenAttestor {
         }),
       });
     }
-    if (this.issuers.size === 0) throw new Error('at least one token issuer must be configured');
   }
 
   /** The key source of a configured issuer (startup warm-up, metrics). */

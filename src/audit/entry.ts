@@ -7,70 +7,11 @@
  * functions, holes/undefined in arrays) is rejected instead, so two encoders cannot disagree.
  */
 import type { Identity } from '../attest/identity.js';
+import Type, { type Static } from 'typebox';
 import { BrokerError } from '../errors.js';
+import { recordParser, SafeInteger } from '../records.js';
 
-export type AuditEventType =
-  | 'x509-svid.issued'
-  | 'jwt-svid.issued'
-  | 'denial'
-  | 'admin'
-  | 'break-glass'
-  | 'secret.issued'
-  | 'lease.revoked'
-  /** Secrets (src/secrets/): a static secret stored, a lease extended, a revoke that failed (retried), a KEK rotation. */
-  | 'secret.written'
-  | 'lease.renewed'
-  | 'lease.revoke-failed'
-  | 'kek.rotated'
-  /** An alert rule fired (see audit/alerts.ts); the broker itself is the author. */
-  | 'alert';
-
-/**
- * One audit log record. NEVER put secret material here (keys, tokens, secret values, CSR private
- * parts): the log is append-only and replicated to verifiers, so nothing in it can be revoked.
- * Every field is an identifier or metadata — serial, jti, leaseId and keyFingerprint identify a
- * credential without being able to reproduce it.
- */
-export interface AuditEntry {
-  /** UTC milliseconds (Clock.now()). */
-  ts: number;
-  type: AuditEventType;
-  decision: 'allow' | 'deny';
-  /** Caller SPIFFE ID (null when the caller could not be authenticated). */
-  actor: string | null;
-  /** SPIFFE ID the credential is for (null for events that are not about one identity). */
-  subject: string | null;
-  source?: string;
-  namespace?: string;
-  serviceAccount?: string;
-  podName?: string;
-  podUid?: string;
-  serial?: string;
-  jti?: string;
-  leaseId?: string;
-  /** Name of a static secret, or "postgres/<role>" for dynamic database credentials (never a value). */
-  secret?: string;
-  /** The PostgreSQL role a dynamic-credentials lease created (an identifier, never its password). */
-  dbUsername?: string;
-  audience?: string[];
-  ttlMs?: number;
-  expiresAt?: number;
-  keyFingerprint?: string;
-  reason?: string;
-  code?: string;
-  /** Admin API: what the admin did (revoke, freeze, thaw, …); see docs/admin-breakglass.md. */
-  action?: string;
-  /** Break-glass: the incident ticket, what was granted, and the ids of the keys that signed. */
-  ticket?: string;
-  grant?: string;
-  keyIds?: string[];
-  /** 'critical' on break-glass entries: alerting and log pipelines page on it. */
-  severity?: string;
-  requestId: string;
-  replica: string;
-}
-
-export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
+export const AUDIT_EVENT_TYPES = [
   'x509-svid.issued',
   'jwt-svid.issued',
   'denial',
@@ -78,12 +19,65 @@ export const AUDIT_EVENT_TYPES: readonly AuditEventType[] = [
   'break-glass',
   'secret.issued',
   'lease.revoked',
+  // Secrets (src/secrets/): a static secret stored, a lease extended, a revoke that failed (retried), a KEK rotation.
   'secret.written',
   'lease.renewed',
   'lease.revoke-failed',
   'kek.rotated',
+  // An alert rule fired (see audit/alerts.ts); the broker itself is the author.
   'alert',
-];
+] as const;
+export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
+
+const Str = Type.Optional(Type.String());
+const Strings = Type.Optional(Type.Array(Type.String()));
+const StrOrNull = Type.Union([Type.String(), Type.Null()]);
+
+/**
+ * One audit log record. NEVER put secret material here (keys, tokens, secret values, CSR private
+ * parts): the log is append-only and replicated to verifiers, so nothing in it can be revoked.
+ * Every field is an identifier or metadata — serial, jti, leaseId and keyFingerprint identify a
+ * credential without being able to reproduce it. Unknown fields are tolerated when reading.
+ */
+const AuditEntrySchema = Type.Object({
+  /** UTC milliseconds (Clock.now()). */
+  ts: SafeInteger(),
+  type: Type.Enum([...AUDIT_EVENT_TYPES]),
+  decision: Type.Enum(['allow', 'deny']),
+  /** Caller SPIFFE ID (null when the caller could not be authenticated). */
+  actor: StrOrNull,
+  /** SPIFFE ID the credential is for (null for events that are not about one identity). */
+  subject: StrOrNull,
+  source: Str,
+  namespace: Str,
+  serviceAccount: Str,
+  podName: Str,
+  podUid: Str,
+  serial: Str,
+  jti: Str,
+  leaseId: Str,
+  /** Name of a static secret, or "postgres/<role>" for dynamic database credentials (never a value). */
+  secret: Str,
+  /** The PostgreSQL role a dynamic-credentials lease created (an identifier, never its password). */
+  dbUsername: Str,
+  audience: Strings,
+  ttlMs: Type.Optional(SafeInteger()),
+  expiresAt: Type.Optional(SafeInteger()),
+  keyFingerprint: Str,
+  reason: Str,
+  code: Str,
+  /** Admin API: what the admin did (revoke, freeze, thaw, …); see docs/admin-breakglass.md. */
+  action: Str,
+  /** Break-glass: the incident ticket, what was granted, and the ids of the keys that signed. */
+  ticket: Str,
+  grant: Str,
+  keyIds: Strings,
+  /** 'critical' on break-glass entries: alerting and log pipelines page on it. */
+  severity: Str,
+  requestId: Type.String(),
+  replica: Type.String(),
+});
+export type AuditEntry = Static<typeof AuditEntrySchema>;
 
 const MAX_DEPTH = 64;
 
@@ -158,54 +152,16 @@ export function canonicalJson(value: unknown): Buffer {
   return Buffer.from(out.join(''), 'utf8');
 }
 
-const OPTIONAL_STRINGS = [
-  'source',
-  'namespace',
-  'serviceAccount',
-  'podName',
-  'podUid',
-  'serial',
-  'jti',
-  'leaseId',
-  'secret',
-  'dbUsername',
-  'keyFingerprint',
-  'reason',
-  'code',
-  'action',
-  'ticket',
-  'grant',
-  'severity',
-] as const;
+const parseEntry = recordParser(AuditEntrySchema);
 
 /**
  * Parses stored entry bytes back into an AuditEntry, checking the shape (for readers and
  * verifiers of the log; the log itself stores and hashes the bytes, never the parsed form).
  */
 export function parseAuditEntry(bytes: Uint8Array): AuditEntry {
-  const bad = (why: string): BrokerError => new BrokerError('bad_request', `malformed audit entry: ${why}`);
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
-  } catch {
-    throw bad('not JSON');
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('not an object');
-  const o = v as Record<string, unknown>;
-  const int = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x);
-  const strOrNull = (x: unknown): boolean => typeof x === 'string' || x === null;
-  if (!int(o.ts)) throw bad('ts');
-  if (!AUDIT_EVENT_TYPES.includes(o.type as AuditEventType)) throw bad('type');
-  if (o.decision !== 'allow' && o.decision !== 'deny') throw bad('decision');
-  if (!strOrNull(o.actor) || !strOrNull(o.subject)) throw bad('actor/subject');
-  if (typeof o.requestId !== 'string' || typeof o.replica !== 'string') throw bad('requestId/replica');
-  for (const k of OPTIONAL_STRINGS) if (o[k] !== undefined && typeof o[k] !== 'string') throw bad(k);
-  for (const k of ['ttlMs', 'expiresAt'] as const) if (o[k] !== undefined && !int(o[k])) throw bad(k);
-  if (o.audience !== undefined && !(Array.isArray(o.audience) && o.audience.every((a) => typeof a === 'string'))) {
-    throw bad('audience');
-  }
-  if (o.keyIds !== undefined && !(Array.isArray(o.keyIds) && o.keyIds.every((a) => typeof a === 'string'))) throw bad('keyIds');
-  return o as unknown as AuditEntry;
+  const parsed = parseEntry(bytes);
+  if (!parsed.ok) throw new BrokerError('bad_request', `malformed audit entry: ${parsed.why}`);
+  return parsed.value;
 }
 
 /** The identity metadata every entry carries: who, from where in the cluster, never an IP. */

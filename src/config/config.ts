@@ -1,271 +1,285 @@
 /**
- * Tessera's configuration: the typed, frozen shape every other module receives.
- * Loading and validation live in load.ts; this file is only the contract.
+ * Tessera's configuration: one TypeBox schema of the config file (allowed keys, defaults, the message
+ * every bad value gets) and the typed, frozen `Config` every other module receives, derived from it.
+ * Loading, env overrides and the checks a schema cannot express live in load.ts.
  */
-export interface ListenConfig {
-  readonly host: string;
-  readonly port: number;
-}
+import Type, { type Static, type TSchema } from 'typebox';
+import { MAX_CA_THREADS } from '../ca/minter-pool.js';
 
-export interface TlsConfig {
+// Every schema carries `message`: what a user is told when a value does not fit (`<setting>: <message>`).
+// String schemas with `file: true` are paths, resolved against the config file's folder (load.ts).
+const str = (opts: { pattern?: string; message?: string; default?: string } = {}) =>
+  Type.String({ minLength: 1, message: 'expected a non-empty string', ...opts });
+const int = (minimum: number, maximum: number, fallback?: number) =>
+  Type.Integer({ minimum, maximum, message: `expected an integer in [${minimum}, ${maximum}]`, ...(fallback !== undefined ? { default: fallback } : {}) });
+const bool = (fallback: boolean) => Type.Boolean({ default: fallback, message: 'expected true or false' });
+const strings = () => Type.Array(Type.String({ minLength: 1 }), { message: 'expected a list of non-empty strings' });
+const strList = (fallback: readonly string[] = []) =>
+  Type.Array(Type.String({ minLength: 1 }), { default: [...fallback], message: 'expected a list of non-empty strings' });
+/** A path (relative to the config file's folder). */
+const file = (fallback?: string) => Type.String({ minLength: 1, message: 'expected a non-empty string', file: true, ...(fallback !== undefined ? { default: fallback } : {}) });
+const files = () => Type.Array(file(), { default: [], message: 'expected a list of non-empty strings' });
+const list = <T extends TSchema>(item: T) => Type.Array(item, { message: 'expected a list' });
+/** A mapping with exactly these keys; an absent section is `{}` (so its defaults apply) unless fallback is null. */
+const section = <P extends Record<string, TSchema>>(properties: P, fallback: object | null = {}) =>
+  Type.Object(properties, { additionalProperties: false, message: 'expected a mapping', ...(fallback !== null ? { default: fallback } : {}) });
+const opt = Type.Optional;
+const oneOf = <const V extends string[]>(values: readonly [...V], message: string, fallback?: V[number]) =>
+  Type.Enum(values, { message, ...(fallback !== undefined ? { default: fallback } : {}) });
+
+const SHORT_NAME = { pattern: '^[A-Za-z0-9._-]{1,64}$', message: 'expected 1-64 of A-Z a-z 0-9 . _ -' };
+export const MAX_WORKERS = 64;
+/** An integer in [minimum, maximum], or `auto` (0 is also accepted: it means auto for workers, no threads for ca.threads). */
+const autoOr = (minimum: number, maximum: number, fallback: 'auto' | number) =>
+  Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 0, maximum })], {
+    default: fallback,
+    message: `expected an integer in [${minimum}, ${maximum}] or auto`,
+  });
+
+/** Exact namespace / service account, or "*" for any. */
+const selector = (fallback: object | null = {}) => section({ namespace: str({ default: '*' }), serviceAccount: str({ default: '*' }) }, fallback);
+
+const redisAddress = Type.Union([Type.String(), section({ host: str(), port: int(1, 65_535, 6379) }, null)], {
+  message: 'expected "host:port" or a mapping with host and port',
+});
+
+const alertRule = section({
+  name: str(SHORT_NAME),
+  kind: oneOf(['denials', 'break-glass', 'revoke-failed'], 'expected denials, break-glass or revoke-failed'),
+  per: opt(oneOf(['spiffeId', 'namespace'], 'expected spiffeId or namespace')),
+  threshold: opt(int(0, 1_000_000)),
+  windowSeconds: opt(int(1, 86_400)),
+  /** Overrides alerts.muteSeconds for this rule (0: never muted). */
+  muteSeconds: opt(int(0, 7 * 86_400)),
+}, null);
+
+const MAX_LEASE_SECONDS = 30 * 86_400;
+const postgresRole = section({
+  /** SQL statements run when a credential is created; `{{name}}` becomes the new role's quoted identifier. */
+  grants: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 64, message: 'expected 1 to 64 statements' }),
+  ttlSeconds: int(1, MAX_LEASE_SECONDS, 3600),
+  /** Default: the larger of one day and ttlSeconds. */
+  maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
+}, null);
+
+export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin'];
+
+/** The config file. Every mapping refuses keys it does not name. */
+export const ConfigFileSchema = section({
+  trustDomain: str({ default: 'example.org' }),
+  /** Default: the host name. */
+  replicaId: str(),
+  devDir: file('certs-dev'),
+  listen: section({ host: str({ default: '127.0.0.1' }), port: int(0, 65_535, 8443) }),
   /** The broker's own serving certificate (leaf first, then chain) and key. */
-  readonly certFile: string;
-  readonly keyFile: string;
-}
+  tls: section({ certFile: file(), keyFile: file() }),
+  ca: section({
+    certFile: file(),
+    keyFile: file(),
+    intermediatesFile: opt(file()),
+    bundleFile: file(),
+    /** EC P-256 key that signs JWT-SVIDs (kept apart from the X.509 CA key). */
+    jwtKeyFile: file(),
+    /** Minting threads (0: mint on the event loop); `auto` is resolved at load time. */
+    threads: autoOr(0, MAX_CA_THREADS, 'auto'),
+  }),
+  issuers: Type.Array(
+    section({
+      issuer: str(),
+      jwksFile: opt(file()),
+      jwksUrl: opt(str()),
+      allowInsecureHttp: bool(false),
+      audiences: strList(),
+      maxLifetimeSeconds: int(60, 31 * 86_400, 86_400),
+      requirePodBinding: bool(false),
+    }, null),
+    { default: [], minItems: 1, message: 'at least one token issuer is required' },
+  ),
+  registration: Type.Array(
+    section({
+      selector: selector(),
+      /** Path below the trust domain instead of /ns/<ns>/sa/<sa>; "{namespace}" and "{serviceAccount}" are substituted. */
+      spiffePath: opt(str({ pattern: '^(/[A-Za-z0-9._{}-]+)+$', message: 'expected /segment/segment…' })),
+      dnsNames: strList(),
+      // X.509 TTLs may go as low as 5 s so rotation can be exercised end to end in seconds.
+      x509TtlSeconds: opt(int(5, 30 * 86_400)),
+      jwtTtlSeconds: opt(int(30, 86_400)),
+      jwtAudiences: strList(),
+    }, null),
+    { default: [], message: 'expected a list' },
+  ),
+  svid: section({
+    x509DefaultTtlSeconds: int(5, 30 * 86_400, 3600),
+    x509MaxTtlSeconds: int(5, 30 * 86_400, 86_400),
+    jwtDefaultTtlSeconds: int(30, 86_400, 300),
+    jwtMaxTtlSeconds: int(30, 86_400, 3600),
+  }),
+  store: section({
+    embedded: section({ dir: file('data'), fsync: bool(true) }),
+    /** Shared state in Redis (several replicas). Exactly one of url, sentinels (+ name) or nodes. See docs/redis.md. */
+    redis: opt(section({
+      url: opt(str()),
+      sentinels: opt(list(redisAddress)),
+      name: opt(str()),
+      nodes: opt(list(redisAddress)),
+      /** Keys are `{prefix}:…` (a Cluster hash tag). */
+      prefix: str({ ...SHORT_NAME, default: 'tessera' }),
+      /** `WAIT 1` after every write: answer only once a replica has the write. */
+      requireReplicaAck: bool(false),
+      commandTimeoutMs: int(100, 60_000, 1500),
+      connectTimeoutMs: int(100, 60_000, 1500),
+      username: opt(str()),
+      passwordFile: opt(file()),
+      tls: opt(Type.Union([Type.Boolean(), section({ caFile: opt(file()), certFile: opt(file()), keyFile: opt(file()), serverName: opt(str()) }, null)], {
+        message: 'expected true, false or a mapping',
+      })),
+    }, null)),
+  }),
+  audit: section({
+    /** Ed25519 private key (PKCS#8 PEM) that signs checkpoints; kept apart from every CA key. */
+    signingKeyFile: file(),
+    /** Checkpoint origin line and signature key name (default "<trustDomain>/tessera/audit"). */
+    origin: str(),
+    /** Background checkpoints: at most one per this interval while the log grows, plus one on shutdown. */
+    checkpointIntervalMs: int(10, 3_600_000, 1000),
+    /** Minimum gap between two on-demand checkpoints signed for issuance receipts (coalesces bursts). */
+    receiptCheckpointGapMs: int(0, 60_000, 0),
+    alerts: section({
+      /** Where alerts are POSTed as JSON. Without it alerts are still recorded in the audit log. */
+      webhookUrl: opt(str()),
+      /** Allow an http:// webhook (tests, a local relay). https is required otherwise. */
+      allowInsecureHttp: bool(false),
+      webhookCaFile: opt(file()),
+      /** After a rule fires for one key, further firings for that key are muted this long. */
+      muteSeconds: int(0, 7 * 86_400, 300),
+      timeoutMs: int(100, 60_000, 5000),
+      /** Delivery attempts per alert (first try included); delays double from retryInitialMs. */
+      maxAttempts: int(1, 20, 8),
+      retryInitialMs: int(10, 60_000, 500),
+      /** Alerts waiting for delivery; beyond this the oldest is dropped (and counted). */
+      queueLimit: int(1, 100_000, 1000),
+      rules: Type.Array(alertRule, { default: [], message: 'expected a list' }),
+    }),
+  }),
+  secrets: section({
+    /** Active key-encryption key (32 random bytes, base64, file mode 0600). Needed for static secrets. */
+    kekFile: opt(file()),
+    /** Older KEKs still accepted for reading until `tessera secrets rotate-kek` has re-wrapped everything. */
+    oldKekFiles: files(),
+    lease: section({ defaultTtlSeconds: int(1, MAX_LEASE_SECONDS, 3600), maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)) }),
+    sweepIntervalSeconds: int(1, 3600, 10),
+    /** Exactly one of spiffeIds or selector; grants add up, nothing is granted by default. */
+    grants: Type.Array(
+      section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList() }, null),
+      { default: [], message: 'expected a list' },
+    ),
+    postgres: Type.Array(
+      section({
+        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
+        /** postgres://user@host:port/database of the admin role (the database the grants apply in). */
+        url: str(),
+        passwordFile: opt(file()),
+        /** Every role Tessera creates is named <usernamePrefix><role>_<16 hex>. */
+        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
+        connectTimeoutMs: int(100, 60_000, 5000),
+        statementTimeoutMs: int(100, 300_000, 10_000),
+        maxConnections: int(1, 64, 4),
+        roles: Type.Record(Type.String(), postgresRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
+      }, null),
+      { default: [], message: 'expected a list' },
+    ),
+  }),
+  admin: section({
+    /** Roots (PEM) of the separate admin CA. Without it no admin certificate is accepted. */
+    caBundleFile: opt(file()),
+    /** Admin CA certificate and key that sign break-glass admin certificates (admin-role grants). */
+    caCertFile: opt(file()),
+    caKeyFile: opt(file()),
+    /** Allow-list of admins and their roles; an admin certificate whose ID is not here gets nothing. */
+    principals: Type.Array(section({ id: str(), roles: strList() }, null), { default: [], message: 'expected a list' }),
+  }),
+  breakGlass: section({
+    keys: Type.Array(section({ id: str(SHORT_NAME), publicKey: str() }, null), { default: [], message: 'expected a list' }),
+    /** M of N: how many distinct configured keys must sign one request (two-person rule: 2). */
+    requiredSignatures: int(1, 16, 1),
+    /** Lifetime of the credential a request gets: requests are capped to this (≤ 900 s). */
+    maxTtlSeconds: int(60, 900, 900),
+    /** What requests may ask for: admin roles, and "secret:<name>" or "secret:<prefix>/" grants. */
+    allowedGrants: strList(ADMIN_ROLES),
+    /** Failed attempts per minute (all replicas) after which further attempts get 429 for the minute. */
+    maxFailuresPerMinute: int(1, 10_000, 30),
+  }),
+  /** Rate limits (see docs/operations.md). Counters live in the Store, so replicas share them. */
+  limits: section({
+    enabled: bool(true),
+    windowSeconds: int(1, 86_400, 60),
+    /** Unauthenticated requests per client address per window; 0 = no limit. */
+    attemptsPerSource: int(0, 10_000_000, 1200),
+    /** Authenticated requests per SPIFFE ID per window; 0 = no limit. */
+    issuancesPerIdentity: int(0, 10_000_000, 600),
+  }),
+  /** Prometheus metrics on a separate plain-HTTP listener (loopback by default; 0 picks a free port). */
+  metrics: section({ enabled: bool(false), host: str({ default: '127.0.0.1' }), port: int(0, 65_535, 9464) }),
+  /** Processes that serve requests (1 = the broker runs in this process). See docs/performance.md. */
+  workers: autoOr(1, MAX_WORKERS, 1),
+  bodyLimitBytes: int(1024, 1024 * 1024, 64 * 1024),
+  logLevel: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'expected fatal|error|warn|info|debug|trace|silent', 'info'),
+});
+export type ConfigFile = Static<typeof ConfigFileSchema>;
 
-export interface CaConfig {
-  /** The signing (intermediate) CA certificate and key, extra intermediates, and the root bundle. */
-  readonly certFile: string;
-  readonly keyFile: string;
-  readonly intermediatesFile?: string;
-  readonly bundleFile: string;
-  /** EC P-256 key that signs JWT-SVIDs (kept apart from the X.509 CA key). */
-  readonly jwtKeyFile: string;
-  /**
-   * Minting threads (CSR check, key import, certificate signature off the event loop; ca/minter-pool.ts).
-   * 0 mints on the event loop. Resolved from `auto` (the default) at load time.
-   */
-  readonly threads: number;
-}
+type DeepReadonly<T> = T extends readonly (infer I)[] ? readonly DeepReadonly<I>[] : T extends object ? { readonly [K in keyof T]: DeepReadonly<T[K]> } : T;
+type File = DeepReadonly<ConfigFile>;
 
-export interface TokenIssuerConfig {
-  readonly issuer: string;
-  readonly jwksFile?: string;
-  readonly jwksUrl?: string;
-  readonly allowInsecureHttp?: boolean;
-  readonly audiences: readonly string[];
-  readonly maxLifetimeSeconds: number;
-  readonly requirePodBinding: boolean;
-}
-
-export interface RegistrationSelector {
-  /** Exact namespace, or "*" for any. */
-  readonly namespace: string;
-  /** Exact service account, or "*" for any. */
-  readonly serviceAccount: string;
-}
-
-export interface RegistrationEntry {
-  readonly selector: RegistrationSelector;
-  /** Path below the trust domain to issue instead of /ns/<ns>/sa/<sa>; "{namespace}" and "{serviceAccount}" are substituted. */
-  readonly spiffePath?: string;
-  readonly dnsNames: readonly string[];
-  readonly x509TtlSeconds?: number;
-  readonly jwtTtlSeconds?: number;
-  readonly jwtAudiences: readonly string[];
-}
-
-export interface SvidConfig {
-  readonly x509DefaultTtlSeconds: number;
-  readonly x509MaxTtlSeconds: number;
-  readonly jwtDefaultTtlSeconds: number;
-  readonly jwtMaxTtlSeconds: number;
-}
-
+export type ListenConfig = File['listen'];
+export type TlsConfig = File['tls'];
+export type CaConfig = Omit<File['ca'], 'threads'> & { readonly threads: number };
+export type TokenIssuerConfig = File['issuers'][number];
+export type RegistrationEntry = File['registration'][number];
+export type RegistrationSelector = RegistrationEntry['selector'];
+export type SvidConfig = File['svid'];
 export interface RedisAddressConfig {
   readonly host: string;
   readonly port: number;
 }
-
-/** Shared state in Redis (several replicas). Exactly one of url, sentinels (+ name) or nodes. See docs/redis.md. */
-export interface RedisStoreConfig {
-  readonly url?: string;
+type RedisFile = NonNullable<File['store']['redis']>;
+export type RedisStoreConfig = Omit<RedisFile, 'sentinels' | 'nodes' | 'tls'> & {
   readonly sentinels?: readonly RedisAddressConfig[];
-  readonly name?: string;
   readonly nodes?: readonly RedisAddressConfig[];
-  /** Keys are `{prefix}:…` (a Cluster hash tag). */
-  readonly prefix: string;
-  /** `WAIT 1` after every write: answer only once a replica has the write. */
-  readonly requireReplicaAck: boolean;
-  readonly commandTimeoutMs: number;
-  readonly connectTimeoutMs: number;
-  readonly username?: string;
-  readonly passwordFile?: string;
-  readonly tls?: { readonly caFile?: string; readonly certFile?: string; readonly keyFile?: string; readonly serverName?: string };
-}
-
+  readonly tls?: Exclude<RedisFile['tls'], boolean>;
+};
 export interface StoreConfig {
-  readonly embedded: { readonly dir: string; readonly fsync: boolean };
-  /** When set, the broker keeps all shared state in Redis instead of the embedded store. */
+  readonly embedded: File['store']['embedded'];
   readonly redis?: RedisStoreConfig;
 }
-
-export interface AlertRuleConfig {
-  /** Unique name; it is in every alert and in the mute key. */
-  readonly name: string;
-  /**
-   * 'denials': more than `threshold` denials for one key within `windowSeconds`. 'break-glass': any use.
-   * 'revoke-failed': a lease whose credential the engine refused to drop (lease state revoke_failed).
-   */
-  readonly kind: 'denials' | 'break-glass' | 'revoke-failed';
-  /** What a denial is counted against (denials rules only). */
-  readonly per?: 'spiffeId' | 'namespace';
-  readonly threshold?: number;
-  readonly windowSeconds?: number;
-  /** Overrides alerts.muteSeconds for this rule (0: never muted). */
-  readonly muteSeconds?: number;
-}
-
-export interface AlertsConfig {
-  /** Where alerts are POSTed as JSON. Without it alerts are still recorded in the audit log. */
-  readonly webhookUrl?: string;
-  /** Allow an http:// webhook (tests, a local relay). https is required otherwise. */
-  readonly allowInsecureHttp: boolean;
-  /** Extra CA certificates (PEM file) to trust for an https webhook. */
-  readonly webhookCaFile?: string;
-  /** After a rule fires for one key, further firings for that key are muted this long. */
-  readonly muteSeconds: number;
-  readonly timeoutMs: number;
-  /** Delivery attempts per alert (first try included); delays double from retryInitialMs. */
-  readonly maxAttempts: number;
-  readonly retryInitialMs: number;
-  /** Alerts waiting for delivery; beyond this the oldest is dropped (and counted). */
-  readonly queueLimit: number;
-  readonly rules: readonly AlertRuleConfig[];
-}
-
-export interface AuditConfig {
-  /** Ed25519 private key (PKCS#8 PEM) that signs checkpoints; kept apart from every CA key. */
-  readonly signingKeyFile: string;
-  /** Checkpoint origin line and signature key name (default "<trustDomain>/tessera/audit"). */
-  readonly origin: string;
-  /** Background checkpoints: at most one per this interval while the log grows, plus one on shutdown. */
-  readonly checkpointIntervalMs: number;
-  /** Minimum gap between two on-demand checkpoints signed for issuance receipts (coalesces bursts). */
-  readonly receiptCheckpointGapMs: number;
-  readonly alerts: AlertsConfig;
-}
-
-/** One grant of secrets to workloads: exactly one of `spiffeIds` or `selector`. Grants add up; nothing is granted by default. */
-export interface SecretGrantConfig {
-  /** Registered SPIFFE IDs (as the registration policy assigns them). */
-  readonly spiffeIds?: readonly string[];
-  /** Namespace / service account of registered workloads ("*" for any). */
-  readonly selector?: RegistrationSelector;
-  /** Exact secret names, or prefixes ending in "/" (every secret below that path). */
-  readonly secrets: readonly string[];
-  /** Dynamic PostgreSQL roles (names from secrets.postgres[].roles). */
-  readonly postgresRoles: readonly string[];
-}
-
-export interface PostgresRoleConfig {
-  /** SQL statements run when a credential is created; `{{name}}` becomes the new role's quoted identifier. */
-  readonly grants: readonly string[];
-  readonly ttlSeconds: number;
-  readonly maxTtlSeconds: number;
-}
-
-/** A PostgreSQL server Tessera creates short-lived roles on, through an admin role with CREATEROLE. */
-export interface PostgresEngineConfig {
-  readonly name: string;
-  /** postgres://user@host:port/database of the admin role (the database the grants apply in). */
-  readonly url: string;
-  /** File holding the admin password (0600), so the URL need not carry it. */
-  readonly passwordFile?: string;
-  /** Every role Tessera creates is named <usernamePrefix><role>_<16 hex>. */
-  readonly usernamePrefix: string;
-  readonly connectTimeoutMs: number;
-  readonly statementTimeoutMs: number;
-  readonly maxConnections: number;
+export type AlertRuleConfig = File['audit']['alerts']['rules'][number];
+export type AlertsConfig = File['audit']['alerts'];
+export type AuditConfig = File['audit'];
+export type SecretGrantConfig = File['secrets']['grants'][number];
+export type PostgresRoleConfig = Required<File['secrets']['postgres'][number]['roles'][string]>;
+export type PostgresEngineConfig = Omit<File['secrets']['postgres'][number], 'roles'> & {
   readonly roles: Readonly<Record<string, PostgresRoleConfig>>;
-}
-
-/** Scoped secrets: encrypted static secrets, dynamic PostgreSQL credentials, leases. See docs/secrets.md. */
-export interface SecretsConfig {
-  /** Active key-encryption key (32 random bytes, base64, file mode 0600). Needed for static secrets. */
-  readonly kekFile?: string;
-  /** Older KEKs still accepted for reading until `tessera secrets rotate-kek` has re-wrapped everything. */
-  readonly oldKekFiles: readonly string[];
+};
+export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres'> & {
   /** TTL of a static-secret lease, and the most any lease may be renewed to (from its issue time). */
   readonly leaseDefaultTtlSeconds: number;
   readonly leaseMaxTtlSeconds: number;
-  /** How often the lease sweeper looks for expired leases (one replica at a time). */
-  readonly sweepIntervalSeconds: number;
-  readonly grants: readonly SecretGrantConfig[];
   readonly postgres: readonly PostgresEngineConfig[];
-}
-
+};
 /** What an admin may do: read/search audit, revoke and freeze, write secrets. */
 export type AdminRole = 'auditor' | 'operator' | 'secrets-admin';
+export type AdminPrincipalConfig = { readonly id: string; readonly roles: readonly AdminRole[] };
+export type AdminConfig = Omit<File['admin'], 'principals'> & { readonly principals: readonly AdminPrincipalConfig[] };
+export type BreakGlassKeyConfig = File['breakGlass']['keys'][number];
+export type BreakGlassConfig = File['breakGlass'];
+export type LimitsConfig = File['limits'];
+export type MetricsConfig = File['metrics'];
 
-export interface AdminPrincipalConfig {
-  /** The SPIFFE-style URI SAN of the admin's certificate, e.g. spiffe://example.org/admin/alice. */
-  readonly id: string;
-  readonly roles: readonly AdminRole[];
-}
-
-/** The admin API (/v1/admin/*). See docs/admin-breakglass.md. */
-export interface AdminConfig {
-  /** Roots (PEM) of the separate admin CA. Without it no admin certificate is accepted. */
-  readonly caBundleFile?: string;
-  /** Admin CA certificate and key that sign break-glass admin certificates (admin-role grants). */
-  readonly caCertFile?: string;
-  readonly caKeyFile?: string;
-  /** Allow-list of admins and their roles; an admin certificate whose ID is not here gets nothing. */
-  readonly principals: readonly AdminPrincipalConfig[];
-}
-
-export interface BreakGlassKeyConfig {
-  /** Short name shown in audit entries and alerts (e.g. bg-1). */
-  readonly id: string;
-  /** Ed25519 public key: base64 of its SPKI DER, as printed by `tessera break-glass init`. */
-  readonly publicKey: string;
-}
-
-/** Break-glass (POST /v1/admin/break-glass). No keys: break-glass is disabled. */
-export interface BreakGlassConfig {
-  readonly keys: readonly BreakGlassKeyConfig[];
-  /** M of N: how many distinct configured keys must sign one request (two-person rule: 2). */
-  readonly requiredSignatures: number;
-  /** Lifetime of the credential a request gets: requests are capped to this (≤ 900 s). */
-  readonly maxTtlSeconds: number;
-  /** What requests may ask for: admin roles, and "secret:<name>" or "secret:<prefix>/" grants. */
-  readonly allowedGrants: readonly string[];
-  /** Failed attempts per minute (all replicas) after which further attempts get 429 for the minute. */
-  readonly maxFailuresPerMinute: number;
-}
-
-/** Rate limits (see docs/operations.md). Counters live in the Store, so replicas share them. */
-export interface LimitsConfig {
-  /** false turns every rate limit off (benchmarks; env TESSERA_RATE_LIMITS=off). */
-  readonly enabled: boolean;
-  /** Length of the fixed counting window. */
-  readonly windowSeconds: number;
-  /** Requests per client address per window that are not authenticated by an accepted SVID (token attempts, bad or no certificate); 0 = no limit. */
-  readonly attemptsPerSource: number;
-  /** Authenticated requests per SPIFFE ID per window; 0 = no limit. */
-  readonly issuancesPerIdentity: number;
-}
-
-/** Prometheus metrics on a separate plain-HTTP listener (loopback by default; off unless enabled). */
-export interface MetricsConfig {
-  readonly enabled: boolean;
-  readonly host: string;
-  /** 0 picks a free port (tests). */
-  readonly port: number;
-}
-
-export interface Config {
+export type Config = Omit<File, 'ca' | 'store' | 'secrets' | 'admin' | 'workers'> & {
   /** True when running on generated dev material (npm start without a config file). */
   readonly dev: boolean;
-  readonly devDir: string;
-  readonly trustDomain: string;
-  readonly replicaId: string;
-  readonly listen: ListenConfig;
-  readonly tls: TlsConfig;
   readonly ca: CaConfig;
-  readonly issuers: readonly TokenIssuerConfig[];
-  readonly registration: readonly RegistrationEntry[];
-  readonly svid: SvidConfig;
   readonly store: StoreConfig;
-  readonly audit: AuditConfig;
   readonly secrets: SecretsConfig;
   readonly admin: AdminConfig;
-  readonly breakGlass: BreakGlassConfig;
-  readonly limits: LimitsConfig;
-  readonly metrics: MetricsConfig;
-  /** Processes that serve requests (node:cluster; 1 = the broker runs in this process). See docs/performance.md. */
   readonly workers: number;
-  readonly bodyLimitBytes: number;
-  readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
-}
+};

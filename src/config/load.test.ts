@@ -42,12 +42,18 @@ describe('loadConfig', () => {
     expect(c.registration[0]?.selector).toEqual({ namespace: 'shop', serviceAccount: 'web' });
   });
 
+  it('names the env variable when an override is bad', () => {
+    expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_PORT: '70000' } })).toThrow(/^TESSERA_PORT: expected an integer in \[0, 65535\]$/);
+    expect(() => loadConfig({ env: { TESSERA_LOG_LEVEL: 'loud' } })).toThrow(/^TESSERA_LOG_LEVEL: expected fatal\|error/);
+  });
+
   it.each([
     ['unknown top-level key', `${minimal}\nfrobnicate: 1\n`, /config.frobnicate: unknown setting/],
     ['bad trust domain', minimal.replace('prod.example', 'Prod Example'), /trustDomain/],
     ['missing CA file', minimal.replace('certFile: ca.pem, ', ''), /config.ca.certFile/],
     ['both JWKS sources', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    jwksFile: k.json'), /exactly one of jwksFile or jwksUrl/],
     ['no audiences', minimal.replace('audiences: [tessera]', 'audiences: []'), /audiences/],
+    ['no token issuer', minimal.replace(/issuers:[\s\S]*audiences: \[tessera\]\n/, 'issuers: []\n'), /config.issuers: at least one token issuer is required/],
     ['bad DNS SAN', minimal.replace('web.shop.svc', 'WEB_SHOP'), /dnsNames/],
     ['bad selector', minimal.replace('namespace: shop', 'namespace: "a/b"'), /selector/],
     ['port out of range', `${minimal}\nlisten: { port: 70000 }\n`, /listen.port/],
@@ -174,7 +180,7 @@ describe('loadConfig store.redis', () => {
     for (const [yaml, message] of bad) {
       expect(() => loadConfig({ file: withStore(yaml), env: {} }), yaml).toThrow(message);
     }
-    expect(() => loadConfig({ file: configFile(minimal), env: { REDIS_URL: 'localhost:6379' } })).toThrow(/env\.REDIS_URL/);
+    expect(() => loadConfig({ file: configFile(minimal), env: { REDIS_URL: 'localhost:6379' } })).toThrow(/^REDIS_URL: expected/);
   });
 });
 
@@ -194,7 +200,7 @@ describe('loadConfig workers', () => {
     for (const bad of ['-1', '1.5', 'two', '65', '[2]', 'true']) {
       expect(() => loadConfig({ file: configFile(`${minimal}workers: ${bad}\n`), env: {} })).toThrow(/config\.workers: expected an integer in \[1, 64\] or auto/);
     }
-    expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_WORKERS: 'many' } })).toThrow(/env\.TESSERA_WORKERS/);
+    expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_WORKERS: 'many' } })).toThrow(/^TESSERA_WORKERS: expected/);
     expect(() => readWorkers('1e3', '--workers')).toThrow(ConfigError);
     expect(() => readWorkers('1e3', '--workers')).toThrow(/^--workers: /);
   });
@@ -224,6 +230,6 @@ describe('loadConfig ca.threads', () => {
     for (const bad of ['-1', '1.5', 'two', '17', '[2]', 'true']) {
       expect(() => loadConfig({ file: configFile(withThreads(bad)), env: {} })).toThrow(/config\.ca\.threads: expected an integer in \[0, 16\] or auto/);
     }
-    expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_CA_THREADS: 'lots' } })).toThrow(/env\.TESSERA_CA_THREADS: expected/);
+    expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_CA_THREADS: 'lots' } })).toThrow(/^TESSERA_CA_THREADS: expected/);
   });
 });

@@ -13,6 +13,8 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import Type, { type Static } from 'typebox';
+import { recordParser } from '../records.js';
 
 export const KEK_BYTES = 32;
 const DEK_BYTES = 32;
@@ -130,19 +132,23 @@ export class KeyRing {
   }
 }
 
-/** What is stored: every field is needed to decrypt, and every byte is authenticated. */
-export interface SealedRecord {
-  readonly v: 1;
-  readonly alg: typeof ALG;
-  /** Id of the KEK that wrapped the DEK. */
-  readonly kek: string;
-  /** base64(iv ‖ wrapped DEK ‖ tag) */
-  readonly dek: string;
-  /** base64 of the value's iv, ciphertext and tag. */
-  readonly iv: string;
-  readonly ct: string;
-  readonly tag: string;
-}
+/** What is stored: every field is needed to decrypt, and every byte is authenticated. Nothing else is accepted. */
+const SealedRecordSchema = Type.Object(
+  {
+    v: Type.Literal(1),
+    alg: Type.Literal(ALG),
+    /** Id of the KEK that wrapped the DEK. */
+    kek: Type.String({ pattern: '^kek-[0-9a-f]{16}$' }),
+    /** base64(iv ‖ wrapped DEK ‖ tag) */
+    dek: Type.String(),
+    /** base64 of the value's iv, ciphertext and tag. */
+    iv: Type.String(),
+    ct: Type.String(),
+    tag: Type.String(),
+  },
+  { additionalProperties: false },
+);
+export type SealedRecord = Readonly<Static<typeof SealedRecordSchema>>;
 
 const dataAad = (context: string): Buffer => Buffer.from(`tessera/secret/v1\0${context}`, 'utf8');
 const dekAad = (kekId: string, context: string): Buffer => Buffer.from(`tessera/dek/v1\0${kekId}\0${context}`, 'utf8');
@@ -241,25 +247,15 @@ export function rewrap(ring: KeyRing, record: SealedRecord, context: string): Se
   }
 }
 
-const FIELDS = ['alg', 'ct', 'dek', 'iv', 'kek', 'tag', 'v'];
+const parseSealedRecord = recordParser(SealedRecordSchema);
 
 /** Parses stored JSON into a SealedRecord, refusing anything but the exact expected shape. */
 export function parseSealed(text: string, context: string): SealedRecord {
-  const bad = (why: string): EnvelopeError =>
-    new EnvelopeError('integrity', `secret "${context}" is malformed (${why}): the stored record was modified or is corrupt`);
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    throw bad('not JSON');
+  const parsed = parseSealedRecord(text);
+  if (!parsed.ok) {
+    throw new EnvelopeError('integrity', `secret "${context}" is malformed (${parsed.why}): the stored record was modified or is corrupt`);
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw bad('not an object');
-  const o = v as Record<string, unknown>;
-  if (Object.keys(o).sort().join(',') !== FIELDS.join(',')) throw bad('unexpected fields');
-  if (o.v !== 1 || o.alg !== ALG) throw bad('unknown version or algorithm');
-  for (const k of ['kek', 'dek', 'iv', 'ct', 'tag'] as const) if (typeof o[k] !== 'string') throw bad(k);
-  if (!/^kek-[0-9a-f]{16}$/.test(o.kek as string)) throw bad('kek id');
-  return o as unknown as SealedRecord;
+  return parsed.value;
 }
 
 export function serializeSealed(record: SealedRecord): string {

@@ -22,7 +22,9 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { AuditEntry } from '../audit/entry.js';
 import type { AuditReceipt } from '../audit/log.js';
 import type { Clock } from '../clock.js';
+import Type, { type Static } from 'typebox';
 import { BrokerError } from '../errors.js';
+import { recordParser, SafeInteger } from '../records.js';
 import type { Store } from '../store/store.js';
 
 export const LEASE_SPACE = 'lease';
@@ -34,34 +36,38 @@ export const MAX_RETRY_DELAY_MS = 5 * 60_000;
 /** Wait between two attempts of a lease whose revoke failed permanently (state revoke_failed). */
 export const PERMANENT_RETRY_DELAY_MS = 60 * 60_000;
 
-export type LeaseKind = 'kv' | 'postgres';
-/** revoke_failed: the backend refused the revoke for a reason retrying cannot fix (see the header). */
-export type LeaseState = 'active' | 'revoking' | 'revoke_failed';
+const LEASE_ID_PATTERN = '^[0-9a-f]{32}$';
+const Str = Type.Optional(Type.String());
 
-export interface Lease {
-  readonly v: 1;
+/** A lease as stored (space "lease", JSON). */
+const LeaseSchema = Type.Object({
+  v: Type.Literal(1),
   /** 128 random bits, hex. */
-  readonly id: string;
-  readonly kind: LeaseKind;
+  id: Type.String({ pattern: LEASE_ID_PATTERN }),
+  kind: Type.Enum(['kv', 'postgres']),
   /** Registered SPIFFE ID holding the lease: the only identity that may renew or revoke it. */
-  readonly identity: string;
+  identity: Type.String(),
   /** Static secret name, or "postgres/<role>". */
-  readonly secret: string;
+  secret: Type.String(),
   /** Dynamic credentials: the engine, its role template and the database role that was created. */
-  readonly engine?: string;
-  readonly role?: string;
-  readonly username?: string;
-  readonly issuedAt: number;
-  readonly expiresAt: number;
+  engine: Str,
+  role: Str,
+  username: Str,
+  issuedAt: SafeInteger(),
+  expiresAt: SafeInteger(),
   /** expiresAt can be renewed up to here, never beyond. */
-  readonly maxExpiresAt: number;
-  readonly state: LeaseState;
+  maxExpiresAt: SafeInteger(),
+  /** revoke_failed: the backend refused the revoke for a reason retrying cannot fix (see the header). */
+  state: Type.Enum(['active', 'revoking', 'revoke_failed']),
   /** Failed revoke attempts, the last failure (never secret material) and when to try again. */
-  readonly attempts: number;
-  readonly lastError?: string;
-  readonly nextAttemptAt?: number;
-  readonly revokeReason?: string;
-}
+  attempts: SafeInteger(),
+  lastError: Str,
+  nextAttemptAt: Type.Optional(SafeInteger()),
+  revokeReason: Str,
+});
+export type Lease = Readonly<Static<typeof LeaseSchema>>;
+export type LeaseKind = Lease['kind'];
+export type LeaseState = Lease['state'];
 
 /** What renewing and revoking a lease means outside the store (dynamic engines). */
 export interface LeaseBackend {
@@ -105,41 +111,22 @@ export interface LeaseManagerDeps {
   readonly onRevokeFailure?: (lease: Lease, permanent: boolean) => void;
 }
 
-const LEASE_ID = /^[0-9a-f]{32}$/;
+const LEASE_ID = new RegExp(LEASE_ID_PATTERN);
 
 export function isLeaseId(id: string): boolean {
   return typeof id === 'string' && LEASE_ID.test(id);
 }
 
-function isInt(x: unknown): x is number {
-  return typeof x === 'number' && Number.isSafeInteger(x);
-}
+const parseLeaseRecord = recordParser(LeaseSchema);
 
 /** Parses a stored lease, or undefined if the record is not one (reported by the caller). */
 export function parseLease(text: string): Lease | undefined {
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-  if (typeof v !== 'object' || v === null) return undefined;
-  const o = v as Record<string, unknown>;
-  const optStr = (k: string): boolean => o[k] === undefined || typeof o[k] === 'string';
-  if (
-    o.v !== 1 ||
-    typeof o.id !== 'string' || !isLeaseId(o.id) ||
-    (o.kind !== 'kv' && o.kind !== 'postgres') ||
-    typeof o.identity !== 'string' || typeof o.secret !== 'string' ||
-    !isInt(o.issuedAt) || !isInt(o.expiresAt) || !isInt(o.maxExpiresAt) ||
-    (o.state !== 'active' && o.state !== 'revoking' && o.state !== 'revoke_failed') || !isInt(o.attempts) ||
-    !optStr('engine') || !optStr('role') || !optStr('username') || !optStr('lastError') || !optStr('revokeReason') ||
-    (o.nextAttemptAt !== undefined && !isInt(o.nextAttemptAt))
-  ) {
-    return undefined;
-  }
-  if (o.kind === 'postgres' && (typeof o.engine !== 'string' || typeof o.username !== 'string')) return undefined;
-  return o as unknown as Lease;
+  const parsed = parseLeaseRecord(text);
+  if (!parsed.ok) return undefined;
+  const lease = parsed.value;
+  // Dynamic credentials cannot be revoked without knowing where and which role.
+  if (lease.kind === 'postgres' && (lease.engine === undefined || lease.username === undefined)) return undefined;
+  return lease;
 }
 
 export interface NewLease {
