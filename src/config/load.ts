@@ -17,6 +17,7 @@ import type { PostgresEngineConfig, PostgresRoleConfig, SecretGrantConfig, Secre
 import type { AdminConfig, AdminPrincipalConfig, AdminRole, BreakGlassConfig, BreakGlassKeyConfig } from './config.js';
 import type { AlertRuleConfig, AuditConfig, Config, RedisAddressConfig, RedisStoreConfig, RegistrationEntry, TokenIssuerConfig } from './config.js';
 import type { LimitsConfig, MetricsConfig } from './config.js';
+import { isRecord as isObj } from '../is-record.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -30,10 +31,6 @@ export const DEV_TOKEN_ISSUER = 'https://kubernetes.default.svc.cluster.local';
 export const DEV_TOKEN_AUDIENCE = 'tessera';
 
 type Obj = Record<string, unknown>;
-
-function isObj(value: unknown): value is Obj {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 /** Reads typed fields out of untrusted YAML, naming the field in every error. */
 class Fields {
