@@ -8,9 +8,10 @@
 # Two stages: the build stage has the TypeScript toolchain; the runtime stage has only production
 # dependencies and the compiled dist/. No key material is ever copied in (.dockerignore excludes
 # certs-dev/ and data/): the CA, TLS and signing keys are mounted at run time (a Kubernetes Secret).
+# Node 24 is the maintained LTS line (node:20 is past its end of life); the code supports Node >= 20.19.
 
 # ---- build: full dependency tree, compile TypeScript ----
-FROM node:20-bookworm-slim AS build
+FROM node:24-trixie-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 # --ignore-scripts: "prepare" would build before the sources are here; the build runs below.
@@ -20,7 +21,7 @@ COPY src ./src
 RUN npm run build
 
 # ---- runtime: production dependencies and dist/ only, unprivileged ----
-FROM node:20-bookworm-slim AS runtime
+FROM node:24-trixie-slim AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./

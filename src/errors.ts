@@ -130,14 +130,19 @@ export const storeUnavailable = (message: string, cause?: unknown): BrokerError 
   new BrokerError('store_unavailable', message, { cause });
 
 /**
- * Fail closed around an audit write: a 503 from below passes through as it is; any other failure
- * becomes 503 `audit_unavailable` with `message`, so no caller ever hands out a credential it could not record.
+ * A failed audit operation as a 503: an audit error from below (audit_unavailable, audit_history_lost)
+ * passes through as it is; anything else, a store outage included, becomes `audit_unavailable` with `message`.
  */
+export function asAuditUnavailable(err: unknown, message: string): BrokerError {
+  if (err instanceof BrokerError && (err.code === 'audit_unavailable' || err.code === 'audit_history_lost')) return err;
+  return auditUnavailable(message, err);
+}
+
+/** Fail closed around an audit write, so no caller ever hands out a credential it could not record. */
 export async function auditedOrUnavailable<T>(write: () => Promise<T>, message: string): Promise<T> {
   try {
     return await write();
   } catch (err) {
-    if (err instanceof BrokerError && err.status === 503) throw err;
-    throw auditUnavailable(message, err);
+    throw asAuditUnavailable(err, message);
   }
 }

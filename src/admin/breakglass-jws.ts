@@ -11,6 +11,7 @@ import { createHash, createPublicKey, generateKeyPairSync, randomBytes, type Key
 import { FlattenedSign, flattenedVerify } from 'jose';
 import type { BreakGlassKeyConfig } from '../config/config.js';
 import { BrokerError, badRequest } from '../errors.js';
+import { isRecord } from '../is-record.js';
 
 /** `typ` of every signature's protected header. */
 export const BREAK_GLASS_TYP = 'tessera-break-glass+jws';
@@ -149,7 +150,7 @@ function headerOf(protectedB64: string): Record<string, unknown> {
   if (!B64URL.test(protectedB64)) throw badRequest('break-glass request: a protected header is not base64url');
   try {
     const h = JSON.parse(Buffer.from(protectedB64, 'base64url').toString('utf8')) as unknown;
-    if (typeof h === 'object' && h !== null && !Array.isArray(h)) return h as Record<string, unknown>;
+    if (isRecord(h)) return h;
   } catch {
     // fall through
   }

@@ -4,13 +4,12 @@
  * is about to mint; the secrets routes check before handing out a lease.
  */
 import type { Identity } from '../attest/identity.js';
+import { namespaceOfSpiffeId } from '../spiffe/id.js';
 import type { IssuanceFreeze } from './freeze.js';
 import type { Revocations } from './revocation.js';
 
-/** The namespace in a default-shaped SPIFFE ID path (/ns/<ns>/…), if any. */
-export function namespaceOfSpiffeId(spiffeId: string): string | undefined {
-  return /^spiffe:\/\/[^/]+\/ns\/([A-Za-z0-9._-]+)(\/|$)/.exec(spiffeId)?.[1];
-}
+// Parsed by the SPIFFE ID parser; re-exported for broker.ts and the admin routes, which import it from here.
+export { namespaceOfSpiffeId };
 
 export class AccessGuard {
   /**

@@ -11,6 +11,7 @@ import { createPublicKey } from 'node:crypto';
 import { importJWK, type CryptoKey, type JWK, type JWSHeaderParameters } from 'jose';
 import { BrokerError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
+import { isRecord } from '../is-record.js';
 
 export type VerificationAlgorithm = 'RS256' | 'ES256';
 export const VERIFICATION_ALGORITHMS: readonly VerificationAlgorithm[] = ['RS256', 'ES256'];
@@ -60,10 +61,6 @@ type Lookup =
   | { readonly kind: 'ambiguous' };
 
 const invalidToken = (message: string): BrokerError => new BrokerError('invalid_token', message);
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 /**
  * Validates one JWK and reduces it to its public members, or returns undefined when we do not use

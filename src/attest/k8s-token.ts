@@ -8,6 +8,7 @@ import { constants as cryptoConstants, KeyObject, verify as verifySignature } fr
 import { errors, type CryptoKey, type JWTPayload } from 'jose';
 import { BrokerError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
+import { isRecord } from '../is-record.js';
 import { validateTrustDomain, workloadSpiffeId } from '../spiffe/id.js';
 import type { Identity, WorkloadClaims } from './identity.js';
 import { DEFAULT_JWKS_REFRESH_INTERVAL_MS, JwksKeySource, type VerificationAlgorithm } from './jwks.js';
@@ -61,10 +62,6 @@ export function isDnsSubdomain(value: string): boolean {
 }
 
 const invalidToken = (message: string): BrokerError => new BrokerError('invalid_token', message);
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 

@@ -16,7 +16,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { type Clock, systemClock } from '../clock.js';
-import { BrokerError, auditUnavailable } from '../errors.js';
+import { asAuditUnavailable, auditUnavailable } from '../errors.js';
 import type { Store } from '../store/store.js';
 import type { AuditLog, AuditReceipt } from './log.js';
 import { type NoteSigner, NoteError, openCheckpoint, parseCheckpoint, parseNote, signCheckpoint, type SignedCheckpoint } from './note.js';
@@ -212,7 +212,7 @@ export class Checkpointer {
       try {
         locked = await this.#store.tryLock(CHECKPOINT_LOCK, this.#owner, LOCK_TTL_MS);
       } catch (err) {
-        throw asUnavailable(err, 'the checkpoint lock is unavailable');
+        throw asAuditUnavailable(err, 'the checkpoint lock is unavailable');
       }
       if (locked) break;
       await sleep(2 * attempt);
@@ -228,7 +228,7 @@ export class Checkpointer {
       try {
         await this.#store.appendCheckpoint(cp.note);
       } catch (err) {
-        throw asUnavailable(err, 'the signed checkpoint could not be stored');
+        throw asAuditUnavailable(err, 'the signed checkpoint could not be stored');
       }
       // Only ever move forward (a round never runs concurrently with another in this process).
       if (this.#latest === undefined || cp.size > this.#latest.size) this.#latest = cp;
@@ -248,7 +248,7 @@ export class Checkpointer {
       await this.#audit.refresh();
       notes = await this.#store.listCheckpoints();
     } catch (err) {
-      throw asUnavailable(err, 'stored audit checkpoints could not be read');
+      throw asAuditUnavailable(err, 'stored audit checkpoints could not be read');
     }
     const last = notes[notes.length - 1];
     if (last === undefined) return;
@@ -271,9 +271,4 @@ export class Checkpointer {
       this.#onError(err, 'last stored checkpoint is not signed by the current audit key; a new one will be signed');
     }
   }
-}
-
-function asUnavailable(err: unknown, message: string): BrokerError {
-  if (err instanceof BrokerError && err.status === 503) return err;
-  return auditUnavailable(message, err);
 }

@@ -16,7 +16,7 @@
  * the store, and the listeners (log line, alert) are told once. Only an operator clears it by
  * restarting the replica against a recovered store (docs/redis.md).
  */
-import { BrokerError, auditHistoryLost, auditUnavailable } from '../errors.js';
+import { BrokerError, asAuditUnavailable, auditHistoryLost, auditUnavailable } from '../errors.js';
 import type { Store } from '../store/store.js';
 import { checkContinuation } from './continuity.js';
 import { type AuditEntry, canonicalJson } from './entry.js';
@@ -81,7 +81,7 @@ export class AuditLog {
     try {
       size = await store.auditSize();
     } catch (err) {
-      throw asAuditError(err, 'audit store unavailable');
+      throw asAuditUnavailable(err, 'audit store unavailable');
     }
     // Headroom so the first appends after a restart do not re-grow the level buffers.
     const log = new AuditLog(store, new MerkleTree({ capacity: size + 1024 }));
@@ -123,7 +123,7 @@ export class AuditLog {
     try {
       size = await this.#store.auditSize();
     } catch (err) {
-      throw asAuditError(err, 'audit store unavailable');
+      throw asAuditUnavailable(err, 'audit store unavailable');
     }
     if (size < this.#tree.size) throw this.#markLost(`the store holds ${size} audit entries, fewer than the ${this.#tree.size} this replica knows`);
     await this.#ensure(size);
@@ -150,7 +150,7 @@ export class AuditLog {
     try {
       await this.#store.checkWritable();
     } catch (err) {
-      throw asAuditError(err, 'audit log is not writable');
+      throw asAuditUnavailable(err, 'audit log is not writable');
     }
   }
 
@@ -174,7 +174,7 @@ export class AuditLog {
     } catch (err) {
       // The store itself refused: it holds fewer entries than it has shown us before (store/redis.ts).
       if (err instanceof BrokerError && err.code === 'audit_history_lost') throw this.#markLost(err.message);
-      throw asAuditError(err, 'audit entry could not be recorded');
+      throw asAuditUnavailable(err, 'audit entry could not be recorded');
     }
     if (!Number.isSafeInteger(index) || index < 0) throw auditUnavailable(`store returned invalid audit index ${String(index)}`);
     if (index >= this.#tree.size) this.#ownPending.set(index, leaf);
@@ -241,13 +241,13 @@ export class AuditLog {
     try {
       size = await this.#store.auditSize();
     } catch (err) {
-      throw asAuditError(err, 'audit store unavailable');
+      throw asAuditUnavailable(err, 'audit store unavailable');
     }
     let result;
     try {
       result = await checkContinuation(known, size, (start, end) => this.#readLeafHashes(start, end));
     } catch (err) {
-      throw asAuditError(err, 'audit entries could not be read to check the store after a reconnect');
+      throw asAuditUnavailable(err, 'audit entries could not be read to check the store after a reconnect');
     }
     if (!result.ok) throw this.#markLost(`${result.reason} (after store reconnect #${covers})`);
   }
@@ -303,16 +303,11 @@ export class AuditLog {
       try {
         got = await this.#readLeafHashes(start, end);
       } catch (err) {
-        throw asAuditError(err, 'audit entries could not be read');
+        throw asAuditUnavailable(err, 'audit entries could not be read');
       }
       if (got.length !== end - start) throw auditUnavailable(`audit store returned ${got.length} entries for [${start}, ${end})`);
       // Another reader cannot have advanced the tree meanwhile: catch-ups are serialized.
       for (const h of got) this.#tree.append(h);
     }
   }
-}
-
-function asAuditError(err: unknown, message: string): BrokerError {
-  if (err instanceof BrokerError && (err.code === 'audit_unavailable' || err.code === 'audit_history_lost')) return err;
-  return auditUnavailable(message, err);
 }

@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
 import { parse as parseYaml } from 'yaml';
+import { isRecord as isObj } from '../is-record.js';
 import { parseSpiffeId, validatePathSegment, validateTrustDomain } from '../spiffe/id.js';
 import { isRoleName, secretGrantProblem } from '../secrets/names.js';
 import { grantTemplateProblem } from '../secrets/sql-template.js';
@@ -43,7 +44,6 @@ type Node = TSchema & {
   anyOf?: Node[];
 };
 
-const isObj = (value: unknown): value is Obj => typeof value === 'object' && value !== null && !Array.isArray(value);
 const SCHEMA = ConfigFileSchema as Node;
 const validator = Compile(ConfigFileSchema);
 

@@ -81,3 +81,15 @@ export function formatSpiffeId(trustDomain: string, segments: readonly string[])
 export function workloadSpiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {
   return formatSpiffeId(trustDomain, ['ns', namespace, 'sa', serviceAccount]);
 }
+
+/** The namespace in a default-shaped ID (spiffe://<td>/ns/<namespace>/…); undefined for another path or an invalid ID. */
+export function namespaceOfSpiffeId(spiffeId: string): string | undefined {
+  let path: string;
+  try {
+    ({ path } = parseSpiffeId(spiffeId));
+  } catch {
+    return undefined;
+  }
+  const [first, namespace] = path.split('/').slice(1);
+  return first === 'ns' ? namespace : undefined;
+}

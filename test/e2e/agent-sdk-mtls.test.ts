@@ -19,7 +19,12 @@ import { TesseraClient, chainOf, verifySvid, type RotatedEvent, type TesseraErro
 import { CLI, spawnBroker, type BrokerProcess } from '../helpers/broker-process.js';
 
 const FAST_TTL = 8;
-const SLOW_TTL = 20;
+/**
+ * The outage test must fit the failed renewals, a broker restart and the retry into the half of this
+ * lifetime left after the renewal point. Measured on the loaded 2-core machine: ~4 s until both renewals
+ * had failed and ~3 s per restart at load 9, more at load 15, which overran the 9–11 s a 20 s SVID leaves.
+ */
+const SLOW_TTL = 30;
 const A = 'spiffe://example.org/ns/shop/sa/web';
 const B = 'spiffe://example.org/ns/payments/sa/api';
 const A_SLOW = 'spiffe://example.org/ns/shop/sa/web-slow';
@@ -317,27 +322,35 @@ describe('agent workload ⇄ SDK workload over mutual TLS', () => {
     const bPort = await listen(sdk.server);
     const traffic = new Traffic(a, aPort, { a: A_SLOW, b: B_SLOW }, sdk.client.httpsAgent({ allowedServerIds: [A_SLOW] }), bPort);
 
-    // Kill the broker shortly before both workloads are due to renew (renewal at ~TTL/2 ± 10%
-    // remaining), so that their renewals fall inside the outage.
+    // Kill the broker shortly before the first workload is due to renew (renewal at ~TTL/2 ± 10%
+    // remaining); the outage below lasts until both have tried, so both renewals fall inside it even
+    // when a loaded machine got their first SVIDs seconds apart.
     const remaining = (): { a: number; b: number } => ({
       a: Date.parse(fileSvid(out).validTo) - Date.now(),
       b: (sdk.client.status().expiresAt?.getTime() ?? 0) - Date.now(),
     });
-    const inWindow = (ms: number): boolean => ms >= 11_500 && ms <= 13_500;
-    await until('both SVIDs 6.5–8.5 s from renewal', () => inWindow(remaining().a) && inWindow(remaining().b), 20_000);
+    const renewalDueBelowMs = SLOW_TTL * 1000 * 0.55;
+    const inWindow = (ms: number): boolean => ms >= renewalDueBelowMs + 500 && ms <= renewalDueBelowMs + 2_500;
+    await until('the first SVID 0.5–2.5 s from renewal', () => inWindow(Math.min(remaining().a, remaining().b)), 20_000);
     const left = remaining();
     const before = { a: fileSvid(out).serialNumber, b: sdk.client.status().serial, aLeftMs: left.a, bLeftMs: left.b };
     await broker.kill();
     const killedAt = Date.now();
 
-    // Six seconds without a broker: renewals fail and are retried; nothing else notices.
+    // No broker until both workloads' renewals have failed (events, not a fixed time: a slow machine
+    // still leaves the restart most of the SVIDs' life); nothing else notices.
     const healthPort = run.healthPort() as number;
-    while (Date.now() - killedAt < 6_000) {
-      const h = await healthz(healthPort);
-      expect(h.status).toBe(200);
-      expect(h.body).toMatchObject({ status: 'ok', spiffeId: A_SLOW });
-      await sleep(500);
-    }
+    const bothFailed = (): boolean => run.logs().some((l) => l.msg === 'renewal failed; will retry') && sdk.errors.length >= 1;
+    await until(
+      'a failed renewal in both workloads',
+      async () => {
+        const h = await healthz(healthPort);
+        expect(h.status).toBe(200);
+        expect(h.body).toMatchObject({ status: 'ok', spiffeId: A_SLOW });
+        return bothFailed();
+      },
+      Math.min(left.a, left.b),
+    );
     expect(run.logs().some((l) => l.msg === 'renewal failed; will retry')).toBe(true);
     expect(sdk.errors.length).toBeGreaterThanOrEqual(1);
     expect(sdk.errors.every((e) => e.code === 'unavailable')).toBe(true);
@@ -350,7 +363,7 @@ describe('agent workload ⇄ SDK workload over mutual TLS', () => {
     const restartedAt = Date.now();
     await until('both workloads to renew after the restart', () => fileSvid(out).serialNumber !== before.a && sdk.client.status().serial !== before.b, 15_000);
     const renewedAt = Date.now();
-    await sleep(1_000);
+    await until('the new certificates on the wire', () => traffic.seen.aClientAtB.size >= 2 && traffic.seen.bClientAtA.size >= 2, 10_000);
     await traffic.stop();
 
     expect(traffic.failures).toEqual([]);

@@ -6,7 +6,9 @@
 import http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Alert } from '../../src/audit/alerts.js';
+import { EmbeddedStore } from '../../src/store/embedded.js';
 import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
+import { TestClock } from '../helpers/clock.js';
 
 const received: Alert[] = [];
 /** Status codes to answer, in order; 200 once exhausted; 0 = never answer. */
@@ -14,6 +16,8 @@ let answers: number[] = [500];
 let hook: http.Server;
 let b: TestBroker;
 let token: string;
+/** The mute window (a store lock) runs on this clock: tests step past it instead of sleeping. */
+const clock = new TestClock();
 
 beforeAll(async () => {
   hook = http.createServer((req, res) => {
@@ -29,6 +33,8 @@ beforeAll(async () => {
   const port = (hook.address() as { port: number }).port;
   const { material } = await devMaterial();
   b = await startBroker({
+    clock,
+    store: (dir) => EmbeddedStore.open(dir, { clock }),
     config: {
       audit: {
         signingKeyFile: material.auditKeyFile,
@@ -92,7 +98,7 @@ describe('audit alerts', () => {
     await b.broker.alerts.idle();
     expect(received).toHaveLength(2);
     expect(b.broker.alerts.stats.muted).toBeGreaterThanOrEqual(5);
-    await new Promise((r) => setTimeout(r, 1100));
+    clock.advance(1100);
     expect((await deny()).status).toBe(403);
     await until(() => b.broker.alerts.stats.delivered === 2);
     expect(received).toHaveLength(3);
@@ -119,7 +125,7 @@ describe('audit alerts', () => {
 
   it('never slows issuance while the webhook hangs', async () => {
     answers = [0, 0, 0];
-    await new Promise((r) => setTimeout(r, 1100)); // past the mute window
+    clock.advance(1100); // past the mute window
     expect((await deny()).status).toBe(403); // fires; the POST hangs
     await until(() => received.length === 6);
     const t0 = performance.now();

@@ -15,6 +15,7 @@ import { LEASE_SPACE, type Lease } from '../../src/secrets/leases.js';
 import { createRoleStatements, scramSha256Verifier } from '../../src/secrets/postgres.js';
 import { mintAdminCert } from '../helpers/admin.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
+import { TestClock } from '../helpers/clock.js';
 import {
   asRole,
   createTestDatabase,
@@ -40,17 +41,6 @@ interface Creds {
   expiresAt: string;
   maxExpiresAt: string;
   audit: { index: number };
-}
-
-/** Real time plus an offset tests can advance (TTLs, expiry) without sleeping. */
-class OffsetClock {
-  offset = 0;
-  now(): number {
-    return Date.now() + this.offset;
-  }
-  advance(ms: number): void {
-    this.offset += ms;
-  }
 }
 
 const spec = parse(readFileSync(new URL('../../openapi.yaml', import.meta.url), 'utf8')) as {
@@ -80,7 +70,7 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
   let proxy: PgProxy;
   let b: TestBroker;
   let closedPort: number;
-  const clock = new OffsetClock();
+  const clock = new TestClock(); // real time plus what the test advances (TTLs, expiry)
   let secretsConfig: Record<string, unknown>;
 
   const reportingGrants = (dbName: string): string[] => [
@@ -515,7 +505,7 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
   });
   it('a revoke PostgreSQL refuses for good (42501) marks the lease revoke_failed: 502, metric, alert, admin list, hourly retry', async () => {
     // Its own broker and clock (it moves time by an hour), with the revoke-failed alert rule.
-    const own = new OffsetClock();
+    const own = new TestClock();
     const sb = await startBroker({ secrets: secretsConfig, clock: own, alerts: { rules: [{ name: 'stuck-revoke', kind: 'revoke-failed' }] } });
     const admin = pg.escapeIdentifier(limitedAdmin);
     try {

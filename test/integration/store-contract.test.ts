@@ -1,8 +1,9 @@
 /**
  * One contract, two stores: every Store operation, run against the EmbeddedStore (temp dir) and the
  * RedisStore (real Redis on 127.0.0.1:6379, a unique key prefix per run, keys deleted afterwards).
- * Both must accept, refuse and answer exactly alike. Real time is used (Redis keeps its own clock),
- * so expiry tests wait a few hundred ms.
+ * Both must accept, refuse and answer exactly alike. Time moves through the harness: the embedded
+ * store runs on a frozen test clock that expiry tests step forward; Redis keeps its own clock, so there
+ * they wait the same few hundred ms in real time.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,7 @@ import { BrokerError } from '../../src/errors.js';
 import { EmbeddedStore } from '../../src/store/embedded.js';
 import { RedisStore } from '../../src/store/redis.js';
 import type { Store } from '../../src/store/store.js';
+import { TestClock } from '../helpers/clock.js';
 import { SHARED_REDIS_URL, deletePrefix, redisRequiredUnderCi, sharedRedis, uniquePrefix } from '../helpers/redis.js';
 
 const redis = await sharedRedis();
@@ -28,11 +30,14 @@ async function expectBroker(p: Promise<unknown>, code: string, status: number): 
   expect((err as BrokerError).status).toBe(status);
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const entry = (i: number): Buffer => Buffer.from(JSON.stringify({ i, type: 'x509', pad: 'é'.repeat(i % 7) }));
 
 interface Harness {
   store: Store;
+  /** The store's notion of now (absolute expiries are computed from it). */
+  now(): number;
+  /** Lets `ms` pass for the store. */
+  elapse(ms: number): Promise<void>;
   /** Closes the store and removes what it wrote. */
   dispose(): Promise<void>;
 }
@@ -41,6 +46,8 @@ function contract(label: string, open: () => Promise<Harness>): void {
   describe(`Store contract: ${label}`, () => {
     let h: Harness;
     let s: Store;
+    const now = (): number => h.now();
+    const elapse = (ms: number): Promise<void> => h.elapse(ms);
     beforeEach(async () => {
       h = await open();
       s = h.store;
@@ -106,17 +113,17 @@ function contract(label: string, open: () => Promise<Harness>): void {
     });
 
     it('consumeOnce: exactly one concurrent caller wins; expiry frees the key; past expiry is refused', async () => {
-      const now = Date.now();
-      const results = await Promise.all(Array.from({ length: 40 }, () => s.consumeOnce('jti-1', now + 60_000)));
+      const t = now();
+      const results = await Promise.all(Array.from({ length: 40 }, () => s.consumeOnce('jti-1', t + 60_000)));
       expect(results.filter(Boolean)).toHaveLength(1);
-      expect(await s.consumeOnce('jti-2', now + 60_000)).toBe(true);
-      expect(await s.consumeOnce('jti-1', now + 60_000)).toBe(false);
-      expect(await s.consumeOnce('short', Date.now() + 150)).toBe(true);
-      expect(await s.consumeOnce('short', Date.now() + 150)).toBe(false);
-      await sleep(250);
-      expect(await s.consumeOnce('short', Date.now() + 1000)).toBe(true);
-      expect(await s.consumeOnce('old', Date.now() - 1)).toBe(false);
-      await expectBroker(s.consumeOnce('', now + 1000), 'bad_request', 400);
+      expect(await s.consumeOnce('jti-2', t + 60_000)).toBe(true);
+      expect(await s.consumeOnce('jti-1', t + 60_000)).toBe(false);
+      expect(await s.consumeOnce('short', now() + 150)).toBe(true);
+      expect(await s.consumeOnce('short', now() + 150)).toBe(false);
+      await elapse(250);
+      expect(await s.consumeOnce('short', now() + 1000)).toBe(true);
+      expect(await s.consumeOnce('old', now() - 1)).toBe(false);
+      await expectBroker(s.consumeOnce('', t + 1000), 'bad_request', 400);
       await expectBroker(s.consumeOnce('k', 1.5), 'bad_request', 400);
     });
 
@@ -142,19 +149,19 @@ function contract(label: string, open: () => Promise<Harness>): void {
     });
 
     it('kv: records expire at expiresAtMs (get, list and delete stop seeing them); a later put without expiry keeps it', async () => {
-      await s.kvPut('lease', 'a', 'short', Date.now() + 200);
-      await s.kvPut('lease', 'b', 'long', Date.now() + 60_000);
-      await s.kvPut('lease', 'c', 'was short', Date.now() + 200);
+      await s.kvPut('lease', 'a', 'short', now() + 200);
+      await s.kvPut('lease', 'b', 'long', now() + 60_000);
+      await s.kvPut('lease', 'c', 'was short', now() + 200);
       await s.kvPut('lease', 'c', 'now forever');
       expect(await s.kvGet('lease', 'a')).toBe('short');
-      await sleep(300);
+      await elapse(300);
       expect(await s.kvGet('lease', 'a')).toBeUndefined();
       expect(await s.kvDelete('lease', 'a')).toBe(false);
       expect([...(await s.kvList('lease'))].sort((x, y) => x.key.localeCompare(y.key))).toEqual([
         { key: 'b', value: 'long' },
         { key: 'c', value: 'now forever' },
       ]);
-      await s.kvPut('lease', 'd', 'already over', Date.now() - 10);
+      await s.kvPut('lease', 'd', 'already over', now() - 10);
       expect(await s.kvGet('lease', 'd')).toBeUndefined();
     });
 
@@ -181,7 +188,7 @@ function contract(label: string, open: () => Promise<Harness>): void {
       expect(many.map((r) => r.count).sort((a, b) => a - b)).toEqual(Array.from({ length: 30 }, (_, i) => i + 2));
       expect((await s.hit('rate:other', 400)).count).toBe(1);
       expect((await s.hit('rate:shop/web', 10_000)).count).toBe(1); // another window length is another counter
-      await sleep(450);
+      await elapse(450);
       expect((await s.hit('rate:shop/web', 400)).count).toBe(1);
       await expectBroker(s.hit('k', 0), 'bad_request', 400);
       await expectBroker(s.hit('', 1000), 'bad_request', 400);
@@ -195,7 +202,7 @@ function contract(label: string, open: () => Promise<Harness>): void {
       expect(await s.tryLock('checkpoint', 'replica-b', 300)).toBe(false);
       await s.unlock('checkpoint', 'replica-a');
       expect(await s.tryLock('checkpoint', 'replica-b', 300)).toBe(true);
-      await sleep(400);
+      await elapse(400);
       expect(await s.tryLock('checkpoint', 'replica-a', 300)).toBe(true); // b's lease ran out
       const race = await Promise.all(Array.from({ length: 20 }, (_, i) => s.tryLock('sweep', `r${i}`, 5000)));
       expect(race.filter(Boolean)).toHaveLength(1);
@@ -222,8 +229,14 @@ afterAll(() => {
 contract('embedded', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-contract-'));
   tempDirs.push(dir);
-  const store = await EmbeddedStore.open(path.join(dir, 'data'), { fsync: false });
-  return { store, dispose: () => store.close() };
+  const clock = TestClock.frozen();
+  const store = await EmbeddedStore.open(path.join(dir, 'data'), { fsync: false, clock });
+  return {
+    store,
+    now: () => clock.now(),
+    elapse: async (ms) => clock.advance(ms),
+    dispose: () => store.close(),
+  };
 });
 
 describe.skipIf(!redis.ok)('Redis-backed contract', () => {
@@ -232,6 +245,9 @@ describe.skipIf(!redis.ok)('Redis-backed contract', () => {
     const store = await RedisStore.connect({ url: SHARED_REDIS_URL, prefix });
     return {
       store,
+      now: Date.now,
+      // Expiry is Redis's own (PX, PXAT): only real time moves it.
+      elapse: (ms) => new Promise((r) => setTimeout(r, ms)),
       dispose: async () => {
         await store.close();
         await deletePrefix(prefix);
