@@ -29,8 +29,8 @@ import { svidRoutes } from './routes/svid.js';
 export interface ServerOptions {
   /** Pino logger options, or false for none (tests). */
   readonly logger?: boolean | Record<string, unknown>;
-  /** Called for every route registered (the spec-parity test lists them). */
-  readonly onRoute?: (method: string, url: string) => void;
+  /** Called for every route registered (the spec-parity test lists them, with their operationIds). */
+  readonly onRoute?: (method: string, url: string, operationId: string | undefined) => void;
 }
 
 export async function buildServer(broker: Broker, opts: ServerOptions = {}): Promise<FastifyInstance> {
@@ -88,7 +88,7 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
   const onRoute = opts.onRoute;
   if (onRoute !== undefined) {
     app.addHook('onRoute', (route) => {
-      for (const method of [route.method].flat()) onRoute(method, route.url);
+      for (const method of [route.method].flat()) onRoute(method, route.url, route.schema?.operationId);
     });
   }
   observeRequests(app, broker.metrics);

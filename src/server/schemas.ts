@@ -1,6 +1,13 @@
 /** Schemas and helpers shared by several routes (response serialization is schema-driven for speed). */
 import { Type, type TUnsafe } from 'typebox';
 
+declare module 'fastify' {
+  interface FastifySchema {
+    /** The route's name in openapi.yaml (test/integration/openapi.test.ts checks they agree). */
+    operationId?: string;
+  }
+}
+
 export const ErrorBody = Type.Object({ error: Type.String(), message: Type.String() });
 
 export const errorResponses = { '4xx': ErrorBody, '5xx': ErrorBody } as const;

@@ -9,11 +9,11 @@ export interface BundleOptions {
 
 export const bundleRoutes: FastifyPluginAsyncTypebox<BundleOptions> = async (app, { bundle, rootsPem }) => {
   const jwks = JSON.stringify(bundle);
-  app.get('/v1/bundle', async (_request, reply) => {
+  app.get('/v1/bundle', { schema: { operationId: 'getBundle' } }, async (_request, reply) => {
     void reply.type('application/json').header('cache-control', `max-age=${bundle.spiffe_refresh_hint}`);
     return jwks;
   });
-  app.get('/v1/bundle.pem', async (_request, reply) => {
+  app.get('/v1/bundle.pem', { schema: { operationId: 'getBundlePem' } }, async (_request, reply) => {
     void reply.type('application/x-pem-file').header('cache-control', `max-age=${bundle.spiffe_refresh_hint}`);
     return rootsPem;
   });

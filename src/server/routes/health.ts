@@ -12,8 +12,8 @@ export interface HealthOptions {
 }
 
 export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock }) => {
-  app.get('/healthz', async () => ({ status: 'ok' }));
-  app.get('/readyz', async () => {
+  app.get('/healthz', { schema: { operationId: 'getHealth' } }, async () => ({ status: 'ok' }));
+  app.get('/readyz', { schema: { operationId: 'getReadiness' } }, async () => {
     const checks: Record<string, string> = {};
     let ready = true;
     const check = async (name: string, probe: () => Promise<void> | void): Promise<void> => {
