@@ -100,6 +100,7 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
     errorHandler(new BrokerError('not_found', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`), request, reply);
   });
   const { audit, checkpoints, store, clock, ca, secrets, guard } = broker;
+  app.decorateRequest('caller', undefined);
   app.addHook('preHandler', authHook({ attestors: broker.attestors, limits: broker.limits, guard, adminAuthority: broker.admin.authority }));
 
   const log = new AdminAudit(audit, checkpoints, clock, config.replicaId);

@@ -65,10 +65,7 @@ async function oneKeySource(request: FastifyRequest): Promise<void> {
 
 export const svidRoutes: FastifyPluginAsyncTypebox<SvidOptions> = async (app, { issuer, rootsPem }) => {
   // A refusal (bad token, bad certificate, policy, bad CSR) is as visible as a grant.
-  const refusal =
-    (type: AuditEventType): RefusalRecorder =>
-    (err, request) =>
-      issuer.recordDenial(type, err, refusedIdentity(request, err), request.id);
+  const refusal = (type: AuditEventType): RefusalRecorder => (err, request) => issuer.recordDenial(type, err, refusedIdentity(request, err), request.id);
 
   app.post(
     '/v1/svid/x509',
