@@ -11,8 +11,7 @@ import { AccessGuard, namespaceOfSpiffeId } from './admin/guard.js';
 import { type AdminPki, loadAdminPki } from './admin/pki.js';
 import { AdminAuthority } from './admin/principals.js';
 import { Revocations } from './admin/revocation.js';
-import { ServiceAccountTokenAttestor } from './attest/k8s-token.js';
-import { MtlsAttestor } from './attest/mtls.js';
+import { type Attestors, createAttestors } from './attest/attestor.js';
 import { AlertEngine } from './audit/alerts.js';
 import { Checkpointer } from './audit/checkpointer.js';
 import { AuditLog } from './audit/log.js';
@@ -50,8 +49,8 @@ export interface Broker {
   /** Mints X.509-SVIDs: on `config.ca.threads` minting threads, or inline when that is 0. */
   readonly minter: X509Minter;
   readonly jwt: JwtSvidSigner;
-  readonly tokens: ServiceAccountTokenAttestor;
-  readonly mtls: MtlsAttestor;
+  /** Who is calling: service-account tokens and peer certificates (workload and admin). */
+  readonly attestors: Attestors;
   readonly policy: RegistrationPolicy;
   readonly issuer: Issuer;
   /** Static secrets, dynamic PostgreSQL credentials and their leases (with the lease sweeper). */
@@ -132,7 +131,6 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     });
     alerts.historyLost(err.message, audit.size);
   });
-  const tokens = new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
   // Every CA certificate that issues workload SVIDs (roots, the signing CA, intermediates): mTLS tells
   // workload chains from admin chains by signature against these and the admin CA roots.
   const workloadAnchors = [
@@ -141,7 +139,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     ...(config.ca.intermediatesFile !== undefined ? splitPemCertificates(readFileSync(config.ca.intermediatesFile, 'utf8'), 'intermediates') : []),
   ].map((der) => new X509Certificate(der));
   const adminPki = loadAdminPki(config.admin, workloadAnchors);
-  const mtls = new MtlsAttestor(config.trustDomain, { workload: workloadAnchors, admin: adminPki?.roots ?? [] }, clock);
+  const attestors = createAttestors(config, { workload: workloadAnchors, admin: adminPki?.roots ?? [] }, clock);
   const policy = new RegistrationPolicy(config.trustDomain, config.registration, config.svid);
   const revocations = new Revocations(store, clock);
   const guard = new AccessGuard(revocations, new IssuanceFreeze(store, clock), (identity) => {
@@ -206,7 +204,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
   });
   return {
-    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, tokens, mtls, policy, issuer, secrets, bundle, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
     guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {

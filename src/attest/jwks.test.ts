@@ -305,11 +305,11 @@ describe('JwksKeySource: fetching', () => {
     }
   });
 
-  it('exposes a typed resolver usable as jwtVerify key argument', async () => {
+  it('resolves the key for a JWS header (alg + kid)', async () => {
     const s = await server(serveKeys(() => [rsa1]));
     try {
       const src = urlSource(s.url);
-      await expect(src.resolver({ alg: 'RS256', kid: 'rsa-1' })).resolves.toMatchObject({ type: 'public' });
+      await expect(src.resolve({ alg: 'RS256', kid: 'rsa-1' })).resolves.toMatchObject({ type: 'public' });
       expect(await src.refresh()).toBe(false); // within the refresh interval of the first fetch
     } finally {
       await s.close();

@@ -27,9 +27,6 @@ const MIN_RSA_BITS = 2048;
 const MAX_RSA_BITS = 16384;
 const MAX_KID_LENGTH = 1024;
 
-/** What jose's `jwtVerify` accepts as a key resolver; it never sees an unsupported key. */
-export type KeyResolver = (protectedHeader: JWSHeaderParameters) => Promise<CryptoKey>;
-
 export interface JwksSourceOptions {
   /** Used only in error messages. */
   readonly issuer: string;
@@ -134,8 +131,6 @@ function parseJwks(document: unknown, what: string): KeyEntry[] {
 /** The keys of one issuer, with lookup by header `alg` + `kid`. */
 export class JwksKeySource {
   readonly issuer: string;
-  /** Pass to jose's `jwtVerify` as its key argument. */
-  readonly resolver: KeyResolver;
 
   private readonly url: URL | undefined;
   private readonly clock: Clock;
@@ -178,7 +173,6 @@ export class JwksKeySource {
     } else {
       this.url = parseJwksUrl(opts.jwksUrl ?? '', opts.allowInsecureHttp === true, opts.issuer);
     }
-    this.resolver = (header) => this.resolve(header);
   }
 
   /** Number of fetches started so far (for tests and metrics). */
@@ -191,7 +185,7 @@ export class JwksKeySource {
     return this.refreshIfAllowed();
   }
 
-  /** jose's key resolver: picks the key for `alg` + `kid`; every failure is a 401 BrokerError. */
+  /** Picks the key for `alg` + `kid`; every failure is a 401 BrokerError. */
   async resolve(header: JWSHeaderParameters): Promise<CryptoKey> {
     const alg: unknown = header.alg;
     if (alg !== 'RS256' && alg !== 'ES256') throw invalidToken('token algorithm is not allowed');

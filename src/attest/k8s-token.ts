@@ -10,6 +10,7 @@ import { BrokerError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
 import { isRecord } from '../is-record.js';
 import { validateTrustDomain, workloadSpiffeId } from '../spiffe/id.js';
+import type { TokenAttestor } from './attestor.js';
 import type { Identity, WorkloadClaims } from './identity.js';
 import { DEFAULT_JWKS_REFRESH_INTERVAL_MS, JwksKeySource, type VerificationAlgorithm } from './jwks.js';
 
@@ -87,7 +88,7 @@ interface IssuerState {
   readonly keys: JwksKeySource;
 }
 
-export class ServiceAccountTokenAttestor {
+export class ServiceAccountTokenAttestor implements TokenAttestor {
   readonly trustDomain: string;
   private readonly issuers = new Map<string, IssuerState>();
   private readonly clock: Clock;
@@ -117,11 +118,6 @@ export class ServiceAccountTokenAttestor {
         }),
       });
     }
-  }
-
-  /** The key source of a configured issuer (startup warm-up, metrics). */
-  keySource(issuer: string): JwksKeySource | undefined {
-    return this.issuers.get(issuer)?.keys;
   }
 
   /** Verifies a service account token; resolves an Identity or rejects with a 401 BrokerError. */

@@ -14,6 +14,7 @@ import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 import { BrokerError } from '../errors.js';
 import { parseSpiffeId } from '../spiffe/id.js';
 import { systemClock, type Clock } from '../clock.js';
+import type { PeerAttestor } from './attestor.js';
 import type { Identity } from './identity.js';
 
 const DEFAULT_PATH = /^\/ns\/([a-zA-Z0-9._-]+)\/sa\/([a-zA-Z0-9._-]+)$/;
@@ -100,7 +101,7 @@ interface Evaluated {
 
 const NO_WINDOW = { notBefore: Number.NEGATIVE_INFINITY, notAfter: Number.POSITIVE_INFINITY };
 
-export class MtlsAttestor {
+export class MtlsAttestor implements PeerAttestor {
   private readonly cache = new WeakMap<TLSSocket, Evaluated>();
 
   constructor(
@@ -113,7 +114,7 @@ export class MtlsAttestor {
    * What the peer of `socket` proved, as of now: the chain checks are cached for the connection, the
    * validity window is not — an identity or admin certificate outside it is refused on this request.
    */
-  peer(socket: TLSSocket): PeerResult {
+  async attest(socket: TLSSocket): Promise<PeerResult> {
     let evaluated = this.cache.get(socket);
     if (evaluated === undefined) {
       evaluated = this.evaluate(socket);

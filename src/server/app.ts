@@ -1,26 +1,36 @@
 /**
  * The fastify app: HTTPS with optional client certificates (mTLS identity), strict JSON bodies,
- * timeouts against slow clients, one error handler, and one file per route group.
+ * timeouts against slow clients, one authentication hook, one error handler (which audits refusals),
+ * and one plugin per resource, each given only what it needs.
  */
 import { randomUUID } from 'node:crypto';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import { AdminAudit } from '../admin/audit.js';
 import type { Broker } from '../broker.js';
 import { BrokerError } from '../errors.js';
 import { clientErrorHandler, errorHandler } from './errors.js';
+import { authHook } from './auth.js';
 import { LazyLogger } from './lazy-logger.js';
 import { observeRequests } from './observe.js';
+import { auditRefusal } from './refusals.js';
+import { auditSearchRoutes } from './routes/admin/audit-search.js';
+import { breakGlassRoutes } from './routes/admin/break-glass.js';
+import { freezeRoutes } from './routes/admin/freeze.js';
+import { revocationRoutes } from './routes/admin/revocations.js';
+import { secretsAdminRoutes } from './routes/admin/secrets.js';
+import { whoamiRoutes } from './routes/admin/whoami.js';
+import { auditRoutes } from './routes/audit.js';
 import { bundleRoutes } from './routes/bundle.js';
 import { healthRoutes } from './routes/health.js';
-import { adminRoutes } from './routes/admin.js';
-import { auditRoutes } from './routes/audit.js';
+import { leasesRoutes } from './routes/leases.js';
 import { secretsRoutes } from './routes/secrets.js';
 import { svidRoutes } from './routes/svid.js';
 
 export interface ServerOptions {
   /** Pino logger options, or false for none (tests). */
   readonly logger?: boolean | Record<string, unknown>;
-  /** Called for every route registered (the spec-parity test lists them). */
-  readonly onRoute?: (method: string, url: string) => void;
+  /** Called for every route registered (the spec-parity test lists them, with their operationIds). */
+  readonly onRoute?: (method: string, url: string, operationId: string | undefined) => void;
 }
 
 export async function buildServer(broker: Broker, opts: ServerOptions = {}): Promise<FastifyInstance> {
@@ -78,22 +88,34 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
   const onRoute = opts.onRoute;
   if (onRoute !== undefined) {
     app.addHook('onRoute', (route) => {
-      for (const method of [route.method].flat()) onRoute(method, route.url);
+      for (const method of [route.method].flat()) onRoute(method, route.url, route.schema?.operationId);
     });
   }
   observeRequests(app, broker.metrics);
   // Every body is JSON: a text/plain body is refused (415) instead of reaching a schema as a string.
   app.removeContentTypeParser('text/plain');
-  app.setErrorHandler(errorHandler);
+  // A refusal is recorded in the audit log before it is answered (server/refusals.ts).
+  app.setErrorHandler(async (err, request, reply) => errorHandler(await auditRefusal(err, request), request, reply));
   app.setNotFoundHandler((request, reply) => {
     errorHandler(new BrokerError('not_found', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`), request, reply);
   });
+  const { audit, checkpoints, store, clock, ca, secrets, guard } = broker;
+  app.decorateRequest('caller', undefined);
+  app.addHook('preHandler', authHook({ attestors: broker.attestors, limits: broker.limits, guard, adminAuthority: broker.admin.authority }));
 
-  healthRoutes(app, broker);
-  bundleRoutes(app, broker);
-  svidRoutes(app, broker);
-  auditRoutes(app, broker);
-  secretsRoutes(app, broker);
-  adminRoutes(app, broker);
+  const log = new AdminAudit(audit, checkpoints, clock, config.replicaId);
+  secrets.setLogger(app.log);
+  await app.register(healthRoutes, { store, audit, caNotAfter: ca.signingCertNotAfter, clock });
+  await app.register(bundleRoutes, { bundle: broker.bundle, rootsPem: ca.rootsPem });
+  await app.register(svidRoutes, { issuer: broker.issuer, rootsPem: ca.rootsPem });
+  await app.register(auditRoutes, { audit, checkpoints, store, adminLog: log });
+  await app.register(secretsRoutes, { secrets, guard });
+  await app.register(leasesRoutes, { secrets, guard });
+  await app.register(whoamiRoutes, { log });
+  await app.register(revocationRoutes, { log, revocations: guard.revocations, secrets });
+  await app.register(freezeRoutes, { log, freeze: guard.freeze });
+  await app.register(secretsAdminRoutes, { log, kv: secrets.kv });
+  await app.register(breakGlassRoutes, { log, breakGlass: broker.breakGlass, limits: broker.limits, adminRootsPem: broker.admin.pki?.rootsPem ?? '' });
+  await app.register(auditSearchRoutes, { log, store, clock });
   return app;
 }

@@ -7,11 +7,12 @@ import { Ajv, type ValidateFunction } from 'ajv';
 import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ERROR_STATUS } from '../../src/errors.js';
+import { buildServer } from '../../src/server/app.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { opensslKeyAndCsr } from '../helpers/openssl.js';
 
 interface Spec {
-  paths: Record<string, Record<string, { responses: Record<string, { $ref?: string; content?: Record<string, { schema: unknown }> }> }>>;
+  paths: Record<string, Record<string, { operationId?: string; responses: Record<string, { $ref?: string; content?: Record<string, { schema: unknown }> }> }>>;
   components: { schemas: Record<string, unknown>; responses: Record<string, { content?: Record<string, { schema: unknown }> }> };
 }
 
@@ -59,6 +60,28 @@ describe('openapi.yaml', () => {
       }),
     );
     expect([...served].sort()).toEqual([...documented].sort());
+  });
+
+  it('names every operation by the operationId of its route', async () => {
+    const routed: Record<string, string | undefined> = {};
+    const app = await buildServer(b.broker, {
+      logger: false,
+      onRoute: (method, url, operationId) => {
+        if (method !== 'HEAD') routed[`${method} ${url}`] = operationId;
+      },
+    });
+    await app.ready();
+    await app.close();
+    const documented = Object.fromEntries(
+      Object.entries(spec.paths).flatMap(([path, ops]) => {
+        const route = (ops as { 'x-fastify-url'?: string })['x-fastify-url'] ?? path.replace(/\{(\w+)\}/g, ':$1');
+        return Object.entries(ops)
+          .filter(([m]) => !m.startsWith('x-'))
+          .map(([m, op]) => [`${m.toUpperCase()} ${route}`, op.operationId]);
+      }),
+    );
+    expect(Object.values(routed).every((id) => id !== undefined)).toBe(true);
+    expect(routed).toEqual(documented);
   });
 
   it('matches real responses, success and error', async () => {

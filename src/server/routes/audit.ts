@@ -9,21 +9,23 @@
  * Query parameters are decimal strings checked by pattern (the app does not coerce types), then
  * range-checked here: every bad range is a 400 bad_request, never a 500.
  */
-import type { TLSSocket } from 'node:tls';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { AdminAudit, type AdminCaller } from '../../admin/audit.js';
-import { type AdminPrincipal, requireRole } from '../../admin/principals.js';
+import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
+import type { AdminAudit } from '../../admin/audit.js';
+import type { Checkpointer } from '../../audit/checkpointer.js';
 import { parseAuditEntry } from '../../audit/entry.js';
-import type { Broker } from '../../broker.js';
+import type { AuditLog } from '../../audit/log.js';
 import { BrokerError, badRequest } from '../../errors.js';
-import { authenticate } from '../auth.js';
-import { errorResponses } from '../schemas.js';
+import type { Store } from '../../store/store.js';
+import { identityOf } from '../auth.js';
+import type { RefusalRecorder } from '../refusals.js';
+import { DecimalString, errorResponses, StringEnum } from '../schemas.js';
 
 /** Entries or checkpoints per page, at most. */
 export const AUDIT_PAGE_LIMIT = 1000;
 
-const uint = { type: 'string', pattern: '^(0|[1-9][0-9]{0,15})$' } as const;
-const hashList = { type: 'array', items: { type: 'string' } } as const;
+const HashList = Type.Array(Type.String());
+
+const PageQuery = Type.Object({ start: DecimalString, end: Type.Optional(DecimalString) }, { additionalProperties: false });
 
 function int(value: string | undefined, name: string): number | undefined {
   if (value === undefined) return undefined;
@@ -32,33 +34,20 @@ function int(value: string | undefined, name: string): number | undefined {
   return n;
 }
 
-export function auditRoutes(app: FastifyInstance, broker: Broker): void {
-  const { audit, checkpoints } = broker;
-  const adminLog = new AdminAudit(broker.audit, broker.checkpoints, broker.clock, broker.config.replicaId);
+export interface AuditOptions {
+  readonly audit: AuditLog;
+  readonly checkpoints: Checkpointer;
+  readonly store: Pick<Store, 'listCheckpoints'>;
+  /** Records admin reads of the entries. */
+  readonly adminLog: AdminAudit;
+}
 
-  /**
-   * Who may read entries: an admin certificate with the auditor role reads all; any other caller must
-   * authenticate as a workload (authenticate() refuses no credential with 401) and reads its own.
-   */
-  const reader = async (request: FastifyRequest): Promise<{ scope: 'all'; admin: AdminPrincipal } | { scope: 'own'; spiffeId: string }> => {
-    const peer = broker.mtls.peer(request.raw.socket as TLSSocket);
-    if (peer.kind === 'admin') {
-      // A refused admin read is recorded, as on /v1/admin/* (server/routes/admin.ts).
-      let caller: AdminCaller = { spiffeId: peer.admin.spiffeId, source: 'admin' };
-      try {
-        const principal = await broker.admin.authority.authorize(peer.admin);
-        caller = AdminAudit.callerOf(principal);
-        requireRole(principal, ['auditor']);
-        return { scope: 'all', admin: principal };
-      } catch (err) {
-        if (err instanceof BrokerError && err.status >= 400 && err.status < 500) await adminLog.deny(caller, 'audit.entries', err, request.id);
-        throw err;
-      }
-    }
-    const identity = await authenticate(broker, request);
-    return { scope: 'own', spiffeId: identity.spiffeId };
+export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, { audit, checkpoints, store, adminLog }) => {
+  /** A refused admin read is recorded, as on /v1/admin/*; a workload's is not (it reads only its own). */
+  const entriesRefusal: RefusalRecorder = async (err, request) => {
+    const caller = request.caller;
+    if (caller?.adminCaller !== undefined && caller.admin === undefined) await adminLog.deny(caller.adminCaller, 'audit.entries', err, request.id);
   };
-
   /** The page [start, end) of the log as it is now (refreshed: another replica may have appended). */
   const page = async (q: { start: string; end?: string }, what: string): Promise<{ start: number; end: number }> => {
     const start = int(q.start, 'start') as number;
@@ -76,7 +65,7 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     return { start, end };
   };
   const vkey = `${checkpoints.verifierKey}\n`;
-  const pem = broker.checkpoints.publicKeyPem;
+  const pem = checkpoints.publicKeyPem;
 
   const latestSize = (): number => {
     const cp = checkpoints.latest;
@@ -90,46 +79,35 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     if (size > audit.size) throw badRequest(`${name}=${size} is beyond the log (it has ${audit.size} entries)`);
   };
 
-  app.get(
-    '/v1/audit/checkpoint',
-    { schema: { response: errorResponses } },
-    async (_request, reply) => {
-      const cp = checkpoints.latest;
-      if (cp === undefined) throw new BrokerError('not_ready', 'no audit checkpoint has been signed yet');
-      void reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
-      return cp.note;
-    },
-  );
+  app.get('/v1/audit/checkpoint', { schema: { operationId: 'getAuditCheckpoint', response: { 200: Type.String(), ...errorResponses } } }, async (_request, reply) => {
+    const cp = checkpoints.latest;
+    if (cp === undefined) throw new BrokerError('not_ready', 'no audit checkpoint has been signed yet');
+    return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(cp.note);
+  });
 
-  app.get<{ Querystring: { format?: 'vkey' | 'pem' } }>(
+  app.get(
     '/v1/audit/key',
     {
       schema: {
-        querystring: { type: 'object', additionalProperties: false, properties: { format: { type: 'string', enum: ['vkey', 'pem'] } } },
-        response: errorResponses,
+        operationId: 'getAuditKey',
+        querystring: Type.Object({ format: Type.Optional(StringEnum(['vkey', 'pem'])) }, { additionalProperties: false }),
+        response: { 200: Type.String(), ...errorResponses },
       },
     },
     async (request, reply) => {
-      if (request.query.format === 'pem') {
-        void reply.type('application/x-pem-file');
-        return pem;
-      }
-      void reply.type('text/plain; charset=utf-8');
-      return vkey;
+      if (request.query.format === 'pem') return reply.type('application/x-pem-file').send(pem);
+      return reply.type('text/plain; charset=utf-8').send(vkey);
     },
   );
 
-  app.get<{ Querystring: { index: string; treeSize?: string } }>(
+  app.get(
     '/v1/audit/proof/inclusion',
     {
       schema: {
-        querystring: { type: 'object', additionalProperties: false, required: ['index'], properties: { index: uint, treeSize: uint } },
+        operationId: 'getInclusionProof',
+        querystring: Type.Object({ index: DecimalString, treeSize: Type.Optional(DecimalString) }, { additionalProperties: false }),
         response: {
-          200: {
-            type: 'object',
-            required: ['index', 'treeSize', 'leafHash', 'rootHash', 'inclusionProof'],
-            properties: { index: { type: 'integer' }, treeSize: { type: 'integer' }, leafHash: { type: 'string' }, rootHash: { type: 'string' }, inclusionProof: hashList },
-          },
+          200: Type.Object({ index: Type.Integer(), treeSize: Type.Integer(), leafHash: Type.String(), rootHash: Type.String(), inclusionProof: HashList }),
           ...errorResponses,
         },
       },
@@ -149,17 +127,14 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     },
   );
 
-  app.get<{ Querystring: { from: string; to?: string } }>(
+  app.get(
     '/v1/audit/proof/consistency',
     {
       schema: {
-        querystring: { type: 'object', additionalProperties: false, required: ['from'], properties: { from: uint, to: uint } },
+        operationId: 'getConsistencyProof',
+        querystring: Type.Object({ from: DecimalString, to: Type.Optional(DecimalString) }, { additionalProperties: false }),
         response: {
-          200: {
-            type: 'object',
-            required: ['from', 'to', 'fromRootHash', 'toRootHash', 'consistencyProof'],
-            properties: { from: { type: 'integer' }, to: { type: 'integer' }, fromRootHash: { type: 'string' }, toRootHash: { type: 'string' }, consistencyProof: hashList },
-          },
+          200: Type.Object({ from: Type.Integer(), to: Type.Integer(), fromRootHash: Type.String(), toRootHash: Type.String(), consistencyProof: HashList }),
           ...errorResponses,
         },
       },
@@ -179,19 +154,14 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     },
   );
 
-  const pageQuery = { type: 'object', additionalProperties: false, required: ['start'], properties: { start: uint, end: uint } } as const;
-
-  app.get<{ Querystring: { start: string; end?: string } }>(
+  app.get(
     '/v1/audit/leaves',
     {
       schema: {
-        querystring: pageQuery,
+        operationId: 'listLeafHashes',
+        querystring: PageQuery,
         response: {
-          200: {
-            type: 'object',
-            required: ['start', 'end', 'treeSize', 'leafHashes'],
-            properties: { start: { type: 'integer' }, end: { type: 'integer' }, treeSize: { type: 'integer' }, leafHashes: hashList },
-          },
+          200: Type.Object({ start: Type.Integer(), end: Type.Integer(), treeSize: Type.Integer(), leafHashes: HashList }),
           ...errorResponses,
         },
       },
@@ -204,69 +174,65 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
     },
   );
 
-  app.get<{ Querystring: { start: string; end?: string } }>(
+  app.get(
     '/v1/audit/entries',
     {
       schema: {
-        querystring: pageQuery,
+        operationId: 'listAuditEntries',
+        querystring: PageQuery,
         response: {
-          200: {
-            type: 'object',
-            required: ['start', 'end', 'treeSize', 'scope', 'entries'],
-            properties: {
-              start: { type: 'integer' },
-              end: { type: 'integer' },
-              treeSize: { type: 'integer' },
-              scope: { type: 'string', enum: ['all', 'own'] },
-              entries: { type: 'array', items: { type: ['string', 'null'] } },
-            },
-          },
+          200: Type.Object({
+            start: Type.Integer(),
+            end: Type.Integer(),
+            treeSize: Type.Integer(),
+            scope: StringEnum(['all', 'own']),
+            entries: Type.Array(Type.Unsafe<string | null>({ type: ['string', 'null'] })),
+          }),
           ...errorResponses,
         },
       },
+      // Who first (the auth hook): a caller who may not read entries learns nothing, not even a range error.
+      config: { auth: 'auditor-or-workload', refusal: entriesRefusal },
     },
     async (request) => {
-      // Who first: a caller who may not read entries learns nothing, not even a range error.
-      const who = await reader(request);
       const { start, end } = await page(request.query, 'entries');
       const entries = await audit.entries(start, end);
-      if (who.scope === 'all') {
+      const admin = request.caller?.admin;
+      if (admin !== undefined) {
         // Reading the log is itself recorded, like an audit search.
-        await adminLog.allow(who.admin, 'audit.entries', { reason: `entries [${start}, ${end})` }, request.id);
+        await adminLog.allow(admin, 'audit.entries', { reason: `entries [${start}, ${end})` }, request.id);
         // The exact canonical bytes as text: SHA-256(0x00 ‖ UTF-8 bytes) is the leaf hash.
-        return { start, end, treeSize: audit.size, scope: 'all', entries: entries.map((e) => e.toString('utf8')) };
+        return { start, end, treeSize: audit.size, scope: 'all' as const, entries: entries.map((e) => e.toString('utf8')) };
       }
       // A workload sees its own entries; every other one is withheld as null (its leaf hash is public).
+      const { spiffeId } = identityOf(request);
       const own = (bytes: Buffer): boolean => {
         try {
           const e = parseAuditEntry(bytes);
-          return e.actor === who.spiffeId || e.subject === who.spiffeId;
+          return e.actor === spiffeId || e.subject === spiffeId;
         } catch {
           return false; // a malformed entry is nobody's: an auditor sees it
         }
       };
-      return { start, end, treeSize: audit.size, scope: 'own', entries: entries.map((e) => (own(e) ? e.toString('utf8') : null)) };
+      return { start, end, treeSize: audit.size, scope: 'own' as const, entries: entries.map((e) => (own(e) ? e.toString('utf8') : null)) };
     },
   );
 
-  app.get<{ Querystring: { start?: string; end?: string } }>(
+  app.get(
     '/v1/audit/checkpoints',
     {
       schema: {
-        querystring: { type: 'object', additionalProperties: false, properties: { start: uint, end: uint } },
+        operationId: 'listAuditCheckpoints',
+        querystring: Type.Object({ start: Type.Optional(DecimalString), end: Type.Optional(DecimalString) }, { additionalProperties: false }),
         response: {
-          200: {
-            type: 'object',
-            required: ['start', 'end', 'total', 'checkpoints'],
-            properties: { start: { type: 'integer' }, end: { type: 'integer' }, total: { type: 'integer' }, checkpoints: { type: 'array', items: { type: 'string' } } },
-          },
+          200: Type.Object({ start: Type.Integer(), end: Type.Integer(), total: Type.Integer(), checkpoints: Type.Array(Type.String()) }),
           ...errorResponses,
         },
       },
     },
     async (request) => {
       const start = int(request.query.start, 'start') ?? 0;
-      const all = await broker.store.listCheckpoints();
+      const all = await store.listCheckpoints();
       const end = int(request.query.end, 'end') ?? Math.min(start + AUDIT_PAGE_LIMIT, all.length);
       if (start > end) throw badRequest(`start must not exceed end (start=${start}, end=${end})`);
       if (end - start > AUDIT_PAGE_LIMIT) throw badRequest(`at most ${AUDIT_PAGE_LIMIT} checkpoints per page`);
@@ -274,4 +240,4 @@ export function auditRoutes(app: FastifyInstance, broker: Broker): void {
       return { start, end, total: all.length, checkpoints: all.slice(start, end) };
     },
   );
-}
+};

@@ -1,15 +1,20 @@
 /** GET /v1/bundle (SPIFFE bundle as JWKS) and GET /v1/bundle.pem (X.509 roots). Public: no caller auth. */
-import type { FastifyInstance } from 'fastify';
-import type { Broker } from '../../broker.js';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { SpiffeBundle } from '../../spiffe/bundle.js';
 
-export function bundleRoutes(app: FastifyInstance, broker: Broker): void {
-  const jwks = JSON.stringify(broker.bundle);
-  app.get('/v1/bundle', async (_request, reply) => {
-    void reply.type('application/json').header('cache-control', `max-age=${broker.bundle.spiffe_refresh_hint}`);
+export interface BundleOptions {
+  readonly bundle: SpiffeBundle;
+  readonly rootsPem: string;
+}
+
+export const bundleRoutes: FastifyPluginAsyncTypebox<BundleOptions> = async (app, { bundle, rootsPem }) => {
+  const jwks = JSON.stringify(bundle);
+  app.get('/v1/bundle', { schema: { operationId: 'getBundle' } }, async (_request, reply) => {
+    void reply.type('application/json').header('cache-control', `max-age=${bundle.spiffe_refresh_hint}`);
     return jwks;
   });
-  app.get('/v1/bundle.pem', async (_request, reply) => {
-    void reply.type('application/x-pem-file').header('cache-control', `max-age=${broker.bundle.spiffe_refresh_hint}`);
-    return broker.ca.rootsPem;
+  app.get('/v1/bundle.pem', { schema: { operationId: 'getBundlePem' } }, async (_request, reply) => {
+    void reply.type('application/x-pem-file').header('cache-control', `max-age=${bundle.spiffe_refresh_hint}`);
+    return rootsPem;
   });
-}
+};

@@ -1,11 +1,19 @@
 /** GET /healthz: the process answers. GET /readyz: the store and audit log take writes and the CA is in date. */
-import type { FastifyInstance } from 'fastify';
-import type { Broker } from '../../broker.js';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { Clock } from '../../clock.js';
 import { BrokerError } from '../../errors.js';
 
-export function healthRoutes(app: FastifyInstance, broker: Broker): void {
-  app.get('/healthz', async () => ({ status: 'ok' }));
-  app.get('/readyz', async () => {
+export interface HealthOptions {
+  readonly store: { checkWritable(): Promise<void> };
+  readonly audit: { checkWritable(): Promise<void> };
+  /** When the signing CA expires (ms). */
+  readonly caNotAfter: number;
+  readonly clock: Clock;
+}
+
+export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock }) => {
+  app.get('/healthz', { schema: { operationId: 'getHealth' } }, async () => ({ status: 'ok' }));
+  app.get('/readyz', { schema: { operationId: 'getReadiness' } }, async () => {
     const checks: Record<string, string> = {};
     let ready = true;
     const check = async (name: string, probe: () => Promise<void> | void): Promise<void> => {
@@ -17,14 +25,14 @@ export function healthRoutes(app: FastifyInstance, broker: Broker): void {
         checks[name] = err instanceof BrokerError ? err.message : 'failed';
       }
     };
-    await check('store', () => broker.store.checkWritable());
-    await check('audit', () => broker.audit.checkWritable());
+    await check('store', () => store.checkWritable());
+    await check('audit', () => audit.checkWritable());
     await check('ca', () => {
-      if (broker.ca.signingCertNotAfter <= broker.clock.now()) throw new BrokerError('not_ready', 'the signing CA has expired');
+      if (caNotAfter <= clock.now()) throw new BrokerError('not_ready', 'the signing CA has expired');
     });
     if (!ready) {
       throw new BrokerError('not_ready', `not ready: ${Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
     }
     return { status: 'ready', checks };
   });
-}
+};

@@ -1,116 +1,104 @@
-/** POST /v1/svid/x509 and POST /v1/svid/jwt: attest the caller, then issue through the audited path. */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { Identity } from '../../attest/identity.js';
+/** POST /v1/svid/x509 and POST /v1/svid/jwt: the attested caller's SVIDs, issued through the audited path. */
+import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
+import type { FastifyRequest } from 'fastify';
 import type { AuditEventType } from '../../audit/entry.js';
-import type { Broker } from '../../broker.js';
-import { BrokerError, badRequest } from '../../errors.js';
-import type { JwtRequest, X509Request } from '../../issue/issuer.js';
-import { authenticate } from '../auth.js';
-import { isRepeatedRateLimit, RateLimitedError } from '../limits.js';
-import { auditReceiptSchema, errorResponses } from '../schemas.js';
+import { badRequest } from '../../errors.js';
+import type { Issuer } from '../../issue/issuer.js';
+import { identityOf } from '../auth.js';
+import { refusedIdentity, type RefusalRecorder } from '../refusals.js';
+import { AuditReceipt, errorResponses, iso, StringEnum, Strings } from '../schemas.js';
 
-const x509Body = {
-  type: 'object',
-  additionalProperties: false,
-  properties: {
-    csr: { type: 'string', minLength: 1, maxLength: 16_384 },
-    keyType: { type: 'string', enum: ['ec-p256'] },
-    ttlSeconds: { type: 'integer', minimum: 60, maximum: 2_592_000 },
+const X509Body = Type.Object(
+  {
+    csr: Type.Optional(Type.String({ minLength: 1, maxLength: 16_384 })),
+    keyType: Type.Optional(StringEnum(['ec-p256'])),
+    ttlSeconds: Type.Optional(Type.Integer({ minimum: 60, maximum: 2_592_000 })),
   },
-} as const;
+  { additionalProperties: false },
+);
 
-const x509Response = {
-  type: 'object',
-  required: ['spiffeId', 'serial', 'certificates', 'svid', 'expiresAt', 'bundle', 'audit'],
-  properties: {
-    spiffeId: { type: 'string' },
-    serial: { type: 'string' },
-    certificates: { type: 'array', items: { type: 'string' } },
-    svid: { type: 'string' },
-    privateKey: { type: 'string' },
-    notBefore: { type: 'string' },
-    expiresAt: { type: 'string' },
-    bundle: { type: 'string' },
-    audit: auditReceiptSchema,
-  },
-} as const;
+const X509Svid = Type.Object({
+  spiffeId: Type.String(),
+  serial: Type.String(),
+  certificates: Strings,
+  svid: Type.String(),
+  privateKey: Type.Optional(Type.String()),
+  notBefore: Type.String(),
+  expiresAt: Type.String(),
+  bundle: Type.String(),
+  audit: AuditReceipt,
+});
 
-const jwtBody = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['audience'],
-  properties: {
-    audience: { type: 'array', minItems: 1, maxItems: 16, uniqueItems: true, items: { type: 'string', minLength: 1, maxLength: 256 } },
-    ttlSeconds: { type: 'integer', minimum: 30, maximum: 86_400 },
+const JwtBody = Type.Object(
+  {
+    audience: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { minItems: 1, maxItems: 16, uniqueItems: true }),
+    ttlSeconds: Type.Optional(Type.Integer({ minimum: 30, maximum: 86_400 })),
   },
-} as const;
+  { additionalProperties: false },
+);
 
-const jwtResponse = {
-  type: 'object',
-  required: ['spiffeId', 'token', 'jti', 'audience', 'expiresAt', 'audit'],
-  properties: {
-    spiffeId: { type: 'string' },
-    token: { type: 'string' },
-    jti: { type: 'string' },
-    audience: { type: 'array', items: { type: 'string' } },
-    expiresAt: { type: 'string' },
-    audit: auditReceiptSchema,
-  },
-} as const;
+const JwtSvid = Type.Object({
+  spiffeId: Type.String(),
+  token: Type.String(),
+  jti: Type.String(),
+  audience: Strings,
+  expiresAt: Type.String(),
+  audit: AuditReceipt,
+});
+
+export interface SvidOptions {
+  readonly issuer: Issuer;
+  /** The trust bundle sent with every X.509-SVID. */
+  readonly rootsPem: string;
+}
 
 /**
- * Runs an issuance; a refusal (bad token, bad certificate, policy, bad CSR) is recorded in the audit
- * log before the error goes back, so denials are as visible as grants.
+ * Exactly one key source, checked before authentication like the schema (a malformed request is not a
+ * caller's refusal, so it is neither audited nor counted).
  */
-async function audited<T>(
-  broker: Broker,
-  request: FastifyRequest,
-  type: AuditEventType,
-  issue: (identity: Identity) => Promise<T>,
-): Promise<T> {
-  let identity: Identity | undefined;
-  try {
-    identity = await authenticate(broker, request);
-    return await issue(identity);
-  } catch (err) {
-    // A flood of 429s leaves one entry per key and window, not one per request.
-    if (err instanceof BrokerError && err.status >= 400 && err.status < 500 && !isRepeatedRateLimit(err)) {
-      await broker.issuer.recordDenial(type, err, identity ?? (err instanceof RateLimitedError ? err.identity : undefined), request.id);
-    }
-    throw err;
+async function oneKeySource(request: FastifyRequest): Promise<void> {
+  const body = request.body as { csr?: unknown; keyType?: unknown } | null | undefined;
+  if (typeof body === 'object' && body !== null && !Array.isArray(body) && (body.csr === undefined) === (body.keyType === undefined)) {
+    throw badRequest('send exactly one of "csr" (PEM CSR) or "keyType" ("ec-p256" for a server-made key)');
   }
 }
 
-export function svidRoutes(app: FastifyInstance, broker: Broker): void {
-  app.post<{ Body: X509Request }>(
+export const svidRoutes: FastifyPluginAsyncTypebox<SvidOptions> = async (app, { issuer, rootsPem }) => {
+  // A refusal (bad token, bad certificate, policy, bad CSR) is as visible as a grant.
+  const refusal = (type: AuditEventType): RefusalRecorder => (err, request) => issuer.recordDenial(type, err, refusedIdentity(request, err), request.id);
+
+  app.post(
     '/v1/svid/x509',
-    { schema: { body: x509Body, response: { 200: x509Response, ...errorResponses } } },
+    {
+      schema: { operationId: 'issueX509Svid', body: X509Body, response: { 200: X509Svid, ...errorResponses } },
+      config: { auth: 'workload', refusal: refusal('x509-svid.issued') },
+      preValidation: oneKeySource,
+    },
     async (request) => {
-      const body = request.body;
-      if ((body.csr === undefined) === (body.keyType === undefined)) {
-        throw badRequest('send exactly one of "csr" (PEM CSR) or "keyType" ("ec-p256" for a server-made key)');
-      }
-      const issued = await audited(broker, request, 'x509-svid.issued', (id) => broker.issuer.x509(id, body, request.id));
+      const issued = await issuer.x509(identityOf(request), request.body, request.id);
       return {
         spiffeId: issued.spiffeId,
         serial: issued.serial,
         certificates: issued.certificates,
         svid: issued.certificates.join(''),
         ...(issued.privateKey !== undefined ? { privateKey: issued.privateKey } : {}),
-        notBefore: new Date(issued.notBefore).toISOString(),
-        expiresAt: new Date(issued.expiresAt).toISOString(),
-        bundle: broker.ca.rootsPem,
+        notBefore: iso(issued.notBefore),
+        expiresAt: iso(issued.expiresAt),
+        bundle: rootsPem,
         audit: issued.audit,
       };
     },
   );
 
-  app.post<{ Body: JwtRequest }>(
+  app.post(
     '/v1/svid/jwt',
-    { schema: { body: jwtBody, response: { 200: jwtResponse, ...errorResponses } } },
+    {
+      schema: { operationId: 'issueJwtSvid', body: JwtBody, response: { 200: JwtSvid, ...errorResponses } },
+      config: { auth: 'workload', refusal: refusal('jwt-svid.issued') },
+    },
     async (request) => {
-      const issued = await audited(broker, request, 'jwt-svid.issued', (id) => broker.issuer.jwt(id, request.body, request.id));
-      return { ...issued, expiresAt: new Date(issued.expiresAt).toISOString() };
+      const issued = await issuer.jwt(identityOf(request), request.body, request.id);
+      return { ...issued, expiresAt: iso(issued.expiresAt) };
     },
   );
-}
+};

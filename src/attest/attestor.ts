@@ -1,0 +1,42 @@
+/**
+ * The seam between the server and the ways a caller proves who it is: each attestor takes one kind of
+ * evidence and says what it proves, and createAttestors() is the one place that picks them from config.
+ */
+import type { X509Certificate } from 'node:crypto';
+import type { TLSSocket } from 'node:tls';
+import type { Clock } from '../clock.js';
+import type { Config } from '../config/config.js';
+import type { Identity } from './identity.js';
+import { ServiceAccountTokenAttestor } from './k8s-token.js';
+import { MtlsAttestor, type PeerResult } from './mtls.js';
+
+export interface Attestor<Evidence, Proof> {
+  /** What the evidence proves, as of now; a 4xx BrokerError when it proves nothing acceptable. */
+  attest(evidence: Evidence): Promise<Proof>;
+}
+
+/** A bearer token (Kubernetes service-account token) → the workload's Identity. */
+export type TokenAttestor = Attestor<string, Identity>;
+
+/** A TLS connection → what its peer certificate proves: nothing, a workload, an admin, or a refusal. */
+export type PeerAttestor = Attestor<TLSSocket, PeerResult>;
+
+export interface Attestors {
+  readonly token: TokenAttestor;
+  readonly peer: PeerAttestor;
+}
+
+/**
+ * The attestors of this broker. `workload` are the CA certificates that issue SVIDs (roots, signing CA,
+ * intermediates), `admin` the admin CA roots: peer certificates are classified by signature against both.
+ */
+export function createAttestors(
+  config: Pick<Config, 'trustDomain' | 'issuers'>,
+  anchors: { readonly workload: readonly X509Certificate[]; readonly admin: readonly X509Certificate[] },
+  clock: Clock,
+): Attestors {
+  return {
+    token: new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock }),
+    peer: new MtlsAttestor(config.trustDomain, anchors, clock),
+  };
+}

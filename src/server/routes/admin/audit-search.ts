@@ -1,0 +1,57 @@
+/** GET /v1/audit/search: audit search by identity metadata (auditor); every search is itself recorded. */
+import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
+import type { AdminAudit } from '../../../admin/audit.js';
+import { parseSearchFilter, searchLog } from '../../../audit/search.js';
+import { storeSource } from '../../../audit/source.js';
+import type { Clock } from '../../../clock.js';
+import type { Store } from '../../../store/store.js';
+import { adminOf } from '../../auth.js';
+import { AuditReceipt, DecimalString, errorResponses, LimitString } from '../../schemas.js';
+import { adminCall } from './access.js';
+
+export interface AuditSearchOptions {
+  readonly log: AdminAudit;
+  readonly store: Store;
+  readonly clock: Clock;
+}
+
+const SearchQuery = Type.Object(
+  {
+    spiffeId: Type.Optional(Type.String({ maxLength: 2048 })),
+    serial: Type.Optional(Type.String({ maxLength: 256 })),
+    since: Type.Optional(Type.String({ maxLength: 64 })),
+    until: Type.Optional(Type.String({ maxLength: 64 })),
+    type: Type.Optional(Type.String({ maxLength: 64 })),
+    decision: Type.Optional(Type.String({ maxLength: 8 })),
+    namespace: Type.Optional(Type.String({ maxLength: 253 })),
+    limit: Type.Optional(LimitString),
+    start: Type.Optional(DecimalString),
+  },
+  { additionalProperties: false },
+);
+
+const SearchResult = Type.Object({
+  hits: Type.Immutable(Type.Array(Type.Object({ index: Type.Integer(), entry: Type.Object({}, { additionalProperties: true }) }))),
+  scanned: Type.Integer(),
+  malformed: Type.Optional(Type.Integer()),
+  truncated: Type.Boolean(),
+  next: Type.Optional(Type.Integer()),
+  audit: AuditReceipt,
+});
+
+export const auditSearchRoutes: FastifyPluginAsyncTypebox<AuditSearchOptions> = async (app, { log, store, clock }) => {
+  app.get(
+    '/v1/audit/search',
+    {
+      schema: { operationId: 'searchAuditLog', querystring: SearchQuery, response: { 200: SearchResult, ...errorResponses } },
+      config: adminCall(log, ['auditor'], 'audit.search'),
+    },
+    async (request) => {
+      const { limit, start, ...filterInput } = request.query;
+      const filter = parseSearchFilter(filterInput, clock.now());
+      const result = await searchLog(storeSource(store), filter, { limit: Number(limit ?? '100'), start: Number(start ?? '0') });
+      const audit = await log.allow(adminOf(request), 'audit.search', { reason: `filter ${JSON.stringify(filterInput)}` }, request.id);
+      return { ...result, audit };
+    },
+  );
+};

@@ -1,0 +1,75 @@
+/**
+ * Writing secrets (secrets-admin):
+ *   PUT    /v1/admin/secrets/<name…>   {value | valueBase64}
+ *   DELETE /v1/admin/secrets/<name…>
+ */
+import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
+import type { AdminAudit } from '../../../admin/audit.js';
+import { badRequest } from '../../../errors.js';
+import type { SecretKv } from '../../../secrets/kv.js';
+import { secretNameProblem } from '../../../secrets/names.js';
+import { adminOf } from '../../auth.js';
+import { AuditReceipt, errorResponses, WildcardParams } from '../../schemas.js';
+import { adminCall } from './access.js';
+
+export interface SecretsAdminOptions {
+  readonly log: AdminAudit;
+  readonly kv: Pick<SecretKv, 'put' | 'delete'>;
+}
+
+const SecretBody = Type.Object(
+  { value: Type.Optional(Type.String({ minLength: 1, maxLength: 65_536 })), valueBase64: Type.Optional(Type.String({ minLength: 1, maxLength: 87_384 })) },
+  { additionalProperties: false },
+);
+
+function checkedName(name: string): string {
+  const problem = secretNameProblem(name);
+  if (problem !== undefined) throw badRequest(`secret name: ${problem}`);
+  return name;
+}
+
+export const secretsAdminRoutes: FastifyPluginAsyncTypebox<SecretsAdminOptions> = async (app, { log, kv }) => {
+  app.put(
+    '/v1/admin/secrets/*',
+    {
+      schema: {
+        operationId: 'writeSecret',
+        params: WildcardParams,
+        body: SecretBody,
+        response: { 200: Type.Object({ name: Type.String(), kek: Type.String(), audit: AuditReceipt }), ...errorResponses },
+      },
+      config: adminCall(log, ['secrets-admin'], 'secret.write'),
+    },
+    async (request) => {
+      const name = checkedName(request.params['*']);
+      const { value, valueBase64 } = request.body;
+      if ((value === undefined) === (valueBase64 === undefined)) throw badRequest('send exactly one of "value" (text) or "valueBase64"');
+      if (valueBase64 !== undefined && !/^[A-Za-z0-9+/]*={0,2}$/.test(valueBase64)) throw badRequest('valueBase64 is not base64');
+      const bytes = value !== undefined ? Buffer.from(value, 'utf8') : Buffer.from(valueBase64 ?? '', 'base64');
+      try {
+        const audit = await log.allow(adminOf(request), 'secret.write', { secret: name }, request.id);
+        const { kek } = await kv.put(name, bytes);
+        return { name, kek, audit };
+      } finally {
+        bytes.fill(0);
+      }
+    },
+  );
+
+  app.delete(
+    '/v1/admin/secrets/*',
+    {
+      schema: {
+        operationId: 'deleteSecret',
+        params: WildcardParams,
+        response: { 200: Type.Object({ name: Type.String(), deleted: Type.Boolean(), audit: AuditReceipt }), ...errorResponses },
+      },
+      config: adminCall(log, ['secrets-admin'], 'secret.delete'),
+    },
+    async (request) => {
+      const name = checkedName(request.params['*']);
+      const audit = await log.allow(adminOf(request), 'secret.delete', { secret: name }, request.id);
+      return { name, deleted: await kv.delete(name), audit };
+    },
+  );
+};
