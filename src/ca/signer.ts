@@ -1,11 +1,12 @@
 /**
  * The signing seam for the broker's three keys (CA, JWT-SVID, audit checkpoints): a `Signer` holds a
  * private key somewhere and signs bytes. Asynchronous, so a key in an HSM or a cloud KMS can sit behind
- * it; today every key is a local `KeyObject` (`KeySigner`), which also signs synchronously — the fast
- * path the minting threads use (they load their own copy of the CA key, see minter-pool.ts).
+ * it. Today every key is a local `KeyObject` (`KeySigner`, made by the key's loader: x509.ts issuerFromPem,
+ * JwtSvidSigner.fromPem, audit/note.ts loadNoteSigner), which also signs synchronously — the fast path
+ * of X.509 minting, on the event loop or in a minting thread (each thread loads its own copy of the CA
+ * key from the PEMs, minter-pool.ts). A remote CA key would mint inline and await `sign`.
  */
-import { createPrivateKey, createPublicKey, sign, constants as cryptoConstants, type KeyObject, type SignKeyObjectInput } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { createPublicKey, sign, constants as cryptoConstants, type KeyObject, type SignKeyObjectInput } from 'node:crypto';
 
 /** JOSE names of the algorithms Tessera signs with (the key decides; there is no implicit choice). */
 export type SignatureAlgorithm = 'ES256' | 'ES384' | 'EdDSA' | 'RS256';
@@ -61,10 +62,3 @@ export class KeySigner implements Signer {
   }
 }
 
-/**
- * Where every configured signing key is opened: today a PEM private key file. An HSM or KMS key
- * reference (a `pkcs11:` URI, a KMS key ARN) would be recognised here and return its own Signer.
- */
-export function openSigner(keyFile: string): Signer {
-  return new KeySigner(createPrivateKey(readFileSync(keyFile, 'utf8')));
-}
