@@ -6,7 +6,6 @@ import { createPrivateKey, randomUUID, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { calculateJwkThumbprint } from 'jose';
 import { BrokerError } from '../errors.js';
-import { readDer, readUnsignedIntegerBytes, sequenceOf } from './der.js';
 import { KeySigner, signatureAlgorithmOf, type Signer } from './signer.js';
 
 export interface JwtSvid {
@@ -58,11 +57,23 @@ export class JwtSvidSigner {
 
 const b64url = (json: string): string => Buffer.from(json, 'utf8').toString('base64url');
 
-/** JWS carries an ES256 signature as r ‖ s, 32 bytes each (RFC 7518 §3.4); a Signer gives DER. */
+/**
+ * JWS carries an ES256 signature as r ‖ s, 32 bytes each (RFC 7518 §3.4); a Signer gives DER,
+ * SEQUENCE { INTEGER r, INTEGER s } with one-byte lengths. Read by hand: the generic DER reader
+ * costs a tenth of the signature itself on this per-token path.
+ */
 function joseEcdsaSignature(der: Buffer): Buffer {
-  const [r, s] = sequenceOf(readDer(der), 'ECDSA signature', 2).map(readUnsignedIntegerBytes) as [Buffer, Buffer];
   const out = Buffer.alloc(64);
-  r.copy(out, 32 - r.length);
-  s.copy(out, 64 - s.length);
+  let at = 2;
+  for (const end of [32, 64]) {
+    const len = der[at + 1] ?? 0;
+    if (der[0] !== 0x30 || der[1] !== der.length - 2 || der[at] !== 0x02 || len < 1 || len > 33) {
+      throw new BrokerError('internal', 'the JWT-SVID signer returned a malformed ECDSA signature');
+    }
+    const int = der.subarray(at + 2, at + 2 + len);
+    (len === 33 ? int.subarray(1) : int).copy(out, end - Math.min(len, 32));
+    at += 2 + len;
+  }
+  if (at !== der.length) throw new BrokerError('internal', 'the JWT-SVID signer returned a malformed ECDSA signature');
   return out;
 }
