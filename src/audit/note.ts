@@ -152,12 +152,11 @@ export class NoteSigner {
 
   constructor(name: string, key: Signer | KeyObject) {
     validateKeyName(name);
-    const local = isKeyObject(key);
-    if (local ? signatureAlgorithmOf(key) !== 'EdDSA' : key.algorithm !== 'EdDSA') {
+    if ((key instanceof KeyObject ? signatureAlgorithmOf(key) : key.algorithm) !== 'EdDSA') {
       throw new NoteError('the audit signing key must be an Ed25519 private key');
     }
     this.name = name;
-    this.#signer = local ? new KeySigner(key) : key;
+    this.#signer = key instanceof KeyObject ? new KeySigner(key) : key;
     this.publicKey = this.#signer.publicKey;
     this.keyId = keyId(name, rawEd25519PublicKey(this.publicKey));
   }
@@ -185,8 +184,6 @@ export class NoteSigner {
     return `${text}\n${await this.signatureLine(text)}`;
   }
 }
-
-const isKeyObject = (key: Signer | KeyObject): key is KeyObject => key instanceof KeyObject;
 
 function checkNoteText(text: string): void {
   if (typeof text !== 'string' || text.length === 0 || !text.endsWith('\n')) throw new NoteError('note text must end with a newline');
