@@ -151,6 +151,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     }
   });
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
+  // Threads sign with their own copy of the local CA key (ca.source); a remote CA Signer would mint inline.
   const minter: X509Minter =
     config.ca.threads === 0 ? new InlineMinter(ca) : await MinterPool.start(ca.source, {
           threads: config.ca.threads,

@@ -35,6 +35,7 @@ import {
   verifyBreakGlassRequest,
 } from './breakglass-jws.js';
 import { ADMIN_ROLES, BREAK_GLASS_GRANT_SPACE, type BreakGlassGrantRecord } from './principals.js';
+import { normalizeSerial } from './revocation.js';
 
 export const BREAK_GLASS_EVENT_SPACE = 'break-glass-event';
 /** Failed attempts stay listed this long (the audit log keeps them for good). */
@@ -187,7 +188,9 @@ export class BreakGlassService {
     const cert = ca.issueX509Svid({ spiffeId, dnsNames: [], publicKey, ttlMs: ttlSeconds * 1000, now });
     const grant: BreakGlassGrantRecord = { spiffeId, role, jti: claims.jti, ticket: claims.ticket, expiresAt: cert.notAfter };
     // The serial → role record is what makes this certificate an admin; it expires with the certificate.
-    await this.#d.store.kvPut(BREAK_GLASS_GRANT_SPACE, cert.serialHex.replace(/^0+(?=.)/, ''), JSON.stringify(grant), cert.notAfter);
+    // Keyed as principals.ts looks it up: the normalized serial (a minted serial is always valid hex).
+    const grantKey = normalizeSerial(cert.serialHex) ?? cert.serialHex;
+    await this.#d.store.kvPut(BREAK_GLASS_GRANT_SPACE, grantKey, JSON.stringify(grant), cert.notAfter);
     let audit: CheckpointedReceipt;
     try {
       audit = await this.#recordUse(claims, keyIds, requestId, now, {
@@ -198,7 +201,7 @@ export class BreakGlassService {
         expiresAt: cert.notAfter,
       });
     } catch (err) {
-      await this.#d.store.kvDelete(BREAK_GLASS_GRANT_SPACE, cert.serialHex.replace(/^0+(?=.)/, '')).catch(() => undefined);
+      await this.#d.store.kvDelete(BREAK_GLASS_GRANT_SPACE, grantKey).catch(() => undefined);
       throw err;
     }
     return {

@@ -150,7 +150,7 @@ describe('Checkpointer', () => {
     for (let i = 0; i < 3; i++) await first.audit.append(entry(i));
     await first.cp.close();
     // A checkpoint over a different history (as if entries had been rewritten since it was signed).
-    await first.store.appendCheckpoint(signCheckpoint(signer, 3, leafHash(Buffer.from('another history'))).note);
+    await first.store.appendCheckpoint((await signCheckpoint(signer, 3, leafHash(Buffer.from('another history')))).note);
     await first.store.close();
     const store = await EmbeddedStore.open(first.dir, { fsync: false });
     closers.push(() => store.close());

@@ -224,7 +224,7 @@ export class Checkpointer {
         this.#idleRounds++;
         return;
       }
-      const cp = signCheckpoint(this.#signer, size, this.#audit.root(size));
+      const cp = await signCheckpoint(this.#signer, size, this.#audit.root(size));
       try {
         await this.#store.appendCheckpoint(cp.note);
       } catch (err) {

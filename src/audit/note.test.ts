@@ -40,9 +40,9 @@ describe('signed notes: Go reference vector', () => {
     expect(keyId('PeterNeumann', v.rawPublicKey)).toBe(0xc74f20a3);
   });
 
-  it('reproduces the published signature byte for byte, and the verifier key', () => {
+  it('reproduces the published signature byte for byte, and the verifier key', async () => {
     const signer = goSigner();
-    expect(signer.sign(GO_TEXT)).toBe(GO_NOTE);
+    expect(await signer.sign(GO_TEXT)).toBe(GO_NOTE);
     expect(signer.verifierKey).toBe(GO_VKEY);
     expect(formatVerifierKey('PeterNeumann', signer.publicKey)).toBe(GO_VKEY);
   });
@@ -59,15 +59,17 @@ describe('signed notes: Go reference vector', () => {
     expect(() => openNote(`${GO_TEXT}\n— PeterNeumann ${blob.toString('base64')}\n`, v)).toThrow(/does not verify/);
   });
 
-  it('ignores signatures from unknown keys, and needs one from the known key', () => {
+  it('ignores signatures from unknown keys, and needs one from the known key', async () => {
     const v = parseVerifierKey(GO_VKEY);
     const other = new NoteSigner('example.org/other', generateKeyPairSync('ed25519').privateKey);
-    const both = `${GO_TEXT}\n${other.signatureLine(GO_TEXT)}${GO_SIG}`;
+    const both = `${GO_TEXT}\n${await other.signatureLine(GO_TEXT)}${GO_SIG}`;
     expect(openNote(both, v)).toBe(GO_TEXT);
-    expect(() => openNote(other.sign(GO_TEXT), v)).toThrow(/no signature from the audit key/);
+    const fromOther = await other.sign(GO_TEXT);
+    expect(() => openNote(fromOther, v)).toThrow(/no signature from the audit key/);
     // Same name, different key (so a different key ID): unknown, ignored.
     const impostor = new NoteSigner('PeterNeumann', generateKeyPairSync('ed25519').privateKey);
-    expect(() => openNote(impostor.sign(GO_TEXT), v)).toThrow(/no signature/);
+    const fromImpostor = await impostor.sign(GO_TEXT);
+    expect(() => openNote(fromImpostor, v)).toThrow(/no signature/);
   });
 
   it('refuses mangled verifier keys', () => {
@@ -115,10 +117,10 @@ describe('tlog checkpoints', () => {
     expect(cp.rootHash.toString('base64')).toBe('CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=');
   });
 
-  it('signs and opens a checkpoint; the key name is the origin', () => {
+  it('signs and opens a checkpoint; the key name is the origin', async () => {
     const signer = new NoteSigner('example.org/tessera/audit', generateKeyPairSync('ed25519').privateKey);
-    const cp = signCheckpoint(signer, 42, root);
-    expect(cp.note).toBe(`example.org/tessera/audit\n42\n${root.toString('base64')}\n\n${signer.signatureLine(formatCheckpoint({ origin: 'example.org/tessera/audit', size: 42, rootHash: root }))}`);
+    const cp = await signCheckpoint(signer, 42, root);
+    expect(cp.note).toBe(`example.org/tessera/audit\n42\n${root.toString('base64')}\n\n${await signer.signatureLine(formatCheckpoint({ origin: 'example.org/tessera/audit', size: 42, rootHash: root }))}`);
     const opened = openCheckpoint(cp.note, parseVerifierKey(signer.verifierKey));
     expect(opened.size).toBe(42);
     expect(opened.rootHash.equals(root)).toBe(true);

@@ -14,8 +14,9 @@
  * Verification follows the spec: signature lines from unknown keys (name or ID differ) are ignored; a
  * line from the known key that fails to verify rejects the whole note; no verified line rejects it.
  */
-import { createHash, createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, KeyObject, verify } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
+import { KeySigner, signatureAlgorithmOf, type Signer } from '../ca/signer.js';
 import { BrokerError } from '../errors.js';
 import { HASH_SIZE } from './merkle.js';
 
@@ -142,21 +143,21 @@ export function parseVerifierKeyFile(text: string): NoteVerifier {
   return parseVerifierKey(text);
 }
 
-/** Signs note text with one Ed25519 key under one name. */
+/** Signs note text with one Ed25519 key (a Signer, or a local private key) under one name. */
 export class NoteSigner {
   readonly name: string;
   readonly keyId: number;
   readonly publicKey: KeyObject;
-  readonly #privateKey: KeyObject;
+  readonly #signer: Signer;
 
-  constructor(name: string, privateKey: KeyObject) {
+  constructor(name: string, key: Signer | KeyObject) {
     validateKeyName(name);
-    if (privateKey.type !== 'private' || privateKey.asymmetricKeyType !== 'ed25519') {
+    if ((key instanceof KeyObject ? signatureAlgorithmOf(key) : key.algorithm) !== 'EdDSA') {
       throw new NoteError('the audit signing key must be an Ed25519 private key');
     }
     this.name = name;
-    this.#privateKey = privateKey;
-    this.publicKey = createPublicKey(privateKey);
+    this.#signer = key instanceof KeyObject ? new KeySigner(key) : key;
+    this.publicKey = this.#signer.publicKey;
     this.keyId = keyId(name, rawEd25519PublicKey(this.publicKey));
   }
 
@@ -169,9 +170,9 @@ export class NoteSigner {
   }
 
   /** The signature line (with its final newline) for `text`. */
-  signatureLine(text: string): string {
+  async signatureLine(text: string): Promise<string> {
     checkNoteText(text);
-    const sig = sign(null, Buffer.from(text, 'utf8'), this.#privateKey);
+    const sig = await this.#signer.sign(Buffer.from(text, 'utf8'));
     const blob = Buffer.alloc(4 + sig.length);
     blob.writeUInt32BE(this.keyId, 0);
     sig.copy(blob, 4);
@@ -179,8 +180,8 @@ export class NoteSigner {
   }
 
   /** The complete signed note: text, blank line, one signature line. */
-  sign(text: string): string {
-    return `${text}\n${this.signatureLine(text)}`;
+  async sign(text: string): Promise<string> {
+    return `${text}\n${await this.signatureLine(text)}`;
   }
 }
 
@@ -293,9 +294,9 @@ export interface SignedCheckpoint extends Checkpoint {
   readonly note: string;
 }
 
-export function signCheckpoint(signer: NoteSigner, size: number, rootHash: Uint8Array): SignedCheckpoint {
+export async function signCheckpoint(signer: NoteSigner, size: number, rootHash: Uint8Array): Promise<SignedCheckpoint> {
   const text = formatCheckpoint({ origin: signer.name, size, rootHash });
-  return { origin: signer.name, size, rootHash: Buffer.from(rootHash), extensions: [], note: signer.sign(text) };
+  return { origin: signer.name, size, rootHash: Buffer.from(rootHash), extensions: [], note: await signer.sign(text) };
 }
 
 /** Verifies a checkpoint note's signature, then parses its text. */

@@ -135,14 +135,14 @@ describe('verifyLog', () => {
     expect(r.problems[0]?.kind).toBe('checkpoint-signature');
 
     const impostor = new NoteSigner('example.org/tessera/audit', generateKeyPairSync('ed25519').privateKey);
-    const fake = signCheckpoint(impostor, N, Buffer.alloc(32, 7)).note;
+    const fake = (await signCheckpoint(impostor, N, Buffer.alloc(32, 7))).note;
     const r2 = await verifyDir(tampered(CHECKPOINTS_FILE, (t) => `${t}${fake}\n`));
     expect(r2.firstBadCheckpoint).toBe(N + 1);
     expect(r2.problems[0]?.message).toMatch(/no signature from the audit key/);
   });
 
   it('names a correctly signed checkpoint that is inconsistent with an earlier one (a fork)', async () => {
-    const fork = signCheckpoint(signer, 5, leafHash(Buffer.from('a different history'))).note;
+    const fork = (await signCheckpoint(signer, 5, leafHash(Buffer.from('a different history')))).note;
     const r = await verifyDir(tampered(CHECKPOINTS_FILE, (t) => `${t}${fork}\n`));
     expect(r.ok).toBe(false);
     expect(r.firstBadCheckpoint).toBe(N + 1);

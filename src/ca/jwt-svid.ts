@@ -2,10 +2,11 @@
  * JWT-SVID signing (SPIFFE JWT-SVID spec): ES256 only, `sub` = SPIFFE ID, `aud`, `exp`, `iat`, `jti`,
  * and a `kid` that is the RFC 7638 thumbprint of the signing key, published in the bundle as `use: jwt-svid`.
  */
-import { createPrivateKey, createPublicKey, randomUUID, sign, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { createPrivateKey, randomUUID, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { calculateJwkThumbprint } from 'jose';
 import { BrokerError } from '../errors.js';
+import { KeySigner, signatureAlgorithmOf, type Signer } from './signer.js';
 
 export interface JwtSvid {
   readonly token: string;
@@ -16,19 +17,22 @@ export interface JwtSvid {
 
 export class JwtSvidSigner {
   private constructor(
-    private readonly key: KeyObject,
+    private readonly signer: Signer,
     readonly kid: string,
     readonly publicJwk: JsonWebKey,
   ) {}
 
+  static async create(signer: Signer): Promise<JwtSvidSigner> {
+    if (signer.algorithm !== 'ES256') throw new BrokerError('internal', 'the JWT-SVID signing key must be an EC P-256 key');
+    const jwk = signer.publicKey.export({ format: 'jwk' });
+    const kid = await calculateJwkThumbprint({ kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y }, 'sha256');
+    return new JwtSvidSigner(signer, kid, { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y });
+  }
+
   static async fromPem(pem: string): Promise<JwtSvidSigner> {
     const key = createPrivateKey(pem);
-    if (key.asymmetricKeyType !== 'ec' || key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') {
-      throw new BrokerError('internal', 'the JWT-SVID signing key must be an EC P-256 key');
-    }
-    const jwk = createPublicKey(key).export({ format: 'jwk' });
-    const kid = await calculateJwkThumbprint({ kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y }, 'sha256');
-    return new JwtSvidSigner(key, kid, { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y });
+    if (signatureAlgorithmOf(key) !== 'ES256') throw new BrokerError('internal', 'the JWT-SVID signing key must be an EC P-256 key');
+    return JwtSvidSigner.create(new KeySigner(key));
   }
 
   static async fromFile(file: string): Promise<JwtSvidSigner> {
@@ -40,15 +44,36 @@ export class JwtSvidSigner {
     const iat = Math.floor(req.now / 1000);
     const exp = Math.floor((req.now + req.ttlMs) / 1000);
     const jti = randomUUID();
-    // A compact JWS built here and signed with node:crypto (sync, ~27 µs): jose's SignJWT produces the
-    // same bytes but signs through WebCrypto at several times the CPU cost.
+    // A compact JWS built here and signed by the Signer (a local key: node:crypto, ~27 µs): jose's
+    // SignJWT produces the same bytes but signs through WebCrypto at several times the CPU cost.
     const header = b64url(JSON.stringify({ alg: 'ES256', kid: this.kid, typ: 'JWT' }));
     const payload = b64url(JSON.stringify({ sub: req.spiffeId, aud: [...req.audiences], iat, exp, jti }));
     const input = `${header}.${payload}`;
-    const signature = sign('sha256', Buffer.from(input, 'latin1'), { key: this.key, dsaEncoding: 'ieee-p1363' });
+    const signature = joseEcdsaSignature(await this.signer.sign(Buffer.from(input, 'latin1')));
     const token = `${input}.${signature.toString('base64url')}`;
     return { token, jti, issuedAt: iat * 1000, expiresAt: exp * 1000 };
   }
 }
 
 const b64url = (json: string): string => Buffer.from(json, 'utf8').toString('base64url');
+
+/**
+ * JWS carries an ES256 signature as r ‖ s, 32 bytes each (RFC 7518 §3.4); a Signer gives DER,
+ * SEQUENCE { INTEGER r, INTEGER s } with one-byte lengths. Read by hand: the generic DER reader
+ * costs a tenth of the signature itself on this per-token path.
+ */
+function joseEcdsaSignature(der: Buffer): Buffer {
+  const out = Buffer.alloc(64);
+  let at = 2;
+  for (const end of [32, 64]) {
+    const len = der[at + 1] ?? 0;
+    if (der[0] !== 0x30 || der[1] !== der.length - 2 || der[at] !== 0x02 || len < 1 || len > 33) {
+      throw new BrokerError('internal', 'the JWT-SVID signer returned a malformed ECDSA signature');
+    }
+    const int = der.subarray(at + 2, at + 2 + len);
+    (len === 33 ? int.subarray(1) : int).copy(out, end - Math.min(len, 32));
+    at += 2 + len;
+  }
+  if (at !== der.length) throw new BrokerError('internal', 'the JWT-SVID signer returned a malformed ECDSA signature');
+  return out;
+}

@@ -8,15 +8,14 @@ import {
   createHash,
   createPrivateKey,
   randomFillSync,
-  sign as cryptoSign,
   X509Certificate,
-  constants as cryptoConstants,
   type KeyObject,
 } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { BrokerError } from '../errors.js';
 import { parseSpiffeId, validateTrustDomain, type SpiffeId } from '../spiffe/id.js';
 import { keyKindOf, spkiOf, type KeyKind } from './csr.js';
+import { KeySigner, signatureAlgorithmOf, type SignatureAlgorithm } from './signer.js';
 import {
   DerError,
   TAG,
@@ -48,7 +47,8 @@ import {
 export interface IssuerMaterial {
   readonly certDer: Buffer;
   readonly certPem: string;
-  readonly key: KeyObject;
+  /** Local: certificates are signed synchronously, on the event loop or in a minting thread. */
+  readonly signer: KeySigner;
   readonly subjectNameDer: Buffer;
   readonly subjectKeyId: Buffer;
   readonly notBefore: Date;
@@ -138,25 +138,26 @@ interface SignatureSpec {
   readonly sign: (tbs: Buffer) => Buffer;
 }
 
-/** The signature algorithm Tessera uses for a given issuer private key. */
-function signatureSpecFor(key: KeyObject): SignatureSpec {
+const ALGORITHM_ID: Record<SignatureAlgorithm, Buffer> = {
+  ES256: sequence(oid(OID.ecdsaWithSha256)),
+  ES384: sequence(oid(OID.ecdsaWithSha384)),
+  EdDSA: sequence(oid(OID.ed25519)),
+  RS256: sequence(oid(OID.sha256WithRsa), Buffer.from([TAG.NULL, 0])),
+};
+
+/** An issuer key as a local Signer, refused here (at load) when Tessera cannot sign certificates with it. */
+function issuerSigner(key: KeyObject): KeySigner {
   if (key.type !== 'private') throw internal('issuer key must be a private key');
-  const type = key.asymmetricKeyType;
-  const curve = key.asymmetricKeyDetails?.namedCurve;
-  if (type === 'ec' && curve === 'prime256v1') {
-    return { algorithmId: sequence(oid(OID.ecdsaWithSha256)), sign: (tbs) => cryptoSign('sha256', tbs, key) };
+  if (signatureAlgorithmOf(key) === undefined) {
+    const curve = key.asymmetricKeyDetails?.namedCurve;
+    throw internal(`unsupported issuer key (${key.asymmetricKeyType ?? 'unknown'}${curve ? ` ${curve}` : ''}); use EC P-256/P-384, Ed25519 or RSA ≥ 2048`);
   }
-  if (type === 'ec' && curve === 'secp384r1') {
-    return { algorithmId: sequence(oid(OID.ecdsaWithSha384)), sign: (tbs) => cryptoSign('sha384', tbs, key) };
-  }
-  if (type === 'ed25519') {
-    return { algorithmId: sequence(oid(OID.ed25519)), sign: (tbs) => cryptoSign(null, tbs, key) };
-  }
-  if (type === 'rsa' && (key.asymmetricKeyDetails?.modulusLength ?? 0) >= 2048) {
-    const opts = { key, padding: cryptoConstants.RSA_PKCS1_PADDING };
-    return { algorithmId: sequence(oid(OID.sha256WithRsa), Buffer.from([TAG.NULL, 0])), sign: (tbs) => cryptoSign('sha256', tbs, opts) };
-  }
-  throw internal(`unsupported issuer key (${type ?? 'unknown'}${curve ? ` ${curve}` : ''}); use EC P-256/P-384, Ed25519 or RSA ≥ 2048`);
+  return new KeySigner(key);
+}
+
+/** The certificate signature of a local signer: synchronous, the minting fast path. */
+function signatureSpecFor(signer: KeySigner): SignatureSpec {
+  return { algorithmId: ALGORITHM_ID[signer.algorithm], sign: (tbs) => signer.signSync(tbs) };
 }
 
 interface IssuerCache {
@@ -174,7 +175,7 @@ function cacheFor(issuer: IssuerMaterial): IssuerCache {
       // Leaves would look self-issued to path builders; refuse such an issuer outright.
       throw internal('issuer subject must differ from the leaf subject (O=Tessera)');
     }
-    c = { spec: signatureSpecFor(issuer.key), akiExtension: akiExtension(issuer.subjectKeyId) };
+    c = { spec: signatureSpecFor(issuer.signer), akiExtension: akiExtension(issuer.subjectKeyId) };
     issuerCache.set(issuer, c);
   }
   return c;
@@ -385,7 +386,7 @@ export function mintCa(profile: CaProfile, issuer: IssuerMaterial | { selfSigned
   let notBefore = profile.notBefore;
   let notAfter = profile.notAfter;
   if ('selfSignedKey' in issuer) {
-    spec = signatureSpecFor(issuer.selfSignedKey);
+    spec = signatureSpecFor(issuerSigner(issuer.selfSignedKey));
     if (!spkiOf(issuer.selfSignedKey).equals(spki)) throw internal('selfSignedKey does not match subjectPublicKey');
     issuerName = subject;
   } else {
@@ -525,7 +526,7 @@ export function issuerFromPem(certPem: string, keyPem: string): IssuerMaterial {
   const material: IssuerMaterial = {
     certDer,
     certPem: toPem('CERTIFICATE', certDer),
-    key,
+    signer: issuerSigner(key),
     subjectNameDer: fields.subject,
     subjectKeyId,
     notBefore: fields.notBefore,

@@ -28,7 +28,8 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import type { PostgresEngineConfig, PostgresRoleConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
-import type { Lease, LeaseBackend } from './leases.js';
+import type { EngineCredential, EngineLeases, SecretEngine } from './engine.js';
+import type { Lease } from './leases.js';
 import { renderGrantTemplate } from './sql-template.js';
 
 const pbkdf2Async = promisify(pbkdf2);
@@ -103,17 +104,19 @@ interface PgError {
   message?: string;
 }
 
-export class PostgresEngine {
+export class PostgresEngine implements SecretEngine {
   readonly name: string;
   readonly #config: PostgresEngineConfig;
+  readonly #leases: EngineLeases;
   readonly #pool: pg.Pool;
   readonly #usernamePattern: RegExp;
   #closed = false;
   #adminChecked = false;
 
-  constructor(config: PostgresEngineConfig, opts: { onError?: (err: Error) => void } = {}) {
+  constructor(config: PostgresEngineConfig, leases: EngineLeases, opts: { onError?: (err: Error) => void } = {}) {
     this.name = config.name;
     this.#config = config;
+    this.#leases = leases;
     const password = config.passwordFile !== undefined ? readFileSync(config.passwordFile, 'utf8').replace(/\r?\n$/, '') : undefined;
     this.#pool = new pg.Pool({
       connectionString: config.url,
@@ -136,7 +139,7 @@ export class PostgresEngine {
   }
 
   /** A new role name: <prefix><role>_<64 random bits as hex>, at most 62 bytes (PostgreSQL's limit is 63). */
-  newUsername(role: string): string {
+  #newUsername(role: string): string {
     return `${this.#config.usernamePrefix}${role}_${randomBytes(8).toString('hex')}`;
   }
 
@@ -145,6 +148,13 @@ export class PostgresEngine {
     if (!this.#usernamePattern.test(username)) {
       throw new BrokerError('bad_request', `"${username}" is not a role engine ${this.name} created; refusing to touch it`);
     }
+  }
+
+  /** The database role of a lease (leases.ts refuses a PostgreSQL lease record without one). */
+  #usernameOf(lease: Lease): string {
+    const username = lease.username ?? '';
+    this.#checkUsername(username);
+    return username;
   }
 
   #unavailable(action: string, err: unknown): BrokerError {
@@ -207,10 +217,32 @@ export class PostgresEngine {
     }
   }
 
-  /** Creates `username` (LOGIN, password, VALID UNTIL) with the role's grants, atomically. */
-  async create(role: string, username: string, password: string, validUntilMs: number): Promise<void> {
+  async issue(role: string, identity: string, ttlSeconds: number): Promise<{ credential: EngineCredential; lease: Lease }> {
     const cfg = this.role(role);
     if (cfg === undefined) throw new BrokerError('not_found', `engine ${this.name} has no role ${role}`);
+    const credential = { username: this.#newUsername(role), password: randomPassword() };
+    const lease = await this.#leases.create({
+      kind: 'postgres',
+      identity,
+      secret: `postgres/${role}`,
+      engine: this.name,
+      role,
+      username: credential.username,
+      ttlMs: ttlSeconds * 1000,
+      maxTtlMs: cfg.maxTtlSeconds * 1000,
+    });
+    try {
+      await this.#create(cfg, role, credential, lease.expiresAt);
+    } catch (err) {
+      // Nothing was created (one transaction): no lease either.
+      await this.#leases.discard(lease.id);
+      throw err;
+    }
+    return { credential, lease };
+  }
+
+  /** Creates the role (LOGIN, password, VALID UNTIL) with the role template's grants, atomically. */
+  async #create(cfg: PostgresRoleConfig, role: string, { username, password }: EngineCredential, validUntilMs: number): Promise<void> {
     this.#checkUsername(username);
     const statements = createRoleStatements(username, await scramSha256Verifier(password), validUntilMs, cfg.grants);
     const client = await this.#client('create a role');
@@ -228,8 +260,8 @@ export class PostgresEngine {
   }
 
   /** Moves VALID UNTIL; 404 if the role no longer exists. */
-  async renew(username: string, validUntilMs: number): Promise<void> {
-    this.#checkUsername(username);
+  async renew(lease: Lease, validUntilMs: number): Promise<void> {
+    const username = this.#usernameOf(lease);
     const client = await this.#client('renew a role');
     try {
       await client.query(
@@ -247,8 +279,8 @@ export class PostgresEngine {
    * Drops `username`: no new logins, its sessions terminated, what it owns reassigned to the admin role
    * and its privileges dropped, then the role. Idempotent: a role that is already gone is success.
    */
-  async revoke(username: string): Promise<void> {
-    this.#checkUsername(username);
+  async revoke(lease: Lease): Promise<void> {
+    const username = this.#usernameOf(lease);
     const client = await this.#client('revoke a role');
     const id = pg.escapeIdentifier(username);
     let broken = false;
@@ -286,44 +318,5 @@ export class PostgresEngine {
     if (this.#closed) return;
     this.#closed = true;
     await this.#pool.end();
-  }
-}
-
-/** All configured engines, found by role name (role names are unique across engines). */
-export class PostgresEngines implements LeaseBackend {
-  readonly #engines: ReadonlyMap<string, PostgresEngine>;
-
-  constructor(configs: readonly PostgresEngineConfig[], opts: { onError?: (engine: string, err: Error) => void } = {}) {
-    this.#engines = new Map(
-      configs.map((c) => [c.name, new PostgresEngine(c, { onError: (err) => opts.onError?.(c.name, err) })]),
-    );
-  }
-
-  /** The engine that defines `role`, or undefined. */
-  forRole(role: string): PostgresEngine | undefined {
-    for (const e of this.#engines.values()) if (e.role(role) !== undefined) return e;
-    return undefined;
-  }
-
-  #engineOf(lease: Lease): { engine: PostgresEngine; username: string } {
-    const engine = lease.engine !== undefined ? this.#engines.get(lease.engine) : undefined;
-    if (engine === undefined || lease.username === undefined) {
-      throw new BrokerError('engine_unavailable', `PostgreSQL engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
-    }
-    return { engine, username: lease.username };
-  }
-
-  async renew(lease: Lease, expiresAt: number): Promise<void> {
-    const { engine, username } = this.#engineOf(lease);
-    await engine.renew(username, expiresAt);
-  }
-
-  async revoke(lease: Lease): Promise<void> {
-    const { engine, username } = this.#engineOf(lease);
-    await engine.revoke(username);
-  }
-
-  async close(): Promise<void> {
-    await Promise.all([...this.#engines.values()].map((e) => e.close()));
   }
 }

@@ -14,12 +14,12 @@ import type { SecretsConfig } from '../config/config.js';
 import { BrokerError, auditUnavailable, auditedOrUnavailable, forbidden } from '../errors.js';
 import type { RegistrationPolicy } from '../policy/registration.js';
 import type { Store } from '../store/store.js';
+import { type EngineLeases, SecretEngines } from './engine.js';
 import { EnvelopeError, type KeyRing } from './envelope.js';
 import { SecretGrants, type Workload } from './grants.js';
 import { SecretKv } from './kv.js';
 import { type Lease, type LeaseLogger, LeaseManager, type RevokeContext } from './leases.js';
 import { validateRoleName, validateSecretName } from './names.js';
-import { PostgresEngines, randomPassword } from './postgres.js';
 import { type IdentityRevocations, StoreRevocations } from './revocations.js';
 
 export interface SecretsServiceDeps {
@@ -66,7 +66,7 @@ export class SecretsService {
   readonly kv: SecretKv;
   readonly leases: LeaseManager;
   readonly grants: SecretGrants;
-  readonly engines: PostgresEngines;
+  readonly engines: SecretEngines;
   readonly #d: SecretsServiceDeps;
   readonly #revocations: IdentityRevocations;
   #log: LeaseLogger | undefined;
@@ -77,9 +77,17 @@ export class SecretsService {
     this.#log = deps.log;
     this.kv = new SecretKv(deps.store, deps.ring);
     this.grants = new SecretGrants(deps.config.grants);
-    this.engines = new PostgresEngines(deps.config.postgres, {
-      onError: (engine, err) => this.#log?.warn({ engine, err: err.message }, 'PostgreSQL connection error'),
-    });
+    // Engines issue under this service's leases (created just below; used only once a request comes).
+    const leases: EngineLeases = {
+      create: (n) => this.leases.create(n),
+      discard: (id) =>
+        this.leases.discard(id).catch((e: unknown) => {
+          this.#log?.error({ leaseId: id, err: (e as Error).message }, 'could not discard the lease of a failed creation; the sweeper will clear it');
+        }),
+    };
+    this.engines = SecretEngines.fromConfig(deps.config, leases, (engine, err) =>
+      this.#log?.warn({ engine, err: err.message }, 'PostgreSQL connection error'),
+    );
     this.leases = new LeaseManager({
       store: deps.store,
       clock: deps.clock,
@@ -198,42 +206,21 @@ export class SecretsService {
     const cfg = engine?.role(role);
     if (engine === undefined || cfg === undefined) throw new BrokerError('not_found', `no PostgreSQL role "${role}" is configured`);
     const ttl = Math.min(ttlSeconds ?? cfg.ttlSeconds, cfg.maxTtlSeconds);
-    const username = engine.newUsername(role);
-    const password = randomPassword();
-    // The lease is recorded first: if the broker dies after CREATE ROLE, the sweeper still drops the role.
-    const lease = await this.leases.create({
-      kind: 'postgres',
-      identity: w.spiffeId,
-      secret: `postgres/${role}`,
-      engine: engine.name,
-      role,
-      username,
-      ttlMs: ttl * 1000,
-      maxTtlMs: cfg.maxTtlSeconds * 1000,
-    });
-    try {
-      await engine.create(role, username, password, lease.expiresAt);
-    } catch (err) {
-      // Nothing was created (one transaction): no lease either.
-      await this.leases.discard(lease.id).catch((e: unknown) => {
-        this.#log?.error({ leaseId: lease.id, err: (e as Error).message }, 'could not discard the lease of a failed creation; the sweeper will clear it');
-      });
-      throw err;
-    }
+    const { credential, lease } = await engine.issue(role, w.spiffeId, ttl);
     let audit: CheckpointedReceipt;
     try {
       audit = await this.#record(this.#entry(identity, w, lease, 'secret.issued', requestId));
     } catch (err) {
       // Unaudited credentials must not exist: drop the role now, or leave the lease to the sweeper.
       try {
-        await engine.revoke(username);
+        await engine.revoke(lease);
         await this.leases.discard(lease.id);
       } catch (e) {
         this.#log?.error({ leaseId: lease.id, err: (e as Error).message }, 'could not roll back unaudited credentials; the sweeper drops them at expiry');
       }
       throw err;
     }
-    return { role, engine: engine.name, username, password, lease, audit };
+    return { role, engine: engine.name, ...credential, lease, audit };
   }
 
   /** The caller's own lease, or 404 / 403. */

@@ -114,9 +114,9 @@ describe('tessera audit verify (CLI)', () => {
     expect(r.stdout).toMatch(/checkpoint #4: forged/);
   });
 
-  it('a validly signed checkpoint inconsistent with an earlier one: exit 1, names it', () => {
+  it('a validly signed checkpoint inconsistent with an earlier one: exit 1, names it', async () => {
     const signer = loadNoteSigner(b.material.auditKeyFile, 'example.org/tessera/audit');
-    const fork = signCheckpoint(signer, 7, leafHash(Buffer.from('rewritten history'))).note;
+    const fork = (await signCheckpoint(signer, 7, leafHash(Buffer.from('rewritten history')))).note;
     const dir = tamper('checkpoints.txt', (t) => `${t}${fork}\n`);
     const count = (readFileSync(path.join(dir, 'checkpoints.txt'), 'utf8').match(/^— /gm) ?? []).length;
     const r = verify(dir);

@@ -66,14 +66,13 @@ function caLeaf(): ClientCert {
     const f = (name: string): string => path.join(dir, name);
     writeFileSync(f('leaf.key'), pem(k.privateKey));
     writeFileSync(f('ca.pem'), ours.certPem);
-    writeFileSync(f('ca.key'), pem(ours.key));
     writeFileSync(
       f('ext.cnf'),
       `basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature,keyCertSign\nextendedKeyUsage=clientAuth\nsubjectAltName=URI:${WEB}\n`,
     );
     const req = openssl(['req', '-new', '-key', f('leaf.key'), '-subj', '/O=Tessera', '-out', f('leaf.csr')]);
     expect(req.status, req.stderr).toBe(0);
-    const sign = openssl(['x509', '-req', '-in', f('leaf.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', '4242', '-days', '1', '-extfile', f('ext.cnf'), '-out', f('leaf.pem')]);
+    const sign = openssl(['x509', '-req', '-in', f('leaf.csr'), '-CA', f('ca.pem'), '-CAkey', path.join(b.material.dir, 'intermediate.key'), '-set_serial', '4242', '-days', '1', '-extfile', f('ext.cnf'), '-out', f('leaf.pem')]);
     expect(sign.status, sign.stderr).toBe(0);
     return { cert: readFileSync(f('leaf.pem'), 'utf8') + ours.certPem, key: pem(k.privateKey) };
   } finally {

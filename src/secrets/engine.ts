@@ -1,0 +1,79 @@
+/**
+ * Dynamic secrets: an engine makes a fresh credential per lease, moves its expiry and drops it. The
+ * secrets service and the lease sweeper know engines only through `SecretEngine`; which engines exist
+ * is decided once, from config, in `SecretEngines.fromConfig`.
+ */
+import type { SecretsConfig } from '../config/config.js';
+import { BrokerError } from '../errors.js';
+import type { Lease, LeaseBackend, NewLease } from './leases.js';
+import { PostgresEngine } from './postgres.js';
+
+/** What a role of an engine allows: its default and longest lease. */
+export interface EngineRole {
+  readonly ttlSeconds: number;
+  readonly maxTtlSeconds: number;
+}
+
+export interface EngineCredential {
+  readonly username: string;
+  readonly password: string;
+}
+
+/** The lease records an engine issues under (the secrets service's LeaseManager). */
+export interface EngineLeases {
+  create(n: NewLease): Promise<Lease>;
+  /** Drops the record of a lease whose credential was never made. */
+  discard(id: string): Promise<void>;
+}
+
+export interface SecretEngine extends LeaseBackend {
+  readonly name: string;
+  role(role: string): EngineRole | undefined;
+  /**
+   * A fresh credential for `role`, held by `identity` (a SPIFFE ID) for `ttlSeconds`. The lease is
+   * recorded first, so a credential made just before the broker dies is still dropped by the sweeper;
+   * if making it fails, nothing is left (no credential, no lease).
+   */
+  issue(role: string, identity: string, ttlSeconds: number): Promise<{ credential: EngineCredential; lease: Lease }>;
+  /** Drops the lease's credential; one that is already gone is success. */
+  revoke(lease: Lease): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** All configured engines, found by role (role names are unique across engines) or by a lease's engine. */
+export class SecretEngines implements LeaseBackend {
+  readonly #engines: ReadonlyMap<string, SecretEngine>;
+
+  constructor(engines: readonly SecretEngine[]) {
+    this.#engines = new Map(engines.map((e) => [e.name, e]));
+  }
+
+  /** The engines `config` describes (today: PostgreSQL servers). */
+  static fromConfig(config: SecretsConfig, leases: EngineLeases, onError?: (engine: string, err: Error) => void): SecretEngines {
+    return new SecretEngines(config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })));
+  }
+
+  /** The engine that defines `role`, or undefined. */
+  forRole(role: string): SecretEngine | undefined {
+    for (const e of this.#engines.values()) if (e.role(role) !== undefined) return e;
+    return undefined;
+  }
+
+  #engineOf(lease: Lease): SecretEngine {
+    const engine = lease.engine !== undefined ? this.#engines.get(lease.engine) : undefined;
+    if (engine === undefined) throw new BrokerError('engine_unavailable', `PostgreSQL engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
+    return engine;
+  }
+
+  async renew(lease: Lease, expiresAt: number): Promise<void> {
+    await this.#engineOf(lease).renew(lease, expiresAt);
+  }
+
+  async revoke(lease: Lease): Promise<void> {
+    await this.#engineOf(lease).revoke(lease);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#engines.values()].map((e) => e.close()));
+  }
+}
