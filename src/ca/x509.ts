@@ -25,7 +25,6 @@ import {
   child,
   explicit,
   expectTag,
-  ia5String,
   implicit,
   integer,
   integerFromBytes,
