@@ -24,7 +24,7 @@ export function recordParser<S extends TSchema>(schema: S): (stored: string | Ui
       return { ok: false, why: 'not JSON' };
     }
     if (typeof value !== 'object' || value === null || Array.isArray(value)) return { ok: false, why: 'not an object' };
-    if (validator.Check(value)) return { ok: true, value: value as Static<S> };
+    if (validator.Check(value)) return { ok: true, value: value };
     const [first] = validator.Errors(value);
     const field =
       first === undefined ? '' :

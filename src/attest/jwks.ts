@@ -6,6 +6,7 @@
  * and EC P-256 (pinned to ES256). Each key is imported for exactly one algorithm, so an RSA key can
  * never verify an ES256 signature and vice versa.
  */
+import type { ReadableStreamReadResult } from 'node:stream/web';
 import { readFileSync } from 'node:fs';
 import { createPublicKey } from 'node:crypto';
 import { importJWK, type CryptoKey, type JWK, type JWSHeaderParameters } from 'jose';
@@ -298,7 +299,7 @@ async function readLimited(response: Response, limit: number): Promise<Uint8Arra
   const chunks: Uint8Array[] = [];
   let total = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    const { done, value } = (await reader.read()) as ReadableStreamReadResult<Uint8Array>;
     if (done) break;
     total += value.byteLength;
     if (total > limit) {

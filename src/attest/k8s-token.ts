@@ -278,7 +278,7 @@ function checkRegisteredClaims(payload: Record<string, unknown>, cfg: IssuerStat
   if (nbf !== undefined && nbf > now + skew) throw new errors.JWTClaimValidationFailed('"nbf" claim timestamp check failed', payload, 'nbf', 'check_failed');
   const exp = numeric('exp') as number;
   if (exp <= now - skew) throw new errors.JWTExpired('"exp" claim timestamp check failed', payload, 'exp', 'check_failed');
-  return payload as JWTPayload;
+  return payload;
 }
 
 function optionalUid(value: unknown, what: string): string | undefined {

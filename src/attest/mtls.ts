@@ -62,7 +62,7 @@ function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
 /** The certificates the peer sent (and the root OpenSSL found), from Node's issuerCertificate links. */
 function presentedChain(socket: TLSSocket): X509Certificate[] {
   const out: X509Certificate[] = [];
-  let node: DetailedPeerCertificate | undefined = socket.getPeerCertificate(true) as DetailedPeerCertificate | undefined;
+  let node: DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
   const seen = new Set<DetailedPeerCertificate>();
   while (node !== undefined && node.raw !== undefined && !seen.has(node) && out.length < MAX_CHAIN + 2) {
     seen.add(node);

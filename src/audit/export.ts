@@ -156,7 +156,7 @@ export async function openExport(dir: string): Promise<LogSource & { readonly ma
   if (manifest === null || typeof manifest !== 'object' || manifest.format !== EXPORT_FORMAT) {
     throw new ExportError(`${dir}/${MANIFEST_FILE}: not a ${EXPORT_FORMAT} manifest`);
   }
-  if (manifest.version !== EXPORT_VERSION) throw new ExportError(`${dir}: export format version ${String(manifest.version)} is not supported (expected ${EXPORT_VERSION})`);
+  if (manifest.version !== EXPORT_VERSION) throw new ExportError(`${dir}: export format version ${String(manifest.version)} is not supported (expected ${String(EXPORT_VERSION)})`);
   if (!Number.isSafeInteger(manifest.treeSize) || manifest.treeSize < 0) throw new ExportError(`${dir}/${MANIFEST_FILE}: bad treeSize`);
   const entriesPath = path.join(dir, ENTRIES_FILE);
   const checkpointsPath = path.join(dir, CHECKPOINTS_FILE);

@@ -212,8 +212,12 @@ export class AuditLog {
    * last one (its server may have restarted without its data).
    */
   async #gate(): Promise<void> {
-    if (this.#lost !== undefined) throw this.#lost;
+    this.#throwIfLost();
     if (this.#checkedReconnects !== this.#reconnects) await this.#checkContinuation();
+    this.#throwIfLost();
+  }
+
+  #throwIfLost(): void {
     if (this.#lost !== undefined) throw this.#lost;
   }
 

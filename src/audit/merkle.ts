@@ -94,7 +94,7 @@ export class MerkleTree {
   constructor(opts: MerkleTreeOptions = {}) {
     const cap = opts.capacity ?? 0;
     if (!isSafeNonNegInt(cap)) throw badArg('capacity must be a non-negative integer');
-    for (let k = 0, n = cap; n >= 1; k++, n = Math.floor(n / 2)) {
+    for (let n = cap; n >= 1; n = Math.floor(n / 2)) {
       this.#levels.push(Buffer.alloc(Math.max(n, MIN_LEVEL_NODES) * HASH_SIZE));
     }
   }

@@ -187,6 +187,7 @@ export function printableString(s: string): Buffer {
   return tlv(TAG.PRINTABLE_STRING, Buffer.from(s, 'latin1'));
 }
 
+// eslint-disable-next-line no-control-regex -- IA5String is exactly the 7-bit range, NUL included
 const IA5 = /^[\x00-\x7f]*$/;
 export function ia5String(s: string): Buffer {
   if (!IA5.test(s)) throw new TypeError('IA5String must be 7-bit ASCII');

@@ -24,7 +24,6 @@ import {
   child,
   explicit,
   expectTag,
-  ia5String,
   implicit,
   integer,
   integerFromBytes,

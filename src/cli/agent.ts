@@ -71,6 +71,7 @@ function agentFlags(values: AgentValues): AgentOptions {
   const once = values.once === true;
   const jwtAudiences = [...new Set(values['jwt-audience'] ?? [])];
   for (const aud of jwtAudiences) {
+    // eslint-disable-next-line no-control-regex -- control characters are exactly what is refused
     if (aud.length === 0 || aud.length > 256 || /[\u0000-\u001f\u007f]/.test(aud)) {
       throw new UsageError('--jwt-audience must be 1 to 256 printable characters');
     }

@@ -19,7 +19,6 @@ import {
   unverifiedClaims,
 } from '../admin/breakglass-jws.js';
 import { breakGlassGrantProblem, loadConfig } from '../config/load.js';
-import { BrokerError } from '../errors.js';
 import { validateTrustDomain } from '../spiffe/id.js';
 import { command } from './command.js';
 import { readNamedFile } from './files.js';
@@ -172,7 +171,7 @@ function readBody(file: string, flag: string): { request: ReturnType<typeof pars
   }
   if (typeof parsed !== 'object' || parsed === null || !('request' in parsed)) throw new UsageError(`${file}: expected {"request": …}`);
   try {
-    return { request: parseGeneralJws((parsed as { request: unknown }).request) };
+    return { request: parseGeneralJws((parsed).request) };
   } catch (e) {
     throw new UsageError(`${file}: ${(e as Error).message}`);
   }
@@ -207,7 +206,7 @@ function post(url: URL, ca: string, body: string): Promise<{ status: number; jso
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
-          let json: Record<string, unknown> = {};
+          let json: Record<string, unknown>;
           try {
             json = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
           } catch {
@@ -242,7 +241,8 @@ async function use(values: Values<'request' | 'url' | 'cacert' | 'out'>): Promis
   if (url.protocol !== 'https:') throw new UsageError('--url must be https://');
   const res = await post(url, readNamedFile(values.cacert, '--cacert'), JSON.stringify(body));
   if (res.status !== 200) {
-    throw new CommandFailed(`the broker refused (${res.status} ${String(res.json.error ?? '')}): ${String(res.json.message ?? '')}`);
+    const text = (v: unknown): string => (typeof v === 'string' ? v : '');
+    throw new CommandFailed(`the broker refused (${res.status} ${text(res.json.error)}): ${text(res.json.message)}`);
   }
   const j = res.json as {
     grant: string; spiffeId: string; expiresAt: string; svid?: string; privateKey?: string; adminBundle?: string; serial?: string;

@@ -38,7 +38,7 @@ export interface CommandSpec<O extends Options> extends Omit<Command, 'run'> {
   readonly options: O;
   /** Accepts positional arguments (the command checks them); without it they are refused. */
   readonly positionals?: boolean;
-  run(values: Parsed<O>['values'], positionals: string[], io: CliIo): Promise<number | void> | number | void;
+  readonly run: (values: Parsed<O>['values'], positionals: string[], io: CliIo) => Promise<number | void> | number | void;
 }
 
 export function command<O extends Options>(spec: CommandSpec<O>): Command {

@@ -43,7 +43,8 @@ const { version } = JSON.parse(readFileSync(new URL('../../package.json', import
 
 const table = [SERVE, ...DEV_COMMANDS, ...SECRETS_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...ADMIN_COMMANDS, ...BREAK_GLASS_COMMANDS];
 
-runCli({ table, version, failure }, process.argv.slice(2), processIo).then((code) => {
+// runCli turns every error into a message and an exit code; it does not reject.
+void runCli({ table, version, failure }, process.argv.slice(2), processIo).then((code) => {
   // A command that keeps running (serve, the agent sidecar) sets up its own exit.
   if (code !== 0) process.exit(code);
 });

@@ -11,7 +11,7 @@ import { type BannerInfo, clusterWorker, runPrimary } from './cluster.js';
 /** Where shared state lives, without credentials (a URL's password is never printed). */
 function redisLabel(r: Config['store']['redis']): string | undefined {
   if (r === undefined) return undefined;
-  let where = '';
+  let where: string;
   if (r.url !== undefined) {
     const u = new URL(r.url);
     where = `${u.protocol}//${u.host}${u.pathname === '/' ? '' : u.pathname}`;

@@ -352,7 +352,7 @@ function readSecrets(secrets: ConfigFile['secrets'], trustDomain: string): Confi
     if ((g.spiffeIds === undefined) === (g.selector === undefined)) fail(`${at}: set exactly one of spiffeIds or selector`);
     if (g.spiffeIds?.length === 0) fail(`${at}.spiffeIds: at least one SPIFFE ID`);
     for (const id of g.spiffeIds ?? []) {
-      let ok = false;
+      let ok: boolean;
       try {
         const p = parseSpiffeId(id);
         ok = p.trustDomain === trustDomain && p.path !== '';
@@ -460,7 +460,7 @@ const workersValidator = Compile(ConfigFileSchema.properties.workers);
  * `tessera serve --workers`.
  */
 export function readWorkers(value: unknown, where = 'config.workers'): number {
-  const v = digitsToInteger(value ?? 1, ConfigFileSchema.properties.workers as Node);
+  const v = digitsToInteger(value ?? 1, ConfigFileSchema.properties.workers);
   if (!workersValidator.Check(v)) fail(`${where}: ${(ConfigFileSchema.properties.workers as Node).message}`);
   return v === 'auto' || v === 0 ? Math.min(MAX_WORKERS, Math.max(1, availableParallelism())) : v;
 }

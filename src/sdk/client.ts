@@ -238,7 +238,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
         this.#x509.start();
         for (const r of this.#jwtRefreshers.values()) r.start();
         const [first] = await Promise.all([x509, ...jwts]);
-        return (first as Issued<X509Svid>).value;
+        return (first).value;
       })();
       ready.catch(() => undefined);
       this.#startPromise = ready;
@@ -415,7 +415,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
   verifyPeer(allowedSpiffeIds: readonly string[]): (source: tls.TLSSocket | IncomingMessage | { readonly socket: Socket }) => PeerCheck {
     const allowed = allowList(allowedSpiffeIds, 'verifyPeer');
     return (source) => {
-      const socket = ('socket' in source ? source.socket : source) as tls.TLSSocket | Socket;
+      const socket = ('socket' in source ? source.socket : source);
       if (!(socket instanceof tls.TLSSocket)) return { ok: false, reason: 'not a TLS connection' };
       if (!socket.authorized) {
         return { ok: false, reason: `client certificate not accepted by TLS: ${String(socket.authorizationError ?? 'none presented')}` };
@@ -620,7 +620,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     }
     const exp = jwtExpiry(res.token) ?? (typeof res.expiresAt === 'string' ? Date.parse(res.expiresAt) : Number.NaN);
     if (!Number.isFinite(exp)) throw new TesseraError('bad_response', 'POST /v1/svid/jwt: no expiry');
-    const audience = Array.isArray(res.audience) && res.audience.every((a) => typeof a === 'string') ? (res.audience as string[]) : [...audiences];
+    const audience = Array.isArray(res.audience) && res.audience.every((a) => typeof a === 'string') ? (res.audience) : [...audiences];
     const svid = withHidden<JwtSvid, 'token'>({ spiffeId: res.spiffeId, audience, expiresAt: new Date(exp) }, 'token', res.token);
     return { value: svid, via };
   }

@@ -118,9 +118,12 @@ export function verifySvid(opts: {
 
 /** Validates an allow-list of SPIFFE IDs (each must parse) into a set. */
 export function allowList(ids: readonly string[], what: string): ReadonlySet<string> {
-  if (!Array.isArray(ids) || ids.length === 0) throw new TypeError(`${what}: give at least one SPIFFE ID`);
-  for (const id of ids) {
+  // JavaScript callers can pass anything: check the shape, not only the declared type.
+  const given: unknown = ids;
+  if (!Array.isArray(given) || given.length === 0) throw new TypeError(`${what}: give at least one SPIFFE ID`);
+  for (const id of given as unknown[]) {
     try {
+      if (typeof id !== 'string') throw new TypeError('not a string');
       parseSpiffeId(id);
     } catch {
       throw new TypeError(`${what}: ${JSON.stringify(id)} is not a valid SPIFFE ID`);

@@ -31,7 +31,7 @@ export class LazyLogger implements FastifyBaseLogger {
 
   #log(level: Level, args: unknown[]): void {
     const real = this.#logger();
-    (real[level] as (...a: unknown[]) => void).apply(real, args);
+    Reflect.apply(real[level], real, args);
   }
 
   // Prototype methods (not per-instance closures): one LazyLogger is made per request.

@@ -150,7 +150,7 @@ describe('EmbeddedStore: one process per directory', () => {
     );
     children.push(child);
     await new Promise<void>((resolve, reject) => {
-      child.stdout!.on('data', (d: Buffer) => d.toString().includes('open') && resolve());
+      child.stdout.on('data', (d: Buffer) => d.toString().includes('open') && resolve());
       child.once('exit', (code) => reject(new Error(`child exited ${code}`)));
     });
     const err = await refusal(EmbeddedStore.open(data));

@@ -578,7 +578,7 @@ export class EmbeddedStore implements Store {
           space?.delete(op.k); // a put that has already expired still replaces what was there
           return;
         }
-        if (!space) kv.set(op.s, (space = new Map()));
+        if (!space) kv.set(op.s, (space = new Map<string, KvRecord>()));
         space.set(op.k, { value: op.v, expiresAt: op.x });
       });
       opened.push(kvFile);
@@ -764,7 +764,7 @@ export class EmbeddedStore implements Store {
     const op: KvOp = { s: space, k: key, v: value, ...(expiresAtMs !== undefined ? { x: expiresAtMs } : {}) };
     await this.#kvWrite(op, () => {
       let m = this.#kv.get(space);
-      if (!m) this.#kv.set(space, (m = new Map()));
+      if (!m) this.#kv.set(space, (m = new Map<string, KvRecord>()));
       m.set(key, { value, expiresAt: expiresAtMs });
     });
   }

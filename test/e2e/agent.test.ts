@@ -122,7 +122,7 @@ describe('--once (init container)', () => {
     const keys = bundle.json.keys.filter((k) => k.use === 'jwt-svid').map((k) => ({ ...k, use: 'sig' }));
     const { payload } = await jwtVerify(
       readFileSync(path.join(out, 'jwt', 'payments.token'), 'utf8'),
-      createLocalJWKSet({ keys } as Parameters<typeof createLocalJWKSet>[0]),
+      createLocalJWKSet({ keys }),
       { algorithms: ['ES256'], audience: 'payments' },
     );
     expect(payload.sub).toBe(WEB);

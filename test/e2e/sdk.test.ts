@@ -116,7 +116,7 @@ describe('X.509 and JWT-SVIDs', () => {
     const jwt = await c.jwtSvid('payments');
     const bundle = await b.call<{ keys: { use: string }[] }>({ path: '/v1/bundle' });
     const keys = bundle.json.keys.filter((k) => k.use === 'jwt-svid').map((k) => ({ ...k, use: 'sig' }));
-    const { payload } = await jwtVerify(jwt.token, createLocalJWKSet({ keys } as Parameters<typeof createLocalJWKSet>[0]), {
+    const { payload } = await jwtVerify(jwt.token, createLocalJWKSet({ keys }), {
       algorithms: ['ES256'],
       audience: 'payments',
     });

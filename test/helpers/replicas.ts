@@ -235,7 +235,7 @@ export async function verifyMergedLog(store: Store, issued: readonly Issued[]): 
     const root = rootAt(a.treeSize);
     if (!root.equals(Buffer.from(a.rootHash, 'base64'))) throw new Error(`${c.id}: receipt root differs from the log's root at ${a.treeSize}`);
     const proof = a.inclusionProof.map((p) => Buffer.from(p, 'base64'));
-    if (!verifyInclusion(leaves[at] as Buffer, at, a.treeSize, proof, root)) throw new Error(`${c.id}: inclusion proof does not verify`);
+    if (!verifyInclusion(leaves[at], at, a.treeSize, proof, root)) throw new Error(`${c.id}: inclusion proof does not verify`);
   }
   // C2SP checkpoint body: origin, size, base64 root hash, blank line, signatures.
   const checkpoints = await store.listCheckpoints();

@@ -33,7 +33,7 @@ function checkSpec(p: string, status: number, res: { json: unknown; text: string
   expect(op, `spec has GET ${p}`).toBeDefined();
   let response = op!.responses[String(status)];
   expect(response, `spec has ${status} for GET ${p}`).toBeDefined();
-  if (response!.$ref !== undefined) response = spec.components.responses[response!.$ref.split('/').pop() as string] as typeof response;
+  if (response!.$ref !== undefined) response = spec.components.responses[response!.$ref.split('/').pop() as string];
   const [type, media] = Object.entries(response!.content ?? {})[0] ?? [];
   expect(String(res.headers['content-type'])).toContain(type);
   const schema = JSON.parse(JSON.stringify(media?.schema ?? {}).replaceAll('"#/components/', '"openapi#/components/')) as object;
@@ -44,8 +44,8 @@ function checkSpec(p: string, status: number, res: { json: unknown; text: string
 
 const b64 = (s: string): Buffer => Buffer.from(s, 'base64');
 let b: TestBroker;
-let receipts: CheckpointedReceipt[] = [];
-let serials: string[] = [];
+const receipts: CheckpointedReceipt[] = [];
+const serials: string[] = [];
 const ALICE = 'spiffe://example.org/admin/alice'; // auditor
 const OLIVE = 'spiffe://example.org/admin/olive'; // operator, not auditor
 const WEB = 'spiffe://example.org/ns/shop/sa/web';
@@ -322,7 +322,7 @@ describe('what the audit API makes public, and what it does not', () => {
 
     const apiView = await pageAs({ token: api });
     expect(apiView[issued.json.audit.index]).toBe(all.json.entries[issued.json.audit.index]);
-    expect(apiView.filter((e) => e !== null).every((e) => involves(e as string, API))).toBe(true);
+    expect(apiView.filter((e) => e !== null).every((e) => involves(e, API))).toBe(true);
     expect(apiView.join('')).not.toContain('ns/shop');
   });
 

@@ -108,7 +108,7 @@ describe('mTLS renewal and workload-to-workload mTLS', () => {
       path: '/v1/svid/x509',
       body: { keyType: 'ec-p256' },
       cert: first.svid,
-      key: first.privateKey as string,
+      key: first.privateKey,
     });
     expect(res.status).toBe(200);
     expect(res.json.spiffeId).toBe(first.spiffeId);
@@ -192,7 +192,7 @@ describe('JWT-SVID', () => {
     const bundle = await b.call<{ keys: { use: string }[] }>({ path: '/v1/bundle' });
     // SPIFFE marks bundle keys `use: jwt-svid`; JOSE libraries only accept `sig`, so relying parties map it.
     const jwtKeys = bundle.json.keys.filter((k) => k.use === 'jwt-svid').map((k) => ({ ...k, use: 'sig' }));
-    const jwks = createLocalJWKSet({ keys: jwtKeys } as Parameters<typeof createLocalJWKSet>[0]);
+    const jwks = createLocalJWKSet({ keys: jwtKeys });
     const { payload, protectedHeader } = await jwtVerify(res.json.token, jwks, { algorithms: ['ES256'], audience: 'payments' });
     expect(protectedHeader.alg).toBe('ES256');
     expect(payload.sub).toBe('spiffe://example.org/ns/shop/sa/web');

@@ -26,7 +26,9 @@ function schemaFor(path: string, method: string, status: number): ValidateFuncti
   let response = op.responses[String(status)];
   if (response === undefined) throw new Error(`spec has no ${status} for ${method} ${path}`);
   if (response.$ref !== undefined) {
-    response = spec.components.responses[response.$ref.split('/').pop() as string] as typeof response;
+    const shared = spec.components.responses[response.$ref.split('/').pop() as string];
+    if (shared === undefined) throw new Error(`spec has no shared response ${response.$ref}`);
+    response = shared;
   }
   const schema = Object.values(response.content ?? {})[0]?.schema;
   const rewritten = JSON.parse(JSON.stringify(schema ?? {}).replaceAll('"#/components/', '"openapi#/components/')) as object;
