@@ -31,10 +31,10 @@ const MAX_KID_LENGTH = 1024;
 export interface JwksSourceOptions {
   /** Used only in error messages. */
   readonly issuer: string;
-  readonly jwksFile?: string;
-  readonly jwksUrl?: string;
+  readonly jwksFile?: string | undefined;
+  readonly jwksUrl?: string | undefined;
   /** Permit http: URLs (tests only). */
-  readonly allowInsecureHttp?: boolean;
+  readonly allowInsecureHttp?: boolean | undefined;
   /** Minimum time between two fetches, whatever triggers them. */
   readonly refreshIntervalMs?: number;
   /** Cached keys older than this are refetched before use, so a removed key stops verifying. */
@@ -243,7 +243,7 @@ export class JwksKeySource {
       });
       // A failed import is not cached: the next lookup tries again.
       entry.imported.catch(() => {
-        entry.imported = undefined;
+        delete entry.imported;
       });
     }
     return entry.imported.catch(() => {

@@ -17,10 +17,11 @@ import { DEFAULT_JWKS_REFRESH_INTERVAL_MS, JwksKeySource, type VerificationAlgor
 export interface TokenIssuerOptions {
   /** Exact `iss` value the tokens carry. */
   issuer: string;
-  jwksFile?: string;
-  jwksUrl?: string;
+  /** One of jwksFile and jwksUrl (absent and undefined mean the same). */
+  jwksFile?: string | undefined;
+  jwksUrl?: string | undefined;
   /** Permit an http: jwksUrl (tests only). */
-  allowInsecureHttp?: boolean;
+  allowInsecureHttp?: boolean | undefined;
   /** A token is accepted when its `aud` contains one of these. */
   audiences: readonly string[];
   /** Longest accepted `exp − iat` (or `exp − nbf`), default 86400. */

@@ -117,7 +117,8 @@ describe('AuditEntry', () => {
     ttlMs: 3_600_000,
     requestId: 'req-1',
     replica: 'r1',
-    reason: undefined,
+    // A member set to undefined is dropped by the encoding, as by JSON.stringify.
+    reason: undefined as unknown as string,
   };
 
   it('encodes to stable canonical bytes', () => {

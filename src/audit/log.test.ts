@@ -85,9 +85,7 @@ const mk = (i: number, replica = 'r1'): AuditEntry => ({
   decision: i % 2 ? 'deny' : 'allow',
   actor: `spiffe://example.org/ns/default/sa/w${i}`,
   subject: i % 2 ? null : `spiffe://example.org/ns/default/sa/w${i}`,
-  audience: i % 2 ? undefined : ['aud'],
-  jti: i % 2 ? undefined : `jti-${i}`,
-  code: i % 2 ? 'forbidden' : undefined,
+  ...(i % 2 ? { code: 'forbidden' } : { audience: ['aud'], jti: `jti-${i}` }),
   requestId: `req-${i}`,
   replica,
 });

@@ -144,7 +144,7 @@ export async function verifyLog(source: LogSource, key: NoteVerifier, opts: Veri
   }
   const n = tree.size;
   if (malformed.length > MAX_MALFORMED_REPORTED) {
-    problems.push({ kind: 'entry-malformed', index: malformed[0], message: `${malformed.length} malformed entries in all` });
+    problems.push({ kind: 'entry-malformed', index: malformed[0] as number, message: `${malformed.length} malformed entries in all` });
   }
   if (source.expectedSize !== undefined && n !== source.expectedSize) {
     problems.push({

@@ -60,7 +60,7 @@ function issued(child: X509Certificate, parent: X509Certificate): boolean {
 export interface CaSource {
   readonly certPem: string;
   readonly keyPem: string;
-  readonly intermediatesPem?: string;
+  readonly intermediatesPem?: string | undefined;
   readonly rootsPem: string;
 }
 

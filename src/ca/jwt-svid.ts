@@ -24,9 +24,10 @@ export class JwtSvidSigner {
 
   static async create(signer: Signer): Promise<JwtSvidSigner> {
     if (signer.algorithm !== 'ES256') throw new BrokerError('internal', 'the JWT-SVID signing key must be an EC P-256 key');
-    const jwk = signer.publicKey.export({ format: 'jwk' });
-    const kid = await calculateJwkThumbprint({ kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y }, 'sha256');
-    return new JwtSvidSigner(signer, kid, { kty: 'EC', crv: jwk.crv, x: jwk.x, y: jwk.y });
+    const { crv, x, y } = signer.publicKey.export({ format: 'jwk' });
+    if (crv === undefined || x === undefined || y === undefined) throw new BrokerError('internal', 'the JWT-SVID public key has no EC coordinates');
+    const kid = await calculateJwkThumbprint({ kty: 'EC', crv, x, y }, 'sha256');
+    return new JwtSvidSigner(signer, kid, { kty: 'EC', crv, x, y });
   }
 
   static async fromPem(pem: string): Promise<JwtSvidSigner> {

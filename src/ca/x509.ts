@@ -57,7 +57,7 @@ export interface IssuerMaterial {
 export interface LeafProfile {
   spiffeId: string;
   dnsNames: readonly string[];
-  ipAddresses?: readonly string[];
+  ipAddresses?: readonly string[] | undefined;
   subjectPublicKey: KeyObject;
   notBefore: Date;
   notAfter: Date;

@@ -83,7 +83,7 @@ const log = (line: string): void => void process.stderr.write(`tessera: ${line}\
 
 interface Slot {
   index: number;
-  worker?: Worker;
+  worker?: Worker | undefined;
   startedAt: number;
   failures: number;
   ready: boolean;

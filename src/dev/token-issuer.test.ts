@@ -32,7 +32,7 @@ describe('ensureDevIssuer', () => {
     expect(key).not.toHaveProperty('d');
     expect(key).not.toHaveProperty('p');
     expect(Buffer.from(key?.n ?? '', 'base64url').length * 8).toBe(2048);
-    expect(await calculateJwkThumbprint({ kty: 'RSA', n: key?.n, e: key?.e })).toBe(files.kid);
+    expect(await calculateJwkThumbprint({ kty: 'RSA', n: key?.n ?? '', e: key?.e ?? '' })).toBe(files.kid);
   });
 
   it('creates only if missing: a second call keeps the same key', async () => {

@@ -76,7 +76,7 @@ export interface RedisStoreOptions {
   /** File holding the Redis password (kept out of the config file). */
   readonly passwordFile?: string;
   /** TLS to Redis (rediss:// URLs enable it too). */
-  readonly tls?: RedisTlsOptions;
+  readonly tls?: RedisTlsOptions | undefined;
   /** Time source for nonce expiry checks (default: system clock). */
   readonly clock?: Clock;
 }

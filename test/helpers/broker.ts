@@ -61,7 +61,7 @@ export async function devMaterial(): Promise<{ dir: string; material: DevMateria
 
 export interface StartOptions {
   /** Extra YAML config merged over the test defaults. */
-  readonly config?: Record<string, unknown>;
+  readonly config?: Record<string, unknown> | undefined;
   readonly store?: (dataDir: string) => Promise<Store>;
   readonly clock?: Clock;
   /** Reuse a data directory (restart tests). */

@@ -10,7 +10,7 @@ export interface HttpsCall {
   readonly headers?: Record<string, string>;
   readonly token?: string;
   readonly cert?: string;
-  readonly key?: string;
+  readonly key?: string | undefined;
   readonly agent?: https.Agent;
 }
 
