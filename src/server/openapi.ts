@@ -61,15 +61,11 @@ function securityOf(auth: AuthRequirement | undefined): Security {
   return [{ adminCertificate: [] }];
 }
 
-const errorRef = { $ref: '#/components/schemas/Error' };
+/** components.responses: the shared refusals, each an Error body. */
 const sharedResponses = Object.fromEntries(
-  Object.entries(SHARED_ERRORS).map(([name, { description }]) => [
+  Object.entries(SHARED_ERRORS).map(([name, { status: _status, ...response }]) => [
     name,
-    {
-      description,
-      ...(name === 'RateLimited' ? { headers: { 'Retry-After': { description: 'Seconds until the window resets.', schema: { type: 'integer', minimum: 1 } } } } : {}),
-      content: { 'application/json': { schema: errorRef } },
-    },
+    { ...response, content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
   ]),
 );
 
@@ -115,10 +111,10 @@ export async function generateOpenapi(): Promise<string> {
       const documented = { ...schema, security: securityOf(route.config?.auth) };
       if (route.preValidation === emptyBodyIsObject) optionalBodies.add(`${String(route.method).toLowerCase()} ${url.replace(/:(\w+)/g, '{$1}')}`);
       if (!url.endsWith('/*')) return { schema: documented, url };
-      const specUrl = `${url.slice(0, -1)}{name}`;
-      wildcards.set(specUrl, url);
+      const prefix = url.slice(0, -1);
+      wildcards.set(`${prefix}{name}`, url);
       const params = schema.params as { properties: Record<string, unknown> };
-      return { schema: { ...documented, params: { type: 'object', properties: { name: params.properties['*'] }, required: ['name'] } }, url: `${url.slice(0, -1)}:name` };
+      return { schema: { ...documented, params: { type: 'object', properties: { name: params.properties['*'] }, required: ['name'] } }, url: `${prefix}:name` };
     },
     transformObject: (documentObject) => {
       const doc = (documentObject as unknown as { openapiObject: Json & { paths: Record<string, Record<string, unknown>>; components: Json } }).openapiObject;
@@ -150,7 +146,7 @@ export async function generateOpenapi(): Promise<string> {
   const document = app.swagger();
   await app.close();
   // Long lines stay whole, multi-line descriptions are literal blocks: the file reads like the prose.
-  return stringify(document, { lineWidth: 0 });
+  return stringify(document, { lineWidth: 0, aliasDuplicateObjects: false });
 }
 
 /** An object whose every property is another such object; not a thenable, and '' as a string. */

@@ -59,6 +59,7 @@ Retrying does not help: an operator must write the secret again.
 this SPIFFE ID, in the current window (config \`limits:\`; see docs/operations.md). Retry after the
 number of seconds in \`Retry-After\`. The first refusal of a window is audited as a denial.
 `,
+    headers: { 'Retry-After': { description: 'Seconds until the window resets.', schema: { type: 'integer', minimum: 1 } } },
   },
   RevokeFailed: {
     status: 502,
