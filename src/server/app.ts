@@ -99,12 +99,17 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
   app.setNotFoundHandler((request, reply) => {
     errorHandler(new BrokerError('not_found', `no route ${request.method} ${request.url.split('?')[0] ?? ''}`), request, reply);
   });
-  const { audit, checkpoints, store, clock, ca, secrets, guard } = broker;
   app.decorateRequest('caller', undefined);
-  app.addHook('preHandler', authHook({ attestors: broker.attestors, limits: broker.limits, guard, adminAuthority: broker.admin.authority }));
+  app.addHook('preHandler', authHook({ attestors: broker.attestors, limits: broker.limits, guard: broker.guard, adminAuthority: broker.admin.authority }));
+  broker.secrets.setLogger(app.log);
+  await registerRoutes(app, broker);
+  return app;
+}
 
+/** One plugin per resource, each given only what it needs (src/server/openapi.ts documents them from here). */
+export async function registerRoutes(app: FastifyInstance, broker: Broker): Promise<void> {
+  const { config, audit, checkpoints, store, clock, ca, secrets, guard } = broker;
   const log = new AdminAudit(audit, checkpoints, clock, config.replicaId);
-  secrets.setLogger(app.log);
   await app.register(healthRoutes, { store, audit, caNotAfter: ca.signingCertNotAfter, clock });
   await app.register(bundleRoutes, { bundle: broker.bundle, rootsPem: ca.rootsPem });
   await app.register(svidRoutes, { issuer: broker.issuer, rootsPem: ca.rootsPem });
@@ -117,5 +122,4 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
   await app.register(secretsAdminRoutes, { log, kv: secrets.kv });
   await app.register(breakGlassRoutes, { log, breakGlass: broker.breakGlass, limits: broker.limits, adminRootsPem: broker.admin.pki?.rootsPem ?? '' });
   await app.register(auditSearchRoutes, { log, store, clock });
-  return app;
 }

@@ -18,14 +18,76 @@ import { BrokerError, badRequest } from '../../errors.js';
 import type { Store } from '../../store/store.js';
 import { identityOf } from '../auth.js';
 import type { RefusalRecorder } from '../refusals.js';
-import { DecimalString, errorResponses, StringEnum } from '../schemas.js';
+import { DecimalString, described, errorResponses, StringEnum } from '../schemas.js';
 
 /** Entries or checkpoints per page, at most. */
 export const AUDIT_PAGE_LIMIT = 1000;
 
-const HashList = Type.Array(Type.String());
+const HashList = (description: string) => Type.Array(Type.String(), { description });
+
+const Size = (description?: string) => Type.Integer({ minimum: 0, ...(description !== undefined ? { description } : {}) });
 
 const PageQuery = Type.Object({ start: DecimalString, end: Type.Optional(DecimalString) }, { additionalProperties: false });
+
+const InclusionProof = Type.Object(
+  {
+    index: Size(),
+    treeSize: Type.Integer({ minimum: 1 }),
+    leafHash: Type.String({ description: 'Base64 leaf hash of entry `index`.' }),
+    rootHash: Type.String({ description: 'Base64 root of the tree of size treeSize.' }),
+    inclusionProof: HashList("RFC 9162 PATH(index, D[0:treeSize]), leaf's sibling first."),
+  },
+  { title: 'InclusionProof' },
+);
+
+const ConsistencyProof = Type.Object(
+  { from: Size(), to: Size(), fromRootHash: Type.String(), toRootHash: Type.String(), consistencyProof: HashList('RFC 9162 PROOF(from, D[0:to]).') },
+  { title: 'ConsistencyProof' },
+);
+
+const AuditLeaves = Type.Object(
+  {
+    start: Size(),
+    end: Size('Exclusive.'),
+    treeSize: Size('Entries in the log when answered.'),
+    leafHashes: Type.Array(Type.String(), { maxItems: AUDIT_PAGE_LIMIT, description: 'Base64 leaf hash of entry `start + i`, SHA-256(0x00 ‖ entry bytes).' }),
+  },
+  { title: 'AuditLeaves' },
+);
+
+const AuditEntries = Type.Object(
+  {
+    start: Size(),
+    end: Size('Exclusive.'),
+    treeSize: Size('Entries in the log when answered.'),
+    scope: StringEnum(['all', 'own'], {
+      description: '`all` for an auditor; `own` for a workload: only entries whose actor or subject is its SPIFFE ID, every other one `null`.',
+    }),
+    entries: Type.Array(Type.Unsafe<string | null>({ type: ['string', 'null'] }), {
+      maxItems: AUDIT_PAGE_LIMIT,
+      description: `Entry \`start + i\` as its exact canonical JSON text (sorted keys, no whitespace), or \`null\`
+when withheld from this caller (its leaf hash is public: GET /v1/audit/leaves). The leaf
+hash is SHA-256(0x00 ‖ UTF-8 bytes of the text); JSON.parse it to read the fields.
+`,
+    }),
+  },
+  { title: 'AuditEntries' },
+);
+
+const AuditCheckpoints = Type.Object(
+  {
+    start: Size(),
+    end: Size(),
+    total: Size('Checkpoints stored in all.'),
+    checkpoints: Type.Array(Type.String(), { maxItems: AUDIT_PAGE_LIMIT, description: 'Signed checkpoint notes, in the order they were stored.' }),
+  },
+  { title: 'AuditCheckpoints' },
+);
+
+/** A checkpoint note as the API shows it. */
+const CHECKPOINT_EXAMPLE = 'example.org/tessera/audit\n12\nq3u…=\n\n— example.org/tessera/audit v76w…=\n';
+
+const PUBLIC_ERRORS = errorResponses('BadRange', 'Unavailable');
 
 function int(value: string | undefined, name: string): number | undefined {
   if (value === undefined) return undefined;
@@ -79,19 +141,41 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
     if (size > audit.size) throw badRequest(`${name}=${size} is beyond the log (it has ${audit.size} entries)`);
   };
 
-  app.get('/v1/audit/checkpoint', { schema: { operationId: 'getAuditCheckpoint', response: { 200: Type.String(), ...errorResponses } } }, async (_request, reply) => {
+  app.get(
+    '/v1/audit/checkpoint',
+    {
+      schema: {
+        operationId: 'getAuditCheckpoint',
+        summary: 'The latest signed checkpoint of the audit log (C2SP tlog-checkpoint).',
+        description: `A signed note: origin line, decimal tree size, base64 root hash, an empty line, then
+\`— <origin> <base64(4-byte key ID ‖ Ed25519 signature)>\`. Verify it with GET /v1/audit/key.
+A new checkpoint is signed at most every \`audit.checkpointIntervalMs\` while the log grows,
+on demand for issuance receipts, and on shutdown.
+`,
+        produces: ['text/plain'],
+        response: { 200: described('The checkpoint note.', Type.String({ examples: [CHECKPOINT_EXAMPLE] })), ...errorResponses('Unavailable') },
+      },
+    },
+    async (_request, reply) => {
     const cp = checkpoints.latest;
     if (cp === undefined) throw new BrokerError('not_ready', 'no audit checkpoint has been signed yet');
     return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(cp.note);
-  });
+    },
+  );
 
   app.get(
     '/v1/audit/key',
     {
       schema: {
         operationId: 'getAuditKey',
-        querystring: Type.Object({ format: Type.Optional(StringEnum(['vkey', 'pem'])) }, { additionalProperties: false }),
-        response: { 200: Type.String(), ...errorResponses },
+        summary: "The audit log's Ed25519 public key (kept apart from every CA key).",
+        description: `Default (\`format=vkey\`): the C2SP/Go-note verifier key \`<origin>+<8 hex key ID>+<base64(0x01 ‖ 32-byte key)>\`,
+one line, the same text as \`certs-dev/audit.pub\` in dev; \`tessera audit verify --key\` reads it.
+\`format=pem\`: the same key as an SPKI PEM public key.
+`,
+        querystring: Type.Object({ format: Type.Optional(StringEnum(['vkey', 'pem'], { default: 'vkey' })) }, { additionalProperties: false }),
+        produces: ['text/plain', 'application/x-pem-file'],
+        response: { 200: described('The public key.', Type.String()), ...errorResponses('BadRange') },
       },
     },
     async (request, reply) => {
@@ -105,11 +189,12 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
     {
       schema: {
         operationId: 'getInclusionProof',
-        querystring: Type.Object({ index: DecimalString, treeSize: Type.Optional(DecimalString) }, { additionalProperties: false }),
-        response: {
-          200: Type.Object({ index: Type.Integer(), treeSize: Type.Integer(), leafHash: Type.String(), rootHash: Type.String(), inclusionProof: HashList }),
-          ...errorResponses,
-        },
+        summary: 'RFC 9162 inclusion proof of entry `index` in the tree of size `treeSize`.',
+        querystring: Type.Object(
+          { index: DecimalString, treeSize: Type.Optional({ ...DecimalString, description: "Default the latest checkpoint's size." }) },
+          { additionalProperties: false },
+        ),
+        response: { 200: described('The proof, the leaf hash and the root it leads to.', InclusionProof), ...PUBLIC_ERRORS },
       },
     },
     async (request) => {
@@ -132,11 +217,12 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
     {
       schema: {
         operationId: 'getConsistencyProof',
-        querystring: Type.Object({ from: DecimalString, to: Type.Optional(DecimalString) }, { additionalProperties: false }),
-        response: {
-          200: Type.Object({ from: Type.Integer(), to: Type.Integer(), fromRootHash: Type.String(), toRootHash: Type.String(), consistencyProof: HashList }),
-          ...errorResponses,
-        },
+        summary: 'RFC 9162 consistency proof between the trees of sizes `from` and `to`.',
+        querystring: Type.Object(
+          { from: DecimalString, to: Type.Optional({ ...DecimalString, description: "Default the latest checkpoint's size." }) },
+          { additionalProperties: false },
+        ),
+        response: { 200: described('The proof and both roots.', ConsistencyProof), ...PUBLIC_ERRORS },
       },
     },
     async (request) => {
@@ -159,11 +245,13 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
     {
       schema: {
         operationId: 'listLeafHashes',
+        summary: 'Leaf hashes of entries [start, end), at most 1000 per page. Public.',
+        description: `Without \`end\`, up to 1000 from \`start\`. With the checkpoints and proofs, enough to verify every
+receipt and every checkpoint (\`tessera audit verify --log URL\` without credentials), and to name
+the exact first bad entry of an export; a leaf hash says nothing about what the entry says.
+`,
         querystring: PageQuery,
-        response: {
-          200: Type.Object({ start: Type.Integer(), end: Type.Integer(), treeSize: Type.Integer(), leafHashes: HashList }),
-          ...errorResponses,
-        },
+        response: { 200: described('The leaf hashes.', AuditLeaves), ...PUBLIC_ERRORS },
       },
     },
     async (request) => {
@@ -179,17 +267,14 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
     {
       schema: {
         operationId: 'listAuditEntries',
+        summary: 'Audit entries [start, end), at most 1000 per page. Role auditor (all), or a workload (its own).',
+        description: `Not public: entries name workloads, pods, secrets, leases and admins. An admin certificate with
+the role auditor reads every entry (each read is itself audited); a workload (token or SVID) reads
+the entries whose actor or subject is its own SPIFFE ID, the others are \`null\`. Without \`end\`, up
+to 1000 entries from \`start\` (fewer at the end of the log).
+`,
         querystring: PageQuery,
-        response: {
-          200: Type.Object({
-            start: Type.Integer(),
-            end: Type.Integer(),
-            treeSize: Type.Integer(),
-            scope: StringEnum(['all', 'own']),
-            entries: Type.Array(Type.Unsafe<string | null>({ type: ['string', 'null'] })),
-          }),
-          ...errorResponses,
-        },
+        response: { 200: described('The entries.', AuditEntries), ...errorResponses('BadRange', 'Unauthenticated', 'AdminForbidden', 'RateLimited', 'Unavailable') },
       },
       // Who first (the auth hook): a caller who may not read entries learns nothing, not even a range error.
       config: { auth: 'auditor-or-workload', refusal: entriesRefusal },
@@ -223,11 +308,10 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
     {
       schema: {
         operationId: 'listAuditCheckpoints',
-        querystring: Type.Object({ start: Type.Optional(DecimalString), end: Type.Optional(DecimalString) }, { additionalProperties: false }),
-        response: {
-          200: Type.Object({ start: Type.Integer(), end: Type.Integer(), total: Type.Integer(), checkpoints: Type.Array(Type.String()) }),
-          ...errorResponses,
-        },
+        summary: 'Every stored signed checkpoint, in stored order, at most 1000 per page.',
+        description: 'The verifier reads these to check that each later checkpoint is consistent with each earlier one.',
+        querystring: Type.Object({ start: Type.Optional({ ...DecimalString, default: '0' }), end: Type.Optional(DecimalString) }, { additionalProperties: false }),
+        response: { 200: described('The checkpoint notes.', AuditCheckpoints), ...PUBLIC_ERRORS },
       },
     },
     async (request) => {

@@ -1,7 +1,12 @@
 /** GET /healthz: the process answers. GET /readyz: the store and audit log take writes and the CA is in date. */
-import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
 import type { Clock } from '../../clock.js';
 import { BrokerError } from '../../errors.js';
+import { described, ErrorBody, StringEnum } from '../schemas.js';
+
+const Health = Type.Object({ status: StringEnum(['ok']) }, { title: 'Health' });
+
+const Ready = Type.Object({ status: StringEnum(['ready']), checks: Type.Object({}, { additionalProperties: Type.String() }) }, { title: 'Ready' });
 
 export interface HealthOptions {
   readonly store: { checkWritable(): Promise<void> };
@@ -12,8 +17,21 @@ export interface HealthOptions {
 }
 
 export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock }) => {
-  app.get('/healthz', { schema: { operationId: 'getHealth' } }, async () => ({ status: 'ok' }));
-  app.get('/readyz', { schema: { operationId: 'getReadiness' } }, async () => {
+  app.get(
+    '/healthz',
+    { schema: { operationId: 'getHealth', summary: 'Liveness — the process answers.', response: { 200: described('Up.', Health) } } },
+    async () => ({ status: 'ok' as const }),
+  );
+  app.get(
+    '/readyz',
+    {
+      schema: {
+        operationId: 'getReadiness',
+        summary: 'Readiness — store and audit log take durable writes and the signing CA is in date.',
+        response: { 200: described('Ready.', Ready), 503: described('Not ready; the message names the failing check.', ErrorBody) },
+      },
+    },
+    async () => {
     const checks: Record<string, string> = {};
     let ready = true;
     const check = async (name: string, probe: () => Promise<void> | void): Promise<void> => {
@@ -33,6 +51,7 @@ export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app
     if (!ready) {
       throw new BrokerError('not_ready', `not ready: ${Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
     }
-    return { status: 'ready', checks };
-  });
+    return { status: 'ready' as const, checks };
+    },
+  );
 };

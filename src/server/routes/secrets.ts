@@ -12,34 +12,56 @@ import { secretNameProblem } from '../../secrets/names.js';
 import type { SecretsService } from '../../secrets/service.js';
 import { identityOf } from '../auth.js';
 import { refusedIdentity, routeParam, type RefusalRecorder } from '../refusals.js';
-import { AuditReceipt, encodeValue, errorResponses, iso, StringEnum, WildcardParams } from '../schemas.js';
+import { AuditReceipt, DateTime, described, encodeValue, errorResponses, iso, StringEnum } from '../schemas.js';
 
 export interface SecretsOptions {
   readonly secrets: SecretsService;
   readonly guard: Pick<AccessGuard, 'assertNotFrozen'>;
 }
 
-export const TtlBody = Type.Object({ ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 2_592_000 })) }, { additionalProperties: false });
+export const TtlBody = Type.Object(
+  {
+    ttlSeconds: Type.Optional(
+      Type.Integer({ minimum: 1, maximum: 2_592_000, description: "Requested lifetime; capped by the role's (or lease's) max TTL." }),
+    ),
+  },
+  { additionalProperties: false, title: 'TtlRequest', description: 'Optional; the body may be omitted.' },
+);
 
-const Secret = Type.Object({
-  name: Type.String(),
-  value: Type.String(),
-  encoding: StringEnum(['utf8', 'base64']),
-  leaseId: Type.String(),
-  expiresAt: Type.String(),
-  maxExpiresAt: Type.String(),
-  audit: AuditReceipt,
-});
+/** A lease id: 128 random bits, hex. */
+export const LeaseId = (description?: string) => Type.String({ pattern: '^[0-9a-f]{32}$', ...(description !== undefined ? { description } : {}) });
 
-const Credentials = Type.Object({
-  role: Type.String(),
-  username: Type.String(),
-  password: Type.String(),
-  leaseId: Type.String(),
-  expiresAt: Type.String(),
-  maxExpiresAt: Type.String(),
-  audit: AuditReceipt,
-});
+const Secret = Type.Object(
+  {
+    name: Type.String({ examples: ['db/reporting-api-key'] }),
+    value: Type.String({ description: 'The secret: its exact bytes as UTF-8 text, or base64 when they are not valid UTF-8 (see encoding).' }),
+    encoding: StringEnum(['utf8', 'base64']),
+    leaseId: LeaseId('Renew or revoke the lease with it.'),
+    expiresAt: DateTime('When the lease ends; fetch the secret again before then.'),
+    maxExpiresAt: DateTime('Renewals never extend the lease beyond this.'),
+    audit: AuditReceipt,
+  },
+  { title: 'SecretResponse' },
+);
+
+const Credentials = Type.Object(
+  {
+    role: Type.String({ description: 'The configured role template.' }),
+    username: Type.String({
+      examples: ['tessera_reporting_3f9a0c1b2d4e5f60'],
+      description: 'The PostgreSQL role created for this lease: <usernamePrefix><role>_<16 hex>.',
+    }),
+    password: Type.String({ description: '32 random bytes, base64url. Shown once; never stored or logged by the broker.' }),
+    leaseId: LeaseId(),
+    expiresAt: DateTime("The role's VALID UNTIL; the sweeper drops the role after it."),
+    maxExpiresAt: DateTime(),
+    audit: AuditReceipt,
+  },
+  { title: 'DbCredentials' },
+);
+
+/** The secret name: the rest of the path (a wildcard route). */
+const SecretParams = Type.Object({ '*': Type.String({ examples: ['db/reporting-api-key'] }) });
 
 const RoleParams = Type.Object({ role: Type.String({ minLength: 1, maxLength: 64 }) });
 
@@ -66,7 +88,21 @@ export const secretsRoutes: FastifyPluginAsyncTypebox<SecretsOptions> = async (a
     {
       // No automatic HEAD: every read creates a lease and an audit entry, so it must return the value.
       exposeHeadRoute: false,
-      schema: { operationId: 'readSecret', params: WildcardParams, response: { 200: Secret, ...errorResponses } },
+      schema: {
+        operationId: 'readSecret',
+        summary: 'Read a static secret this identity is granted, under a new lease.',
+        description: `\`name\` may contain "/" and is sent unencoded: \`GET /v1/secrets/db/reporting-api-key\`. Names are
+lowercase segments of \`a-z 0-9 . _ -\` (each starting with a letter or digit), at most 256
+characters, no \`..\`; anything else is 400. The grant is checked before the store is read, so an
+identity that is not granted a name gets 403 whether or not it exists. Secrets are stored
+encrypted (AES-256-GCM envelope); see docs/secrets.md. Responses carry \`Cache-Control: no-store\`.
+`,
+        params: SecretParams,
+        response: {
+          200: described('The value and its lease.', Secret),
+          ...errorResponses('BadRequest', 'Unauthenticated', 'Forbidden', 'NotFound', 'SecretIntegrity', 'RateLimited', 'SecretsUnavailable'),
+        },
+      },
       config: {
         auth: 'workload',
         refusal: secretRefusal(secrets, 'secret.issued', (request) => {
@@ -99,7 +135,21 @@ export const secretsRoutes: FastifyPluginAsyncTypebox<SecretsOptions> = async (a
     '/v1/secrets/postgres/:role/creds',
     {
       preValidation: emptyBodyIsObject,
-      schema: { operationId: 'issuePostgresCredentials', params: RoleParams, body: TtlBody, response: { 200: Credentials, ...errorResponses } },
+      schema: {
+        operationId: 'issuePostgresCredentials',
+        summary: 'Create fresh PostgreSQL credentials for a role template this identity is granted.',
+        description: `Creates a new LOGIN role \`<prefix><role>_<16 hex>\` with a random password and \`VALID UNTIL\` the
+lease expiry, and runs the role template's grant statements, in one transaction. The lease is
+renewable up to the role's max TTL; at expiry (or revoke) the broker terminates the role's
+sessions and drops it. PostgreSQL unreachable → 503 \`engine_unavailable\` and no lease.
+`,
+        params: RoleParams,
+        body: TtlBody,
+        response: {
+          200: described('The credentials and their lease.', Credentials),
+          ...errorResponses('BadRequest', 'Unauthenticated', 'Forbidden', 'NotFound', 'UnsupportedMediaType', 'RateLimited', 'SecretsUnavailable'),
+        },
+      },
       config: {
         auth: 'workload',
         refusal: secretRefusal(secrets, 'secret.issued', (request) => {

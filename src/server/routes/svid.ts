@@ -6,45 +6,61 @@ import { badRequest } from '../../errors.js';
 import type { Issuer } from '../../issue/issuer.js';
 import { identityOf } from '../auth.js';
 import { refusedIdentity, type RefusalRecorder } from '../refusals.js';
-import { AuditReceipt, errorResponses, iso, StringEnum, Strings } from '../schemas.js';
+import { AuditReceipt, DateTime, described, errorResponses, iso, StringEnum, Strings } from '../schemas.js';
 
 const X509Body = Type.Object(
   {
-    csr: Type.Optional(Type.String({ minLength: 1, maxLength: 16_384 })),
-    keyType: Type.Optional(StringEnum(['ec-p256'])),
-    ttlSeconds: Type.Optional(Type.Integer({ minimum: 60, maximum: 2_592_000 })),
+    csr: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 16_384,
+        description: 'PEM PKCS#10 CSR. Only its public key is used (EC P-256/P-384, RSA ≥ 2048, Ed25519); the broker decides every name and extension.',
+      }),
+    ),
+    keyType: Type.Optional(StringEnum(['ec-p256'], { description: 'Ask the broker to make the key pair; the private key is returned once, as PKCS#8 PEM.' })),
+    ttlSeconds: Type.Optional(
+      Type.Integer({ minimum: 60, maximum: 2_592_000, description: "Requested lifetime; capped by policy and by the signing CA's own validity." }),
+    ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'X509SvidRequest', description: 'Exactly one of `csr` or `keyType`.' },
 );
 
-const X509Svid = Type.Object({
-  spiffeId: Type.String(),
-  serial: Type.String(),
-  certificates: Strings,
-  svid: Type.String(),
-  privateKey: Type.Optional(Type.String()),
-  notBefore: Type.String(),
-  expiresAt: Type.String(),
-  bundle: Type.String(),
-  audit: AuditReceipt,
-});
+const X509Svid = Type.Object(
+  {
+    spiffeId: Type.String({ examples: ['spiffe://example.org/ns/shop/sa/web'] }),
+    serial: Type.String({ description: 'Certificate serial number, lowercase hex.' }),
+    certificates: Type.Immutable(Type.Array(Type.String(), { description: 'PEM certificates, leaf first, then intermediates (no root).' })),
+    svid: Type.String({ description: 'The same chain concatenated, ready to write to svid.pem.' }),
+    privateKey: Type.Optional(Type.String({ description: 'PKCS#8 PEM, only when keyType was requested.' })),
+    notBefore: DateTime(),
+    expiresAt: DateTime(),
+    bundle: Type.String({ description: 'The trust bundle (root certificates) as PEM.' }),
+    audit: AuditReceipt,
+  },
+  { title: 'X509SvidResponse' },
+);
 
 const JwtBody = Type.Object(
   {
     audience: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { minItems: 1, maxItems: 16, uniqueItems: true }),
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 30, maximum: 86_400 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, title: 'JwtSvidRequest' },
 );
 
-const JwtSvid = Type.Object({
-  spiffeId: Type.String(),
-  token: Type.String(),
-  jti: Type.String(),
-  audience: Strings,
-  expiresAt: Type.String(),
-  audit: AuditReceipt,
-});
+const JwtSvid = Type.Object(
+  {
+    spiffeId: Type.String(),
+    token: Type.String({ description: 'JWT-SVID: ES256, sub = SPIFFE ID, aud, exp, iat, jti; kid in the bundle.' }),
+    jti: Type.String(),
+    audience: Strings,
+    expiresAt: DateTime(),
+    audit: AuditReceipt,
+  },
+  { title: 'JwtSvidResponse' },
+);
+
+const ERRORS = errorResponses('BadRequest', 'Unauthenticated', 'Forbidden', 'TooLarge', 'UnsupportedMediaType', 'RateLimited', 'Unavailable');
 
 export interface SvidOptions {
   readonly issuer: Issuer;
@@ -70,7 +86,12 @@ export const svidRoutes: FastifyPluginAsyncTypebox<SvidOptions> = async (app, { 
   app.post(
     '/v1/svid/x509',
     {
-      schema: { operationId: 'issueX509Svid', body: X509Body, response: { 200: X509Svid, ...errorResponses } },
+      schema: {
+        operationId: 'issueX509Svid',
+        summary: 'Issue an X.509-SVID (from a CSR, or with a server-made key); renew over mTLS with the current SVID.',
+        body: X509Body,
+        response: { 200: described('The SVID, its chain, the bundle and the audit receipt.', X509Svid), ...ERRORS },
+      },
       config: { auth: 'workload', refusal: refusal('x509-svid.issued') },
       preValidation: oneKeySource,
     },
@@ -93,7 +114,12 @@ export const svidRoutes: FastifyPluginAsyncTypebox<SvidOptions> = async (app, { 
   app.post(
     '/v1/svid/jwt',
     {
-      schema: { operationId: 'issueJwtSvid', body: JwtBody, response: { 200: JwtSvid, ...errorResponses } },
+      schema: {
+        operationId: 'issueJwtSvid',
+        summary: 'Issue a JWT-SVID for audiences that policy allows this identity.',
+        body: JwtBody,
+        response: { 200: described('The JWT-SVID and the audit receipt.', JwtSvid), ...ERRORS },
+      },
       config: { auth: 'workload', refusal: refusal('jwt-svid.issued') },
     },
     async (request) => {

@@ -8,7 +8,7 @@ import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typ
 import type { AdminAudit } from '../../../admin/audit.js';
 import { checkNamespace, type IssuanceFreeze } from '../../../admin/freeze.js';
 import { adminOf } from '../../auth.js';
-import { AuditReceipt, errorResponses, iso } from '../../schemas.js';
+import { ADMIN_ERRORS, AuditReceipt, DateTime, described, errorResponses, iso } from '../../schemas.js';
 import { adminCall, READERS } from './access.js';
 import { Reason } from './revocations.js';
 
@@ -17,9 +17,20 @@ export interface FreezeOptions {
   readonly freeze: IssuanceFreeze;
 }
 
-const Freeze = Type.Object({ namespace: Type.Optional(Type.String()), reason: Type.String(), by: Type.String(), at: Type.String() });
+const Freeze = Type.Object(
+  { namespace: Type.Optional(Type.String({ description: 'Absent for the global freeze.' })), reason: Type.String(), by: Type.String(), at: DateTime() },
+  { title: 'Freeze' },
+);
 
-const FreezeBody = Type.Object({ namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 253 })), reason: Reason }, { additionalProperties: false });
+const FreezeBody = Type.Object(
+  {
+    namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'Freeze (or thaw) only this namespace; omit for everything.' })),
+    reason: Reason,
+  },
+  { additionalProperties: false, title: 'FreezeRequest' },
+);
+
+const WITH_BODY_ERRORS = errorResponses('BadRequest', ...ADMIN_ERRORS);
 
 function freezeOut(r: { namespace?: string; reason: string; by: string; at: number }): { namespace?: string; reason: string; by: string; at: string } {
   return { ...(r.namespace !== undefined ? { namespace: r.namespace } : {}), reason: r.reason, by: r.by, at: iso(r.at) };
@@ -31,9 +42,13 @@ export const freezeRoutes: FastifyPluginAsyncTypebox<FreezeOptions> = async (app
     {
       schema: {
         operationId: 'getFreezeStatus',
+        summary: 'Is issuance frozen (globally, per namespace)? Role auditor or operator.',
         response: {
-          200: Type.Object({ frozen: Type.Boolean(), global: Type.Union([Freeze, Type.Null()]), namespaces: Type.Array(Freeze), audit: AuditReceipt }),
-          ...errorResponses,
+          200: described(
+            'Freeze status.',
+            Type.Object({ frozen: Type.Boolean(), global: Type.Union([Freeze, Type.Null()]), namespaces: Type.Array(Freeze), audit: AuditReceipt }),
+          ),
+          ...errorResponses(...ADMIN_ERRORS),
         },
       },
       config: adminCall(log, READERS, 'freeze.status'),
@@ -53,7 +68,16 @@ export const freezeRoutes: FastifyPluginAsyncTypebox<FreezeOptions> = async (app
   app.post(
     '/v1/admin/freeze',
     {
-      schema: { operationId: 'freeze', body: FreezeBody, response: { 200: Type.Object({ freeze: Freeze, audit: AuditReceipt }), ...errorResponses } },
+      schema: {
+        operationId: 'freeze',
+        summary: 'The kill switch — freeze issuance globally or for one namespace. Role operator.',
+        description: `While frozen, new X.509-SVIDs, JWT-SVIDs and secret leases get 503 \`issuance_frozen\` (on every
+replica, read per request). The state is in the store and survives restarts. Break-glass is not
+blocked by a freeze.
+`,
+        body: FreezeBody,
+        response: { 200: described('Frozen.', Type.Object({ freeze: Freeze, audit: AuditReceipt })), ...WITH_BODY_ERRORS },
+      },
       config: adminCall(log, ['operator'], 'freeze'),
     },
     async (request) => {
@@ -69,7 +93,12 @@ export const freezeRoutes: FastifyPluginAsyncTypebox<FreezeOptions> = async (app
   app.post(
     '/v1/admin/thaw',
     {
-      schema: { operationId: 'thaw', body: FreezeBody, response: { 200: Type.Object({ thawed: Type.Boolean(), audit: AuditReceipt }), ...errorResponses } },
+      schema: {
+        operationId: 'thaw',
+        summary: "Lift the global freeze, or one namespace's. Role operator.",
+        body: FreezeBody,
+        response: { 200: described('`thawed` is false if it was not frozen.', Type.Object({ thawed: Type.Boolean(), audit: AuditReceipt })), ...WITH_BODY_ERRORS },
+      },
       config: adminCall(log, ['operator'], 'thaw'),
     },
     async (request) => {

@@ -11,7 +11,8 @@ import { namespaceOfSpiffeId } from '../../../admin/guard.js';
 import { normalizeTarget, REVOCATION_KINDS, type Revocations, type RevocationKind } from '../../../admin/revocation.js';
 import type { SecretsService } from '../../../secrets/service.js';
 import { adminOf } from '../../auth.js';
-import { AuditReceipt, errorResponses, iso, StringEnum } from '../../schemas.js';
+import { ADMIN_ERRORS, AuditReceipt, DateTime, described, errorResponses, iso, StringEnum } from '../../schemas.js';
+import { LeaseId } from '../secrets.js';
 import { adminCall, READERS } from './access.js';
 
 export interface RevocationsOptions {
@@ -20,30 +21,63 @@ export interface RevocationsOptions {
   readonly secrets: Pick<SecretsService, 'revokeIdentity' | 'leases'>;
 }
 
-export const Reason = Type.String({ minLength: 1, maxLength: 500 });
+export const Reason = Type.String({ minLength: 1, maxLength: 500, title: 'AdminReason', description: 'Why — goes into the audit entry with your identity.' });
 
-const Revocation = Type.Object({ kind: Type.String(), value: Type.String(), reason: Type.String(), by: Type.String(), at: Type.String() });
+const Revocation = Type.Object(
+  {
+    kind: StringEnum(REVOCATION_KINDS),
+    value: Type.String({ description: 'Canonical form (serials lowercase hex without leading zeros).' }),
+    reason: Type.String(),
+    by: Type.String({ description: 'SPIFFE ID of the admin who revoked it.' }),
+    at: DateTime(),
+  },
+  { title: 'Revocation' },
+);
 
 const RevokeBody = Type.Object(
-  { kind: StringEnum(REVOCATION_KINDS), value: Type.String({ minLength: 1, maxLength: 2048 }), reason: Reason },
-  { additionalProperties: false },
+  {
+    kind: StringEnum(REVOCATION_KINDS, { description: 'What to cut off — one SPIFFE ID, every identity in a namespace, or one certificate serial.' }),
+    value: Type.String({
+      minLength: 1,
+      maxLength: 2048,
+      description: 'A SPIFFE ID (spiffe://example.org/ns/shop/sa/web), a namespace (shop), or a serial (hex; colons allowed).',
+      examples: ['spiffe://example.org/ns/shop/sa/web'],
+    }),
+    reason: Reason,
+  },
+  { additionalProperties: false, title: 'RevocationRequest' },
+);
+
+const RevokeResponse = Type.Object(
+  {
+    revocation: Revocation,
+    leases: Type.Object(
+      { revoked: Type.Array(Type.String()), pending: Type.Array(Type.String()) },
+      { description: 'Secret leases ended by this revocation (pending ones are retried by the broker).' },
+    ),
+    audit: AuditReceipt,
+  },
+  { title: 'RevokeResponse' },
 );
 
 const FailedLease = Type.Object({
-  leaseId: Type.String(),
-  identity: Type.String(),
-  secret: Type.String(),
+  leaseId: LeaseId(),
+  identity: Type.String({ description: 'SPIFFE ID holding the lease.' }),
+  secret: Type.String({ description: 'Static secret name, or postgres/<role>.' }),
   engine: Type.Optional(Type.String()),
-  username: Type.Optional(Type.String()),
+  username: Type.Optional(Type.String({ description: 'The database role that still exists.' })),
   state: StringEnum(['revoking', 'revoke_failed']),
-  attempts: Type.Integer(),
+  attempts: Type.Integer({ minimum: 1 }),
   lastError: Type.Optional(Type.String()),
-  nextAttemptAt: Type.Optional(Type.String()),
-  expiresAt: Type.String(),
+  nextAttemptAt: Type.Optional(DateTime()),
+  expiresAt: DateTime(),
   revokeReason: Type.Optional(Type.String()),
 });
 
-function revocationOut(r: { kind: string; value: string; reason: string; by: string; at: number }): { kind: string; value: string; reason: string; by: string; at: string } {
+const ERRORS = errorResponses(...ADMIN_ERRORS);
+const WITH_BODY_ERRORS = errorResponses('BadRequest', ...ADMIN_ERRORS);
+
+function revocationOut(r: { kind: RevocationKind; value: string; reason: string; by: string; at: number }): { kind: RevocationKind; value: string; reason: string; by: string; at: string } {
   return { kind: r.kind, value: r.value, reason: r.reason, by: r.by, at: iso(r.at) };
 }
 
@@ -56,7 +90,8 @@ export const revocationRoutes: FastifyPluginAsyncTypebox<RevocationsOptions> = a
     {
       schema: {
         operationId: 'listRevocations',
-        response: { 200: Type.Object({ revocations: Type.Array(Revocation), audit: AuditReceipt }), ...errorResponses },
+        summary: 'List revoked SPIFFE IDs, namespaces and certificate serials. Role auditor or operator.',
+        response: { 200: described('Every revocation, oldest first.', Type.Object({ revocations: Type.Array(Revocation), audit: AuditReceipt })), ...ERRORS },
       },
       config: adminCall(log, READERS, 'revocations.list'),
     },
@@ -72,15 +107,14 @@ export const revocationRoutes: FastifyPluginAsyncTypebox<RevocationsOptions> = a
     {
       schema: {
         operationId: 'revoke',
+        summary: 'Revoke a SPIFFE ID, a whole namespace, or a certificate serial — at once, on every replica. Role operator.',
+        description: `From the next request on, on every replica (the list lives in the shared store, read per request,
+no cache): renewals with the SVID, new X.509/JWT-SVIDs and secret reads are refused with 403
+\`revoked\`, and the identity's secret leases are revoked (PostgreSQL roles dropped). Survives
+restarts. Recorded in the audit log before it takes effect.
+`,
         body: RevokeBody,
-        response: {
-          200: Type.Object({
-            revocation: Revocation,
-            leases: Type.Object({ revoked: Type.Array(Type.String()), pending: Type.Array(Type.String()) }),
-            audit: AuditReceipt,
-          }),
-          ...errorResponses,
-        },
+        response: { 200: described('Revoked.', RevokeResponse), ...WITH_BODY_ERRORS },
       },
       config: adminCall(log, ['operator'], 'revoke'),
     },
@@ -108,8 +142,9 @@ export const revocationRoutes: FastifyPluginAsyncTypebox<RevocationsOptions> = a
     {
       schema: {
         operationId: 'unrevoke',
+        summary: 'Lift a revocation. Role operator.',
         body: RevokeBody,
-        response: { 200: Type.Object({ removed: Type.Boolean(), audit: AuditReceipt }), ...errorResponses },
+        response: { 200: described('`removed` is false if there was no such revocation.', Type.Object({ removed: Type.Boolean(), audit: AuditReceipt })), ...WITH_BODY_ERRORS },
       },
       config: adminCall(log, ['operator'], 'unrevoke'),
     },
@@ -128,7 +163,12 @@ export const revocationRoutes: FastifyPluginAsyncTypebox<RevocationsOptions> = a
     {
       schema: {
         operationId: 'listFailedLeaseRevocations',
-        response: { 200: Type.Object({ leases: Type.Array(FailedLease), audit: AuditReceipt }), ...errorResponses },
+        summary: 'Leases whose credential could not be revoked yet. Role auditor or operator.',
+        description: `\`revoking\`: the engine was unavailable; retried with backoff (at most every 5 minutes).
+\`revoke_failed\`: the engine refused for a reason retrying cannot fix; retried hourly until an
+operator fixes the cause (docs/secrets.md). Audited like every admin call.
+`,
+        response: { 200: described('Every lease with at least one failed revoke.', Type.Object({ leases: Type.Array(FailedLease), audit: AuditReceipt })), ...ERRORS },
       },
       config: adminCall(log, READERS, 'leases.failed'),
     },

@@ -9,7 +9,7 @@ import { badRequest } from '../../../errors.js';
 import type { SecretKv } from '../../../secrets/kv.js';
 import { secretNameProblem } from '../../../secrets/names.js';
 import { adminOf } from '../../auth.js';
-import { AuditReceipt, errorResponses, WildcardParams } from '../../schemas.js';
+import { ADMIN_ERRORS, AuditReceipt, described, errorResponses, WildcardParams } from '../../schemas.js';
 import { adminCall } from './access.js';
 
 export interface SecretsAdminOptions {
@@ -19,7 +19,7 @@ export interface SecretsAdminOptions {
 
 const SecretBody = Type.Object(
   { value: Type.Optional(Type.String({ minLength: 1, maxLength: 65_536 })), valueBase64: Type.Optional(Type.String({ minLength: 1, maxLength: 87_384 })) },
-  { additionalProperties: false },
+  { additionalProperties: false, description: 'Exactly one of value (text) or valueBase64 (bytes).' },
 );
 
 function checkedName(name: string): string {
@@ -34,9 +34,17 @@ export const secretsAdminRoutes: FastifyPluginAsyncTypebox<SecretsAdminOptions> 
     {
       schema: {
         operationId: 'writeSecret',
+        summary: 'Store (or replace) a static secret, encrypted at rest. Role secrets-admin.',
+        description: '`name` may contain "/" (`PUT /v1/admin/secrets/db/reporting-api-key`). The value never enters the audit log.',
         params: WildcardParams,
         body: SecretBody,
-        response: { 200: Type.Object({ name: Type.String(), kek: Type.String(), audit: AuditReceipt }), ...errorResponses },
+        response: {
+          200: described(
+            'Stored.',
+            Type.Object({ name: Type.String(), kek: Type.String({ description: 'Id of the key-encryption key that wraps it.' }), audit: AuditReceipt }),
+          ),
+          ...errorResponses('BadRequest', 'AdminUnauthenticated', 'AdminForbidden', 'RateLimited', 'SecretsUnavailable'),
+        },
       },
       config: adminCall(log, ['secrets-admin'], 'secret.write'),
     },
@@ -61,8 +69,12 @@ export const secretsAdminRoutes: FastifyPluginAsyncTypebox<SecretsAdminOptions> 
     {
       schema: {
         operationId: 'deleteSecret',
+        summary: 'Delete a static secret. Role secrets-admin.',
         params: WildcardParams,
-        response: { 200: Type.Object({ name: Type.String(), deleted: Type.Boolean(), audit: AuditReceipt }), ...errorResponses },
+        response: {
+          200: described('`deleted` is false if there was no such secret.', Type.Object({ name: Type.String(), deleted: Type.Boolean(), audit: AuditReceipt })),
+          ...errorResponses('BadRequest', ...ADMIN_ERRORS),
+        },
       },
       config: adminCall(log, ['secrets-admin'], 'secret.delete'),
     },
