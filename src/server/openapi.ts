@@ -106,7 +106,7 @@ export async function generateOpenapi(): Promise<string> {
   const optionalBodies = new Set<string>();
   const options: FastifyDynamicSwaggerOptions = {
     // openapi-types lacks OpenAPI 3.1's mutualTLS scheme.
-    openapi: { openapi: '3.1.0', info, servers: [{ url: 'https://127.0.0.1:8443' }], components: { securitySchemes } } as unknown as FastifyDynamicSwaggerOptions['openapi'],
+    openapi: { openapi: '3.1.0', info, servers: [{ url: 'https://127.0.0.1:8443' }], components: { securitySchemes } } as unknown as NonNullable<FastifyDynamicSwaggerOptions['openapi']>,
     transform: ({ schema, url, route }) => {
       const documented = { ...schema, security: securityOf(route.config?.auth) };
       if (route.preValidation === emptyBodyIsObject) optionalBodies.add(`${String(route.method).toLowerCase()} ${url.replace(/:(\w+)/g, '{$1}')}`);
