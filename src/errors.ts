@@ -48,8 +48,10 @@ export type ErrorCode =
   | 'request_timeout'
   /** The HTTP request headers are larger than the server accepts (431, written before routing). */
   | 'header_too_large'
-  /** The certificate minting thread died or hung (ca/minter-pool.ts); nothing was issued; retry (503). */
+  /** The CA cannot sign now: a minting thread died or hung (ca/minter-pool.ts), or the CA certificate is not yet valid (a clock behind it); nothing was issued (503). */
   | 'ca_unavailable'
+  /** The signing CA certificate has expired and nothing replaces it: no X.509-SVID can be issued (503, audited). */
+  | 'ca_expired'
   /** A path parameter longer than the server accepts (414, raised by fastify before routing). */
   | 'uri_too_long'
   | 'internal';
@@ -91,6 +93,7 @@ export const ERROR_STATUS = {
   engine_unavailable: 503,
   kek_unavailable: 503,
   ca_unavailable: 503,
+  ca_expired: 503,
 } as const satisfies { readonly [C in ErrorCode]: number };
 
 /** The codes that answer with HTTP status `S`. */

@@ -172,8 +172,8 @@ describe('issueX509Svid', () => {
     for (const ttlMs of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
       expect(brokerError(() => ca.issueX509Svid({ ...base, ttlMs })).code).toBe('internal');
     }
-    expect(brokerError(() => ca.issueX509Svid({ ...base, now: ca.signingCertNotAfter })).code).toBe('internal');
-    expect(brokerError(() => ca.issueX509Svid({ ...base, now: T0 - 2 * DAY })).code).toBe('internal');
+    expect(brokerError(() => ca.issueX509Svid({ ...base, now: ca.signingCertNotAfter })).code).toBe('ca_expired');
+    expect(brokerError(() => ca.issueX509Svid({ ...base, now: T0 - 2 * DAY })).code).toBe('ca_unavailable');
     const weak = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey;
     expect(brokerError(() => ca.issueX509Svid({ ...base, publicKey: weak })).code).toBe('weak_key');
   });

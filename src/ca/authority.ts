@@ -147,8 +147,13 @@ export class CertificateAuthority {
     if (!Number.isFinite(req.ttlMs) || req.ttlMs <= 0) throw internal('X.509-SVID TTL must be positive');
     if (!Number.isFinite(req.now)) throw internal('issuance time is not a finite number');
     keyKindOf(req.publicKey);
-    if (req.now >= this.signingCertNotAfter) throw internal('signing certificate has expired; cannot issue');
-    if (req.now < this.#signingCertNotBefore) throw internal('signing certificate is not yet valid; cannot issue');
+    // The CA's own validity is not the caller's fault, nor a bug: 503 with a message that says what to fix.
+    if (req.now >= this.signingCertNotAfter) {
+      throw new BrokerError('ca_expired', `the signing CA certificate expired at ${new Date(this.signingCertNotAfter).toISOString()}; no X.509-SVID can be issued until it is replaced`);
+    }
+    if (req.now < this.#signingCertNotBefore) {
+      throw new BrokerError('ca_unavailable', `the signing CA certificate is not valid before ${new Date(this.#signingCertNotBefore).toISOString()}; check the broker's clock`);
+    }
     // Whole seconds, rounded inwards, so the returned times equal what the certificate encodes.
     const notBefore = Math.ceil(Math.max(req.now - CLOCK_SKEW_BACKDATE_MS, this.#signingCertNotBefore) / 1000) * 1000;
     const notAfter = Math.floor(Math.min(req.now + req.ttlMs, this.signingCertNotAfter) / 1000) * 1000;

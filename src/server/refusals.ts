@@ -5,8 +5,11 @@
  */
 import type { FastifyRequest } from 'fastify';
 import type { Identity } from '../attest/identity.js';
-import { BrokerError } from '../errors.js';
+import { BrokerError, type ErrorCode } from '../errors.js';
 import { isRepeatedRateLimit, RateLimitedError } from './limits.js';
+
+/** 503s that refuse a caller for a reason an auditor must see (not an outage of the log itself). */
+const AUDITED_UNAVAILABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ca_expired']);
 
 /** Records one refusal of a route; the route knows which log entry it is. */
 export type RefusalRecorder = (err: BrokerError, request: FastifyRequest) => Promise<void>;
@@ -35,7 +38,8 @@ export async function auditRefusal(err: unknown, request: FastifyRequest): Promi
   const record = request.routeOptions.config?.refusal;
   if (record === undefined || request.caller === undefined) return err;
   // A flood of 429s (server/limits.ts) leaves one entry per key and window, not one per request.
-  if (!(err instanceof BrokerError) || err.status < 400 || err.status >= 500 || isRepeatedRateLimit(err)) return err;
+  if (!(err instanceof BrokerError) || isRepeatedRateLimit(err)) return err;
+  if ((err.status < 400 || err.status >= 500) && !AUDITED_UNAVAILABLE.has(err.code)) return err;
   try {
     await record(err, request);
     return err;

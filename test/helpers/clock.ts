@@ -21,4 +21,14 @@ export class TestClock implements Clock {
   advance(ms: number): void {
     this.#offset += ms;
   }
+
+  /** Jumps to `at` (ms since the epoch), from where it runs on as before. */
+  set(at: number): void {
+    this.#offset = at - this.base();
+  }
+
+  /** Back to the base clock (real time, or the frozen instant). */
+  reset(): void {
+    this.#offset = 0;
+  }
 }
