@@ -7,7 +7,7 @@
 import type { AdminPeer } from '../attest/mtls.js';
 import type { Clock } from '../clock.js';
 import type { AdminPrincipalConfig, AdminRole } from '../config/config.js';
-import { BrokerError, forbidden } from '../errors.js';
+import { forbidden } from '../errors.js';
 import type { Store } from '../store/store.js';
 import { normalizeSerial, type Revocations } from './revocation.js';
 
@@ -49,11 +49,8 @@ export class AdminAuthority {
 
   /** The principal behind a verified admin certificate, or 401/403. */
   async authorize(peer: AdminPeer): Promise<AdminPrincipal> {
+    // The certificate's validity window was checked for this request by MtlsAttestor.peer.
     const now = this.clock.now();
-    // A resumed TLS session is not re-verified by OpenSSL: check the validity window ourselves.
-    if (!(now >= peer.notBefore && now < peer.expiresAt)) {
-      throw new BrokerError('invalid_client_certificate', 'the admin certificate is expired or not yet valid');
-    }
     const serial = normalizeSerial(peer.serial) ?? peer.serial;
     await this.revocations.assertNotRevoked({ spiffeIds: [peer.spiffeId], serials: [serial] });
     const roles = this.#principals.get(peer.spiffeId);

@@ -24,7 +24,7 @@ export interface AdminPeer {
   readonly spiffeId: string;
   /** Lowercase hex serial of the presented certificate. */
   readonly serial: string;
-  readonly notBefore: number;
+  /** The certificate's notAfter; its validity window is checked by MtlsAttestor.peer on every request. */
   readonly expiresAt: number;
 }
 
@@ -136,10 +136,10 @@ export class MtlsAttestor implements PeerAttestor {
     if (Number.isNaN(window.notBefore) || Number.isNaN(window.notAfter)) {
       return { result: reject('client certificate has an unreadable validity period'), ...NO_WINDOW };
     }
-    return { result: this.classifyPeer(socket, cert), ...window };
+    return { result: this.classifyPeer(socket, cert, window.notAfter), ...window };
   }
 
-  private classifyPeer(socket: TLSSocket, cert: X509Certificate): PeerResult {
+  private classifyPeer(socket: TLSSocket, cert: X509Certificate, notAfter: number): PeerResult {
     if (!socket.authorized) {
       return reject(`client certificate was not accepted: ${String(socket.authorizationError ?? 'unknown error')}`);
     }
@@ -162,8 +162,7 @@ export class MtlsAttestor implements PeerAttestor {
           admin: {
             spiffeId: spiffeId.uri,
             serial: cert.serialNumber.toLowerCase(),
-            notBefore: Date.parse(cert.validFrom),
-            expiresAt: Date.parse(cert.validTo),
+            expiresAt: notAfter,
           },
         };
       }
@@ -183,7 +182,7 @@ export class MtlsAttestor implements PeerAttestor {
           namespace: m?.[1] ?? '',
           serviceAccount: m?.[2] ?? '',
           presentedSerial: cert.serialNumber.toLowerCase(),
-          credentialExpiresAt: Date.parse(cert.validTo),
+          credentialExpiresAt: notAfter,
         },
       },
     };

@@ -10,6 +10,7 @@
 import https from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mintAdminCert } from '../helpers/admin.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { allowCount, denialOf, expectError } from './helpers.js';
 
@@ -132,6 +133,22 @@ describe('an SVID past its notAfter (injected clock)', () => {
       expect(r.status).toBe(401);
       expect(r.json).toMatchObject({ error: 'invalid_client_certificate', message: expect.stringMatching(/not valid before/) });
     }));
+});
+
+describe('an admin certificate past its notAfter (injected clock)', () => {
+  it('is refused on the admin API like an expired SVID on workload routes', async () => {
+    const admin = mintAdminCert(b.material, 'spiffe://example.org/admin/dev', 120_000);
+    const whoami = (): ReturnType<TestBroker['call']> => b.call({ path: '/v1/admin/whoami', cert: admin.cert, key: admin.key });
+    expect((await whoami()).status).toBe(200);
+    try {
+      setClock(Date.now() + 180_000);
+      const res = await whoami();
+      expect(res.status, res.text).toBe(401);
+      expect(res.json).toMatchObject({ error: 'invalid_client_certificate', message: expect.stringMatching(/expired/) });
+    } finally {
+      clock.offset = 0;
+    }
+  });
 });
 
 describe('two identities in one request', () => {
