@@ -14,6 +14,7 @@ import type { AdminAudit } from '../../admin/audit.js';
 import type { Checkpointer } from '../../audit/checkpointer.js';
 import { parseAuditEntry } from '../../audit/entry.js';
 import type { AuditLog } from '../../audit/log.js';
+import type { SignedCheckpoint } from '../../audit/note.js';
 import { BrokerError, badRequest } from '../../errors.js';
 import type { Store } from '../../store/store.js';
 import { identityOf } from '../auth.js';
@@ -129,11 +130,12 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
   const vkey = `${checkpoints.verifierKey}\n`;
   const pem = checkpoints.publicKeyPem;
 
-  const latestSize = (): number => {
+  const latestCheckpoint = (): SignedCheckpoint => {
     const cp = checkpoints.latest;
     if (cp === undefined) throw new BrokerError('not_ready', 'no audit checkpoint has been signed yet');
-    return cp.size;
+    return cp;
   };
+  const latestSize = (): number => latestCheckpoint().size;
 
   /** `size` must be a size of the log; catches up with other replicas before refusing. */
   const ensureSize = async (size: number, name: string): Promise<void> => {
@@ -157,9 +159,7 @@ on demand for issuance receipts, and on shutdown.
       },
     },
     async (_request, reply) => {
-    const cp = checkpoints.latest;
-    if (cp === undefined) throw new BrokerError('not_ready', 'no audit checkpoint has been signed yet');
-    return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(cp.note);
+    return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(latestCheckpoint().note);
     },
   );
 
