@@ -3,12 +3,13 @@
  * the agent in init-container mode (--once: exit 0 when the files are written, 1 when the deadline
  * passes) or sidecar mode (runs until SIGTERM/SIGINT, then exits 0).
  */
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { Agent, audienceFileName, type AgentOptions } from '../agent/agent.js';
 import { agentLogger } from '../agent/log.js';
 import { brokerUrl } from '../sdk/http.js';
 import { splitPem } from '../sdk/x509.js';
 import { command, parseOptions } from './command.js';
+import { readNamedFile } from './files.js';
 import { UsageError } from './usage.js';
 
 const AGENT_HELP = `options:
@@ -101,12 +102,7 @@ export function parseAgentArgs(argv: readonly string[]): AgentOptions {
 }
 
 function checkAgentFiles(opts: AgentOptions): AgentOptions {
-  let bundle: string;
-  try {
-    bundle = readFileSync(opts.bundleFile, 'utf8');
-  } catch (err) {
-    throw new UsageError(`--bundle ${opts.bundleFile}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
-  }
+  const bundle = readNamedFile(opts.bundleFile, '--bundle');
   if (splitPem(bundle).length === 0) throw new UsageError(`--bundle ${opts.bundleFile}: holds no PEM certificate`);
   try {
     if (!statSync(opts.tokenFile).isFile()) throw new UsageError(`--token-file ${opts.tokenFile}: not a file`);
