@@ -21,8 +21,8 @@ export type Continuation =
   | { readonly ok: true; readonly storeSize: number }
   | { readonly ok: false; readonly storeSize: number; readonly reason: string };
 
-/** Leaves read per call while checking (the same batch AuditLog uses to catch up). */
-const BATCH = 16_384;
+/** Entries read per store call while checking, and by AuditLog while rebuilding or catching up. */
+export const READ_BATCH = 16_384;
 
 /**
  * Checks the store's log (`storeSize` entries, read through `read`) against `known`. A store that
@@ -37,8 +37,8 @@ export async function checkContinuation(known: KnownLog, storeSize: number, read
     return { ok: false, storeSize, reason: `the store holds ${storeSize} audit entries, fewer than the ${known.size} this replica knows` };
   }
   const tree = new MerkleTree({ capacity: storeSize + 1 });
-  for (let start = 0; start < storeSize; start += BATCH) {
-    const end = Math.min(storeSize, start + BATCH);
+  for (let start = 0; start < storeSize; start += READ_BATCH) {
+    const end = Math.min(storeSize, start + READ_BATCH);
     const got = await read(start, end);
     if (got.length !== end - start) {
       return { ok: false, storeSize, reason: `the store returned ${got.length} audit entries for [${start}, ${end})` };

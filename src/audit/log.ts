@@ -18,7 +18,7 @@
  */
 import { BrokerError, asAuditUnavailable, auditHistoryLost, auditUnavailable } from '../errors.js';
 import type { Store } from '../store/store.js';
-import { checkContinuation } from './continuity.js';
+import { checkContinuation, READ_BATCH } from './continuity.js';
 import { type AuditEntry, canonicalJson } from './entry.js';
 import { MerkleTree, leafHash } from './merkle.js';
 
@@ -43,8 +43,6 @@ export type AppendListener = (entry: AuditEntry, receipt: AuditReceipt) => void;
 /** Told once when the store is found not to hold the history this log knows (synchronous, never throws). */
 export type HistoryLostListener = (err: BrokerError) => void;
 
-/** Entries read per store call while rebuilding or catching up. */
-const READ_BATCH = 16_384;
 
 export class AuditLog {
   readonly #store: Store;

@@ -18,6 +18,7 @@
 import { randomUUID } from 'node:crypto';
 import { BrokerError } from '../errors.js';
 import type { Store } from '../store/store.js';
+import { checkContinuation } from './continuity.js';
 import { canonicalJson } from './entry.js';
 import { MerkleTree, leafHash } from './merkle.js';
 import { type NoteVerifier, parseCheckpoint, parseNote } from './note.js';
@@ -90,9 +91,10 @@ export async function recoverLog(
   for (const note of notes) await store.appendCheckpoint(note);
 
   // Read back what the store now holds: it must be exactly the verified log.
-  const check = new MerkleTree({ capacity: size + 1 });
-  for (let i = 0; i < size; i += BATCH) for (const e of await store.readAuditEntries(i, Math.min(size, i + BATCH))) check.append(leafHash(e));
-  if (!check.root(size).equals(newest.rootHash)) throw new RecoverError('the store does not hold the restored log after writing it; do not start replicas on it');
+  const readBack = await checkContinuation({ size, rootHash: newest.rootHash }, size, async (start, end) =>
+    (await store.readAuditEntries(start, end)).map((e) => leafHash(e)),
+  );
+  if (!readBack.ok) throw new RecoverError('the store does not hold the restored log after writing it; do not start replicas on it');
 
   const skipped = verified.entries - size;
   const recordIndex = await store.appendAuditEntries([
