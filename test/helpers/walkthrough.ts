@@ -1,0 +1,118 @@
+/**
+ * The documentation's walkthrough as a test: shell blocks fenced as "```bash walkthrough" are pulled out
+ * of a Markdown file in order and run, one bash session per file (a reader pastes them into one shell,
+ * so variables and `cd` carry from block to block), with `set -euo pipefail`. A failure names the file,
+ * the block, its first line number, the block's text and what it printed.
+ */
+import { spawn } from 'node:child_process';
+
+export const WALKTHROUGH_FENCE = '```bash walkthrough';
+
+export interface WalkthroughBlock {
+  /** File the block came from (as given to extractWalkthrough). */
+  readonly file: string;
+  /** 1-based line of the opening fence. */
+  readonly line: number;
+  /** 1-based position among the file's walkthrough blocks. */
+  readonly index: number;
+  readonly text: string;
+}
+
+/** The `bash walkthrough` blocks of a Markdown text, in order. An unclosed fence is an error. */
+export function extractWalkthrough(markdown: string, file: string): WalkthroughBlock[] {
+  const lines = markdown.split('\n');
+  const blocks: WalkthroughBlock[] = [];
+  for (let i = 0; i < lines.length; i += 1) {
+    const open = lines[i] as string;
+    if (open.trim() !== WALKTHROUGH_FENCE) continue;
+    const indent = open.length - open.trimStart().length;
+    const body: string[] = [];
+    let j = i + 1;
+    for (; j < lines.length && (lines[j] as string).trim() !== '```'; j += 1) body.push((lines[j] as string).slice(indent));
+    if (j >= lines.length) throw new Error(`${file}:${i + 1}: walkthrough block is never closed`);
+    blocks.push({ file, line: i + 1, index: blocks.length + 1, text: body.join('\n') });
+    i = j;
+  }
+  return blocks;
+}
+
+export interface WalkthroughRun {
+  readonly ok: boolean;
+  /** The block that failed (or was running at the timeout). */
+  readonly failed?: WalkthroughBlock;
+  readonly exitCode: number | null;
+  readonly timedOut: boolean;
+  /** Everything the session printed (stdout and stderr, interleaved). */
+  readonly output: string;
+  /** What the failing block printed. */
+  readonly blockOutput: string;
+}
+
+const MARK = '@@tessera-walkthrough-block';
+
+/**
+ * The docs show `curl -s` (a reader wants to see the broker's `{error, message}`), which exits 0 on a 404
+ * or 403. In the session, curl fails on any HTTP error, still printing the body, unless the command
+ * already decides that itself: it fails on errors (`-f`, `--fail`) or prints the status (`-w`), which is
+ * how a page shows a refusal on purpose.
+ */
+export const CURL_FAILS_ON_HTTP_ERRORS = [
+  `__walkthrough_curl_own=' (-w|--write-out|--fail|--fail-with-body|-[A-Za-z]*f[A-Za-z]*) '`,
+  'curl() { if [[ " $* " =~ $__walkthrough_curl_own ]]; then command curl "$@"; else command curl --fail-with-body "$@"; fi; }',
+].join('\n');
+
+/** The script one session runs: each block preceded by a marker line, so output maps back to blocks. */
+export function walkthroughScript(blocks: readonly WalkthroughBlock[]): string {
+  const parts = ['set -euo pipefail', 'exec 2>&1', CURL_FAILS_ON_HTTP_ERRORS];
+  for (const [i, b] of blocks.entries()) {
+    parts.push(`printf '\\n${MARK} %s@@\\n' ${i}`, b.text);
+  }
+  parts.push(`printf '\\n${MARK} %s@@\\n' end`);
+  return `${parts.join('\n')}\n`;
+}
+
+/**
+ * Runs the blocks in one `bash` session in `cwd`. The session gets its own process group, which is
+ * killed afterwards, so a background process a block forgot to stop cannot outlive the run.
+ */
+export async function runWalkthrough(
+  blocks: readonly WalkthroughBlock[],
+  opts: { cwd: string; env: NodeJS.ProcessEnv; timeoutMs: number },
+): Promise<WalkthroughRun> {
+  const child = spawn('bash', ['-c', walkthroughScript(blocks)], { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+  let timedOut = false;
+  const killGroup = (): void => {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  };
+  const timer = setTimeout(() => {
+    timedOut = true;
+    killGroup();
+  }, opts.timeoutMs);
+  // 'exit', not 'close': a background process still holding the pipes must not keep us waiting.
+  const exitCode = await new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  clearTimeout(timer);
+  killGroup();
+  const marks = [...output.matchAll(new RegExp(`^${MARK} (\\d+|end)@@$`, 'gm'))];
+  const last = marks.at(-1);
+  const ok = exitCode === 0 && !timedOut && last?.[1] === 'end';
+  if (ok) return { ok, exitCode, timedOut, output, blockOutput: '' };
+  const at = last === undefined || last[1] === 'end' ? blocks.length - 1 : Number(last[1]);
+  const failed = blocks[Math.max(0, at)];
+  const blockOutput = last === undefined ? output : output.slice((last.index ?? 0) + last[0].length).trim();
+  return { ok, exitCode, timedOut, output, blockOutput, ...(failed !== undefined ? { failed } : {}) };
+}
+
+/** A failure report a reader can act on. */
+export function describeFailure(run: WalkthroughRun): string {
+  const b = run.failed;
+  const where = b === undefined ? 'the walkthrough' : `${b.file} walkthrough block ${b.index} (line ${b.line})`;
+  const why = run.timedOut ? 'did not finish in time' : `failed with exit code ${String(run.exitCode)}`;
+  return [`${where} ${why}`, '--- block ---', b?.text ?? '', '--- its output ---', run.blockOutput].join('\n');
+}
