@@ -33,7 +33,7 @@ import { SecretsService } from './secrets/service.js';
 import { RateLimiter } from './server/limits.js';
 import { buildBundle, type SpiffeBundle } from './spiffe/bundle.js';
 import { EmbeddedStore } from './store/embedded.js';
-import { RedisStore } from './store/redis.js';
+import { connectCheckedRedis } from './store/redis-persistence.js';
 import type { Store } from './store/store.js';
 
 export interface Broker {
@@ -93,7 +93,9 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   const store = instrumentStore(
     opts.store ??
       (config.store.redis !== undefined
-        ? await RedisStore.connect({ ...config.store.redis, clock })
+        ? await connectCheckedRedis({ ...config.store.redis, clock }, (message) =>
+            process.emitWarning(message, { code: 'TESSERA_REDIS_PERSISTENCE' }),
+          )
         : await EmbeddedStore.open(config.store.embedded.dir, { fsync: config.store.embedded.fsync })),
     metrics,
   );

@@ -124,6 +124,11 @@ export const ConfigFileSchema = section({
       nodes: opt(list(redisAddress)),
       /** Keys are `{prefix}:…` (a Cluster hash tag). */
       prefix: str({ ...SHORT_NAME, default: 'tessera' }),
+      /**
+       * Start even when Redis cannot keep the audit log (CONFIG GET shows appendonly no, or appendfsync no):
+       * for tests and throwaway demos only, and loudly logged. Without it the broker refuses such a Redis.
+       */
+      allowVolatile: bool(false),
       /** `WAIT 1` after every write: answer only once a replica has the write. */
       requireReplicaAck: bool(false),
       commandTimeoutMs: int(100, 60_000, 1500),

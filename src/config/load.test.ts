@@ -113,6 +113,7 @@ describe('loadConfig store.redis', () => {
     expect(c.store.redis).toEqual({
       url: 'redis://10.0.0.5:6379/2',
       prefix: 'tessera',
+      allowVolatile: false,
       requireReplicaAck: false,
       commandTimeoutMs: 1500,
       connectTimeoutMs: 1500,
@@ -127,6 +128,7 @@ describe('loadConfig store.redis', () => {
         '    sentinels: ["10.0.0.1:26379", { host: s2.internal, port: 26380 }]',
         '    name: tessera-master',
         '    prefix: prod-1',
+        '    allowVolatile: true',
         '    requireReplicaAck: true',
         '    commandTimeoutMs: 800',
         '    username: tessera',
@@ -140,6 +142,7 @@ describe('loadConfig store.redis', () => {
       sentinels: [{ host: '10.0.0.1', port: 26379 }, { host: 's2.internal', port: 26380 }],
       name: 'tessera-master',
       prefix: 'prod-1',
+      allowVolatile: true,
       requireReplicaAck: true,
       commandTimeoutMs: 800,
       connectTimeoutMs: 1500,

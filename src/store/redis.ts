@@ -37,6 +37,7 @@ import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditHistoryLost, auditUnavailable, storeUnavailable } from '../errors.js';
 import { MAX_PAYLOAD } from './embedded.js';
 import { checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
+import type { RedisNodePersistence } from './redis-persistence.js';
 import type { Store } from './store.js';
 
 export interface RedisAddress {
@@ -586,6 +587,35 @@ export class RedisStore implements Store {
   }
 
   /** Quits gracefully (pending replies arrive first), disconnecting hard if that takes too long. */
+  /**
+   * `CONFIG GET appendonly / appendfsync / save` on every primary this store writes to (the one server,
+   * the Sentinel's master, or each Cluster master): whether Redis can keep the audit log
+   * (store/redis-persistence.ts judges it). A node that refuses CONFIG reports why instead.
+   */
+  async persistence(): Promise<RedisNodePersistence[]> {
+    const targets: { node: string; client: Redis }[] =
+      this.#client instanceof Cluster
+        ? this.#client.nodes('master').map((c) => ({ node: `${c.options.host ?? '?'}:${c.options.port ?? '?'}`, client: c }))
+        : [{ node: (this.#client.options.sentinels ?? []).length === 0 ? `${this.#client.options.host}:${this.#client.options.port ?? 6379}` : 'the Sentinel master', client: this.#client }];
+    return Promise.all(
+      targets.map(async ({ node, client }): Promise<RedisNodePersistence> => {
+        try {
+          const get = async (name: string): Promise<string> => {
+            const reply = await this.#bounded(client.config('GET', name));
+            // [name, value] pairs; a setting the server does not have is an empty list.
+            const value = Array.isArray(reply) ? (reply as unknown[])[1] : undefined;
+            if (typeof value !== 'string') throw new Error(`no value for ${name}`);
+            return value;
+          };
+          const [appendonly, appendfsync, save] = [await get('appendonly'), await get('appendfsync'), await get('save')];
+          return { node, settings: { appendonly, appendfsync, save } };
+        } catch (err) {
+          return { node, error: (err as Error).message };
+        }
+      }),
+    );
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;

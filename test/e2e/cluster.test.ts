@@ -120,7 +120,7 @@ describe.skipIf(!redis.ok)('tessera serve --workers 2 on Redis (node:cluster)', 
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'tessera-cluster-'));
     const written = await writeConfig(dir, {
-      store: { embedded: { dir: path.join(dir, 'unused-data') }, redis: { url: SHARED_REDIS_URL, prefix } },
+      store: { embedded: { dir: path.join(dir, 'unused-data') }, redis: { url: SHARED_REDIS_URL, prefix, allowVolatile: true } },
       metrics: { enabled: true, port: 0 },
     });
     ({ file: configFile, ca, auditPub } = written);

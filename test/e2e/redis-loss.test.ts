@@ -43,7 +43,8 @@ describe.skipIf(!haveServer)('Redis restarted empty under running replicas', () 
   beforeAll(async () => {
     // No persistence at all: a restart comes back empty (the configuration docs/redis.md warns about).
     redis = await startPrivateRedis(['--appendonly', 'no']);
-    set = await startReplicas(2, redis.url, PREFIX);
+    // …which the broker refuses unless told to accept it (store.redis.allowVolatile).
+    set = await startReplicas(2, redis.url, PREFIX, { allowVolatile: true });
   }, 60_000);
 
   afterAll(async () => {
@@ -126,7 +127,7 @@ describe.skipIf(!haveServer)('Redis restarted empty under running replicas', () 
     expect(again.out).toMatch(/store is not empty/);
 
     await set.close();
-    set = await startReplicas(2, redis.url, PREFIX);
+    set = await startReplicas(2, redis.url, PREFIX, { allowVolatile: true });
     const token = await set.token();
     const agent = new https.Agent({ keepAlive: true, maxSockets: 4 });
     const after: Issued[] = [];

@@ -17,6 +17,7 @@ import { mintDevToken } from '../../src/dev/token-issuer.js';
 import type { Store } from '../../src/store/store.js';
 import { devMaterial, materialConfig } from './broker.js';
 import { httpsCall, type HttpsResult } from './https.js';
+import { SHARED_REDIS_URL } from './redis.js';
 
 export const CLI = path.resolve('dist/cli/main.js');
 
@@ -43,7 +44,7 @@ export interface ReplicaSet {
 }
 
 /** Writes the YAML every replica reads: the same CA, issuer, policy and Redis prefix. */
-async function writeConfig(dir: string, redisUrl: string, prefix: string): Promise<string> {
+async function writeConfig(dir: string, redisUrl: string, prefix: string, allowVolatile: boolean): Promise<string> {
   const { dir: pkiDir, material } = await devMaterial();
   const file = path.join(dir, 'tessera.yaml');
   writeFileSync(
@@ -53,7 +54,7 @@ async function writeConfig(dir: string, redisUrl: string, prefix: string): Promi
       listen: { host: '127.0.0.1', port: 0 },
       logLevel: 'warn',
       registration: [{ selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'] }],
-      store: { embedded: { dir: path.join(dir, 'unused-data') }, redis: { url: redisUrl, prefix } },
+      store: { embedded: { dir: path.join(dir, 'unused-data') }, redis: { url: redisUrl, prefix, allowVolatile } },
     }),
   );
   return file;
@@ -103,10 +104,14 @@ function spawnReplica(config: string, id: string): Promise<Replica> {
 }
 
 /** Starts `count` replicas on one Redis prefix. Needs dist/ (npm test builds it first). */
-export async function startReplicas(count: number, redisUrl: string, prefix: string): Promise<ReplicaSet> {
+/**
+ * `allowVolatile` (store.redis.allowVolatile) defaults to true on the shared Redis, which runs without
+ * persistence here and in CI; a private redis-server with AOF passes the broker's persistence check for real.
+ */
+export async function startReplicas(count: number, redisUrl: string, prefix: string, opts: { allowVolatile?: boolean } = {}): Promise<ReplicaSet> {
   if (!existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` (npm test does it for you)');
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-replicas-'));
-  const config = await writeConfig(dir, redisUrl, prefix);
+  const config = await writeConfig(dir, redisUrl, prefix, opts.allowVolatile ?? redisUrl === SHARED_REDIS_URL);
   const { material } = await devMaterial();
   const replicas: Replica[] = [];
   try {
