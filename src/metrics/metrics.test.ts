@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { BrokerError, storeUnavailable } from '../errors.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import type { Store } from '../store/store.js';
-import { BrokerMetrics } from './metrics.js';
+import { BrokerMetrics, TESSERA_VERSION } from './metrics.js';
 import { startMetricsServer } from './server.js';
 import { instrumentStore } from './store.js';
 
@@ -48,6 +48,14 @@ describe('BrokerMetrics', () => {
     // 3 ms lands in the 5 ms bucket, 30 ms does not.
     expect(sample(text, 'tessera_issuance_duration_seconds_bucket{le="0.005",type="x509-svid",decision="allow"}')).toBe(1);
     expect(sample(text, 'tessera_issuance_duration_seconds_bucket{le="0.05",type="x509-svid",decision="allow"}')).toBe(2);
+  });
+
+  it('names the build: tessera_build_info is 1 with the package.json version and the Node.js version', async () => {
+    const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    expect(TESSERA_VERSION).toBe(version);
+    const text = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 1000 }).text();
+    expect(sample(text, `tessera_build_info{version="${version}",node="${process.version}"}`)).toBe(1);
+    expect(text).toContain('# TYPE tessera_build_info gauge');
   });
 
   it('reports time to CA expiry from the broker clock, audit size, limits and client errors', async () => {

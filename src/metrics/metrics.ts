@@ -7,7 +7,11 @@
  * Names and labels are part of the operations contract: docs/operations.md lists them.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import { readFileSync } from 'node:fs';
 import type { Clock } from '../clock.js';
+
+/** This build's version (package.json, two folders up from src/metrics or dist/metrics). */
+export const TESSERA_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 /** What an issuance route hands out. */
 export type IssuanceType = 'x509-svid' | 'jwt-svid' | 'secret' | 'db-credentials' | 'break-glass';
@@ -173,6 +177,14 @@ export class BrokerMetrics {
         this.set(mintJobs());
       },
     });
+    new Gauge({
+      name: 'tessera_build_info',
+      help: 'Always 1; the labels name the Tessera version and the Node.js version this broker runs.',
+      labelNames: ['version', 'node'] as const,
+      registers: register,
+    })
+      .labels(TESSERA_VERSION, process.version)
+      .set(1);
     const size = (): number => this.#auditSize();
     new Gauge({
       name: 'tessera_audit_log_entries',
