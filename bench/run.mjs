@@ -103,12 +103,27 @@ async function warmUp(opts) {
   await runLoad({ ...opts, concurrency: 32, durationMs: quick ? 1000 : 2000 });
 }
 
-/** runLoad, plus the broker's CPU per request over the run. */
+/** Peak resident memory of a process so far (VmHWM: the minting threads live in the same process), MiB. */
+function peakRssMiB(pid) {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Math.round(Number(m[1]) / 1024) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** runLoad, plus the broker's CPU per request over the run and its peak memory (for deploy/k8s resources). */
 async function measured(pid, opts) {
   const before = processCpuUs(pid);
   const r = await runLoad(opts);
   const after = processCpuUs(pid);
-  return { ...r, ...(before !== undefined && after !== undefined && r.requests > 0 ? { serverCpuUs: Math.round((after - before) / r.requests) } : {}) };
+  const rss = peakRssMiB(pid);
+  return {
+    ...r,
+    ...(before !== undefined && after !== undefined && r.requests > 0 ? { serverCpuUs: Math.round((after - before) / r.requests) } : {}),
+    ...(rss !== undefined ? { serverPeakRssMiB: rss } : {}),
+  };
 }
 
 /** Starts `tessera serve`; resolves with its URL and the ms from spawn to listening. */
