@@ -52,7 +52,7 @@ describe.skipIf(!haveCompose)('docker-compose.yml', () => {
 
     const redisSvc = cfg.services.redis as Service;
     expect(redisSvc.image).toMatch(/^redis:7/);
-    expect(redisSvc.command?.join(' ')).toMatch(/--appendonly yes --appendfsync everysec/);
+    expect(redisSvc.command?.join(' ')).toMatch(/--appendonly yes --appendfsync always/);
     expect(redisSvc.volumes?.some((v) => v.endsWith(':/data:rw') || v.endsWith(':/data'))).toBe(true);
 
     const replicas = ['tessera-a', 'tessera-b'].map((n) => cfg.services[n] as Service);
