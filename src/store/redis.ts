@@ -596,7 +596,7 @@ export class RedisStore implements Store {
     const targets: { node: string; client: Redis }[] =
       this.#client instanceof Cluster
         ? this.#client.nodes('master').map((c) => ({ node: `${c.options.host ?? '?'}:${c.options.port ?? '?'}`, client: c }))
-        : [{ node: (this.#client.options.sentinels ?? []).length === 0 ? `${this.#client.options.host}:${this.#client.options.port ?? 6379}` : 'the Sentinel master', client: this.#client }];
+        : [{ node: this.#nodeName(this.#client), client: this.#client }];
     return Promise.all(
       targets.map(async ({ node, client }): Promise<RedisNodePersistence> => {
         try {
@@ -614,6 +614,14 @@ export class RedisStore implements Store {
         }
       }),
     );
+  }
+
+  /** How messages name a standalone server (its configured address) or a Sentinel's current master. */
+  #nodeName(client: Redis): string {
+    const o = client.options;
+    if ((o.sentinels ?? []).length === 0) return `${o.host ?? '?'}:${o.port ?? 6379}`;
+    const remote = (client.stream as { remoteAddress?: string; remotePort?: number } | undefined) ?? {};
+    return `Sentinel master ${o.name ?? '?'} at ${remote.remoteAddress ?? '?'}:${remote.remotePort ?? '?'}`;
   }
 
   async close(): Promise<void> {

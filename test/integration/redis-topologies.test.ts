@@ -65,6 +65,8 @@ describe.skipIf(!haveServer)('RedisStore topologies (private redis-server)', () 
     const s = await RedisStore.connect({ nodes: [{ host: '127.0.0.1', port: node.port }], prefix: 'clustered' });
     cleanup.push(() => s.close());
     await exercise(s);
+    // The broker's persistence check reads every Cluster master (here the one node).
+    expect(await s.persistence()).toEqual([{ node: `127.0.0.1:${node.port}`, settings: { appendonly: 'yes', appendfsync: 'always', save: '' } }]);
     // Cluster rejects scripts that touch keys of several slots: if any key escaped the hash tag,
     // `exercise` would have failed with CROSSSLOT. Killing the node makes operations fail closed.
     await node.kill();
@@ -83,6 +85,10 @@ describe.skipIf(!haveServer)('RedisStore topologies (private redis-server)', () 
     const s = await RedisStore.connect({ sentinels: [{ host: '127.0.0.1', port: sentinel.port }], name: 'tessera-test', prefix: 'sentinel' });
     cleanup.push(() => s.close());
     await exercise(s);
+    // The persistence check reads the master the Sentinel names, and says which it is.
+    expect(await s.persistence()).toEqual([
+      { node: `Sentinel master tessera-test at 127.0.0.1:${primary.port}`, settings: { appendonly: 'yes', appendfsync: 'always', save: '' } },
+    ]);
     // Wait until the replica has everything, then fail over by hand (no waiting for down-detection).
     const rc = new Redis(replica.url);
     const sc = new Redis(sentinel.url);
