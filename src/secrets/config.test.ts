@@ -96,6 +96,37 @@ describe('secrets config', () => {
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(ConfigError);
   });
 
+  const mysqlEngine = (roleBody: string): string => sec(`  mysql:\n    - name: maria\n      url: mysql://root@127.0.0.1:3306/\n      roles:\n        r:\n${roleBody}`);
+
+  it('reads a MySQL engine with the default creation statement', () => {
+    const s = loadConfig({ file: configFile(mysqlEngine('          grants: ["GRANT SELECT ON app.* TO {{name}}@\'%\'"]\n')), env: {} }).secrets;
+    expect(s.mysql[0]).toMatchObject({
+      name: 'maria',
+      usernamePrefix: 'tsr_',
+      roles: { r: { ttlSeconds: 3600, maxTtlSeconds: 86_400, creationStatements: ["CREATE USER {{name}}@'%' IDENTIFIED BY {{password}}"] } },
+    });
+  });
+
+  it.each([
+    ['a second statement in a grant', '          grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'; DROP DATABASE a"]\n', /mysql\[0\]\.roles\.r\.grants\[0\]: one statement/],
+    ['a quoted placeholder', '          creationStatements: ["CREATE USER \'{{name}}\'@\'%\' IDENTIFIED BY {{password}}"]\n          grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"]\n', /roles\.r\.creationStatements\[0\]: write \{\{name\}\} bare/],
+    ['a comment hiding the rest', '          grants: ["GRANT ALL ON *.* TO {{name}}@\'%\' -- WITH GRANT OPTION"]\n', /roles\.r\.grants\[0\]: no SQL comments/],
+    ['a password in a grant', '          grants: ["GRANT USAGE ON *.* TO {{name}}@\'%\' IDENTIFIED BY {{password}}"]\n', /roles\.r\.grants\[0\]: \{\{password\}\} is not allowed/],
+    ['creation without a password', '          creationStatements: ["CREATE USER {{name}}@\'%\'"]\n          grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"]\n', /roles\.r\.creationStatements: one statement must set the password/],
+  ])('refuses a MySQL role with %s, naming the field', (_why, roleBody, message) => {
+    expect(() => loadConfig({ file: configFile(mysqlEngine(roleBody)), env: {} })).toThrow(message);
+  });
+
+  it.each([
+    ['a non-mysql URL', sec('  mysql:\n    - name: m\n      url: postgres://a@h/x\n      roles: { r: { grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"] } }\n'), /mysql\[0\]\.url: expected mysql/],
+    ['a hostile role name', sec('  mysql:\n    - name: m\n      url: mysql://a@h/\n      roles: { "r\'@\'%": { grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"] } }\n'), /mysql\[0\]\.roles: role name/],
+    ['a long prefix', sec('  mysql:\n    - name: m\n      url: mysql://a@h/\n      usernamePrefix: toolongprefix\n      roles: { r: { grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"] } }\n'), /usernamePrefix/],
+    ['an engine name shared with PostgreSQL', sec(`${engine(role('GRANT x TO {{name}}'))}  mysql:\n    - name: main\n      url: mysql://a@h/\n      roles: { q: { grants: ["GRANT SELECT ON a.* TO {{name}}@'%'"] } }\n`), /duplicate engine name "main"/],
+    ['an unknown mysqlRoles entry', sec('  grants: [{ selector: { namespace: a }, mysqlRoles: [ghost] }]\n'), /mysqlRoles: no MySQL engine defines role "ghost"/],
+  ])('refuses %s', (_why, yaml, message) => {
+    expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(message);
+  });
+
   it('never echoes an engine URL (it may hold a password) in errors', () => {
     const yaml = sec('  postgres:\n    - name: main\n      url: "postgres://admin:hunter2@h:5432"\n      roles:\n' + role('GRANT x TO {{name}}'));
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(/name the database/);

@@ -6,7 +6,12 @@
 import type { SecretsConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
 import type { Lease, LeaseBackend, NewLease } from './leases.js';
+import { MysqlEngine } from './mysql.js';
 import { PostgresEngine } from './postgres.js';
+
+/** The kinds of dynamic engine (each has its own config list, grant list and route). */
+export type EngineKind = 'postgres' | 'mysql';
+export const ENGINE_LABEL: Readonly<Record<EngineKind, string>> = { postgres: 'PostgreSQL', mysql: 'MySQL' };
 
 /** What a role of an engine allows: its default and longest lease. */
 export interface EngineRole {
@@ -27,6 +32,7 @@ export interface EngineLeases {
 }
 
 export interface SecretEngine extends LeaseBackend {
+  readonly kind: EngineKind;
   readonly name: string;
   role(role: string): EngineRole | undefined;
   /**
@@ -48,20 +54,28 @@ export class SecretEngines implements LeaseBackend {
     this.#engines = new Map(engines.map((e) => [e.name, e]));
   }
 
-  /** The engines `config` describes (today: PostgreSQL servers). */
+  /** The engines `config` describes: PostgreSQL and MariaDB/MySQL servers. */
   static fromConfig(config: SecretsConfig, leases: EngineLeases, onError?: (engine: string, err: Error) => void): SecretEngines {
-    return new SecretEngines(config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })));
+    return new SecretEngines([
+      ...config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
+      ...config.mysql.map((c) => new MysqlEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
+    ]);
   }
 
-  /** The engine that defines `role`, or undefined. */
-  forRole(role: string): SecretEngine | undefined {
-    for (const e of this.#engines.values()) if (e.role(role) !== undefined) return e;
+  /** The engine (of `kind`, if given) that defines `role`, or undefined. */
+  forRole(role: string, kind?: EngineKind): SecretEngine | undefined {
+    for (const e of this.#engines.values()) if ((kind === undefined || e.kind === kind) && e.role(role) !== undefined) return e;
     return undefined;
+  }
+
+  /** Every configured engine. */
+  list(): SecretEngine[] {
+    return [...this.#engines.values()];
   }
 
   #engineOf(lease: Lease): SecretEngine {
     const engine = lease.engine !== undefined ? this.#engines.get(lease.engine) : undefined;
-    if (engine === undefined) throw new BrokerError('engine_unavailable', `PostgreSQL engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
+    if (engine === undefined) throw new BrokerError('engine_unavailable', `engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
     return engine;
   }
 

@@ -5,6 +5,7 @@
  * gets nothing), so a token caller and the same workload's SVID are judged alike.
  */
 import type { SecretGrantConfig } from '../config/config.js';
+import type { EngineKind } from './engine.js';
 import { grantCovers } from './names.js';
 
 export interface Workload {
@@ -31,6 +32,11 @@ export class SecretGrants {
   }
 
   mayPostgresRole(w: Workload, role: string): boolean {
-    return this.grants.some((g) => applies(g, w) && g.postgresRoles.includes(role));
+    return this.mayRole(w, 'postgres', role);
+  }
+
+  /** May `w` have credentials of `role` from an engine of `kind` (grant lists postgresRoles, mysqlRoles)? */
+  mayRole(w: Workload, kind: EngineKind, role: string): boolean {
+    return this.grants.some((g) => applies(g, w) && (kind === 'postgres' ? g.postgresRoles : (g.mysqlRoles ?? [])).includes(role));
   }
 }

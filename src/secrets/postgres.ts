@@ -105,6 +105,7 @@ interface PgError {
 }
 
 export class PostgresEngine implements SecretEngine {
+  readonly kind = 'postgres' as const;
   readonly name: string;
   readonly #config: PostgresEngineConfig;
   readonly #leases: EngineLeases;
