@@ -75,6 +75,17 @@ const mysqlRole = section({
   maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
 }, null);
 
+const redisRole = section({
+  /** Key patterns the user may touch (~pattern); checked strictly at load. */
+  keys: strList(),
+  /** Pub/Sub channel patterns (&pattern). */
+  channels: strList(),
+  /** Command rules in order: +@category, -@category, +command, -command (never +@all, +@admin, +@dangerous, +acl, …). */
+  commands: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 64, message: 'expected 1 to 64 rules' }),
+  ttlSeconds: int(1, MAX_LEASE_SECONDS, 3600),
+  maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
+}, null);
+
 export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin'];
 
 /** The config file. Every mapping refuses keys it does not name. */
@@ -183,7 +194,7 @@ export const ConfigFileSchema = section({
     sweepIntervalSeconds: int(1, 3600, 10),
     /** Exactly one of spiffeIds or selector; grants add up, nothing is granted by default. */
     grants: Type.Array(
-      section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList(), mysqlRoles: opt(strings()) }, null),
+      section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList(), mysqlRoles: opt(strings()), redisRoles: opt(strings()) }, null),
       { default: [], message: 'expected a list' },
     ),
     postgres: Type.Array(
@@ -213,6 +224,20 @@ export const ConfigFileSchema = section({
         connectTimeoutMs: int(100, 60_000, 5000),
         maxConnections: int(1, 64, 4),
         roles: Type.Record(Type.String(), mysqlRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
+      }, null),
+      { default: [], message: 'expected a list' },
+    ),
+    /** Redis servers (standalone; one engine per node for Sentinel / Cluster): ACL users. */
+    redis: Type.Array(
+      section({
+        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
+        /** redis://[user@]host:port of the admin user (needs +acl and +client). */
+        url: str(),
+        passwordFile: opt(file()),
+        /** Every user Tessera creates is named <usernamePrefix><role>_<16 hex>. */
+        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
+        connectTimeoutMs: int(100, 60_000, 5000),
+        roles: Type.Record(Type.String(), redisRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
       }, null),
       { default: [], message: 'expected a list' },
     ),
@@ -293,12 +318,17 @@ export type MysqlRoleConfig = Omit<Required<File['secrets']['mysql'][number]['ro
 export type MysqlEngineConfig = Omit<File['secrets']['mysql'][number], 'roles'> & {
   readonly roles: Readonly<Record<string, MysqlRoleConfig>>;
 };
-export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres' | 'mysql'> & {
+export type RedisRoleConfig = Required<File['secrets']['redis'][number]['roles'][string]>;
+export type RedisEngineConfig = Omit<File['secrets']['redis'][number], 'roles'> & {
+  readonly roles: Readonly<Record<string, RedisRoleConfig>>;
+};
+export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres' | 'mysql' | 'redis'> & {
   /** TTL of a static-secret lease, and the most any lease may be renewed to (from its issue time). */
   readonly leaseDefaultTtlSeconds: number;
   readonly leaseMaxTtlSeconds: number;
   readonly postgres: readonly PostgresEngineConfig[];
   readonly mysql: readonly MysqlEngineConfig[];
+  readonly redis: readonly RedisEngineConfig[];
 };
 /** What an admin may do: read/search audit, revoke and freeze, write secrets. */
 export type AdminRole = 'auditor' | 'operator' | 'secrets-admin';

@@ -127,6 +127,23 @@ describe('secrets config', () => {
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(message);
   });
 
+  const redisEngine = (roleBody: string): string => sec(`  redis:\n    - name: cache\n      url: redis://127.0.0.1:6379\n      roles:\n        r:\n${roleBody}`);
+
+  it.each([
+    ['a rule that grants everything', '          commands: ["+@all"]\n', /redis\[0\]\.roles\.r\.commands\[0\]: \+@all would let/],
+    ['a smuggled ACL flag', '          commands: ["+get", "nopass"]\n', /redis\[0\]\.roles\.r\.commands\[1\]: expected/],
+    ['a key pattern with a space', '          keys: ["cache:* +@all"]\n          commands: ["+get"]\n', /redis\[0\]\.roles\.r\.keys\[0\]/],
+    ['a channel with CRLF', '          channels: ["a\\r\\nFLUSHALL"]\n          commands: ["+get"]\n', /redis\[0\]\.roles\.r\.channels\[0\]/],
+    ['no allowed command', '          commands: ["-@all"]\n', /roles\.r\.commands: allows no command/],
+  ])('refuses a Redis role with %s, naming the field', (_why, roleBody, message) => {
+    expect(() => loadConfig({ file: configFile(redisEngine(roleBody)), env: {} })).toThrow(message);
+  });
+
+  it('reads a Redis engine', () => {
+    const s = loadConfig({ file: configFile(redisEngine('          keys: ["cache:*"]\n          commands: ["+@read"]\n')), env: {} }).secrets;
+    expect(s.redis[0]).toMatchObject({ name: 'cache', usernamePrefix: 'tessera_', roles: { r: { keys: ['cache:*'], channels: [], commands: ['+@read'], maxTtlSeconds: 86_400 } } });
+  });
+
   it('never echoes an engine URL (it may hold a password) in errors', () => {
     const yaml = sec('  postgres:\n    - name: main\n      url: "postgres://admin:hunter2@h:5432"\n      roles:\n' + role('GRANT x TO {{name}}'));
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(/name the database/);

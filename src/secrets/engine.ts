@@ -8,10 +8,11 @@ import { BrokerError } from '../errors.js';
 import type { Lease, LeaseBackend, NewLease } from './leases.js';
 import { MysqlEngine } from './mysql.js';
 import { PostgresEngine } from './postgres.js';
+import { RedisAclEngine } from './redis-acl.js';
 
 /** The kinds of dynamic engine (each has its own config list, grant list and route). */
-export type EngineKind = 'postgres' | 'mysql';
-export const ENGINE_LABEL: Readonly<Record<EngineKind, string>> = { postgres: 'PostgreSQL', mysql: 'MySQL' };
+export type EngineKind = 'postgres' | 'mysql' | 'redis';
+export const ENGINE_LABEL: Readonly<Record<EngineKind, string>> = { postgres: 'PostgreSQL', mysql: 'MySQL', redis: 'Redis' };
 
 /** What a role of an engine allows: its default and longest lease. */
 export interface EngineRole {
@@ -54,11 +55,12 @@ export class SecretEngines implements LeaseBackend {
     this.#engines = new Map(engines.map((e) => [e.name, e]));
   }
 
-  /** The engines `config` describes: PostgreSQL and MariaDB/MySQL servers. */
+  /** The engines `config` describes: PostgreSQL, MariaDB/MySQL and Redis servers. */
   static fromConfig(config: SecretsConfig, leases: EngineLeases, onError?: (engine: string, err: Error) => void): SecretEngines {
     return new SecretEngines([
       ...config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
       ...config.mysql.map((c) => new MysqlEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
+      ...config.redis.map((c) => new RedisAclEngine(c, leases)),
     ]);
   }
 

@@ -37,6 +37,6 @@ export class SecretGrants {
 
   /** May `w` have credentials of `role` from an engine of `kind` (grant lists postgresRoles, mysqlRoles)? */
   mayRole(w: Workload, kind: EngineKind, role: string): boolean {
-    return this.grants.some((g) => applies(g, w) && (kind === 'postgres' ? g.postgresRoles : (g.mysqlRoles ?? [])).includes(role));
+    return this.grants.some((g) => applies(g, w) && (kind === 'postgres' ? g.postgresRoles : kind === 'mysql' ? (g.mysqlRoles ?? []) : (g.redisRoles ?? [])).includes(role));
   }
 }

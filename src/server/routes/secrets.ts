@@ -3,6 +3,7 @@
  *   GET  /v1/secrets/<name…>                 a static secret under a new lease
  *   POST /v1/secrets/postgres/<role>/creds   fresh PostgreSQL credentials under a new lease
  *   POST /v1/secrets/mysql/<role>/creds      fresh MariaDB / MySQL credentials under a new lease
+ *   POST /v1/secrets/redis/<role>/creds      a fresh Redis ACL user under a new lease
  * Every refusal is audited; the kill switch (admin/freeze.ts) covers new leases like any issuance.
  */
 import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
@@ -88,6 +89,16 @@ sessions and drops it. PostgreSQL unreachable → 503 \`engine_unavailable\` and
 running the role's creation statements and grants (a failure drops what was made). The lease is
 renewable up to the role's max TTL; at expiry (or revoke) the broker drops the user and kills its
 sessions. Server unreachable → 503 \`engine_unavailable\` and no lease.
+`,
+  },
+  {
+    kind: 'redis',
+    operationId: 'issueRedisCredentials',
+    summary: 'Create a fresh Redis ACL user for a role this identity is granted.',
+    description: `Creates an ACL user (\`ACL SETUSER <prefix><role>_<16 hex> reset on >password …\`) with exactly the
+role's key patterns, channels and command rules. The lease is renewable up to the role's max TTL;
+at expiry (or revoke) the broker switches the user off, kills its connections and deletes it.
+Redis unreachable → 503 \`engine_unavailable\` and no lease.
 `,
   },
 ];
