@@ -86,6 +86,16 @@ const redisRole = section({
   maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
 }, null);
 
+const rabbitPermissions = section({ configure: Type.String({ default: '^$' }), write: Type.String({ default: '^$' }), read: Type.String({ default: '^$' }) }, null);
+const rabbitmqRole = section({
+  /** vhost → permission regexes (configure / write / read; default "^$": nothing). */
+  vhosts: Type.Record(Type.String(), rabbitPermissions, { minProperties: 1, message: 'expected a mapping of vhost to permissions' }),
+  /** User tags: management, monitoring or policymaker (never administrator). */
+  tags: strList(),
+  ttlSeconds: int(1, MAX_LEASE_SECONDS, 3600),
+  maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
+}, null);
+
 export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin'];
 
 /** The config file. Every mapping refuses keys it does not name. */
@@ -194,7 +204,7 @@ export const ConfigFileSchema = section({
     sweepIntervalSeconds: int(1, 3600, 10),
     /** Exactly one of spiffeIds or selector; grants add up, nothing is granted by default. */
     grants: Type.Array(
-      section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList(), mysqlRoles: opt(strings()), redisRoles: opt(strings()) }, null),
+      section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList(), mysqlRoles: opt(strings()), redisRoles: opt(strings()), rabbitmqRoles: opt(strings()) }, null),
       { default: [], message: 'expected a list' },
     ),
     postgres: Type.Array(
@@ -238,6 +248,19 @@ export const ConfigFileSchema = section({
         usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
         connectTimeoutMs: int(100, 60_000, 5000),
         roles: Type.Record(Type.String(), redisRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
+      }, null),
+      { default: [], message: 'expected a list' },
+    ),
+    /** RabbitMQ brokers, through the management HTTP API. */
+    rabbitmq: Type.Array(
+      section({
+        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
+        /** http(s)://user@host:15672 of the management API, as an administrator. */
+        url: str(),
+        passwordFile: opt(file()),
+        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
+        connectTimeoutMs: int(100, 60_000, 5000),
+        roles: Type.Record(Type.String(), rabbitmqRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
       }, null),
       { default: [], message: 'expected a list' },
     ),
@@ -322,13 +345,18 @@ export type RedisRoleConfig = Required<File['secrets']['redis'][number]['roles']
 export type RedisEngineConfig = Omit<File['secrets']['redis'][number], 'roles'> & {
   readonly roles: Readonly<Record<string, RedisRoleConfig>>;
 };
-export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres' | 'mysql' | 'redis'> & {
+export type RabbitmqRoleConfig = Required<File['secrets']['rabbitmq'][number]['roles'][string]>;
+export type RabbitmqEngineConfig = Omit<File['secrets']['rabbitmq'][number], 'roles'> & {
+  readonly roles: Readonly<Record<string, RabbitmqRoleConfig>>;
+};
+export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres' | 'mysql' | 'redis' | 'rabbitmq'> & {
   /** TTL of a static-secret lease, and the most any lease may be renewed to (from its issue time). */
   readonly leaseDefaultTtlSeconds: number;
   readonly leaseMaxTtlSeconds: number;
   readonly postgres: readonly PostgresEngineConfig[];
   readonly mysql: readonly MysqlEngineConfig[];
   readonly redis: readonly RedisEngineConfig[];
+  readonly rabbitmq: readonly RabbitmqEngineConfig[];
 };
 /** What an admin may do: read/search audit, revoke and freeze, write secrets. */
 export type AdminRole = 'auditor' | 'operator' | 'secrets-admin';

@@ -15,6 +15,7 @@ import { isRecord as isObj } from '../is-record.js';
 import { parseSpiffeId, validatePathSegment, validateTrustDomain } from '../spiffe/id.js';
 import { isRoleName, secretGrantProblem } from '../secrets/names.js';
 import { DEFAULT_MYSQL_CREATION, mysqlTemplateProblem } from '../secrets/mysql-template.js';
+import { rabbitRoleProblem } from '../secrets/rabbitmq.js';
 import { aclPatternProblem, aclRuleProblem } from '../secrets/redis-acl.js';
 import { grantTemplateProblem } from '../secrets/sql-template.js';
 import { autoCaThreads } from '../ca/minter-pool.js';
@@ -391,17 +392,38 @@ function checkRedisEngine(engine: ConfigFile['secrets']['redis'][number], where:
   return { ...engine, roles };
 }
 
+function checkRabbitmqEngine(engine: ConfigFile['secrets']['rabbitmq'][number], where: string): Config['secrets']['rabbitmq'][number] {
+  const parsed = url(engine.url);
+  // Never echo the URL: it may carry the admin password.
+  if (parsed === undefined || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') || parsed.hostname === '' || parsed.username === '') {
+    fail(`${where}.url: expected http(s)://user@host:15672 (the management API)`);
+  }
+  if (parsed.search !== '' || parsed.hash !== '') fail(`${where}.url: no query string or fragment`);
+  const roles = Object.fromEntries(
+    Object.entries(engine.roles).map(([role, r]) => {
+      if (!isRoleName(role)) fail(`${where}.roles: role name "${role}" must match ^[a-z][a-z0-9_]{0,30}$`);
+      const problem = rabbitRoleProblem(r);
+      if (problem !== undefined) fail(`${where}.roles.${role}.${problem.field}: ${problem.problem}`);
+      const maxTtlSeconds = r.maxTtlSeconds ?? Math.max(86_400, r.ttlSeconds);
+      if (r.ttlSeconds > maxTtlSeconds) fail(`${where}.roles.${role}: ttlSeconds exceeds maxTtlSeconds`);
+      return [role, { ...r, maxTtlSeconds }];
+    }),
+  );
+  return { ...engine, roles };
+}
+
 /** The secrets section. Default deny: without grants nobody gets anything. */
 function readSecrets(secrets: ConfigFile['secrets'], trustDomain: string): Config['secrets'] {
   const where = 'config.secrets';
-  const { lease, postgres, mysql, redis, ...rest } = secrets;
+  const { lease, postgres, mysql, redis, rabbitmq, ...rest } = secrets;
   const leaseMaxTtlSeconds = lease.maxTtlSeconds ?? Math.max(86_400, lease.defaultTtlSeconds);
   if (lease.defaultTtlSeconds > leaseMaxTtlSeconds) fail(`${where}.lease: defaultTtlSeconds exceeds maxTtlSeconds`);
   const engines = postgres.map((e, i) => checkPostgresEngine(e, `${where}.postgres[${i}]`));
   const mysqlEngines = mysql.map((e, i) => checkMysqlEngine(e, `${where}.mysql[${i}]`));
   // Engine names are unique across kinds: a lease names its engine only.
   const redisEngines = redis.map((e, i) => checkRedisEngine(e, `${where}.redis[${i}]`));
-  noDuplicates([...engines, ...mysqlEngines, ...redisEngines].map((e) => e.name), (n) => `${where}: duplicate engine name "${n}"`);
+  const rabbitEngines = rabbitmq.map((e, i) => checkRabbitmqEngine(e, `${where}.rabbitmq[${i}]`));
+  noDuplicates([...engines, ...mysqlEngines, ...redisEngines, ...rabbitEngines].map((e) => e.name), (n) => `${where}: duplicate engine name "${n}"`);
   const owners = (list: readonly { name: string; roles: Readonly<Record<string, unknown>> }[], at: string): Map<string, string> => {
     const roleOwner = new Map<string, string>();
     for (const e of list) {
@@ -416,6 +438,7 @@ function readSecrets(secrets: ConfigFile['secrets'], trustDomain: string): Confi
   const roleOwner = owners(engines, 'postgres');
   const mysqlRoleOwner = owners(mysqlEngines, 'mysql');
   const redisRoleOwner = owners(redisEngines, 'redis');
+  const rabbitRoleOwner = owners(rabbitEngines, 'rabbitmq');
   secrets.grants.forEach((g, i) => {
     const at = `${where}.grants[${i}]`;
     if ((g.spiffeIds === undefined) === (g.selector === undefined)) fail(`${at}: set exactly one of spiffeIds or selector`);
@@ -438,17 +461,18 @@ function readSecrets(secrets: ConfigFile['secrets'], trustDomain: string): Confi
     for (const r of g.postgresRoles) if (!isRoleName(r)) fail(`${at}.postgresRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
     for (const r of g.mysqlRoles ?? []) if (!isRoleName(r)) fail(`${at}.mysqlRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
     for (const r of g.redisRoles ?? []) if (!isRoleName(r)) fail(`${at}.redisRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
-    if (g.secrets.length === 0 && g.postgresRoles.length === 0 && (g.mysqlRoles ?? []).length === 0 && (g.redisRoles ?? []).length === 0) {
-      fail(`${at}: grants nothing (set secrets, postgresRoles, mysqlRoles or redisRoles)`);
-    }
+    for (const r of g.rabbitmqRoles ?? []) if (!isRoleName(r)) fail(`${at}.rabbitmqRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
+    const dynamic = [...g.postgresRoles, ...(g.mysqlRoles ?? []), ...(g.redisRoles ?? []), ...(g.rabbitmqRoles ?? [])];
+    if (g.secrets.length === 0 && dynamic.length === 0) fail(`${at}: grants nothing (set secrets, postgresRoles, mysqlRoles, redisRoles or rabbitmqRoles)`);
   });
   secrets.grants.forEach((g, i) => {
     for (const r of g.postgresRoles) if (!roleOwner.has(r)) fail(`${where}.grants[${i}].postgresRoles: no engine defines role "${r}"`);
     for (const r of g.mysqlRoles ?? []) if (!mysqlRoleOwner.has(r)) fail(`${where}.grants[${i}].mysqlRoles: no MySQL engine defines role "${r}"`);
     for (const r of g.redisRoles ?? []) if (!redisRoleOwner.has(r)) fail(`${where}.grants[${i}].redisRoles: no Redis engine defines role "${r}"`);
+    for (const r of g.rabbitmqRoles ?? []) if (!rabbitRoleOwner.has(r)) fail(`${where}.grants[${i}].rabbitmqRoles: no RabbitMQ engine defines role "${r}"`);
     if (g.secrets.length > 0 && secrets.kekFile === undefined) fail(`${where}.kekFile: required when grants give static secrets (grants[${i}])`);
   });
-  return { ...rest, leaseDefaultTtlSeconds: lease.defaultTtlSeconds, leaseMaxTtlSeconds, postgres: engines, mysql: mysqlEngines, redis: redisEngines };
+  return { ...rest, leaseDefaultTtlSeconds: lease.defaultTtlSeconds, leaseMaxTtlSeconds, postgres: engines, mysql: mysqlEngines, redis: redisEngines, rabbitmq: rabbitEngines };
 }
 
 /** A SPIFFE-style admin ID (valid SPIFFE ID with a path); break-glass IDs are minted by the broker only. */

@@ -144,6 +144,22 @@ describe('secrets config', () => {
     expect(s.redis[0]).toMatchObject({ name: 'cache', usernamePrefix: 'tessera_', roles: { r: { keys: ['cache:*'], channels: [], commands: ['+@read'], maxTtlSeconds: 86_400 } } });
   });
 
+  const rabbitEngine = (roleBody: string): string => sec(`  rabbitmq:\n    - name: mq\n      url: http://guest@127.0.0.1:15672\n      roles:\n        r:\n${roleBody}`);
+
+  it.each([
+    ['the administrator tag', '          tags: [administrator]\n          vhosts: { "/": { read: ".*" } }\n', /rabbitmq\[0\]\.roles\.r\.tags: "administrator" is not one of/],
+    ['a vhost with a path trick', '          vhosts: { "../users": { read: ".*" } }\n', /rabbitmq\[0\]\.roles\.r\.vhosts\["\.\.\/users"\]: a vhost is/],
+    ['a dot-segment vhost', '          vhosts: { "..": { read: ".*" } }\n', /rabbitmq\[0\]\.roles\.r\.vhosts\["\.\."\]: a vhost is/],
+    ['an invalid regex', '          vhosts: { "/": { read: "(" } }\n', /roles\.r\.vhosts\["\/"\]\.read: not a valid regular expression/],
+  ])('refuses a RabbitMQ role with %s, naming the field', (_why, roleBody, message) => {
+    expect(() => loadConfig({ file: configFile(rabbitEngine(roleBody)), env: {} })).toThrow(message);
+  });
+
+  it('reads a RabbitMQ engine; permissions default to nothing', () => {
+    const s = loadConfig({ file: configFile(rabbitEngine('          vhosts: { "/": { read: "^app\\\\." } }\n')), env: {} }).secrets;
+    expect(s.rabbitmq[0]?.roles.r).toMatchObject({ tags: [], vhosts: { '/': { configure: '^$', write: '^$', read: '^app\\.' } } });
+  });
+
   it('never echoes an engine URL (it may hold a password) in errors', () => {
     const yaml = sec('  postgres:\n    - name: main\n      url: "postgres://admin:hunter2@h:5432"\n      roles:\n' + role('GRANT x TO {{name}}'));
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(/name the database/);

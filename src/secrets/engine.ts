@@ -8,11 +8,12 @@ import { BrokerError } from '../errors.js';
 import type { Lease, LeaseBackend, NewLease } from './leases.js';
 import { MysqlEngine } from './mysql.js';
 import { PostgresEngine } from './postgres.js';
+import { RabbitmqEngine } from './rabbitmq.js';
 import { RedisAclEngine } from './redis-acl.js';
 
 /** The kinds of dynamic engine (each has its own config list, grant list and route). */
-export type EngineKind = 'postgres' | 'mysql' | 'redis';
-export const ENGINE_LABEL: Readonly<Record<EngineKind, string>> = { postgres: 'PostgreSQL', mysql: 'MySQL', redis: 'Redis' };
+export type EngineKind = 'postgres' | 'mysql' | 'redis' | 'rabbitmq';
+export const ENGINE_LABEL: Readonly<Record<EngineKind, string>> = { postgres: 'PostgreSQL', mysql: 'MySQL', redis: 'Redis', rabbitmq: 'RabbitMQ' };
 
 /** What a role of an engine allows: its default and longest lease. */
 export interface EngineRole {
@@ -61,6 +62,7 @@ export class SecretEngines implements LeaseBackend {
       ...config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
       ...config.mysql.map((c) => new MysqlEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
       ...config.redis.map((c) => new RedisAclEngine(c, leases)),
+      ...config.rabbitmq.map((c) => new RabbitmqEngine(c, leases)),
     ]);
   }
 

@@ -24,6 +24,14 @@ function applies(grant: SecretGrantConfig, w: Workload): boolean {
   return ok(sel.namespace, w.namespace) && ok(sel.serviceAccount, w.serviceAccount);
 }
 
+/** The grant list of each engine kind. */
+const ROLES_OF: Readonly<Record<EngineKind, (g: SecretGrantConfig) => readonly string[]>> = {
+  postgres: (g) => g.postgresRoles,
+  mysql: (g) => g.mysqlRoles ?? [],
+  redis: (g) => g.redisRoles ?? [],
+  rabbitmq: (g) => g.rabbitmqRoles ?? [],
+};
+
 export class SecretGrants {
   constructor(private readonly grants: readonly SecretGrantConfig[]) {}
 
@@ -37,6 +45,6 @@ export class SecretGrants {
 
   /** May `w` have credentials of `role` from an engine of `kind` (grant lists postgresRoles, mysqlRoles)? */
   mayRole(w: Workload, kind: EngineKind, role: string): boolean {
-    return this.grants.some((g) => applies(g, w) && (kind === 'postgres' ? g.postgresRoles : kind === 'mysql' ? (g.mysqlRoles ?? []) : (g.redisRoles ?? [])).includes(role));
+    return this.grants.some((g) => applies(g, w) && ROLES_OF[kind](g).includes(role));
   }
 }

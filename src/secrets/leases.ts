@@ -44,7 +44,7 @@ const LeaseSchema = Type.Object({
   v: Type.Literal(1),
   /** 128 random bits, hex. */
   id: Type.String({ pattern: LEASE_ID_PATTERN }),
-  kind: Type.Enum(['kv', 'postgres', 'mysql', 'redis']),
+  kind: Type.Enum(['kv', 'postgres', 'mysql', 'redis', 'rabbitmq']),
   /** Registered SPIFFE ID holding the lease: the only identity that may renew or revoke it. */
   identity: Type.String(),
   /** Static secret name, or "<engine kind>/<role>" (postgres/reporting, mysql/reporting). */

@@ -93,7 +93,7 @@ export class SecretsService {
       clock: deps.clock,
       record: (entry) => this.#append(entry),
       replicaId: deps.replicaId,
-      backends: { postgres: this.engines, mysql: this.engines, redis: this.engines },
+      backends: { postgres: this.engines, mysql: this.engines, redis: this.engines, rabbitmq: this.engines },
       sweepIntervalMs: deps.config.sweepIntervalSeconds * 1000,
       ...(deps.log !== undefined ? { log: deps.log } : {}),
       ...(deps.onRevokeFailure !== undefined ? { onRevokeFailure: deps.onRevokeFailure } : {}),

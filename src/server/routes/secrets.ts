@@ -4,6 +4,7 @@
  *   POST /v1/secrets/postgres/<role>/creds   fresh PostgreSQL credentials under a new lease
  *   POST /v1/secrets/mysql/<role>/creds      fresh MariaDB / MySQL credentials under a new lease
  *   POST /v1/secrets/redis/<role>/creds      a fresh Redis ACL user under a new lease
+ *   POST /v1/secrets/rabbitmq/<role>/creds   a fresh RabbitMQ user under a new lease
  * Every refusal is audited; the kill switch (admin/freeze.ts) covers new leases like any issuance.
  */
 import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
@@ -99,6 +100,16 @@ sessions. Server unreachable → 503 \`engine_unavailable\` and no lease.
 role's key patterns, channels and command rules. The lease is renewable up to the role's max TTL;
 at expiry (or revoke) the broker switches the user off, kills its connections and deletes it.
 Redis unreachable → 503 \`engine_unavailable\` and no lease.
+`,
+  },
+  {
+    kind: 'rabbitmq',
+    operationId: 'issueRabbitmqCredentials',
+    summary: 'Create a fresh RabbitMQ user for a role this identity is granted.',
+    description: `Creates a user through the management API with the role's tags and, per vhost, its configure /
+write / read permission regexes. The lease is renewable up to the role's max TTL; at expiry (or
+revoke) the broker deletes the user and closes its connections. API unreachable → 503
+\`engine_unavailable\` and no lease.
 `,
   },
 ];
