@@ -45,12 +45,20 @@ export interface SecretEngine extends LeaseBackend {
   issue(role: string, identity: string, ttlSeconds: number): Promise<{ credential: EngineCredential; lease: Lease }>;
   /** Drops the lease's credential; one that is already gone is success. */
   revoke(lease: Lease): Promise<void>;
+  /** Can the engine's admin credentials log in and act? Bounded by the engine's connect timeout; never throws. */
+  health(): Promise<EngineHealth>;
   close(): Promise<void>;
 }
+
+export type EngineHealth = { readonly ok: true } | { readonly ok: false; readonly error: string };
+
+/** How long one health answer is reused (/readyz is probed often; backends should not be hammered). */
+export const HEALTH_CACHE_MS = 10_000;
 
 /** All configured engines, found by role (role names are unique across engines) or by a lease's engine. */
 export class SecretEngines implements LeaseBackend {
   readonly #engines: ReadonlyMap<string, SecretEngine>;
+  #health: { at: number; value: Promise<Record<string, EngineHealth & { kind: EngineKind }>> } | undefined;
 
   constructor(engines: readonly SecretEngine[]) {
     this.#engines = new Map(engines.map((e) => [e.name, e]));
@@ -70,6 +78,16 @@ export class SecretEngines implements LeaseBackend {
   forRole(role: string, kind?: EngineKind): SecretEngine | undefined {
     for (const e of this.#engines.values()) if ((kind === undefined || e.kind === kind) && e.role(role) !== undefined) return e;
     return undefined;
+  }
+
+  /** Health of every engine by name (cached HEALTH_CACHE_MS; engines are checked in parallel). */
+  async health(now: number = Date.now()): Promise<Record<string, EngineHealth & { kind: EngineKind }>> {
+    if (this.#health === undefined || now - this.#health.at >= HEALTH_CACHE_MS) {
+      const engines = [...this.#engines.values()];
+      const value = Promise.all(engines.map(async (e) => [e.name, { kind: e.kind, ...(await e.health()) }] as const)).then((l) => Object.fromEntries(l));
+      this.#health = { at: now, value };
+    }
+    return this.#health.value;
   }
 
   /** Every configured engine. */

@@ -315,6 +315,20 @@ export class PostgresEngine implements SecretEngine {
     }
   }
 
+  async health(): Promise<{ ok: true } | { ok: false; error: string }> {
+    try {
+      const client = await this.#client('check health');
+      try {
+        await client.query(extended('SELECT 1'));
+      } finally {
+        client.release();
+      }
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, error: this.#unavailable('check health', err).message };
+    }
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;

@@ -9,7 +9,9 @@ import path from 'node:path';
 import mysql from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LEASE_SPACE, type Lease } from '../../src/secrets/leases.js';
+import { secretsEngines } from '../../src/cli/secrets.js';
 import { renderMysqlTemplate } from '../../src/secrets/mysql-template.js';
+import { configFile, MINIMAL_CONFIG } from '../helpers/config-file.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
 import { asMysqlUser, createTestMysql, mysqlConnect, mysqlRequiredUnderCi, mysqlUrl, sharedMysql, SHARED_MYSQL, type TestMysql } from '../helpers/mysql.js';
@@ -292,6 +294,36 @@ describe.skipIf(!reach.ok)('dynamic MariaDB/MySQL credentials', () => {
     } finally {
       await second.close();
     }
+  });
+
+  it('an engine that cannot reach its server makes /readyz degraded for that engine only; the others keep serving', async () => {
+    const ready = await b.call<{ status: string; checks: Record<string, string> }>({ path: '/readyz' });
+    expect(ready.status, ready.text).toBe(200);
+    expect(ready.json.status).toBe('degraded');
+    expect(ready.json.checks).toMatchObject({ store: 'ok', audit: 'ok', 'engine:maria': 'ok', 'engine:flaky': 'ok' });
+    expect(ready.json.checks['engine:down']).toMatch(/MySQL engine "down" could not check health: cannot connect \(ECONNREFUSED\)/);
+    expect((await creds()).status).toBe(200);
+  });
+
+  it('tessera secrets engines lists every engine with its health, and exits 1 when one fails', async () => {
+    const lines: string[] = [];
+    const closedPort = await freePort();
+    const file = configFile(`${MINIMAL_CONFIG}
+secrets:
+  mysql:
+    - name: good
+      url: ${mysqlUrl()}
+      roles: { reader: { grants: ["GRANT SELECT ON x.* TO {{name}}@'%'"] } }
+    - name: bad
+      url: ${mysqlUrl('', closedPort)}
+      connectTimeoutMs: 1000
+      roles: { other: { grants: ["GRANT SELECT ON x.* TO {{name}}@'%'"] } }
+`);
+    expect(await secretsEngines({ config: file, out: (l) => lines.push(l) })).toBe(1);
+    expect(lines).toEqual([
+      expect.stringMatching(/^bad\tmysql\troles: other\tFAILING: MySQL engine "bad" could not check health: cannot connect/),
+      'good\tmysql\troles: reader\tok',
+    ]);
   });
 
   it('the periodic sweeper (real timer) drops a user soon after its lease expires', async () => {
