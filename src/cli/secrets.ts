@@ -13,6 +13,7 @@ import { AuditLog } from '../audit/log.js';
 import type { Config } from '../config/config.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { ensureDevMaterial } from '../dev/material.js';
+import { SecretEngines } from '../secrets/engine.js';
 import { EnvelopeError, KeyRing, type Kek, readKekFile, writeNewKekFile } from '../secrets/envelope.js';
 import { MAX_SECRET_BYTES, SECRET_SPACE, SecretKv } from '../secrets/kv.js';
 import { secretNameProblem } from '../secrets/names.js';
@@ -173,6 +174,51 @@ export async function secretsRotateKek(opts: SecretsCliOptions): Promise<void> {
   }
 }
 
+/**
+ * `tessera secrets engines`: every configured dynamic-secrets engine, its kind and roles, and whether
+ * its admin credentials work right now (the same check /readyz runs). Resolves 1 if any engine fails.
+ */
+export async function secretsEngines(opts: SecretsCliOptions): Promise<number> {
+  const out = opts.out ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const config = await load(opts.config);
+  const s = config.secrets;
+  const roles = new Map<string, string[]>(
+    [...s.postgres, ...s.mysql, ...s.redis, ...s.rabbitmq].map((e) => [e.name, Object.keys(e.roles)] as const),
+  );
+  // Health only: nothing is issued, so no lease is ever created.
+  const engines = SecretEngines.fromConfig(s, {
+    create: () => Promise.reject(new Error('tessera secrets engines issues nothing')),
+    discard: () => Promise.resolve(),
+  });
+  try {
+    const health = await engines.health();
+    const names = Object.keys(health);
+    if (names.length === 0) {
+      out('no secrets engines are configured (secrets.postgres, secrets.mysql, secrets.redis, secrets.rabbitmq)');
+      return 0;
+    }
+    let failing = 0;
+    for (const name of names.sort()) {
+      const h = health[name] as (typeof health)[string];
+      if (!h.ok) failing++;
+      out(`${name}\t${h.kind}\troles: ${(roles.get(name) ?? []).join(',')}\t${h.ok ? 'ok' : `FAILING: ${h.error}`}`);
+    }
+    return failing > 0 ? 1 : 0;
+  } finally {
+    await engines.close();
+  }
+}
+
+const enginesCommand = command({
+  name: 'secrets engines',
+  usage: '[--config FILE]',
+  summary: 'list the dynamic-secrets engines (PostgreSQL, MySQL, Redis, RabbitMQ) and their health',
+  options: { config: { type: 'string' } },
+  async run(values) {
+    return secretsEngines({ config: values.config });
+  },
+});
+
 const putCommand = command({
   name: 'secrets put',
   usage: 'NAME --from-file FILE [--config FILE]',
@@ -195,4 +241,4 @@ const rotateKekCommand = command({
   },
 });
 
-export const SECRETS_COMMANDS = [putCommand, rotateKekCommand];
+export const SECRETS_COMMANDS = [putCommand, rotateKekCommand, enginesCommand];

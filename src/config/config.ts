@@ -62,6 +62,40 @@ const postgresRole = section({
   maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
 }, null);
 
+const mysqlRole = section({
+  /**
+   * Statements run, in order, when a credential is created. Placeholders {{name}}, {{password}} and
+   * {{expiration}} become driver-escaped string literals (write them bare: CREATE USER {{name}}@'%' ...).
+   * Default: CREATE USER {{name}}@'%' IDENTIFIED BY {{password}}.
+   */
+  creationStatements: opt(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 64, message: 'expected 1 to 64 statements' })),
+  /** GRANT statements run after creation; {{name}} as above. */
+  grants: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 64, message: 'expected 1 to 64 statements' }),
+  ttlSeconds: int(1, MAX_LEASE_SECONDS, 3600),
+  maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
+}, null);
+
+const redisRole = section({
+  /** Key patterns the user may touch (~pattern); checked strictly at load. */
+  keys: strList(),
+  /** Pub/Sub channel patterns (&pattern). */
+  channels: strList(),
+  /** Command rules in order: +@category, -@category, +command, -command (never +@all, +@admin, +@dangerous, +acl, …). */
+  commands: Type.Array(Type.String({ minLength: 1 }), { minItems: 1, maxItems: 64, message: 'expected 1 to 64 rules' }),
+  ttlSeconds: int(1, MAX_LEASE_SECONDS, 3600),
+  maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
+}, null);
+
+const rabbitPermissions = section({ configure: Type.String({ default: '^$' }), write: Type.String({ default: '^$' }), read: Type.String({ default: '^$' }) }, null);
+const rabbitmqRole = section({
+  /** vhost → permission regexes (configure / write / read; default "^$": nothing). */
+  vhosts: Type.Record(Type.String(), rabbitPermissions, { minProperties: 1, message: 'expected a mapping of vhost to permissions' }),
+  /** User tags: management, monitoring or policymaker (never administrator). */
+  tags: strList(),
+  ttlSeconds: int(1, MAX_LEASE_SECONDS, 3600),
+  maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
+}, null);
+
 export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin'];
 
 /** The config file. Every mapping refuses keys it does not name. */
@@ -175,7 +209,7 @@ export const ConfigFileSchema = section({
     sweepIntervalSeconds: int(1, 3600, 10),
     /** Exactly one of spiffeIds or selector; grants add up, nothing is granted by default. */
     grants: Type.Array(
-      section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList() }, null),
+      section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList(), mysqlRoles: opt(strings()), redisRoles: opt(strings()), rabbitmqRoles: opt(strings()) }, null),
       { default: [], message: 'expected a list' },
     ),
     postgres: Type.Array(
@@ -190,6 +224,48 @@ export const ConfigFileSchema = section({
         statementTimeoutMs: int(100, 300_000, 10_000),
         maxConnections: int(1, 64, 4),
         roles: Type.Record(Type.String(), postgresRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
+      }, null),
+      { default: [], message: 'expected a list' },
+    ),
+    /** MariaDB / MySQL servers (engine names are unique across all engine kinds). */
+    mysql: Type.Array(
+      section({
+        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
+        /** mysql://user@host:port[/database] of the admin user (CREATE USER, GRANT OPTION, CONNECTION ADMIN or SUPER). */
+        url: str(),
+        passwordFile: opt(file()),
+        /** Every user Tessera creates is named <usernamePrefix><role, shortened>_<16 hex>, at most 32 characters. */
+        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,7}$', message: 'expected ^[a-z][a-z0-9_]{0,7}$', default: 'tsr_' }),
+        connectTimeoutMs: int(100, 60_000, 5000),
+        maxConnections: int(1, 64, 4),
+        roles: Type.Record(Type.String(), mysqlRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
+      }, null),
+      { default: [], message: 'expected a list' },
+    ),
+    /** Redis servers (standalone; one engine per node for Sentinel / Cluster): ACL users. */
+    redis: Type.Array(
+      section({
+        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
+        /** redis://[user@]host:port of the admin user (needs +acl and +client). */
+        url: str(),
+        passwordFile: opt(file()),
+        /** Every user Tessera creates is named <usernamePrefix><role>_<16 hex>. */
+        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
+        connectTimeoutMs: int(100, 60_000, 5000),
+        roles: Type.Record(Type.String(), redisRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
+      }, null),
+      { default: [], message: 'expected a list' },
+    ),
+    /** RabbitMQ brokers, through the management HTTP API. */
+    rabbitmq: Type.Array(
+      section({
+        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
+        /** http(s)://user@host:15672 of the management API, as an administrator. */
+        url: str(),
+        passwordFile: opt(file()),
+        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
+        connectTimeoutMs: int(100, 60_000, 5000),
+        roles: Type.Record(Type.String(), rabbitmqRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
       }, null),
       { default: [], message: 'expected a list' },
     ),
@@ -264,11 +340,28 @@ export type PostgresRoleConfig = Required<File['secrets']['postgres'][number]['r
 export type PostgresEngineConfig = Omit<File['secrets']['postgres'][number], 'roles'> & {
   readonly roles: Readonly<Record<string, PostgresRoleConfig>>;
 };
-export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres'> & {
+export type MysqlRoleConfig = Omit<Required<File['secrets']['mysql'][number]['roles'][string]>, 'creationStatements'> & {
+  readonly creationStatements: readonly string[];
+};
+export type MysqlEngineConfig = Omit<File['secrets']['mysql'][number], 'roles'> & {
+  readonly roles: Readonly<Record<string, MysqlRoleConfig>>;
+};
+export type RedisRoleConfig = Required<File['secrets']['redis'][number]['roles'][string]>;
+export type RedisEngineConfig = Omit<File['secrets']['redis'][number], 'roles'> & {
+  readonly roles: Readonly<Record<string, RedisRoleConfig>>;
+};
+export type RabbitmqRoleConfig = Required<File['secrets']['rabbitmq'][number]['roles'][string]>;
+export type RabbitmqEngineConfig = Omit<File['secrets']['rabbitmq'][number], 'roles'> & {
+  readonly roles: Readonly<Record<string, RabbitmqRoleConfig>>;
+};
+export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres' | 'mysql' | 'redis' | 'rabbitmq'> & {
   /** TTL of a static-secret lease, and the most any lease may be renewed to (from its issue time). */
   readonly leaseDefaultTtlSeconds: number;
   readonly leaseMaxTtlSeconds: number;
   readonly postgres: readonly PostgresEngineConfig[];
+  readonly mysql: readonly MysqlEngineConfig[];
+  readonly redis: readonly RedisEngineConfig[];
+  readonly rabbitmq: readonly RabbitmqEngineConfig[];
 };
 /** What an admin may do: read/search audit, revoke and freeze, write secrets. */
 export type AdminRole = 'auditor' | 'operator' | 'secrets-admin';

@@ -14,6 +14,9 @@ import { parse as parseYaml } from 'yaml';
 import { isRecord as isObj } from '../is-record.js';
 import { parseSpiffeId, validatePathSegment, validateTrustDomain } from '../spiffe/id.js';
 import { isRoleName, secretGrantProblem } from '../secrets/names.js';
+import { DEFAULT_MYSQL_CREATION, mysqlTemplateProblem } from '../secrets/mysql-template.js';
+import { rabbitRoleProblem } from '../secrets/rabbitmq.js';
+import { aclPatternProblem, aclRuleProblem } from '../secrets/redis-acl.js';
 import { grantTemplateProblem } from '../secrets/sql-template.js';
 import { autoCaThreads } from '../ca/minter-pool.js';
 import { ADMIN_ROLES, ConfigFileSchema, MAX_WORKERS, type AdminRole, type Config, type ConfigFile, type RedisAddressConfig, type RedisStoreConfig } from './config.js';
@@ -331,22 +334,111 @@ function checkPostgresEngine(engine: ConfigFile['secrets']['postgres'][number], 
   return { ...engine, roles };
 }
 
+function checkMysqlEngine(engine: ConfigFile['secrets']['mysql'][number], where: string): Config['secrets']['mysql'][number] {
+  const parsed = url(engine.url);
+  // Never echo the URL: it may carry the admin password.
+  if (parsed === undefined || (parsed.protocol !== 'mysql:' && parsed.protocol !== 'mariadb:') || parsed.hostname === '' || parsed.username === '') {
+    fail(`${where}.url: expected mysql://user@host:port[/database]`);
+  }
+  if (parsed.search !== '' || parsed.hash !== '') fail(`${where}.url: no query string or fragment`);
+  const roles = Object.fromEntries(
+    Object.entries(engine.roles).map(([role, r]) => {
+      if (!isRoleName(role)) fail(`${where}.roles: role name "${role}" must match ^[a-z][a-z0-9_]{0,30}$`);
+      const creationStatements = r.creationStatements ?? [DEFAULT_MYSQL_CREATION];
+      creationStatements.forEach((s, i) => {
+        const problem = mysqlTemplateProblem(s);
+        if (problem !== undefined) fail(`${where}.roles.${role}.creationStatements[${i}]: ${problem}`);
+      });
+      if (!creationStatements.some((s) => s.includes('{{password}}'))) {
+        fail(`${where}.roles.${role}.creationStatements: one statement must set the password ({{password}})`);
+      }
+      r.grants.forEach((g, i) => {
+        const problem = mysqlTemplateProblem(g, ['{{name}}', '{{expiration}}']);
+        if (problem !== undefined) fail(`${where}.roles.${role}.grants[${i}]: ${problem}`);
+      });
+      const maxTtlSeconds = r.maxTtlSeconds ?? Math.max(86_400, r.ttlSeconds);
+      if (r.ttlSeconds > maxTtlSeconds) fail(`${where}.roles.${role}: ttlSeconds exceeds maxTtlSeconds`);
+      return [role, { ...r, creationStatements, maxTtlSeconds }];
+    }),
+  );
+  return { ...engine, roles };
+}
+
+function checkRedisEngine(engine: ConfigFile['secrets']['redis'][number], where: string): Config['secrets']['redis'][number] {
+  const parsed = url(engine.url);
+  // Never echo the URL: it may carry the admin password.
+  if (parsed === undefined || parsed.protocol !== 'redis:' || parsed.hostname === '' || (parsed.pathname !== '' && parsed.pathname !== '/')) {
+    fail(`${where}.url: expected redis://[user@]host:port`);
+  }
+  const roles = Object.fromEntries(
+    Object.entries(engine.roles).map(([role, r]) => {
+      if (!isRoleName(role)) fail(`${where}.roles: role name "${role}" must match ^[a-z][a-z0-9_]{0,30}$`);
+      for (const field of ['keys', 'channels'] as const) {
+        r[field].forEach((p, i) => {
+          const problem = aclPatternProblem(p);
+          if (problem !== undefined) fail(`${where}.roles.${role}.${field}[${i}]: ${problem}`);
+        });
+      }
+      r.commands.forEach((c, i) => {
+        const problem = aclRuleProblem(c);
+        if (problem !== undefined) fail(`${where}.roles.${role}.commands[${i}]: ${problem}`);
+      });
+      if (!r.commands.some((c) => c.startsWith('+'))) fail(`${where}.roles.${role}.commands: allows no command (add +@read, +get, …)`);
+      const maxTtlSeconds = r.maxTtlSeconds ?? Math.max(86_400, r.ttlSeconds);
+      if (r.ttlSeconds > maxTtlSeconds) fail(`${where}.roles.${role}: ttlSeconds exceeds maxTtlSeconds`);
+      return [role, { ...r, maxTtlSeconds }];
+    }),
+  );
+  return { ...engine, roles };
+}
+
+function checkRabbitmqEngine(engine: ConfigFile['secrets']['rabbitmq'][number], where: string): Config['secrets']['rabbitmq'][number] {
+  const parsed = url(engine.url);
+  // Never echo the URL: it may carry the admin password.
+  if (parsed === undefined || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') || parsed.hostname === '' || parsed.username === '') {
+    fail(`${where}.url: expected http(s)://user@host:15672 (the management API)`);
+  }
+  if (parsed.search !== '' || parsed.hash !== '') fail(`${where}.url: no query string or fragment`);
+  const roles = Object.fromEntries(
+    Object.entries(engine.roles).map(([role, r]) => {
+      if (!isRoleName(role)) fail(`${where}.roles: role name "${role}" must match ^[a-z][a-z0-9_]{0,30}$`);
+      const problem = rabbitRoleProblem(r);
+      if (problem !== undefined) fail(`${where}.roles.${role}.${problem.field}: ${problem.problem}`);
+      const maxTtlSeconds = r.maxTtlSeconds ?? Math.max(86_400, r.ttlSeconds);
+      if (r.ttlSeconds > maxTtlSeconds) fail(`${where}.roles.${role}: ttlSeconds exceeds maxTtlSeconds`);
+      return [role, { ...r, maxTtlSeconds }];
+    }),
+  );
+  return { ...engine, roles };
+}
+
 /** The secrets section. Default deny: without grants nobody gets anything. */
 function readSecrets(secrets: ConfigFile['secrets'], trustDomain: string): Config['secrets'] {
   const where = 'config.secrets';
-  const { lease, postgres, ...rest } = secrets;
+  const { lease, postgres, mysql, redis, rabbitmq, ...rest } = secrets;
   const leaseMaxTtlSeconds = lease.maxTtlSeconds ?? Math.max(86_400, lease.defaultTtlSeconds);
   if (lease.defaultTtlSeconds > leaseMaxTtlSeconds) fail(`${where}.lease: defaultTtlSeconds exceeds maxTtlSeconds`);
   const engines = postgres.map((e, i) => checkPostgresEngine(e, `${where}.postgres[${i}]`));
-  noDuplicates(engines.map((e) => e.name), (n) => `${where}.postgres: duplicate engine name "${n}"`);
-  const roleOwner = new Map<string, string>();
-  for (const e of engines) {
-    for (const role of Object.keys(e.roles)) {
-      const other = roleOwner.get(role);
-      if (other !== undefined) fail(`${where}.postgres: role "${role}" is defined by engines "${other}" and "${e.name}"`);
-      roleOwner.set(role, e.name);
+  const mysqlEngines = mysql.map((e, i) => checkMysqlEngine(e, `${where}.mysql[${i}]`));
+  // Engine names are unique across kinds: a lease names its engine only.
+  const redisEngines = redis.map((e, i) => checkRedisEngine(e, `${where}.redis[${i}]`));
+  const rabbitEngines = rabbitmq.map((e, i) => checkRabbitmqEngine(e, `${where}.rabbitmq[${i}]`));
+  noDuplicates([...engines, ...mysqlEngines, ...redisEngines, ...rabbitEngines].map((e) => e.name), (n) => `${where}: duplicate engine name "${n}"`);
+  const owners = (list: readonly { name: string; roles: Readonly<Record<string, unknown>> }[], at: string): Map<string, string> => {
+    const roleOwner = new Map<string, string>();
+    for (const e of list) {
+      for (const role of Object.keys(e.roles)) {
+        const other = roleOwner.get(role);
+        if (other !== undefined) fail(`${where}.${at}: role "${role}" is defined by engines "${other}" and "${e.name}"`);
+        roleOwner.set(role, e.name);
+      }
     }
-  }
+    return roleOwner;
+  };
+  const roleOwner = owners(engines, 'postgres');
+  const mysqlRoleOwner = owners(mysqlEngines, 'mysql');
+  const redisRoleOwner = owners(redisEngines, 'redis');
+  const rabbitRoleOwner = owners(rabbitEngines, 'rabbitmq');
   secrets.grants.forEach((g, i) => {
     const at = `${where}.grants[${i}]`;
     if ((g.spiffeIds === undefined) === (g.selector === undefined)) fail(`${at}: set exactly one of spiffeIds or selector`);
@@ -367,13 +459,20 @@ function readSecrets(secrets: ConfigFile['secrets'], trustDomain: string): Confi
       if (problem !== undefined) fail(`${at}.secrets: "${s}": ${problem}`);
     }
     for (const r of g.postgresRoles) if (!isRoleName(r)) fail(`${at}.postgresRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
-    if (g.secrets.length === 0 && g.postgresRoles.length === 0) fail(`${at}: grants nothing (set secrets or postgresRoles)`);
+    for (const r of g.mysqlRoles ?? []) if (!isRoleName(r)) fail(`${at}.mysqlRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
+    for (const r of g.redisRoles ?? []) if (!isRoleName(r)) fail(`${at}.redisRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
+    for (const r of g.rabbitmqRoles ?? []) if (!isRoleName(r)) fail(`${at}.rabbitmqRoles: "${r}" must match ^[a-z][a-z0-9_]{0,30}$`);
+    const dynamic = [...g.postgresRoles, ...(g.mysqlRoles ?? []), ...(g.redisRoles ?? []), ...(g.rabbitmqRoles ?? [])];
+    if (g.secrets.length === 0 && dynamic.length === 0) fail(`${at}: grants nothing (set secrets, postgresRoles, mysqlRoles, redisRoles or rabbitmqRoles)`);
   });
   secrets.grants.forEach((g, i) => {
     for (const r of g.postgresRoles) if (!roleOwner.has(r)) fail(`${where}.grants[${i}].postgresRoles: no engine defines role "${r}"`);
+    for (const r of g.mysqlRoles ?? []) if (!mysqlRoleOwner.has(r)) fail(`${where}.grants[${i}].mysqlRoles: no MySQL engine defines role "${r}"`);
+    for (const r of g.redisRoles ?? []) if (!redisRoleOwner.has(r)) fail(`${where}.grants[${i}].redisRoles: no Redis engine defines role "${r}"`);
+    for (const r of g.rabbitmqRoles ?? []) if (!rabbitRoleOwner.has(r)) fail(`${where}.grants[${i}].rabbitmqRoles: no RabbitMQ engine defines role "${r}"`);
     if (g.secrets.length > 0 && secrets.kekFile === undefined) fail(`${where}.kekFile: required when grants give static secrets (grants[${i}])`);
   });
-  return { ...rest, leaseDefaultTtlSeconds: lease.defaultTtlSeconds, leaseMaxTtlSeconds, postgres: engines };
+  return { ...rest, leaseDefaultTtlSeconds: lease.defaultTtlSeconds, leaseMaxTtlSeconds, postgres: engines, mysql: mysqlEngines, redis: redisEngines, rabbitmq: rabbitEngines };
 }
 
 /** A SPIFFE-style admin ID (valid SPIFFE ID with a path); break-glass IDs are minted by the broker only. */

@@ -96,6 +96,70 @@ describe('secrets config', () => {
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(ConfigError);
   });
 
+  const mysqlEngine = (roleBody: string): string => sec(`  mysql:\n    - name: maria\n      url: mysql://root@127.0.0.1:3306/\n      roles:\n        r:\n${roleBody}`);
+
+  it('reads a MySQL engine with the default creation statement', () => {
+    const s = loadConfig({ file: configFile(mysqlEngine('          grants: ["GRANT SELECT ON app.* TO {{name}}@\'%\'"]\n')), env: {} }).secrets;
+    expect(s.mysql[0]).toMatchObject({
+      name: 'maria',
+      usernamePrefix: 'tsr_',
+      roles: { r: { ttlSeconds: 3600, maxTtlSeconds: 86_400, creationStatements: ["CREATE USER {{name}}@'%' IDENTIFIED BY {{password}}"] } },
+    });
+  });
+
+  it.each([
+    ['a second statement in a grant', '          grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'; DROP DATABASE a"]\n', /mysql\[0\]\.roles\.r\.grants\[0\]: one statement/],
+    ['a quoted placeholder', '          creationStatements: ["CREATE USER \'{{name}}\'@\'%\' IDENTIFIED BY {{password}}"]\n          grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"]\n', /roles\.r\.creationStatements\[0\]: write \{\{name\}\} bare/],
+    ['a comment hiding the rest', '          grants: ["GRANT ALL ON *.* TO {{name}}@\'%\' -- WITH GRANT OPTION"]\n', /roles\.r\.grants\[0\]: no SQL comments/],
+    ['a password in a grant', '          grants: ["GRANT USAGE ON *.* TO {{name}}@\'%\' IDENTIFIED BY {{password}}"]\n', /roles\.r\.grants\[0\]: \{\{password\}\} is not allowed/],
+    ['creation without a password', '          creationStatements: ["CREATE USER {{name}}@\'%\'"]\n          grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"]\n', /roles\.r\.creationStatements: one statement must set the password/],
+  ])('refuses a MySQL role with %s, naming the field', (_why, roleBody, message) => {
+    expect(() => loadConfig({ file: configFile(mysqlEngine(roleBody)), env: {} })).toThrow(message);
+  });
+
+  it.each([
+    ['a non-mysql URL', sec('  mysql:\n    - name: m\n      url: postgres://a@h/x\n      roles: { r: { grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"] } }\n'), /mysql\[0\]\.url: expected mysql/],
+    ['a hostile role name', sec('  mysql:\n    - name: m\n      url: mysql://a@h/\n      roles: { "r\'@\'%": { grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"] } }\n'), /mysql\[0\]\.roles: role name/],
+    ['a long prefix', sec('  mysql:\n    - name: m\n      url: mysql://a@h/\n      usernamePrefix: toolongprefix\n      roles: { r: { grants: ["GRANT SELECT ON a.* TO {{name}}@\'%\'"] } }\n'), /usernamePrefix/],
+    ['an engine name shared with PostgreSQL', sec(`${engine(role('GRANT x TO {{name}}'))}  mysql:\n    - name: main\n      url: mysql://a@h/\n      roles: { q: { grants: ["GRANT SELECT ON a.* TO {{name}}@'%'"] } }\n`), /duplicate engine name "main"/],
+    ['an unknown mysqlRoles entry', sec('  grants: [{ selector: { namespace: a }, mysqlRoles: [ghost] }]\n'), /mysqlRoles: no MySQL engine defines role "ghost"/],
+  ])('refuses %s', (_why, yaml, message) => {
+    expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(message);
+  });
+
+  const redisEngine = (roleBody: string): string => sec(`  redis:\n    - name: cache\n      url: redis://127.0.0.1:6379\n      roles:\n        r:\n${roleBody}`);
+
+  it.each([
+    ['a rule that grants everything', '          commands: ["+@all"]\n', /redis\[0\]\.roles\.r\.commands\[0\]: \+@all would let/],
+    ['a smuggled ACL flag', '          commands: ["+get", "nopass"]\n', /redis\[0\]\.roles\.r\.commands\[1\]: expected/],
+    ['a key pattern with a space', '          keys: ["cache:* +@all"]\n          commands: ["+get"]\n', /redis\[0\]\.roles\.r\.keys\[0\]/],
+    ['a channel with CRLF', '          channels: ["a\\r\\nFLUSHALL"]\n          commands: ["+get"]\n', /redis\[0\]\.roles\.r\.channels\[0\]/],
+    ['no allowed command', '          commands: ["-@all"]\n', /roles\.r\.commands: allows no command/],
+  ])('refuses a Redis role with %s, naming the field', (_why, roleBody, message) => {
+    expect(() => loadConfig({ file: configFile(redisEngine(roleBody)), env: {} })).toThrow(message);
+  });
+
+  it('reads a Redis engine', () => {
+    const s = loadConfig({ file: configFile(redisEngine('          keys: ["cache:*"]\n          commands: ["+@read"]\n')), env: {} }).secrets;
+    expect(s.redis[0]).toMatchObject({ name: 'cache', usernamePrefix: 'tessera_', roles: { r: { keys: ['cache:*'], channels: [], commands: ['+@read'], maxTtlSeconds: 86_400 } } });
+  });
+
+  const rabbitEngine = (roleBody: string): string => sec(`  rabbitmq:\n    - name: mq\n      url: http://guest@127.0.0.1:15672\n      roles:\n        r:\n${roleBody}`);
+
+  it.each([
+    ['the administrator tag', '          tags: [administrator]\n          vhosts: { "/": { read: ".*" } }\n', /rabbitmq\[0\]\.roles\.r\.tags: "administrator" is not one of/],
+    ['a vhost with a path trick', '          vhosts: { "../users": { read: ".*" } }\n', /rabbitmq\[0\]\.roles\.r\.vhosts\["\.\.\/users"\]: a vhost is/],
+    ['a dot-segment vhost', '          vhosts: { "..": { read: ".*" } }\n', /rabbitmq\[0\]\.roles\.r\.vhosts\["\.\."\]: a vhost is/],
+    ['an invalid regex', '          vhosts: { "/": { read: "(" } }\n', /roles\.r\.vhosts\["\/"\]\.read: not a valid regular expression/],
+  ])('refuses a RabbitMQ role with %s, naming the field', (_why, roleBody, message) => {
+    expect(() => loadConfig({ file: configFile(rabbitEngine(roleBody)), env: {} })).toThrow(message);
+  });
+
+  it('reads a RabbitMQ engine; permissions default to nothing', () => {
+    const s = loadConfig({ file: configFile(rabbitEngine('          vhosts: { "/": { read: "^app\\\\." } }\n')), env: {} }).secrets;
+    expect(s.rabbitmq[0]?.roles.r).toMatchObject({ tags: [], vhosts: { '/': { configure: '^$', write: '^$', read: '^app\\.' } } });
+  });
+
   it('never echoes an engine URL (it may hold a password) in errors', () => {
     const yaml = sec('  postgres:\n    - name: main\n      url: "postgres://admin:hunter2@h:5432"\n      roles:\n' + role('GRANT x TO {{name}}'));
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(/name the database/);

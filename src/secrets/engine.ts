@@ -6,7 +6,14 @@
 import type { SecretsConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
 import type { Lease, LeaseBackend, NewLease } from './leases.js';
+import { MysqlEngine } from './mysql.js';
 import { PostgresEngine } from './postgres.js';
+import { RabbitmqEngine } from './rabbitmq.js';
+import { RedisAclEngine } from './redis-acl.js';
+
+/** The kinds of dynamic engine (each has its own config list, grant list and route). */
+export type EngineKind = 'postgres' | 'mysql' | 'redis' | 'rabbitmq';
+export const ENGINE_LABEL: Readonly<Record<EngineKind, string>> = { postgres: 'PostgreSQL', mysql: 'MySQL', redis: 'Redis', rabbitmq: 'RabbitMQ' };
 
 /** What a role of an engine allows: its default and longest lease. */
 export interface EngineRole {
@@ -27,6 +34,7 @@ export interface EngineLeases {
 }
 
 export interface SecretEngine extends LeaseBackend {
+  readonly kind: EngineKind;
   readonly name: string;
   role(role: string): EngineRole | undefined;
   /**
@@ -37,31 +45,59 @@ export interface SecretEngine extends LeaseBackend {
   issue(role: string, identity: string, ttlSeconds: number): Promise<{ credential: EngineCredential; lease: Lease }>;
   /** Drops the lease's credential; one that is already gone is success. */
   revoke(lease: Lease): Promise<void>;
+  /** Can the engine's admin credentials log in and act? Bounded by the engine's connect timeout; never throws. */
+  health(): Promise<EngineHealth>;
   close(): Promise<void>;
 }
+
+export type EngineHealth = { readonly ok: true } | { readonly ok: false; readonly error: string };
+
+/** How long one health answer is reused (/readyz is probed often; backends should not be hammered). */
+export const HEALTH_CACHE_MS = 10_000;
 
 /** All configured engines, found by role (role names are unique across engines) or by a lease's engine. */
 export class SecretEngines implements LeaseBackend {
   readonly #engines: ReadonlyMap<string, SecretEngine>;
+  #health: { at: number; value: Promise<Record<string, EngineHealth & { kind: EngineKind }>> } | undefined;
 
   constructor(engines: readonly SecretEngine[]) {
     this.#engines = new Map(engines.map((e) => [e.name, e]));
   }
 
-  /** The engines `config` describes (today: PostgreSQL servers). */
+  /** The engines `config` describes: PostgreSQL, MariaDB/MySQL and Redis servers. */
   static fromConfig(config: SecretsConfig, leases: EngineLeases, onError?: (engine: string, err: Error) => void): SecretEngines {
-    return new SecretEngines(config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })));
+    return new SecretEngines([
+      ...config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
+      ...config.mysql.map((c) => new MysqlEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
+      ...config.redis.map((c) => new RedisAclEngine(c, leases)),
+      ...config.rabbitmq.map((c) => new RabbitmqEngine(c, leases)),
+    ]);
   }
 
-  /** The engine that defines `role`, or undefined. */
-  forRole(role: string): SecretEngine | undefined {
-    for (const e of this.#engines.values()) if (e.role(role) !== undefined) return e;
+  /** The engine (of `kind`, if given) that defines `role`, or undefined. */
+  forRole(role: string, kind?: EngineKind): SecretEngine | undefined {
+    for (const e of this.#engines.values()) if ((kind === undefined || e.kind === kind) && e.role(role) !== undefined) return e;
     return undefined;
+  }
+
+  /** Health of every engine by name (cached HEALTH_CACHE_MS; engines are checked in parallel). */
+  async health(now: number = Date.now()): Promise<Record<string, EngineHealth & { kind: EngineKind }>> {
+    if (this.#health === undefined || now - this.#health.at >= HEALTH_CACHE_MS) {
+      const engines = [...this.#engines.values()];
+      const value = Promise.all(engines.map(async (e) => [e.name, { kind: e.kind, ...(await e.health()) }] as const)).then((l) => Object.fromEntries(l));
+      this.#health = { at: now, value };
+    }
+    return this.#health.value;
+  }
+
+  /** Every configured engine. */
+  list(): SecretEngine[] {
+    return [...this.#engines.values()];
   }
 
   #engineOf(lease: Lease): SecretEngine {
     const engine = lease.engine !== undefined ? this.#engines.get(lease.engine) : undefined;
-    if (engine === undefined) throw new BrokerError('engine_unavailable', `PostgreSQL engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
+    if (engine === undefined) throw new BrokerError('engine_unavailable', `engine "${lease.engine ?? '?'}" of lease ${lease.id} is not configured`);
     return engine;
   }
 

@@ -5,6 +5,7 @@
  * gets nothing), so a token caller and the same workload's SVID are judged alike.
  */
 import type { SecretGrantConfig } from '../config/config.js';
+import type { EngineKind } from './engine.js';
 import { grantCovers } from './names.js';
 
 export interface Workload {
@@ -23,6 +24,14 @@ function applies(grant: SecretGrantConfig, w: Workload): boolean {
   return ok(sel.namespace, w.namespace) && ok(sel.serviceAccount, w.serviceAccount);
 }
 
+/** The grant list of each engine kind. */
+const ROLES_OF: Readonly<Record<EngineKind, (g: SecretGrantConfig) => readonly string[]>> = {
+  postgres: (g) => g.postgresRoles,
+  mysql: (g) => g.mysqlRoles ?? [],
+  redis: (g) => g.redisRoles ?? [],
+  rabbitmq: (g) => g.rabbitmqRoles ?? [],
+};
+
 export class SecretGrants {
   constructor(private readonly grants: readonly SecretGrantConfig[]) {}
 
@@ -31,6 +40,11 @@ export class SecretGrants {
   }
 
   mayPostgresRole(w: Workload, role: string): boolean {
-    return this.grants.some((g) => applies(g, w) && g.postgresRoles.includes(role));
+    return this.mayRole(w, 'postgres', role);
+  }
+
+  /** May `w` have credentials of `role` from an engine of `kind` (grant lists postgresRoles, mysqlRoles)? */
+  mayRole(w: Workload, kind: EngineKind, role: string): boolean {
+    return this.grants.some((g) => applies(g, w) && ROLES_OF[kind](g).includes(role));
   }
 }

@@ -44,10 +44,10 @@ const LeaseSchema = Type.Object({
   v: Type.Literal(1),
   /** 128 random bits, hex. */
   id: Type.String({ pattern: LEASE_ID_PATTERN }),
-  kind: Type.Enum(['kv', 'postgres']),
+  kind: Type.Enum(['kv', 'postgres', 'mysql', 'redis', 'rabbitmq']),
   /** Registered SPIFFE ID holding the lease: the only identity that may renew or revoke it. */
   identity: Type.String(),
-  /** Static secret name, or "postgres/<role>". */
+  /** Static secret name, or "<engine kind>/<role>" (postgres/reporting, mysql/reporting). */
   secret: Type.String(),
   /** Dynamic credentials: the engine, its role template and the database role that was created. */
   engine: Str,
@@ -125,7 +125,7 @@ export function parseLease(text: string): Lease | undefined {
   if (!parsed.ok) return undefined;
   const lease = parsed.value;
   // Dynamic credentials cannot be revoked without knowing where and which role.
-  if (lease.kind === 'postgres' && (lease.engine === undefined || lease.username === undefined)) return undefined;
+  if (lease.kind !== 'kv' && (lease.engine === undefined || lease.username === undefined)) return undefined;
   return lease;
 }
 

@@ -9,7 +9,7 @@ export const SECRET_NAME_MAX_CHARS = 256;
 /** Lowercase path segments separated by "/": each starts with a letter or digit. */
 const SECRET_NAME = /^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/;
 /** First segment kept for dynamic engines ("postgres/<role>" names them in audit entries). */
-const RESERVED_FIRST_SEGMENTS: ReadonlySet<string> = new Set(['postgres']);
+const RESERVED_FIRST_SEGMENTS: ReadonlySet<string> = new Set(['postgres', 'mysql', 'redis', 'rabbitmq']);
 
 /** Why `name` is not a valid secret name, or undefined if it is. */
 export function secretNameProblem(name: string): string | undefined {
@@ -19,7 +19,7 @@ export function secretNameProblem(name: string): string | undefined {
     return 'a secret name is lowercase segments of a-z 0-9 . _ - separated by "/", each starting with a letter or digit';
   }
   if (name.includes('..')) return 'a secret name may not contain ".."';
-  if (RESERVED_FIRST_SEGMENTS.has(name.split('/')[0] as string)) return '"postgres/…" is reserved for dynamic database credentials';
+  if (RESERVED_FIRST_SEGMENTS.has(name.split('/')[0] as string)) return `"${name.split('/')[0] as string}/…" is reserved for dynamic credentials`;
   return undefined;
 }
 

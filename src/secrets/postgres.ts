@@ -105,6 +105,7 @@ interface PgError {
 }
 
 export class PostgresEngine implements SecretEngine {
+  readonly kind = 'postgres' as const;
   readonly name: string;
   readonly #config: PostgresEngineConfig;
   readonly #leases: EngineLeases;
@@ -311,6 +312,20 @@ export class PostgresEngine implements SecretEngine {
       throw this.#revokeError(username, err);
     } finally {
       client.release(broken);
+    }
+  }
+
+  async health(): Promise<{ ok: true } | { ok: false; error: string }> {
+    try {
+      const client = await this.#client('check health');
+      try {
+        await client.query(extended('SELECT 1'));
+      } finally {
+        client.release();
+      }
+      return { ok: true };
+    } catch (err) {
+      return { ok: false, error: this.#unavailable('check health', err).message };
     }
   }
 

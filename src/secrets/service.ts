@@ -14,7 +14,7 @@ import type { SecretsConfig } from '../config/config.js';
 import { BrokerError, auditUnavailable, auditedOrUnavailable, forbidden } from '../errors.js';
 import type { RegistrationPolicy } from '../policy/registration.js';
 import type { Store } from '../store/store.js';
-import { type EngineLeases, SecretEngines } from './engine.js';
+import { ENGINE_LABEL, type EngineKind, type EngineLeases, SecretEngines } from './engine.js';
 import { EnvelopeError, type KeyRing } from './envelope.js';
 import { SecretGrants, type Workload } from './grants.js';
 import { SecretKv } from './kv.js';
@@ -86,14 +86,14 @@ export class SecretsService {
         }),
     };
     this.engines = SecretEngines.fromConfig(deps.config, leases, (engine, err) =>
-      this.#log?.warn({ engine, err: err.message }, 'PostgreSQL connection error'),
+      this.#log?.warn({ engine, err: err.message }, 'secrets engine connection error'),
     );
     this.leases = new LeaseManager({
       store: deps.store,
       clock: deps.clock,
       record: (entry) => this.#append(entry),
       replicaId: deps.replicaId,
-      backends: { postgres: this.engines },
+      backends: { postgres: this.engines, mysql: this.engines, redis: this.engines, rabbitmq: this.engines },
       sweepIntervalMs: deps.config.sweepIntervalSeconds * 1000,
       ...(deps.log !== undefined ? { log: deps.log } : {}),
       ...(deps.onRevokeFailure !== undefined ? { onRevokeFailure: deps.onRevokeFailure } : {}),
@@ -199,12 +199,18 @@ export class SecretsService {
 
   /** POST /v1/secrets/postgres/<role>/creds: a fresh PostgreSQL role under a new lease. */
   async postgresCredentials(identity: Identity, role: string, ttlSeconds: number | undefined, requestId: string): Promise<DbCredentials> {
+    return this.credentials('postgres', identity, role, ttlSeconds, requestId);
+  }
+
+  /** POST /v1/secrets/<kind>/<role>/creds: a fresh credential from an engine of `kind` under a new lease. */
+  async credentials(kind: EngineKind, identity: Identity, role: string, ttlSeconds: number | undefined, requestId: string): Promise<DbCredentials> {
     validateRoleName(role);
+    const label = ENGINE_LABEL[kind];
     const w = await this.#authorize(identity);
-    if (!this.grants.mayPostgresRole(w, role)) throw forbidden(`${w.spiffeId} is not granted PostgreSQL role "${role}"`);
-    const engine = this.engines.forRole(role);
+    if (!this.grants.mayRole(w, kind, role)) throw forbidden(`${w.spiffeId} is not granted ${label} role "${role}"`);
+    const engine = this.engines.forRole(role, kind);
     const cfg = engine?.role(role);
-    if (engine === undefined || cfg === undefined) throw new BrokerError('not_found', `no PostgreSQL role "${role}" is configured`);
+    if (engine === undefined || cfg === undefined) throw new BrokerError('not_found', `no ${label} role "${role}" is configured`);
     const ttl = Math.min(ttlSeconds ?? cfg.ttlSeconds, cfg.maxTtlSeconds);
     const { credential, lease } = await engine.issue(role, w.spiffeId, ttl);
     let audit: CheckpointedReceipt;

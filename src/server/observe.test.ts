@@ -7,6 +7,7 @@ describe('issuanceTypeOf', () => {
     expect(issuanceTypeOf('POST', '/v1/svid/jwt')).toBe('jwt-svid');
     expect(issuanceTypeOf('GET', '/v1/secrets/*')).toBe('secret');
     expect(issuanceTypeOf('POST', '/v1/secrets/postgres/:role/creds')).toBe('db-credentials');
+    for (const kind of ['mysql', 'redis', 'rabbitmq']) expect(issuanceTypeOf('POST', `/v1/secrets/${kind}/:role/creds`)).toBe('db-credentials');
     expect(issuanceTypeOf('POST', '/v1/admin/break-glass')).toBe('break-glass');
     for (const [method, url] of [
       ['GET', '/v1/svid/x509'],

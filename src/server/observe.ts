@@ -13,7 +13,7 @@ export function issuanceTypeOf(method: string, url: string): IssuanceType | unde
   if (method === 'POST' && url === '/v1/svid/x509') return 'x509-svid';
   if (method === 'POST' && url === '/v1/svid/jwt') return 'jwt-svid';
   if (method === 'POST' && url === '/v1/admin/break-glass') return 'break-glass';
-  if (method === 'POST' && url.startsWith('/v1/secrets/postgres/')) return 'db-credentials';
+  if (method === 'POST' && (url.startsWith('/v1/secrets/postgres/') || /^\/v1\/secrets\/(mysql|redis|rabbitmq)\//.test(url))) return 'db-credentials';
   if (method === 'GET' && url.startsWith('/v1/secrets/')) return 'secret';
   return undefined;
 }

@@ -155,14 +155,15 @@ export interface PgProxy {
   close(): Promise<void>;
 }
 
-export async function startPgProxy(): Promise<PgProxy> {
+/** `target` defaults to the shared PostgreSQL (the MySQL suites point it at MariaDB). */
+export async function startPgProxy(target: { host: string; port: number } = SHARED_PG): Promise<PgProxy> {
   const sockets = new Set<net.Socket>();
   let server: net.Server | undefined;
   let port = 0;
   const listen = (): Promise<void> =>
     new Promise((resolve, reject) => {
       const s = net.createServer((client) => {
-        const upstream = net.connect({ host: SHARED_PG.host, port: SHARED_PG.port });
+        const upstream = net.connect({ host: target.host, port: target.port });
         sockets.add(client);
         sockets.add(upstream);
         const end = (): void => {

@@ -6,7 +6,15 @@ import { described, ErrorBody, StringEnum } from '../schemas.js';
 
 const Health = Type.Object({ status: StringEnum(['ok']) }, { title: 'Health' });
 
-const Ready = Type.Object({ status: StringEnum(['ready']), checks: Type.Object({}, { additionalProperties: Type.String() }) }, { title: 'Ready' });
+const Ready = Type.Object(
+  {
+    status: StringEnum(['ready', 'degraded'], {
+      description: 'degraded: a secrets engine cannot reach its backend (checks "engine:<name>" says why); everything else, other engines included, serves.',
+    }),
+    checks: Type.Object({}, { additionalProperties: Type.String() }),
+  },
+  { title: 'Ready' },
+);
 
 export interface HealthOptions {
   readonly store: { checkWritable(): Promise<void> };
@@ -14,9 +22,11 @@ export interface HealthOptions {
   /** When the signing CA expires (ms). */
   readonly caNotAfter: number;
   readonly clock: Clock;
+  /** Secrets engines' health by name: a failing engine makes the broker degraded, not unready. */
+  readonly engines?: { health(now?: number): Promise<Record<string, { ok: boolean; error?: string }>> };
 }
 
-export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock }) => {
+export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock, engines }) => {
   app.get(
     '/healthz',
     { schema: { operationId: 'getHealth', summary: 'Liveness — the process answers.', response: { 200: described('Up.', Health) } } },
@@ -51,7 +61,12 @@ export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app
     if (!ready) {
       throw new BrokerError('not_ready', `not ready: ${Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
     }
-    return { status: 'ready' as const, checks };
+    let degraded = false;
+    for (const [name, h] of Object.entries((await engines?.health()) ?? {})) {
+      checks[`engine:${name}`] = h.ok ? 'ok' : (h.error ?? 'failed');
+      degraded ||= !h.ok;
+    }
+    return { status: degraded ? ('degraded' as const) : ('ready' as const), checks };
     },
   );
 };

@@ -2,6 +2,9 @@
  * Secrets, for workloads (SA token or SVID over mTLS):
  *   GET  /v1/secrets/<name…>                 a static secret under a new lease
  *   POST /v1/secrets/postgres/<role>/creds   fresh PostgreSQL credentials under a new lease
+ *   POST /v1/secrets/mysql/<role>/creds      fresh MariaDB / MySQL credentials under a new lease
+ *   POST /v1/secrets/redis/<role>/creds      a fresh Redis ACL user under a new lease
+ *   POST /v1/secrets/rabbitmq/<role>/creds   a fresh RabbitMQ user under a new lease
  * Every refusal is audited; the kill switch (admin/freeze.ts) covers new leases like any issuance.
  */
 import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
@@ -9,6 +12,7 @@ import type { FastifyRequest } from 'fastify';
 import type { AccessGuard } from '../../admin/guard.js';
 import type { AuditEventType } from '../../audit/entry.js';
 import { secretNameProblem } from '../../secrets/names.js';
+import type { EngineKind } from '../../secrets/engine.js';
 import type { SecretsService } from '../../secrets/service.js';
 import { identityOf } from '../auth.js';
 import { refusedIdentity, routeParam, type RefusalRecorder } from '../refusals.js';
@@ -49,11 +53,12 @@ const Credentials = Type.Object(
     role: Type.String({ description: 'The configured role template.' }),
     username: Type.String({
       examples: ['tessera_reporting_3f9a0c1b2d4e5f60'],
-      description: 'The PostgreSQL role created for this lease: <usernamePrefix><role>_<16 hex>.',
+      description:
+        'The database user created for this lease: <usernamePrefix><role>_<16 hex> (PostgreSQL), <usernamePrefix><role, shortened>_<16 hex> of at most 32 characters (MySQL).',
     }),
     password: Type.String({ description: '32 random bytes, base64url. Shown once; never stored or logged by the broker.' }),
     leaseId: LeaseId(),
-    expiresAt: DateTime("The role's VALID UNTIL; the sweeper drops the role after it."),
+    expiresAt: DateTime("The lease's end (PostgreSQL: the role's VALID UNTIL); the sweeper drops the user after it."),
     maxExpiresAt: DateTime(),
     audit: AuditReceipt,
   },
@@ -64,6 +69,50 @@ const Credentials = Type.Object(
 const SecretParams = Type.Object({ '*': Type.String({ examples: ['db/reporting-api-key'] }) });
 
 const RoleParams = Type.Object({ role: Type.String({ minLength: 1, maxLength: 64 }) });
+
+/** One credentials route per engine kind. */
+const DYNAMIC_ROUTES: readonly { kind: EngineKind; operationId: string; summary: string; description: string }[] = [
+  {
+    kind: 'postgres',
+    operationId: 'issuePostgresCredentials',
+    summary: 'Create fresh PostgreSQL credentials for a role template this identity is granted.',
+    description: `Creates a new LOGIN role \`<prefix><role>_<16 hex>\` with a random password and \`VALID UNTIL\` the
+lease expiry, and runs the role template's grant statements, in one transaction. The lease is
+renewable up to the role's max TTL; at expiry (or revoke) the broker terminates the role's
+sessions and drops it. PostgreSQL unreachable → 503 \`engine_unavailable\` and no lease.
+`,
+  },
+  {
+    kind: 'mysql',
+    operationId: 'issueMysqlCredentials',
+    summary: 'Create fresh MariaDB / MySQL credentials for a role this identity is granted.',
+    description: `Creates a new user (\`<prefix><role>_<16 hex>\`, at most 32 characters) with a random password by
+running the role's creation statements and grants (a failure drops what was made). The lease is
+renewable up to the role's max TTL; at expiry (or revoke) the broker drops the user and kills its
+sessions. Server unreachable → 503 \`engine_unavailable\` and no lease.
+`,
+  },
+  {
+    kind: 'redis',
+    operationId: 'issueRedisCredentials',
+    summary: 'Create a fresh Redis ACL user for a role this identity is granted.',
+    description: `Creates an ACL user (\`ACL SETUSER <prefix><role>_<16 hex> reset on >password …\`) with exactly the
+role's key patterns, channels and command rules. The lease is renewable up to the role's max TTL;
+at expiry (or revoke) the broker switches the user off, kills its connections and deletes it.
+Redis unreachable → 503 \`engine_unavailable\` and no lease.
+`,
+  },
+  {
+    kind: 'rabbitmq',
+    operationId: 'issueRabbitmqCredentials',
+    summary: 'Create a fresh RabbitMQ user for a role this identity is granted.',
+    description: `Creates a user through the management API with the role's tags and, per vhost, its configure /
+write / read permission regexes. The lease is renewable up to the role's max TTL; at expiry (or
+revoke) the broker deletes the user and closes its connections. API unreachable → 503
+\`engine_unavailable\` and no lease.
+`,
+  },
+];
 
 /** What a secrets or lease refusal is about; only valid names go into the entry (a hostile one is not echoed). */
 type About = (request: FastifyRequest) => { secret?: string; leaseId?: string };
@@ -131,47 +180,45 @@ encrypted (AES-256-GCM envelope); see docs/secrets.md. Responses carry \`Cache-C
     },
   );
 
-  app.post(
-    '/v1/secrets/postgres/:role/creds',
-    {
-      preValidation: emptyBodyIsObject,
-      schema: {
-        operationId: 'issuePostgresCredentials',
-        summary: 'Create fresh PostgreSQL credentials for a role template this identity is granted.',
-        description: `Creates a new LOGIN role \`<prefix><role>_<16 hex>\` with a random password and \`VALID UNTIL\` the
-lease expiry, and runs the role template's grant statements, in one transaction. The lease is
-renewable up to the role's max TTL; at expiry (or revoke) the broker terminates the role's
-sessions and drops it. PostgreSQL unreachable → 503 \`engine_unavailable\` and no lease.
-`,
-        params: RoleParams,
-        body: TtlBody,
-        response: {
-          200: described('The credentials and their lease.', Credentials),
-          ...errorResponses('BadRequest', 'Unauthenticated', 'Forbidden', 'NotFound', 'UnsupportedMediaType', 'RateLimited', 'SecretsUnavailable'),
+  for (const r of DYNAMIC_ROUTES) {
+    app.post(
+      `/v1/secrets/${r.kind}/:role/creds`,
+      {
+        preValidation: emptyBodyIsObject,
+        schema: {
+          operationId: r.operationId,
+          summary: r.summary,
+          description: r.description,
+          params: RoleParams,
+          body: TtlBody,
+          response: {
+            200: described('The credentials and their lease.', Credentials),
+            ...errorResponses('BadRequest', 'Unauthenticated', 'Forbidden', 'NotFound', 'UnsupportedMediaType', 'RateLimited', 'SecretsUnavailable'),
+          },
+        },
+        config: {
+          auth: 'workload',
+          refusal: secretRefusal(secrets, 'secret.issued', (request) => {
+            const role = routeParam(request, 'role');
+            return /^[a-z][a-z0-9_]{0,30}$/.test(role) ? { secret: `${r.kind}/${role}` } : {};
+          }),
         },
       },
-      config: {
-        auth: 'workload',
-        refusal: secretRefusal(secrets, 'secret.issued', (request) => {
-          const role = routeParam(request, 'role');
-          return /^[a-z][a-z0-9_]{0,30}$/.test(role) ? { secret: `postgres/${role}` } : {};
-        }),
+      async (request, reply) => {
+        const identity = identityOf(request);
+        await guard.assertNotFrozen(identity);
+        const creds = await secrets.credentials(r.kind, identity, request.params.role, request.body.ttlSeconds, request.id);
+        void reply.header('cache-control', 'no-store');
+        return {
+          role: creds.role,
+          username: creds.username,
+          password: creds.password,
+          leaseId: creds.lease.id,
+          expiresAt: iso(creds.lease.expiresAt),
+          maxExpiresAt: iso(creds.lease.maxExpiresAt),
+          audit: creds.audit,
+        };
       },
-    },
-    async (request, reply) => {
-      const identity = identityOf(request);
-      await guard.assertNotFrozen(identity);
-      const creds = await secrets.postgresCredentials(identity, request.params.role, request.body.ttlSeconds, request.id);
-      void reply.header('cache-control', 'no-store');
-      return {
-        role: creds.role,
-        username: creds.username,
-        password: creds.password,
-        leaseId: creds.lease.id,
-        expiresAt: iso(creds.lease.expiresAt),
-        maxExpiresAt: iso(creds.lease.maxExpiresAt),
-        audit: creds.audit,
-      };
-    },
-  );
+    );
+  }
 };
