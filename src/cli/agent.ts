@@ -5,7 +5,9 @@
  */
 import { statSync } from 'node:fs';
 import { Agent, audienceFileName, type AgentOptions } from '../agent/agent.js';
+import { parseAgentConfig, type AgentConfigFile } from '../agent/config.js';
 import { agentLogger } from '../agent/log.js';
+import { socketPathOf } from '../agent/workload-api/socket.js';
 import { brokerUrl } from '../sdk/http.js';
 import { splitPem } from '../sdk/x509.js';
 import { command, parseOptions } from './command.js';
@@ -17,11 +19,16 @@ const AGENT_HELP = `options:
   --bundle FILE         trust bundle (PEM) to verify the broker with
   --token-file FILE     projected service-account token (re-read on every use)
   --out DIR             where svid.pem, svid.key (0600), bundle.pem and jwt/<aud>.token are written
+                        (optional for a sidecar with --workload-api)
   --once                init-container mode: fetch, write, exit 0; exit 1 if the deadline passes
   --jwt-audience AUD    also keep a JWT-SVID for AUD in jwt/<AUD>.token (repeatable)
   --on-rotate CMD       run CMD with /bin/sh after every change of the files
   --health-port N       serve GET /healthz on 127.0.0.1:N (sidecar mode; 0 picks a free port)
   --deadline SECONDS    give up on the first SVID after this long (default 60 with --once, none otherwise)
+  --workload-api URI    serve the SPIFFE Workload API and Envoy SDS on unix:///path (sidecar mode;
+                        socket mode 0770; point clients at it with SPIFFE_ENDPOINT_SOCKET=URI)
+  --config FILE         YAML with the same settings (broker, bundle, tokenFile, out, jwtAudiences,
+                        onRotate, healthPort, deadline, workloadApi: {socket, maxStreams}); flags win
 `;
 
 function need(value: string | undefined, flag: string): string {
@@ -47,6 +54,8 @@ const AGENT_OPTIONS = {
   'on-rotate': { type: 'string' },
   'health-port': { type: 'string' },
   deadline: { type: 'string' },
+  'workload-api': { type: 'string' },
+  config: { type: 'string' },
 } as const;
 
 type AgentValues = ReturnType<typeof parseOptions<typeof AGENT_OPTIONS>>['values'];
@@ -59,7 +68,36 @@ export function parseAgentFlags(argv: readonly string[]): AgentOptions {
   return agentFlags(parseOptions(AGENT_OPTIONS, argv).values);
 }
 
-function agentFlags(values: AgentValues): AgentOptions {
+/** Settings from --config FILE fill in flags that were not given. */
+function withConfigFile(values: AgentValues): { values: AgentValues; file: AgentConfigFile } {
+  if (values.config === undefined) return { values, file: {} };
+  let file: AgentConfigFile;
+  try {
+    file = parseAgentConfig(readNamedFile(values.config, '--config'));
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`--config ${values.config}: ${(err as Error).message}`);
+  }
+  const str = (n: number | undefined): string | undefined => (n === undefined ? undefined : String(n));
+  const fill = { ...values } as Record<string, unknown>;
+  const fromFile: Record<string, unknown> = {
+    broker: file.broker,
+    bundle: file.bundle,
+    'token-file': file.tokenFile,
+    out: file.out,
+    'jwt-audience': file.jwtAudiences,
+    'on-rotate': file.onRotate,
+    'health-port': str(file.healthPort),
+    deadline: str(file.deadline),
+    'workload-api': file.workloadApi?.socket,
+  };
+  for (const [k, v] of Object.entries(fromFile)) if (fill[k] === undefined && v !== undefined) fill[k] = v;
+  const merged = fill as AgentValues;
+  return { values: merged, file };
+}
+
+function agentFlags(given: AgentValues): AgentOptions {
+  const { values, file } = withConfigFile(given);
   const broker = need(values.broker, '--broker URL');
   try {
     brokerUrl(broker);
@@ -68,8 +106,17 @@ function agentFlags(values: AgentValues): AgentOptions {
   }
   const bundleFile = need(values.bundle, '--bundle FILE');
   const tokenFile = need(values['token-file'], '--token-file FILE');
-  const outDir = need(values.out, '--out DIR');
   const once = values.once === true;
+  let workloadApiSocket: string | undefined;
+  if (values['workload-api'] !== undefined) {
+    if (once) throw new UsageError('--workload-api is served by the sidecar; it has no use with --once');
+    try {
+      workloadApiSocket = socketPathOf(values['workload-api']);
+    } catch (err) {
+      throw new UsageError(`--workload-api: ${(err as Error).message}`);
+    }
+  }
+  const outDir = workloadApiSocket !== undefined && values.out === undefined ? undefined : need(values.out, '--out DIR');
   const jwtAudiences = [...new Set(values['jwt-audience'] ?? [])];
   for (const aud of jwtAudiences) {
     // eslint-disable-next-line no-control-regex -- control characters are exactly what is refused
@@ -80,6 +127,7 @@ function agentFlags(values: AgentValues): AgentOptions {
   }
   const onRotate = values['on-rotate'];
   if (onRotate !== undefined && onRotate.trim() === '') throw new UsageError('--on-rotate needs a command');
+  if (onRotate !== undefined && outDir === undefined) throw new UsageError('--on-rotate runs after the files change: it needs --out DIR');
   const healthPort = intFlag(values['health-port'], '--health-port', 0, 65_535);
   if (once && healthPort !== undefined) throw new UsageError('--health-port is for the sidecar; it has no use with --once');
   const deadlineSeconds = intFlag(values.deadline, '--deadline', 1, 86_400);
@@ -87,12 +135,14 @@ function agentFlags(values: AgentValues): AgentOptions {
     broker,
     bundleFile,
     tokenFile,
-    outDir,
+    ...(outDir !== undefined ? { outDir } : {}),
     once,
     jwtAudiences,
     ...(onRotate !== undefined ? { onRotate } : {}),
     ...(healthPort !== undefined ? { healthPort } : {}),
     ...(deadlineSeconds !== undefined ? { deadlineSeconds } : {}),
+    ...(workloadApiSocket !== undefined ? { workloadApiSocket } : {}),
+    ...(file.workloadApi?.maxStreams !== undefined ? { workloadApiMaxStreams: file.workloadApi.maxStreams } : {}),
   };
 }
 
@@ -110,8 +160,9 @@ function checkAgentFiles(opts: AgentOptions): AgentOptions {
     if (err instanceof UsageError) throw err;
     throw new UsageError(`--token-file ${opts.tokenFile}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
+  const outDir = opts.outDir;
   try {
-    if (!statSync(opts.outDir).isDirectory()) throw new UsageError(`--out ${opts.outDir}: exists and is not a directory`);
+    if (outDir !== undefined && !statSync(outDir).isDirectory()) throw new UsageError(`--out ${outDir}: exists and is not a directory`);
   } catch (err) {
     if (err instanceof UsageError) throw err; // a missing directory is created on the first write
   }
@@ -121,7 +172,7 @@ function checkAgentFiles(opts: AgentOptions): AgentOptions {
 export const AGENT_COMMANDS = [
   command({
     name: 'agent',
-    usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS]',
+    usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS] [--workload-api unix:///PATH] [--config FILE]',
     summary: "write and rotate this workload's SVID files (init container or sidecar)",
     details: AGENT_HELP,
     options: AGENT_OPTIONS,
