@@ -46,14 +46,14 @@ export function parseAgentConfig(text: string): AgentConfigFile {
   try {
     value = parseYaml(text);
   } catch (err) {
-    throw new Error(`not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
+    throw new Error(`not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`, { cause: err });
   }
   value ??= {};
   if (validator.Check(value)) return value;
   const first = [...validator.Errors(value)].sort((a, b) => b.instancePath.length - a.instancePath.length)[0];
   if (first === undefined) throw new Error('not a valid agent config');
-  const extra = (first.params as { additionalProperties?: unknown[] }).additionalProperties?.[0];
-  const pointer = extra !== undefined ? `${first.instancePath}/${String(extra)}` : first.instancePath;
+  const extra = (first.params as { additionalProperties?: string[] }).additionalProperties?.[0];
+  const pointer = extra !== undefined ? `${first.instancePath}/${extra}` : first.instancePath;
   const name = pointer.split('/').filter((p) => p !== '').join('.') || '(top level)';
   throw new Error(`${name}: ${extra !== undefined || first.keyword === 'boolean' ? 'unknown setting' : first.message}`);
 }

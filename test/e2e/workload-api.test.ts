@@ -15,9 +15,10 @@ import { SignJWT, createLocalJWKSet, importPKCS8, jwtVerify, type JWK } from 'jo
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fromStruct, type Message } from '../../src/agent/workload-api/protos.js';
 import { startBroker, devMaterial, type TestBroker } from '../helpers/broker.js';
+import { killAgents, logged, spawnAgent, waitFor, type AgentRun as BaseRun } from '../helpers/agent-process.js';
 import { header, refusal, serverStream, splitDer, unary, workloadClient, type Client } from '../helpers/workload-client.js';
 
-const CLI = path.resolve('dist/cli/main.js');
+import { CLI } from '../helpers/agent-process.js';
 const TTL = 6;
 const WEB = 'spiffe://example.org/ns/shop/sa/web';
 const TD = 'spiffe://example.org';
@@ -29,48 +30,21 @@ let tokenFile: string;
 const running: ChildProcess[] = [];
 const clients: Client[] = [];
 
-interface AgentRun {
-  proc: ChildProcess;
-  socket: string;
-  stderr: () => string;
-  logs: () => Record<string, unknown>[];
-  exited: Promise<number | null>;
+interface AgentRun extends BaseRun {
+  readonly socket: string;
 }
 
-function agent(args: string[], socket: string): AgentRun {
-  const proc = spawn(process.execPath, [CLI, 'agent', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  running.push(proc);
-  let err = '';
-  proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
-  proc.stdout?.resume();
-  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-  const logs = (): Record<string, unknown>[] =>
-    err
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  return { proc, socket, stderr: () => err, logs, exited };
-}
-
-async function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const agent = (args: string[], socket: string): AgentRun => Object.assign(spawnAgent(args), { socket });
 
 const newSocket = (): string => path.join(mkdtempSync(path.join(work, 's-')), 'agent.sock');
 
 async function sidecar(extra: string[] = [], broker = b.url, socket = newSocket()): Promise<AgentRun> {
   const run = agent(['--broker', broker, '--bundle', bundleFile, '--token-file', tokenFile, '--workload-api', `unix://${socket}`, ...extra], socket);
-  await waitFor('the socket', () => (run.logs().some((l) => l.msg === 'Workload API and SDS listening') ? true : undefined));
+  await logged(run, 'Workload API and SDS listening');
   return run;
 }
 
-const ready = (run: AgentRun): Promise<true> => waitFor('the first SVID', () => (run.logs().some((l) => l.msg === 'X.509-SVID obtained') ? true : undefined));
+const ready = (run: AgentRun): Promise<true> => logged(run, 'X.509-SVID obtained');
 
 function newClient(socket: string): Client {
   const c = workloadClient(socket);
@@ -78,10 +52,7 @@ function newClient(socket: string): Client {
   return c;
 }
 
-async function stop(run: AgentRun): Promise<void> {
-  run.proc.kill('SIGTERM');
-  await run.exited;
-}
+const stop = (run: AgentRun): Promise<void> => run.stop();
 
 let main: AgentRun;
 let c: Client;
@@ -101,6 +72,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const cl of clients) cl.close();
+  killAgents();
   for (const p of running) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
   await b?.close();
   if (work !== undefined) rmSync(work, { recursive: true, force: true });

@@ -56,7 +56,7 @@ export function codec(typeName: string): Codec {
     c = {
       type,
       encode: (message) => (Buffer.isBuffer(message) ? message : Buffer.from(type.encode(type.fromObject(message)).finish())),
-      decode: (bytes) => type.toObject(type.decode(bytes), TO_OBJECT) as Message,
+      decode: (bytes) => type.toObject(type.decode(bytes), TO_OBJECT),
     };
     codecs.set(typeName, c);
   }
@@ -82,7 +82,7 @@ export function serviceDefinition(serviceName: string): ServiceDefinition {
       originalName: method.name,
     };
   }
-  return def as ServiceDefinition;
+  return def;
 }
 
 // ---- google.protobuf.Struct <-> JSON ----
@@ -96,7 +96,7 @@ function toValue(v: unknown): Message {
   if (typeof v === 'string') return { stringValue: v };
   if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } };
   if (typeof v === 'object') return { structValue: toStruct(v as Record<string, unknown>) };
-  return { stringValue: String(v) };
+  return { stringValue: typeof v === 'bigint' ? v.toString() : '' };
 }
 
 /** A JSON object as a google.protobuf.Struct message object. */
