@@ -11,7 +11,8 @@ import { OutputDirectory, type OutputFile } from './files.js';
 import { startHealthServer, type HealthReport, type HealthServer } from './health.js';
 import { RotateHook } from './hook.js';
 import type { AgentLogger } from './log.js';
-import { ClientIdentity } from './workload-api/identity.js';
+import type { FileNameLayout } from './config.js';
+import { ClientIdentity, jwtKeysOf } from './workload-api/identity.js';
 import { startWorkloadApi, type WorkloadApiServer } from './workload-api/server.js';
 
 export interface AgentOptions {
@@ -32,7 +33,16 @@ export interface AgentOptions {
   readonly workloadApiSocket?: string;
   /** Open streams on that socket before new ones are refused (ResourceExhausted). */
   readonly workloadApiMaxStreams?: number;
+  /** File names: Tessera's (svid.pem, svid.key, bundle.pem; the default) or spiffe-helper's. */
+  readonly fileNames?: FileNameLayout;
 }
+
+/** The names of the SVID, key and bundle files in each layout; jwt_bundle.json and jwt/ are common. */
+export const FILE_NAMES: Readonly<Record<FileNameLayout, { readonly svid: string; readonly key: string; readonly bundle: string }>> = {
+  tessera: { svid: 'svid.pem', key: 'svid.key', bundle: 'bundle.pem' },
+  'spiffe-helper': { svid: 'svid.pem', key: 'svid_key.pem', bundle: 'svid_bundle.pem' },
+};
+export const JWT_BUNDLE_FILE = 'jwt_bundle.json';
 
 /** The agent could not do its job (no SVID by the deadline, files not writable); exit non-zero. */
 export class AgentError extends Error {
@@ -232,14 +242,29 @@ export class Agent {
     return this.#publishing;
   }
 
+  /** The trust domain's JWT-SVID keys as a JWK Set: the Workload API's copy, else fetched now. */
+  async #jwtBundleJson(): Promise<Buffer> {
+    const served = this.#identity?.jwtBundles();
+    const td = this.#identity?.x509()?.trustDomainId;
+    const own = td !== undefined ? served?.get(td) : undefined;
+    if (own !== undefined) return own.json;
+    try {
+      return Buffer.from(JSON.stringify({ keys: jwtKeysOf(await this.#client.spiffeBundle()) }));
+    } catch (err) {
+      throw new AgentError(`cannot fetch the JWT bundle: ${this.#explain(err)}`, { cause: err });
+    }
+  }
+
   async #publish(): Promise<void> {
     const svid = this.#x509;
     if (svid === undefined) throw new AgentError('no X.509-SVID to write');
     if (this.#out === undefined) return; // Workload API only: nothing to write
+    const names = FILE_NAMES[this.#opts.fileNames ?? 'tessera'];
     const files: OutputFile[] = [
-      { path: 'svid.pem', data: svid.chainPem, mode: 0o644 },
-      { path: 'svid.key', data: svid.privateKeyPem, mode: 0o600 },
-      { path: 'bundle.pem', data: this.#client.bundle(), mode: 0o644 },
+      { path: names.svid, data: svid.chainPem, mode: 0o644 },
+      { path: names.key, data: svid.privateKeyPem, mode: 0o600 },
+      { path: names.bundle, data: this.#client.bundle(), mode: 0o644 },
+      { path: JWT_BUNDLE_FILE, data: await this.#jwtBundleJson(), mode: 0o644 },
     ];
     for (const aud of this.#opts.jwtAudiences) {
       const jwt = this.#jwts.get(aud);

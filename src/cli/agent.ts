@@ -5,7 +5,7 @@
  */
 import { statSync } from 'node:fs';
 import { Agent, audienceFileName, type AgentOptions } from '../agent/agent.js';
-import { parseAgentConfig, type AgentConfigFile } from '../agent/config.js';
+import { FILE_NAME_LAYOUTS, parseAgentConfig, type AgentConfigFile, type FileNameLayout } from '../agent/config.js';
 import { agentLogger } from '../agent/log.js';
 import { socketPathOf } from '../agent/workload-api/socket.js';
 import { brokerUrl } from '../sdk/http.js';
@@ -18,8 +18,9 @@ const AGENT_HELP = `options:
   --broker URL          broker base URL (https://)
   --bundle FILE         trust bundle (PEM) to verify the broker with
   --token-file FILE     projected service-account token (re-read on every use)
-  --out DIR             where svid.pem, svid.key (0600), bundle.pem and jwt/<aud>.token are written
-                        (optional for a sidecar with --workload-api)
+  --out DIR             where svid.pem, svid.key (0600), bundle.pem, jwt_bundle.json and
+                        jwt/<aud>.token are written (optional for a sidecar with --workload-api)
+  --file-names LAYOUT   tessera (default) or spiffe-helper: svid.pem, svid_key.pem, svid_bundle.pem
   --once                init-container mode: fetch, write, exit 0; exit 1 if the deadline passes
   --jwt-audience AUD    also keep a JWT-SVID for AUD in jwt/<AUD>.token (repeatable)
   --on-rotate CMD       run CMD with /bin/sh after every change of the files
@@ -28,7 +29,8 @@ const AGENT_HELP = `options:
   --workload-api URI    serve the SPIFFE Workload API and Envoy SDS on unix:///path (sidecar mode;
                         socket mode 0770; point clients at it with SPIFFE_ENDPOINT_SOCKET=URI)
   --config FILE         YAML with the same settings (broker, bundle, tokenFile, out, jwtAudiences,
-                        onRotate, healthPort, deadline, workloadApi: {socket, maxStreams}); flags win
+                        fileNames, onRotate, healthPort, deadline, workloadApi: {socket, maxStreams});
+                        flags win
 `;
 
 function need(value: string | undefined, flag: string): string {
@@ -55,6 +57,7 @@ const AGENT_OPTIONS = {
   'health-port': { type: 'string' },
   deadline: { type: 'string' },
   'workload-api': { type: 'string' },
+  'file-names': { type: 'string' },
   config: { type: 'string' },
 } as const;
 
@@ -90,6 +93,7 @@ function withConfigFile(values: AgentValues): { values: AgentValues; file: Agent
     'health-port': str(file.healthPort),
     deadline: str(file.deadline),
     'workload-api': file.workloadApi?.socket,
+    'file-names': file.fileNames,
   };
   for (const [k, v] of Object.entries(fromFile)) if (fill[k] === undefined && v !== undefined) fill[k] = v;
   const merged = fill as AgentValues;
@@ -128,6 +132,11 @@ function agentFlags(given: AgentValues): AgentOptions {
   const onRotate = values['on-rotate'];
   if (onRotate !== undefined && onRotate.trim() === '') throw new UsageError('--on-rotate needs a command');
   if (onRotate !== undefined && outDir === undefined) throw new UsageError('--on-rotate runs after the files change: it needs --out DIR');
+  const fileNames = values['file-names'];
+  if (fileNames !== undefined && !(FILE_NAME_LAYOUTS as readonly string[]).includes(fileNames)) {
+    throw new UsageError(`--file-names must be one of ${FILE_NAME_LAYOUTS.join(', ')}`);
+  }
+  if (fileNames !== undefined && outDir === undefined) throw new UsageError('--file-names names the files in --out DIR: it needs --out');
   const healthPort = intFlag(values['health-port'], '--health-port', 0, 65_535);
   if (once && healthPort !== undefined) throw new UsageError('--health-port is for the sidecar; it has no use with --once');
   const deadlineSeconds = intFlag(values.deadline, '--deadline', 1, 86_400);
@@ -142,6 +151,7 @@ function agentFlags(given: AgentValues): AgentOptions {
     ...(healthPort !== undefined ? { healthPort } : {}),
     ...(deadlineSeconds !== undefined ? { deadlineSeconds } : {}),
     ...(workloadApiSocket !== undefined ? { workloadApiSocket } : {}),
+    ...(fileNames !== undefined ? { fileNames: fileNames as FileNameLayout } : {}),
     ...(file.workloadApi?.maxStreams !== undefined ? { workloadApiMaxStreams: file.workloadApi.maxStreams } : {}),
   };
 }
@@ -172,7 +182,7 @@ function checkAgentFiles(opts: AgentOptions): AgentOptions {
 export const AGENT_COMMANDS = [
   command({
     name: 'agent',
-    usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS] [--workload-api unix:///PATH] [--config FILE]',
+    usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS] [--workload-api unix:///PATH]\n      [--file-names tessera|spiffe-helper] [--config FILE]',
     summary: "write and rotate this workload's SVID files (init container or sidecar)",
     details: AGENT_HELP,
     options: AGENT_OPTIONS,

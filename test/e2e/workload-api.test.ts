@@ -332,3 +332,36 @@ describe('agent start-up checks on the socket path', () => {
     expect(r.stderr()).toMatch(/workloadApi\.maxStream: unknown setting/);
   }, 30_000);
 });
+
+describe('file layouts', () => {
+  const once = (out: string, extra: string[]): AgentRun => agent(['--broker', b.url, '--bundle', bundleFile, '--token-file', tokenFile, '--out', out, '--once', '--jwt-audience', 'payments', ...extra], '');
+
+  it('--file-names spiffe-helper writes svid.pem, svid_key.pem (0600), svid_bundle.pem and jwt_bundle.json', async () => {
+    const out = path.join(mkdtempSync(path.join(work, 'helper-')), 'certs');
+    const run = once(out, ['--file-names', 'spiffe-helper']);
+    expect(await run.exited, run.stderr()).toBe(0);
+    const chain = readFileSync(path.join(out, 'svid.pem'), 'utf8');
+    const leaf = new X509Certificate(chain.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/)![0]);
+    expect(leaf.checkPrivateKey(createPrivateKey(readFileSync(path.join(out, 'svid_key.pem'), 'utf8')))).toBe(true);
+    expect(statSync(path.join(out, 'svid_key.pem')).mode & 0o777).toBe(0o600);
+    expect(new X509Certificate(readFileSync(path.join(out, 'svid_bundle.pem'))).fingerprint256).toBe(new X509Certificate(b.ca).fingerprint256);
+    expect(existsSync(path.join(out, 'svid.key'))).toBe(false);
+    expect(existsSync(path.join(out, 'bundle.pem'))).toBe(false);
+    // The JWT bundle verifies the JWT-SVID offline.
+    const jwks = JSON.parse(readFileSync(path.join(out, 'jwt_bundle.json'), 'utf8')) as { keys: JWK[] };
+    const { payload } = await jwtVerify(readFileSync(path.join(out, 'jwt', 'payments.token'), 'utf8'), createLocalJWKSet(jwks), { audience: 'payments' });
+    expect(payload.sub).toBe(WEB);
+  }, 30_000);
+
+  it('the default layout is unchanged and gains jwt_bundle.json; a wrong layout name is a usage error', async () => {
+    const out = path.join(mkdtempSync(path.join(work, 'default-')), 'certs');
+    const run = once(out, []);
+    expect(await run.exited, run.stderr()).toBe(0);
+    for (const f of ['svid.pem', 'svid.key', 'bundle.pem', 'jwt_bundle.json', 'jwt/payments.token']) expect(existsSync(path.join(out, f)), f).toBe(true);
+    const jwks = JSON.parse(readFileSync(path.join(out, 'jwt_bundle.json'), 'utf8')) as { keys: JWK[] };
+    expect(jwks.keys.map((k) => k.kid).sort()).toEqual((await brokerJwks()).map((k) => k.kid).sort());
+    const bad = once(out, ['--file-names', 'spire']);
+    expect(await bad.exited).toBe(2);
+    expect(bad.stderr()).toMatch(/--file-names must be one of tessera, spiffe-helper/);
+  }, 30_000);
+});
