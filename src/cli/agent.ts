@@ -13,6 +13,7 @@ import { splitPem } from '../sdk/x509.js';
 import { command, parseOptions } from './command.js';
 import { readNamedFile } from './files.js';
 import { UsageError } from './usage.js';
+import { WORKLOAD_API_COMMANDS } from './workload-api.js';
 
 const AGENT_HELP = `options:
   --broker URL          broker base URL (https://)
@@ -188,6 +189,7 @@ export const AGENT_COMMANDS = [
     options: AGENT_OPTIONS,
     run: (values) => runAgent(checkAgentFiles(agentFlags(values))),
   }),
+  ...WORKLOAD_API_COMMANDS,
 ];
 
 /** Runs the agent; exits the process itself (0 done or stopped, 1 failed). */

@@ -55,7 +55,9 @@ export async function prepareSocketPath(socketPath: string): Promise<void> {
   const d = await lstat(dir);
   if (!d.isDirectory()) throw new SocketPathError(`${dir} is not a directory`);
   if ((d.mode & 0o002) !== 0) {
-    throw new SocketPathError(`${dir} is world-writable: anyone could replace the socket; use a private directory (e.g. an emptyDir)`);
+    throw new SocketPathError(
+      `${dir} is world-writable: anyone could replace the socket; put it in a directory of its own, which the agent creates 0750 (e.g. ${path.join(dir, 'sockets', path.basename(socketPath))})`,
+    );
   }
   const existing = await lstat(socketPath).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return undefined;
