@@ -4,8 +4,8 @@
  * passes) or sidecar mode (runs until SIGTERM/SIGINT, then exits 0).
  */
 import { statSync } from 'node:fs';
-import { Agent, audienceFileName, type AgentOptions } from '../agent/agent.js';
-import { FILE_NAME_LAYOUTS, parseAgentConfig, type AgentConfigFile, type FileNameLayout } from '../agent/config.js';
+import { Agent, audienceFileName, FILE_NAMES, type AgentOptions } from '../agent/agent.js';
+import type { AgentConfigFile, FileNameLayout } from '../agent/config.js';
 import { agentLogger } from '../agent/log.js';
 import { socketPathOf } from '../agent/workload-api/socket.js';
 import { brokerUrl } from '../sdk/http.js';
@@ -69,14 +69,20 @@ type AgentValues = ReturnType<typeof parseOptions<typeof AGENT_OPTIONS>>['values
  * are checked with this); throws UsageError with a message naming the flag.
  */
 export function parseAgentFlags(argv: readonly string[]): AgentOptions {
-  return agentFlags(parseOptions(AGENT_OPTIONS, argv).values);
+  const { values } = parseOptions(AGENT_OPTIONS, argv);
+  if (values.config !== undefined) throw new UsageError('--config is read when the agent runs; check the flags without it');
+  return agentFlags({ values, file: {} });
 }
 
-/** Settings from --config FILE fill in flags that were not given. */
-function withConfigFile(values: AgentValues): { values: AgentValues; file: AgentConfigFile } {
+/**
+ * Settings from --config FILE fill in flags that were not given. The schema module is loaded only
+ * then: TypeBox would add a quarter to the resident memory of every sidecar that has no config file.
+ */
+async function withConfigFile(values: AgentValues): Promise<{ values: AgentValues; file: AgentConfigFile }> {
   if (values.config === undefined) return { values, file: {} };
   let file: AgentConfigFile;
   try {
+    const { parseAgentConfig } = await import('../agent/config.js');
     file = parseAgentConfig(readNamedFile(values.config, '--config'));
   } catch (err) {
     if (err instanceof UsageError) throw err;
@@ -101,8 +107,7 @@ function withConfigFile(values: AgentValues): { values: AgentValues; file: Agent
   return { values: merged, file };
 }
 
-function agentFlags(given: AgentValues): AgentOptions {
-  const { values, file } = withConfigFile(given);
+function agentFlags({ values, file }: { values: AgentValues; file: AgentConfigFile }): AgentOptions {
   const broker = need(values.broker, '--broker URL');
   try {
     brokerUrl(broker);
@@ -134,8 +139,8 @@ function agentFlags(given: AgentValues): AgentOptions {
   if (onRotate !== undefined && onRotate.trim() === '') throw new UsageError('--on-rotate needs a command');
   if (onRotate !== undefined && outDir === undefined) throw new UsageError('--on-rotate runs after the files change: it needs --out DIR');
   const fileNames = values['file-names'];
-  if (fileNames !== undefined && !(FILE_NAME_LAYOUTS as readonly string[]).includes(fileNames)) {
-    throw new UsageError(`--file-names must be one of ${FILE_NAME_LAYOUTS.join(', ')}`);
+  if (fileNames !== undefined && !Object.keys(FILE_NAMES).includes(fileNames)) {
+    throw new UsageError(`--file-names must be one of ${Object.keys(FILE_NAMES).join(', ')}`);
   }
   if (fileNames !== undefined && outDir === undefined) throw new UsageError('--file-names names the files in --out DIR: it needs --out');
   const healthPort = intFlag(values['health-port'], '--health-port', 0, 65_535);
@@ -187,7 +192,7 @@ export const AGENT_COMMANDS = [
     summary: "write and rotate this workload's SVID files (init container or sidecar)",
     details: AGENT_HELP,
     options: AGENT_OPTIONS,
-    run: (values) => runAgent(checkAgentFiles(agentFlags(values))),
+    run: async (values) => runAgent(checkAgentFiles(agentFlags(await withConfigFile(values)))),
   }),
   ...WORKLOAD_API_COMMANDS,
 ];
