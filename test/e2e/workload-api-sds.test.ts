@@ -1,7 +1,7 @@
 /**
  * Envoy SDS v3 and broker outages on the agent's socket: a real broker process (killed and restarted
  * on the same port), a real agent process, grpc-js clients speaking proto/envoy/… and
- * proto/spiffe/workload/workload.proto. SVIDs live 12 s, so rotations happen during the test.
+ * proto/spiffe/workload/workload.proto. SVIDs live 20 s, so rotations happen during the test.
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,7 +14,7 @@ import { killAgents, logged, spawnAgent, type AgentRun } from '../helpers/agent-
 import { spawnBroker, type BrokerProcess } from '../helpers/broker-process.js';
 import { bidiStream, sdsClient, serverStream, splitDer, unary, workloadClient, type Client } from '../helpers/workload-client.js';
 
-const TTL = 12;
+const TTL = 20;
 const WEB = 'spiffe://example.org/ns/shop/sa/web';
 const TD = 'spiffe://example.org';
 
@@ -106,7 +106,7 @@ describe('SDS', () => {
     s.call.write({ type_url: SECRET_TYPE_URL, resource_names: ['default', 'ROOTCA'], version_info: r0.version, response_nonce: r0.nonce });
     s.call.write({ type_url: SECRET_TYPE_URL, resource_names: [TD], version_info: r0.version, response_nonce: 'not-a-nonce-we-sent' });
     // The next message is the rotation, not an answer to either request.
-    const m1 = await s.nth(1, 20_000);
+    const m1 = await s.nth(1, 30_000);
     const r1 = secretsOf(m1.message);
     expect(r1.version).not.toBe(r0.version);
     expect(r1.names).toEqual(['default', 'ROOTCA']);
@@ -116,7 +116,7 @@ describe('SDS', () => {
     expect(m1.at - (obtained!.time as number)).toBeLessThan(1_000);
     // NACK r1: logged; r1 is not sent again; the next rotation is.
     s.call.write({ type_url: SECRET_TYPE_URL, resource_names: ['default', 'ROOTCA'], version_info: r0.version, response_nonce: r1.nonce, error_detail: { code: 3, message: 'test: rejected' } });
-    const r2 = secretsOf((await s.nth(2, 20_000)).message);
+    const r2 = secretsOf((await s.nth(2, 30_000)).message);
     expect(r2.version).not.toBe(r1.version);
     expect(run.logs().some((l) => l.msg === 'SDS client rejected (NACK) the secrets; waiting for the next rotation' && l.version === r1.version)).toBe(true);
     // A new subscription (in an ACK) is answered at once with the new set, same version.
@@ -144,10 +144,11 @@ describe('broker outage on an open stream', () => {
     const s = serverStream(c, 'FetchX509SVID');
     await s.nth(0);
     // Right after a rotation, so the SVID outlives the outage (a broker restart takes a few seconds).
-    const fresh = await s.nth(1, 30_000);
+    const fresh = await s.nth(1, 40_000);
     await broker.kill();
     const downAt = Date.now();
-    await new Promise((r) => setTimeout(r, 1_000));
+    // Down past the renewal point (half the lifetime, ±10 %), so the renewal fails and is retried.
+    await new Promise((r) => setTimeout(r, Math.max(0, fresh.at + TTL * 550 + 500 - Date.now())));
     expect(s.error).toBeUndefined();
     expect(s.messages).toHaveLength(2);
     await broker.start();
