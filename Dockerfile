@@ -28,6 +28,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund --ignore-scripts && npm cache clean --force
 COPY --from=build /src/dist ./dist
 COPY openapi.yaml ./
+# The agent's gRPC definitions (SPIFFE Workload API, Envoy SDS), read at run time.
+COPY proto ./proto
 # The node image's unprivileged user; numeric so Kubernetes can enforce runAsNonRoot.
 USER 1000:1000
 EXPOSE 8443

@@ -6,8 +6,9 @@
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
 // issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
 //
-// Usage: npm run bench [-- --seconds 5] [--quick]
+// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api]
 //   --quick: 2 s runs, no 10^6-entry scale test. See docs/performance.md.
+//   --only workload-api: just the agent's Workload API rows (100 open streams: updates/s, fan-out, RSS).
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
@@ -18,10 +19,11 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { runLoad } from './load.mjs';
+import { workloadApiBench } from './workload-api.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
-  options: { seconds: { type: 'string' }, quick: { type: 'boolean' }, 'skip-scale': { type: 'boolean' } },
+  options: { seconds: { type: 'string' }, quick: { type: 'boolean' }, 'skip-scale': { type: 'boolean' }, only: { type: 'string' } },
 });
 const quick = args.quick === true;
 const seconds = Number(args.seconds ?? (quick ? 2 : 5));
@@ -404,6 +406,42 @@ async function scaleRun(n) {
   }
 }
 
+// ---------- the agent's Workload API ----------
+
+/** A broker issuing 6 s SVIDs (so rotations happen during the run), the agent and 100 streams. */
+async function workloadApiRows() {
+  const saved = process.env.TESSERA_BENCH_EXTRA_CONFIG;
+  process.env.TESSERA_BENCH_EXTRA_CONFIG = 'svid: { x509DefaultTtlSeconds: 6, x509MaxTtlSeconds: 6 }';
+  const broker = await startBroker(path.join(work, 'data-wlapi'));
+  if (saved === undefined) delete process.env.TESSERA_BENCH_EXTRA_CONFIG;
+  else process.env.TESSERA_BENCH_EXTRA_CONFIG = saved;
+  try {
+    const token = await mintDevToken({ keyFile: material.issuerKeyFile, namespace: 'bench', serviceAccount: 'wlapi', ttlSeconds: 3600 });
+    return await workloadApiBench({ root, work, brokerUrl: broker.url, caFile: material.bundleFile, token, durationMs: Math.max(20, seconds * 4) * 1000, log });
+  } finally {
+    await stop(broker.child);
+  }
+}
+
+function printWorkloadApi(w) {
+  console.log('\n| Workload API (agent process, Unix socket) | value |\n|---|---:|');
+  console.log(`| open FetchX509SVID streams (connections) | ${w.streams} (${w.connections}) |`);
+  console.log(`| rotations seen in ${w.seconds} s (6 s SVIDs) | ${w.rotations} |`);
+  console.log(`| stream updates delivered per second | ${w.updatesPerSecond} |`);
+  console.log(`| rotation → all ${w.streams} streams, p50 / max ms | ${w.fanOutP50Ms} / ${w.fanOutMaxMs} |`);
+  console.log(`| agent RSS idle / with ${w.streams} streams (MiB) | ${w.rssIdleMiB} / ${w.rssWith100StreamsMiB} |`);
+}
+
+if (args.only !== undefined) {
+  if (args.only !== 'workload-api') throw new Error('--only takes: workload-api');
+  const w = await workloadApiRows();
+  mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+  writeFileSync(path.join(root, 'bench/results/workload-api.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...w }, null, 2)}\n`);
+  printWorkloadApi(w);
+  rmSync(work, { recursive: true, force: true });
+  process.exit(0);
+}
+
 // ---------- run ----------
 const machine = { node: process.version, cpus: cpus().length, cpu: cpus()[0]?.model ?? '' };
 log('machine', machine);
@@ -436,6 +474,7 @@ try {
   await stop(inline.child);
 }
 const cfssl = await cfsslScenarios();
+const workloadApi = await workloadApiRows();
 
 const scale = [];
 if (!quick && !args['skip-scale']) {
@@ -475,6 +514,7 @@ const result = {
     allCores: Number((csrAt(32).rps / (crypto.perCoreLimit * machine.cpus)).toFixed(2)),
   },
   scale,
+  workloadApi,
 };
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -502,4 +542,5 @@ if (scale.length) {
   console.log('\n| audit entries | restart ms | req/s (CSR, c=32) | p99 ms |\n|---:|---:|---:|---:|');
   for (const s of scale) console.log(`| ${s.entries.toLocaleString('en')} | ${s.restartMs} | ${s.rps.toLocaleString('en')} | ${s.p99Ms} |`);
 }
+printWorkloadApi(workloadApi);
 rmSync(work, { recursive: true, force: true });

@@ -11,12 +11,16 @@ import { OutputDirectory, type OutputFile } from './files.js';
 import { startHealthServer, type HealthReport, type HealthServer } from './health.js';
 import { RotateHook } from './hook.js';
 import type { AgentLogger } from './log.js';
+import type { FileNameLayout } from './config.js';
+import { ClientIdentity, jwtKeysOf } from './workload-api/identity.js';
+import { startWorkloadApi, type WorkloadApiServer } from './workload-api/server.js';
 
 export interface AgentOptions {
   readonly broker: string;
   readonly bundleFile: string;
   readonly tokenFile: string;
-  readonly outDir: string;
+  /** Where the files go; optional for a sidecar that serves the Workload API instead. */
+  readonly outDir?: string;
   readonly once: boolean;
   readonly jwtAudiences: readonly string[];
   readonly onRotate?: string;
@@ -25,7 +29,20 @@ export interface AgentOptions {
   /** How long to keep trying for the first SVID before giving up (seconds). */
   readonly deadlineSeconds?: number;
   readonly backoff?: BackoffOptions;
+  /** Serve the SPIFFE Workload API and Envoy SDS on this Unix socket (absolute path; sidecar mode). */
+  readonly workloadApiSocket?: string;
+  /** Open streams on that socket before new ones are refused (ResourceExhausted). */
+  readonly workloadApiMaxStreams?: number;
+  /** File names: Tessera's (svid.pem, svid.key, bundle.pem; the default) or spiffe-helper's. */
+  readonly fileNames?: FileNameLayout;
 }
+
+/** The names of the SVID, key and bundle files in each layout; jwt_bundle.json and jwt/ are common. */
+export const FILE_NAMES: Readonly<Record<FileNameLayout, { readonly svid: string; readonly key: string; readonly bundle: string }>> = {
+  tessera: { svid: 'svid.pem', key: 'svid.key', bundle: 'bundle.pem' },
+  'spiffe-helper': { svid: 'svid.pem', key: 'svid_key.pem', bundle: 'svid_bundle.pem' },
+};
+export const JWT_BUNDLE_FILE = 'jwt_bundle.json';
 
 /** The agent could not do its job (no SVID by the deadline, files not writable); exit non-zero. */
 export class AgentError extends Error {
@@ -52,7 +69,9 @@ export class Agent {
   readonly #opts: AgentOptions;
   readonly #log: AgentLogger;
   readonly #client: TesseraClient;
-  readonly #out: OutputDirectory;
+  readonly #out: OutputDirectory | undefined;
+  readonly #identity: ClientIdentity | undefined;
+  #workloadApi: WorkloadApiServer | undefined;
   readonly #hook: RotateHook | undefined;
   #x509: X509Svid | undefined;
   readonly #jwts = new Map<string, JwtSvid>();
@@ -66,7 +85,7 @@ export class Agent {
   constructor(opts: AgentOptions, log: AgentLogger) {
     this.#opts = opts;
     this.#log = log;
-    this.#out = new OutputDirectory(path.resolve(opts.outDir));
+    this.#out = opts.outDir !== undefined ? new OutputDirectory(path.resolve(opts.outDir)) : undefined;
     this.#hook = opts.onRotate !== undefined ? new RotateHook(opts.onRotate, log) : undefined;
     this.#client = new TesseraClient({
       broker: opts.broker,
@@ -76,11 +95,17 @@ export class Agent {
       keepProcessAlive: true,
       ...(opts.backoff !== undefined ? { backoff: opts.backoff } : {}),
     });
+    this.#identity = opts.workloadApiSocket !== undefined && !opts.once ? new ClientIdentity(this.#client, log) : undefined;
     this.#client.on('rotated', (e) => this.#onRotated(e));
     this.#client.on('error', (err) => {
       const msg = this.#ready ? 'renewal failed; will retry' : 'could not obtain credentials yet; will retry';
       this.#log.warn({ code: err.code, error: err.message, ...this.#expiry() }, msg);
     });
+  }
+
+  /** The Workload API server, once started with one. */
+  get workloadApi(): WorkloadApiServer | undefined {
+    return this.#workloadApi;
   }
 
   /** Health endpoint port, once started with one. */
@@ -91,7 +116,7 @@ export class Agent {
   /** Init-container mode: first SVID (and JWTs) within the deadline, write them, run the hook, done. */
   async runOnce(): Promise<void> {
     const deadlineSeconds = this.#opts.deadlineSeconds ?? 60;
-    this.#log.info({ broker: this.#opts.broker, out: this.#out.dir, deadlineSeconds }, 'fetching credentials (once)');
+    this.#log.info({ broker: this.#opts.broker, out: this.#out?.dir, deadlineSeconds }, 'fetching credentials (once)');
     try {
       await this.#client.start({ deadlineMs: deadlineSeconds * 1000 });
       this.#ready = true;
@@ -106,10 +131,22 @@ export class Agent {
 
   /** Sidecar mode: keeps the files current until stop(). Resolves once the first set is written. */
   async start(): Promise<void> {
-    this.#log.info({ broker: this.#opts.broker, out: this.#out.dir, jwtAudiences: this.#opts.jwtAudiences }, 'starting sidecar');
+    this.#log.info({ broker: this.#opts.broker, out: this.#out?.dir, jwtAudiences: this.#opts.jwtAudiences }, 'starting sidecar');
     if (this.#opts.healthPort !== undefined) {
       this.#health = await startHealthServer(this.#opts.healthPort, () => this.health());
       this.#log.info({ url: `http://127.0.0.1:${this.#health.port}/healthz` }, 'health endpoint listening');
+    }
+    // Listening before the first SVID: clients get PermissionDenied (and retry) instead of no socket.
+    if (this.#identity !== undefined && this.#opts.workloadApiSocket !== undefined) {
+      try {
+        this.#workloadApi = await startWorkloadApi(
+          this.#identity,
+          { socketPath: this.#opts.workloadApiSocket, ...(this.#opts.workloadApiMaxStreams !== undefined ? { maxStreams: this.#opts.workloadApiMaxStreams } : {}) },
+          this.#log,
+        );
+      } catch (err) {
+        throw new AgentError(`cannot serve the Workload API on ${this.#opts.workloadApiSocket}: ${(err as Error).message}`, { cause: err });
+      }
     }
     const deadline = this.#opts.deadlineSeconds;
     try {
@@ -131,6 +168,8 @@ export class Agent {
     await this.#publishing?.catch(() => undefined);
     await this.#hook?.idle();
     await this.#health?.close();
+    this.#identity?.close();
+    await this.#workloadApi?.close();
   }
 
   health(): HealthReport {
@@ -164,6 +203,11 @@ export class Agent {
   #onRotated(e: RotatedEvent): void {
     if (e.kind === 'x509') {
       this.#x509 = e.svid;
+      try {
+        this.#identity?.installX509(e.svid);
+      } catch (err) {
+        this.#log.error({ error: (err as Error).message }, 'cannot serve the new SVID on the Workload API');
+      }
       const { spiffeId, serial, expiresAt } = e.svid;
       const fields = { spiffeId, serial, expiresAt: expiresAt.toISOString(), via: e.via, ...(e.bundleChanged ? { bundleChanged: true } : {}) };
       this.#log.info(fields, 'X.509-SVID obtained');
@@ -187,7 +231,7 @@ export class Agent {
           await this.#publish();
         } while (this.#publishAgain && !this.#stopped);
       } catch (err) {
-        this.#log.error({ error: (err as Error).message, out: this.#out.dir }, 'could not write the output files; retrying');
+        this.#log.error({ error: (err as Error).message, out: this.#out?.dir }, 'could not write the output files; retrying');
         if (!this.#stopped) {
           this.#retryTimer = setTimeout(() => void this.#publishQueued(), PUBLISH_RETRY_MS);
         }
@@ -198,13 +242,29 @@ export class Agent {
     return this.#publishing;
   }
 
+  /** The trust domain's JWT-SVID keys as a JWK Set: the Workload API's copy, else fetched now. */
+  async #jwtBundleJson(): Promise<Buffer> {
+    const served = this.#identity?.jwtBundles();
+    const td = this.#identity?.x509()?.trustDomainId;
+    const own = td !== undefined ? served?.get(td) : undefined;
+    if (own !== undefined) return own.json;
+    try {
+      return Buffer.from(JSON.stringify({ keys: jwtKeysOf(await this.#client.spiffeBundle()) }));
+    } catch (err) {
+      throw new AgentError(`cannot fetch the JWT bundle: ${this.#explain(err)}`, { cause: err });
+    }
+  }
+
   async #publish(): Promise<void> {
     const svid = this.#x509;
     if (svid === undefined) throw new AgentError('no X.509-SVID to write');
+    if (this.#out === undefined) return; // Workload API only: nothing to write
+    const names = FILE_NAMES[this.#opts.fileNames ?? 'tessera'];
     const files: OutputFile[] = [
-      { path: 'svid.pem', data: svid.chainPem, mode: 0o644 },
-      { path: 'svid.key', data: svid.privateKeyPem, mode: 0o600 },
-      { path: 'bundle.pem', data: this.#client.bundle(), mode: 0o644 },
+      { path: names.svid, data: svid.chainPem, mode: 0o644 },
+      { path: names.key, data: svid.privateKeyPem, mode: 0o600 },
+      { path: names.bundle, data: this.#client.bundle(), mode: 0o644 },
+      { path: JWT_BUNDLE_FILE, data: await this.#jwtBundleJson(), mode: 0o644 },
     ];
     for (const aud of this.#opts.jwtAudiences) {
       const jwt = this.#jwts.get(aud);

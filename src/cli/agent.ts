@@ -4,24 +4,34 @@
  * passes) or sidecar mode (runs until SIGTERM/SIGINT, then exits 0).
  */
 import { statSync } from 'node:fs';
-import { Agent, audienceFileName, type AgentOptions } from '../agent/agent.js';
+import { Agent, audienceFileName, FILE_NAMES, type AgentOptions } from '../agent/agent.js';
+import type { AgentConfigFile, FileNameLayout } from '../agent/config.js';
 import { agentLogger } from '../agent/log.js';
+import { socketPathOf } from '../agent/workload-api/socket.js';
 import { brokerUrl } from '../sdk/http.js';
 import { splitPem } from '../sdk/x509.js';
 import { command, parseOptions } from './command.js';
 import { readNamedFile } from './files.js';
 import { UsageError } from './usage.js';
+import { WORKLOAD_API_COMMANDS } from './workload-api.js';
 
 const AGENT_HELP = `options:
   --broker URL          broker base URL (https://)
   --bundle FILE         trust bundle (PEM) to verify the broker with
   --token-file FILE     projected service-account token (re-read on every use)
-  --out DIR             where svid.pem, svid.key (0600), bundle.pem and jwt/<aud>.token are written
+  --out DIR             where svid.pem, svid.key (0600), bundle.pem, jwt_bundle.json and
+                        jwt/<aud>.token are written (optional for a sidecar with --workload-api)
+  --file-names LAYOUT   tessera (default) or spiffe-helper: svid.pem, svid_key.pem, svid_bundle.pem
   --once                init-container mode: fetch, write, exit 0; exit 1 if the deadline passes
   --jwt-audience AUD    also keep a JWT-SVID for AUD in jwt/<AUD>.token (repeatable)
   --on-rotate CMD       run CMD with /bin/sh after every change of the files
   --health-port N       serve GET /healthz on 127.0.0.1:N (sidecar mode; 0 picks a free port)
   --deadline SECONDS    give up on the first SVID after this long (default 60 with --once, none otherwise)
+  --workload-api URI    serve the SPIFFE Workload API and Envoy SDS on unix:///path (sidecar mode;
+                        socket mode 0770; point clients at it with SPIFFE_ENDPOINT_SOCKET=URI)
+  --config FILE         YAML with the same settings (broker, bundle, tokenFile, out, jwtAudiences,
+                        fileNames, onRotate, healthPort, deadline, workloadApi: {socket, maxStreams});
+                        flags win
 `;
 
 function need(value: string | undefined, flag: string): string {
@@ -47,6 +57,9 @@ const AGENT_OPTIONS = {
   'on-rotate': { type: 'string' },
   'health-port': { type: 'string' },
   deadline: { type: 'string' },
+  'workload-api': { type: 'string' },
+  'file-names': { type: 'string' },
+  config: { type: 'string' },
 } as const;
 
 type AgentValues = ReturnType<typeof parseOptions<typeof AGENT_OPTIONS>>['values'];
@@ -56,10 +69,45 @@ type AgentValues = ReturnType<typeof parseOptions<typeof AGENT_OPTIONS>>['values
  * are checked with this); throws UsageError with a message naming the flag.
  */
 export function parseAgentFlags(argv: readonly string[]): AgentOptions {
-  return agentFlags(parseOptions(AGENT_OPTIONS, argv).values);
+  const { values } = parseOptions(AGENT_OPTIONS, argv);
+  if (values.config !== undefined) throw new UsageError('--config is read when the agent runs; check the flags without it');
+  return agentFlags({ values, file: {} });
 }
 
-function agentFlags(values: AgentValues): AgentOptions {
+/**
+ * Settings from --config FILE fill in flags that were not given. The schema module is loaded only
+ * then: TypeBox would add a quarter to the resident memory of every sidecar that has no config file.
+ */
+async function withConfigFile(values: AgentValues): Promise<{ values: AgentValues; file: AgentConfigFile }> {
+  if (values.config === undefined) return { values, file: {} };
+  let file: AgentConfigFile;
+  try {
+    const { parseAgentConfig } = await import('../agent/config.js');
+    file = parseAgentConfig(readNamedFile(values.config, '--config'));
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`--config ${values.config}: ${(err as Error).message}`);
+  }
+  const str = (n: number | undefined): string | undefined => (n === undefined ? undefined : String(n));
+  const fill = { ...values } as Record<string, unknown>;
+  const fromFile: Record<string, unknown> = {
+    broker: file.broker,
+    bundle: file.bundle,
+    'token-file': file.tokenFile,
+    out: file.out,
+    'jwt-audience': file.jwtAudiences,
+    'on-rotate': file.onRotate,
+    'health-port': str(file.healthPort),
+    deadline: str(file.deadline),
+    'workload-api': file.workloadApi?.socket,
+    'file-names': file.fileNames,
+  };
+  for (const [k, v] of Object.entries(fromFile)) if (fill[k] === undefined && v !== undefined) fill[k] = v;
+  const merged = fill as AgentValues;
+  return { values: merged, file };
+}
+
+function agentFlags({ values, file }: { values: AgentValues; file: AgentConfigFile }): AgentOptions {
   const broker = need(values.broker, '--broker URL');
   try {
     brokerUrl(broker);
@@ -68,8 +116,17 @@ function agentFlags(values: AgentValues): AgentOptions {
   }
   const bundleFile = need(values.bundle, '--bundle FILE');
   const tokenFile = need(values['token-file'], '--token-file FILE');
-  const outDir = need(values.out, '--out DIR');
   const once = values.once === true;
+  let workloadApiSocket: string | undefined;
+  if (values['workload-api'] !== undefined) {
+    if (once) throw new UsageError('--workload-api is served by the sidecar; it has no use with --once');
+    try {
+      workloadApiSocket = socketPathOf(values['workload-api']);
+    } catch (err) {
+      throw new UsageError(`--workload-api: ${(err as Error).message}`);
+    }
+  }
+  const outDir = workloadApiSocket !== undefined && values.out === undefined ? undefined : need(values.out, '--out DIR');
   const jwtAudiences = [...new Set(values['jwt-audience'] ?? [])];
   for (const aud of jwtAudiences) {
     // eslint-disable-next-line no-control-regex -- control characters are exactly what is refused
@@ -80,6 +137,12 @@ function agentFlags(values: AgentValues): AgentOptions {
   }
   const onRotate = values['on-rotate'];
   if (onRotate !== undefined && onRotate.trim() === '') throw new UsageError('--on-rotate needs a command');
+  if (onRotate !== undefined && outDir === undefined) throw new UsageError('--on-rotate runs after the files change: it needs --out DIR');
+  const fileNames = values['file-names'];
+  if (fileNames !== undefined && !Object.keys(FILE_NAMES).includes(fileNames)) {
+    throw new UsageError(`--file-names must be one of ${Object.keys(FILE_NAMES).join(', ')}`);
+  }
+  if (fileNames !== undefined && outDir === undefined) throw new UsageError('--file-names names the files in --out DIR: it needs --out');
   const healthPort = intFlag(values['health-port'], '--health-port', 0, 65_535);
   if (once && healthPort !== undefined) throw new UsageError('--health-port is for the sidecar; it has no use with --once');
   const deadlineSeconds = intFlag(values.deadline, '--deadline', 1, 86_400);
@@ -87,12 +150,15 @@ function agentFlags(values: AgentValues): AgentOptions {
     broker,
     bundleFile,
     tokenFile,
-    outDir,
+    ...(outDir !== undefined ? { outDir } : {}),
     once,
     jwtAudiences,
     ...(onRotate !== undefined ? { onRotate } : {}),
     ...(healthPort !== undefined ? { healthPort } : {}),
     ...(deadlineSeconds !== undefined ? { deadlineSeconds } : {}),
+    ...(workloadApiSocket !== undefined ? { workloadApiSocket } : {}),
+    ...(fileNames !== undefined ? { fileNames: fileNames as FileNameLayout } : {}),
+    ...(file.workloadApi?.maxStreams !== undefined ? { workloadApiMaxStreams: file.workloadApi.maxStreams } : {}),
   };
 }
 
@@ -110,8 +176,9 @@ function checkAgentFiles(opts: AgentOptions): AgentOptions {
     if (err instanceof UsageError) throw err;
     throw new UsageError(`--token-file ${opts.tokenFile}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
+  const outDir = opts.outDir;
   try {
-    if (!statSync(opts.outDir).isDirectory()) throw new UsageError(`--out ${opts.outDir}: exists and is not a directory`);
+    if (outDir !== undefined && !statSync(outDir).isDirectory()) throw new UsageError(`--out ${outDir}: exists and is not a directory`);
   } catch (err) {
     if (err instanceof UsageError) throw err; // a missing directory is created on the first write
   }
@@ -121,12 +188,13 @@ function checkAgentFiles(opts: AgentOptions): AgentOptions {
 export const AGENT_COMMANDS = [
   command({
     name: 'agent',
-    usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS]',
+    usage: '--broker URL --bundle FILE --token-file FILE --out DIR [--once] [--jwt-audience AUD ...]\n      [--on-rotate CMD] [--health-port N] [--deadline SECONDS] [--workload-api unix:///PATH]\n      [--file-names tessera|spiffe-helper] [--config FILE]',
     summary: "write and rotate this workload's SVID files (init container or sidecar)",
     details: AGENT_HELP,
     options: AGENT_OPTIONS,
-    run: (values) => runAgent(checkAgentFiles(agentFlags(values))),
+    run: async (values) => runAgent(checkAgentFiles(agentFlags(await withConfigFile(values)))),
   }),
+  ...WORKLOAD_API_COMMANDS,
 ];
 
 /** Runs the agent; exits the process itself (0 done or stopped, 1 failed). */

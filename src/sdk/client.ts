@@ -76,6 +76,13 @@ export interface Secret {
   readonly maxExpiresAt: Date;
 }
 
+/** A SPIFFE bundle as the broker publishes it: a JWKS whose keys carry `use` (x509-svid or jwt-svid). */
+export interface SpiffeBundleDocument {
+  readonly keys: readonly Record<string, unknown>[];
+  readonly spiffe_sequence?: number;
+  readonly spiffe_refresh_hint?: number;
+}
+
 export type CredentialPath = 'mtls' | 'token';
 
 export type RotatedEvent =
@@ -338,6 +345,23 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
       'value',
       value,
     );
+  }
+
+  /**
+   * The broker's SPIFFE bundle (GET /v1/bundle: a JWKS of x509-svid roots and jwt-svid keys, with
+   * spiffe_sequence), fetched now over TLS verified against the current trust bundle. No caller auth.
+   */
+  async spiffeBundle(): Promise<SpiffeBundleDocument> {
+    if (this.#closed) throw new TesseraError('closed', 'the client is closed');
+    const res = await callBroker<{ keys?: unknown; spiffe_sequence?: unknown; spiffe_refresh_hint?: unknown }>(this.#endpoint, { method: 'GET', path: '/v1/bundle' });
+    if (!Array.isArray(res.keys) || !res.keys.every((k) => typeof k === 'object' && k !== null && !Array.isArray(k))) {
+      throw new TesseraError('bad_response', 'GET /v1/bundle: keys must be a list of JWKs');
+    }
+    return {
+      keys: res.keys as Record<string, unknown>[],
+      ...(typeof res.spiffe_sequence === 'number' ? { spiffe_sequence: res.spiffe_sequence } : {}),
+      ...(typeof res.spiffe_refresh_hint === 'number' ? { spiffe_refresh_hint: res.spiffe_refresh_hint } : {}),
+    };
   }
 
   /** The current trust bundle (PEM roots). */

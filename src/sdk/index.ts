@@ -13,6 +13,7 @@ export {
   type PeerCheck,
   type RotatedEvent,
   type Secret,
+  type SpiffeBundleDocument,
   type TesseraClientEvents,
   type TesseraClientOptions,
   type X509Svid,
