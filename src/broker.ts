@@ -17,6 +17,7 @@ import { Checkpointer } from './audit/checkpointer.js';
 import { AuditLog } from './audit/log.js';
 import { loadNoteSigner } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
+import { CaExpiryWatch } from './ca/expiry.js';
 import { InlineMinter, type X509Minter } from './ca/minter.js';
 import { MinterPool } from './ca/minter-pool.js';
 import { splitPemCertificates } from './ca/x509.js';
@@ -46,6 +47,8 @@ export interface Broker {
   /** Threshold alert rules watching this replica's audit appends. */
   readonly alerts: AlertEngine;
   readonly ca: CertificateAuthority;
+  /** Where the signing CA stands against its expiry warning windows (/readyz, log warnings, alert). */
+  readonly caExpiry: CaExpiryWatch;
   /** Mints X.509-SVIDs: on `config.ca.threads` minting threads, or inline when that is 0. */
   readonly minter: X509Minter;
   readonly jwt: JwtSvidSigner;
@@ -87,7 +90,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   });
   const jwt = await JwtSvidSigner.fromFile(config.ca.jwtKeyFile);
   const tls = { certPem: readFileSync(config.tls.certFile, 'utf8'), keyPem: readFileSync(config.tls.keyFile, 'utf8') };
-  const metrics = new BrokerMetrics({ clock, caNotAfterMs: ca.signingCertNotAfter });
+  const metrics = new BrokerMetrics({ clock, caNotAfterMs: ca.signingCertNotAfter, caAuthority: ca.authorityId });
   // Redis when configured (shared by replicas), else the embedded store on local disk. Store failures
   // and audit append latency are measured at this one boundary.
   const store = instrumentStore(
@@ -131,6 +134,18 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     });
     alerts.historyLost(err.message, audit.size);
   });
+  // Expiry seen coming: a warning on stderr and a fleet-wide alert as each window is entered (at startup too).
+  const caExpiry = new CaExpiryWatch({
+    authority: ca.authorityId,
+    notAfter: ca.signingCertNotAfter,
+    windows: config.ca.expiryWarningSeconds,
+    clock,
+    onWarning: (e, message) => {
+      process.emitWarning(message, { code: e.state === 'expired' ? 'TESSERA_CA_EXPIRED' : 'TESSERA_CA_EXPIRING' });
+      alerts.caExpiring(message, e.authority, e.notAfter, e.window ?? 0).catch((err: unknown) => warn(err, 'ca-expiring alert'));
+    },
+  });
+  caExpiry.start();
   // Every CA certificate that issues workload SVIDs (roots, the signing CA, intermediates): mTLS tells
   // workload chains from admin chains by signature against these and the admin CA roots.
   const workloadAnchors = [
@@ -205,11 +220,12 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
   });
   return {
-    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, ca, caExpiry, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
     guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {
       // The lease sweeper may still append; stop it (and the PostgreSQL pools) first.
+      caExpiry.close();
       await secrets.close();
       await minter.close();
       await alerts.close();

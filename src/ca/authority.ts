@@ -68,6 +68,8 @@ export class CertificateAuthority {
   readonly rootsPem: string;
   readonly rootCertsDer: readonly Buffer[];
   readonly signingCertNotAfter: number;
+  /** The signing certificate's subject key identifier (hex): names this authority in metrics and logs. */
+  readonly authorityId: string;
 
   readonly #issuer: IssuerMaterial;
   /** PEMs of the signing cert and intermediates above it (never the root). */
@@ -82,6 +84,7 @@ export class CertificateAuthority {
     this.rootCertsDer = roots;
     this.rootsPem = roots.map((der) => toPem('CERTIFICATE', der)).join('');
     this.signingCertNotAfter = issuer.notAfter.getTime();
+    this.authorityId = issuer.subjectKeyId.toString('hex');
     this.#signingCertNotBefore = issuer.notBefore.getTime();
   }
 

@@ -82,6 +82,12 @@ export const ConfigFileSchema = section({
     jwtKeyFile: file(),
     /** Minting threads (0: mint on the event loop); `auto` is resolved at load time. */
     threads: autoOr(0, MAX_CA_THREADS, 'auto'),
+    /** Warn (log, alert, /readyz `expiring`) this many seconds before the signing CA's notAfter. */
+    expiryWarningSeconds: Type.Array(Type.Integer({ minimum: 1, maximum: 10 * 365 * 86_400 }), {
+      default: [30 * 86_400, 7 * 86_400, 86_400],
+      maxItems: 16,
+      message: 'expected a list of at most 16 integers in [1, 315360000] (seconds before the CA expires)',
+    }),
   }),
   issuers: Type.Array(
     section({

@@ -49,6 +49,8 @@ export interface MetricsSources {
   readonly clock: Clock;
   /** notAfter (ms) of the X.509 signing CA: the gauge shows how long until it expires. */
   readonly caNotAfterMs: number;
+  /** Which signing CA (its subject key identifier, hex): the gauge's `authority` label. */
+  readonly caAuthority: string;
 }
 
 let processRegistry: Registry | undefined;
@@ -141,13 +143,14 @@ export class BrokerMetrics {
     });
     this.#clientErrors = bindChildren(CLIENT_ERROR_REASONS, (reason) => clientErrors.labels(reason));
 
-    const { clock, caNotAfterMs } = sources;
+    const { clock, caNotAfterMs, caAuthority } = sources;
     new Gauge({
       name: 'tessera_ca_expiry_seconds',
-      help: 'Seconds until the X.509 signing CA certificate expires (negative once expired).',
+      help: 'Seconds until the X.509 signing CA certificate expires (negative once expired), per authority (subject key identifier).',
+      labelNames: ['authority'] as const,
       registers: register,
       collect() {
-        this.set(Math.round((caNotAfterMs - clock.now()) / 1000));
+        this.labels(caAuthority).set(Math.round((caNotAfterMs - clock.now()) / 1000));
       },
     });
     const mintThreadFailures = new Counter({
