@@ -26,6 +26,11 @@ export interface CaExpiryWatchOptions {
   readonly notAfter: number;
   /** Seconds before notAfter at which to warn; any order, duplicates ignored. */
   readonly windows: readonly number[];
+  /**
+   * With CA rotation: the authority active now, and whether a next one is prepared (then nothing is
+   * expiring — the next one takes over in time). Overrides `authority` and `notAfter`.
+   */
+  readonly target?: () => { readonly authority: string; readonly notAfter: number; readonly successorPrepared: boolean };
   readonly clock: Clock;
   /** Called once per window entered, and once at expiry. Never throws into the watch. */
   readonly onWarning: (expiry: CaExpiry, message: string) => void;
@@ -70,6 +75,8 @@ export class CaExpiryWatch {
   #warnedWindow = Number.POSITIVE_INFINITY;
   #warnedExpired = false;
   #timer: NodeJS.Timeout | undefined;
+  /** The authority the warnings so far were about (a new one starts over). */
+  #warnedAuthority: string | undefined;
 
   constructor(opts: CaExpiryWatchOptions) {
     this.#opts = opts;
@@ -78,12 +85,20 @@ export class CaExpiryWatch {
 
   /** Where the CA stands now. */
   current(): CaExpiry {
-    return caExpiry(this.#opts.authority, this.#opts.notAfter, this.#opts.clock.now(), this.#windows);
+    const target = this.#opts.target?.();
+    if (target === undefined) return caExpiry(this.#opts.authority, this.#opts.notAfter, this.#opts.clock.now(), this.#windows);
+    const e = caExpiry(target.authority, target.notAfter, this.#opts.clock.now(), this.#windows);
+    return e.state === 'expiring' && target.successorPrepared ? { state: 'ok', authority: e.authority, notAfter: e.notAfter, secondsLeft: e.secondsLeft } : e;
   }
 
   /** Looks now; warns if a narrower window (or expiry) was entered since the last warning. */
   check(): CaExpiry {
     const e = this.current();
+    if (e.authority !== this.#warnedAuthority) {
+      this.#warnedAuthority = e.authority;
+      this.#warnedWindow = Number.POSITIVE_INFINITY;
+      this.#warnedExpired = false;
+    }
     const fresh =
       (e.state === 'expired' && !this.#warnedExpired) || (e.state === 'expiring' && e.window !== undefined && e.window < this.#warnedWindow);
     if (fresh) {
