@@ -5,63 +5,22 @@
  * workloads — zero failed requests, zero SVIDs cut short, the bundle sequence 1 → 2 → 3. Then the same
  * with two replicas on one Redis: one prepares, both switch within a second.
  */
-import { generateKeyPairSync, X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { issuerFromPem, mintCa } from '../../src/ca/x509.js';
 import { TesseraClient } from '../../src/sdk/index.js';
 import { RedisStore } from '../../src/store/redis.js';
-import { devMaterial, materialConfig, startBroker, type TestBroker } from '../helpers/broker.js';
+import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { SHARED_REDIS_URL, deletePrefix, redisRequiredUnderCi, sharedRedis, uniquePrefix } from '../helpers/redis.js';
+import { cleanRotationTemps, rotatingConfig } from '../helpers/rotation.js';
 
 const redis = await sharedRedis();
 const S = 1000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const A = 'spiffe://example.org/ns/shop/sa/web';
 const B = 'spiffe://example.org/ns/payments/sa/api';
-const temps: string[] = [];
-afterAll(() => {
-  for (const d of temps) rmSync(d, { recursive: true, force: true });
-});
-
-/** Config for a rotating broker whose first signing CA (minted from the dev root) lives `lifeS` seconds from now. */
-async function rotatingConfig(lifeS: number, extra: Record<string, unknown> = {}): Promise<{ config: Record<string, unknown>; firstCa: X509Certificate }> {
-  const { dir: pkiDir, material } = await devMaterial();
-  const dir = mkdtempSync(path.join(tmpdir(), 'tessera-rotation-ca-'));
-  temps.push(dir);
-  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const now = Date.now();
-  const cert = mintCa(
-    { commonName: 'Short CA', trustDomain: 'example.org', subjectPublicKey: key.publicKey, notBefore: new Date(now - S), notAfter: new Date(now + lifeS * S), pathLen: 0 },
-    issuerFromPem(readFileSync(path.join(pkiDir, 'root.pem'), 'utf8'), readFileSync(path.join(pkiDir, 'root.key'), 'utf8')),
-  );
-  writeFileSync(path.join(dir, 'ca.pem'), cert.pem);
-  writeFileSync(path.join(dir, 'ca.key'), key.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), { mode: 0o600 });
-  const base = materialConfig(pkiDir, material) as unknown as { ca: Record<string, unknown> };
-  return {
-    firstCa: new X509Certificate(cert.pem),
-    config: {
-      ca: {
-        ...base.ca,
-        certFile: path.join(dir, 'ca.pem'),
-        keyFile: path.join(dir, 'ca.key'),
-        threads: 2,
-        rotation: { rootKeyFile: path.join(pkiDir, 'root.key'), caTtlSeconds: 300, pollIntervalMs: 200 },
-      },
-      svid: { x509DefaultTtlSeconds: 5, x509MaxTtlSeconds: 5, jwtDefaultTtlSeconds: 30, jwtMaxTtlSeconds: 30 },
-      registration: [
-        { selector: { namespace: 'shop', serviceAccount: 'web' }, jwtAudiences: ['payments'] },
-        { selector: { namespace: 'payments', serviceAccount: 'api' }, jwtAudiences: [] },
-      ],
-      secrets: { kekFile: material.kekFile },
-      ...extra,
-    },
-  };
-}
+afterAll(cleanRotationTemps);
 
 interface Issued {
   requestedAt: number;
