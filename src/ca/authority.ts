@@ -137,6 +137,11 @@ export class CertificateAuthority {
     });
   }
 
+  /** Milliseconds since the epoch: when the signing certificate becomes valid. */
+  get signingCertNotBefore(): number {
+    return this.#signingCertNotBefore;
+  }
+
   /** What this CA was loaded from (including the signing key): only for minting threads in this process. */
   get source(): CaSource {
     return this.#source;

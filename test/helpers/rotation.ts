@@ -18,15 +18,15 @@ export function cleanRotationTemps(): void {
   for (const d of temps.splice(0)) rmSync(d, { recursive: true, force: true });
 }
 
-/** Config for a rotating broker whose first signing CA (minted from the dev root) lives `lifeS` seconds from now. */
-export async function rotatingConfig(lifeS: number, extra: Record<string, unknown> = {}): Promise<{ config: Record<string, unknown>; firstCa: X509Certificate }> {
+/** Config for a rotating broker whose first signing CA (minted from the dev root) began `agoS` seconds ago and ends `lifeS` seconds from now. */
+export async function rotatingConfig(lifeS: number, extra: Record<string, unknown> = {}, agoS = 1): Promise<{ config: Record<string, unknown>; firstCa: X509Certificate }> {
   const { dir: pkiDir, material } = await devMaterial();
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-rotation-ca-'));
   temps.push(dir);
   const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const now = Date.now();
   const cert = mintCa(
-    { commonName: 'Short CA', trustDomain: 'example.org', subjectPublicKey: key.publicKey, notBefore: new Date(now - S), notAfter: new Date(now + lifeS * S), pathLen: 0 },
+    { commonName: 'Short CA', trustDomain: 'example.org', subjectPublicKey: key.publicKey, notBefore: new Date(now - agoS * S), notAfter: new Date(now + lifeS * S), pathLen: 0 },
     issuerFromPem(readFileSync(path.join(pkiDir, 'root.pem'), 'utf8'), readFileSync(path.join(pkiDir, 'root.key'), 'utf8')),
   );
   writeFileSync(path.join(dir, 'ca.pem'), cert.pem);
