@@ -18,7 +18,7 @@ import { AuditLog } from './audit/log.js';
 import { loadNoteSigner } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
 import { CaExpiryWatch } from './ca/expiry.js';
-import { CaRotation, rootIssuer, rotationRequestId, type LiveAuthorities } from './ca/rotation.js';
+import { activeOf, CaRotation, prepareAt, preparedOf, rootIssuer, rotationRequestId, type LiveAuthorities } from './ca/rotation.js';
 import { InlineMinter, type X509Minter } from './ca/minter.js';
 import { MinterPool } from './ca/minter-pool.js';
 import { splitPemCertificates } from './ca/x509.js';
@@ -75,6 +75,9 @@ export interface Broker {
   readonly breakGlass: BreakGlassService;
   close(): Promise<void>;
 }
+
+/** With CA rotation, expiry warnings start once the prepare step is this late (docs/ca.md). */
+const ROTATION_OVERDUE_MS = 60_000;
 
 /** How long relying parties may cache the bundle before fetching it again. */
 const BUNDLE_REFRESH_HINT_SECONDS = 300;
@@ -172,7 +175,11 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     target: () => ({
       authority: live.ca.authorityId,
       notAfter: live.ca.signingCertNotAfter,
-      successorPrepared: live.state?.authorities.some((a) => a.state === 'prepared') ?? false,
+      // With rotation, a next authority is on its way until its prepare step is overdue (a minute past 1/2
+      // of the active one's life): only then is there something to warn about.
+      successorPrepared:
+        live.state !== undefined &&
+        (preparedOf(live.state) !== undefined || clock.now() < prepareAt(activeOf(live.state)) + ROTATION_OVERDUE_MS),
     }),
     windows: config.ca.expiryWarningSeconds,
     clock,

@@ -82,4 +82,22 @@ describe('CaExpiryWatch', () => {
     });
     expect(w.check().state).toBe('expiring');
   });
+
+  it('with rotation (target): no warning while a next authority is on its way; a new active authority starts the warnings over', () => {
+    let now = NOT_AFTER - 2 * DAY * 1000;
+    let target = { authority: 'a', notAfter: NOT_AFTER, successorPrepared: true };
+    const warned: string[] = [];
+    const w = new CaExpiryWatch({ authority: 'x', notAfter: 0, target: () => target, windows: WINDOWS, clock: { now: () => now }, onWarning: (e) => warned.push(`${e.authority}:${e.window ?? 'expired'}`) });
+    expect(w.check().state).toBe('ok');
+    target = { ...target, successorPrepared: false };
+    expect(w.check()).toMatchObject({ state: 'expiring', authority: 'a', window: 7 * DAY });
+    // The next authority is active: it is judged on its own, from its own first window.
+    target = { authority: 'b', notAfter: NOT_AFTER + 10 * DAY * 1000, successorPrepared: false };
+    now += 1000;
+    expect(w.check()).toMatchObject({ state: 'expiring', authority: 'b', window: 30 * DAY });
+    target = { ...target, successorPrepared: true };
+    now = target.notAfter + 1;
+    expect(w.check().state).toBe('expired'); // a prepared successor does not hide a real expiry
+    expect(warned).toEqual([`a:${7 * DAY}`, `b:${30 * DAY}`, 'b:expired']);
+  });
 });

@@ -27,8 +27,8 @@ export interface CaExpiryWatchOptions {
   /** Seconds before notAfter at which to warn; any order, duplicates ignored. */
   readonly windows: readonly number[];
   /**
-   * With CA rotation: the authority active now, and whether a next one is prepared (then nothing is
-   * expiring — the next one takes over in time). Overrides `authority` and `notAfter`.
+   * With CA rotation: the authority active now, and whether a next one is prepared or on schedule (then
+   * nothing is expiring — the next one takes over in time). Overrides `authority` and `notAfter`.
    */
   readonly target?: () => { readonly authority: string; readonly notAfter: number; readonly successorPrepared: boolean };
   readonly clock: Clock;
