@@ -17,6 +17,8 @@ import { Checkpointer } from './audit/checkpointer.js';
 import { AuditLog } from './audit/log.js';
 import { loadNoteSigner } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
+import { CaExpiryWatch } from './ca/expiry.js';
+import { activeOf, CaRotation, prepareAt, preparedOf, rootIssuer, rotationRequestId, type LiveAuthorities } from './ca/rotation.js';
 import { InlineMinter, type X509Minter } from './ca/minter.js';
 import { MinterPool } from './ca/minter-pool.js';
 import { splitPemCertificates } from './ca/x509.js';
@@ -45,7 +47,12 @@ export interface Broker {
   readonly checkpoints: Checkpointer;
   /** Threshold alert rules watching this replica's audit appends. */
   readonly alerts: AlertEngine;
+  /** The signing CA as of now (CA rotation switches it; config `ca.rotation`). */
   readonly ca: CertificateAuthority;
+  /** Rotates the CA and the JWT key (absent without `ca.rotation`). */
+  readonly rotation?: CaRotation;
+  /** Where the signing CA stands against its expiry warning windows (/readyz, log warnings, alert). */
+  readonly caExpiry: CaExpiryWatch;
   /** Mints X.509-SVIDs: on `config.ca.threads` minting threads, or inline when that is 0. */
   readonly minter: X509Minter;
   readonly jwt: JwtSvidSigner;
@@ -69,6 +76,9 @@ export interface Broker {
   close(): Promise<void>;
 }
 
+/** With CA rotation, expiry warnings start once the prepare step is this late (docs/ca.md). */
+const ROTATION_OVERDUE_MS = 60_000;
+
 /** How long relying parties may cache the bundle before fetching it again. */
 const BUNDLE_REFRESH_HINT_SECONDS = 300;
 
@@ -79,15 +89,42 @@ export interface CreateBrokerOptions {
 
 export async function createBroker(config: Config, opts: CreateBrokerOptions = {}): Promise<Broker> {
   const clock = opts.clock ?? systemClock;
-  const ca = CertificateAuthority.fromFiles({
+  const configCa = CertificateAuthority.fromFiles({
     certFile: config.ca.certFile,
     keyFile: config.ca.keyFile,
     rootsFile: config.ca.bundleFile,
     ...(config.ca.intermediatesFile !== undefined ? { intermediatesFile: config.ca.intermediatesFile } : {}),
   });
-  const jwt = await JwtSvidSigner.fromFile(config.ca.jwtKeyFile);
+  const configJwt = await JwtSvidSigner.fromFile(config.ca.jwtKeyFile);
   const tls = { certPem: readFileSync(config.tls.certFile, 'utf8'), keyPem: readFileSync(config.tls.keyFile, 'utf8') };
-  const metrics = new BrokerMetrics({ clock, caNotAfterMs: ca.signingCertNotAfter });
+  // What issuance signs with and the bundle publishes: the config files, or (ca.rotation) the stored state.
+  let live: Omit<LiveAuthorities, 'state'> & { readonly state?: LiveAuthorities['state'] } = {
+    ca: configCa,
+    jwt: configJwt,
+    bundle: buildBundle({
+      rootCertsDer: configCa.rootCertsDer,
+      jwtKeys: [{ kid: configJwt.kid, jwk: configJwt.publicJwk }],
+      sequence: 1,
+      refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
+    }),
+  };
+  const metrics = new BrokerMetrics({
+    clock,
+    caNotAfterMs: configCa.signingCertNotAfter,
+    caAuthority: configCa.authorityId,
+    ...(config.ca.rotation !== undefined
+      ? { caAuthorities: () => (live.state?.authorities ?? []).map((a) => ({ authority: a.id, notAfterMs: a.notAfter })) }
+      : {}),
+  });
+  let ring: KeyRing | undefined;
+  if (config.secrets.kekFile !== undefined) {
+    try {
+      ring = KeyRing.fromFiles(config.secrets.kekFile, config.secrets.oldKekFiles);
+    } catch (err) {
+      if (err instanceof EnvelopeError) throw new ConfigError(`config.secrets: ${err.message}`);
+      throw err;
+    }
+  }
   // Redis when configured (shared by replicas), else the embedded store on local disk. Store failures
   // and audit append latency are measured at this one boundary.
   const store = instrumentStore(
@@ -133,13 +170,98 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     });
     alerts.historyLost(err.message, audit.size);
   });
+  // Expiry seen coming: a warning on stderr and a fleet-wide alert as each window is entered (at startup too).
+  const caExpiry = new CaExpiryWatch({
+    authority: configCa.authorityId,
+    notAfter: configCa.signingCertNotAfter,
+    target: () => ({
+      authority: live.ca.authorityId,
+      notAfter: live.ca.signingCertNotAfter,
+      // With rotation, a next authority is on its way until its prepare step is overdue (a minute past 1/2
+      // of the active one's life): only then is there something to warn about.
+      successorPrepared:
+        live.state !== undefined &&
+        (preparedOf(live.state) !== undefined || clock.now() < prepareAt(activeOf(live.state)) + ROTATION_OVERDUE_MS),
+    }),
+    windows: config.ca.expiryWarningSeconds,
+    clock,
+    onWarning: (e, message) => {
+      process.emitWarning(message, { code: e.state === 'expired' ? 'TESSERA_CA_EXPIRED' : 'TESSERA_CA_EXPIRING' });
+      alerts.caExpiring(message, e.authority, e.notAfter, e.window ?? 0).catch((err: unknown) => warn(err, 'ca-expiring alert'));
+    },
+  });
+  // CA rotation: the stored state decides from here on (the config files seed it on a new store).
+  let rotation: CaRotation | undefined;
+  if (config.ca.rotation !== undefined) {
+    if (ring === undefined) throw new ConfigError('config.ca.rotation: requires secrets.kekFile');
+    const readConfigFile = (file: string): string => readFileSync(file, 'utf8');
+    let root;
+    try {
+      root = rootIssuer(configCa.rootsPem, readConfigFile(config.ca.rotation.rootKeyFile));
+    } catch (err) {
+      throw new ConfigError(`config.ca.rotation.rootKeyFile: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    rotation = await CaRotation.open(
+      {
+        store,
+        clock,
+        ring,
+        rootsPem: configCa.rootsPem,
+        root,
+        trustDomain: config.trustDomain,
+        caTtlMs: config.ca.rotation.caTtlSeconds * 1000,
+        pollIntervalMs: config.ca.rotation.pollIntervalMs,
+        limits: { maxX509TtlMs: config.svid.x509MaxTtlSeconds * 1000, maxJwtTtlMs: config.svid.jwtMaxTtlSeconds * 1000 },
+        owner: `${config.replicaId}:${rotationRequestId()}`,
+        refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
+        onChange: (next, previous) => {
+          live = next;
+          if (next.ca !== previous.ca) minter.setAuthority(next.ca);
+          addWorkloadAnchors(next);
+          caExpiry.check();
+        },
+        onStep: async (step, record) => {
+          await audit.append({
+            ts: clock.now(),
+            type: 'ca.rotated',
+            decision: 'allow',
+            actor: null,
+            subject: null,
+            action: step.kind,
+            keyIds: [record.id, record.jwtKid],
+            expiresAt: record.notAfter,
+            reason: `CA authority ${record.id} (JWT kid ${record.jwtKid}): ${step.kind === 'prepare' ? 'prepared and published' : step.kind === 'activate' ? 'active' : 'dropped from the bundle'}`,
+            requestId: rotationRequestId(),
+            replica: config.replicaId,
+          });
+        },
+        onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_CA' }),
+      },
+      {
+        certPem: readConfigFile(config.ca.certFile),
+        keyPem: readConfigFile(config.ca.keyFile),
+        intermediatesPem: config.ca.intermediatesFile !== undefined ? readConfigFile(config.ca.intermediatesFile) : '',
+        jwtKeyPem: readConfigFile(config.ca.jwtKeyFile),
+      },
+    );
+    live = rotation.current();
+  }
+  caExpiry.start();
   // Every CA certificate that issues workload SVIDs (roots, the signing CA, intermediates): mTLS tells
   // workload chains from admin chains by signature against these and the admin CA roots.
   const workloadAnchors = [
-    ...ca.rootCertsDer,
+    ...configCa.rootCertsDer,
     ...splitPemCertificates(readFileSync(config.ca.certFile, 'utf8'), 'CA certificate'),
     ...(config.ca.intermediatesFile !== undefined ? splitPemCertificates(readFileSync(config.ca.intermediatesFile, 'utf8'), 'intermediates') : []),
   ].map((der) => new X509Certificate(der));
+  // Signing CAs made by rotation join them (a resumed TLS session presents no chain to walk).
+  const addWorkloadAnchors = (next: Omit<LiveAuthorities, 'state'> & { readonly state?: LiveAuthorities['state'] }): void => {
+    for (const a of next.state?.authorities ?? []) {
+      const cert = new X509Certificate(a.certPem);
+      if (!workloadAnchors.some((c) => c.raw.equals(cert.raw))) workloadAnchors.push(cert);
+    }
+  };
+  addWorkloadAnchors(live);
   const adminPki = loadAdminPki(config.admin, workloadAnchors);
   const attestors = createAttestors(config, { workload: workloadAnchors, admin: adminPki?.roots ?? [] }, clock);
   const policy = new RegistrationPolicy(config.trustDomain, config.registration, config.svid);
@@ -155,22 +277,13 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
   // Threads sign with their own copy of the local CA key (ca.source); a remote CA Signer would mint inline.
   const minter: X509Minter =
-    config.ca.threads === 0 ? new InlineMinter(ca) : await MinterPool.start(ca.source, {
+    config.ca.threads === 0 ? new InlineMinter(live.ca) : await MinterPool.start(live.ca.source, {
           threads: config.ca.threads,
           onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_CA' }),
           onThreadFailure: (reason) => metrics.mintThreadFailed(reason),
         });
   if (minter instanceof MinterPool) metrics.watchMintJobs(() => minter.inFlight);
-  const issuer = new Issuer({ minter, jwt, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard });
-  let ring: KeyRing | undefined;
-  if (config.secrets.kekFile !== undefined) {
-    try {
-      ring = KeyRing.fromFiles(config.secrets.kekFile, config.secrets.oldKekFiles);
-    } catch (err) {
-      if (err instanceof EnvelopeError) throw new ConfigError(`config.secrets: ${err.message}`);
-      throw err;
-    }
-  }
+  const issuer = new Issuer({ minter, jwt: { sign: (req) => live.jwt.sign(req) }, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard });
   const secrets = new SecretsService({
     config: config.secrets,
     store,
@@ -198,20 +311,27 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     replicaId: config.replicaId,
     ...(adminPki?.signer !== undefined ? { adminCa: adminPki.signer } : {}),
     secrets: breakGlassSecrets(secrets),
-    generateKey: () => ca.generateServerKey('ec-p256'),
+    generateKey: () => live.ca.generateServerKey('ec-p256'),
   });
-  const bundle = buildBundle({
-    rootCertsDer: ca.rootCertsDer,
-    jwtKeys: [{ kid: jwt.kid, jwk: jwt.publicJwk }],
-    sequence: 1,
-    refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
-  });
+  rotation?.start();
   return {
-    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, caExpiry, minter, attestors, policy, issuer, secrets, tls, metrics, limits,
+    get ca() {
+      return live.ca;
+    },
+    get jwt() {
+      return live.jwt;
+    },
+    get bundle() {
+      return live.bundle;
+    },
+    ...(rotation !== undefined ? { rotation } : {}),
     guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {
       // The lease sweeper may still append; stop it (and the PostgreSQL pools) first.
+      caExpiry.close();
+      await rotation?.close();
       await secrets.close();
       await minter.close();
       await alerts.close();

@@ -52,6 +52,8 @@ export type ErrorCode =
   | 'ca_unavailable'
   /** The signing CA certificate has expired and nothing replaces it: no X.509-SVID can be issued (503, audited). */
   | 'ca_expired'
+  /** A CA admin action the CA state does not allow now: rotation is not configured, or no authority is prepared (409). */
+  | 'ca_state_conflict'
   /** A path parameter longer than the server accepts (414, raised by fastify before routing). */
   | 'uri_too_long'
   | 'internal';
@@ -94,6 +96,7 @@ export const ERROR_STATUS = {
   kek_unavailable: 503,
   ca_unavailable: 503,
   ca_expired: 503,
+  ca_state_conflict: 409,
 } as const satisfies { readonly [C in ErrorCode]: number };
 
 /** The codes that answer with HTTP status `S`. */

@@ -22,6 +22,9 @@
  * One alert needs no rule: `historyLost` (kind 'audit-history-lost') fires once per process when the
  * store is found not to hold the audit history this replica knows. It is not appended to the log (the
  * log is what is lost) and not muted (it happens once, then the replica stays closed).
+ *
+ * Nor does `caExpiring` (kind 'ca-expiring'): the signing CA entered a warning window (ca/expiry.ts).
+ * It is appended to the log and muted fleet-wide per CA and window, so N replicas raise it once.
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -38,7 +41,7 @@ export interface Alert {
   readonly type: 'tessera.alert';
   readonly id: string;
   readonly rule: string;
-  readonly kind: AlertRuleConfig['kind'] | 'audit-history-lost';
+  readonly kind: AlertRuleConfig['kind'] | 'audit-history-lost' | 'ca-expiring';
   /** What the rule counted against. */
   readonly key: { readonly spiffeId?: string; readonly namespace?: string; readonly leaseId?: string };
   /** Denials in the current window when it fired (denials rules). */
@@ -347,6 +350,55 @@ export class AlertEngine {
       replica: this.#replica,
       summary: message,
       trigger: { index: knownSize, ts: now, type: 'audit-history-lost', actor: null, subject: null, code: 'audit_history_lost', reason: message, requestId: id },
+    });
+  }
+
+  /**
+   * The signing CA `authority` (notAfter `notAfter`) entered the warning window of `windowSeconds`
+   * (0: it expired). One firing per CA and window for the whole fleet (the store lock outlives the window).
+   */
+  async caExpiring(message: string, authority: string, notAfter: number, windowSeconds: number): Promise<void> {
+    if (this.#closed) return;
+    const id = randomUUID();
+    const now = this.#clock.now();
+    const muteMs = Math.max(notAfter - now, 0) + 86_400_000;
+    if (!(await this.#store.tryLock(`alert-mute:ca-expiring:${authority}:${notAfter}:${windowSeconds}`, id, muteMs))) {
+      this.#stats.muted++;
+      return;
+    }
+    this.#stats.fired++;
+    let index = -1;
+    try {
+      const receipt = await this.#append({
+        ts: now,
+        type: 'alert',
+        decision: 'allow',
+        actor: null,
+        subject: null,
+        code: 'ca-expiring',
+        reason: message,
+        requestId: id,
+        replica: this.#replica,
+      });
+      index = receipt.index;
+    } catch (err) {
+      this.#onError(err, 'recording the ca-expiring alert');
+    }
+    if (this.#config.webhookUrl === undefined) return;
+    const firedAt = new Date(now).toISOString();
+    this.#enqueue({
+      type: 'tessera.alert',
+      id,
+      rule: 'ca-expiring',
+      kind: 'ca-expiring',
+      key: {},
+      mutedForSeconds: Math.ceil(muteMs / 1000),
+      firedAt,
+      origin: this.#origin,
+      replica: this.#replica,
+      summary: message,
+      trigger: { index, ts: firedAt, type: 'alert', actor: null, subject: null, code: 'ca-expiring', reason: message, requestId: id },
+      ...(index >= 0 ? { auditIndex: index } : {}),
     });
   }
 

@@ -26,6 +26,8 @@ export const AUDIT_EVENT_TYPES = [
   'kek.rotated',
   // An alert rule fired (see audit/alerts.ts); the broker itself is the author.
   'alert',
+  // CA rotation (ca/rotation.ts): a next authority prepared, activated, or an old one dropped (`action`).
+  'ca.rotated',
 ] as const;
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 

@@ -68,6 +68,8 @@ export class CertificateAuthority {
   readonly rootsPem: string;
   readonly rootCertsDer: readonly Buffer[];
   readonly signingCertNotAfter: number;
+  /** The signing certificate's subject key identifier (hex): names this authority in metrics and logs. */
+  readonly authorityId: string;
 
   readonly #issuer: IssuerMaterial;
   /** PEMs of the signing cert and intermediates above it (never the root). */
@@ -82,6 +84,7 @@ export class CertificateAuthority {
     this.rootCertsDer = roots;
     this.rootsPem = roots.map((der) => toPem('CERTIFICATE', der)).join('');
     this.signingCertNotAfter = issuer.notAfter.getTime();
+    this.authorityId = issuer.subjectKeyId.toString('hex');
     this.#signingCertNotBefore = issuer.notBefore.getTime();
   }
 
@@ -132,6 +135,11 @@ export class CertificateAuthority {
       intermediatesPem: opts.intermediatesFile === undefined ? undefined : read(opts.intermediatesFile, 'intermediates'),
       rootsPem: read(opts.rootsFile, 'roots'),
     });
+  }
+
+  /** Milliseconds since the epoch: when the signing certificate becomes valid. */
+  get signingCertNotBefore(): number {
+    return this.#signingCertNotBefore;
   }
 
   /** What this CA was loaded from (including the signing key): only for minting threads in this process. */

@@ -12,7 +12,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { BrokerError, type ErrorCode } from '../errors.js';
-import type { CaSource } from './authority.js';
+import type { CaSource, CertificateAuthority } from './authority.js';
 import type { X509MintRequest, X509Minted, X509Minter } from './minter.js';
 
 /** Data every thread starts with. */
@@ -26,6 +26,8 @@ export interface MintJob {
 export type MintResult =
   | { readonly id: number; readonly ok: true; readonly value: X509Minted }
   | { readonly id: number; readonly ok: false; readonly error: { readonly code: ErrorCode; readonly message: string } };
+/** What the pool sends a thread: a batch of jobs, or the CA to mint with from then on (rotation). */
+export type ThreadCommand = readonly MintJob[] | { readonly type: 'ca'; readonly ca: CaSource };
 export type ThreadMessage = { readonly type: 'ready' } | { readonly type: 'results'; readonly results: readonly MintResult[] };
 
 export const MAX_CA_THREADS = 16;
@@ -80,7 +82,7 @@ function defaultScript(): URL {
 }
 
 export class MinterPool implements X509Minter {
-  readonly #source: CaSource;
+  #source: CaSource;
   readonly #opts: MinterPoolOptions;
   readonly #jobTimeoutMs: number;
   readonly #threads: (Thread | undefined)[];
@@ -141,6 +143,16 @@ export class MinterPool implements X509Minter {
     });
   }
 
+  /**
+   * Every thread mints with `ca` from now on (CA rotation): jobs of this turn go first, with the CA they
+   * were taken under; a thread started later loads `ca`.
+   */
+  setAuthority(ca: CertificateAuthority): void {
+    this.#source = ca.source;
+    this.#flush();
+    for (const t of this.#threads) if (t !== undefined) t.worker.postMessage({ type: 'ca', ca: ca.source } satisfies ThreadCommand);
+  }
+
   /** Refuses new jobs, lets the ones in flight finish (up to the job timeout), stops the threads. */
   async close(): Promise<void> {
     if (this.#closed) return;
@@ -161,7 +173,7 @@ export class MinterPool implements X509Minter {
       if (t === undefined || t.queue.length === 0) continue;
       const batch = t.queue;
       t.queue = [];
-      t.worker.postMessage(batch);
+      t.worker.postMessage(batch satisfies ThreadCommand);
     }
   }
 

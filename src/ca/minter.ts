@@ -32,6 +32,8 @@ export interface X509Minted extends X509SvidResult {
 
 export interface X509Minter {
   mint(req: X509MintRequest): Promise<X509Minted>;
+  /** Mints with `ca` from now on (CA rotation); jobs already handed out finish with the one they had. */
+  setAuthority(ca: CertificateAuthority): void;
   close(): Promise<void>;
 }
 
@@ -64,7 +66,11 @@ export async function mintX509Svid(ca: CertificateAuthority, req: X509MintReques
  * no threads.
  */
 export class InlineMinter implements X509Minter {
-  constructor(private readonly ca: CertificateAuthority) {}
+  constructor(private ca: CertificateAuthority) {}
+
+  setAuthority(ca: CertificateAuthority): void {
+    this.ca = ca;
+  }
 
   async mint(req: X509MintRequest): Promise<X509Minted> {
     if ('csrPem' in req.key) return mintX509Svid(this.ca, req);

@@ -116,6 +116,24 @@ export const ConfigFileSchema = section({
     jwtKeyFile: file(),
     /** Minting threads (0: mint on the event loop); `auto` is resolved at load time. */
     threads: autoOr(0, MAX_CA_THREADS, 'auto'),
+    /** Warn (log, alert, /readyz `expiring`) this many seconds before the signing CA's notAfter. */
+    expiryWarningSeconds: Type.Array(Type.Integer({ minimum: 1, maximum: 10 * 365 * 86_400 }), {
+      default: [30 * 86_400, 7 * 86_400, 86_400],
+      maxItems: 16,
+      message: 'expected a list of at most 16 integers in [1, 315360000] (seconds before the CA expires)',
+    }),
+    /**
+     * Automatic rotation of the signing CA and the JWT-SVID key (docs/ca.md), for when Tessera holds the
+     * root that signs its intermediates. Absent: the CA and JWT key from the files above, never rotated.
+     */
+    rotation: opt(section({
+      /** Private key of the root in bundleFile that signs each next signing CA. */
+      rootKeyFile: file(),
+      /** Lifetime of each signing CA Tessera makes (prepared at 1/2 of the active one's life, active at 5/6). */
+      caTtlSeconds: int(30, 10 * 365 * 86_400, 7 * 86_400),
+      /** How often every replica reads the shared CA state (a switch reaches every replica within this). */
+      pollIntervalMs: int(50, 10_000, 500),
+    }, null)),
   }),
   issuers: Type.Array(
     section({

@@ -256,6 +256,14 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
   const { svid } = f;
   if (svid.x509DefaultTtlSeconds > svid.x509MaxTtlSeconds) fail('config.svid: x509DefaultTtlSeconds exceeds x509MaxTtlSeconds');
   if (svid.jwtDefaultTtlSeconds > svid.jwtMaxTtlSeconds) fail('config.svid: jwtDefaultTtlSeconds exceeds jwtMaxTtlSeconds');
+  const rotation = f.ca.rotation;
+  if (rotation !== undefined) {
+    // Activation at 5/6 of a CA's life leaves 1/6 of it: enough for the longest X.509-SVID, never cut short.
+    if (svid.x509MaxTtlSeconds * 6 > rotation.caTtlSeconds) {
+      fail(`config.ca.rotation.caTtlSeconds: must be at least 6 × svid.x509MaxTtlSeconds (${svid.x509MaxTtlSeconds * 6}) so no X.509-SVID is cut short by its CA's end`);
+    }
+    if (f.secrets.kekFile === undefined) fail('config.ca.rotation: requires secrets.kekFile (the CA keys it makes are kept sealed in the store)');
+  }
 }
 
 function redisAddress(raw: string | RedisAddressConfig, where: string): RedisAddressConfig {

@@ -47,7 +47,8 @@ export interface JwtIssued {
 export interface IssuerDeps {
   /** Verifies the CSR (or makes the key), mints and signs: on minting threads in the broker. */
   readonly minter: X509Minter;
-  readonly jwt: JwtSvidSigner;
+  /** Signs with the JWT-SVID key active at the moment (CA rotation may switch it). */
+  readonly jwt: Pick<JwtSvidSigner, 'sign'>;
   readonly policy: RegistrationPolicy;
   readonly audit: AuditLog;
   /** Signs (or finds) the checkpoint each issuance receipt is proven against. */

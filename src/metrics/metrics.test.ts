@@ -33,7 +33,7 @@ function get(url: string, method = 'GET'): Promise<{ status: number; type: strin
 
 describe('BrokerMetrics', () => {
   it('exposes issuance counts and latency by type and decision, from zero', async () => {
-    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 1000 });
+    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 1000, caAuthority: 'ab12' });
     let text = await m.text();
     expect(sample(text, 'tessera_issuance_requests_total{type="x509-svid",decision="allow"}')).toBe(0);
     expect(sample(text, 'tessera_issuance_duration_seconds_count{type="jwt-svid",decision="deny"}')).toBe(0);
@@ -53,20 +53,20 @@ describe('BrokerMetrics', () => {
   it('names the build: tessera_build_info is 1 with the package.json version and the Node.js version', async () => {
     const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
     expect(TESSERA_VERSION).toBe(version);
-    const text = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 1000 }).text();
+    const text = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 1000, caAuthority: 'ab12' }).text();
     expect(sample(text, `tessera_build_info{version="${version}",node="${process.version}"}`)).toBe(1);
     expect(text).toContain('# TYPE tessera_build_info gauge');
   });
 
   it('reports time to CA expiry from the broker clock, audit size, limits and client errors', async () => {
     let now = 1_000_000;
-    const m = new BrokerMetrics({ clock: { now: () => now }, caNotAfterMs: 1_000_000 + 90 * 86_400_000 });
+    const m = new BrokerMetrics({ clock: { now: () => now }, caNotAfterMs: 1_000_000 + 90 * 86_400_000, caAuthority: 'ab12' });
     let size = 7;
     m.watchAuditSize(() => size);
     m.rateLimited('source');
     m.clientError('header_too_large');
     let text = await m.text();
-    expect(sample(text, 'tessera_ca_expiry_seconds')).toBe(90 * 86_400);
+    expect(sample(text, 'tessera_ca_expiry_seconds{authority="ab12"}')).toBe(90 * 86_400);
     expect(sample(text, 'tessera_audit_log_entries')).toBe(7);
     expect(sample(text, 'tessera_rate_limited_total{scope="source"}')).toBe(1);
     expect(sample(text, 'tessera_rate_limited_total{scope="identity"}')).toBe(0);
@@ -74,12 +74,12 @@ describe('BrokerMetrics', () => {
     now += 91 * 86_400_000;
     size = 9;
     text = await m.text();
-    expect(sample(text, 'tessera_ca_expiry_seconds')).toBe(-86_400);
+    expect(sample(text, 'tessera_ca_expiry_seconds{authority="ab12"}')).toBe(-86_400);
     expect(sample(text, 'tessera_audit_log_entries')).toBe(9);
   });
 
   it('counts minting-thread failures by reason and reads the jobs in flight from the pool', async () => {
-    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0 });
+    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0, caAuthority: 'ab12' });
     let text = await m.text();
     expect(sample(text, 'tessera_ca_jobs_in_flight')).toBe(0);
     expect(sample(text, 'tessera_ca_thread_failures_total{reason="exited"}')).toBe(0);
@@ -97,8 +97,8 @@ describe('BrokerMetrics', () => {
   });
 
   it('includes the standard process metrics, once per process', async () => {
-    const a = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0 }).text();
-    const b = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0 }).text();
+    const a = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0, caAuthority: 'ab12' }).text();
+    const b = await new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0, caAuthority: 'ab12' }).text();
     for (const text of [a, b]) {
       expect(text).toMatch(/^process_cpu_user_seconds_total /m);
       expect(text).toMatch(/^process_resident_memory_bytes /m);
@@ -112,7 +112,7 @@ describe('instrumentStore', () => {
   it('counts store failures by operation, times audit appends, and passes everything else through', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'tessera-metrics-store-'));
     const inner = await EmbeddedStore.open(dir, { fsync: false });
-    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0 });
+    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 0, caAuthority: 'ab12' });
     let failAppends = false;
     // A real store whose appends can be made to fail the way a full disk would.
     const faulty = new Proxy(inner, {
@@ -146,14 +146,14 @@ describe('instrumentStore', () => {
 
 describe('metrics listener', () => {
   it('serves GET /metrics on loopback and nothing else', async () => {
-    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 3_600_000 });
+    const m = new BrokerMetrics({ clock: { now: () => 0 }, caNotAfterMs: 3_600_000, caAuthority: 'ab12' });
     const server = await startMetricsServer(m, { host: '127.0.0.1', port: 0 });
     try {
       expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
       const res = await get(server.url);
       expect(res.status).toBe(200);
       expect(res.type).toContain('text/plain');
-      expect(sample(res.body, 'tessera_ca_expiry_seconds')).toBe(3600);
+      expect(sample(res.body, 'tessera_ca_expiry_seconds{authority="ab12"}')).toBe(3600);
       expect((await get(server.url.replace('/metrics', '/'))).status).toBe(404);
       expect((await get(server.url, 'POST')).status).toBe(405);
       const head = await get(server.url, 'HEAD');

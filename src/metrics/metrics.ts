@@ -53,6 +53,10 @@ export interface MetricsSources {
   readonly clock: Clock;
   /** notAfter (ms) of the X.509 signing CA: the gauge shows how long until it expires. */
   readonly caNotAfterMs: number;
+  /** Which signing CA (its subject key identifier, hex): the gauge's `authority` label. */
+  readonly caAuthority: string;
+  /** With CA rotation: every authority in the bundle (prepared, active, old), instead of the one above. */
+  readonly caAuthorities?: () => readonly { readonly authority: string; readonly notAfterMs: number }[];
 }
 
 let processRegistry: Registry | undefined;
@@ -145,13 +149,20 @@ export class BrokerMetrics {
     });
     this.#clientErrors = bindChildren(CLIENT_ERROR_REASONS, (reason) => clientErrors.labels(reason));
 
-    const { clock, caNotAfterMs } = sources;
+    const { clock, caNotAfterMs, caAuthority, caAuthorities } = sources;
     new Gauge({
       name: 'tessera_ca_expiry_seconds',
-      help: 'Seconds until the X.509 signing CA certificate expires (negative once expired).',
+      help: 'Seconds until the X.509 signing CA certificate expires (negative once expired), per authority (subject key identifier).',
+      labelNames: ['authority'] as const,
       registers: register,
       collect() {
-        this.set(Math.round((caNotAfterMs - clock.now()) / 1000));
+        if (caAuthorities === undefined) {
+          this.labels(caAuthority).set(Math.round((caNotAfterMs - clock.now()) / 1000));
+          return;
+        }
+        // A dropped authority's series goes with it.
+        this.reset();
+        for (const a of caAuthorities()) this.labels(a.authority).set(Math.round((a.notAfterMs - clock.now()) / 1000));
       },
     });
     const mintThreadFailures = new Counter({

@@ -133,7 +133,7 @@ export class KeyRing {
 }
 
 /** What is stored: every field is needed to decrypt, and every byte is authenticated. Nothing else is accepted. */
-const SealedRecordSchema = Type.Object(
+export const SealedRecordSchema = Type.Object(
   {
     v: Type.Literal(1),
     alg: Type.Literal(ALG),

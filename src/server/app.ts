@@ -14,6 +14,7 @@ import { LazyLogger } from './lazy-logger.js';
 import { observeRequests } from './observe.js';
 import { auditRefusal } from './refusals.js';
 import { auditSearchRoutes } from './routes/admin/audit-search.js';
+import { caAdminRoutes } from './routes/admin/ca.js';
 import { breakGlassRoutes } from './routes/admin/break-glass.js';
 import { freezeRoutes } from './routes/admin/freeze.js';
 import { revocationRoutes } from './routes/admin/revocations.js';
@@ -110,8 +111,8 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
 export async function registerRoutes(app: FastifyInstance, broker: Broker): Promise<void> {
   const { config, audit, checkpoints, store, clock, ca, secrets, guard } = broker;
   const log = new AdminAudit(audit, checkpoints, clock, config.replicaId);
-  await app.register(healthRoutes, { store, audit, caNotAfter: ca.signingCertNotAfter, clock, engines: secrets.engines });
-  await app.register(bundleRoutes, { bundle: broker.bundle, rootsPem: ca.rootsPem });
+  await app.register(healthRoutes, { store, audit, caExpiry: () => broker.caExpiry.current(), engines: secrets.engines });
+  await app.register(bundleRoutes, { bundle: () => broker.bundle, rootsPem: ca.rootsPem });
   await app.register(svidRoutes, { issuer: broker.issuer, rootsPem: ca.rootsPem });
   await app.register(auditRoutes, { audit, checkpoints, store, adminLog: log });
   await app.register(secretsRoutes, { secrets, guard });
@@ -122,4 +123,11 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   await app.register(secretsAdminRoutes, { log, kv: secrets.kv });
   await app.register(breakGlassRoutes, { log, breakGlass: broker.breakGlass, limits: broker.limits, adminRootsPem: broker.admin.pki?.rootsPem ?? '' });
   await app.register(auditSearchRoutes, { log, store, clock });
+  await app.register(caAdminRoutes, {
+    log,
+    ...(broker.rotation !== undefined ? { rotation: broker.rotation } : {}),
+    ca: () => broker.ca,
+    jwtKid: () => broker.jwt.kid,
+    bundle: () => broker.bundle,
+  });
 }

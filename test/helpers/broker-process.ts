@@ -37,7 +37,8 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-export async function spawnBroker(opts: { registration: unknown[]; svid?: Record<string, number> }): Promise<BrokerProcess> {
+/** `config`: further top-level config sections, over the defaults (e.g. a whole `ca` section). */
+export async function spawnBroker(opts: { registration: unknown[]; svid?: Record<string, number>; config?: Record<string, unknown> }): Promise<BrokerProcess> {
   const { dir: pkiDir, material } = await devMaterial();
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-broker-proc-'));
   const port = await freePort();
@@ -52,6 +53,7 @@ export async function spawnBroker(opts: { registration: unknown[]; svid?: Record
       registration: opts.registration,
       ...(opts.svid !== undefined ? { svid: opts.svid } : {}),
       store: { embedded: { dir: path.join(dir, 'data') } },
+      ...opts.config,
     }),
   );
   let proc: ChildProcess | undefined;

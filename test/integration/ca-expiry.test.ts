@@ -5,11 +5,14 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startBroker, type TestBroker } from '../helpers/broker.js';
+import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
-import { denialOf, expectError } from '../security/helpers.js';
+import { until } from '../helpers/until.js';
+import { denialOf, entries, expectError } from '../security/helpers.js';
 
 let b: TestBroker;
 const clock = new TestClock();
@@ -51,5 +54,81 @@ describe('the signing CA outside its validity', () => {
     } finally {
       clock.reset();
     }
+  });
+});
+
+describe('the signing CA expiry seen coming (issue 17)', () => {
+  const DAY_MS = 86_400_000;
+  const soon = new TestClock();
+  let s: TestBroker;
+  let notAfter: number;
+  let webhook: http.Server;
+  const posted: Array<Record<string, unknown>> = [];
+  const warnings: string[] = [];
+  const onWarning = (w: Error & { code?: string }): void => {
+    if (w.code?.startsWith('TESSERA_CA_') === true) warnings.push(`${w.code}: ${w.message}`);
+  };
+
+  beforeAll(async () => {
+    webhook = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => (body += c.toString('utf8')));
+      req.on('end', () => {
+        posted.push(JSON.parse(body) as Record<string, unknown>);
+        res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => webhook.listen(0, '127.0.0.1', r));
+    const { port } = webhook.address() as AddressInfo;
+    const { dir } = await devMaterial();
+    notAfter = Date.parse(new X509Certificate(readFileSync(path.join(dir, 'intermediate.pem'))).validTo);
+    // The broker starts with five days left on its signing CA.
+    soon.set(notAfter - 5 * DAY_MS);
+    process.on('warning', onWarning);
+    s = await startBroker({ clock: soon, alerts: { webhookUrl: `http://127.0.0.1:${port}/hook`, allowInsecureHttp: true } });
+  });
+  afterAll(async () => {
+    process.off('warning', onWarning);
+    await s?.close();
+    await new Promise((r) => webhook?.close(r));
+  });
+
+  it('warns at startup (log line, audited alert, webhook), reports expiring on /readyz and the metric per authority', async () => {
+    await until('startup warning and webhook', async () => (warnings.length >= 1 && posted.length >= 1 ? true : undefined), 10_000);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain('TESSERA_CA_EXPIRING');
+    expect(warnings[0]).toContain(new Date(notAfter).toISOString());
+    expect(posted[0]).toMatchObject({ kind: 'ca-expiring', rule: 'ca-expiring' });
+    const alerts = (await entries(s)).filter((e) => e.type === 'alert' && e.code === 'ca-expiring');
+    expect(alerts).toHaveLength(1);
+    expect(alerts[0]?.reason).toMatch(/in (5d 0h|4d 23h)/);
+
+    const ready = await s.call<{ status: string; checks: Record<string, string> }>({ path: '/readyz' });
+    expect(ready.status, ready.text).toBe(200);
+    expect(ready.json.checks.ca).toMatch(/^expiring: .*expires at .* \(in (5d 0h|4d 23h)\)/);
+
+    const metrics = await s.broker.metrics.text();
+    const expirySeconds = Number(/tessera_ca_expiry_seconds\{authority="([0-9a-f]+)"\} (-?\d+)/.exec(metrics)?.[2]);
+    expect(metrics).toContain(`tessera_ca_expiry_seconds{authority="${s.broker.ca.authorityId}"}`);
+    expect(Math.abs(expirySeconds - 5 * 86_400)).toBeLessThan(600);
+    expect(s.broker.ca.authorityId).toMatch(/^[0-9a-f]{40}$/);
+  });
+
+  it('warns again on entering the last day, once for the fleet (a second check is muted), then not ready once expired', async () => {
+    soon.set(notAfter - 6 * 3_600_000);
+    s.broker.caExpiry.check();
+    s.broker.caExpiry.check();
+    await until('second webhook', async () => (posted.length >= 2 ? true : undefined), 10_000);
+    expect(warnings).toHaveLength(2);
+    expect((await entries(s)).filter((e) => e.type === 'alert' && e.code === 'ca-expiring')).toHaveLength(2);
+    expect((await s.call<{ checks: Record<string, string> }>({ path: '/readyz' })).json.checks.ca).toMatch(/in (6h 0m|5h 59m)/);
+
+    soon.set(notAfter + 1000);
+    s.broker.caExpiry.check();
+    await until('expired webhook', async () => (posted.length >= 3 ? true : undefined), 10_000);
+    expect(warnings[2]).toContain('TESSERA_CA_EXPIRED');
+    const ready = await s.call({ path: '/readyz' });
+    expectError(ready, 503, 'not_ready');
+    expect(String((ready.json as { message: string }).message)).toMatch(/ca: the signing CA [0-9a-f]+ expired at/);
   });
 });

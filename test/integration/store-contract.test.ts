@@ -11,7 +11,11 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/audit/log.js';
 import { leafHash, rootFromLeaves } from '../../src/audit/merkle.js';
+import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { CA_STATE_KEY, CA_STATE_SPACE, CaRotation, rootIssuer, type AuthorityMaterial, type CaRotationOptions } from '../../src/ca/rotation.js';
+import { issuerFromPem, mintCa } from '../../src/ca/x509.js';
 import { BrokerError } from '../../src/errors.js';
+import { KeyRing, kekIdOf } from '../../src/secrets/envelope.js';
 import { EmbeddedStore } from '../../src/store/embedded.js';
 import { RedisStore } from '../../src/store/redis.js';
 import type { Store } from '../../src/store/store.js';
@@ -28,6 +32,45 @@ async function expectBroker(p: Promise<unknown>, code: string, status: number): 
   expect(err).toBeInstanceOf(BrokerError);
   expect((err as BrokerError).code).toBe(code);
   expect((err as BrokerError).status).toBe(status);
+}
+
+/** A root, and a first signing CA in the middle of its life (its next is due at once). */
+function caMaterial(now: number): { rootPem: string; rootKeyPem: string; initial: AuthorityMaterial } {
+  const pem = (k: KeyObject): string => k.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const rk = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const rootPem = mintCa(
+    { commonName: 'R', trustDomain: 'example.org', subjectPublicKey: rk.publicKey, notBefore: new Date(now - 86_400_000), notAfter: new Date(now + 86_400_000), pathLen: 1 },
+    { selfSignedKey: rk.privateKey },
+  ).pem;
+  const ik = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const cert = mintCa(
+    { commonName: 'I', trustDomain: 'example.org', subjectPublicKey: ik.publicKey, notBefore: new Date(now - 100_000), notAfter: new Date(now + 100_000), pathLen: 0 },
+    issuerFromPem(rootPem, pem(rk.privateKey)),
+  );
+  const jwt = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  return { rootPem, rootKeyPem: pem(rk.privateKey), initial: { certPem: cert.pem, keyPem: pem(ik.privateKey), intermediatesPem: '', jwtKeyPem: pem(jwt.privateKey) } };
+}
+
+const RING = KeyRing.of({ id: kekIdOf(Buffer.alloc(32, 7)), key: Buffer.alloc(32, 7) });
+
+function rotationOptions(store: Store, clock: { now(): number }, owner: string, rootPem: string, rootKeyPem: string): CaRotationOptions {
+  return {
+    store,
+    clock,
+    ring: RING,
+    rootsPem: rootPem,
+    root: rootIssuer(rootPem, rootKeyPem),
+    trustDomain: 'example.org',
+    caTtlMs: 200_000,
+    pollIntervalMs: 60_000,
+    limits: { maxX509TtlMs: 5000, maxJwtTtlMs: 30_000 },
+    owner,
+    refreshHintSeconds: 300,
+    onChange: () => {},
+    onError: (err) => {
+      throw err;
+    },
+  };
 }
 
 const entry = (i: number): Buffer => Buffer.from(JSON.stringify({ i, type: 'x509', pad: 'é'.repeat(i % 7) }));
@@ -209,6 +252,22 @@ function contract(label: string, open: () => Promise<Harness>): void {
       await expectBroker(s.tryLock('x', 'a', 0), 'bad_request', 400);
       await expectBroker(s.tryLock('', 'a', 10), 'bad_request', 400);
       await expectBroker(s.unlock('x', ''), 'bad_request', 400);
+    });
+
+    it('CA rotation state: replicas starting together agree on one state; a step one writes is what the other reads', async () => {
+      const material = caMaterial(now());
+      const replica = (owner: string) => CaRotation.open(rotationOptions(s, { now }, owner, material.rootPem, material.rootKeyPem), material.initial);
+      const [a, b] = await Promise.all([replica('a'), replica('b')]);
+      expect(b.current().state).toEqual(a.current().state);
+      expect(a.current().state.sequence).toBe(1);
+      // The first CA is half-way through its life: one tick prepares the next; both tick, one writes.
+      await Promise.all([a.tick(), b.tick()]);
+      await Promise.all([a.tick(), b.tick()]);
+      expect(a.current().state.sequence).toBe(2);
+      expect(b.current().state).toEqual(a.current().state);
+      expect(JSON.parse((await s.kvGet(CA_STATE_SPACE, CA_STATE_KEY)) ?? '{}')).toEqual(a.current().state);
+      await a.close();
+      await b.close();
     });
 
     it('checkWritable resolves while healthy; every operation on a closed store is a 503', async () => {

@@ -106,7 +106,7 @@ describe('a realistic session', () => {
     // 4 grants + 3 audited denials (the schema-level 400 is refused before anyone is authenticated).
     expect(delta('tessera_audit_append_duration_seconds_count')).toBeGreaterThanOrEqual(7);
     expect(value(after, 'tessera_store_errors_total{op="appendAuditEntries"}')).toBe(0);
-    expect(value(after, 'tessera_ca_expiry_seconds')).toBeGreaterThan(86_400);
+    expect(value(after, `tessera_ca_expiry_seconds{authority="${b.broker.ca.authorityId}"}`)).toBeGreaterThan(86_400);
     expect(value(after, 'tessera_audit_log_entries')).toBe(b.broker.audit.size);
     expect(after).toMatch(/^process_cpu_user_seconds_total /m);
     expect(after).toMatch(/^nodejs_heap_size_used_bytes /m);

@@ -3,7 +3,7 @@ import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typ
 import type { SpiffeBundle } from '../../spiffe/bundle.js';
 import { described, StringEnum, Strings } from '../schemas.js';
 
-/** The bundle: the handler sends it serialized once at start (a JSON string is not serialized again). */
+/** The bundle: the handler sends it serialized once per bundle (a JSON string is not serialized again). */
 const BundleJwks = Type.Unsafe<string>(Type.Object(
   {
     keys: Type.Array(
@@ -26,12 +26,18 @@ const BundleJwks = Type.Unsafe<string>(Type.Object(
 ));
 
 export interface BundleOptions {
-  readonly bundle: SpiffeBundle;
+  /** The bundle as of now (CA rotation publishes and drops keys). */
+  readonly bundle: () => SpiffeBundle;
   readonly rootsPem: string;
 }
 
-export const bundleRoutes: FastifyPluginAsyncTypebox<BundleOptions> = async (app, { bundle, rootsPem }) => {
-  const jwks = JSON.stringify(bundle);
+export const bundleRoutes: FastifyPluginAsyncTypebox<BundleOptions> = async (app, { bundle: getBundle, rootsPem }) => {
+  let served: { bundle: SpiffeBundle; jwks: string } | undefined;
+  const current = (): { bundle: SpiffeBundle; jwks: string } => {
+    const bundle = getBundle();
+    if (served?.bundle !== bundle) served = { bundle, jwks: JSON.stringify(bundle) };
+    return served;
+  };
   app.get(
     '/v1/bundle',
     {
@@ -42,6 +48,7 @@ export const bundleRoutes: FastifyPluginAsyncTypebox<BundleOptions> = async (app
       },
     },
     async (_request, reply) => {
+    const { bundle, jwks } = current();
     void reply.type('application/json').header('cache-control', `max-age=${bundle.spiffe_refresh_hint}`);
     return jwks;
   });
@@ -56,7 +63,7 @@ export const bundleRoutes: FastifyPluginAsyncTypebox<BundleOptions> = async (app
       },
     },
     async (_request, reply) => {
-    void reply.type('application/x-pem-file').header('cache-control', `max-age=${bundle.spiffe_refresh_hint}`);
+    void reply.type('application/x-pem-file').header('cache-control', `max-age=${getBundle().spiffe_refresh_hint}`);
     return rootsPem;
   });
 };

@@ -1,6 +1,6 @@
 /** GET /healthz: the process answers. GET /readyz: the store and audit log take writes and the CA is in date. */
 import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
-import type { Clock } from '../../clock.js';
+import { type CaExpiry, describeCaExpiry } from '../../ca/expiry.js';
 import { BrokerError } from '../../errors.js';
 import { described, ErrorBody, StringEnum } from '../schemas.js';
 
@@ -19,14 +19,13 @@ const Ready = Type.Object(
 export interface HealthOptions {
   readonly store: { checkWritable(): Promise<void> };
   readonly audit: { checkWritable(): Promise<void> };
-  /** When the signing CA expires (ms). */
-  readonly caNotAfter: number;
-  readonly clock: Clock;
+  /** Where the signing CA stands against its expiry (ca/expiry.ts): expiring is still ready, expired is not. */
+  readonly caExpiry: () => CaExpiry;
   /** Secrets engines' health by name: a failing engine makes the broker degraded, not unready. */
   readonly engines?: { health(now?: number): Promise<Record<string, { ok: boolean; error?: string }>> };
 }
 
-export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock, engines }) => {
+export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caExpiry, engines }) => {
   app.get(
     '/healthz',
     { schema: { operationId: 'getHealth', summary: 'Liveness — the process answers.', response: { 200: described('Up.', Health) } } },
@@ -56,8 +55,11 @@ export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app
     await check('store', () => store.checkWritable());
     await check('audit', () => audit.checkWritable());
     await check('ca', () => {
-      if (caNotAfter <= clock.now()) throw new BrokerError('not_ready', 'the signing CA has expired');
+      const ca = caExpiry();
+      if (ca.state === 'expired') throw new BrokerError('not_ready', describeCaExpiry(ca));
     });
+    const ca = caExpiry();
+    if (ready && ca.state === 'expiring') checks.ca = `expiring: ${describeCaExpiry(ca)}`;
     if (!ready) {
       throw new BrokerError('not_ready', `not ready: ${Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
     }
