@@ -14,6 +14,7 @@ import { Revocations } from './admin/revocation.js';
 import { type Attestors, createAttestors } from './attest/attestor.js';
 import { AlertEngine } from './audit/alerts.js';
 import { Checkpointer } from './audit/checkpointer.js';
+import { AuditDevices } from './audit/devices/devices.js';
 import { AuditLog } from './audit/log.js';
 import { loadNoteSigner } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
@@ -45,6 +46,8 @@ export interface Broker {
   readonly checkpoints: Checkpointer;
   /** Threshold alert rules watching this replica's audit appends. */
   readonly alerts: AlertEngine;
+  /** Audit devices (audit.devices): ship the log to files, syslog and sockets. */
+  readonly devices: AuditDevices;
   readonly ca: CertificateAuthority;
   /** Mints X.509-SVIDs: on `config.ca.threads` minting threads, or inline when that is 0. */
   readonly minter: X509Minter;
@@ -124,6 +127,22 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     onError: warn,
   });
   audit.onAppend((entry, receipt) => alerts.observe(entry, receipt));
+  const devices = new AuditDevices({
+    devices: config.audit.devices,
+    store,
+    audit,
+    checkpoint: () => checkpoints.latest,
+    replicaId: config.replicaId,
+    events: {
+      delivered: (device, n) => metrics.auditDeviceDelivered(device, n),
+      failed: (device) => metrics.auditDeviceFailed(device),
+      lagging: (status, cfg) => alerts.deviceLagging(status, cfg),
+      error: (err, what) => {
+        process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_AUDIT_DEVICE' });
+      },
+    },
+  });
+  metrics.watchAuditDevices(() => devices.status());
   // Lost history (docs/redis.md "Data loss"): one loud line on stderr and an alert; the log stays closed.
   audit.onHistoryLost((err) => {
     process.emitWarning(`${err.message} [known log size ${audit.size}, origin ${config.audit.origin}, replica ${config.replicaId}]`, {
@@ -149,7 +168,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     } catch {
       return undefined; // not registered: nothing to match (and nothing will be issued to it)
     }
-  });
+  }, () => devices.assertCaughtUp());
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
   // Threads sign with their own copy of the local CA key (ca.source); a remote CA Signer would mint inline.
   const minter: X509Minter =
@@ -205,7 +224,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
   });
   return {
-    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, devices, ca, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
     guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {
@@ -214,6 +233,8 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       await minter.close();
       await alerts.close();
       await checkpoints.close();
+      // After the final checkpoint, so the last records can carry it; before the store closes.
+      await devices.close();
       await store.close();
     },
   };

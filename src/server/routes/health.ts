@@ -6,7 +6,33 @@ import { described, ErrorBody, StringEnum } from '../schemas.js';
 
 const Health = Type.Object({ status: StringEnum(['ok']) }, { title: 'Health' });
 
-const Ready = Type.Object({ status: StringEnum(['ready']), checks: Type.Object({}, { additionalProperties: Type.String() }) }, { title: 'Ready' });
+const DeviceLag = Type.Object(
+  {
+    name: Type.String(),
+    type: StringEnum(['file', 'syslog', 'socket']),
+    required: Type.Boolean(),
+    shipping: Type.Boolean({ description: 'This replica holds the device lease and ships it.' }),
+    position: Type.Integer({ minimum: 0, description: 'Stored position: entries [0, position) were delivered.' }),
+    lagEntries: Type.Integer({ minimum: 0 }),
+    lagSeconds: Type.Integer({ minimum: 0 }),
+  },
+  { title: 'AuditDeviceLag' },
+);
+
+const Ready = Type.Object(
+  {
+    status: StringEnum(['ready']),
+    checks: Type.Object({}, { additionalProperties: Type.String() }),
+    devices: Type.Array(DeviceLag, { description: 'Each audit device and how far behind the log it is.' }),
+  },
+  { title: 'Ready' },
+);
+
+export interface DeviceLagSource {
+  status(): readonly { name: string; type: 'file' | 'syslog' | 'socket'; required: boolean; shipping: boolean; position: number; lagEntries: number; lagSeconds: number }[];
+  /** Throws while a required device is beyond its bounds. */
+  assertCaughtUp(): void;
+}
 
 export interface HealthOptions {
   readonly store: { checkWritable(): Promise<void> };
@@ -14,9 +40,10 @@ export interface HealthOptions {
   /** When the signing CA expires (ms). */
   readonly caNotAfter: number;
   readonly clock: Clock;
+  readonly devices?: DeviceLagSource;
 }
 
-export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock }) => {
+export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app, { store, audit, caNotAfter, clock, devices }) => {
   app.get(
     '/healthz',
     { schema: { operationId: 'getHealth', summary: 'Liveness — the process answers.', response: { 200: described('Up.', Health) } } },
@@ -27,7 +54,7 @@ export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app
     {
       schema: {
         operationId: 'getReadiness',
-        summary: 'Readiness — store and audit log take durable writes and the signing CA is in date.',
+        summary: 'Readiness — store and audit log take durable writes, the signing CA is in date, and no required audit device lags; lists each audit device and its lag.',
         response: { 200: described('Ready.', Ready), 503: described('Not ready; the message names the failing check.', ErrorBody) },
       },
     },
@@ -48,10 +75,13 @@ export const healthRoutes: FastifyPluginAsyncTypebox<HealthOptions> = async (app
     await check('ca', () => {
       if (caNotAfter <= clock.now()) throw new BrokerError('not_ready', 'the signing CA has expired');
     });
+    const lags = (devices?.status() ?? []).map(({ name, type, required, shipping, position, lagEntries, lagSeconds }) => ({ name, type, required, shipping, position, lagEntries, lagSeconds }));
+    for (const d of lags) checks[`device:${d.name}`] = `${d.lagEntries} entries / ${d.lagSeconds} s behind`;
+    if (devices !== undefined) await check('devices', () => devices.assertCaughtUp());
     if (!ready) {
       throw new BrokerError('not_ready', `not ready: ${Object.entries(checks).map(([k, v]) => `${k}: ${v}`).join('; ')}`);
     }
-    return { status: 'ready' as const, checks };
+    return { status: 'ready' as const, checks, devices: lags };
     },
   );
 };
