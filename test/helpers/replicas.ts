@@ -43,13 +43,15 @@ export interface ReplicaSet {
 }
 
 /** Writes the YAML every replica reads: the same CA, issuer, policy and Redis prefix. */
-async function writeConfig(dir: string, redisUrl: string, prefix: string): Promise<string> {
+async function writeConfig(dir: string, redisUrl: string, prefix: string, audit: Record<string, unknown> = {}): Promise<string> {
   const { dir: pkiDir, material } = await devMaterial();
   const file = path.join(dir, 'tessera.yaml');
+  const base = materialConfig(pkiDir, material);
   writeFileSync(
     file,
     stringify({
-      ...materialConfig(pkiDir, material),
+      ...base,
+      audit: { ...base.audit, ...audit },
       listen: { host: '127.0.0.1', port: 0 },
       logLevel: 'warn',
       registration: [{ selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'] }],
@@ -102,11 +104,11 @@ function spawnReplica(config: string, id: string): Promise<Replica> {
   });
 }
 
-/** Starts `count` replicas on one Redis prefix. Needs dist/ (npm test builds it first). */
-export async function startReplicas(count: number, redisUrl: string, prefix: string): Promise<ReplicaSet> {
+/** Starts `count` replicas on one Redis prefix (`audit`: extra audit settings, e.g. devices). Needs dist/ (npm test builds it first). */
+export async function startReplicas(count: number, redisUrl: string, prefix: string, audit?: Record<string, unknown>): Promise<ReplicaSet> {
   if (!existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` (npm test does it for you)');
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-replicas-'));
-  const config = await writeConfig(dir, redisUrl, prefix);
+  const config = await writeConfig(dir, redisUrl, prefix, audit);
   const { material } = await devMaterial();
   const replicas: Replica[] = [];
   try {
