@@ -691,13 +691,9 @@ export class EmbeddedStore implements Store {
     return v === undefined ? 0 : Number(v);
   }
 
-  advanceAuditCursor(device: string, position: number): Promise<number> {
-    if (this.#closed) return Promise.reject(storeUnavailable('store is closed'));
-    try {
-      checkCursor(device, position);
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  async advanceAuditCursor(device: string, position: number): Promise<number> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkCursor(device, position);
     // One advance per device at a time, so the max is taken against the durable value.
     const prev = this.#cursorWrites.get(device) ?? Promise.resolve(0);
     const next = prev.catch(() => 0).then(async () => {

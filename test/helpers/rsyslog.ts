@@ -99,7 +99,7 @@ export async function startRsyslog(port: number, tls?: RsyslogTls): Promise<Rsys
       await waitForPort(port, 15_000);
     } catch (err) {
       c.kill('SIGKILL');
-      throw new Error(`${(err as Error).message}: ${stderr}`);
+      throw new Error(`${(err as Error).message}: ${stderr}`, { cause: err });
     }
   };
   const kill = async (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> => {
