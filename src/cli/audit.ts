@@ -121,6 +121,20 @@ function report(r: VerifyResult, keyText: string, checked: string, out: Out): vo
   out(`${lines.join('\n')}\n`);
 }
 
+/** Told when stdout is closed by its reader (`… | head -1`): tail stops quietly instead of dying on EPIPE. */
+let stdoutClosed: (() => void) | undefined;
+let stdoutWatched = false;
+function quietOnClosedStdout(onClosed: () => void): void {
+  stdoutClosed = onClosed;
+  if (stdoutWatched) return;
+  stdoutWatched = true;
+  // Stays for the life of the process: the EPIPE can be emitted after the command returned.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    stdoutClosed?.();
+  });
+}
+
 export const AUDIT_COMMANDS = [
   command({
     name: 'audit verify',
@@ -308,6 +322,9 @@ export const AUDIT_COMMANDS = [
       };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
+      quietOnClosedStdout(() => {
+        stop = true;
+      });
       try {
         let size = await source.size();
         let next = from ?? Math.max(0, size - 10);
@@ -325,6 +342,7 @@ export const AUDIT_COMMANDS = [
               io.stdout(`${line}\n`);
             }
             next++;
+            if (stop) break;
           }
           if (reading) ownRead = 1;
           if (values.follow !== true || stop) break;
@@ -335,6 +353,7 @@ export const AUDIT_COMMANDS = [
       } finally {
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
+        stdoutClosed = undefined;
         await source.close();
       }
       return 0;
