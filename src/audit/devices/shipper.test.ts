@@ -195,6 +195,32 @@ describe('audit device shipper', () => {
     expect(() => devices.assertCaughtUp()).not.toThrow();
   });
 
+  it('a device crossing its lag bound is reported once per crossing (the device-lag alert), again after it recovered', async () => {
+    const dev = new FakeDevice('dev', false);
+    dev.fail = true;
+    const lagging: number[] = [];
+    const d = new AuditDevices({
+      devices: [device({ maxLagEntries: 3 })],
+      store,
+      audit: log,
+      checkpoint: () => undefined,
+      replicaId: 'r1',
+      createDevice: () => dev,
+      events: { lagging: (s) => lagging.push(s.lagEntries) },
+    });
+    open.push(d);
+    await append(0, 6);
+    await until('reported', async () => (lagging.length === 1 ? true : undefined), 5000);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(lagging).toHaveLength(1); // not again while it stays behind
+    dev.fail = false;
+    await until('caught up', async () => (d.status()[0]?.lagEntries === 0 ? true : undefined), 5000);
+    await new Promise((r) => setTimeout(r, 1200));
+    dev.fail = true;
+    await append(6, 12);
+    await until('reported again', async () => (lagging.length === 2 ? true : undefined), 5000);
+  });
+
   it('required: false never refuses, however far behind', async () => {
     const dev = new FakeDevice('dev', false);
     dev.fail = true;
