@@ -223,6 +223,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     sequence: 1,
     refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
   });
+  devices.start();
   return {
     config, clock, store, audit, checkpoints, alerts, devices, ca, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
     guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
@@ -233,7 +234,8 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       await minter.close();
       await alerts.close();
       await checkpoints.close();
-      // After the final checkpoint, so the last records can carry it; before the store closes.
+      // Before the store closes (a write in flight gets a few seconds); what is not yet confirmed is
+      // shipped again from the stored position by the next start, or by another replica.
       await devices.close();
       await store.close();
     },

@@ -45,7 +45,8 @@ export class AuditDevices {
   readonly #shippers: { shipper: Shipper; config: AuditDeviceConfig }[];
   readonly #events: Partial<DeviceEvents>;
   readonly #lagging = new Set<string>();
-  readonly #timer: NodeJS.Timeout | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #started = false;
   readonly #onSignal: () => void;
   #closed = false;
 
@@ -70,13 +71,17 @@ export class AuditDevices {
       for (const { shipper } of this.#shippers) shipper.notify(receipt.index + 1);
     });
     this.#onSignal = () => this.reopen();
-    if (this.#shippers.length > 0) {
-      for (const { shipper } of this.#shippers) shipper.start();
-      this.#timer = setInterval(() => this.#watch(), CHECK_EVERY_MS);
-      this.#timer.unref();
-      // logrotate's postrotate: `kill -USR1 <pid>` reopens the files.
-      if (this.#shippers.some((s) => s.config.type === 'file')) process.on('SIGUSR1', this.#onSignal);
-    }
+  }
+
+  /** Starts shipping (once the rest of the broker is up: nothing runs if building it failed). */
+  start(): void {
+    if (this.#started || this.#closed || this.#shippers.length === 0) return;
+    this.#started = true;
+    for (const { shipper } of this.#shippers) shipper.start();
+    this.#timer = setInterval(() => this.#watch(), CHECK_EVERY_MS);
+    this.#timer.unref();
+    // logrotate's postrotate: `kill -USR1 <pid>` reopens the files.
+    if (this.#shippers.some((s) => s.config.type === 'file')) process.on('SIGUSR1', this.#onSignal);
   }
 
   get size(): number {

@@ -70,6 +70,7 @@ const open: AuditDevices[] = [];
 
 async function start(cfg: AuditDeviceConfig, dev: AuditDevice): Promise<AuditDevices> {
   const d = new AuditDevices({ devices: [cfg], store, audit: log, checkpoint: () => undefined, replicaId: 'r1', createDevice: () => dev });
+  d.start();
   open.push(d);
   return d;
 }
@@ -208,6 +209,7 @@ describe('audit device shipper', () => {
       createDevice: () => dev,
       events: { lagging: (s) => lagging.push(s.lagEntries) },
     });
+    d.start();
     open.push(d);
     await append(0, 6);
     await until('reported', async () => (lagging.length === 1 ? true : undefined), 5000);
