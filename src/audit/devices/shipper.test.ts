@@ -299,3 +299,29 @@ describe('file device', () => {
     expect(await lines(file)).toEqual([1]);
   });
 });
+
+describe('syslog over UDP (RFC 5426)', () => {
+  it('sends one RFC 5424 message per datagram, unframed, and never resends', async () => {
+    const dgram = await import('node:dgram');
+    const { createDevice } = await import('./device.js');
+    const server = dgram.createSocket('udp4');
+    const got: string[] = [];
+    server.on('message', (m) => got.push(m.toString('utf8')));
+    await new Promise<void>((r) => server.bind(0, '127.0.0.1', r));
+    try {
+      const cfg = device({ type: 'syslog', address: `udp://127.0.0.1:${server.address().port}`, facility: 'local0', appName: 'tessera-test' });
+      const dev = createDevice(cfg, { hostname: 'broker-0' });
+      expect(dev.lossyAfterWrite).toBe(false);
+      const devices = new AuditDevices({ devices: [cfg], store, audit: log, checkpoint: () => undefined, replicaId: 'r1', createDevice: () => dev });
+      devices.start();
+      open.push(devices);
+      await append(0, 5);
+      await until('datagrams', async () => (got.length >= 5 ? true : undefined), 5000);
+      expect(got.map((m) => /index="(\d+)"/.exec(m)?.[1])).toEqual(['0', '1', '2', '3', '4']);
+      for (const m of got) expect(m).toMatch(/^<132>1 \S+ broker-0 tessera-test \d+ denial \[tessera@32473 index="\d+" /); // local0 × 8 + warning
+      await until('cursor', async () => ((await store.auditCursor('dev')) === 5 ? true : undefined), 5000);
+    } finally {
+      server.close();
+    }
+  });
+});
