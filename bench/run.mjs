@@ -6,9 +6,10 @@
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
 // issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
 //
-// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api]
+// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices]
 //   --quick: 2 s runs, no 10^6-entry scale test. See docs/performance.md.
 //   --only workload-api: just the agent's Workload API rows (100 open streams: updates/s, fan-out, RSS).
+//   --only devices: just the audit devices row.
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
@@ -40,7 +41,7 @@ const pki = material.dir;
 const ca = readFileSync(material.bundleFile, 'utf8');
 const log = (...a) => console.error('[bench]', ...a);
 
-function writeConfig(dataDir) {
+function writeConfig(dataDir, auditDevices = []) {
   const file = path.join(work, `tessera-${path.basename(dataDir)}.yaml`);
   writeFileSync(
     file,
@@ -59,7 +60,7 @@ function writeConfig(dataDir) {
       '  - selector: { namespace: bench, serviceAccount: "*" }',
       '    jwtAudiences: [payments]',
       `store: { embedded: { dir: ${dataDir}, fsync: true } }`,
-      `audit: { signingKeyFile: ${material.auditKeyFile} }`,
+      `audit: ${JSON.stringify({ signingKeyFile: material.auditKeyFile, devices: auditDevices })}`,
       // One identity (and one client address) drives every request: rate limits would cap the run at
       // a few hundred requests per minute and measure the limiter, not the broker.
       'limits: { enabled: false }',
@@ -129,9 +130,9 @@ async function measured(pid, opts) {
 }
 
 /** Starts `tessera serve`; resolves with its URL and the ms from spawn to listening. */
-function startBroker(dataDir, env = {}) {
+function startBroker(dataDir, env = {}, auditDevices = []) {
   const t0 = performance.now();
-  const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', writeConfig(dataDir)], {
+  const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', writeConfig(dataDir, auditDevices)], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TESSERA_CONFIG: '', ...env },
   });
@@ -432,12 +433,77 @@ function printWorkloadApi(w) {
   console.log(`| agent RSS idle / with ${w.streams} streams (MiB) | ${w.rssIdleMiB} / ${w.rssWith100StreamsMiB} |`);
 }
 
+// ---------- audit devices: X.509 at c=32 with a file and a syslog device, as a ratio to none ----------
+/**
+ * A syslog receiver for the run: octet-counted frames over TCP, counted and dropped (in this process,
+ * so it shares the client's cores, like a local rsyslog would).
+ */
+async function syslogSink() {
+  const net = await import('node:net');
+  let frames = 0;
+  const server = net.createServer((s) => {
+    let buf = Buffer.alloc(0);
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        const sp = buf.indexOf(0x20);
+        if (sp < 0) break;
+        const len = Number(buf.toString('ascii', 0, sp));
+        if (buf.length < sp + 1 + len) break;
+        frames++;
+        buf = buf.subarray(sp + 1 + len);
+      }
+    });
+    s.on('error', () => {});
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { port: server.address().port, frames: () => frames, close: () => new Promise((r) => server.close(r)) };
+}
+
+async function devicesRun() {
+  const sink = await syslogSink();
+  const rows = [];
+  try {
+    const variants = [
+      ['none', []],
+      ['file + syslog', [
+        { name: 'file', type: 'file', path: path.join(work, 'devices-audit.jsonl') },
+        { name: 'syslog', type: 'syslog', address: `tcp://127.0.0.1:${sink.port}` },
+      ]],
+    ];
+    for (const [label, devices] of variants) {
+      const { child, url } = await startBroker(path.join(work, `data-devices-${rows.length}`), {}, devices);
+      try {
+        await warmUp(csrLoad(url));
+        const r = await measured(child.pid, { ...csrLoad(url), concurrency: 32, durationMs: seconds * 1000 });
+        log(`x509 from CSR (token), audit devices: ${label}`, 'c=32', r);
+        rows.push({ scenario: `x509 from CSR (token), audit devices: ${label}`, concurrency: 32, ...r });
+      } finally {
+        await stop(child);
+      }
+    }
+  } finally {
+    await sink.close();
+  }
+  log(`syslog frames received: ${sink.frames()}`);
+  const [none, both] = rows;
+  return { rows, syslogFrames: sink.frames(), ratio: Number((both.rps / none.rps).toFixed(2)) };
+}
+
 if (args.only !== undefined) {
-  if (args.only !== 'workload-api') throw new Error('--only takes: workload-api');
-  const w = await workloadApiRows();
-  mkdirSync(path.join(root, 'bench/results'), { recursive: true });
-  writeFileSync(path.join(root, 'bench/results/workload-api.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...w }, null, 2)}\n`);
-  printWorkloadApi(w);
+  if (args.only !== 'workload-api' && args.only !== 'devices') throw new Error('--only takes: workload-api, devices');
+  if (args.only === 'workload-api') {
+    const w = await workloadApiRows();
+    mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+    writeFileSync(path.join(root, 'bench/results/workload-api.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...w }, null, 2)}\n`);
+    printWorkloadApi(w);
+  } else {
+    const d = await devicesRun();
+    const us = (v) => (v === undefined || v === null ? '' : String(v));
+    console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
+    for (const r of d.rows) console.log(`| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`);
+    console.log(`\nX.509 at c=32 with a file and a syslog device attached: ${d.ratio}× the rate with none (target ≥ 0.9).`);
+  }
   rmSync(work, { recursive: true, force: true });
   process.exit(0);
 }
@@ -475,6 +541,8 @@ try {
 }
 const cfssl = await cfsslScenarios();
 const workloadApi = await workloadApiRows();
+const devices = await devicesRun();
+tessera.push(...devices.rows);
 
 const scale = [];
 if (!quick && !args['skip-scale']) {
@@ -515,6 +583,7 @@ const result = {
   },
   scale,
   workloadApi,
+  auditDevices: { ratioToNone: devices.ratio, syslogFrames: devices.syslogFrames },
 };
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -538,6 +607,7 @@ if (result.wrk.ratios) {
 console.log(`\nCrypto in one issuance: RS256 verify ${crypto.rs256VerifyUs} µs + CSR verify ${crypto.csrVerifyUs} µs + P-256 sign ${crypto.p256SignUs} µs = ${crypto.perIssuanceUs} µs → ${crypto.perCoreLimit.toLocaleString('en')}/s per core.`);
 console.log(`Importing the CSR's P-256 key: SPKI ${crypto.keyImportSpkiUs} µs, JWK ${crypto.keyImportJwkUs} µs, raw point via WebCrypto ${crypto.keyImportRawUs} µs (used).`);
 console.log(`Tessera at c=32 is ${result.fractionOfCryptoLimit.oneCore}× one core's crypto limit (${result.fractionOfCryptoLimit.allCores} of all ${machine.cpus} cores').`);
+console.log(`X.509 at c=32 with a file and a syslog device attached: ${devices.ratio}× the rate with none (target ≥ 0.9).`);
 if (scale.length) {
   console.log('\n| audit entries | restart ms | req/s (CSR, c=32) | p99 ms |\n|---:|---:|---:|---:|');
   for (const s of scale) console.log(`| ${s.entries.toLocaleString('en')} | ${s.restartMs} | ${s.rps.toLocaleString('en')} | ${s.p99Ms} |`);

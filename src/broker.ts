@@ -14,6 +14,7 @@ import { Revocations } from './admin/revocation.js';
 import { type Attestors, createAttestors } from './attest/attestor.js';
 import { AlertEngine } from './audit/alerts.js';
 import { Checkpointer } from './audit/checkpointer.js';
+import { AuditDevices } from './audit/devices/devices.js';
 import { AuditLog } from './audit/log.js';
 import { loadNoteSigner } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
@@ -47,6 +48,8 @@ export interface Broker {
   readonly checkpoints: Checkpointer;
   /** Threshold alert rules watching this replica's audit appends. */
   readonly alerts: AlertEngine;
+  /** Audit devices (audit.devices): ship the log to files, syslog and sockets. */
+  readonly devices: AuditDevices;
   /** The signing CA as of now (CA rotation switches it; config `ca.rotation`). */
   readonly ca: CertificateAuthority;
   /** Rotates the CA and the JWT key (absent without `ca.rotation`). */
@@ -163,6 +166,22 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     onError: warn,
   });
   audit.onAppend((entry, receipt) => alerts.observe(entry, receipt));
+  const devices = new AuditDevices({
+    devices: config.audit.devices,
+    store,
+    audit,
+    checkpoint: () => checkpoints.latest,
+    replicaId: config.replicaId,
+    events: {
+      delivered: (device, n) => metrics.auditDeviceDelivered(device, n),
+      failed: (device) => metrics.auditDeviceFailed(device),
+      lagging: (status, cfg) => alerts.deviceLagging(status, cfg),
+      error: (err, what) => {
+        process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_AUDIT_DEVICE' });
+      },
+    },
+  });
+  metrics.watchAuditDevices(() => devices.status());
   // Lost history (docs/redis.md "Data loss"): one loud line on stderr and an alert; the log stays closed.
   audit.onHistoryLost((err) => {
     process.emitWarning(`${err.message} [known log size ${audit.size}, origin ${config.audit.origin}, replica ${config.replicaId}]`, {
@@ -273,7 +292,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     } catch {
       return undefined; // not registered: nothing to match (and nothing will be issued to it)
     }
-  });
+  }, () => devices.assertCaughtUp());
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
   // Threads sign with their own copy of the local CA key (ca.source); a remote CA Signer would mint inline.
   const minter: X509Minter =
@@ -313,9 +332,10 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     secrets: breakGlassSecrets(secrets),
     generateKey: () => live.ca.generateServerKey('ec-p256'),
   });
+  devices.start();
   rotation?.start();
   return {
-    config, clock, store, audit, checkpoints, alerts, caExpiry, minter, attestors, policy, issuer, secrets, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, devices, caExpiry, minter, attestors, policy, issuer, secrets, tls, metrics, limits,
     get ca() {
       return live.ca;
     },
@@ -336,6 +356,9 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       await minter.close();
       await alerts.close();
       await checkpoints.close();
+      // Before the store closes (a write in flight gets a few seconds); what is not yet confirmed is
+      // shipped again from the stored position by the next start, or by another replica.
+      await devices.close();
       await store.close();
     },
   };

@@ -27,6 +27,8 @@ export type ErrorCode =
    */
   | 'audit_history_lost'
   | 'issuance_frozen'
+  /** A required audit device (audit.devices, required: true) is further behind than its lag bounds: nothing is issued until it catches up (503). */
+  | 'audit_device_lagging'
   | 'not_ready'
   /** A secrets engine (PostgreSQL) cannot be reached or refused the operation; nothing was issued (503). */
   | 'engine_unavailable'
@@ -91,6 +93,7 @@ export const ERROR_STATUS = {
   audit_unavailable: 503,
   audit_history_lost: 503,
   issuance_frozen: 503,
+  audit_device_lagging: 503,
   not_ready: 503,
   engine_unavailable: 503,
   kek_unavailable: 503,

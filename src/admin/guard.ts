@@ -20,6 +20,8 @@ export class AccessGuard {
     readonly revocations: Revocations,
     readonly freeze: IssuanceFreeze,
     private readonly namespaceOf: (identity: Identity) => string | undefined = () => undefined,
+    /** Throws (503) while nothing may be issued at all: a required audit device lags (audit/devices/devices.ts). */
+    private readonly issuable: () => void = () => {},
   ) {}
 
   #namespaces(identity: Identity): (string | undefined)[] {
@@ -42,6 +44,7 @@ export class AccessGuard {
    * registration entry sets spiffePath): refused if revoked (403) or if issuance is frozen (503).
    */
   async assertMayIssue(subject: { spiffeId: string; namespace?: string }): Promise<void> {
+    this.issuable();
     const namespace = subject.namespace !== undefined && subject.namespace !== '' && subject.namespace !== '*'
       ? subject.namespace
       : namespaceOfSpiffeId(subject.spiffeId);
@@ -54,7 +57,8 @@ export class AccessGuard {
   }
 
   /** For routes that hand out secrets: the caller was checked by authenticate(); this adds the freeze. */
-  assertNotFrozen(identity: Identity): Promise<void> {
+  async assertNotFrozen(identity: Identity): Promise<void> {
+    this.issuable();
     return this.freeze.assertNotFrozen(this.#namespaces(identity).find((n) => n !== undefined));
   }
 }

@@ -121,6 +121,27 @@ describe('AlertEngine', () => {
     expect(engine.stats.fired).toBe(1);
   });
 
+  it('deviceLagging: a device-lag rule records and POSTs the lag, muted per device', async () => {
+    const hook = await receiver();
+    cleanups.push(() => hook.close());
+    const { audit, engine } = await setup({ webhookUrl: hook.url, rules: [{ name: 'siem-behind', kind: 'device-lag' }] });
+    const lag = { name: 'siem', required: true, position: 3, lagEntries: 1200, lagSeconds: 75 };
+    engine.deviceLagging(lag, { maxLagEntries: 1000, maxLagSeconds: 60 });
+    engine.deviceLagging(lag, { maxLagEntries: 1000, maxLagSeconds: 60 }); // muted: same device
+    engine.deviceLagging({ ...lag, name: 'local', required: false }, { maxLagEntries: 1000, maxLagSeconds: 60 });
+    await new Promise((r) => setTimeout(r, 100));
+    await engine.idle();
+    expect(hook.received.map((r) => r.alert.key)).toEqual(expect.arrayContaining([{ device: 'siem' }, { device: 'local' }]));
+    expect(hook.received).toHaveLength(2);
+    const siem = hook.received.find((r) => r.alert.key.device === 'siem')?.alert;
+    expect(siem).toMatchObject({ rule: 'siem-behind', kind: 'device-lag', trigger: { index: 3, code: 'audit_device_lagging' } });
+    expect(siem?.summary).toMatch(/1200 entries \/ 75 s behind .*required: issuance is refused/);
+    const entries = (await audit.entries(0, audit.size)).map((b) => parseAuditEntry(b));
+    expect(entries.filter((e) => e.type === 'alert')).toHaveLength(2);
+    expect(entries.find((e) => e.decision === 'deny')?.reason).toMatch(/^rule siem-behind: audit device siem is 1200 entries/);
+    expect(engine.stats.muted).toBe(1);
+  });
+
   it('fires once a SPIFFE ID has more than N denials in the window, records it, and POSTs it', async () => {
     const hook = await receiver();
     cleanups.push(() => hook.close());

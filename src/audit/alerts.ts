@@ -19,6 +19,9 @@
  * exponential backoff (5xx, 408, 429 and network errors; other 4xx are permanent). Queues are bounded:
  * past the limit the oldest waiting alert is dropped and counted.
  *
+ *   - device-lag:  an audit device (audit/devices/) went further behind than its maxLagEntries or
+ *                  maxLagSeconds (muted per device; `deviceLagging`, called by audit/devices/devices.ts).
+ *
  * One alert needs no rule: `historyLost` (kind 'audit-history-lost') fires once per process when the
  * store is found not to hold the audit history this replica knows. It is not appended to the log (the
  * log is what is lost) and not muted (it happens once, then the replica stays closed).
@@ -43,7 +46,7 @@ export interface Alert {
   readonly rule: string;
   readonly kind: AlertRuleConfig['kind'] | 'audit-history-lost' | 'ca-expiring';
   /** What the rule counted against. */
-  readonly key: { readonly spiffeId?: string; readonly namespace?: string; readonly leaseId?: string };
+  readonly key: { readonly spiffeId?: string; readonly namespace?: string; readonly leaseId?: string; readonly device?: string };
   /** Denials in the current window when it fired (denials rules). */
   readonly count?: number;
   readonly threshold?: number;
@@ -324,6 +327,60 @@ export class AlertEngine {
         ...(entry.reason !== undefined ? { reason: entry.reason } : {}),
         requestId: entry.requestId,
       },
+      ...(auditIndex !== undefined ? { auditIndex } : {}),
+    });
+  }
+
+  /**
+   * An audit device went past one of its lag bounds: every `device-lag` rule fires (muted per device),
+   * recorded in the log as an 'alert' entry and POSTed like any other alert. Never blocks, never throws.
+   */
+  deviceLagging(lag: { name: string; required: boolean; position: number; lagEntries: number; lagSeconds: number }, bounds: { maxLagEntries: number; maxLagSeconds: number }): void {
+    if (this.#closed) return;
+    for (const rule of this.#config.rules) {
+      if (rule.kind !== 'device-lag') continue;
+      void this.#fireDeviceLag(rule, lag, bounds).catch((err: unknown) => this.#onError(err, `alert rule ${rule.name}`));
+    }
+  }
+
+  async #fireDeviceLag(
+    rule: AlertRuleConfig,
+    lag: { name: string; required: boolean; position: number; lagEntries: number; lagSeconds: number },
+    bounds: { maxLagEntries: number; maxLagSeconds: number },
+  ): Promise<void> {
+    const id = randomUUID();
+    const muteSeconds = rule.muteSeconds ?? this.#config.muteSeconds;
+    if (muteSeconds > 0 && !(await this.#store.tryLock(`alert-mute:${rule.name}:${digest(`device:${lag.name}`)}`, id, muteSeconds * 1000))) {
+      this.#stats.muted++;
+      return;
+    }
+    this.#stats.fired++;
+    const summary =
+      `audit device ${lag.name} is ${lag.lagEntries} entries / ${lag.lagSeconds} s behind (bounds ${bounds.maxLagEntries} entries, ${bounds.maxLagSeconds} s)` +
+      (lag.required ? '; it is required: issuance is refused until it catches up' : '');
+    const now = this.#clock.now();
+    let auditIndex: number | undefined;
+    try {
+      auditIndex = (
+        await this.#append({ ts: now, type: 'alert', decision: lag.required ? 'deny' : 'allow', actor: null, subject: null, code: 'alert', reason: `rule ${rule.name}: ${summary}`, requestId: id, replica: this.#replica })
+      ).index;
+    } catch (err) {
+      this.#onError(err, `recording alert ${rule.name}`);
+    }
+    if (this.#config.webhookUrl === undefined) return;
+    const firedAt = new Date(now).toISOString();
+    this.#enqueue({
+      type: 'tessera.alert',
+      id,
+      rule: rule.name,
+      kind: 'device-lag',
+      key: { device: lag.name },
+      mutedForSeconds: muteSeconds,
+      firedAt,
+      origin: this.#origin,
+      replica: this.#replica,
+      summary,
+      trigger: { index: lag.position, ts: firedAt, type: 'audit-device-lag', actor: null, subject: null, code: 'audit_device_lagging', reason: summary, requestId: id },
       ...(auditIndex !== undefined ? { auditIndex } : {}),
     });
   }

@@ -55,6 +55,12 @@ class SharedMemoryStore implements Store {
   async consumeOnce(): Promise<boolean> {
     return true;
   }
+  async auditCursor(): Promise<number> {
+    return 0;
+  }
+  async advanceAuditCursor(_device: string, position: number): Promise<number> {
+    return position;
+  }
   // Not used by AuditLog; present to satisfy the Store interface.
   async kvPut(): Promise<void> {}
   async kvGet(): Promise<string | undefined> {

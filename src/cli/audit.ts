@@ -11,7 +11,9 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { canonicalEntry } from '../audit/devices/record.js';
 import { openExport, exportLog } from '../audit/export.js';
+import { leafHash } from '../audit/merkle.js';
 import { loadNoteSigner, type NoteVerifier, parseVerifierKeyFile } from '../audit/note.js';
 import { recoverLog } from '../audit/recover.js';
 import { parseSearchFilter, searchLog } from '../audit/search.js';
@@ -117,6 +119,20 @@ function report(r: VerifyResult, keyText: string, checked: string, out: Out): vo
     lines.push(`  note        : ${r.uncovered} newer entr${r.uncovered === 1 ? 'y is' : 'ies are'} not covered by a signed checkpoint yet (not verified)`);
   }
   out(`${lines.join('\n')}\n`);
+}
+
+/** Told when stdout is closed by its reader (`… | head -1`): tail stops quietly instead of dying on EPIPE. */
+let stdoutClosed: (() => void) | undefined;
+let stdoutWatched = false;
+function quietOnClosedStdout(onClosed: () => void): void {
+  stdoutClosed = onClosed;
+  if (stdoutWatched) return;
+  stdoutWatched = true;
+  // Stays for the life of the process: the EPIPE can be emitted after the command returned.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    stdoutClosed?.();
+  });
 }
 
 export const AUDIT_COMMANDS = [
@@ -267,6 +283,77 @@ export const AUDIT_COMMANDS = [
         io.stderr(`${r.hits.length} match(es) in ${r.scanned} entries${r.malformed > 0 ? `, ${r.malformed} malformed entries skipped (run audit verify)` : ''}\n`);
         if (r.truncated) io.stderr(`more matches may follow: re-run with --start ${r.next ?? 0}\n`);
       } finally {
+        await source.close();
+      }
+      return 0;
+    },
+  }),
+  command({
+    name: 'audit tail',
+    usage: '--log URL [--cacert PEM] --admin-cert PEM --admin-key KEY\n      [--from INDEX] [--follow] [--spiffe-id ID]… [--interval-ms MS]',
+    summary: 'print audit entries of a running broker as JSON lines {index, leafHash,\nentry}, from INDEX (default: the last 10), in order; --follow keeps\npolling for new ones (Ctrl-C stops). Resume with --from <last index + 1>.\nEach read is itself an audit entry (admin, audit.entries)',
+    options: {
+      log: { type: 'string' },
+      ...TLS_OPTIONS,
+      from: { type: 'string' },
+      follow: { type: 'boolean' },
+      'spiffe-id': { type: 'string', multiple: true },
+      'interval-ms': { type: 'string' },
+    },
+    async run(values, _positionals, io) {
+      const log = values.log;
+      if (log === undefined || !isUrl(log)) throw new UsageError('audit tail needs --log https://broker:port (a running broker) and an auditor --admin-cert/--admin-key');
+      const flags = tlsFlags(values);
+      if (flags.adminCert === undefined) throw new UsageError('audit tail reads entries: it needs --admin-cert and --admin-key (an admin certificate with the auditor role)');
+      const int = (v: string | undefined, name: string, min: number, max: number): number | undefined => {
+        if (v === undefined) return undefined;
+        const n = Number(v);
+        if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer in [${min}, ${max}]`);
+        return n;
+      };
+      const from = int(values.from, 'from', 0, Number.MAX_SAFE_INTEGER);
+      const intervalMs = int(values['interval-ms'], 'interval-ms', 50, 3_600_000) ?? 1000;
+      const ids = new Set(values['spiffe-id'] ?? []);
+      for (const id of ids) if (!id.startsWith('spiffe://')) throw new UsageError(`--spiffe-id ${id}: expected spiffe://…`);
+      const source = remoteSource(httpsUrl(log, '--log'), remoteTls(flags));
+      let stop = false;
+      const onSignal = (): void => {
+        stop = true;
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      quietOnClosedStdout(() => {
+        stop = true;
+      });
+      try {
+        let size = await source.size();
+        let next = from ?? Math.max(0, size - 10);
+        if (next > size) io.stderr(`the log has ${size} entries; ${values.follow === true ? 'waiting for' : 'no'} entry ${next}\n`);
+        // Reading entries is itself recorded (one admin entry per read): while following, wait for
+        // more than that one entry, or tailing would feed on its own reads forever.
+        let ownRead = 0;
+        for (;;) {
+          const reading = size - next > ownRead;
+          if (reading) for await (const bytes of source.entries(next, size)) {
+            const entry = canonicalEntry(bytes);
+            const show = ids.size === 0 || (entry !== undefined && ((entry.actor !== null && ids.has(entry.actor)) || (entry.subject !== null && ids.has(entry.subject))));
+            if (show) {
+              const line = entry !== undefined ? `{"index":${next},"leafHash":"${leafHash(bytes).toString('base64')}","entry":${bytes.toString('utf8')}}` : JSON.stringify({ index: next, leafHash: leafHash(bytes).toString('base64'), entryBase64: bytes.toString('base64') });
+              io.stdout(`${line}\n`);
+            }
+            next++;
+            if (stop) break;
+          }
+          if (reading) ownRead = 1;
+          if (values.follow !== true || stop) break;
+          await new Promise((r) => setTimeout(r, intervalMs));
+          if (stop) break;
+          size = await source.size();
+        }
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+        stdoutClosed = undefined;
         await source.close();
       }
       return 0;

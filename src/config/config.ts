@@ -45,12 +45,48 @@ const redisAddress = Type.Union([Type.String(), section({ host: str(), port: int
 
 const alertRule = section({
   name: str(SHORT_NAME),
-  kind: oneOf(['denials', 'break-glass', 'revoke-failed'], 'expected denials, break-glass or revoke-failed'),
+  kind: oneOf(['denials', 'break-glass', 'revoke-failed', 'device-lag'], 'expected denials, break-glass, revoke-failed or device-lag'),
   per: opt(oneOf(['spiffeId', 'namespace'], 'expected spiffeId or namespace')),
   threshold: opt(int(0, 1_000_000)),
   windowSeconds: opt(int(1, 86_400)),
   /** Overrides alerts.muteSeconds for this rule (0: never muted). */
   muteSeconds: opt(int(0, 7 * 86_400)),
+}, null);
+
+/**
+ * An audit device (audit/devices/): ships every audit entry, in order, to a file, syslog or a socket.
+ * Which keys a type takes (and that address, TLS material and names are well formed) is checked in
+ * audit/devices/config.ts at load time.
+ */
+const auditDevice = section({
+  name: str(SHORT_NAME),
+  type: oneOf(['file', 'syslog', 'socket'], 'expected file, syslog or socket'),
+  /** file: where the JSON lines go. */
+  path: opt(file()),
+  /** file: rotate when the file would grow past this (0: never); keep this many rotated files. */
+  maxBytes: opt(int(0, Number.MAX_SAFE_INTEGER)),
+  keep: opt(int(0, 1000)),
+  /** file: fdatasync after every batch (batch, the default) or leave it to the OS (none). */
+  fsync: opt(oneOf(['batch', 'none'], 'expected batch or none')),
+  /** syslog: tcp://, tls:// or udp://host:port; socket: tcp://host:port or unix:///path. */
+  address: opt(str()),
+  /** syslog: facility name (RFC 5424 §6.2.1) and APP-NAME. */
+  facility: opt(str()),
+  appName: opt(str()),
+  /** syslog over tls://: the CA that verifies the server, an optional client certificate, the name to verify. */
+  tls: opt(section({ caFile: file(), certFile: opt(file()), keyFile: opt(file()), serverName: opt(str()) }, null)),
+  /** Issuance fails closed (503 audit_device_lagging) while this device is further behind than the bounds below. */
+  required: bool(false),
+  maxLagEntries: int(1, 100_000_000, 10_000),
+  maxLagSeconds: int(1, 86_400, 60),
+  /** Entries per write (the most a device holds in memory at once). */
+  batchSize: int(1, 10_000, 500),
+  writeTimeoutMs: int(100, 300_000, 10_000),
+  /** Retry delays double from retryInitialMs up to retryMaxMs, with jitter. */
+  retryInitialMs: int(10, 60_000, 250),
+  retryMaxMs: int(10, 600_000, 30_000),
+  /** Stream devices: entries written this recently before a connection fails are sent again (same index). */
+  resendWindowMs: int(0, 600_000, 2000),
 }, null);
 
 const MAX_LEASE_SECONDS = 30 * 86_400;
@@ -217,6 +253,8 @@ export const ConfigFileSchema = section({
       queueLimit: int(1, 100_000, 1000),
       rules: Type.Array(alertRule, { default: [], message: 'expected a list' }),
     }),
+    /** Audit devices (docs/audit.md, "Feeding your SIEM"). */
+    devices: Type.Array(auditDevice, { default: [], message: 'expected a list' }),
   }),
   secrets: section({
     /** Active key-encryption key (32 random bytes, base64, file mode 0600). Needed for static secrets. */
@@ -353,6 +391,7 @@ export interface StoreConfig {
 export type AlertRuleConfig = File['audit']['alerts']['rules'][number];
 export type AlertsConfig = File['audit']['alerts'];
 export type AuditConfig = File['audit'];
+export type AuditDeviceConfig = File['audit']['devices'][number];
 export type SecretGrantConfig = File['secrets']['grants'][number];
 export type PostgresRoleConfig = Required<File['secrets']['postgres'][number]['roles'][string]>;
 export type PostgresEngineConfig = Omit<File['secrets']['postgres'][number], 'roles'> & {

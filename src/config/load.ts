@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
 import { parse as parseYaml } from 'yaml';
+import { deviceProblem } from '../audit/devices/config.js';
 import { isRecord as isObj } from '../is-record.js';
 import { parseSpiffeId, validatePathSegment, validateTrustDomain } from '../spiffe/id.js';
 import { isRoleName, secretGrantProblem } from '../secrets/names.js';
@@ -317,6 +318,11 @@ function readAudit(audit: ConfigFile['audit']): Config['audit'] {
     return { ...rule, per: rule.per ?? 'spiffeId' };
   });
   noDuplicates(rules.map((r) => r.name), (n) => `config.audit.alerts.rules: duplicate rule name "${n}"`);
+  audit.devices.forEach((d, i) => {
+    const problem = deviceProblem(d);
+    if (problem !== undefined) fail(`config.audit.devices[${i}].${problem.field}: ${problem.message}`);
+  });
+  noDuplicates(audit.devices.map((d) => d.name), (n) => `config.audit.devices: duplicate device name "${n}"`);
   return { ...audit, alerts: { ...audit.alerts, rules } };
 }
 

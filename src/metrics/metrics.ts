@@ -35,7 +35,7 @@ const REVOKE_FAILURE_KINDS: readonly RevokeFailureKind[] = ['transient', 'perman
 /** Store operations whose failures are counted (the Store interface's methods). */
 export const STORE_OPS = [
   'appendAuditEntries', 'auditSize', 'readAuditEntries', 'appendCheckpoint', 'listCheckpoints', 'consumeOnce',
-  'kvPut', 'kvGet', 'kvDelete', 'kvList', 'hit', 'tryLock', 'unlock', 'checkWritable',
+  'kvPut', 'kvGet', 'kvDelete', 'kvList', 'hit', 'tryLock', 'unlock', 'checkWritable', 'auditCursor', 'advanceAuditCursor',
 ] as const;
 export type StoreOp = (typeof STORE_OPS)[number];
 
@@ -80,6 +80,9 @@ export class BrokerMetrics {
   readonly #mintThreadFailures: Readonly<Record<MintThreadFailure, { inc(): void }>>;
   readonly #revokeFailures: Readonly<Record<RevokeFailureKind, { inc(): void }>>;
   #auditSize: () => number = () => 0;
+  #devices: () => readonly { name: string; lagEntries: number; lagSeconds: number }[] = () => [];
+  readonly #deviceDelivered: Counter<'device'>;
+  readonly #deviceFailed: Counter<'device'>;
   #mintJobs: () => number = () => 0;
 
   constructor(sources: MetricsSources) {
@@ -196,6 +199,37 @@ export class BrokerMetrics {
     })
       .labels(TESSERA_VERSION, process.version)
       .set(1);
+    const devices = (): readonly { name: string; lagEntries: number; lagSeconds: number }[] => this.#devices();
+    new Gauge({
+      name: 'tessera_audit_device_lag_entries',
+      help: 'Audit entries an audit device has not yet delivered (log size minus its stored position).',
+      labelNames: ['device'] as const,
+      registers: register,
+      collect() {
+        for (const d of devices()) this.set({ device: d.name }, d.lagEntries);
+      },
+    });
+    new Gauge({
+      name: 'tessera_audit_device_lag_seconds',
+      help: 'How long the oldest audit entry an audit device has not yet delivered has been waiting.',
+      labelNames: ['device'] as const,
+      registers: register,
+      collect() {
+        for (const d of devices()) this.set({ device: d.name }, d.lagSeconds);
+      },
+    });
+    this.#deviceDelivered = new Counter({
+      name: 'tessera_audit_device_delivered_total',
+      help: 'Audit records written to an audit device (a record sent again after a failure counts again).',
+      labelNames: ['device'] as const,
+      registers: register,
+    });
+    this.#deviceFailed = new Counter({
+      name: 'tessera_audit_device_failed_total',
+      help: 'Failed attempts to write to an audit device (connect, write, timeout, store); each is retried with backoff.',
+      labelNames: ['device'] as const,
+      registers: register,
+    });
     const size = (): number => this.#auditSize();
     new Gauge({
       name: 'tessera_audit_log_entries',
@@ -241,6 +275,23 @@ export class BrokerMetrics {
   /** Where the minting-jobs gauge reads from (the pool starts after the metrics exist). */
   watchMintJobs(inFlight: () => number): void {
     this.#mintJobs = inFlight;
+  }
+
+  /** Where the audit device gauges read from; creates each device's counters at 0. */
+  watchAuditDevices(status: () => readonly { name: string; lagEntries: number; lagSeconds: number }[]): void {
+    this.#devices = status;
+    for (const d of status()) {
+      this.#deviceDelivered.labels(d.name).inc(0);
+      this.#deviceFailed.labels(d.name).inc(0);
+    }
+  }
+
+  auditDeviceDelivered(device: string, count: number): void {
+    this.#deviceDelivered.labels(device).inc(count);
+  }
+
+  auditDeviceFailed(device: string): void {
+    this.#deviceFailed.labels(device).inc();
   }
 
   /** Where the audit-size gauge reads from (the log is opened after the metrics exist). */

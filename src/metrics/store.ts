@@ -40,6 +40,8 @@ export function instrumentStore(store: Store, observer: StoreObserver): Store {
     readAuditEntries: (start, end) => counted('readAuditEntries', () => store.readAuditEntries(start, end)),
     appendCheckpoint: (note) => counted('appendCheckpoint', () => store.appendCheckpoint(note)),
     listCheckpoints: () => counted('listCheckpoints', () => store.listCheckpoints()),
+    auditCursor: (device) => counted('auditCursor', () => store.auditCursor(device)),
+    advanceAuditCursor: (device, position) => counted('advanceAuditCursor', () => store.advanceAuditCursor(device, position)),
     consumeOnce: (key, expiresAtMs) => counted('consumeOnce', () => store.consumeOnce(key, expiresAtMs)),
     kvPut: (space, key, value, expiresAtMs) => counted('kvPut', () => store.kvPut(space, key, value, expiresAtMs)),
     kvGet: (space, key) => counted('kvGet', () => store.kvGet(space, key)),

@@ -111,7 +111,7 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
 export async function registerRoutes(app: FastifyInstance, broker: Broker): Promise<void> {
   const { config, audit, checkpoints, store, clock, ca, secrets, guard } = broker;
   const log = new AdminAudit(audit, checkpoints, clock, config.replicaId);
-  await app.register(healthRoutes, { store, audit, caExpiry: () => broker.caExpiry.current(), engines: secrets.engines });
+  await app.register(healthRoutes, { store, audit, caExpiry: () => broker.caExpiry.current(), engines: secrets.engines, devices: broker.devices });
   await app.register(bundleRoutes, { bundle: () => broker.bundle, rootsPem: ca.rootsPem });
   await app.register(svidRoutes, { issuer: broker.issuer, rootsPem: ca.rootsPem });
   await app.register(auditRoutes, { audit, checkpoints, store, adminLog: log });

@@ -161,6 +161,19 @@ describe('EmbeddedStore audit log', () => {
     expect(r.index).toBe(40);
   });
 
+  it('audit device cursors survive a reopen (and the kv compaction on open), and only move forward', async () => {
+    const s = await openStore();
+    for (let i = 1; i <= 50; i++) await s.advanceAuditCursor('siem', i);
+    await s.advanceAuditCursor('local', 7);
+    await s.kvPut('other', 'k', 'v');
+    await s.close();
+    const s2 = await openStore();
+    expect(await s2.auditCursor('siem')).toBe(50);
+    expect(await s2.auditCursor('local')).toBe(7);
+    expect(await s2.advanceAuditCursor('siem', 10)).toBe(50);
+    expect(await s2.kvList('other')).toEqual([{ key: 'k', value: 'v' }]);
+  });
+
   it('close() flushes appends still queued', async () => {
     const s = await openStore();
     const pending = Array.from({ length: 20 }, (_, i) => s.appendAuditEntries([entry(i)]));

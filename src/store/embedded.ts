@@ -36,7 +36,7 @@ import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
 import { type DirLock, lockDataDir } from './dir-lock.js';
-import { checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
+import { checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
 import type { Store } from './store.js';
 
 /** The subset of fs.promises.FileHandle the store uses; injectable so tests can make I/O fail. */
@@ -478,6 +478,9 @@ function parseKvOp(p: Buffer): KvOp | undefined {
 
 const kvPayload = (op: KvOp): Buffer => Buffer.from(JSON.stringify(op), 'utf8');
 
+/** kv space of the audit devices' positions ('.' cannot start a space a caller names: checkSpace refuses it). */
+const CURSOR_SPACE = '.audit-cursor';
+
 /** Directories open in this process: two stores on one directory would interleave writes. */
 const openDirs = new Set<string>();
 
@@ -498,6 +501,8 @@ export class EmbeddedStore implements Store {
   readonly #hits = new Map<string, { count: number; resetAt: number }>();
   #hitSweepAt = 1024;
   readonly #locks = new Map<string, { owner: string; expiresAt: number }>();
+  /** The running cursor advance per audit device (advances of one device are serialized). */
+  readonly #cursorWrites = new Map<string, Promise<number>>();
   readonly #clock: Clock;
   readonly #openFile: OpenStoreFile;
   readonly #fsync: boolean;
@@ -676,6 +681,36 @@ export class EmbeddedStore implements Store {
   async listCheckpoints(): Promise<string[]> {
     const recs = await this.#checkpoints.read(0, this.#checkpoints.count);
     return recs.map((r) => r.toString('utf8'));
+  }
+
+  /** Kept as kv records of a reserved space (kv.log, fdatasync'd, compacted on open). */
+  async auditCursor(device: string): Promise<number> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkCursor(device);
+    const v = this.#kvLive(CURSOR_SPACE, device, this.#clock.now())?.value;
+    return v === undefined ? 0 : Number(v);
+  }
+
+  async advanceAuditCursor(device: string, position: number): Promise<number> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    checkCursor(device, position);
+    // One advance per device at a time, so the max is taken against the durable value.
+    const prev = this.#cursorWrites.get(device) ?? Promise.resolve(0);
+    const next = prev.catch(() => 0).then(async () => {
+      const cur = await this.auditCursor(device);
+      if (position <= cur) return cur;
+      await this.#kvWrite({ s: CURSOR_SPACE, k: device, v: String(position) }, () => {
+        let m = this.#kv.get(CURSOR_SPACE);
+        if (!m) this.#kv.set(CURSOR_SPACE, (m = new Map<string, KvRecord>()));
+        m.set(device, { value: String(position), expiresAt: undefined });
+      });
+      return position;
+    });
+    this.#cursorWrites.set(device, next);
+    void next.finally(() => {
+      if (this.#cursorWrites.get(device) === next) this.#cursorWrites.delete(device);
+    }).catch(() => {});
+    return next;
   }
 
   /**

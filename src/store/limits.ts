@@ -49,3 +49,9 @@ export function checkDuration(what: string, ms: number): void {
     throw bad(`${what} must be an integer number of ms in 1..${MAX_DURATION_MS}`);
   }
 }
+
+/** An audit device name and position (advanceAuditCursor): a short name, a non-negative safe integer. */
+export function checkCursor(device: string, position?: number): void {
+  if (typeof device !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(device)) throw bad('audit device name must match ^[A-Za-z0-9._-]{1,64}$');
+  if (position !== undefined && (!Number.isSafeInteger(position) || position < 0)) throw bad('audit cursor position must be a non-negative integer');
+}

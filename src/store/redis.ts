@@ -36,7 +36,7 @@ import { Cluster, Redis, type ChainableCommander, type ClusterOptions, type Redi
 import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditHistoryLost, auditUnavailable, storeUnavailable } from '../errors.js';
 import { MAX_PAYLOAD } from './embedded.js';
-import { checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
+import { checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
 import type { RedisNodePersistence } from './redis-persistence.js';
 import type { Store } from './store.js';
 
@@ -146,6 +146,18 @@ const SCRIPTS = {
         ttl = tonumber(ARGV[1])
       end
       return {c, ttl}`,
+  },
+  // KEYS: cursor. ARGV: position. Moves an audit device's position forward only; returns the stored one.
+  tesseraCursorAdvance: {
+    numberOfKeys: 1,
+    lua: `
+      local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+      local want = tonumber(ARGV[1])
+      if want > cur then
+        redis.call('SET', KEYS[1], ARGV[1])
+        return ARGV[1]
+      end
+      return tostring(cur)`,
   },
   // KEYS: lock. ARGV: owner, ttlMs. Acquire if free, renew if ours; 1 if we hold it afterwards.
   tesseraTryLock: {
@@ -492,6 +504,24 @@ export class RedisStore implements Store {
 
   listCheckpoints(): Promise<string[]> {
     return this.#run('checkpoint list', () => this.#client.lrange(this.#k('checkpoints'), 0, -1));
+  }
+
+  auditCursor(device: string): Promise<number> {
+    return this.#run('auditCursor', async () => {
+      checkCursor(device);
+      const v = await this.#client.get(this.#k(`cursor:${device}`));
+      return v === null ? 0 : Number(v);
+    });
+  }
+
+  advanceAuditCursor(device: string, position: number): Promise<number> {
+    return this.#run('advanceAuditCursor', async () => {
+      checkCursor(device, position);
+      const [res] = await this.#write((p) => void p.tesseraCursorAdvance(this.#k(`cursor:${device}`), position));
+      const n = Number(res);
+      if (!Number.isSafeInteger(n)) throw storeUnavailable('Redis returned a malformed audit cursor');
+      return n;
+    });
   }
 
   /** SET NX PXAT: one atomic command. Keys are stored as SHA-256 (bounded size, no raw token IDs). */

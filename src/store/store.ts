@@ -22,6 +22,17 @@ export interface Store {
   listCheckpoints(): Promise<string[]>;
 
   /**
+   * An audit device's acknowledged position (audit/devices/): how many entries, from index 0, it has
+   * delivered. 0 for a device never seen. Shared by replicas, so another one resumes where it stopped.
+   */
+  auditCursor(device: string): Promise<number>;
+  /**
+   * Moves a device's position forward to `position` (never back: a smaller value leaves it as it is),
+   * durably, and resolves with the stored position afterwards.
+   */
+  advanceAuditCursor(device: string, position: number): Promise<number>;
+
+  /**
    * Atomically records `key` as used until `expiresAtMs`. Resolves true the first time, false on every
    * later call before expiry. Single-use nonces, token replay caches.
    */

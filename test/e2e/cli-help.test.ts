@@ -65,7 +65,7 @@ describe('tessera --help, --version and exit codes', async () => {
     const noValue = await cli(['dev', 'token', '--namespace', 'shop', '--ttl']);
     expect(noValue.status).toBe(2);
     expect(noValue.stderr).toMatch(/^tessera: --ttl needs a value/);
-    expect((await cli(['audit', 'frobnicate'])).stderr).toMatch(/unknown audit command "frobnicate" \(verify, export, search, recover\)/);
+    expect((await cli(['audit', 'frobnicate'])).stderr).toMatch(/unknown audit command "frobnicate" \(verify, export, search, tail, recover\)/);
     expect(await cli(['admin', 'cert', '--id', 'spiffe://example.org/admin/a', '--out', 'o', '--ca-cert', 'nope.pem', '--ca-key', 'nope.key'])).toMatchObject({
       status: 2,
       stderr: expect.stringMatching(/^tessera: --ca-cert nope.pem: cannot read it \(ENOENT\)/) as unknown,

@@ -33,6 +33,13 @@ export class FaultyStore implements Store {
   listCheckpoints(): Promise<string[]> {
     return this.inner.listCheckpoints();
   }
+  auditCursor(device: string): Promise<number> {
+    return this.inner.auditCursor(device);
+  }
+  advanceAuditCursor(device: string, position: number): Promise<number> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.advanceAuditCursor(device, position);
+  }
   consumeOnce(key: string, expiresAtMs: number): Promise<boolean> {
     if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
     return this.inner.consumeOnce(key, expiresAtMs);

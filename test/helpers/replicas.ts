@@ -44,13 +44,15 @@ export interface ReplicaSet {
 }
 
 /** Writes the YAML every replica reads: the same CA, issuer, policy and Redis prefix. */
-async function writeConfig(dir: string, redisUrl: string, prefix: string, allowVolatile: boolean): Promise<string> {
+async function writeConfig(dir: string, redisUrl: string, prefix: string, allowVolatile: boolean, audit: Record<string, unknown> = {}): Promise<string> {
   const { dir: pkiDir, material } = await devMaterial();
   const file = path.join(dir, 'tessera.yaml');
+  const base = materialConfig(pkiDir, material);
   writeFileSync(
     file,
     stringify({
-      ...materialConfig(pkiDir, material),
+      ...base,
+      audit: { ...base.audit, ...audit },
       listen: { host: '127.0.0.1', port: 0 },
       logLevel: 'warn',
       registration: [{ selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'] }],
@@ -103,15 +105,21 @@ function spawnReplica(config: string, id: string): Promise<Replica> {
   });
 }
 
-/** Starts `count` replicas on one Redis prefix. Needs dist/ (npm test builds it first). */
 /**
- * `allowVolatile` (store.redis.allowVolatile) defaults to true on the shared Redis, which runs without
- * persistence here and in CI; a private redis-server with AOF passes the broker's persistence check for real.
+ * Starts `count` replicas on one Redis prefix (`audit`: extra audit settings, e.g. devices). Needs dist/
+ * (npm test builds it first). `allowVolatile` (store.redis.allowVolatile) defaults to true on the shared
+ * Redis, which runs without persistence here and in CI; a private redis-server with AOF passes the
+ * broker's persistence check for real.
  */
-export async function startReplicas(count: number, redisUrl: string, prefix: string, opts: { allowVolatile?: boolean } = {}): Promise<ReplicaSet> {
+export async function startReplicas(
+  count: number,
+  redisUrl: string,
+  prefix: string,
+  opts: { allowVolatile?: boolean; audit?: Record<string, unknown> } = {},
+): Promise<ReplicaSet> {
   if (!existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` (npm test does it for you)');
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-replicas-'));
-  const config = await writeConfig(dir, redisUrl, prefix, opts.allowVolatile ?? redisUrl === SHARED_REDIS_URL);
+  const config = await writeConfig(dir, redisUrl, prefix, opts.allowVolatile ?? redisUrl === SHARED_REDIS_URL, opts.audit);
   const { material } = await devMaterial();
   const replicas: Replica[] = [];
   try {

@@ -270,12 +270,32 @@ function contract(label: string, open: () => Promise<Harness>): void {
       await b.close();
     });
 
+    it('audit cursors: 0 until set, only move forward (concurrent advances keep the max), per device, bad input 400', async () => {
+      expect(await s.auditCursor('siem')).toBe(0);
+      expect(await s.advanceAuditCursor('siem', 5)).toBe(5);
+      expect(await s.advanceAuditCursor('siem', 3)).toBe(5); // never back
+      expect(await s.auditCursor('siem')).toBe(5);
+      const all = await Promise.all([9, 7, 12, 8, 11].map((n) => s.advanceAuditCursor('siem', n)));
+      for (const n of all) expect(n).toBeGreaterThanOrEqual(7);
+      expect(await s.auditCursor('siem')).toBe(12);
+      expect(await s.auditCursor('local')).toBe(0); // another device
+      expect(await s.advanceAuditCursor('local', 0)).toBe(0);
+      // Not a kv record a caller can see or overwrite.
+      expect(await s.kvList('audit-cursor')).toEqual([]);
+      await expectBroker(s.advanceAuditCursor('siem', -1), 'bad_request', 400);
+      await expectBroker(s.advanceAuditCursor('siem', 1.5), 'bad_request', 400);
+      await expectBroker(s.advanceAuditCursor('bad name', 1), 'bad_request', 400);
+      await expectBroker(s.auditCursor(''), 'bad_request', 400);
+      expect(await s.auditCursor('siem')).toBe(12);
+    });
+
     it('checkWritable resolves while healthy; every operation on a closed store is a 503', async () => {
       await s.checkWritable();
       await s.close();
       await expectBroker(s.checkWritable(), 'store_unavailable', 503);
       await expectBroker(s.kvPut('a', 'b', 'c'), 'store_unavailable', 503);
       await expectBroker(s.appendAuditEntries([entry(0)]), 'audit_unavailable', 503);
+      await expectBroker(s.advanceAuditCursor('siem', 1), 'store_unavailable', 503);
     });
   });
 }
