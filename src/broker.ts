@@ -28,6 +28,7 @@ import { Issuer } from './issue/issuer.js';
 import { BrokerMetrics } from './metrics/metrics.js';
 import { instrumentStore } from './metrics/store.js';
 import { RegistrationPolicy } from './policy/registration.js';
+import { EntryRegistry } from './policy/registry.js';
 import { EnvelopeError, KeyRing } from './secrets/envelope.js';
 import { SecretsService } from './secrets/service.js';
 import { RateLimiter } from './server/limits.js';
@@ -52,6 +53,8 @@ export interface Broker {
   /** Who is calling: service-account tokens and peer certificates (workload and admin). */
   readonly attestors: Attestors;
   readonly policy: RegistrationPolicy;
+  /** Registration entries in the store (admin API), polled so every replica follows changes within a second. */
+  readonly registry: EntryRegistry;
   readonly issuer: Issuer;
   /** Static secrets, dynamic PostgreSQL credentials and their leases (with the lease sweeper). */
   readonly secrets: SecretsService;
@@ -141,6 +144,14 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   const adminPki = loadAdminPki(config.admin, workloadAnchors);
   const attestors = createAttestors(config, { workload: workloadAnchors, admin: adminPki?.roots ?? [] }, clock);
   const policy = new RegistrationPolicy(config.trustDomain, config.registration, config.svid);
+  const registry = new EntryRegistry({
+    store,
+    policy,
+    trustDomain: config.trustDomain,
+    clock,
+    onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_REGISTRATION' }),
+  });
+  await registry.start();
   const revocations = new Revocations(store, clock);
   const guard = new AccessGuard(revocations, new IssuanceFreeze(store, clock), (identity) => {
     try {
@@ -205,12 +216,13 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
   });
   return {
-    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, attestors, policy, issuer, secrets, bundle, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, attestors, policy, registry, issuer, secrets, bundle, tls, metrics, limits,
     guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {
       // The lease sweeper may still append; stop it (and the PostgreSQL pools) first.
       await secrets.close();
+      await registry.close();
       await minter.close();
       await alerts.close();
       await checkpoints.close();

@@ -54,6 +54,8 @@ export type ErrorCode =
   | 'ca_expired'
   /** A path parameter longer than the server accepts (414, raised by fastify before routing). */
   | 'uri_too_long'
+  /** Several registration entries match a workload equally well and the request did not pick one by SPIFFE ID (409). */
+  | 'ambiguous_registration'
   | 'internal';
 
 /**
@@ -81,6 +83,7 @@ export const ERROR_STATUS = {
   request_timeout: 408,
   secret_integrity_failed: 409,
   break_glass_replayed: 409,
+  ambiguous_registration: 409,
   rate_limited: 429,
   header_too_large: 431,
   internal: 500,

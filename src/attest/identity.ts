@@ -25,4 +25,9 @@ export interface Identity {
   readonly trustDomain: string;
   readonly source: IdentitySource;
   readonly claims: WorkloadClaims;
+  /**
+   * SPIRE-style `type:key:value` selectors the attestor proved (k8s:ns:…, k8s:sa:…, k8s:pod-uid:…);
+   * absent: policy derives namespace, service account and pod from the claims.
+   */
+  readonly selectors?: readonly string[];
 }

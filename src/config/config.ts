@@ -62,7 +62,7 @@ const postgresRole = section({
   maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
 }, null);
 
-export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin'];
+export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin', 'registrar'];
 
 /** The config file. Every mapping refuses keys it does not name. */
 export const ConfigFileSchema = section({
@@ -205,7 +205,7 @@ export const ConfigFileSchema = section({
     /** Lifetime of the credential a request gets: requests are capped to this (≤ 900 s). */
     maxTtlSeconds: int(60, 900, 900),
     /** What requests may ask for: admin roles, and "secret:<name>" or "secret:<prefix>/" grants. */
-    allowedGrants: strList(ADMIN_ROLES),
+    allowedGrants: strList(['auditor', 'operator', 'secrets-admin']),
     /** Failed attempts per minute (all replicas) after which further attempts get 429 for the minute. */
     maxFailuresPerMinute: int(1, 10_000, 30),
   }),
@@ -265,8 +265,8 @@ export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres'> & {
   readonly leaseMaxTtlSeconds: number;
   readonly postgres: readonly PostgresEngineConfig[];
 };
-/** What an admin may do: read/search audit, revoke and freeze, write secrets. */
-export type AdminRole = 'auditor' | 'operator' | 'secrets-admin';
+/** What an admin may do: read/search audit, revoke and freeze, write secrets, manage registration entries. */
+export type AdminRole = 'auditor' | 'operator' | 'secrets-admin' | 'registrar';
 export type AdminPrincipalConfig = { readonly id: string; readonly roles: readonly AdminRole[] };
 export type AdminConfig = Omit<File['admin'], 'principals'> & { readonly principals: readonly AdminPrincipalConfig[] };
 export type BreakGlassKeyConfig = File['breakGlass']['keys'][number];

@@ -15,6 +15,7 @@ import { observeRequests } from './observe.js';
 import { auditRefusal } from './refusals.js';
 import { auditSearchRoutes } from './routes/admin/audit-search.js';
 import { breakGlassRoutes } from './routes/admin/break-glass.js';
+import { entriesRoutes } from './routes/admin/entries.js';
 import { freezeRoutes } from './routes/admin/freeze.js';
 import { revocationRoutes } from './routes/admin/revocations.js';
 import { secretsAdminRoutes } from './routes/admin/secrets.js';
@@ -122,4 +123,5 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   await app.register(secretsAdminRoutes, { log, kv: secrets.kv });
   await app.register(breakGlassRoutes, { log, breakGlass: broker.breakGlass, limits: broker.limits, adminRootsPem: broker.admin.pki?.rootsPem ?? '' });
   await app.register(auditSearchRoutes, { log, store, clock });
+  await app.register(entriesRoutes, { log, registry: broker.registry });
 }
