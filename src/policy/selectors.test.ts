@@ -112,14 +112,20 @@ describe('parseSelectors', () => {
 });
 
 describe('checkEntry', () => {
-  const base = { spiffeId: 'spiffe://example.org/shop/web', selectors: ['k8s:ns:shop'], dnsNames: [], jwtAudiences: [], allowBroad: false };
+  const base: { spiffeId: string; selectors: string[]; dnsNames: string[]; jwtAudiences: string[]; allowBroad: boolean } = {
+    spiffeId: 'spiffe://example.org/shop/web',
+    selectors: ['k8s:ns:shop'],
+    dnsNames: [],
+    jwtAudiences: [],
+    allowBroad: false,
+  };
 
   it('accepts a workload SPIFFE ID of our trust domain', () => {
     expect(checkEntry(base, 'example.org').spiffeId).toBe('spiffe://example.org/shop/web');
   });
 
   it('refuses other trust domains, admin IDs, bad DNS names and repeats, naming the field', () => {
-    const cases: [Partial<typeof base> & Record<string, unknown>, RegExp][] = [
+    const cases: [Partial<typeof base>, RegExp][] = [
       [{ spiffeId: 'spiffe://evil.org/shop/web' }, /^spiffeId: .*not in trust domain example.org/],
       [{ spiffeId: 'spiffe://example.org' }, /^spiffeId: .*needs a path/],
       [{ spiffeId: 'spiffe://example.org/admin/dev' }, /^spiffeId: \/admin\/ is reserved/],
@@ -130,7 +136,7 @@ describe('checkEntry', () => {
       [{ selectors: ['k8s:sa:web'] }, /^selectors: .*every namespace/],
     ];
     for (const [patch, message] of cases) {
-      expect(refusal(() => checkEntry({ ...base, ...patch } as typeof base, 'example.org')).message).toMatch(message);
+      expect(refusal(() => checkEntry({ ...base, ...patch }, 'example.org')).message).toMatch(message);
     }
   });
 });
