@@ -31,3 +31,7 @@ export interface Identity {
    */
   readonly selectors?: readonly string[];
 }
+
+/** A Kubernetes selector as attestors state it and registration entries name it: `k8s:<key>:<value>`. */
+export const selectorText = (key: 'ns' | 'sa' | 'pod-name' | 'pod-uid' | 'pod-label' | 'pod-annotation' | 'node-name' | 'container-image', value: string): string =>
+  `k8s:${key}:${value}`;

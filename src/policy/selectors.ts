@@ -10,6 +10,7 @@
  * character, a value Kubernetes would never produce. A parsed selector is kept in its canonical text
  * form, so "does the workload have it" is a set lookup.
  */
+import { selectorText } from '../attest/identity.js';
 import { badRequest } from '../errors.js';
 
 export const MAX_SELECTORS = 32;
@@ -121,4 +122,4 @@ export function isBroad(selectors: readonly Selector[]): boolean {
   return !selectors.some((s) => s.key === 'ns' || s.key === 'pod-uid');
 }
 
-export const selectorText = (key: SelectorKey, value: string): string => `k8s:${key}:${value}`;
+export { selectorText };
