@@ -12,6 +12,7 @@ import { type AdminPki, loadAdminPki } from './admin/pki.js';
 import { AdminAuthority } from './admin/principals.js';
 import { Revocations } from './admin/revocation.js';
 import { type Attestors, createAttestors } from './attest/attestor.js';
+import { ConfigReloader } from './reload.js';
 import { AlertEngine } from './audit/alerts.js';
 import { Checkpointer } from './audit/checkpointer.js';
 import { AuditLog } from './audit/log.js';
@@ -69,6 +70,8 @@ export interface Broker {
   /** The admin CA (absent when admin.caBundleFile is not set) and who the admins are. */
   readonly admin: { readonly pki?: AdminPki; readonly authority: AdminAuthority };
   readonly breakGlass: BreakGlassService;
+  /** Re-reads the config file and applies its live settings (SIGHUP, POST /v1/admin/reload). */
+  readonly reloader: ConfigReloader;
   close(): Promise<void>;
 }
 
@@ -78,6 +81,8 @@ const BUNDLE_REFRESH_HINT_SECONDS = 300;
 export interface CreateBrokerOptions {
   clock?: Clock;
   store?: Store;
+  /** How to read the config again on reload (without it, a reload is refused). */
+  reloadConfig?: () => Config;
 }
 
 export async function createBroker(config: Config, opts: CreateBrokerOptions = {}): Promise<Broker> {
@@ -209,6 +214,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     secrets: breakGlassSecrets(secrets),
     generateKey: () => ca.generateServerKey('ec-p256'),
   });
+  const reloader = new ConfigReloader(config, opts.reloadConfig, { tokenAttestor: attestors.token, policy, limits, alerts, audit, clock });
   const bundle = buildBundle({
     rootCertsDer: ca.rootCertsDer,
     jwtKeys: [{ kid: jwt.kid, jwk: jwt.publicJwk }],
@@ -217,7 +223,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   });
   return {
     config, clock, store, audit, checkpoints, alerts, ca, minter, jwt, attestors, policy, registry, issuer, secrets, bundle, tls, metrics, limits,
-    guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
+    guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass, reloader,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {
       // The lease sweeper may still append; stop it (and the PostgreSQL pools) first.

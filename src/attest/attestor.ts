@@ -27,6 +27,27 @@ export interface Attestors {
 }
 
 /**
+ * The token attestor in force, replaceable on reload (new issuers, re-read JWKS files): a request
+ * that has started attesting finishes with the attestor it started with.
+ */
+export class ReplaceableTokenAttestor implements TokenAttestor {
+  constructor(private current: TokenAttestor) {}
+
+  attest(token: string): Promise<Identity> {
+    return this.current.attest(token);
+  }
+
+  replace(next: TokenAttestor): void {
+    this.current = next;
+  }
+}
+
+/** The one place that picks the token attestor for the configured issuers. */
+export function createTokenAttestor(config: Pick<Config, 'trustDomain' | 'issuers'>, clock: Clock): TokenAttestor {
+  return new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
+}
+
+/**
  * The attestors of this broker. `workload` are the CA certificates that issue SVIDs (roots, signing CA,
  * intermediates), `admin` the admin CA roots: peer certificates are classified by signature against both.
  */
@@ -34,9 +55,9 @@ export function createAttestors(
   config: Pick<Config, 'trustDomain' | 'issuers'>,
   anchors: { readonly workload: readonly X509Certificate[]; readonly admin: readonly X509Certificate[] },
   clock: Clock,
-): Attestors {
+): Attestors & { readonly token: ReplaceableTokenAttestor } {
   return {
-    token: new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock }),
+    token: new ReplaceableTokenAttestor(createTokenAttestor(config, clock)),
     peer: new MtlsAttestor(config.trustDomain, anchors, clock),
   };
 }
