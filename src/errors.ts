@@ -56,6 +56,8 @@ export type ErrorCode =
   | 'uri_too_long'
   /** Several registration entries match a workload equally well and the request did not pick one by SPIFFE ID (409). */
   | 'ambiguous_registration'
+  /** The Kubernetes API server (TokenReview, pod read) could not be asked; nothing is issued (503) unless jwksFallback is set. */
+  | 'attestation_unavailable'
   | 'internal';
 
 /**
@@ -97,6 +99,7 @@ export const ERROR_STATUS = {
   kek_unavailable: 503,
   ca_unavailable: 503,
   ca_expired: 503,
+  attestation_unavailable: 503,
 } as const satisfies { readonly [C in ErrorCode]: number };
 
 /** The codes that answer with HTTP status `S`. */

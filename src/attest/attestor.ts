@@ -8,6 +8,7 @@ import type { Clock } from '../clock.js';
 import type { Config } from '../config/config.js';
 import type { Identity } from './identity.js';
 import { ServiceAccountTokenAttestor } from './k8s-token.js';
+import { KubernetesApi, TokenReviewAttestor } from './k8s-tokenreview.js';
 import { MtlsAttestor, type PeerResult } from './mtls.js';
 
 export interface Attestor<Evidence, Proof> {
@@ -42,9 +43,16 @@ export class ReplaceableTokenAttestor implements TokenAttestor {
   }
 }
 
-/** The one place that picks the token attestor for the configured issuers. */
+/**
+ * The one place that picks the token attestor for the configured issuers: token signatures by JWKS,
+ * and for issuers with `kubernetes:` the API server's TokenReview and pod metadata on top.
+ */
 export function createTokenAttestor(config: Pick<Config, 'trustDomain' | 'issuers'>, clock: Clock): TokenAttestor {
-  return new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
+  const jwks = new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
+  const apis = new Map(
+    config.issuers.flatMap((i) => (i.kubernetes !== undefined ? [[i.issuer, { api: new KubernetesApi(i.kubernetes), audiences: i.audiences }] as const] : [])),
+  );
+  return apis.size === 0 ? jwks : new TokenReviewAttestor(jwks, apis, clock);
 }
 
 /**

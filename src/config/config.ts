@@ -92,6 +92,16 @@ export const ConfigFileSchema = section({
       audiences: strList(),
       maxLifetimeSeconds: int(60, 31 * 86_400, 86_400),
       requirePodBinding: bool(false),
+      /** Confirm each token with the cluster's TokenReview API and read its pod for label/annotation/node/image selectors. */
+      kubernetes: opt(section({
+        apiServer: str(),
+        caFile: file(),
+        tokenFile: file(),
+        cacheSeconds: int(1, 3600, 60),
+        /** When the API server cannot be asked: accept the JWKS verdict alone (no pod metadata) instead of 503. */
+        jwksFallback: bool(false),
+        timeoutMs: int(100, 60_000, 5000),
+      }, null)),
     }, null),
     { default: [], minItems: 1, message: 'at least one token issuer is required' },
   ),
