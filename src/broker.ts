@@ -12,6 +12,7 @@ import { type AdminPki, loadAdminPki } from './admin/pki.js';
 import { AdminAuthority } from './admin/principals.js';
 import { Revocations } from './admin/revocation.js';
 import { type Attestors, createAttestors } from './attest/attestor.js';
+import { ConfigReloader } from './reload.js';
 import { AlertEngine } from './audit/alerts.js';
 import { Checkpointer } from './audit/checkpointer.js';
 import { AuditDevices } from './audit/devices/devices.js';
@@ -31,6 +32,7 @@ import { Issuer } from './issue/issuer.js';
 import { BrokerMetrics } from './metrics/metrics.js';
 import { instrumentStore } from './metrics/store.js';
 import { RegistrationPolicy } from './policy/registration.js';
+import { EntryRegistry } from './policy/registry.js';
 import { EnvelopeError, KeyRing } from './secrets/envelope.js';
 import { SecretsService } from './secrets/service.js';
 import { RateLimiter } from './server/limits.js';
@@ -62,6 +64,8 @@ export interface Broker {
   /** Who is calling: service-account tokens and peer certificates (workload and admin). */
   readonly attestors: Attestors;
   readonly policy: RegistrationPolicy;
+  /** Registration entries in the store (admin API), polled so every replica follows changes within a second. */
+  readonly registry: EntryRegistry;
   readonly issuer: Issuer;
   /** Static secrets, dynamic PostgreSQL credentials and their leases (with the lease sweeper). */
   readonly secrets: SecretsService;
@@ -76,6 +80,8 @@ export interface Broker {
   /** The admin CA (absent when admin.caBundleFile is not set) and who the admins are. */
   readonly admin: { readonly pki?: AdminPki; readonly authority: AdminAuthority };
   readonly breakGlass: BreakGlassService;
+  /** Re-reads the config file and applies its live settings (SIGHUP, POST /v1/admin/reload). */
+  readonly reloader: ConfigReloader;
   close(): Promise<void>;
 }
 
@@ -88,6 +94,8 @@ const BUNDLE_REFRESH_HINT_SECONDS = 300;
 export interface CreateBrokerOptions {
   clock?: Clock;
   store?: Store;
+  /** How to read the config again on reload (without it, a reload is refused). */
+  reloadConfig?: () => Config;
 }
 
 export async function createBroker(config: Config, opts: CreateBrokerOptions = {}): Promise<Broker> {
@@ -284,6 +292,14 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   const adminPki = loadAdminPki(config.admin, workloadAnchors);
   const attestors = createAttestors(config, { workload: workloadAnchors, admin: adminPki?.roots ?? [] }, clock);
   const policy = new RegistrationPolicy(config.trustDomain, config.registration, config.svid);
+  const registry = new EntryRegistry({
+    store,
+    policy,
+    trustDomain: config.trustDomain,
+    clock,
+    onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_REGISTRATION' }),
+  });
+  await registry.start();
   const revocations = new Revocations(store, clock);
   const guard = new AccessGuard(revocations, new IssuanceFreeze(store, clock), (identity) => {
     try {
@@ -332,10 +348,11 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     secrets: breakGlassSecrets(secrets),
     generateKey: () => live.ca.generateServerKey('ec-p256'),
   });
+  const reloader = new ConfigReloader(config, opts.reloadConfig, { tokenAttestor: attestors.token, policy, limits, alerts, audit, clock });
   devices.start();
   rotation?.start();
   return {
-    config, clock, store, audit, checkpoints, alerts, devices, caExpiry, minter, attestors, policy, issuer, secrets, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, devices, caExpiry, minter, attestors, policy, registry, issuer, secrets, tls, metrics, limits,
     get ca() {
       return live.ca;
     },
@@ -346,13 +363,14 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       return live.bundle;
     },
     ...(rotation !== undefined ? { rotation } : {}),
-    guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass,
+    guard, admin: { ...(adminPki !== undefined ? { pki: adminPki } : {}), authority: adminAuthority }, breakGlass, reloader,
     // Alerts first (they may append), then the final checkpoint over everything, then the store.
     close: async () => {
       // The lease sweeper may still append; stop it (and the PostgreSQL pools) first.
       caExpiry.close();
       await rotation?.close();
       await secrets.close();
+      await registry.close();
       await minter.close();
       await alerts.close();
       await checkpoints.close();

@@ -58,6 +58,10 @@ export type ErrorCode =
   | 'ca_state_conflict'
   /** A path parameter longer than the server accepts (414, raised by fastify before routing). */
   | 'uri_too_long'
+  /** Several registration entries match a workload equally well and the request did not pick one by SPIFFE ID (409). */
+  | 'ambiguous_registration'
+  /** The Kubernetes API server (TokenReview, pod read) could not be asked; nothing is issued (503) unless jwksFallback is set. */
+  | 'attestation_unavailable'
   | 'internal';
 
 /**
@@ -85,6 +89,7 @@ export const ERROR_STATUS = {
   request_timeout: 408,
   secret_integrity_failed: 409,
   break_glass_replayed: 409,
+  ambiguous_registration: 409,
   rate_limited: 429,
   header_too_large: 431,
   internal: 500,
@@ -100,6 +105,7 @@ export const ERROR_STATUS = {
   ca_unavailable: 503,
   ca_expired: 503,
   ca_state_conflict: 409,
+  attestation_unavailable: 503,
 } as const satisfies { readonly [C in ErrorCode]: number };
 
 /** The codes that answer with HTTP status `S`. */

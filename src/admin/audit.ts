@@ -18,7 +18,7 @@ export interface AdminCaller {
   readonly ticket?: string;
 }
 
-export type AdminEntryFields = Pick<AuditEntry, 'subject' | 'namespace' | 'serial' | 'secret' | 'reason' | 'leaseId'>;
+export type AdminEntryFields = Pick<AuditEntry, 'subject' | 'namespace' | 'serial' | 'secret' | 'reason' | 'leaseId' | 'entryId' | 'selectors' | 'before' | 'after'>;
 
 export class AdminAudit {
   constructor(
@@ -59,6 +59,10 @@ export class AdminAudit {
       ...(fields.secret !== undefined ? { secret: fields.secret } : {}),
       ...(fields.leaseId !== undefined ? { leaseId: fields.leaseId } : {}),
       ...(fields.reason !== undefined ? { reason: fields.reason } : {}),
+      ...(fields.entryId !== undefined ? { entryId: fields.entryId } : {}),
+      ...(fields.selectors !== undefined ? { selectors: fields.selectors } : {}),
+      ...(fields.before !== undefined ? { before: fields.before } : {}),
+      ...(fields.after !== undefined ? { after: fields.after } : {}),
       requestId,
       replica: this.replicaId,
     };

@@ -42,7 +42,7 @@ describe('admin config', () => {
       caBundleFile: '/srv/t/certs-dev/admin-ca.pem',
       caCertFile: '/srv/t/certs-dev/admin-ca.pem',
       caKeyFile: '/srv/t/certs-dev/admin-ca.key',
-      principals: [{ id: 'spiffe://example.org/admin/dev', roles: ['auditor', 'operator', 'secrets-admin'] }],
+      principals: [{ id: 'spiffe://example.org/admin/dev', roles: ['auditor', 'operator', 'secrets-admin', 'registrar'] }],
     });
   });
 

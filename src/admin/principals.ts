@@ -11,7 +11,7 @@ import { forbidden } from '../errors.js';
 import type { Store } from '../store/store.js';
 import { normalizeSerial, type Revocations } from './revocation.js';
 
-export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin'];
+export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin', 'registrar'];
 
 export interface AdminPrincipal {
   readonly spiffeId: string;

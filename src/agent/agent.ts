@@ -160,6 +160,13 @@ export class Agent {
     await this.#publishQueued();
   }
 
+  /** SIGHUP: renew now (re-reading the token file when the token is needed) instead of at the next timer. */
+  refreshNow(): void {
+    if (this.#stopped) return;
+    this.#log.info({ signal: 'SIGHUP' }, 'renewing now');
+    this.#client.refreshNow();
+  }
+
   /** Stops timers and the health endpoint; waits for a publish or hook in progress. Files stay. */
   async stop(): Promise<void> {
     this.#stopped = true;

@@ -8,6 +8,7 @@ import type { Clock } from '../clock.js';
 import type { Config } from '../config/config.js';
 import type { Identity } from './identity.js';
 import { ServiceAccountTokenAttestor } from './k8s-token.js';
+import { KubernetesApi, TokenReviewAttestor } from './k8s-tokenreview.js';
 import { MtlsAttestor, type PeerResult } from './mtls.js';
 
 export interface Attestor<Evidence, Proof> {
@@ -27,6 +28,34 @@ export interface Attestors {
 }
 
 /**
+ * The token attestor in force, replaceable on reload (new issuers, re-read JWKS files): a request
+ * that has started attesting finishes with the attestor it started with.
+ */
+export class ReplaceableTokenAttestor implements TokenAttestor {
+  constructor(private current: TokenAttestor) {}
+
+  attest(token: string): Promise<Identity> {
+    return this.current.attest(token);
+  }
+
+  replace(next: TokenAttestor): void {
+    this.current = next;
+  }
+}
+
+/**
+ * The one place that picks the token attestor for the configured issuers: token signatures by JWKS,
+ * and for issuers with `kubernetes:` the API server's TokenReview and pod metadata on top.
+ */
+export function createTokenAttestor(config: Pick<Config, 'trustDomain' | 'issuers'>, clock: Clock): TokenAttestor {
+  const jwks = new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
+  const apis = new Map(
+    config.issuers.flatMap((i) => (i.kubernetes !== undefined ? [[i.issuer, { api: new KubernetesApi(i.kubernetes), audiences: i.audiences }] as const] : [])),
+  );
+  return apis.size === 0 ? jwks : new TokenReviewAttestor(jwks, apis, clock);
+}
+
+/**
  * The attestors of this broker. `workload` are the CA certificates that issue SVIDs (roots, signing CA,
  * intermediates), `admin` the admin CA roots: peer certificates are classified by signature against both.
  */
@@ -34,9 +63,9 @@ export function createAttestors(
   config: Pick<Config, 'trustDomain' | 'issuers'>,
   anchors: { readonly workload: readonly X509Certificate[]; readonly admin: readonly X509Certificate[] },
   clock: Clock,
-): Attestors {
+): Attestors & { readonly token: ReplaceableTokenAttestor } {
   return {
-    token: new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock }),
+    token: new ReplaceableTokenAttestor(createTokenAttestor(config, clock)),
     peer: new MtlsAttestor(config.trustDomain, anchors, clock),
   };
 }

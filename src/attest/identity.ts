@@ -25,4 +25,13 @@ export interface Identity {
   readonly trustDomain: string;
   readonly source: IdentitySource;
   readonly claims: WorkloadClaims;
+  /**
+   * SPIRE-style `type:key:value` selectors the attestor proved (k8s:ns:…, k8s:sa:…, k8s:pod-uid:…);
+   * absent: policy derives namespace, service account and pod from the claims.
+   */
+  readonly selectors?: readonly string[];
 }
+
+/** A Kubernetes selector as attestors state it and registration entries name it: `k8s:<key>:<value>`. */
+export const selectorText = (key: 'ns' | 'sa' | 'pod-name' | 'pod-uid' | 'pod-label' | 'pod-annotation' | 'node-name' | 'container-image', value: string): string =>
+  `k8s:${key}:${value}`;

@@ -204,6 +204,7 @@ describe('ServiceAccountTokenAttestor: accepted tokens', () => {
         tokenId: 'c1a7f1de-58c6-4bd4-b1a8-8e0a3d0d2f0b',
         credentialExpiresAt: (nowS() + 3600) * 1000,
       },
+      selectors: ['k8s:ns:shop', 'k8s:sa:web', 'k8s:pod-name:web-7d9f8', 'k8s:pod-uid:8b2d6c0a-1b9e-4f3a-8c7d-6e5f4a3b2c1d'],
     });
   });
 
@@ -240,6 +241,7 @@ describe('ServiceAccountTokenAttestor: accepted tokens', () => {
     expect(identity.claims).not.toHaveProperty('podUid');
     expect(identity.claims).not.toHaveProperty('tokenId');
     expect(identity.claims).not.toHaveProperty('serviceAccountUid');
+    expect(identity.selectors).toEqual(['k8s:ns:shop', 'k8s:sa:web']);
   });
 
   it('accepts a token without kid when the issuer has exactly one key of that type', async () => {

@@ -11,7 +11,7 @@ import { systemClock, type Clock } from '../clock.js';
 import { isRecord } from '../is-record.js';
 import { validateTrustDomain, workloadSpiffeId } from '../spiffe/id.js';
 import type { TokenAttestor } from './attestor.js';
-import type { Identity, WorkloadClaims } from './identity.js';
+import { type Identity, selectorText, type WorkloadClaims } from './identity.js';
 import { DEFAULT_JWKS_REFRESH_INTERVAL_MS, JwksKeySource, type VerificationAlgorithm } from './jwks.js';
 
 export interface TokenIssuerOptions {
@@ -226,6 +226,13 @@ export class ServiceAccountTokenAttestor implements TokenAttestor {
       trustDomain: this.trustDomain,
       source: 'k8s-sa-token',
       claims,
+      // What the signed token proves; pod labels, annotations, node and images need the pod itself.
+      selectors: [
+        selectorText('ns', namespace),
+        selectorText('sa', serviceAccount),
+        ...(podName !== undefined ? [selectorText('pod-name', podName)] : []),
+        ...(podUid !== undefined ? [selectorText('pod-uid', podUid)] : []),
+      ],
     };
   }
 }

@@ -129,12 +129,12 @@ class DeliveryError extends Error {
 export class AlertEngine {
   readonly #store: Store;
   readonly #append: (entry: AuditEntry) => Promise<AuditReceipt>;
-  readonly #config: AlertsConfig;
+  #config: AlertsConfig;
   readonly #origin: string;
   readonly #replica: string;
   readonly #clock: Clock;
   readonly #onError: (err: unknown, what: string) => void;
-  readonly #ca: string | undefined;
+  #ca: string | undefined;
   readonly #evalQueue: Observed[] = [];
   #evaluating = false;
   readonly #sendQueue: Alert[] = [];
@@ -156,6 +156,13 @@ export class AlertEngine {
     this.#clock = opts.clock ?? systemClock;
     this.#onError = opts.onError ?? (() => {});
     this.#ca = opts.config.webhookCaFile !== undefined ? readFileSync(opts.config.webhookCaFile, 'utf8') : undefined;
+  }
+
+  /** New rules, mutes and webhook settings (config reload); alerts already queued are still sent. */
+  reconfigure(config: AlertsConfig): void {
+    const ca = config.webhookCaFile !== undefined ? readFileSync(config.webhookCaFile, 'utf8') : undefined;
+    this.#config = config;
+    this.#ca = ca;
   }
 
   get stats(): AlertStats {

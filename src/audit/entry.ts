@@ -76,6 +76,12 @@ const AuditEntrySchema = Type.Object({
   keyIds: Strings,
   /** 'critical' on break-glass entries: alerting and log pipelines page on it. */
   severity: Str,
+  /** Registration: the entry an issuance was granted by (and its selectors, all of which the workload had), or an admin changed. */
+  entryId: Str,
+  selectors: Strings,
+  /** Admin changes to registration entries: the entry before and after (absent for a create / a delete). */
+  before: Type.Optional(Type.Unknown()),
+  after: Type.Optional(Type.Unknown()),
   requestId: Type.String(),
   replica: Type.String(),
 });

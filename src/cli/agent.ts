@@ -221,6 +221,8 @@ async function runAgent(opts: AgentOptions): Promise<void> {
   };
   process.once('SIGTERM', shutdown);
   process.once('SIGINT', shutdown);
+  // SIGHUP: try again now, reading the token file afresh (it used to end the agent).
+  process.on('SIGHUP', () => a.refreshNow());
 
   if (opts.once) {
     try {

@@ -210,6 +210,10 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
+  // Each worker re-reads the config on SIGHUP (cli/serve.ts); the primary passes the signal on.
+  process.on('SIGHUP', () => {
+    for (const s of slots) s.worker?.process.kill('SIGHUP');
+  });
 }
 
 /** Per-worker quantities are summed (the default); gauges every worker reports alike (log size, CA expiry) are not. */

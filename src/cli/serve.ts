@@ -1,10 +1,12 @@
 /** `tessera serve`: load config, create dev material if running on defaults, start the HTTPS broker. */
+import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { createBroker } from '../broker.js';
 import type { Config } from '../config/config.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { ensureDevMaterial } from '../dev/material.js';
 import { startMetricsServer } from '../metrics/server.js';
+import { describeReload } from '../reload.js';
 import { buildServer } from '../server/app.js';
 import { type BannerInfo, clusterWorker, runPrimary } from './cluster.js';
 
@@ -48,7 +50,8 @@ function bannerText(config: Config, b: BannerInfo): string {
 }
 
 export async function serve(opts: { config?: string; workers?: number }): Promise<void> {
-  let config = loadConfig(opts.config !== undefined ? { file: opts.config } : {});
+  const read = (): Config => loadConfig(opts.config !== undefined ? { file: opts.config } : {});
+  let config = read();
   // N > 1 workers: this process becomes the cluster primary (cli/cluster.ts) and forks N brokers.
   const worker = clusterWorker(config);
   const workers = opts.workers ?? config.workers;
@@ -65,7 +68,9 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
   }
   if (worker !== undefined) config = worker.config;
   else if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
-  const broker = await createBroker(config);
+  // A reload reads the file again; a worker keeps its own replica ID.
+  const reloadConfig = (): Config => (worker !== undefined ? (clusterWorker(read())?.config ?? read()) : read());
+  const broker = await createBroker(config, { reloadConfig });
   const app = await buildServer(broker);
   await app.listen({ host: config.listen.host, port: config.listen.port });
   // A worker's metrics are served by the primary, summed over all workers.
@@ -111,4 +116,12 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
+  // SIGHUP re-reads the config (it used to end the process, the default action).
+  process.on('SIGHUP', () => {
+    if (closing) return;
+    void broker.reloader.reloadOnSignal(config.replicaId, `sighup-${randomUUID()}`).then((result) => {
+      if (result instanceof Error) app.log.error({ signal: 'SIGHUP', err: result.message }, describeReload(result));
+      else app.log.info({ signal: 'SIGHUP', applied: result.applied, needsRestart: result.needsRestart }, describeReload(result));
+    });
+  });
 }

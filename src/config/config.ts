@@ -132,7 +132,7 @@ const rabbitmqRole = section({
   maxTtlSeconds: opt(int(1, MAX_LEASE_SECONDS)),
 }, null);
 
-export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin'];
+export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin', 'registrar'];
 
 /** The config file. Every mapping refuses keys it does not name. */
 export const ConfigFileSchema = section({
@@ -180,6 +180,16 @@ export const ConfigFileSchema = section({
       audiences: strList(),
       maxLifetimeSeconds: int(60, 31 * 86_400, 86_400),
       requirePodBinding: bool(false),
+      /** Confirm each token with the cluster's TokenReview API and read its pod for label/annotation/node/image selectors. */
+      kubernetes: opt(section({
+        apiServer: str(),
+        caFile: file(),
+        tokenFile: file(),
+        cacheSeconds: int(1, 3600, 60),
+        /** When the API server cannot be asked: accept the JWKS verdict alone (no pod metadata) instead of 503. */
+        jwksFallback: bool(false),
+        timeoutMs: int(100, 60_000, 5000),
+      }, null)),
     }, null),
     { default: [], minItems: 1, message: 'at least one token issuer is required' },
   ),
@@ -342,7 +352,7 @@ export const ConfigFileSchema = section({
     /** Lifetime of the credential a request gets: requests are capped to this (≤ 900 s). */
     maxTtlSeconds: int(60, 900, 900),
     /** What requests may ask for: admin roles, and "secret:<name>" or "secret:<prefix>/" grants. */
-    allowedGrants: strList(ADMIN_ROLES),
+    allowedGrants: strList(['auditor', 'operator', 'secrets-admin']),
     /** Failed attempts per minute (all replicas) after which further attempts get 429 for the minute. */
     maxFailuresPerMinute: int(1, 10_000, 30),
   }),
@@ -420,8 +430,8 @@ export type SecretsConfig = Omit<File['secrets'], 'lease' | 'postgres' | 'mysql'
   readonly redis: readonly RedisEngineConfig[];
   readonly rabbitmq: readonly RabbitmqEngineConfig[];
 };
-/** What an admin may do: read/search audit, revoke and freeze, write secrets. */
-export type AdminRole = 'auditor' | 'operator' | 'secrets-admin';
+/** What an admin may do: read/search audit, revoke and freeze, write secrets, manage registration entries. */
+export type AdminRole = 'auditor' | 'operator' | 'secrets-admin' | 'registrar';
 export type AdminPrincipalConfig = { readonly id: string; readonly roles: readonly AdminRole[] };
 export type AdminConfig = Omit<File['admin'], 'principals'> & { readonly principals: readonly AdminPrincipalConfig[] };
 export type BreakGlassKeyConfig = File['breakGlass']['keys'][number];

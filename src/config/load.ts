@@ -248,6 +248,8 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
   f.issuers.forEach((issuer, i) => {
     if (issuer.audiences.length === 0) fail(`config.issuers[${i}].audiences: at least one audience is required`);
     if ((issuer.jwksFile === undefined) === (issuer.jwksUrl === undefined)) fail(`config.issuers[${i}]: set exactly one of jwksFile or jwksUrl`);
+    const api = issuer.kubernetes?.apiServer;
+    if (api !== undefined && url(api)?.protocol !== 'https:') fail(`config.issuers[${i}].kubernetes.apiServer: expected an https:// URL`);
   });
   f.registration.forEach((entry, i) => {
     const where = `config.registration[${i}]`;

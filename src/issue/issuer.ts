@@ -18,6 +18,8 @@ export interface X509Request {
   readonly csr?: string;
   readonly keyType?: ServerKeyType;
   readonly ttlSeconds?: number;
+  /** Which SPIFFE ID, when several registration entries match the caller. */
+  readonly spiffeId?: string;
 }
 
 export interface X509Issued {
@@ -33,6 +35,8 @@ export interface X509Issued {
 export interface JwtRequest {
   readonly audience: readonly string[];
   readonly ttlSeconds?: number;
+  /** Which SPIFFE ID, when several registration entries match the caller. */
+  readonly spiffeId?: string;
 }
 
 export interface JwtIssued {
@@ -80,14 +84,14 @@ export class Issuer {
   }
 
   /** Kill switch and revocations for the ID being issued, in the namespace policy resolved for it. */
-  private async guarded(identity: Identity, spiffeId: string): Promise<void> {
+  private async guarded(grant: { spiffeId: string; namespace: string }): Promise<void> {
     if (this.deps.guard === undefined) return;
-    await this.deps.guard.assertMayIssue({ spiffeId, namespace: this.deps.policy.workload(identity).namespace });
+    await this.deps.guard.assertMayIssue({ spiffeId: grant.spiffeId, namespace: grant.namespace });
   }
 
   async x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
-    const grant = this.deps.policy.x509(identity, req.ttlSeconds);
-    await this.guarded(identity, grant.spiffeId);
+    const grant = this.deps.policy.x509(identity, req.ttlSeconds, req.spiffeId);
+    await this.guarded(grant);
     const now = this.deps.clock.now();
     const svid = await this.deps.minter.mint({
       key: req.csr !== undefined ? { csrPem: req.csr } : { generate: req.keyType ?? 'ec-p256' },
@@ -108,6 +112,8 @@ export class Issuer {
       expiresAt: svid.notAfter,
       keyFingerprint: svid.keyFingerprint,
       ...(svid.privateKeyPem !== undefined ? { reason: 'server-generated key' } : {}),
+      entryId: grant.entryId,
+      selectors: [...grant.selectors],
       requestId,
       replica: this.deps.replicaId,
     });
@@ -123,8 +129,8 @@ export class Issuer {
   }
 
   async jwt(identity: Identity, req: JwtRequest, requestId: string): Promise<JwtIssued> {
-    const grant = this.deps.policy.jwt(identity, req.audience, req.ttlSeconds);
-    await this.guarded(identity, grant.spiffeId);
+    const grant = this.deps.policy.jwt(identity, req.audience, req.ttlSeconds, req.spiffeId);
+    await this.guarded(grant);
     const now = this.deps.clock.now();
     const svid = await this.deps.jwt.sign({ spiffeId: grant.spiffeId, audiences: grant.audiences, ttlMs: grant.ttlMs, now });
     const receipt = await this.record({
@@ -136,6 +142,8 @@ export class Issuer {
       subject: grant.spiffeId,
       jti: svid.jti,
       audience: [...grant.audiences],
+      entryId: grant.entryId,
+      selectors: [...grant.selectors],
       ttlMs: svid.expiresAt - now,
       expiresAt: svid.expiresAt,
       requestId,

@@ -232,6 +232,15 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
   }
 
   /**
+   * Renews every credential now instead of at its timer (after a failure: without waiting out the
+   * backoff). Without a valid SVID the service-account token is read from tokenFile again for it.
+   */
+  refreshNow(): void {
+    this.#x509.refreshNow();
+    for (const r of this.#jwtRefreshers.values()) r.refreshNow();
+  }
+
+  /**
    * Starts the rotation loops and resolves with the first X.509-SVID once it (and every background
    * JWT-SVID) is in hand. With `deadlineMs`, rejects if that has not happened in time; the loops keep
    * trying in the background until close().

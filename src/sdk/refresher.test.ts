@@ -99,4 +99,31 @@ describe('Refresher', () => {
     expect(calls).toBe(before);
     await expect(r.next()).rejects.toThrow(/stopped/);
   });
+
+  it('refreshNow tries again at once instead of waiting out the retry delay', async () => {
+    let attempts = 0;
+    const r = new Refresher<Cred>({
+      fetch: async () => {
+        attempts += 1;
+        if (attempts === 1) throw new Error('token file not there yet');
+        return { id: attempts, expiresAt: Date.now() + 3_600_000 };
+      },
+      expiresAt: (c) => c.expiresAt,
+      onValue: () => undefined,
+      onError: () => undefined,
+      backoff: { minMs: 60_000, maxMs: 60_000 },
+      random: () => 0.5,
+    });
+    r.refreshNow(); // before start: nothing
+    const value = r.next();
+    r.start();
+    await sleep(50);
+    expect(attempts).toBe(1); // failed; the next try is a minute away
+    r.refreshNow();
+    expect((await value).id).toBe(2);
+    r.stop();
+    r.refreshNow(); // after stop: nothing
+    await sleep(20);
+    expect(attempts).toBe(2);
+  });
 });

@@ -57,6 +57,16 @@ export class Refresher<T> {
     return new Promise<T>((resolve, reject) => this.#waiters.push({ resolve, reject }));
   }
 
+  /**
+   * Tries again at once instead of waiting for the renewal or retry timer (the agent's SIGHUP). No-op
+   * before start(), after stop(), or while an attempt is already running.
+   */
+  refreshNow(): void {
+    if (!this.#started || this.#stopped || this.#timer === undefined) return;
+    clearTimeout(this.#timer);
+    this.#schedule(0);
+  }
+
   stop(): void {
     this.#stopped = true;
     if (this.#timer !== undefined) clearTimeout(this.#timer);

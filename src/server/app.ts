@@ -16,6 +16,8 @@ import { auditRefusal } from './refusals.js';
 import { auditSearchRoutes } from './routes/admin/audit-search.js';
 import { caAdminRoutes } from './routes/admin/ca.js';
 import { breakGlassRoutes } from './routes/admin/break-glass.js';
+import { entriesRoutes } from './routes/admin/entries.js';
+import { reloadRoutes } from './routes/admin/reload.js';
 import { freezeRoutes } from './routes/admin/freeze.js';
 import { revocationRoutes } from './routes/admin/revocations.js';
 import { secretsAdminRoutes } from './routes/admin/secrets.js';
@@ -103,6 +105,9 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
   app.decorateRequest('caller', undefined);
   app.addHook('preHandler', authHook({ attestors: broker.attestors, limits: broker.limits, guard: broker.guard, adminAuthority: broker.admin.authority }));
   broker.secrets.setLogger(app.log);
+  broker.reloader.onReload((c) => {
+    app.log.level = c.logLevel;
+  });
   await registerRoutes(app, broker);
   return app;
 }
@@ -130,4 +135,6 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
     jwtKid: () => broker.jwt.kid,
     bundle: () => broker.bundle,
   });
+  await app.register(entriesRoutes, { log, registry: broker.registry });
+  await app.register(reloadRoutes, { log, reloader: broker.reloader });
 }

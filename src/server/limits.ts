@@ -91,18 +91,23 @@ export interface LimitObserver {
 
 export class RateLimiter {
   readonly #store: Store;
-  readonly #windowMs: number;
-  readonly #perSource: number;
-  readonly #perIdentity: number;
+  #windowMs = 0;
+  #perSource = 0;
+  #perIdentity = 0;
   readonly #observer: LimitObserver | undefined;
 
   constructor(store: Store, config: LimitsConfig, observer?: LimitObserver) {
     this.#store = store;
+    this.configure(config);
+    this.#observer = observer;
+  }
+
+  /** Applies new limits (config reload); counts in the store carry on. */
+  configure(config: LimitsConfig): void {
     this.#windowMs = config.windowSeconds * 1000;
     // 0 (or disabled) means no counting at all: no store call on the hot path.
     this.#perSource = config.enabled ? config.attemptsPerSource : 0;
     this.#perIdentity = config.enabled ? config.issuancesPerIdentity : 0;
-    this.#observer = observer;
   }
 
   /** Counts one failed attestation from `address`; throws 429 over the limit. */

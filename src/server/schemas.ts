@@ -51,6 +51,13 @@ wrapped data key modified or corrupt). Nothing is returned; the failure is audit
 Retrying does not help: an operator must write the secret again.
 `,
   },
+  AmbiguousRegistration: {
+    status: 409,
+    description: `\`ambiguous_registration\`: several registration entries match the caller equally well (same number of
+selectors). The message lists the matching SPIFFE IDs; ask for one with \`spiffeId\`, or make one entry more specific.
+Audited as a denial.
+`,
+  },
   TooLarge: { status: 413, description: 'Body over the limit (64 KiB by default).' },
   UnsupportedMediaType: { status: 415, description: 'The body is not `application/json`.' },
   RateLimited: {

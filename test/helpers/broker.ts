@@ -113,6 +113,7 @@ export async function startBroker(opts: StartOptions = {}): Promise<TestBroker> 
   const config = loadConfig({ file, env: {} });
   const store = opts.store !== undefined ? await opts.store(dataDir) : undefined;
   const broker = await createBroker(config, {
+    reloadConfig: () => loadConfig({ file, env: {} }),
     ...(store !== undefined ? { store } : {}),
     ...(opts.clock !== undefined ? { clock: opts.clock } : {}),
   });

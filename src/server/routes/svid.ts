@@ -8,6 +8,12 @@ import { identityOf } from '../auth.js';
 import { refusedIdentity, type RefusalRecorder } from '../refusals.js';
 import { AuditReceipt, DateTime, described, errorResponses, iso, StringEnum, Strings } from '../schemas.js';
 
+const SpiffeIdChoice = Type.String({
+  minLength: 1,
+  maxLength: 2048,
+  description: 'When several registration entries match the caller: which of their SPIFFE IDs to issue (without it the most specific entry wins; a tie is 409 `ambiguous_registration`).',
+});
+
 const X509Body = Type.Object(
   {
     csr: Type.Optional(
@@ -21,6 +27,7 @@ const X509Body = Type.Object(
     ttlSeconds: Type.Optional(
       Type.Integer({ minimum: 60, maximum: 2_592_000, description: "Requested lifetime; capped by policy and by the signing CA's own validity." }),
     ),
+    spiffeId: Type.Optional(SpiffeIdChoice),
   },
   { additionalProperties: false, title: 'X509SvidRequest', description: 'Exactly one of `csr` or `keyType`.' },
 );
@@ -44,6 +51,7 @@ const JwtBody = Type.Object(
   {
     audience: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { minItems: 1, maxItems: 16, uniqueItems: true }),
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 30, maximum: 86_400 })),
+    spiffeId: Type.Optional(SpiffeIdChoice),
   },
   { additionalProperties: false, title: 'JwtSvidRequest' },
 );
@@ -60,7 +68,7 @@ const JwtSvid = Type.Object(
   { title: 'JwtSvidResponse' },
 );
 
-const ERRORS = errorResponses('BadRequest', 'Unauthenticated', 'Forbidden', 'TooLarge', 'UnsupportedMediaType', 'RateLimited', 'Unavailable');
+const ERRORS = errorResponses('BadRequest', 'Unauthenticated', 'Forbidden', 'AmbiguousRegistration', 'TooLarge', 'UnsupportedMediaType', 'RateLimited', 'Unavailable');
 
 export interface SvidOptions {
   readonly issuer: Issuer;
