@@ -12,6 +12,7 @@ import { DEV_COMMANDS } from './dev.js';
 import { nameConfigFile } from './files.js';
 import { SECRETS_COMMANDS } from './secrets.js';
 import { serve } from './serve.js';
+import { WITNESS_COMMANDS } from './witness.js';
 
 const SERVE = command({
   name: 'serve',
@@ -41,7 +42,7 @@ function failure(err: unknown): string {
 
 const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
-const table = [SERVE, ...DEV_COMMANDS, ...SECRETS_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...ADMIN_COMMANDS, ...BREAK_GLASS_COMMANDS];
+const table = [SERVE, ...DEV_COMMANDS, ...SECRETS_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...ADMIN_COMMANDS, ...BREAK_GLASS_COMMANDS, ...WITNESS_COMMANDS];
 
 // runCli turns every error into a message and an exit code; it does not reject.
 void runCli({ table, version, failure }, process.argv.slice(2), processIo).then((code) => {
