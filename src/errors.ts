@@ -52,6 +52,11 @@ export type ErrorCode =
   | 'ca_unavailable'
   /** The signing CA certificate has expired and nothing replaces it: no X.509-SVID can be issued (503, audited). */
   | 'ca_expired'
+  /**
+   * audit.requireWitnesses is set and no quorum of witnesses has cosigned the audit log within
+   * audit.maxWitnessLagSeconds: nothing is issued until they catch up (503).
+   */
+  | 'witness_quorum_unavailable'
   /** A path parameter longer than the server accepts (414, raised by fastify before routing). */
   | 'uri_too_long'
   | 'internal';
@@ -94,6 +99,7 @@ export const ERROR_STATUS = {
   kek_unavailable: 503,
   ca_unavailable: 503,
   ca_expired: 503,
+  witness_quorum_unavailable: 503,
 } as const satisfies { readonly [C in ErrorCode]: number };
 
 /** The codes that answer with HTTP status `S`. */

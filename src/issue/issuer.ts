@@ -59,6 +59,8 @@ export interface IssuerDeps {
    * minted. Optional only so the issuer can be built alone in benchmarks; the broker always sets it.
    */
   readonly guard?: IssuanceGuard;
+  /** audit.requireWitnesses: throws 503 witness_quorum_unavailable while the witnesses lag (audit/witnesses.ts). */
+  readonly witnessGate?: { assertWitnessed(): void };
 }
 
 /** What the issuer asks before minting: throws 403 `revoked` or 503 `issuance_frozen`. */
@@ -80,6 +82,7 @@ export class Issuer {
 
   /** Kill switch and revocations for the ID being issued, in the namespace policy resolved for it. */
   private async guarded(identity: Identity, spiffeId: string): Promise<void> {
+    this.deps.witnessGate?.assertWitnessed();
     if (this.deps.guard === undefined) return;
     await this.deps.guard.assertMayIssue({ spiffeId, namespace: this.deps.policy.workload(identity).namespace });
   }

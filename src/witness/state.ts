@@ -9,11 +9,11 @@
  * A record that does not parse stops the witness from starting: losing its memory would let it cosign a
  * fork, so it refuses rather than start from nothing.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { HASH_SIZE } from '../audit/merkle.js';
+import { TEMP_FILE, writeFileAtomic } from '../atomic-file.js';
 import { type DirLock, lockDataDir } from '../store/dir-lock.js';
 
 export interface LogRecord {
@@ -25,38 +25,8 @@ export interface LogRecord {
 }
 
 const RECORD = /^[0-9a-f]{64}\.json$/;
-const TEMP = /^\.tmp-[0-9a-f]+$/;
 
 export const originHash = (origin: string): string => createHash('sha256').update(origin, 'utf8').digest('hex');
-
-async function fsyncPath(p: string): Promise<void> {
-  const fh = await open(p, constants.O_RDONLY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Replaces `file` with `data` atomically and durably: temp file, fsync, rename, fsync the directory. */
-export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o600): Promise<void> {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.tmp-${randomBytes(8).toString('hex')}`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, file);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fsyncPath(dir);
-}
 
 function parseRecord(text: string, file: string): LogRecord {
   let v: unknown;
@@ -99,7 +69,7 @@ export class WitnessState {
     const state = new WitnessState(dir, lock);
     try {
       for (const name of await readdir(dir)) {
-        if (TEMP.test(name)) {
+        if (TEMP_FILE.test(name)) {
           // A write that never reached its rename: the record it would have replaced is still in place.
           await rm(path.join(dir, name), { force: true });
           continue;

@@ -15,6 +15,7 @@ import type { Checkpointer } from '../../audit/checkpointer.js';
 import { parseAuditEntry } from '../../audit/entry.js';
 import type { AuditLog } from '../../audit/log.js';
 import type { SignedCheckpoint } from '../../audit/note.js';
+import type { WitnessCollector } from '../../audit/witnesses.js';
 import { BrokerError, badRequest } from '../../errors.js';
 import type { Store } from '../../store/store.js';
 import { identityOf } from '../auth.js';
@@ -103,9 +104,11 @@ export interface AuditOptions {
   readonly store: Pick<Store, 'listCheckpoints'>;
   /** Records admin reads of the entries. */
   readonly adminLog: AdminAudit;
+  /** Cosigned checkpoints (absent when no witnesses are configured). */
+  readonly witnesses?: Pick<WitnessCollector, 'newest' | 'witnessCount'>;
 }
 
-export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, { audit, checkpoints, store, adminLog }) => {
+export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, { audit, checkpoints, store, adminLog, witnesses }) => {
   /** A refused admin read is recorded, as on /v1/admin/*; a workload's is not (it reads only its own). */
   const entriesRefusal: RefusalRecorder = async (err, request) => {
     const caller = request.caller;
@@ -153,13 +156,29 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
 \`— <origin> <base64(4-byte key ID ‖ Ed25519 signature)>\`. Verify it with GET /v1/audit/key.
 A new checkpoint is signed at most every \`audit.checkpointIntervalMs\` while the log grows,
 on demand for issuance receipts, and on shutdown.
+With \`cosigned=k\` (k ≥ 1): the newest checkpoint that at least k of the configured witnesses
+(\`audit.witnesses\`) have cosigned, with their cosignature lines (C2SP tlog-cosignature) after the
+log's signature; 503 \`not_ready\` until there is one.
 `,
+        querystring: Type.Object(
+          { cosigned: Type.Optional({ ...DecimalString, description: 'Least number of witness cosignatures (default 0: the latest signed checkpoint).' }) },
+          { additionalProperties: false },
+        ),
         produces: ['text/plain'],
-        response: { 200: described('The checkpoint note.', Type.String({ examples: [CHECKPOINT_EXAMPLE] })), ...errorResponses('Unavailable') },
+        response: { 200: described('The checkpoint note.', Type.String({ examples: [CHECKPOINT_EXAMPLE] })), ...errorResponses('BadRange', 'Unavailable') },
       },
     },
-    async (_request, reply) => {
-    return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(latestCheckpoint().note);
+    async (request, reply) => {
+      const k = int(request.query.cosigned, 'cosigned') ?? 0;
+      let note = latestCheckpoint().note;
+      if (k > 0) {
+        const n = witnesses?.witnessCount ?? 0;
+        if (k > n) throw badRequest(`cosigned=${k}: ${n === 0 ? 'no witnesses are configured (audit.witnesses)' : `only ${n} witness(es) are configured`}`);
+        const cp = await (witnesses as NonNullable<typeof witnesses>).newest(k);
+        if (cp === undefined) throw new BrokerError('not_ready', `no audit checkpoint has been cosigned by ${k} witness(es) yet`);
+        note = cp.note;
+      }
+      return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(note);
     },
   );
 
