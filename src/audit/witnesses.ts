@@ -198,6 +198,8 @@ export class WitnessCollector {
   }
 
   #event(witness: string, outcome: WitnessOutcome, size: number, message: string): void {
+    // A call that was in flight at shutdown fails against the closed store: nothing to report.
+    if (this.#closed) return;
     try {
       this.#o.onEvent?.({ witness, outcome, size, message });
     } catch {
@@ -325,6 +327,7 @@ export class WitnessCollector {
   }
 
   async #mergeLocked(cp: SignedCheckpoint, witness: string, line: string): Promise<void> {
+    if (this.#closed) return;
     const store = this.#o.store;
     let locked = false;
     for (let i = 1; i <= 20 && !locked; i++) {
