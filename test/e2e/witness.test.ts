@@ -217,6 +217,16 @@ describe('a broker with two witness processes', () => {
     await cosigned(b, 2, again.index + 1);
     const third = await issue(b);
     expect(third.index).toBeGreaterThan(again.index);
+    // tessera audit verify checks the log and reports who cosigned (public leaf hashes, no admin cert).
+    const bundle = path.join(tmp, 'verify-bundle.pem');
+    writeFileSync(bundle, b.ca);
+    for (const w of [w1, w2]) writeFileSync(path.join(tmp, `${w.name}.pub`), `${w.vkey}\n`);
+    const { material } = await devMaterial();
+    const verifyArgs = [CLI, 'audit', 'verify', '--log', b.url, '--key', material.auditPubFile, '--cacert', bundle, '--witness-key', path.join(tmp, 'w1.example.pub'), '--witness-key', path.join(tmp, 'w2.example.pub'), '--quorum', '2'];
+    const verified = await run(process.execPath, verifyArgs);
+    expect(verified.stdout).toMatch(/^OK: /);
+    expect(verified.stdout).toMatch(/witnessed {3}: entries 0\.\.\d+ by a checkpoint cosigned by at least 2 witness/);
+    expect(verified.stdout).toMatch(/cosigned {4}: size \d+ by w1\.example \(.*\), w2\.example/);
     // The client keeps the newest checkpoint it saw and checks each newer one is an extension.
     for (const r of [first, again, third]) await watch.observe(r.checkpoint, b.url, { ca: b.ca });
     expect(watch.latest?.size).toBe(third.treeSize);
@@ -270,6 +280,18 @@ describe('a broker with two witness processes', () => {
     expect(agent.code).not.toBe(0);
     expect(agent.stderr).toMatch(/rolled back or forked/);
     expect(sizeOf(readFileSync(path.join(agentOut, '.audit-checkpoint'), 'utf8'))).toBe(agentHeld);
+    // audit verify with the witness's cosigned checkpoint (its monitoring endpoint) shows what was dropped.
+    const fromWitness = path.join(tmp, 'witnessed.note');
+    writeFileSync(fromWitness, await (await fetch(`${w1.url}/${originHash(ORIGIN)}/checkpoint`)).text());
+    const bundle = path.join(tmp, 'verify-bundle.pem');
+    const { material } = await devMaterial();
+    const failed = await run(process.execPath, [CLI, 'audit', 'verify', '--log', b.url, '--key', material.auditPubFile, '--cacert', bundle, '--witness-key', path.join(tmp, 'w1.example.pub'), '--quorum', '1', '--cosigned', fromWitness]).then(
+      () => ({ code: 0, stdout: '' }),
+      (err: { code: number; stdout: string }) => ({ code: err.code, stdout: err.stdout }),
+    );
+    expect(failed.code).toBe(1);
+    expect(failed.stdout).toMatch(/rolled back or forked after they saw it/);
+    expect(failed.stdout).toMatch(/DOES NOT MATCH THE LOG/);
   }, 240_000);
 
   it('a fork (another broker, same audit key, other entries) is refused by the witnesses and detected by the client', async () => {
