@@ -123,6 +123,7 @@ export class Agent {
       this.#ready = true;
       await this.#publish();
       await this.#hook?.idle();
+      await this.#client.auditChecked();
       const bad = this.#client.status().auditInconsistency;
       if (bad !== undefined) throw new AgentError(`the audit log is inconsistent with a checkpoint this agent saw before: ${bad.message}`);
     } catch (err) {

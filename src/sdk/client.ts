@@ -177,6 +177,8 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
   /** The newest audit checkpoint seen in a receipt; every later one must extend it. */
   readonly checkpoints: CheckpointWatch;
   #auditInconsistency: { message: string; at: Date; count: number } | undefined;
+  /** The receipt checks in flight (they never delay a credential). */
+  #auditChecks: Promise<void> = Promise.resolve();
   readonly #opts: TesseraClientOptions;
   #bundlePem: string;
   #roots: X509Certificate[];
@@ -473,6 +475,16 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     };
   }
 
+  /** Resolves once every receipt seen so far has been checked against the newest checkpoint (agent --once). */
+  async auditChecked(): Promise<void> {
+    await this.#auditChecks;
+  }
+
+  #queueReceiptCheck(audit: { checkpoint?: unknown } | undefined): void {
+    const check = this.#checkReceipt(audit);
+    this.#auditChecks = Promise.all([this.#auditChecks, check]).then(() => {});
+  }
+
   /**
    * Checks the receipt's checkpoint against the newest one seen. A rolled-back or forked log is an
    * `auditInconsistent` event and an `error` event; the credential itself is still delivered (it is
@@ -614,7 +626,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     }
     if (spiffeId !== res.spiffeId) throw bad('the certificate SPIFFE ID differs from the response');
     if (!leaf.checkPrivateKey(privateKey)) throw bad('the certificate is not for the key we generated');
-    await this.#checkReceipt(res.audit);
+    this.#queueReceiptCheck(res.audit);
     const certificates = chain.map((c) => c.toString());
     const svid = withHidden<X509Svid, 'privateKeyPem'>(
       {
@@ -663,7 +675,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     }
     const exp = jwtExpiry(res.token) ?? (typeof res.expiresAt === 'string' ? Date.parse(res.expiresAt) : Number.NaN);
     if (!Number.isFinite(exp)) throw new TesseraError('bad_response', 'POST /v1/svid/jwt: no expiry');
-    await this.#checkReceipt(res.audit);
+    this.#queueReceiptCheck(res.audit);
     const audience = Array.isArray(res.audience) && res.audience.every((a) => typeof a === 'string') ? (res.audience) : [...audiences];
     const svid = withHidden<JwtSvid, 'token'>({ spiffeId: res.spiffeId, audience, expiresAt: new Date(exp) }, 'token', res.token);
     return { value: svid, via };
