@@ -17,7 +17,9 @@ import { AlertEngine } from './audit/alerts.js';
 import { Checkpointer } from './audit/checkpointer.js';
 import { AuditDevices } from './audit/devices/devices.js';
 import { AuditLog } from './audit/log.js';
-import { loadNoteSigner } from './audit/note.js';
+import { parseCosignerKey } from './audit/cosignature.js';
+import { WitnessCollector } from './audit/witnesses.js';
+import { loadNoteSigner, type NoteVerifier } from './audit/note.js';
 import { CertificateAuthority } from './ca/authority.js';
 import { CaExpiryWatch } from './ca/expiry.js';
 import { activeOf, CaRotation, prepareAt, preparedOf, rootIssuer, rotationRequestId, type LiveAuthorities } from './ca/rotation.js';
@@ -48,6 +50,8 @@ export interface Broker {
   readonly audit: AuditLog;
   /** Signs audit checkpoints (background, on demand for receipts, and on close). */
   readonly checkpoints: Checkpointer;
+  /** Gathers witness cosignatures on the checkpoints (absent when audit.witnesses is empty). */
+  readonly witnesses?: WitnessCollector;
   /** Threshold alert rules watching this replica's audit appends. */
   readonly alerts: AlertEngine;
   /** Audit devices (audit.devices): ship the log to files, syslog and sockets. */
@@ -164,6 +168,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     clock,
     onError: warn,
   });
+  const witnesses = await startWitnesses(config, { store, audit, checkpoints, clock, metrics, signerKey: auditSigner.verifier });
   const alerts = new AlertEngine({
     store,
     append: (entry) => audit.append(entry),
@@ -318,7 +323,12 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
           onThreadFailure: (reason) => metrics.mintThreadFailed(reason),
         });
   if (minter instanceof MinterPool) metrics.watchMintJobs(() => minter.inFlight);
-  const issuer = new Issuer({ minter, jwt: { sign: (req) => live.jwt.sign(req) }, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard });
+  const issuer = new Issuer({
+    minter, jwt: { sign: (req) => live.jwt.sign(req) }, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard,
+    ...(witnesses !== undefined && config.audit.requireWitnesses
+      ? { witnessGate: { assertWitnessed: () => witnesses.assertWitnessed(config.audit.maxWitnessLagSeconds) } }
+      : {}),
+  });
   const secrets = new SecretsService({
     config: config.secrets,
     store,
@@ -352,6 +362,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   devices.start();
   rotation?.start();
   return {
+    ...(witnesses !== undefined ? { witnesses } : {}),
     config, clock, store, audit, checkpoints, alerts, devices, caExpiry, minter, attestors, policy, registry, issuer, secrets, tls, metrics, limits,
     get ca() {
       return live.ca;
@@ -374,10 +385,49 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       await minter.close();
       await alerts.close();
       await checkpoints.close();
+      witnesses?.close();
       // Before the store closes (a write in flight gets a few seconds); what is not yet confirmed is
       // shipped again from the stored position by the next start, or by another replica.
       await devices.close();
       await store.close();
     },
   };
+}
+
+/**
+ * The witness collector when audit.witnesses is set: every checkpoint goes to the witnesses; a witness that
+ * saw a longer or different log (rollback, fork) is a warning on stderr and a metric, every time it says so.
+ */
+async function startWitnesses(
+  config: Config,
+  d: { store: Store; audit: AuditLog; checkpoints: Checkpointer; clock: Clock; metrics: BrokerMetrics; signerKey: NoteVerifier },
+): Promise<WitnessCollector | undefined> {
+  const list = config.audit.witnesses;
+  if (list.length === 0) return undefined;
+  const last = new Map<string, string>();
+  const collector = new WitnessCollector({
+    store: d.store,
+    audit: d.audit,
+    logKey: d.signerKey,
+    witnesses: list.map((w) => ({ name: w.name, url: w.url, key: parseCosignerKey(w.key) })),
+    quorum: config.audit.witnessQuorum,
+    timeoutMs: config.audit.witnessTimeoutMs,
+    // Fresh cosignatures well within the lag requireWitnesses allows.
+    refreshMs: Math.max(1000, Math.floor((config.audit.maxWitnessLagSeconds * 1000) / 3)),
+    replicaId: config.replicaId,
+    clock: d.clock,
+    latest: () => d.checkpoints.latest,
+    onEvent: (e) => {
+      d.metrics.witnessCall(e.witness, e.outcome);
+      const loud = e.outcome === 'conflict' || e.outcome === 'inconsistent';
+      // Rollbacks and forks every time; other failures once until the witness answers again.
+      if (loud || (e.outcome !== 'cosigned' && last.get(e.witness) !== e.outcome)) {
+        process.emitWarning(e.message, { code: loud ? 'TESSERA_AUDIT_WITNESS_CONFLICT' : 'TESSERA_AUDIT_WITNESS' });
+      }
+      last.set(e.witness, e.outcome);
+    },
+  });
+  await collector.start();
+  d.checkpoints.witnessWith(collector);
+  return collector;
 }

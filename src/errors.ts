@@ -56,6 +56,11 @@ export type ErrorCode =
   | 'ca_expired'
   /** A CA admin action the CA state does not allow now: rotation is not configured, or no authority is prepared (409). */
   | 'ca_state_conflict'
+  /**
+   * audit.requireWitnesses is set and no quorum of witnesses has cosigned the audit log within
+   * audit.maxWitnessLagSeconds: nothing is issued until they catch up (503).
+   */
+  | 'witness_quorum_unavailable'
   /** A path parameter longer than the server accepts (414, raised by fastify before routing). */
   | 'uri_too_long'
   /** Several registration entries match a workload equally well and the request did not pick one by SPIFFE ID (409). */
@@ -106,6 +111,7 @@ export const ERROR_STATUS = {
   ca_expired: 503,
   ca_state_conflict: 409,
   attestation_unavailable: 503,
+  witness_quorum_unavailable: 503,
 } as const satisfies { readonly [C in ErrorCode]: number };
 
 /** The codes that answer with HTTP status `S`. */

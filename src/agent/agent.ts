@@ -3,7 +3,10 @@
  * the SDK. Init-container mode (`once`) fetches, writes and returns; sidecar mode keeps the files
  * current as the client rotates, serves /healthz, and runs the --on-rotate command after each change.
  */
+import { readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomic } from '../atomic-file.js';
 import { TesseraClient, type JwtSvid, type RotatedEvent, type X509Svid } from '../sdk/client.js';
 import { TesseraError } from '../sdk/errors.js';
 import type { BackoffOptions } from '../sdk/timing.js';
@@ -64,6 +67,8 @@ export function audienceFileName(audience: string): string {
 }
 
 const PUBLISH_RETRY_MS = 2_000;
+/** In the output directory: the newest audit checkpoint the agent has seen (public data, 0644). */
+export const CHECKPOINT_FILE = '.audit-checkpoint';
 
 export class Agent {
   readonly #opts: AgentOptions;
@@ -87,7 +92,28 @@ export class Agent {
     this.#log = log;
     this.#out = opts.outDir !== undefined ? new OutputDirectory(path.resolve(opts.outDir)) : undefined;
     this.#hook = opts.onRotate !== undefined ? new RotateHook(opts.onRotate, log) : undefined;
+    // The newest audit checkpoint seen is kept beside the files (no --out: in memory, for this run only).
+    const outDir = this.#out?.dir;
+    const checkpointFile = outDir !== undefined ? path.join(outDir, CHECKPOINT_FILE) : undefined;
+    let initial: string | undefined;
+    try {
+      initial = checkpointFile !== undefined ? readFileSync(checkpointFile, 'utf8') : undefined;
+    } catch {
+      initial = undefined; // first run: nothing seen yet
+    }
     this.#client = new TesseraClient({
+      auditCheckpoint: {
+        ...(initial !== undefined && initial !== '' ? { initial } : {}),
+        // The first receipt arrives before the first publish creates the directory.
+        ...(outDir !== undefined && checkpointFile !== undefined
+          ? {
+              save: async (note: string) => {
+                await mkdir(outDir, { recursive: true });
+                await writeFileAtomic(checkpointFile, note, 0o644);
+              },
+            }
+          : {}),
+      },
       broker: opts.broker,
       bundleFile: opts.bundleFile,
       tokenFile: opts.tokenFile,
@@ -97,6 +123,12 @@ export class Agent {
     });
     this.#identity = opts.workloadApiSocket !== undefined && !opts.once ? new ClientIdentity(this.#client, log) : undefined;
     this.#client.on('rotated', (e) => this.#onRotated(e));
+    this.#client.on('auditInconsistent', (err) => {
+      this.#log.error(
+        { code: err.code, error: err.message, heldCheckpointSize: this.#client.status().auditCheckpointSize, checkpointFile },
+        'the audit log was rolled back or forked: a receipt does not extend the newest checkpoint this agent saw',
+      );
+    });
     this.#client.on('error', (err) => {
       const msg = this.#ready ? 'renewal failed; will retry' : 'could not obtain credentials yet; will retry';
       this.#log.warn({ code: err.code, error: err.message, ...this.#expiry() }, msg);
@@ -122,6 +154,9 @@ export class Agent {
       this.#ready = true;
       await this.#publish();
       await this.#hook?.idle();
+      await this.#client.auditChecked();
+      const bad = this.#client.status().auditInconsistency;
+      if (bad !== undefined) throw new AgentError(`the audit log is inconsistent with a checkpoint this agent saw before: ${bad.message}`);
     } catch (err) {
       throw err instanceof AgentError ? err : new AgentError(this.#explain(err), { cause: err });
     } finally {
@@ -191,6 +226,9 @@ export class Agent {
         ...(s.expiresAt !== undefined ? { expiresAt: s.expiresAt.toISOString(), secondsToExpiry: s.secondsToExpiry } : {}),
         ...(s.lastRotation !== undefined ? { lastRotation: s.lastRotation.toISOString() } : {}),
         consecutiveFailures: s.consecutiveFailures,
+        ...(s.auditCheckpointSize !== undefined ? { auditCheckpointSize: s.auditCheckpointSize } : {}),
+        // The agent's metric for a rolled-back or forked audit log: how many receipts showed one.
+        auditInconsistencies: s.auditInconsistency?.count ?? 0,
         ...(s.lastError !== undefined ? { lastError: { code: s.lastError.code, message: s.lastError.message, at: s.lastError.at.toISOString() } } : {}),
       },
     };

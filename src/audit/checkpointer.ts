@@ -25,6 +25,18 @@ import { type NoteSigner, NoteError, openCheckpoint, parseCheckpoint, parseNote,
 export interface CheckpointedReceipt extends AuditReceipt {
   /** The signed checkpoint note (tree size = treeSize, root = rootHash) the inclusion proof is for. */
   readonly checkpoint: string;
+  /**
+   * The newest checkpoint a quorum of witnesses cosigned, once one covers the entry (the note with the
+   * log's signature and the cosignatures), and the entry's inclusion proof at its size.
+   */
+  readonly cosignedCheckpoint?: string;
+  readonly cosignedInclusionProof?: readonly string[];
+}
+
+/** Where signed checkpoints go to be cosigned, and where the newest cosigned one comes from (audit/witnesses.ts). */
+export interface CheckpointWitnesses {
+  submit(cp: SignedCheckpoint): void;
+  readonly latestQuorum: SignedCheckpoint | undefined;
 }
 
 export interface CheckpointerOptions {
@@ -71,6 +83,7 @@ export class Checkpointer {
   readonly #receiptGapMs: number;
   readonly #onError: (err: unknown, what: string) => void;
   #latest: SignedCheckpoint | undefined;
+  #witnesses: CheckpointWitnesses | undefined;
   #round: Promise<void> | null = null;
   #lastRoundAt = -Infinity;
   #timer: NodeJS.Timeout | undefined;
@@ -147,17 +160,33 @@ export class Checkpointer {
     }
   }
 
+  /** Sends every checkpoint signed from now on (and the latest one now) to `w` to be cosigned. */
+  witnessWith(w: CheckpointWitnesses): void {
+    this.#witnesses = w;
+    if (this.#latest !== undefined) w.submit(this.#latest);
+  }
+
   /** Turns the log's receipt into one proven against a signed checkpoint that covers the entry. */
   async receipt(r: AuditReceipt): Promise<CheckpointedReceipt> {
     this.#receipts++;
     if (this.#latest === undefined || this.#latest.size <= r.index) this.#receiptsWaited++;
     const cp = await this.covering(r.index + 1);
     if (cp.size > this.#audit.size) await this.#audit.refresh();
+    const cosigned = this.#witnesses?.latestQuorum;
+    if (cosigned !== undefined && cosigned.size > this.#audit.size) await this.#audit.refresh();
     // Only sync code from here: proof and root describe one tree size.
     if (this.#audit.leafHash(r.index).toString('base64') !== r.leafHash) {
       throw auditUnavailable(`audit entry ${r.index} changed under its receipt`);
     }
+    const witnessed =
+      cosigned !== undefined && cosigned.size > r.index && cosigned.size <= this.#audit.size && this.#audit.root(cosigned.size).equals(cosigned.rootHash)
+        ? {
+            cosignedCheckpoint: cosigned.note,
+            cosignedInclusionProof: this.#audit.inclusionProof(r.index, cosigned.size).map((h) => h.toString('base64')),
+          }
+        : {};
     return {
+      ...witnessed,
       index: r.index,
       treeSize: cp.size,
       rootHash: cp.rootHash.toString('base64'),
@@ -233,6 +262,7 @@ export class Checkpointer {
       // Only ever move forward (a round never runs concurrently with another in this process).
       if (this.#latest === undefined || cp.size > this.#latest.size) this.#latest = cp;
       this.#signed++;
+      this.#witnesses?.submit(cp);
     } finally {
       await this.#store.unlock(CHECKPOINT_LOCK, this.#owner).catch(() => {});
     }

@@ -68,13 +68,16 @@ export function ed25519PrivateKeyFromSeed(seed: Uint8Array): KeyObject {
   return createPrivateKey({ key: Buffer.concat([ED25519_PKCS8_PREFIX, seed]), format: 'der', type: 'pkcs8' });
 }
 
-/** key ID = SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[:4], as a big-endian uint32. */
-export function keyId(name: string, rawPublicKey: Uint8Array): number {
+/**
+ * key ID = SHA-256(name ‖ 0x0A ‖ type ‖ public key)[:4], as a big-endian uint32. The type is 0x01 for a
+ * note signature, 0x04 for a timestamped Ed25519 cosignature (audit/cosignature.ts).
+ */
+export function keyId(name: string, rawPublicKey: Uint8Array, type: number = SIG_TYPE_ED25519): number {
   validateKeyName(name);
   if (rawPublicKey.length !== 32) throw new NoteError('Ed25519 public key must be 32 bytes');
   const h = createHash('sha256')
     .update(Buffer.from(name, 'utf8'))
-    .update(Buffer.from([0x0a, SIG_TYPE_ED25519]))
+    .update(Buffer.from([0x0a, type]))
     .update(rawPublicKey)
     .digest();
   return h.readUInt32BE(0);
@@ -82,10 +85,10 @@ export function keyId(name: string, rawPublicKey: Uint8Array): number {
 
 const hex8 = (id: number): string => id.toString(16).padStart(8, '0');
 
-/** The verifier key text: <name>+<hex key ID>+<base64(0x01 ‖ public key)>. */
-export function formatVerifierKey(name: string, publicKey: KeyObject): string {
+/** The verifier key text: <name>+<hex key ID>+<base64(type ‖ public key)> (type 0x01 unless given). */
+export function formatVerifierKey(name: string, publicKey: KeyObject, type: number = SIG_TYPE_ED25519): string {
   const raw = rawEd25519PublicKey(publicKey);
-  return `${name}+${hex8(keyId(name, raw))}+${Buffer.concat([Buffer.from([SIG_TYPE_ED25519]), raw]).toString('base64')}`;
+  return `${name}+${hex8(keyId(name, raw, type))}+${Buffer.concat([Buffer.from([type]), raw]).toString('base64')}`;
 }
 
 /** A public key that can check note signatures. */
@@ -106,8 +109,11 @@ function decodeBase64Strict(s: string, what: string): Buffer {
   return b;
 }
 
-/** Parses a verifier key (the vkey text). Refuses anything malformed, other types, or a wrong key ID. */
-export function parseVerifierKey(vkey: string): NoteVerifier {
+/**
+ * Parses a verifier key (the vkey text). Refuses anything malformed, a type other than `type` (0x01, a
+ * note signature key, unless given), or a wrong key ID.
+ */
+export function parseVerifierKey(vkey: string, type: number = SIG_TYPE_ED25519): NoteVerifier {
   const text = vkey.trim();
   // Split at the first two '+' only: base64 uses '+' too.
   const a = text.indexOf('+');
@@ -119,9 +125,11 @@ export function parseVerifierKey(vkey: string): NoteVerifier {
   validateKeyName(name);
   if (!/^[0-9a-f]{8}$/.test(idHex)) throw new NoteError('verifier key ID must be 8 lowercase hex digits');
   const key = decodeBase64Strict(keyB64, 'verifier key');
-  if (key.length !== 33 || key[0] !== SIG_TYPE_ED25519) throw new NoteError('verifier key is not an Ed25519 (type 0x01) key');
+  if (key.length !== 33 || key[0] !== type) {
+    throw new NoteError(`verifier key is not an Ed25519 ${type === SIG_TYPE_ED25519 ? 'note' : 'cosignature'} (type 0x0${type.toString(16)}) key`);
+  }
   const raw = key.subarray(1);
-  if (keyId(name, raw) !== Number.parseInt(idHex, 16)) throw new NoteError('verifier key ID does not match its name and key');
+  if (keyId(name, raw, type) !== Number.parseInt(idHex, 16)) throw new NoteError('verifier key ID does not match its name and key');
   return { name, publicKey: ed25519PublicKeyFromRaw(raw), rawPublicKey: Buffer.from(raw) };
 }
 

@@ -60,11 +60,20 @@ const PAGE = 1000;
 const REQUEST_TIMEOUT_MS = 30_000;
 const MAX_RESPONSE_BYTES = 64 << 20;
 
-function getJson<T>(url: URL, tls: RemoteTls): Promise<T> {
+async function getJson<T>(url: URL, tls: RemoteTls): Promise<T> {
+  const text = await getText(url, tls, 'application/json');
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    throw new RemoteLogError(`GET ${url.pathname}: the answer is not JSON`);
+  }
+}
+
+function getText(url: URL, tls: RemoteTls, accept: string): Promise<string> {
   if (url.protocol !== 'https:') return Promise.reject(new RemoteLogError(`${url.origin}: only https:// logs are supported`));
-  return new Promise<T>((resolve, reject) => {
+  return new Promise<string>((resolve, reject) => {
     const auth = tls.cert !== undefined && tls.key !== undefined ? { cert: tls.cert, key: tls.key } : {};
-    const req = https.get(url, { ...(tls.ca !== undefined ? { ca: tls.ca } : {}), ...auth, agent: false, timeout: REQUEST_TIMEOUT_MS, headers: { accept: 'application/json' } }, (res) => {
+    const req = https.get(url, { ...(tls.ca !== undefined ? { ca: tls.ca } : {}), ...auth, agent: false, timeout: REQUEST_TIMEOUT_MS, headers: { accept } }, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on('data', (c: Buffer) => {
@@ -78,11 +87,7 @@ function getJson<T>(url: URL, tls: RemoteTls): Promise<T> {
           reject(new RemoteLogError(`GET ${url.pathname}${url.search}: HTTP ${res.statusCode ?? 0} ${text.slice(0, 300)}`));
           return;
         }
-        try {
-          resolve(JSON.parse(text) as T);
-        } catch {
-          reject(new RemoteLogError(`GET ${url.pathname}: the answer is not JSON`));
-        }
+        resolve(text);
       });
       res.on('error', reject);
     });
@@ -113,7 +118,10 @@ const BASE64_HASH = /^[A-Za-z0-9+/]{43}=$/;
  * Checkpoints, size and leaf hashes are public; entries need `tls.cert`/`tls.key`, an admin
  * certificate with the auditor role (a workload would get only its own, which is no log to verify).
  */
-export function remoteSource(baseUrl: string, tls: RemoteTls = {}): LogSource & { readonly leafHashes: LeafHashSource['leafHashes'] } {
+export function remoteSource(
+  baseUrl: string,
+  tls: RemoteTls = {},
+): LogSource & { readonly leafHashes: LeafHashSource['leafHashes']; cosigned(maxK: number): Promise<string[]> } {
   const base = new URL(baseUrl);
   const at = (p: string, q: Record<string, number>): URL => {
     const u = new URL(p, base);
@@ -162,6 +170,19 @@ export function remoteSource(baseUrl: string, tls: RemoteTls = {}): LogSource & 
           yield Buffer.from(h, 'base64');
         }
       }
+    },
+    /** The newest checkpoint cosigned by at least k witnesses, for k = 1..maxK (distinct notes; none yet is no error). */
+    cosigned: async (maxK: number) => {
+      const notes = new Set<string>();
+      for (let k = 1; k <= maxK; k++) {
+        try {
+          notes.add(await getText(at('/v1/audit/checkpoint', { cosigned: k }), tls, 'text/plain'));
+        } catch (err) {
+          if (err instanceof RemoteLogError && /HTTP (503|400)/.test(err.message)) break;
+          throw err;
+        }
+      }
+      return [...notes];
     },
     close: async () => {},
   };

@@ -24,6 +24,7 @@
  */
 import { BrokerError } from '../errors.js';
 import { canonicalJson, parseAuditEntry } from './entry.js';
+import { type Cosignature, type CosignerKey, verifyCosignatures } from './cosignature.js';
 import { MerkleTree, leafHash } from './merkle.js';
 import { type NoteVerifier, NoteError, openCheckpoint, type SignedCheckpoint } from './note.js';
 import type { LeafHashSource, LogSource } from './source.js';
@@ -36,7 +37,12 @@ export type VerifyProblemKind =
   | 'entry-malformed'
   | 'entries-mismatch'
   | 'entries-missing'
-  | 'no-checkpoint';
+  | 'no-checkpoint'
+  /** No cosigned checkpoint consistent with the log reaches the witness quorum. */
+  | 'witness-quorum'
+  /** A checkpoint witnesses cosigned does not match the log: witnessed entries are gone or changed. */
+  | 'cosigned-inconsistent'
+  | 'cosigned-malformed';
 
 export interface VerifyProblem {
   readonly kind: VerifyProblemKind;
@@ -57,6 +63,18 @@ export interface VerifyOptions {
   readonly reference?: LeafHashSource & { readonly name: string };
   /** Read the source's leaf hashes instead of its entries (a log read without the auditor role). */
   readonly hashesOnly?: boolean;
+  /**
+   * Cosigned checkpoints to check (C2SP tlog-cosignature): each must carry the log's signature, match
+   * the log, and at least one must be cosigned by `quorum` of `keys`.
+   */
+  readonly witnesses?: { readonly keys: readonly CosignerKey[]; readonly quorum: number; readonly notes: readonly string[] };
+}
+
+export interface WitnessedCheckpoint {
+  readonly size: number;
+  readonly cosigners: readonly Cosignature[];
+  /** Its root is the log's root at its size. */
+  readonly consistent: boolean;
 }
 
 export interface VerifyResult {
@@ -79,6 +97,8 @@ export interface VerifyResult {
   /** 'entries': every entry read and re-hashed; 'hashes': only the log's leaf hashes (contents unchecked). */
   readonly mode: 'entries' | 'hashes';
   readonly firstBadCheckpoint?: number;
+  /** With witness keys: every cosigned checkpoint checked, and the largest size a quorum vouches for. */
+  readonly witnessed?: { readonly quorum: number; readonly checkpoints: readonly WitnessedCheckpoint[]; readonly witnessedSize: number };
   /** In order of discovery; `ok` is true only when empty. */
   readonly problems: readonly VerifyProblem[];
 }
@@ -207,6 +227,38 @@ export async function verifyLog(source: LogSource, key: NoteVerifier, opts: Veri
     });
   }
 
+  let witnessed: VerifyResult['witnessed'];
+  if (opts.witnesses !== undefined) {
+    const w = opts.witnesses;
+    const checked: WitnessedCheckpoint[] = [];
+    for (const note of w.notes) {
+      let cp: SignedCheckpoint;
+      let cosigners: Cosignature[];
+      try {
+        cp = openCheckpoint(note, key);
+        cosigners = verifyCosignatures(note, w.keys);
+      } catch (err) {
+        if (!(err instanceof NoteError)) throw err;
+        problems.push({ kind: 'cosigned-malformed', message: `a cosigned checkpoint does not verify: ${err.message}` });
+        continue;
+      }
+      const consistent = matches(cp);
+      checked.push({ size: cp.size, cosigners, consistent });
+      if (!consistent && cosigners.length > 0) {
+        problems.push({
+          kind: 'cosigned-inconsistent',
+          message: `witnesses (${cosigners.map((c) => c.name).join(', ')}) cosigned size ${cp.size} with another root than this log has${cp.size > n ? ` (the log has only ${n} entries)` : ''}: the log was rolled back or forked after they saw it`,
+        });
+      }
+    }
+    const quorate = checked.filter((c) => c.consistent && c.cosigners.length >= w.quorum);
+    const witnessedSize = Math.max(0, ...quorate.map((c) => c.size));
+    if (quorate.length === 0) {
+      problems.push({ kind: 'witness-quorum', message: `no checkpoint consistent with the log is cosigned by ${w.quorum} of the ${w.keys.length} witness key(s)` });
+    }
+    witnessed = { quorum: w.quorum, checkpoints: checked.sort((a, b) => b.size - a.size), witnessedSize };
+  }
+
   const indexes = problems.filter((p) => p.index !== undefined).map((p) => p.index as number);
   const cps = problems.filter((p) => p.checkpoint !== undefined && p.kind !== 'entries-mismatch').map((p) => p.checkpoint as number);
   return {
@@ -222,6 +274,7 @@ export async function verifyLog(source: LogSource, key: NoteVerifier, opts: Veri
     ...(firstBadRange !== undefined && Math.min(...indexes) === firstBadRange[0] ? { firstBadRange } : {}),
     mode: opts.hashesOnly === true ? 'hashes' : 'entries',
     ...(cps.length > 0 ? { firstBadCheckpoint: Math.min(...cps) } : {}),
+    ...(witnessed !== undefined ? { witnessed } : {}),
     problems,
   };
 }

@@ -21,6 +21,7 @@ import { type LogSource, type RemoteTls, remoteSource, storeSource } from '../au
 import { type VerifyOptions, verifyLog, type VerifyResult } from '../audit/verify.js';
 import type { Config } from '../config/config.js';
 import { loadConfig } from '../config/load.js';
+import { parseCosignerKey } from '../audit/cosignature.js';
 import { BrokerError } from '../errors.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import { RedisStore } from '../store/redis.js';
@@ -115,6 +116,14 @@ function report(r: VerifyResult, keyText: string, checked: string, out: Out): vo
   lines.push(`  checkpoints : ${r.checkpoints}`);
   lines.push(`  checked     : ${checked}`);
   lines.push(`  proven      : ${r.verifiedSize === 0 ? 'no entries' : `entries 0..${r.verifiedSize - 1}`} by a signed checkpoint`);
+  if (r.witnessed !== undefined) {
+    const w = r.witnessed;
+    lines.push(`  witnessed   : ${w.witnessedSize === 0 ? 'no entries' : `entries 0..${w.witnessedSize - 1}`} by a checkpoint cosigned by at least ${w.quorum} witness(es)`);
+    for (const c of w.checkpoints) {
+      const who = c.cosigners.length === 0 ? 'no known witness' : c.cosigners.map((x) => `${x.name} (${new Date(x.timestamp * 1000).toISOString()})`).join(', ');
+      lines.push(`  cosigned    : size ${c.size} by ${who}${c.consistent ? '' : ' — DOES NOT MATCH THE LOG'}`);
+    }
+  }
   if (r.uncovered > 0 && r.ok) {
     lines.push(`  note        : ${r.uncovered} newer entr${r.uncovered === 1 ? 'y is' : 'ies are'} not covered by a signed checkpoint yet (not verified)`);
   }
@@ -138,14 +147,38 @@ function quietOnClosedStdout(onClosed: () => void): void {
 export const AUDIT_COMMANDS = [
   command({
     name: 'audit verify',
-    usage: '--log DIR|URL --key FILE [--cacert PEM] [--admin-cert PEM --admin-key KEY]\n      [--reference URL] [--json]',
-    summary: 'check an audit log offline: every entry, root, checkpoint signature\nand consistency (exit 1 naming the first bad index). A URL without\nan auditor\'s --admin-cert is checked by its public leaf hashes only;\n--reference URL names the exact bad entry of an export DIR',
-    options: { log: { type: 'string' }, key: { type: 'string' }, reference: { type: 'string' }, json: { type: 'boolean' }, ...TLS_OPTIONS },
+    usage:
+      '--log DIR|URL --key FILE [--cacert PEM] [--admin-cert PEM --admin-key KEY]\n      [--reference URL] [--witness-key FILE … [--quorum K] [--cosigned FILE …]] [--json]',
+    summary: 'check an audit log offline: every entry, root, checkpoint signature\nand consistency (exit 1 naming the first bad index). A URL without\nan auditor\'s --admin-cert is checked by its public leaf hashes only;\n--reference URL names the exact bad entry of an export DIR;\n--witness-key (repeatable): a checkpoint cosigned by K of them (default\nall) must match the log (from the broker URL, or --cosigned FILE)',
+    options: {
+      log: { type: 'string' },
+      key: { type: 'string' },
+      reference: { type: 'string' },
+      json: { type: 'boolean' },
+      'witness-key': { type: 'string', multiple: true },
+      quorum: { type: 'string' },
+      cosigned: { type: 'string', multiple: true },
+      ...TLS_OPTIONS,
+    },
     async run(values, _positionals, io) {
       const log = values.log;
       const keyFile = values.key;
       if (log === undefined || keyFile === undefined) throw new UsageError('audit verify needs --log <export-dir|https-url> and --key <audit public key file>');
       const key = verifierKey(keyFile);
+      const witnessKeys = (values['witness-key'] ?? []).map((f) => {
+        try {
+          return parseCosignerKey(readNamedFile(f, '--witness-key'));
+        } catch (err) {
+          if (err instanceof UsageError) throw err;
+          throw new UsageError(`--witness-key ${f}: ${(err as Error).message} (expected the verifier key \`tessera witness keygen\` printed)`);
+        }
+      });
+      if (witnessKeys.length === 0 && (values.quorum !== undefined || values.cosigned !== undefined)) throw new UsageError('--quorum and --cosigned need --witness-key');
+      const quorum = values.quorum === undefined ? witnessKeys.length : Number(values.quorum);
+      if (witnessKeys.length > 0 && (!Number.isSafeInteger(quorum) || quorum < 1 || quorum > witnessKeys.length)) {
+        throw new UsageError(`--quorum must be a whole number from 1 to ${witnessKeys.length} (the witness keys given)`);
+      }
+      const cosignedNotes = (values.cosigned ?? []).map((f) => readNamedFile(f, '--cosigned'));
       const flags = tlsFlags(values);
       const ref = values.reference;
       let source: LogSource;
@@ -175,6 +208,10 @@ export const AUDIT_COMMANDS = [
           checked = 'every entry in the export, re-hashed';
         }
       }
+      if (witnessKeys.length > 0) {
+        const fromBroker = isUrl(log) ? await remoteSource(httpsUrl(log, '--log'), remoteTls(flags)).cosigned(witnessKeys.length) : [];
+        opts = { ...opts, witnesses: { keys: witnessKeys, quorum, notes: [...cosignedNotes, ...fromBroker] } };
+      }
       let result: VerifyResult;
       try {
         result = await verifyLog(source, key, opts);
@@ -189,7 +226,9 @@ export const AUDIT_COMMANDS = [
             ? `first bad entry somewhere in [${result.firstBadRange[0]}, ${result.firstBadRange[1]})`
             : result.firstBadIndex !== undefined
               ? `first bad entry index ${result.firstBadIndex}`
-              : `first bad checkpoint #${result.firstBadCheckpoint ?? '?'}`;
+              : result.firstBadCheckpoint !== undefined
+                ? `first bad checkpoint #${result.firstBadCheckpoint}`
+                : (result.problems[0]?.message ?? 'see above');
         io.stderr(`tessera: audit verify failed: ${first}\n`);
         return 1;
       }

@@ -108,7 +108,7 @@ type Resolved = { kind: 'command'; command: Command; rest: readonly string[] } |
 /** The command that argv names (longest name first), or a help text; throws UsageError naming what is unknown. */
 function resolve(table: readonly Command[], argv: readonly string[], topUsage: string): Resolved {
   const [first, second] = argv;
-  const exact = table.find((c) => c.name === first) ?? table.find((c) => c.name === `${first} ${second}`);
+  const exact = table.find((c) => c.name === `${first} ${second}`) ?? table.find((c) => c.name === first);
   if (exact !== undefined) {
     const rest = argv.slice(exact.name.split(' ').length);
     return wantsHelp(rest) ? { kind: 'help', text: helpText(exact) } : { kind: 'command', command: exact, rest };

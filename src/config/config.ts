@@ -247,6 +247,18 @@ export const ConfigFileSchema = section({
     checkpointIntervalMs: int(10, 3_600_000, 1000),
     /** Minimum gap between two on-demand checkpoints signed for issuance receipts (coalesces bursts). */
     receiptCheckpointGapMs: int(0, 60_000, 0),
+    /**
+     * C2SP tlog-witnesses that cosign each checkpoint (docs/audit.md "Witnesses"): name, URL prefix of
+     * add-checkpoint, and the witness's verifier key <name>+<id>+base64(0x04 ‖ key).
+     */
+    witnesses: Type.Array(section({ name: str(), url: str(), key: str() }, null), { default: [], maxItems: 32, message: 'expected a list of at most 32 witnesses' }),
+    /** Cosignatures that make a checkpoint "cosigned" (receipts, requireWitnesses). */
+    witnessQuorum: int(1, 32, 1),
+    /** Fail issuance closed (503 witness_quorum_unavailable) unless a quorum cosigned the log within maxWitnessLagSeconds. */
+    requireWitnesses: bool(false),
+    maxWitnessLagSeconds: int(5, 86_400, 300),
+    /** Each add-checkpoint call gives up after this long (then retried with backoff). */
+    witnessTimeoutMs: int(100, 60_000, 5000),
     alerts: section({
       /** Where alerts are POSTed as JSON. Without it alerts are still recorded in the audit log. */
       webhookUrl: opt(str()),

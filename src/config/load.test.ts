@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
+import { generateCosignerKey } from '../audit/cosignature.js';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, DEV_TOKEN_ISSUER, MAX_WORKERS, loadConfig, readWorkers } from './load.js';
 import { autoCaThreads } from '../ca/minter-pool.js';
@@ -97,6 +98,22 @@ describe('loadConfig', () => {
       { name: 'break-glass', kind: 'break-glass', muteSeconds: 0 },
       { name: 'stuck-revoke', kind: 'revoke-failed' },
     ]);
+  });
+
+  it('reads audit witnesses and refuses bad ones, naming the field', () => {
+    const { vkey } = generateCosignerKey('w1.example');
+    const withAudit = (a: string): string => configFile(minimal.replace('audit: { signingKeyFile: audit.key }', `audit:\n  signingKeyFile: audit.key\n${a}`));
+    const ok = loadConfig({ file: withAudit(`  witnesses: [{ name: w1.example, url: "http://127.0.0.1:9500", key: "${vkey}" }]\n  requireWitnesses: true\n`), env: {} });
+    expect(ok.audit.witnesses).toEqual([{ name: 'w1.example', url: 'http://127.0.0.1:9500', key: vkey }]);
+    expect(ok.audit).toMatchObject({ witnessQuorum: 1, requireWitnesses: true, maxWitnessLagSeconds: 300, witnessTimeoutMs: 5000 });
+    const refuse = (a: string, message: RegExp): void => {
+      expect(() => loadConfig({ file: withAudit(a), env: {} })).toThrow(message);
+    };
+    refuse(`  witnesses: [{ name: w2.example, url: "http://h:1", key: "${vkey}" }]\n`, /witnesses\[0\]\.key: names "w1.example", not the witness name "w2.example"/);
+    refuse(`  witnesses: [{ name: w1.example, url: "http://h:1", key: "w1.example+00000000+AAAA" }]\n`, /witnesses\[0\]\.key/);
+    refuse(`  witnesses: [{ name: w1.example, url: "ftp://h", key: "${vkey}" }]\n`, /witnesses\[0\]\.url/);
+    refuse(`  witnesses: [{ name: w1.example, url: "http://h:1", key: "${vkey}" }]\n  witnessQuorum: 2\n`, /witnessQuorum: 2 is more than the 1/);
+    refuse('  requireWitnesses: true\n', /requireWitnesses: needs audit.witnesses/);
   });
 
   it('refuses a file that does not exist', () => {

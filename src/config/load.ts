@@ -20,6 +20,7 @@ import { rabbitRoleProblem } from '../secrets/rabbitmq.js';
 import { aclPatternProblem, aclRuleProblem } from '../secrets/redis-acl.js';
 import { grantTemplateProblem } from '../secrets/sql-template.js';
 import { autoCaThreads } from '../ca/minter-pool.js';
+import { parseCosignerKey } from '../audit/cosignature.js';
 import { ADMIN_ROLES, ConfigFileSchema, MAX_WORKERS, type AdminRole, type Config, type ConfigFile, type RedisAddressConfig, type RedisStoreConfig } from './config.js';
 
 export { MAX_WORKERS };
@@ -325,7 +326,29 @@ function readAudit(audit: ConfigFile['audit']): Config['audit'] {
     if (problem !== undefined) fail(`config.audit.devices[${i}].${problem.field}: ${problem.message}`);
   });
   noDuplicates(audit.devices.map((d) => d.name), (n) => `config.audit.devices: duplicate device name "${n}"`);
+  checkWitnesses(audit);
   return { ...audit, alerts: { ...audit.alerts, rules } };
+}
+
+/** Witnesses: a cosignature (type 0x04) verifier key named as the witness, an http(s) URL, a reachable quorum. */
+function checkWitnesses(audit: ConfigFile['audit']): void {
+  audit.witnesses.forEach((w, i) => {
+    const where = `config.audit.witnesses[${i}]`;
+    try {
+      if (parseCosignerKey(w.key).name !== w.name) fail(`${where}.key: names "${w.key.split('+')[0] ?? ''}", not the witness name "${w.name}"`);
+    } catch (err) {
+      if (err instanceof ConfigError) throw err;
+      fail(`${where}.key: ${(err as Error).message} (expected the witness verifier key that \`tessera witness keygen\` printed)`);
+    }
+    const u = url(w.url);
+    if (u === undefined || (u.protocol !== 'https:' && u.protocol !== 'http:')) fail(`${where}.url: expected an http(s):// URL prefix of the witness`);
+    if (u.username !== '' || u.password !== '' || u.search !== '' || u.hash !== '') fail(`${where}.url: no credentials, query or fragment`);
+  });
+  noDuplicates(audit.witnesses.map((w) => w.name), (n) => `config.audit.witnesses: duplicate witness name "${n}"`);
+  if (audit.witnesses.length > 0 && audit.witnessQuorum > audit.witnesses.length) {
+    fail(`config.audit.witnessQuorum: ${audit.witnessQuorum} is more than the ${audit.witnesses.length} witness(es) configured`);
+  }
+  if (audit.requireWitnesses && audit.witnesses.length === 0) fail('config.audit.requireWitnesses: needs audit.witnesses');
 }
 
 function checkPostgresEngine(engine: ConfigFile['secrets']['postgres'][number], where: string): Config['secrets']['postgres'][number] {

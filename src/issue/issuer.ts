@@ -64,6 +64,8 @@ export interface IssuerDeps {
    * minted. Optional only so the issuer can be built alone in benchmarks; the broker always sets it.
    */
   readonly guard?: IssuanceGuard;
+  /** audit.requireWitnesses: throws 503 witness_quorum_unavailable while the witnesses lag (audit/witnesses.ts). */
+  readonly witnessGate?: { assertWitnessed(): void };
 }
 
 /** What the issuer asks before minting: throws 403 `revoked` or 503 `issuance_frozen`. */
@@ -85,6 +87,7 @@ export class Issuer {
 
   /** Kill switch and revocations for the ID being issued, in the namespace policy resolved for it. */
   private async guarded(grant: { spiffeId: string; namespace: string }): Promise<void> {
+    this.deps.witnessGate?.assertWitnessed();
     if (this.deps.guard === undefined) return;
     await this.deps.guard.assertMayIssue({ spiffeId: grant.spiffeId, namespace: grant.namespace });
   }

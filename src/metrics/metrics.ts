@@ -79,6 +79,7 @@ export class BrokerMetrics {
   readonly #auditAppend: Histogram;
   readonly #mintThreadFailures: Readonly<Record<MintThreadFailure, { inc(): void }>>;
   readonly #revokeFailures: Readonly<Record<RevokeFailureKind, { inc(): void }>>;
+  #witnessCalls: Counter<'witness' | 'outcome'> | undefined;
   #auditSize: () => number = () => 0;
   #devices: () => readonly { name: string; lagEntries: number; lagSeconds: number }[] = () => [];
   readonly #deviceDelivered: Counter<'device'>;
@@ -270,6 +271,20 @@ export class BrokerMetrics {
 
   leaseRevokeFailed(kind: RevokeFailureKind): void {
     this.#revokeFailures[kind].inc();
+  }
+
+  /**
+   * Counts one add-checkpoint call to a witness by outcome (cosigned, conflict, inconsistent, refused,
+   * error): conflict and inconsistent mean the witness saw a history this log no longer has.
+   */
+  witnessCall(witness: string, outcome: string): void {
+    this.#witnessCalls ??= new Counter({
+      name: 'tessera_audit_witness_calls_total',
+      help: 'add-checkpoint calls to audit witnesses by outcome; conflict/inconsistent: the log was rolled back or forked.',
+      labelNames: ['witness', 'outcome'] as const,
+      registers: [this.registry],
+    });
+    this.#witnessCalls.labels(witness, outcome).inc();
   }
 
   /** Where the minting-jobs gauge reads from (the pool starts after the metrics exist). */

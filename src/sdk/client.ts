@@ -12,6 +12,7 @@ import type { IncomingMessage } from 'node:http';
 import type https from 'node:https';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
+import { CheckpointWatch } from './checkpoints.js';
 import { newKeyAndCsr } from './csr.js';
 import { TesseraError } from './errors.js';
 import { brokerUrl, callBroker, type BrokerCall, type BrokerEndpoint } from './http.js';
@@ -40,6 +41,11 @@ export interface TesseraClientOptions {
   readonly backoff?: BackoffOptions;
   /** Keep the process alive while waiting to renew (default false: the host process decides). */
   readonly keepProcessAlive?: boolean;
+  /**
+   * The newest audit checkpoint seen before (an agent's saved state), and where to keep each newer one.
+   * Every receipt's checkpoint is checked to extend it (sdk/checkpoints.ts).
+   */
+  readonly auditCheckpoint?: { readonly initial?: string; readonly save?: (note: string) => void | Promise<void> };
 }
 
 export interface X509Svid {
@@ -98,6 +104,10 @@ export interface ClientStatus {
   readonly lastRotation?: Date;
   readonly consecutiveFailures: number;
   readonly lastError?: { readonly code: string; readonly message: string; readonly at: Date };
+  /** Size of the newest audit checkpoint seen (every later receipt is checked to extend it). */
+  readonly auditCheckpointSize?: number;
+  /** The last time a receipt showed a rolled-back or forked audit log, and how many times it did. */
+  readonly auditInconsistency?: { readonly message: string; readonly at: Date; readonly count: number };
 }
 
 export type PeerCheck =
@@ -107,15 +117,19 @@ export type PeerCheck =
 export interface TesseraClientEvents {
   rotated: [RotatedEvent];
   error: [TesseraError];
+  /** A receipt whose checkpoint does not extend the newest one seen: the audit log was rolled back or forked. */
+  auditInconsistent: [TesseraError];
 }
 
 interface X509Response {
+  audit?: { checkpoint?: unknown };
   spiffeId?: unknown;
   certificates?: unknown;
   bundle?: unknown;
 }
 
 interface JwtResponse {
+  audit?: { checkpoint?: unknown };
   spiffeId?: unknown;
   token?: unknown;
   audience?: unknown;
@@ -167,6 +181,11 @@ function jwtExpiry(token: string): number | undefined {
 
 export class TesseraClient extends EventEmitter<TesseraClientEvents> {
   readonly #endpoint: BrokerEndpoint;
+  /** The newest audit checkpoint seen in a receipt; every later one must extend it. */
+  readonly checkpoints: CheckpointWatch;
+  #auditInconsistency: { message: string; at: Date; count: number } | undefined;
+  /** The receipt checks in flight (they never delay a credential). */
+  #auditChecks: Promise<void> = Promise.resolve();
   readonly #opts: TesseraClientOptions;
   #bundlePem: string;
   #roots: X509Certificate[];
@@ -200,6 +219,11 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     const timeoutMs = opts.requestTimeoutMs ?? 10_000;
     if (!Number.isInteger(timeoutMs) || timeoutMs < 1) throw new TypeError('requestTimeoutMs must be a positive integer');
     this.#endpoint = { url, ca: () => this.#bundlePem, timeoutMs };
+    const save = opts.auditCheckpoint?.save;
+    this.checkpoints = new CheckpointWatch({
+      ...(opts.auditCheckpoint?.initial !== undefined ? { initial: opts.auditCheckpoint.initial } : {}),
+      ...(save !== undefined ? { onNewer: (cp) => save(cp.note) } : {}),
+    });
     for (const aud of opts.jwtAudiences ?? []) {
       if (typeof aud !== 'string' || aud.length === 0 || aud.length > 256) throw new TypeError('jwtAudiences: non-empty strings of at most 256 characters');
     }
@@ -479,7 +503,37 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
       ...(this.#lastRotation !== undefined ? { lastRotation: this.#lastRotation } : {}),
       consecutiveFailures: failures,
       ...(this.#lastError !== undefined ? { lastError: this.#lastError } : {}),
+      ...(this.checkpoints.latest !== undefined ? { auditCheckpointSize: this.checkpoints.latest.size } : {}),
+      ...(this.#auditInconsistency !== undefined ? { auditInconsistency: { ...this.#auditInconsistency } } : {}),
     };
+  }
+
+  /** Resolves once every receipt seen so far has been checked against the newest checkpoint (agent --once). */
+  async auditChecked(): Promise<void> {
+    await this.#auditChecks;
+  }
+
+  #queueReceiptCheck(audit: { checkpoint?: unknown } | undefined): void {
+    const check = this.#checkReceipt(audit);
+    this.#auditChecks = Promise.all([this.#auditChecks, check]).then(() => {});
+  }
+
+  /**
+   * Checks the receipt's checkpoint against the newest one seen. A rolled-back or forked log is an
+   * `auditInconsistent` event and an `error` event; the credential itself is still delivered (it is
+   * valid), and status() keeps the finding. A broker that cannot prove either way is tried again next time.
+   */
+  async #checkReceipt(audit: { checkpoint?: unknown } | undefined): Promise<void> {
+    if (typeof audit?.checkpoint !== 'string') return;
+    try {
+      await this.checkpoints.observe(audit.checkpoint, this.#endpoint);
+    } catch (err) {
+      const e = asError(err);
+      if (e.code !== 'audit_inconsistent') return;
+      this.#auditInconsistency = { message: e.message, at: new Date(), count: (this.#auditInconsistency?.count ?? 0) + 1 };
+      this.emit('auditInconsistent', e);
+      this.#fail(e, { attempt: 0, delayMs: 0 });
+    }
   }
 
   /** Stops every timer, closes pooled connections and detaches servers. The client cannot be restarted. */
@@ -605,6 +659,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     }
     if (spiffeId !== res.spiffeId) throw bad('the certificate SPIFFE ID differs from the response');
     if (!leaf.checkPrivateKey(privateKey)) throw bad('the certificate is not for the key we generated');
+    this.#queueReceiptCheck(res.audit);
     const certificates = chain.map((c) => c.toString());
     const svid = withHidden<X509Svid, 'privateKeyPem'>(
       {
@@ -653,6 +708,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     }
     const exp = jwtExpiry(res.token) ?? (typeof res.expiresAt === 'string' ? Date.parse(res.expiresAt) : Number.NaN);
     if (!Number.isFinite(exp)) throw new TesseraError('bad_response', 'POST /v1/svid/jwt: no expiry');
+    this.#queueReceiptCheck(res.audit);
     const audience = Array.isArray(res.audience) && res.audience.every((a) => typeof a === 'string') ? (res.audience) : [...audiences];
     const svid = withHidden<JwtSvid, 'token'>({ spiffeId: res.spiffeId, audience, expiresAt: new Date(exp) }, 'token', res.token);
     return { value: svid, via };

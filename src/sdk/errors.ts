@@ -13,6 +13,8 @@ export type ClientErrorCode =
   | 'no_token'
   /** The client was used before it had an SVID, or after close(). */
   | 'not_ready'
+  /** A receipt's audit checkpoint does not extend the newest one seen: the log was rolled back or forked. */
+  | 'audit_inconsistent'
   | 'closed';
 
 export class TesseraError extends Error {

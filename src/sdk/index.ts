@@ -18,6 +18,7 @@ export {
   type TesseraClientOptions,
   type X509Svid,
 } from './client.js';
+export { CheckpointWatch, type CheckpointWatchOptions, type HeldCheckpoint, type InconsistentEvent, type Observation } from './checkpoints.js';
 export { TesseraError, type ClientErrorCode } from './errors.js';
 export { RotatingAgent, chainOf, type CredentialSource } from './rotating-agent.js';
 export type { BackoffOptions } from './timing.js';

@@ -119,7 +119,7 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   await app.register(healthRoutes, { store, audit, caExpiry: () => broker.caExpiry.current(), engines: secrets.engines, devices: broker.devices });
   await app.register(bundleRoutes, { bundle: () => broker.bundle, rootsPem: ca.rootsPem });
   await app.register(svidRoutes, { issuer: broker.issuer, rootsPem: ca.rootsPem });
-  await app.register(auditRoutes, { audit, checkpoints, store, adminLog: log });
+  await app.register(auditRoutes, { audit, checkpoints, store, adminLog: log, ...(broker.witnesses !== undefined ? { witnesses: broker.witnesses } : {}) });
   await app.register(secretsRoutes, { secrets, guard });
   await app.register(leasesRoutes, { secrets, guard });
   await app.register(whoamiRoutes, { log });

@@ -9,7 +9,7 @@ import { BrokerError, type ErrorCode } from '../errors.js';
 import { isRepeatedRateLimit, RateLimitedError } from './limits.js';
 
 /** 503s that refuse a caller for a reason an auditor must see (not an outage of the log itself). */
-const AUDITED_UNAVAILABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ca_expired']);
+const AUDITED_UNAVAILABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ca_expired', 'witness_quorum_unavailable']);
 
 /** Records one refusal of a route; the route knows which log entry it is. */
 export type RefusalRecorder = (err: BrokerError, request: FastifyRequest) => Promise<void>;

@@ -82,6 +82,8 @@ broker's PostgreSQL admin role lacks a privilege; see docs/secrets.md). The leas
     description: `The audit log or store cannot record the request (fail closed); nothing was issued. Has Retry-After.
 \`audit_history_lost\`: the store no longer holds the audit history this replica knows (e.g. Redis
 restarted without its data); it stays refused until an operator recovers (docs/redis.md, "Data loss").
+\`witness_quorum_unavailable\`: \`audit.requireWitnesses\` is set and no quorum of witnesses has cosigned the
+log within \`audit.maxWitnessLagSeconds\` (docs/audit.md, "Witnesses").
 `,
   },
   SecretsUnavailable: {
@@ -137,6 +139,16 @@ tree size is treeSize and whose root is rootHash. Verify it with GET /v1/audit/k
 `,
       examples: ['example.org/tessera/audit\n12\nq3u…=\n\n— example.org/tessera/audit v76w…=\n'],
     }),
+    cosignedCheckpoint: Type.Optional(
+      Type.String({
+        description: `Once a quorum of witnesses (audit.witnesses) has cosigned a checkpoint covering this entry: the newest
+such checkpoint, with the log's signature and each witness's cosignature (C2SP tlog-cosignature).
+`,
+      }),
+    ),
+    cosignedInclusionProof: Type.Optional(
+      Type.Immutable(Type.Array(Type.String(), { description: 'RFC 9162 inclusion proof of leafHash at index in the tree of cosignedCheckpoint.' })),
+    ),
   },
   {
     title: 'AuditReceipt',

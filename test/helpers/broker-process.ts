@@ -38,15 +38,23 @@ export async function freePort(): Promise<number> {
 }
 
 /** `config`: further top-level config sections, over the defaults (e.g. a whole `ca` section). */
-export async function spawnBroker(opts: { registration: unknown[]; svid?: Record<string, number>; config?: Record<string, unknown> }): Promise<BrokerProcess> {
+export async function spawnBroker(opts: {
+  registration: unknown[];
+  svid?: Record<string, number>;
+  /** Merged over the audit section (the dev signing key stays). */
+  audit?: Record<string, unknown>;
+  config?: Record<string, unknown>;
+}): Promise<BrokerProcess> {
   const { dir: pkiDir, material } = await devMaterial();
   const dir = mkdtempSync(path.join(tmpdir(), 'tessera-broker-proc-'));
   const port = await freePort();
   const configFile = path.join(dir, 'tessera.yaml');
+  const base = materialConfig(pkiDir, material);
   writeFileSync(
     configFile,
     stringify({
-      ...materialConfig(pkiDir, material),
+      ...base,
+      ...(opts.audit !== undefined ? { audit: { ...base.audit, ...opts.audit } } : {}),
       replicaId: 'e2e-process',
       listen: { host: '127.0.0.1', port },
       logLevel: 'warn',

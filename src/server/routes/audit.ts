@@ -15,6 +15,7 @@ import type { Checkpointer } from '../../audit/checkpointer.js';
 import { parseAuditEntry } from '../../audit/entry.js';
 import type { AuditLog } from '../../audit/log.js';
 import type { SignedCheckpoint } from '../../audit/note.js';
+import type { WitnessCollector } from '../../audit/witnesses.js';
 import { BrokerError, badRequest } from '../../errors.js';
 import type { Store } from '../../store/store.js';
 import { identityOf } from '../auth.js';
@@ -37,6 +38,7 @@ const InclusionProof = Type.Object(
     leafHash: Type.String({ description: 'Base64 leaf hash of entry `index`.' }),
     rootHash: Type.String({ description: 'Base64 root of the tree of size treeSize.' }),
     inclusionProof: HashList("RFC 9162 PATH(index, D[0:treeSize]), leaf's sibling first."),
+    checkpoint: Type.Optional(Type.String({ description: 'With `cosigned=k`: the cosigned checkpoint (size treeSize) the proof is for.' })),
   },
   { title: 'InclusionProof' },
 );
@@ -103,9 +105,11 @@ export interface AuditOptions {
   readonly store: Pick<Store, 'listCheckpoints'>;
   /** Records admin reads of the entries. */
   readonly adminLog: AdminAudit;
+  /** Cosigned checkpoints (absent when no witnesses are configured). */
+  readonly witnesses?: Pick<WitnessCollector, 'newest' | 'witnessCount'>;
 }
 
-export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, { audit, checkpoints, store, adminLog }) => {
+export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, { audit, checkpoints, store, adminLog, witnesses }) => {
   /** A refused admin read is recorded, as on /v1/admin/*; a workload's is not (it reads only its own). */
   const entriesRefusal: RefusalRecorder = async (err, request) => {
     const caller = request.caller;
@@ -137,6 +141,15 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
   };
   const latestSize = (): number => latestCheckpoint().size;
 
+  /** The newest checkpoint at least `k` (≥ 1) configured witnesses cosigned. */
+  const cosignedCheckpoint = async (k: number): Promise<SignedCheckpoint> => {
+    const n = witnesses?.witnessCount ?? 0;
+    if (witnesses === undefined || k > n) throw badRequest(`cosigned=${k}: ${n === 0 ? 'no witnesses are configured (audit.witnesses)' : `only ${n} witness(es) are configured`}`);
+    const cp = await witnesses.newest(k);
+    if (cp === undefined) throw new BrokerError('not_ready', `no audit checkpoint has been cosigned by ${k} witness(es) yet`);
+    return cp;
+  };
+
   /** `size` must be a size of the log; catches up with other replicas before refusing. */
   const ensureSize = async (size: number, name: string): Promise<void> => {
     if (size > audit.size) await audit.refresh();
@@ -153,13 +166,22 @@ export const auditRoutes: FastifyPluginAsyncTypebox<AuditOptions> = async (app, 
 \`— <origin> <base64(4-byte key ID ‖ Ed25519 signature)>\`. Verify it with GET /v1/audit/key.
 A new checkpoint is signed at most every \`audit.checkpointIntervalMs\` while the log grows,
 on demand for issuance receipts, and on shutdown.
+With \`cosigned=k\` (k ≥ 1): the newest checkpoint that at least k of the configured witnesses
+(\`audit.witnesses\`) have cosigned, with their cosignature lines (C2SP tlog-cosignature) after the
+log's signature; 503 \`not_ready\` until there is one.
 `,
+        querystring: Type.Object(
+          { cosigned: Type.Optional({ ...DecimalString, description: 'Least number of witness cosignatures (default 0: the latest signed checkpoint).' }) },
+          { additionalProperties: false },
+        ),
         produces: ['text/plain'],
-        response: { 200: described('The checkpoint note.', Type.String({ examples: [CHECKPOINT_EXAMPLE] })), ...errorResponses('Unavailable') },
+        response: { 200: described('The checkpoint note.', Type.String({ examples: [CHECKPOINT_EXAMPLE] })), ...errorResponses('BadRange', 'Unavailable') },
       },
     },
-    async (_request, reply) => {
-    return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(latestCheckpoint().note);
+    async (request, reply) => {
+      const k = int(request.query.cosigned, 'cosigned') ?? 0;
+      const note = k > 0 ? (await cosignedCheckpoint(k)).note : latestCheckpoint().note;
+      return reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store').send(note);
     },
   );
 
@@ -190,8 +212,16 @@ one line, the same text as \`certs-dev/audit.pub\` in dev; \`tessera audit verif
       schema: {
         operationId: 'getInclusionProof',
         summary: 'RFC 9162 inclusion proof of entry `index` in the tree of size `treeSize`.',
+        description: `With \`cosigned=k\` instead of treeSize: the proof against the newest checkpoint that k witnesses
+cosigned, returned with it — how a receipt issued before its entry was witnessed gets a cosigned
+checkpoint later (400 while none covers the entry yet).
+`,
         querystring: Type.Object(
-          { index: DecimalString, treeSize: Type.Optional({ ...DecimalString, description: "Default the latest checkpoint's size." }) },
+          {
+            index: DecimalString,
+            treeSize: Type.Optional({ ...DecimalString, description: "Default the latest checkpoint's size." }),
+            cosigned: Type.Optional({ ...DecimalString, description: 'Prove against the newest checkpoint with at least this many witness cosignatures.' }),
+          },
           { additionalProperties: false },
         ),
         response: { 200: described('The proof, the leaf hash and the root it leads to.', InclusionProof), ...PUBLIC_ERRORS },
@@ -199,6 +229,21 @@ one line, the same text as \`certs-dev/audit.pub\` in dev; \`tessera audit verif
     },
     async (request) => {
       const index = int(request.query.index, 'index') as number;
+      const k = int(request.query.cosigned, 'cosigned') ?? 0;
+      if (k > 0) {
+        if (request.query.treeSize !== undefined) throw badRequest('give treeSize or cosigned, not both');
+        const cp = await cosignedCheckpoint(k);
+        if (index >= cp.size) throw badRequest(`no checkpoint cosigned by ${k} witness(es) covers entry ${index} yet (the newest has size ${cp.size})`);
+        await ensureSize(cp.size, 'treeSize');
+        return {
+          index,
+          treeSize: cp.size,
+          leafHash: audit.leafHash(index).toString('base64'),
+          rootHash: cp.rootHash.toString('base64'),
+          inclusionProof: audit.inclusionProof(index, cp.size).map((h) => h.toString('base64')),
+          checkpoint: cp.note,
+        };
+      }
       const treeSize = int(request.query.treeSize, 'treeSize') ?? latestSize();
       await ensureSize(treeSize, 'treeSize');
       if (index >= treeSize) throw badRequest(`index must be below treeSize (index=${index}, treeSize=${treeSize})`);
