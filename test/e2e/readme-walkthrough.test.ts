@@ -129,6 +129,8 @@ describe.skipIf(missing.length > 0)('the walkthrough against a live dev broker',
     writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'tessera-walkthrough', private: true, type: 'module' }));
     mkdirSync(path.join(dir, 'node_modules', '.bin'), { recursive: true });
     symlinkSync(ROOT, path.join(dir, 'node_modules', 'tessera'), 'dir');
+    // A step that must signal the agent itself runs `node ../dist/cli/main.js` from the scratch folder.
+    symlinkSync(path.join(ROOT, 'dist'), path.join(dir, 'dist'), 'dir');
     const bin = path.join(dir, 'node_modules', '.bin', 'tessera');
     writeFileSync(bin, `#!/bin/sh\nexec "${process.execPath}" "${CLI}" "$@"\n`);
     chmodSync(bin, 0o755);
@@ -203,7 +205,7 @@ describe.skipIf(missing.length > 0)('the walkthrough against a live dev broker',
   it('left no private key outside the git-ignored scratch folder', () => {
     // Every file a walkthrough step wrote is under walkthrough/ (or is the broker's own certs-dev/, data/).
     const top = readdirSync(dir).sort();
-    expect(top.filter((f) => !['certs-dev', 'data', 'node_modules', 'package.json', 'walkthrough'].includes(f))).toEqual([]);
+    expect(top.filter((f) => !['certs-dev', 'data', 'dist', 'node_modules', 'package.json', 'walkthrough'].includes(f))).toEqual([]);
     const ignored = spawnSync('git', ['check-ignore', '--no-index', 'walkthrough/web.key', 'web.key', 'token.jwt', 'run/web/svid.key', 'api.pem', 'certs-dev/x.key', 'data/x'], { cwd: ROOT, encoding: 'utf8' });
     expect(ignored.stdout.trim().split('\n')).toHaveLength(7);
   });

@@ -236,8 +236,13 @@ describe('file device under outside rotation', () => {
     const n = await storedCount(b);
     const all = async (): Promise<number[]> => [...(await indexesIn(`${file}.1`)), ...(await indexesIn(`${file}.2`)), ...(await indexesIn(file))];
     await until('every entry in some file', async () => (new Set(await all()).size >= n ? true : undefined), 20_000);
-    expectAllInOrder(await all(), n);
-    expect((await indexesIn(file)).length).toBeGreaterThan(0); // the live file was reopened after `create`
+    // copytruncate loses what was written between the copy and the truncation; the device notices the
+    // truncation after a few more writes and sends the lost range again, so arrival order has one
+    // re-sent range out of order (duplicates carry the same index) — but nothing may be missing.
+    expect([...new Set(await all())].sort((x, y) => x - y)).toEqual(Array.from({ length: n }, (_, i) => i));
+    const live = await indexesIn(file);
+    expect(live.length).toBeGreaterThan(0); // the live file was reopened after `create`
+    expect(live).toEqual([...live].sort((x, y) => x - y)); // and written in order since
     const stored = await b.broker.store.readAuditEntries(0, n);
     const first = JSON.parse(readFileSync(`${file}.1`, 'utf8').split('\n')[0] as string) as ShippedRecord;
     verifyRecord(first, stored[first.index] as Buffer);

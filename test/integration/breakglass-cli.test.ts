@@ -119,7 +119,7 @@ describe('tessera break-glass', () => {
     const fresh = await cli(['break-glass', 'use', '--request', 'request2.json', '--url', b.url, '--cacert', bundle, '--out', 'out3']);
     expect(fresh.status, fresh.stderr).toBe(0);
     expect(fresh.stderr).toContain('Break-glass granted: auditor');
-  });
+  }, 120_000);
 
   it('usage mistakes exit 2 with a message; a non-Ed25519 key is refused', async () => {
     const noKey = await cli(['break-glass', 'request', '--reason', 'x', '--ticket', 'INC-1', '--grant', 'operator', '--trust-domain', 'example.org']);
