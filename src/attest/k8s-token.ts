@@ -20,6 +20,11 @@ export interface TokenIssuerOptions {
   /** One of jwksFile and jwksUrl (absent and undefined mean the same). */
   jwksFile?: string | undefined;
   jwksUrl?: string | undefined;
+  /** Or: find the JWKS by OpenID discovery (https only), TLS verified against caFile (default: the system's CAs). */
+  discovery?: boolean | undefined;
+  caFile?: string | undefined;
+  /** Fetched keys (jwksUrl, discovery) older than this are re-read before use, default 300. */
+  jwksRefreshSeconds?: number | undefined;
   /** Permit an http: jwksUrl (tests only). */
   allowInsecureHttp?: boolean | undefined;
   /** A token is accepted when its `aud` contains one of these. */
@@ -113,8 +118,11 @@ export class ServiceAccountTokenAttestor implements TokenAttestor {
           issuer: cfg.issuer,
           jwksFile: cfg.jwksFile,
           jwksUrl: cfg.jwksUrl,
+          discovery: cfg.discovery,
+          caFile: cfg.caFile,
           allowInsecureHttp: cfg.allowInsecureHttp,
           refreshIntervalMs: cfg.jwksRefreshIntervalMs ?? DEFAULT_JWKS_REFRESH_INTERVAL_MS,
+          ...(cfg.jwksRefreshSeconds !== undefined ? { cacheMaxAgeMs: cfg.jwksRefreshSeconds * 1000 } : {}),
           clock: this.clock,
         }),
       });
