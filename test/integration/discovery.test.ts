@@ -17,7 +17,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTokenAttestor } from '../../src/attest/attestor.js';
 import type { TokenAttestor } from '../../src/attest/attestor.js';
 import type { Config } from '../../src/config/config.js';
-import { devMaterial } from '../helpers/broker.js';
+import { writeFileSync } from 'node:fs';
+import { parse, stringify } from 'yaml';
+import { mintAdminCert } from '../helpers/admin.js';
+import { devMaterial, startBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
 
 type Mode = 'ok' | 'down' | 'wrong-issuer' | 'redirect' | 'oversized';
@@ -234,5 +237,42 @@ describe('issuer discovery and key rotation', () => {
     await refused(attestor(clock), a, clock, /discovery has not succeeded/);
     expect(jwksRequests).toBe(jwksBefore);
     mode = 'ok';
+  });
+
+  it('a reload (POST /v1/admin/reload) adds a discovery issuer and changes its CA, with no restart', async () => {
+    const b = await startBroker();
+    try {
+      const clock = new TestClock();
+      const a = await newKey('reload-a');
+      published = [a];
+      mode = 'ok';
+      const operator = mintAdminCert(b.material, 'spiffe://example.org/admin/dev');
+      const file = path.join(b.dir, 'tessera.yaml');
+      const original = parse(readFileSync(file, 'utf8')) as { issuers: unknown[] };
+      const x509 = async () => b.call({ path: '/v1/svid/x509', token: await token(a, clock), body: { keyType: 'ec-p256' } });
+      const reload = () => b.call<{ applied: string[]; message: string }>({ path: '/v1/admin/reload', body: {}, cert: operator.cert, key: operator.key });
+      const withIssuer = (caFile: string) => stringify({ ...original, issuers: [...original.issuers, { issuer, discovery: true, caFile, audiences: ['tessera'] }] });
+
+      expect((await x509()).status).toBe(401);
+      writeFileSync(file, withIssuer(bundleFile));
+      const added = await reload();
+      expect([added.status, added.json.applied]).toEqual([200, ['issuers']]);
+      const issued = await x509();
+      expect(issued.status, issued.text).toBe(200);
+
+      // A caFile that cannot be read: the reload is refused and the running issuers kept.
+      writeFileSync(file, withIssuer(path.join(b.dir, 'missing-ca.pem')));
+      const refusedReload = await reload();
+      expect(refusedReload.status).toBe(400);
+      expect((await x509()).status).toBe(200);
+
+      // A CA that does not sign the issuer's certificate: in force after the reload, so discovery fails closed.
+      writeFileSync(file, withIssuer(otherCaFile));
+      expect((await reload()).status).toBe(200);
+      const denied = await b.call<{ error: string; message: string }>({ path: '/v1/svid/x509', token: await token(a, clock), body: { keyType: 'ec-p256' } });
+      expect([denied.status, denied.json.error, denied.json.message]).toEqual([401, 'invalid_token', expect.stringMatching(/discovery has not succeeded/)]);
+    } finally {
+      await b.close();
+    }
   });
 });
