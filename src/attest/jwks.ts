@@ -145,6 +145,8 @@ export class JwksKeySource {
   /** Discovery: the CA (PEM, or undefined for the system's) both fetches are verified against. */
   private readonly discovery: { readonly ca: string | undefined } | undefined;
   private lastFailure: string | undefined;
+  /** Where fetched keys come from (URL, or issuer + CA for discovery); undefined for a file. */
+  private readonly origin: string | undefined;
   private readonly clock: Clock;
   private readonly refreshIntervalMs: number;
   private readonly cacheMaxAgeMs: number;
@@ -180,9 +182,11 @@ export class JwksKeySource {
         }
       }
       this.discovery = { ca };
+      this.origin = JSON.stringify(['discovery', opts.issuer, ca ?? null]);
     } else if (opts.jwksFile !== undefined) {
       this.url = undefined;
       this.discovery = undefined;
+      this.origin = undefined;
       const what = `JWKS file ${opts.jwksFile} for issuer ${opts.issuer}`;
       let document: unknown;
       try {
@@ -198,6 +202,7 @@ export class JwksKeySource {
     } else {
       this.discovery = undefined;
       this.url = parseJwksUrl(opts.jwksUrl ?? '', opts.allowInsecureHttp === true, opts.issuer);
+      this.origin = JSON.stringify(['url', this.url.href]);
     }
   }
 
@@ -209,6 +214,18 @@ export class JwksKeySource {
   /** Why the last fetch failed (undefined after a success): for logs and diagnostics, never for clients. */
   get lastError(): string | undefined {
     return this.lastFailure;
+  }
+
+  /**
+   * On reload: takes over the fetched keys of the source this one replaces, when both fetch from the
+   * same place (same URL, or same issuer and CA), so a reload while the issuer is down keeps the last
+   * good keys. The refresh schedule carries over too.
+   */
+  adoptKeysFrom(previous: JwksKeySource): void {
+    if (this.origin === undefined || previous.origin !== this.origin || previous.loadedAt === undefined) return;
+    this.keys = previous.keys;
+    this.loadedAt = previous.loadedAt;
+    this.lastAttemptAt = previous.lastAttemptAt;
   }
 
   /** Whether the keys are fetched (jwksUrl, discovery) rather than read from a file. */

@@ -43,6 +43,8 @@ export interface ServiceAccountTokenAttestorOptions {
   clock?: Clock;
   /** Tolerance on nbf, iat and exp, default 60. */
   clockSkewSeconds?: number;
+  /** The attestor this one replaces (reload): fetched keys from the same place are taken over. */
+  previous?: ServiceAccountTokenAttestor | undefined;
 }
 
 export const MAX_TOKEN_BYTES = 16 * 1024;
@@ -126,6 +128,8 @@ export class ServiceAccountTokenAttestor implements TokenAttestor {
           clock: this.clock,
         }),
       });
+      const before = opts.previous?.issuers.get(cfg.issuer);
+      if (before !== undefined) this.issuers.get(cfg.issuer)?.keys.adoptKeysFrom(before.keys);
     }
   }
 

@@ -239,7 +239,7 @@ describe('issuer discovery and key rotation', () => {
     mode = 'ok';
   });
 
-  it('a reload (POST /v1/admin/reload) adds a discovery issuer and changes its CA, with no restart', async () => {
+  it('a reload (POST /v1/admin/reload) adds a discovery issuer, keeps its keys, and changes its CA, with no restart', async () => {
     const b = await startBroker();
     try {
       const clock = new TestClock();
@@ -259,6 +259,14 @@ describe('issuer discovery and key rotation', () => {
       expect([added.status, added.json.applied]).toEqual([200, ['issuers']]);
       const issued = await x509();
       expect(issued.status, issued.text).toBe(200);
+
+      // The issuer is down during a reload that leaves it as it was: its last good keys are kept.
+      mode = 'down';
+      writeFileSync(file, stringify({ ...(parse(withIssuer(bundleFile)) as object), logLevel: 'error' }));
+      expect((await reload()).json.applied).toEqual(['logLevel']);
+      const kept = await x509();
+      expect(kept.status, kept.text).toBe(200);
+      mode = 'ok';
 
       // A caFile that cannot be read: the reload is refused and the running issuers kept.
       writeFileSync(file, withIssuer(path.join(b.dir, 'missing-ca.pem')));
