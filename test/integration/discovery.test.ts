@@ -23,7 +23,7 @@ import { mintAdminCert } from '../helpers/admin.js';
 import { devMaterial, startBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
 
-type Mode = 'ok' | 'down' | 'wrong-issuer' | 'redirect' | 'oversized';
+type Mode = 'ok' | 'down' | 'wrong-issuer' | 'redirect' | 'oversized' | 'slow';
 interface SigningKey {
   readonly kid: string;
   readonly privateKey: CryptoKey;
@@ -56,6 +56,7 @@ beforeAll(async () => {
   otherCaFile = material.adminCaCertFile;
   server = https.createServer({ cert: readFileSync(path.join(dir, 'server.pem')), key: readFileSync(path.join(dir, 'server.key')) }, (req, res) => {
     if (mode === 'down') return void req.socket.destroy();
+    if (mode === 'slow') return; // never answers (closeAllConnections ends it)
     if (req.url === '/.well-known/openid-configuration') {
       discoveryRequests += 1;
       if (mode === 'redirect') return send(res, 200, { issuer, jwks_uri: `${issuer}/moved` });
@@ -238,6 +239,18 @@ describe('issuer discovery and key rotation', () => {
     expect(jwksRequests).toBe(jwksBefore);
     mode = 'ok';
   });
+
+  it('gives up on an issuer that does not answer (5 s timeout) and fails closed', async () => {
+    const clock = TestClock.frozen();
+    const a = await newKey('slow-a');
+    published = [a];
+    mode = 'slow';
+    try {
+      await refused(attestor(clock), a, clock, /discovery has not succeeded/);
+    } finally {
+      mode = 'ok';
+    }
+  }, 30_000);
 
   it('a reload (POST /v1/admin/reload) adds a discovery issuer, keeps its keys, and changes its CA, with no restart', async () => {
     const b = await startBroker();
