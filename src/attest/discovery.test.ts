@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { discoveryUrl, MAX_DISCOVERY_BYTES, parseDiscoveryDocument } from './discovery.js';
+import { JwksKeySource } from './jwks.js';
 
 const ISSUER = 'https://kubernetes.default.svc.cluster.local';
 const bytes = (value: unknown): Uint8Array => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value));
@@ -82,5 +83,19 @@ describe('parseDiscoveryDocument', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+});
+
+describe('JwksKeySource with discovery', () => {
+  it('takes exactly one key source and a readable caFile', () => {
+    expect(() => new JwksKeySource({ issuer: ISSUER, discovery: true, jwksUrl: 'https://a.example/jwks' })).toThrow(/exactly one of jwksFile, jwksUrl and discovery/);
+    expect(() => new JwksKeySource({ issuer: ISSUER, discovery: true, caFile: '/nonexistent/ca.pem' })).toThrow(/caFile \/nonexistent\/ca.pem could not be read/);
+    expect(() => new JwksKeySource({ issuer: ISSUER, discovery: false })).toThrow(/exactly one/);
+  });
+
+  it('fails closed with a clear 401 while no JWKS was ever fetched (an issuer that cannot be reached)', async () => {
+    const source = new JwksKeySource({ issuer: 'https://127.0.0.1:1', discovery: true, fetchTimeoutMs: 2000 });
+    await expect(source.getKey('ES256', 'k1')).rejects.toMatchObject({ code: 'invalid_token', message: expect.stringMatching(/discovery has not succeeded yet/) });
+    expect(source.lastError).toMatch(/127\.0\.0\.1:1/);
   });
 });
