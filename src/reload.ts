@@ -93,7 +93,8 @@ export class ConfigReloader {
     const next = this.load();
     const report = configChanges(this.#current, next);
     // Everything that can fail first (JWKS files, the webhook CA), then the swaps, which cannot.
-    const attestor = createTokenAttestor(next, this.targets.clock);
+    // Issuers whose keys are fetched from the same place keep their last good keys (issuer down at reload).
+    const attestor = createTokenAttestor(next, this.targets.clock, this.targets.tokenAttestor);
     this.targets.alerts.reconfigure(next.audit.alerts);
     this.targets.tokenAttestor.replace(attestor);
     this.targets.policy.replaceSeed(next.registration);

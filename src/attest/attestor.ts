@@ -38,6 +38,11 @@ export class ReplaceableTokenAttestor implements TokenAttestor {
     return this.current.attest(token);
   }
 
+  /** The attestor in force. */
+  get inForce(): TokenAttestor {
+    return this.current;
+  }
+
   replace(next: TokenAttestor): void {
     this.current = next;
   }
@@ -47,12 +52,19 @@ export class ReplaceableTokenAttestor implements TokenAttestor {
  * The one place that picks the token attestor for the configured issuers: token signatures by JWKS,
  * and for issuers with `kubernetes:` the API server's TokenReview and pod metadata on top.
  */
-export function createTokenAttestor(config: Pick<Config, 'trustDomain' | 'issuers'>, clock: Clock): TokenAttestor {
-  const jwks = new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock });
+export function createTokenAttestor(config: Pick<Config, 'trustDomain' | 'issuers'>, clock: Clock, previous?: TokenAttestor): TokenAttestor {
+  const jwks = new ServiceAccountTokenAttestor({ trustDomain: config.trustDomain, issuers: config.issuers, clock, previous: signatureAttestor(previous) });
   const apis = new Map(
     config.issuers.flatMap((i) => (i.kubernetes !== undefined ? [[i.issuer, { api: new KubernetesApi(i.kubernetes), audiences: i.audiences }] as const] : [])),
   );
   return apis.size === 0 ? jwks : new TokenReviewAttestor(jwks, apis, clock);
+}
+
+/** The JWKS attestor inside a (replaceable, TokenReview-wrapped) token attestor: whose fetched keys a reload keeps. */
+function signatureAttestor(att: TokenAttestor | undefined): ServiceAccountTokenAttestor | undefined {
+  if (att instanceof ReplaceableTokenAttestor) return signatureAttestor(att.inForce);
+  if (att instanceof TokenReviewAttestor) return signatureAttestor(att.verifier);
+  return att instanceof ServiceAccountTokenAttestor ? att : undefined;
 }
 
 /**

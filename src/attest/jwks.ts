@@ -1,6 +1,9 @@
 /**
- * Signing keys of one token issuer, from a JWKS file (read once, at start) or an https URL
- * (fetched, cached, refetched on an unknown `kid` at most once per refresh interval).
+ * Signing keys of one token issuer, from a JWKS file (read once, at start), an https URL, or OpenID
+ * discovery (discovery.ts: the issuer's openid-configuration names the JWKS URL). Fetched keys are
+ * cached, refetched when older than cacheMaxAgeMs and on an unknown `kid`, at most once per refresh
+ * interval; a failed refetch keeps the last good keys. This constructor is the one place that picks
+ * where an issuer's keys come from.
  *
  * Only keys we are willing to verify with are kept: RSA of at least 2048 bits (pinned to RS256)
  * and EC P-256 (pinned to ES256). Each key is imported for exactly one algorithm, so an RSA key can
@@ -13,6 +16,7 @@ import { importJWK, type CryptoKey, type JWK, type JWSHeaderParameters } from 'j
 import { BrokerError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
 import { isRecord } from '../is-record.js';
+import { fetchJwksByDiscovery } from './discovery.js';
 
 export type VerificationAlgorithm = 'RS256' | 'ES256';
 export const VERIFICATION_ALGORITHMS: readonly VerificationAlgorithm[] = ['RS256', 'ES256'];
@@ -33,6 +37,10 @@ export interface JwksSourceOptions {
   readonly issuer: string;
   readonly jwksFile?: string | undefined;
   readonly jwksUrl?: string | undefined;
+  /** Find the JWKS by OpenID discovery at `<issuer>/.well-known/openid-configuration` (https only). */
+  readonly discovery?: boolean | undefined;
+  /** PEM CA bundle for discovery's TLS (the discovery document and the JWKS); default: the system's. */
+  readonly caFile?: string | undefined;
   /** Permit http: URLs (tests only). */
   readonly allowInsecureHttp?: boolean | undefined;
   /** Minimum time between two fetches, whatever triggers them. */
@@ -134,6 +142,11 @@ export class JwksKeySource {
   readonly issuer: string;
 
   private readonly url: URL | undefined;
+  /** Discovery: the CA (PEM, or undefined for the system's) both fetches are verified against. */
+  private readonly discovery: { readonly ca: string | undefined } | undefined;
+  private lastFailure: string | undefined;
+  /** Where fetched keys come from (URL, or issuer + CA for discovery); undefined for a file. */
+  private readonly origin: string | undefined;
   private readonly clock: Clock;
   private readonly refreshIntervalMs: number;
   private readonly cacheMaxAgeMs: number;
@@ -154,11 +167,26 @@ export class JwksKeySource {
     this.fetchTimeoutMs = nonNegative(opts.fetchTimeoutMs, DEFAULT_JWKS_FETCH_TIMEOUT_MS, 'fetchTimeoutMs');
     this.maxResponseBytes = nonNegative(opts.maxResponseBytes, DEFAULT_JWKS_MAX_RESPONSE_BYTES, 'maxResponseBytes');
 
-    if ((opts.jwksFile === undefined) === (opts.jwksUrl === undefined)) {
-      throw new Error(`issuer ${opts.issuer}: configure exactly one of jwksFile and jwksUrl`);
+    const sources = [opts.jwksFile !== undefined, opts.jwksUrl !== undefined, opts.discovery === true].filter(Boolean).length;
+    if (sources !== 1) {
+      throw new Error(`issuer ${opts.issuer}: configure exactly one of jwksFile, jwksUrl and discovery`);
     }
-    if (opts.jwksFile !== undefined) {
+    if (opts.discovery === true) {
       this.url = undefined;
+      let ca: string | undefined;
+      if (opts.caFile !== undefined) {
+        try {
+          ca = readFileSync(opts.caFile, 'utf8');
+        } catch (cause) {
+          throw new Error(`issuer ${opts.issuer}: caFile ${opts.caFile} could not be read`, { cause });
+        }
+      }
+      this.discovery = { ca };
+      this.origin = JSON.stringify(['discovery', opts.issuer, ca ?? null]);
+    } else if (opts.jwksFile !== undefined) {
+      this.url = undefined;
+      this.discovery = undefined;
+      this.origin = undefined;
       const what = `JWKS file ${opts.jwksFile} for issuer ${opts.issuer}`;
       let document: unknown;
       try {
@@ -172,13 +200,37 @@ export class JwksKeySource {
       }
       this.loadedAt = this.clock.now();
     } else {
+      this.discovery = undefined;
       this.url = parseJwksUrl(opts.jwksUrl ?? '', opts.allowInsecureHttp === true, opts.issuer);
+      this.origin = JSON.stringify(['url', this.url.href]);
     }
   }
 
   /** Number of fetches started so far (for tests and metrics). */
   get fetches(): number {
     return this.fetchCount;
+  }
+
+  /** Why the last fetch failed (undefined after a success): for logs and diagnostics, never for clients. */
+  get lastError(): string | undefined {
+    return this.lastFailure;
+  }
+
+  /**
+   * On reload: takes over the fetched keys of the source this one replaces, when both fetch from the
+   * same place (same URL, or same issuer and CA), so a reload while the issuer is down keeps the last
+   * good keys. The refresh schedule carries over too.
+   */
+  adoptKeysFrom(previous: JwksKeySource): void {
+    if (this.origin === undefined || previous.origin !== this.origin || previous.loadedAt === undefined) return;
+    this.keys = previous.keys;
+    this.loadedAt = previous.loadedAt;
+    this.lastAttemptAt = previous.lastAttemptAt;
+  }
+
+  /** Whether the keys are fetched (jwksUrl, discovery) rather than read from a file. */
+  private get remote(): boolean {
+    return this.url !== undefined || this.discovery !== undefined;
   }
 
   /** Fetches the URL now if the refresh interval allows; a startup warm-up. Never throws. */
@@ -198,13 +250,13 @@ export class JwksKeySource {
   }
 
   async getKey(alg: VerificationAlgorithm, kid: string | undefined): Promise<CryptoKey> {
-    if (this.url && (this.loadedAt === undefined || this.clock.now() - this.loadedAt >= this.cacheMaxAgeMs)) {
+    if (this.remote && (this.loadedAt === undefined || this.clock.now() - this.loadedAt >= this.cacheMaxAgeMs)) {
       await this.refreshIfAllowed();
     }
     let found = this.lookup(alg, kid);
     // Only a missing key can be fixed by refetching (rotation); the refresh interval bounds how
     // often unknown key ids can make us fetch.
-    if (found.kind === 'none' && this.url && (await this.refreshIfAllowed())) {
+    if (found.kind === 'none' && this.remote && (await this.refreshIfAllowed())) {
       found = this.lookup(alg, kid);
     }
     switch (found.kind) {
@@ -216,7 +268,11 @@ export class JwksKeySource {
         throw invalidToken('token has no key id and the issuer publishes several keys');
       case 'none':
         if (this.loadedAt === undefined) {
-          throw invalidToken("the token issuer's signing keys could not be fetched");
+          throw invalidToken(
+            this.discovery !== undefined
+              ? "the token issuer's signing keys are not available: discovery has not succeeded yet"
+              : "the token issuer's signing keys could not be fetched",
+          );
         }
         throw invalidToken(kid === undefined ? 'no issuer key matches the token' : 'token key id is unknown');
     }
@@ -253,25 +309,43 @@ export class JwksKeySource {
 
   /** Resolves true when a fetch completed successfully (possibly one another caller started). */
   private refreshIfAllowed(): Promise<boolean> {
-    if (!this.url) return Promise.resolve(false);
+    if (!this.remote) return Promise.resolve(false);
     if (this.inFlight) return this.inFlight;
     const now = this.clock.now();
     if (now - this.lastAttemptAt < this.refreshIntervalMs) return Promise.resolve(false);
     this.lastAttemptAt = now;
     this.fetchCount += 1;
-    const url = this.url;
-    this.inFlight = this.fetchKeys(url)
+    this.inFlight = (this.url !== undefined ? this.fetchKeys(this.url) : this.discoverKeys())
       .then((keys) => {
         this.keys = keys;
         this.loadedAt = this.clock.now();
+        this.lastFailure = undefined;
         return true;
       })
       // A failed refetch keeps the keys we have: an unreachable endpoint should not revoke them.
-      .catch(() => false)
+      .catch((err: unknown) => {
+        this.lastFailure = err instanceof Error ? err.message : String(err);
+        return false;
+      })
       .finally(() => {
         this.inFlight = undefined;
       });
     return this.inFlight;
+  }
+
+  /**
+   * Discovery, then the JWKS it names. A set with no usable key is a failed fetch (the last good keys
+   * stay): a rotation adds a key before it removes one, never leaves none.
+   */
+  private async discoverKeys(): Promise<KeyEntry[]> {
+    const { jwksUri, document } = await fetchJwksByDiscovery(this.issuer, {
+      ca: this.discovery?.ca,
+      timeoutMs: this.fetchTimeoutMs,
+      maxBytes: this.maxResponseBytes,
+    });
+    const keys = parseJwks(document, `JWKS at ${jwksUri.href}`);
+    if (keys.length === 0) throw new Error(`the JWKS at ${jwksUri.href} holds no usable key`);
+    return keys;
   }
 
   private async fetchKeys(url: URL): Promise<KeyEntry[]> {

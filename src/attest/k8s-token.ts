@@ -20,6 +20,11 @@ export interface TokenIssuerOptions {
   /** One of jwksFile and jwksUrl (absent and undefined mean the same). */
   jwksFile?: string | undefined;
   jwksUrl?: string | undefined;
+  /** Or: find the JWKS by OpenID discovery (https only), TLS verified against caFile (default: the system's CAs). */
+  discovery?: boolean | undefined;
+  caFile?: string | undefined;
+  /** Fetched keys (jwksUrl, discovery) older than this are re-read before use, default 300. */
+  jwksRefreshSeconds?: number | undefined;
   /** Permit an http: jwksUrl (tests only). */
   allowInsecureHttp?: boolean | undefined;
   /** A token is accepted when its `aud` contains one of these. */
@@ -38,6 +43,8 @@ export interface ServiceAccountTokenAttestorOptions {
   clock?: Clock;
   /** Tolerance on nbf, iat and exp, default 60. */
   clockSkewSeconds?: number;
+  /** The attestor this one replaces (reload): fetched keys from the same place are taken over. */
+  previous?: ServiceAccountTokenAttestor | undefined;
 }
 
 export const MAX_TOKEN_BYTES = 16 * 1024;
@@ -113,11 +120,16 @@ export class ServiceAccountTokenAttestor implements TokenAttestor {
           issuer: cfg.issuer,
           jwksFile: cfg.jwksFile,
           jwksUrl: cfg.jwksUrl,
+          discovery: cfg.discovery,
+          caFile: cfg.caFile,
           allowInsecureHttp: cfg.allowInsecureHttp,
           refreshIntervalMs: cfg.jwksRefreshIntervalMs ?? DEFAULT_JWKS_REFRESH_INTERVAL_MS,
+          ...(cfg.jwksRefreshSeconds !== undefined ? { cacheMaxAgeMs: cfg.jwksRefreshSeconds * 1000 } : {}),
           clock: this.clock,
         }),
       });
+      const before = opts.previous?.issuers.get(cfg.issuer);
+      if (before !== undefined) this.issuers.get(cfg.issuer)?.keys.adoptKeysFrom(before.keys);
     }
   }
 

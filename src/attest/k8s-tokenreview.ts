@@ -180,6 +180,11 @@ export class TokenReviewAttestor implements TokenAttestor {
     private readonly maxEntries = MAX_CACHE_ENTRIES,
   ) {}
 
+  /** The signature-checking attestor this one confirms. */
+  get verifier(): TokenAttestor {
+    return this.inner;
+  }
+
   /** API server round trips so far (tests, metrics). */
   get apiCalls(): number {
     return this.#calls;

@@ -176,6 +176,12 @@ export const ConfigFileSchema = section({
       issuer: str(),
       jwksFile: opt(file()),
       jwksUrl: opt(str()),
+      /** Or: OpenID discovery at <issuer>/.well-known/openid-configuration names the JWKS (https only; key rotation without restart). */
+      discovery: opt(Type.Boolean({ message: 'expected true or false' })),
+      /** CA bundle (PEM) for discovery's TLS; default: the system's CAs. */
+      caFile: opt(file()),
+      /** Fetched keys (jwksUrl, discovery) are re-read when older than this (and on an unknown kid, at most every 30 s). */
+      jwksRefreshSeconds: opt(int(30, 86_400)),
       allowInsecureHttp: bool(false),
       audiences: strList(),
       maxLifetimeSeconds: int(60, 31 * 86_400, 86_400),

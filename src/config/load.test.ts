@@ -43,6 +43,13 @@ describe('loadConfig', () => {
     expect(c.registration[0]?.selector).toEqual({ namespace: 'shop', serviceAccount: 'web' });
   });
 
+  it('reads an issuer found by discovery, with its CA and refresh period', () => {
+    const file = configFile(minimal.replace(/jwksUrl: .*/, 'discovery: true\n    caFile: cluster-ca.pem\n    jwksRefreshSeconds: 60'));
+    const c = loadConfig({ file, env: {} });
+    expect(c.issuers[0]).toMatchObject({ issuer: 'https://oidc.cluster', discovery: true, caFile: path.join(path.dirname(file), 'cluster-ca.pem'), jwksRefreshSeconds: 60 });
+    expect(c.issuers[0]?.jwksUrl).toBeUndefined();
+  });
+
   it('names the env variable when an override is bad', () => {
     expect(() => loadConfig({ file: configFile(minimal), env: { TESSERA_PORT: '70000' } })).toThrow(/^TESSERA_PORT: expected an integer in \[0, 65535\]$/);
     expect(() => loadConfig({ env: { TESSERA_LOG_LEVEL: 'loud' } })).toThrow(/^TESSERA_LOG_LEVEL: expected fatal\|error/);
@@ -52,7 +59,13 @@ describe('loadConfig', () => {
     ['unknown top-level key', `${minimal}\nfrobnicate: 1\n`, /config.frobnicate: unknown setting/],
     ['bad trust domain', minimal.replace('prod.example', 'Prod Example'), /trustDomain/],
     ['missing CA file', minimal.replace('certFile: ca.pem, ', ''), /config.ca.certFile/],
-    ['both JWKS sources', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    jwksFile: k.json'), /exactly one of jwksFile or jwksUrl/],
+    ['both JWKS sources', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    jwksFile: k.json'), /config.issuers\[0\]: set exactly one of jwksFile, jwksUrl or discovery: true/],
+    ['JWKS URL and discovery', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    discovery: true'), /config.issuers\[0\]: set exactly one of jwksFile, jwksUrl or discovery: true/],
+    ['discovery of an http issuer', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    discovery: true').replace(/\n *jwksUrl: .*/, '').replace('issuer: https://oidc.cluster', 'issuer: http://oidc.cluster'), /config.issuers\[0\].issuer: discovery needs an https:\/\/ issuer URL/],
+    ['discovery over http', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    discovery: true\n    allowInsecureHttp: true').replace(/\n *jwksUrl: .*/, ''), /config.issuers\[0\].allowInsecureHttp: discovery is https only/],
+    ['discovery not a boolean', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    discovery: yes please'), /config.issuers\/0\/discovery|config.issuers\[0\].discovery/],
+    ['caFile without discovery', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    caFile: ca.pem'), /config.issuers\[0\].caFile: only used with discovery: true/],
+    ['refresh below 30 s', minimal.replace('audiences: [tessera]', 'audiences: [tessera]\n    jwksRefreshSeconds: 5'), /jwksRefreshSeconds/],
     ['no audiences', minimal.replace('audiences: [tessera]', 'audiences: []'), /audiences/],
     ['no token issuer', minimal.replace(/issuers:[\s\S]*audiences: \[tessera\]\n/, 'issuers: []\n'), /config.issuers: at least one token issuer is required/],
     ['bad DNS SAN', minimal.replace('web.shop.svc', 'WEB_SHOP'), /dnsNames/],

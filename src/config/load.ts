@@ -248,7 +248,22 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
   named(name('/trustDomain'), () => validateTrustDomain(f.trustDomain));
   f.issuers.forEach((issuer, i) => {
     if (issuer.audiences.length === 0) fail(`config.issuers[${i}].audiences: at least one audience is required`);
-    if ((issuer.jwksFile === undefined) === (issuer.jwksUrl === undefined)) fail(`config.issuers[${i}]: set exactly one of jwksFile or jwksUrl`);
+    const discovery = issuer.discovery === true;
+    if ([issuer.jwksFile !== undefined, issuer.jwksUrl !== undefined, discovery].filter(Boolean).length !== 1) {
+      fail(`config.issuers[${i}]: set exactly one of jwksFile, jwksUrl or discovery: true`);
+    }
+    if (discovery) {
+      const u = url(issuer.issuer);
+      if (u?.protocol !== 'https:' || u.username !== '' || u.password !== '') {
+        fail(`config.issuers[${i}].issuer: discovery needs an https:// issuer URL without credentials`);
+      }
+      if (issuer.allowInsecureHttp) fail(`config.issuers[${i}].allowInsecureHttp: discovery is https only`);
+    } else if (issuer.caFile !== undefined) {
+      fail(`config.issuers[${i}].caFile: only used with discovery: true`);
+    }
+    if (issuer.jwksRefreshSeconds !== undefined && issuer.jwksFile !== undefined) {
+      fail(`config.issuers[${i}].jwksRefreshSeconds: only used with jwksUrl or discovery (a jwksFile is re-read on reload)`);
+    }
     const api = issuer.kubernetes?.apiServer;
     if (api !== undefined && url(api)?.protocol !== 'https:') fail(`config.issuers[${i}].kubernetes.apiServer: expected an https:// URL`);
   });
