@@ -15,6 +15,10 @@
  * replica holding the `ca-rotation` lock writes (and it re-reads the state under the lock); every
  * replica reads the record every `pollIntervalMs` and switches to what it says. Private keys are
  * sealed with the secrets KEK (secrets/envelope.ts) before they reach the store.
+ *
+ * Without the root's key (an upstream or offline root) nothing prepares by itself: `ca prepare` stores
+ * the next authority's sealed keys as `pending` and returns a CSR; `ca import` checks the certificate
+ * the root signed and turns them into the prepared authority — one write each.
  */
 import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
