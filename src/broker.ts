@@ -213,7 +213,8 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       // of the active one's life): only then is there something to warn about.
       successorPrepared:
         live.state !== undefined &&
-        (preparedOf(live.state) !== undefined || clock.now() < prepareAt(activeOf(live.state)) + ROTATION_OVERDUE_MS),
+        (preparedOf(live.state) !== undefined ||
+          (config.ca.rotation?.rootKeyFile !== undefined && clock.now() < prepareAt(activeOf(live.state)) + ROTATION_OVERDUE_MS)),
     }),
     windows: config.ca.expiryWarningSeconds,
     clock,
@@ -229,7 +230,9 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     const readConfigFile = (file: string): string => readFileSync(file, 'utf8');
     let root;
     try {
-      root = rootIssuer(configCa.rootsPem, readConfigFile(config.ca.rotation.rootKeyFile));
+      // Without it the root is upstream or offline: next authorities come from `ca prepare` / `ca import`.
+      const rootKeyFile = config.ca.rotation.rootKeyFile;
+      root = rootKeyFile !== undefined ? rootIssuer(configCa.rootsPem, readConfigFile(rootKeyFile)) : undefined;
     } catch (err) {
       throw new ConfigError(`config.ca.rotation.rootKeyFile: ${err instanceof Error ? err.message : String(err)}`);
     }
@@ -289,8 +292,11 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   // Signing CAs made by rotation join them (a resumed TLS session presents no chain to walk).
   const addWorkloadAnchors = (next: Omit<LiveAuthorities, 'state'> & { readonly state?: LiveAuthorities['state'] }): void => {
     for (const a of next.state?.authorities ?? []) {
-      const cert = new X509Certificate(a.certPem);
-      if (!workloadAnchors.some((c) => c.raw.equals(cert.raw))) workloadAnchors.push(cert);
+      // Its own certificate and, for an imported one, the intermediates up to the upstream root.
+      for (const der of splitPemCertificates(a.certPem + a.intermediatesPem, 'CA authority')) {
+        const cert = new X509Certificate(der);
+        if (!workloadAnchors.some((c) => c.raw.equals(cert.raw))) workloadAnchors.push(cert);
+      }
     }
   };
   addWorkloadAnchors(live);

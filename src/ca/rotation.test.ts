@@ -355,3 +355,31 @@ function preparedOf(state: CaState): AuthorityRecord | undefined {
   return state.authorities.find((a) => a.state === 'prepared');
 }
 
+
+describe('checkImportedCa (ca import)', () => {
+  it('accepts a CA under an intermediate only with the chain, and refuses a pathLenConstraint it breaks', async () => {
+    const { checkImportedCa } = await import('./rotation.js');
+    const { issuerFromPem: issuerOf, mintCa: ca } = await import('./x509.js');
+    const pem = (k: KeyObject): string => k.export({ type: 'pkcs8', format: 'pem' }).toString();
+    const now = Date.now();
+    const span = { notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) };
+    const make = (pathLen: number) => {
+      const rootKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const root = ca({ commonName: 'Root', trustDomain: 'example.org', subjectPublicKey: rootKey.publicKey, ...span, pathLen }, { selfSignedKey: rootKey.privateKey });
+      const midKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const mid = ca({ commonName: 'Mid', trustDomain: 'example.org', subjectPublicKey: midKey.publicKey, ...span, pathLen: 1 }, issuerOf(root.pem, pem(rootKey.privateKey)));
+      const nextKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const next = ca({ commonName: 'Next', trustDomain: 'example.org', subjectPublicKey: nextKey.publicKey, ...span, pathLen: 0 }, issuerOf(mid.pem, pem(midKey.privateKey)));
+      return { root: root.pem, mid: mid.pem, next: next.pem, key: pem(nextKey.privateKey) };
+    };
+    const limits = { maxX509TtlMs: 60_000, maxJwtTtlMs: 60_000 };
+    const ok = make(2);
+    expect(() => checkImportedCa(ok.next, ok.mid, ok.key, ok.root, now, limits)).not.toThrow();
+    expect(() => checkImportedCa(ok.next, '', ok.key, ok.root, now, limits)).toThrow(/does not chain to a root/);
+    expect(() => checkImportedCa(ok.next, ok.mid, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), ok.root, now, limits)).toThrow(/does not match the prepared key/);
+    expect(() => checkImportedCa(ok.next + ok.mid, '', ok.key, ok.root, now, limits)).toThrow(/exactly one certificate/);
+    expect(() => checkImportedCa(ok.next, ok.mid, ok.key, ok.root, now + 7_200_000, limits)).toThrow(/expired at/);
+    const tight = make(1);
+    expect(() => checkImportedCa(tight.next, tight.mid, tight.key, tight.root, now, limits)).toThrow(/allows 1 CA certificate\(s\) below it \(pathLenConstraint\) but the path to the SVIDs has 2/);
+  });
+});

@@ -15,8 +15,12 @@
  * replica holding the `ca-rotation` lock writes (and it re-reads the state under the lock); every
  * replica reads the record every `pollIntervalMs` and switches to what it says. Private keys are
  * sealed with the secrets KEK (secrets/envelope.ts) before they reach the store.
+ *
+ * Without the root's key (an upstream or offline root) nothing prepares by itself: `ca prepare` stores
+ * the next authority's sealed keys as `pending` and returns a CSR; `ca import` checks the certificate
+ * the root signed and turns them into the prepared authority — one write each.
  */
-import { createPrivateKey, createPublicKey, generateKeyPair, randomUUID, X509Certificate } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import Type, { type Static } from 'typebox';
 import type { Clock } from '../clock.js';
@@ -28,7 +32,7 @@ import type { Store } from '../store/store.js';
 import { CertificateAuthority } from './authority.js';
 import { toPem } from './der.js';
 import { JwtSvidSigner } from './jwt-svid.js';
-import { issuerFromPem, mintCa, splitPemCertificates, type IssuerMaterial } from './x509.js';
+import { caConstraintsOf, issuerFromPem, mintCa, mintCaCsr, splitPemCertificates, type IssuerMaterial } from './x509.js';
 
 const AuthorityRecordSchema = Type.Object({
   /** The signing certificate's subject key identifier (hex), as in metrics and logs. */
@@ -51,8 +55,23 @@ const AuthorityRecordSchema = Type.Object({
 export type AuthorityRecord = Static<typeof AuthorityRecordSchema>;
 export type AuthorityState = AuthorityRecord['state'];
 
+/**
+ * `tessera ca prepare`: the next authority's keys, made by the broker, waiting for a certificate from an
+ * upstream or offline root (`tessera ca import`). Not in the bundle; the keys never leave the store.
+ */
+const PendingRecordSchema = Type.Object({
+  /** Random; names the sealing context of the keys until the certificate gives the authority its id. */
+  id: Type.String({ pattern: '^[0-9a-f]{32}$' }),
+  key: SealedRecordSchema,
+  jwtKey: SealedRecordSchema,
+  csrPem: Type.String({ minLength: 1, maxLength: 16_384 }),
+  createdAt: SafeInteger(),
+});
+export type PendingRecord = Static<typeof PendingRecordSchema>;
+
 const CaStateSchema = Type.Object({
   version: Type.Literal(1),
+  pending: Type.Optional(PendingRecordSchema),
   /** The trust bundle's spiffe_sequence: +1 each time the set of published authorities changes. */
   sequence: Type.Integer({ minimum: 1, maximum: Number.MAX_SAFE_INTEGER }),
   authorities: Type.Array(AuthorityRecordSchema, { maxItems: 32 }),
@@ -146,6 +165,97 @@ export interface AuthorityMaterial {
 }
 
 const keyContext = (id: string, which: 'x509' | 'jwt'): string => `ca-authority/${id}/${which}`;
+const pendingContext = (id: string, which: 'x509' | 'jwt'): string => `ca-pending/${id}/${which}`;
+
+/** Bounds of what `ca import` accepts. */
+export const MAX_IMPORT_CERT_PEM = 16_384;
+export const MAX_IMPORT_CHAIN_PEM = 65_536;
+
+const rejected = (message: string): BrokerError => new BrokerError('bad_request', message);
+
+/**
+ * Checks a certificate from an upstream root for the pending key, each cause with its own message:
+ * one certificate, for the key `ca prepare` made, a CA allowed to sign certificates, valid now and for
+ * at least the longest X.509-SVID, chaining through `chainPem` to a root of `rootsPem`.
+ */
+export function checkImportedCa(certPem: string, chainPem: string, keyPem: string, rootsPem: string, now: number, limits: RotationLimits): void {
+  let ders: Buffer[];
+  try {
+    ders = splitPemCertificates(certPem, 'the certificate');
+  } catch (err) {
+    throw rejected(`${err instanceof Error ? err.message : String(err)}: expected one PEM CERTIFICATE block`);
+  }
+  if (ders.length !== 1) throw rejected(`the certificate PEM must hold exactly one certificate (found ${ders.length}); put the ones above it in the chain`);
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(ders[0] as Buffer);
+  } catch {
+    throw rejected('the certificate is malformed');
+  }
+  const spki = (k: KeyObject): Buffer => k.export({ type: 'spki', format: 'der' });
+  if (!spki(cert.publicKey).equals(spki(createPublicKey(createPrivateKey(keyPem))))) {
+    throw rejected('the certificate does not match the prepared key: sign the CSR that `tessera ca prepare` wrote (run it again to get the same CSR)');
+  }
+  let constraints: ReturnType<typeof caConstraintsOf>;
+  try {
+    constraints = caConstraintsOf(cert.raw);
+  } catch {
+    throw rejected('the certificate has a malformed basicConstraints or keyUsage extension');
+  }
+  if (!constraints.ca) throw rejected('the certificate is not a CA: basicConstraints cA:TRUE is missing');
+  if (constraints.keyCertSign !== true) throw rejected('the certificate cannot sign certificates: its keyUsage lacks keyCertSign');
+  try {
+    issuerFromPem(certPem, keyPem);
+  } catch (err) {
+    throw rejected(`the certificate cannot be used as a signing CA: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  const notBefore = Date.parse(cert.validFrom);
+  const notAfter = Date.parse(cert.validTo);
+  if (now < notBefore) throw rejected(`the certificate is not valid yet (notBefore ${new Date(notBefore).toISOString()})`);
+  if (now >= notAfter) throw rejected(`the certificate expired at ${new Date(notAfter).toISOString()}`);
+  if (notAfter - now < limits.maxX509TtlMs) {
+    throw rejected(`the certificate ends at ${new Date(notAfter).toISOString()}, sooner than the longest X.509-SVID (svid.x509MaxTtlSeconds) from now`);
+  }
+  try {
+    CertificateAuthority.fromPem({ certPem, keyPem, intermediatesPem: chainPem, rootsPem });
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    throw rejected(`the certificate does not chain to a root in ca.bundleFile (${why}); pass the certificates between it and the root with --chain`);
+  }
+  checkPathLengths(cert, chainPem, rootsPem, now);
+}
+
+/**
+ * The path root → … → this CA → SVID must respect every CA's pathLenConstraint (RFC 5280 4.2.1.9), and
+ * every certificate above the new CA must be valid now — else relying parties reject what it signs.
+ */
+function checkPathLengths(cert: X509Certificate, chainPem: string, rootsPem: string, now: number): void {
+  const parse = (pem: string, what: string): X509Certificate[] => splitPemCertificates(pem, what).map((d) => new X509Certificate(d));
+  const intermediates = parse(chainPem, 'the chain');
+  const roots = parse(rootsPem, 'ca.bundleFile');
+  const issuedBy = (child: X509Certificate, parent: X509Certificate): boolean => child.checkIssued(parent) && child.verify(parent.publicKey);
+  // fromPem has checked that this walk ends at a root.
+  const path: X509Certificate[] = [cert];
+  for (let current = cert; path.length <= 9; ) {
+    const root = roots.find((r) => issuedBy(current, r));
+    if (root !== undefined) {
+      if (!root.raw.equals(current.raw)) path.push(root);
+      break;
+    }
+    const parent = intermediates.find((c) => !path.includes(c) && issuedBy(current, c));
+    if (parent === undefined) break;
+    path.push(parent);
+    current = parent;
+  }
+  path.forEach((c, below) => {
+    const name = below === 0 ? 'the certificate' : `"${c.subject.replace(/\n/g, ', ')}"`;
+    if (below > 0 && (now < Date.parse(c.validFrom) || now >= Date.parse(c.validTo))) throw rejected(`${name} in its chain is not valid now (${c.validFrom} to ${c.validTo})`);
+    const { pathLen } = caConstraintsOf(Buffer.from(c.raw));
+    if (pathLen !== undefined && pathLen < below) {
+      throw rejected(`${name} allows ${pathLen} CA certificate(s) below it (pathLenConstraint) but the path to the SVIDs has ${below}: have the root sign the CSR directly, or use a root that allows more`);
+    }
+  });
+}
 
 /** Seals an authority's keys into a record (the certificate is checked against `rootsPem` first). */
 export async function authorityRecord(
@@ -231,8 +341,8 @@ export interface CaRotationOptions {
   readonly clock: Clock;
   readonly ring: KeyRing;
   readonly rootsPem: string;
-  /** Signs next signing CAs. */
-  readonly root: IssuerMaterial;
+  /** Signs next signing CAs. Absent (upstream or offline root): authorities come from `ca prepare` / `ca import`. */
+  readonly root?: IssuerMaterial | undefined;
   readonly trustDomain: string;
   readonly caTtlMs: number;
   readonly pollIntervalMs: number;
@@ -347,6 +457,89 @@ export class CaRotation {
    * ca_state_conflict when nothing is prepared.
    */
   async activateNow(): Promise<AuthorityRecord> {
+    return this.#underLock(async () => {
+      const prepared = preparedOf(this.#live.state);
+      if (prepared === undefined) throw new BrokerError('ca_state_conflict', 'no authority is prepared, so there is nothing to activate');
+      const now = this.#opts.clock.now();
+      if (now < prepared.notBefore) throw new BrokerError('ca_state_conflict', `the prepared authority ${prepared.id} is not valid before ${new Date(prepared.notBefore).toISOString()}`);
+      await this.#write({ kind: 'activate', id: prepared.id }, now);
+      return activeOf(this.#live.state);
+    });
+  }
+
+  /**
+   * `tessera ca prepare`: makes the next authority's keys (sealed in the store, one write) and returns a
+   * PKCS#10 CSR for its signing CA, for an upstream or offline root to sign. Asked again before the
+   * import, it returns the same CSR (`created: false`). 409 ca_state_conflict when an authority is
+   * already prepared.
+   */
+  async prepareCsr(): Promise<{ readonly csrPem: string; readonly createdAt: number; readonly created: boolean }> {
+    return this.#underLock(async () => {
+      const state = this.#live.state;
+      if (preparedOf(state) !== undefined) {
+        throw new BrokerError('ca_state_conflict', `authority ${preparedOf(state)?.id ?? ''} is already prepared: activate it (tessera ca activate) before preparing another`);
+      }
+      if (state.pending !== undefined) return { csrPem: state.pending.csrPem, createdAt: state.pending.createdAt, created: false };
+      const [ca, jwt] = await Promise.all([generateKeyPairAsync('ec', { namedCurve: 'P-256' }), generateKeyPairAsync('ec', { namedCurve: 'P-256' })]);
+      const id = randomBytes(16).toString('hex');
+      const now = this.#opts.clock.now();
+      const pem = (k: KeyObject): Buffer => Buffer.from(k.export({ type: 'pkcs8', format: 'pem' }).toString(), 'utf8');
+      const pending: PendingRecord = {
+        id,
+        key: seal(this.#opts.ring, pem(ca.privateKey), pendingContext(id, 'x509')),
+        jwtKey: seal(this.#opts.ring, pem(jwt.privateKey), pendingContext(id, 'jwt')),
+        csrPem: mintCaCsr({ commonName: 'Tessera Signing CA', trustDomain: this.#opts.trustDomain }, ca.privateKey),
+        createdAt: now,
+      };
+      const next: CaState = { ...state, pending };
+      const text = JSON.stringify(next);
+      await this.#opts.store.kvPut(CA_STATE_SPACE, CA_STATE_KEY, text);
+      await this.#switch(text, next);
+      return { csrPem: pending.csrPem, createdAt: now, created: true };
+    });
+  }
+
+  /**
+   * `tessera ca import`: installs the certificate an upstream root signed for the pending key as the
+   * prepared authority — published in the bundle (sequence + 1) in the same single write that clears
+   * the pending keys. Every check comes first (400 bad_request naming the cause); nothing is written
+   * unless all pass. 409 ca_state_conflict when no `ca prepare` is pending.
+   */
+  async importCertificate(certPem: string, chainPem: string): Promise<AuthorityRecord> {
+    this.checkImport(certPem, chainPem);
+    return this.#underLock(async () => {
+      const opts = this.#opts;
+      const state = this.#live.state;
+      const { keyPem, jwtKeyPem, now } = this.#importChecks(state, certPem, chainPem);
+      const certOnly = toPem('CERTIFICATE', splitPemCertificates(certPem)[0] as Buffer);
+      const record = await authorityRecord({ certPem: certOnly, keyPem, intermediatesPem: chainPem, jwtKeyPem }, 'prepared', now, opts.ring, opts.rootsPem);
+      if (state.authorities.some((a) => a.id === record.id)) throw new BrokerError('ca_state_conflict', `authority ${record.id} is already installed`);
+      await this.#write({ kind: 'prepare' }, now, record, { version: state.version, sequence: state.sequence, authorities: state.authorities });
+      return record;
+    });
+  }
+
+  /** The checks of importCertificate on the current state, without writing (the admin route runs them before it audits). */
+  checkImport(certPem: string, chainPem: string): void {
+    this.#importChecks(this.#live.state, certPem, chainPem);
+  }
+
+  #importChecks(state: CaState, certPem: string, chainPem: string): { keyPem: string; jwtKeyPem: string; now: number } {
+    if (certPem.length > MAX_IMPORT_CERT_PEM) throw rejected(`the certificate PEM is longer than ${MAX_IMPORT_CERT_PEM} characters`);
+    if (chainPem.length > MAX_IMPORT_CHAIN_PEM) throw rejected(`the chain PEM is longer than ${MAX_IMPORT_CHAIN_PEM} characters`);
+    const opts = this.#opts;
+    const pending = state.pending;
+    if (pending === undefined) throw new BrokerError('ca_state_conflict', 'no `tessera ca prepare` is pending: there is no key for this certificate');
+    if (preparedOf(state) !== undefined) throw new BrokerError('ca_state_conflict', 'an authority is already prepared: activate it before importing another');
+    const keyPem = openSealed(opts.ring, pending.key, pendingContext(pending.id, 'x509')).toString('utf8');
+    const jwtKeyPem = openSealed(opts.ring, pending.jwtKey, pendingContext(pending.id, 'jwt')).toString('utf8');
+    const now = opts.clock.now();
+    checkImportedCa(certPem, chainPem, keyPem, opts.rootsPem, now, opts.limits);
+    return { keyPem, jwtKeyPem, now };
+  }
+
+  /** Runs `fn` holding the ca-rotation lock, on the state re-read under it (admin steps). */
+  async #underLock<T>(fn: () => Promise<T>): Promise<T> {
     await this.#ticking;
     const store = this.#opts.store;
     // Another owner than this replica's ticks, so the lock keeps them apart too.
@@ -357,12 +550,7 @@ export class CaRotation {
     }
     try {
       await this.#refresh();
-      const prepared = preparedOf(this.#live.state);
-      if (prepared === undefined) throw new BrokerError('ca_state_conflict', 'no authority is prepared, so there is nothing to activate');
-      const now = this.#opts.clock.now();
-      if (now < prepared.notBefore) throw new BrokerError('ca_state_conflict', `the prepared authority ${prepared.id} is not valid before ${new Date(prepared.notBefore).toISOString()}`);
-      await this.#write({ kind: 'activate', id: prepared.id }, now);
-      return activeOf(this.#live.state);
+      return await fn();
     } finally {
       await store.unlock(LOCK, owner);
     }
@@ -372,20 +560,29 @@ export class CaRotation {
     if (this.#closed) return;
     try {
       await this.#refresh();
-      if (dueStep(this.#live.state, this.#opts.clock.now()) === undefined) return;
+      const due = dueStep(this.#live.state, this.#opts.clock.now());
+      if (due === undefined || !this.#canTake(due)) return;
       const { store, owner } = this.#opts;
       if (!(await store.tryLock(LOCK, owner, LOCK_TTL_MS))) return; // another replica is at it
       try {
         await this.#refresh();
         const now = this.#opts.clock.now();
         const step = dueStep(this.#live.state, now);
-        if (step !== undefined && !this.#closed) await this.#write(step, now);
+        if (step !== undefined && !this.#closed && this.#canTake(step)) await this.#write(step, now);
       } finally {
         await store.unlock(LOCK, owner);
       }
     } catch (err) {
       this.#opts.onError(err, 'CA rotation');
     }
+  }
+
+  /**
+   * Without the root's key nothing prepares by itself (an upstream root signs: `ca prepare`/`ca import`);
+   * with it, an operator's pending `ca prepare` is not overtaken by an automatic one.
+   */
+  #canTake(step: RotationStep): boolean {
+    return step.kind !== 'prepare' || (this.#opts.root !== undefined && this.#live.state.pending === undefined);
   }
 
   async #refresh(): Promise<void> {
@@ -405,11 +602,12 @@ export class CaRotation {
     this.#opts.onChange(live, previous);
   }
 
-  async #write(step: RotationStep, now: number): Promise<void> {
+  async #write(step: RotationStep, now: number, imported?: AuthorityRecord, base?: CaState): Promise<void> {
     const opts = this.#opts;
-    const state = this.#live.state;
-    let record: AuthorityRecord | undefined;
-    if (step.kind === 'prepare') {
+    const state = base ?? this.#live.state;
+    let record: AuthorityRecord | undefined = imported;
+    if (step.kind === 'prepare' && record === undefined) {
+      if (opts.root === undefined) throw new Error('no root key to prepare with');
       const material = await mintNextAuthority(opts.root, opts.trustDomain, opts.caTtlMs, now);
       record = await authorityRecord(material, 'prepared', now, opts.ring, opts.rootsPem);
     }

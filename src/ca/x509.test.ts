@@ -511,3 +511,42 @@ describe('property: minted leaves parse back identically', () => {
     );
   });
 });
+
+describe('mintCaCsr and caConstraintsOf (ca prepare / ca import)', () => {
+  it('writes a PKCS#10 request signed by the key, for that key, asking for a CA', async () => {
+    const { mintCaCsr } = await import('./x509.js');
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const pem = mintCaCsr({ commonName: 'Tessera Signing CA', trustDomain: 'example.org' }, key.privateKey);
+    expect(pem).toMatch(/^-----BEGIN CERTIFICATE REQUEST-----\n/);
+    const parsed = parseCsrPem(pem); // verifies the self-signature
+    expect(parsed.publicKey.export({ type: 'spki', format: 'der' }).equals(key.publicKey.export({ type: 'spki', format: 'der' }))).toBe(true);
+    const der = Buffer.from(pem.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64');
+    const info = readDer(der).children[0] as DerNode;
+    const attrs = info.children[3] as DerNode;
+    expect(attrs.tag).toBe(0xa0);
+    expect(readOid(attrs.children[0]?.children[0] as DerNode)).toBe('1.2.840.113549.1.9.14');
+    // Tampering breaks the signature.
+    const bad = Buffer.from(der);
+    bad[bad.length - 5] = (bad[bad.length - 5] ?? 0) ^ 0xff;
+    expect(() => parseCsrPem(`-----BEGIN CERTIFICATE REQUEST-----\n${bad.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`)).toThrow();
+  });
+
+  it('refuses keys it cannot sign with and bad names', async () => {
+    const { mintCaCsr } = await import('./x509.js');
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    expect(() => mintCaCsr({ commonName: '', trustDomain: 'example.org' }, key.privateKey)).toThrow(/commonName/);
+    expect(() => mintCaCsr({ commonName: 'x', trustDomain: 'Not A Domain' }, key.privateKey)).toThrow();
+    expect(() => mintCaCsr({ commonName: 'x', trustDomain: 'example.org' }, key.publicKey)).toThrow(/private key/);
+  });
+
+  it('reads cA, keyCertSign and pathLen from a certificate', async () => {
+    const { caConstraintsOf } = await import('./x509.js');
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const now = Date.now();
+    const root = mintCa({ commonName: 'Root', trustDomain: 'example.org', subjectPublicKey: key.publicKey, notBefore: new Date(now), notAfter: new Date(now + 3_600_000), pathLen: 2 }, { selfSignedKey: key.privateKey });
+    expect(caConstraintsOf(root.der)).toEqual({ ca: true, keyCertSign: true, pathLen: 2 });
+    const issuer = issuerFromPem(root.pem, key.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString());
+    const leaf = mintLeaf(issuer, { spiffeId: 'spiffe://example.org/w', dnsNames: [], subjectPublicKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey, notBefore: new Date(now), notAfter: new Date(now + 60_000) });
+    expect(caConstraintsOf(leaf.der)).toEqual({ ca: false, keyCertSign: false, pathLen: undefined });
+  });
+});

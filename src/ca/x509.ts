@@ -7,6 +7,7 @@
 import {
   createHash,
   createPrivateKey,
+  createPublicKey,
   randomFillSync,
   X509Certificate,
   type KeyObject,
@@ -32,6 +33,7 @@ import {
   readBitString,
   readBoolean,
   readDer,
+  readInteger,
   readOctetString,
   readOid,
   readTime,
@@ -421,6 +423,35 @@ export function mintCa(profile: CaProfile, issuer: IssuerMaterial | { selfSigned
   return { der, pem: toPem('CERTIFICATE', der), serialHex: serial.hex };
 }
 
+/** PKCS#9 extensionRequest: the extensions a CSR asks its signer to put in the certificate. */
+const OID_EXTENSION_REQUEST = '1.2.840.113549.1.9.14';
+
+/**
+ * A PKCS#10 certificate signing request (RFC 2986) for a signing CA, for an upstream or offline root
+ * to sign (`tessera ca prepare`): subject `O=Tessera, CN=<commonName>`, `key`'s public key, and an
+ * extensionRequest for what the certificate must carry — basicConstraints cA (pathLen 0), keyUsage
+ * keyCertSign + cRLSign, and the trust domain's SPIFFE ID. Signed with `key` (proof of possession).
+ */
+export function mintCaCsr(profile: { commonName: string; trustDomain: string }, key: KeyObject): string {
+  if (typeof profile.commonName !== 'string' || profile.commonName.length === 0 || profile.commonName.length > 64) {
+    throw internal('CA commonName must be 1..64 characters');
+  }
+  validateTrustDomain(profile.trustDomain);
+  const signer = issuerSigner(key);
+  const publicKey = createPublicKey(key);
+  const { spki } = subjectKeyMaterial(publicKey, keyKindOf(publicKey));
+  const subject = sequence(rdn(OID.organizationName, utf8String('Tessera')), rdn(OID.commonName, utf8String(profile.commonName)));
+  const requested = sequence(
+    extension(OID.basicConstraints, true, sequence(TRUE, integer(0))),
+    EXT_CA_KU,
+    extension(OID.subjectAltName, false, sequence(implicit(6, Buffer.from(`spiffe://${profile.trustDomain}`, 'latin1')))),
+  );
+  const attributes = implicit(0, sequence(oid(OID_EXTENSION_REQUEST), set(requested)), true);
+  const info = sequence(integer(0), subject, spki, attributes);
+  const der = sign(signatureSpecFor(signer), info);
+  return toPem('CERTIFICATE REQUEST', der);
+}
+
 const CERT_PEM_RE = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----/g;
 
 /**
@@ -479,6 +510,26 @@ function parseCertFields(der: Buffer): CertFields {
     spki: Buffer.from(spki.raw),
     extensions,
   };
+}
+
+/**
+ * What a certificate says about being a CA, read from its extensions: basicConstraints cA, and whether
+ * keyUsage allows keyCertSign (`undefined` when it has no keyUsage). Throws DerError when malformed.
+ */
+export function caConstraintsOf(certDer: Buffer): { readonly ca: boolean; readonly keyCertSign: boolean | undefined; readonly pathLen: number | undefined } {
+  const fields = parseCertFields(certDer);
+  const bc = fields.extensions.get(OID.basicConstraints);
+  let ca = false;
+  let pathLen: number | undefined;
+  if (bc !== undefined) {
+    const [first, second] = readDer(bc.value).children;
+    ca = first !== undefined && first.tag === TAG.BOOLEAN && readBoolean(first);
+    const lenNode = first?.tag === TAG.INTEGER ? first : second;
+    if (lenNode !== undefined && lenNode.tag === TAG.INTEGER) pathLen = Number(readInteger(lenNode));
+  }
+  const ku = fields.extensions.get(OID.keyUsage);
+  const keyCertSign = ku === undefined ? undefined : ((readBitString(readDer(ku.value)).bytes[0] ?? 0) & 0x04) !== 0;
+  return { ca, keyCertSign, pathLen };
 }
 
 /**

@@ -1,8 +1,11 @@
 /**
- * `tessera ca status [--json]` and `tessera ca activate --reason TEXT`: the CA lifecycle over the admin
- * API (GET /v1/admin/ca, POST /v1/admin/ca/activate) with an admin certificate — auditor or operator to
- * read, operator to activate; both audited by the broker. The defaults are the dev broker's (npm start).
+ * `tessera ca status [--json]`, `tessera ca activate --reason TEXT`, and for an upstream or offline root
+ * `tessera ca prepare --csr-out FILE` / `tessera ca import --cert FILE [--chain FILE]`: the CA lifecycle
+ * over the admin API (GET /v1/admin/ca, POST /v1/admin/ca/{activate,prepare,import}) with an admin
+ * certificate — auditor or operator to read, operator for the rest; all audited by the broker. The
+ * defaults are the dev broker's (npm start).
  */
+import { writeFileSync } from 'node:fs';
 import https from 'node:https';
 import { command } from './command.js';
 import { readNamedFile } from './files.js';
@@ -87,7 +90,8 @@ export const CA_COMMANDS = [
       const r = await call(target(values, '/v1/admin/ca'), 'GET');
       if (r.status !== 200) throw refused(r);
       if (values.json === true) {
-        io.stdout(`${JSON.stringify({ rotation: r.json.rotation, sequence: r.json.sequence, authorities: r.json.authorities }, null, 2)}\n`);
+        const { rotation, sequence, authorities, pendingSince } = r.json;
+        io.stdout(`${JSON.stringify({ rotation, sequence, authorities, ...(pendingSince !== undefined ? { pendingSince } : {}) }, null, 2)}\n`);
         return 0;
       }
       const authorities = r.json.authorities as AuthorityOut[];
@@ -96,6 +100,7 @@ export const CA_COMMANDS = [
         const extra = a.dependentsUntil !== undefined ? `  SVIDs depend on it until ${a.dependentsUntil}` : a.activatedAt !== undefined ? `  active since ${a.activatedAt}` : '';
         io.stdout(`${a.state.padEnd(9)} ${a.id}  expires ${a.notAfter}  jwt kid ${a.jwtKid}${extra}\n`);
       }
+      if (typeof r.json.pendingSince === 'string') io.stdout(`pending   keys from \`ca prepare\` since ${r.json.pendingSince}, waiting for \`ca import\`\n`);
       return 0;
     },
   }),
@@ -110,6 +115,50 @@ export const CA_COMMANDS = [
       if (r.status !== 200) throw refused(r);
       const active = r.json.active as AuthorityOut;
       io.stdout(`active: ${active.id} (expires ${active.notAfter}, jwt kid ${active.jwtKid})\n`);
+      return 0;
+    },
+  }),
+  command({
+    name: 'ca prepare',
+    usage: `--csr-out FILE --reason TEXT ${USAGE_TLS}`,
+    summary: 'make the next CA authority\'s keys (kept in the broker) and write a CSR for\nan upstream or offline root to sign (operator role; `-` writes to stdout)',
+    options: { ...OPTIONS, 'csr-out': { type: 'string' }, reason: { type: 'string' } },
+    async run(values, _positionals, io) {
+      const out = values['csr-out'];
+      if (out === undefined || out === '') throw new UsageError('ca prepare needs --csr-out FILE (where to write the CSR; - for stdout)');
+      if (values.reason === undefined || values.reason.trim() === '') throw new UsageError('ca prepare needs --reason "…" (it goes into the audit log)');
+      const r = await call(target(values, '/v1/admin/ca/prepare'), 'POST', JSON.stringify({ reason: values.reason }));
+      if (r.status !== 200) throw refused(r);
+      const csrPem = String(r.json.csrPem);
+      if (out === '-') {
+        io.stdout(csrPem);
+        return 0;
+      }
+      try {
+        writeFileSync(out, csrPem, { mode: 0o644 });
+      } catch (err) {
+        throw new CommandFailed(`--csr-out ${out}: cannot write it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      }
+      const again = r.json.created === false ? ' (the one already pending since ' + String(r.json.pendingSince) + ')' : '';
+      io.stdout(`wrote the CSR for the next CA authority to ${out}${again}; have the root sign it, then: tessera ca import --cert FILE\n`);
+      return 0;
+    },
+  }),
+  command({
+    name: 'ca import',
+    usage: `--cert FILE [--chain FILE] --reason TEXT ${USAGE_TLS}`,
+    summary: 'install the certificate the root signed for `ca prepare`\'s CSR as the prepared\nCA authority; `ca activate` then switches to it (operator role)',
+    options: { ...OPTIONS, cert: { type: 'string' }, chain: { type: 'string' }, reason: { type: 'string' } },
+    async run(values, _positionals, io) {
+      if (values.cert === undefined || values.cert === '') throw new UsageError('ca import needs --cert FILE (the certificate the root signed)');
+      if (values.reason === undefined || values.reason.trim() === '') throw new UsageError('ca import needs --reason "…" (it goes into the audit log)');
+      const certificatePem = readNamedFile(values.cert, '--cert');
+      const chainPem = values.chain !== undefined ? readNamedFile(values.chain, '--chain') : undefined;
+      const body = JSON.stringify({ reason: values.reason, certificatePem, ...(chainPem !== undefined ? { chainPem } : {}) });
+      const r = await call(target(values, '/v1/admin/ca/import'), 'POST', body);
+      if (r.status !== 200) throw refused(r);
+      const prepared = r.json.prepared as AuthorityOut;
+      io.stdout(`prepared: ${prepared.id} (expires ${prepared.notAfter}, jwt kid ${prepared.jwtKid}); bundle sequence ${String(r.json.sequence)}\n`);
       return 0;
     },
   }),

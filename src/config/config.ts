@@ -163,8 +163,11 @@ export const ConfigFileSchema = section({
      * root that signs its intermediates. Absent: the CA and JWT key from the files above, never rotated.
      */
     rotation: opt(section({
-      /** Private key of the root in bundleFile that signs each next signing CA. */
-      rootKeyFile: file(),
+      /**
+       * Private key of the root in bundleFile that signs each next signing CA. Absent (an upstream or
+       * offline root): next authorities come from `tessera ca prepare` / `ca import` (docs/ca.md).
+       */
+      rootKeyFile: opt(file()),
       /** Lifetime of each signing CA Tessera makes (prepared at 1/2 of the active one's life, active at 5/6). */
       caTtlSeconds: int(30, 10 * 365 * 86_400, 7 * 86_400),
       /** How often every replica reads the shared CA state (a switch reaches every replica within this). */
