@@ -191,11 +191,20 @@ export async function secretsEngines(opts: SecretsCliOptions): Promise<number> {
   const roles = new Map<string, string[]>(
     [...s.postgres, ...s.mysql, ...s.redis, ...s.rabbitmq].map((e) => [e.name, Object.keys(e.roles)] as const),
   );
+  // Rotated admin passwords (secrets rotate-root) are in the store: read them where the store is shared
+  // (Redis). The embedded store has a single writer (the running broker): there /readyz is the check.
+  const store = s.kekFile !== undefined && config.store.redis !== undefined ? await RedisStore.connect({ ...config.store.redis }) : undefined;
+  const roots = store !== undefined ? new RootPasswords(store, ring(config), 'cli') : undefined;
   // Health only: nothing is issued, so no lease is ever created.
-  const engines = SecretEngines.fromConfig(s, {
-    create: () => Promise.reject(new Error('tessera secrets engines issues nothing')),
-    discard: () => Promise.resolve(),
-  });
+  const engines = SecretEngines.fromConfig(
+    s,
+    {
+      create: () => Promise.reject(new Error('tessera secrets engines issues nothing')),
+      discard: () => Promise.resolve(),
+    },
+    undefined,
+    roots !== undefined ? (name) => roots.source(name) : undefined,
+  );
   try {
     const health = await engines.health();
     const names = Object.keys(health);
@@ -212,6 +221,7 @@ export async function secretsEngines(opts: SecretsCliOptions): Promise<number> {
     return failing > 0 ? 1 : 0;
   } finally {
     await engines.close();
+    await store?.close();
   }
 }
 
