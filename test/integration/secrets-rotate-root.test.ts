@@ -23,7 +23,8 @@ import { mintAdminCert, writeClientCert } from '../helpers/admin.js';
 import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
 import { asMysqlUser, createTestMysql, mysqlConnect, mysqlRequiredUnderCi, sharedMysql, type TestMysql } from '../helpers/mysql.js';
 import { createTestDatabase, postgresRequiredUnderCi, sharedPostgres, type TestDatabase } from '../helpers/postgres.js';
-import { inCi, redisServerAvailable, startPrivateRedis, type PrivateRedis } from '../helpers/redis.js';
+import { RedisStore } from '../../src/store/redis.js';
+import { deletePrefix, inCi, redisServerAvailable, SHARED_REDIS_URL, sharedRedis, startPrivateRedis, uniquePrefix, type PrivateRedis } from '../helpers/redis.js';
 
 const DEV_ADMIN = 'spiffe://example.org/admin/dev';
 const AUDITOR = 'spiffe://example.org/admin/only-auditor';
@@ -306,6 +307,62 @@ describe.skipIf(!mysqlReach.ok)('rotate-root: MariaDB admin user', () => {
     // root was never touched: it still logs in with its empty password.
     const root = await mysqlConnect();
     await root.end();
+  });
+});
+
+const sharedStore = await sharedRedis();
+
+describe.skipIf(!mysqlReach.ok || !sharedStore.ok)('rotate-root: two live replicas on one Redis store (MariaDB engine)', () => {
+  let db: TestMysql;
+  let a: TestBroker | undefined;
+  let c: TestBroker | undefined;
+  const prefix = uniquePrefix('rotate-root');
+  const old = randomBytes(16).toString('hex');
+  let adminUser: string;
+
+  beforeAll(async () => {
+    db = await createTestMysql('rotrep');
+    adminUser = `${db.prefix}admin`;
+    await db.query('CREATE USER ?@? IDENTIFIED BY ?', [adminUser, '%', old]);
+    await db.query(`GRANT SELECT ON ${mysql.escapeId(db.name)}.orders TO ?@? WITH GRANT OPTION`, [adminUser, '%']);
+    await db.query('GRANT CREATE USER, PROCESS, CONNECTION ADMIN, SELECT ON *.* TO ?@?', [adminUser, '%']);
+  });
+
+  afterAll(async () => {
+    await a?.close();
+    await c?.close();
+    await deletePrefix(prefix);
+    await db?.drop();
+  });
+
+  it('a rotation on replica A is used by the already running replica B on its next connection', async () => {
+    const secrets = {
+      grants: [{ spiffeIds: ['spiffe://example.org/ns/shop/sa/web'], mysqlRoles: ['reader'] }],
+      mysql: [
+        {
+          name: 'maria',
+          url: `mysql://${encodeURIComponent(adminUser)}:${old}@127.0.0.1:3306`,
+          usernamePrefix: db.prefix,
+          roles: { reader: { ttlSeconds: 60, grants: [`GRANT SELECT ON ${mysql.escapeId(db.name)}.orders TO {{name}}@'%'`] } },
+        },
+      ],
+    };
+    const store = () => RedisStore.connect({ url: SHARED_REDIS_URL, prefix });
+    a = await startBroker({ store, secrets, config: { ...(await adminConfig()), replicaId: 'replica-a' } });
+    c = await startBroker({ store, secrets, config: { ...(await adminConfig()), replicaId: 'replica-b' } });
+    const onB = await issue(c, 'mysql', 'reader'); // B's pool is logged in with the config's password
+    const now = await checkRotated(a, 'maria', 'mysql', old);
+    expect(await asMysqlUser(adminUser, old, db.name, 'SELECT 1')).toMatchObject({ ok: false, errno: 1045 });
+    // End every admin session (B's pool logged in before the rotation): B must log in again, with the stored password.
+    for (const r of await db.query('SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?', [adminUser])) {
+      await db.query('KILL CONNECTION ?', [Number(r.ID)]).catch(() => undefined);
+    }
+    const again = await issue(c, 'mysql', 'reader');
+    expect(await asMysqlUser(again.username, again.password, db.name, 'SELECT COUNT(*) AS n FROM orders')).toEqual({ ok: true, rows: [{ n: 3 }] });
+    expect(await asMysqlUser(adminUser, now, db.name, 'SELECT 1 AS x')).toEqual({ ok: true, rows: [{ x: 1 }] });
+    await revoke(c, onB);
+    await revoke(a, again);
+    expect(await db.users()).toEqual([adminUser]);
   });
 });
 
