@@ -67,6 +67,8 @@ export type ErrorCode =
   | 'ambiguous_registration'
   /** The Kubernetes API server (TokenReview, pod read) could not be asked; nothing is issued (503) unless jwksFallback is set. */
   | 'attestation_unavailable'
+  /** `secrets rotate-root` cannot rotate this engine's admin password (its user cannot, or another rotation is running) (409). */
+  | 'root_rotation_refused'
   | 'internal';
 
 /**
@@ -111,6 +113,7 @@ export const ERROR_STATUS = {
   ca_expired: 503,
   ca_state_conflict: 409,
   attestation_unavailable: 503,
+  root_rotation_refused: 409,
   witness_quorum_unavailable: 503,
 } as const satisfies { readonly [C in ErrorCode]: number };
 

@@ -20,7 +20,9 @@ import { secretNameProblem } from '../secrets/names.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import { RedisStore } from '../store/redis.js';
 import type { Store } from '../store/store.js';
+import { RootPasswords } from '../secrets/root.js';
 import { command } from './command.js';
+import { adminConnection, adminRequest, CONNECTION_HELP, CONNECTION_OPTIONS, CONNECTION_USAGE, refused } from './connection.js';
 import { UsageError } from './usage.js';
 
 export interface SecretsCliOptions {
@@ -150,7 +152,11 @@ export async function secretsRotateKek(opts: SecretsCliOptions): Promise<void> {
   try {
     const audit = await AuditLog.open(store);
     const kv = new SecretKv(store, ringNext);
-    const report = await kv.rewrapAll(ringNext);
+    const kvReport = await kv.rewrapAll(ringNext);
+    // The engines' rotated admin passwords (secrets rotate-root) are sealed under the same KEK.
+    const roots = await new RootPasswords(store, ringNext, 'cli').rewrapAll(ringNext);
+    const report = { ...kvReport, failed: [...kvReport.failed, ...roots.failed] };
+    if (roots.rewrapped > 0) out(`re-wrapped ${roots.rewrapped} engine admin password(s) under ${next.id}`);
     const left = [...(await kv.kekIds()).entries()].filter(([, id]) => id !== next.id);
     await audit.append(
       cliEntry({
@@ -185,11 +191,20 @@ export async function secretsEngines(opts: SecretsCliOptions): Promise<number> {
   const roles = new Map<string, string[]>(
     [...s.postgres, ...s.mysql, ...s.redis, ...s.rabbitmq].map((e) => [e.name, Object.keys(e.roles)] as const),
   );
+  // Rotated admin passwords (secrets rotate-root) are in the store: read them where the store is shared
+  // (Redis). The embedded store has a single writer (the running broker): there /readyz is the check.
+  const store = s.kekFile !== undefined && config.store.redis !== undefined ? await RedisStore.connect({ ...config.store.redis }) : undefined;
+  const roots = store !== undefined ? new RootPasswords(store, ring(config), 'cli') : undefined;
   // Health only: nothing is issued, so no lease is ever created.
-  const engines = SecretEngines.fromConfig(s, {
-    create: () => Promise.reject(new Error('tessera secrets engines issues nothing')),
-    discard: () => Promise.resolve(),
-  });
+  const engines = SecretEngines.fromConfig(
+    s,
+    {
+      create: () => Promise.reject(new Error('tessera secrets engines issues nothing')),
+      discard: () => Promise.resolve(),
+    },
+    undefined,
+    roots !== undefined ? (name) => roots.source(name) : undefined,
+  );
   try {
     const health = await engines.health();
     const names = Object.keys(health);
@@ -206,6 +221,7 @@ export async function secretsEngines(opts: SecretsCliOptions): Promise<number> {
     return failing > 0 ? 1 : 0;
   } finally {
     await engines.close();
+    await store?.close();
   }
 }
 
@@ -241,4 +257,22 @@ const rotateKekCommand = command({
   },
 });
 
-export const SECRETS_COMMANDS = [putCommand, rotateKekCommand, enginesCommand];
+const rotateRootCommand = command({
+  name: 'secrets rotate-root',
+  usage: `ENGINE ${CONNECTION_USAGE}`,
+  summary: "give a secrets engine's admin user a new random password, known only to the broker\n(role secrets-admin or operator)",
+  details: CONNECTION_HELP,
+  options: CONNECTION_OPTIONS,
+  positionals: true,
+  async run(values, positionals, io) {
+    const [engine, extra] = positionals;
+    if (engine === undefined || extra !== undefined) throw new UsageError('secrets rotate-root takes one ENGINE (a name from `tessera secrets engines`)');
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(engine)) throw new UsageError(`"${engine}" is not an engine name`);
+    const res = await adminRequest(adminConnection(values), 'POST', `/v1/admin/secrets-engines/${encodeURIComponent(engine)}/rotate-root`);
+    if (res.status !== 200) throw refused(res);
+    io.stdout(`rotated the admin password of ${String(res.json.kind)} engine ${String(res.json.engine)}; the old password no longer works\n`);
+    return 0;
+  },
+});
+
+export const SECRETS_COMMANDS = [putCommand, rotateKekCommand, enginesCommand, rotateRootCommand];

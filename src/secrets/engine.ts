@@ -47,8 +47,20 @@ export interface SecretEngine extends LeaseBackend {
   revoke(lease: Lease): Promise<void>;
   /** Can the engine's admin credentials log in and act? Bounded by the engine's connect timeout; never throws. */
   health(): Promise<EngineHealth>;
+  /**
+   * Sets `newPassword` as the admin user's password on the backend, using the current admin
+   * credentials (root.ts stores it first, and the engine then connects with it). Throws BrokerError:
+   * engine_unavailable (backend down or refused), root_rotation_refused (this engine cannot rotate).
+   */
+  rotateRoot(newPassword: string): Promise<void>;
   close(): Promise<void>;
 }
+
+/**
+ * The admin password an engine connects with, asked on every (re)connect: the rotated one from the
+ * store (root.ts), or undefined until the first rotation (then the config's password is used).
+ */
+export type AdminPasswordSource = () => Promise<string | undefined>;
 
 export type EngineHealth = { readonly ok: true } | { readonly ok: false; readonly error: string };
 
@@ -65,13 +77,24 @@ export class SecretEngines implements LeaseBackend {
   }
 
   /** The engines `config` describes: PostgreSQL, MariaDB/MySQL and Redis servers. */
-  static fromConfig(config: SecretsConfig, leases: EngineLeases, onError?: (engine: string, err: Error) => void): SecretEngines {
+  static fromConfig(
+    config: SecretsConfig,
+    leases: EngineLeases,
+    onError?: (engine: string, err: Error) => void,
+    adminPassword?: (engine: string) => AdminPasswordSource,
+  ): SecretEngines {
+    const pw = (name: string): { adminPassword?: AdminPasswordSource } => (adminPassword !== undefined ? { adminPassword: adminPassword(name) } : {});
     return new SecretEngines([
-      ...config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
-      ...config.mysql.map((c) => new MysqlEngine(c, leases, { onError: (err) => onError?.(c.name, err) })),
-      ...config.redis.map((c) => new RedisAclEngine(c, leases)),
-      ...config.rabbitmq.map((c) => new RabbitmqEngine(c, leases)),
+      ...config.postgres.map((c) => new PostgresEngine(c, leases, { onError: (err) => onError?.(c.name, err), ...pw(c.name) })),
+      ...config.mysql.map((c) => new MysqlEngine(c, leases, { onError: (err) => onError?.(c.name, err), ...pw(c.name) })),
+      ...config.redis.map((c) => new RedisAclEngine(c, leases, pw(c.name))),
+      ...config.rabbitmq.map((c) => new RabbitmqEngine(c, leases, pw(c.name))),
     ]);
+  }
+
+  /** The engine named `name`, or undefined. */
+  get(name: string): SecretEngine | undefined {
+    return this.#engines.get(name);
   }
 
   /** The engine (of `kind`, if given) that defines `role`, or undefined. */

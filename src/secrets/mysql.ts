@@ -23,7 +23,7 @@ import { readFileSync } from 'node:fs';
 import mysql from 'mysql2/promise';
 import type { MysqlEngineConfig, MysqlRoleConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
-import type { EngineCredential, EngineLeases, SecretEngine } from './engine.js';
+import type { AdminPasswordSource, EngineCredential, EngineLeases, SecretEngine } from './engine.js';
 import type { Lease } from './leases.js';
 import { renderMysqlTemplate } from './mysql-template.js';
 import { randomPassword } from './postgres.js';
@@ -82,20 +82,53 @@ export class MysqlEngine implements SecretEngine {
   readonly name: string;
   readonly #config: MysqlEngineConfig;
   readonly #leases: EngineLeases;
-  readonly #pool: mysql.Pool;
+  #pool: mysql.Pool;
+  readonly #base: mysql.PoolOptions;
+  /** The admin password the current pool logs in with. */
+  #poolPassword: string;
+  readonly #source: AdminPasswordSource | undefined;
+  readonly #onError: ((err: Error) => void) | undefined;
+  /** Pools made with an older admin password: ended a little after they were replaced. */
+  readonly #retired = new Set<mysql.Pool>();
   readonly #usernamePattern: RegExp;
   #closed = false;
 
-  constructor(config: MysqlEngineConfig, leases: EngineLeases, opts: { onError?: (err: Error) => void } = {}) {
+  constructor(config: MysqlEngineConfig, leases: EngineLeases, opts: { onError?: (err: Error) => void; adminPassword?: AdminPasswordSource } = {}) {
     this.name = config.name;
     this.#config = config;
     this.#leases = leases;
-    this.#pool = mysql.createPool(connectionOf(config));
-    // A pooled connection that dies (server restart) must not crash the broker; the next checkout reconnects.
-    this.#pool.on('connection', (conn) => {
-      (conn as unknown as { on(ev: 'error', f: (e: Error) => void): void }).on('error', (err) => opts.onError?.(err));
-    });
+    this.#base = connectionOf(config);
+    this.#source = opts.adminPassword;
+    this.#onError = opts.onError;
+    this.#poolPassword = this.#base.password ?? '';
+    this.#pool = this.#makePool(this.#poolPassword);
     this.#usernamePattern = new RegExp(`^${config.usernamePrefix}[a-z][a-z0-9_]*_[0-9a-f]{16}$`);
+  }
+
+  #makePool(password: string): mysql.Pool {
+    const { password: _configured, ...base } = this.#base;
+    const pool = mysql.createPool({ ...base, ...(password !== '' ? { password } : {}) });
+    // A pooled connection that dies (server restart) must not crash the broker; the next checkout reconnects.
+    pool.on('connection', (conn) => {
+      (conn as unknown as { on(ev: 'error', f: (e: Error) => void): void }).on('error', (err) => this.#onError?.(err));
+    });
+    return pool;
+  }
+
+  /** The pool for the admin password in force now (a rotated one in the store replaces the pool). */
+  async #currentPool(): Promise<mysql.Pool> {
+    if (this.#source === undefined) return this.#pool;
+    const want = (await this.#source()) ?? this.#base.password ?? '';
+    if (want === this.#poolPassword) return this.#pool;
+    const old = this.#pool;
+    this.#poolPassword = want;
+    this.#pool = this.#makePool(want);
+    this.#retired.add(old);
+    setTimeout(() => {
+      this.#retired.delete(old);
+      old.end().catch(() => undefined);
+    }, 30_000).unref();
+    return this.#pool;
   }
 
   role(role: string): MysqlRoleConfig | undefined {
@@ -134,7 +167,7 @@ export class MysqlEngine implements SecretEngine {
   async #connection(action: string): Promise<mysql.PoolConnection> {
     if (this.#closed) throw new BrokerError('engine_unavailable', `MySQL engine "${this.name}" is closed`);
     try {
-      return await this.#pool.getConnection();
+      return await (await this.#currentPool()).getConnection();
     } catch (err) {
       throw this.#unavailable(`${action}: cannot connect`, err);
     }
@@ -240,6 +273,26 @@ export class MysqlEngine implements SecretEngine {
     }
   }
 
+  /**
+   * ALTER USER '<user>'@'<host>' IDENTIFIED BY '<new>' for the account the admin logged in as
+   * (CURRENT_USER(); MariaDB 10.11 silently ignores ALTER USER CURRENT_USER(), so it is named). Every
+   * value is a driver-escaped literal; the password is random base64url anyway.
+   */
+  async rotateRoot(newPassword: string): Promise<void> {
+    const conn = await this.#connection('rotate the admin password');
+    try {
+      const [rows] = await conn.query<mysql.RowDataPacket[]>({ sql: 'SELECT CURRENT_USER() AS me', timeout: QUERY_TIMEOUT_MS });
+      const me = String(rows[0]?.me ?? '');
+      const at = me.lastIndexOf('@');
+      if (at <= 0) throw new BrokerError('root_rotation_refused', `MySQL engine "${this.name}": cannot tell which account the admin logged in as`);
+      await conn.query({ sql: 'ALTER USER ?@? IDENTIFIED BY ?', timeout: QUERY_TIMEOUT_MS }, [me.slice(0, at), me.slice(at + 1), newPassword]);
+    } catch (err) {
+      throw this.#unavailable('rotate the admin password', err);
+    } finally {
+      conn.release();
+    }
+  }
+
   /** Can the admin user log in and run a statement? (engine health; never throws). */
   async health(): Promise<{ ok: true } | { ok: false; error: string }> {
     try {
@@ -258,6 +311,7 @@ export class MysqlEngine implements SecretEngine {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#pool.end();
+    await Promise.all([this.#pool, ...this.#retired].map((p) => p.end().catch(() => undefined)));
+    this.#retired.clear();
   }
 }

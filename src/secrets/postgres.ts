@@ -28,7 +28,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import type { PostgresEngineConfig, PostgresRoleConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
-import type { EngineCredential, EngineLeases, SecretEngine } from './engine.js';
+import type { AdminPasswordSource, EngineCredential, EngineLeases, SecretEngine } from './engine.js';
 import type { Lease } from './leases.js';
 import { renderGrantTemplate } from './sql-template.js';
 
@@ -109,17 +109,34 @@ export class PostgresEngine implements SecretEngine {
   readonly name: string;
   readonly #config: PostgresEngineConfig;
   readonly #leases: EngineLeases;
-  readonly #pool: pg.Pool;
+  #pool: pg.Pool;
+  /** The admin password the current pool logs in with (undefined: the config's, as the URL/passwordFile give it). */
+  #poolPassword: string | undefined;
+  readonly #configPassword: string;
+  readonly #source: AdminPasswordSource | undefined;
+  readonly #onError: ((err: Error) => void) | undefined;
+  /** Pools made with an older admin password: ended once their checked-out clients are likely back. */
+  readonly #retired = new Set<pg.Pool>();
   readonly #usernamePattern: RegExp;
   #closed = false;
   #adminChecked = false;
 
-  constructor(config: PostgresEngineConfig, leases: EngineLeases, opts: { onError?: (err: Error) => void } = {}) {
+  constructor(config: PostgresEngineConfig, leases: EngineLeases, opts: { onError?: (err: Error) => void; adminPassword?: AdminPasswordSource } = {}) {
     this.name = config.name;
     this.#config = config;
     this.#leases = leases;
     const password = config.passwordFile !== undefined ? readFileSync(config.passwordFile, 'utf8').replace(/\r?\n$/, '') : undefined;
-    this.#pool = new pg.Pool({
+    this.#configPassword = password ?? decodeURIComponent(new URL(config.url).password);
+    this.#source = opts.adminPassword;
+    this.#onError = opts.onError;
+    this.#pool = this.#makePool(password);
+    this.#usernamePattern = new RegExp(`^${config.usernamePrefix}[a-z][a-z0-9_]{0,30}_[0-9a-f]{16}$`);
+  }
+
+  #makePool(password: string | undefined): pg.Pool {
+    const config = this.#config;
+    this.#poolPassword = password;
+    const pool = new pg.Pool({
       connectionString: config.url,
       ...(password !== undefined ? { password } : {}),
       max: config.maxConnections,
@@ -131,8 +148,27 @@ export class PostgresEngine implements SecretEngine {
       application_name: `tessera/${config.name}`,
     });
     // An idle connection that dies (server restart) must not crash the broker; the next checkout reconnects.
-    this.#pool.on('error', (err) => opts.onError?.(err));
-    this.#usernamePattern = new RegExp(`^${config.usernamePrefix}[a-z][a-z0-9_]{0,30}_[0-9a-f]{16}$`);
+    pool.on('error', (err) => this.#onError?.(err));
+    return pool;
+  }
+
+  /**
+   * The pool for the admin password in force now: when the store holds a different one (rotated here
+   * or on another replica), a new pool logs in with it and the old one is ended a little later.
+   */
+  async #currentPool(): Promise<pg.Pool> {
+    if (this.#source === undefined) return this.#pool;
+    const stored = await this.#source();
+    const want = stored ?? this.#configPassword;
+    if (want === (this.#poolPassword ?? this.#configPassword)) return this.#pool;
+    const old = this.#pool;
+    this.#pool = this.#makePool(want);
+    this.#retired.add(old);
+    setTimeout(() => {
+      this.#retired.delete(old);
+      old.end().catch(() => undefined);
+    }, 30_000).unref();
+    return this.#pool;
   }
 
   role(role: string): PostgresRoleConfig | undefined {
@@ -212,7 +248,7 @@ export class PostgresEngine implements SecretEngine {
   async #client(action: string): Promise<pg.PoolClient> {
     if (this.#closed) throw new BrokerError('engine_unavailable', `PostgreSQL engine "${this.name}" is closed`);
     try {
-      return await this.#pool.connect();
+      return await (await this.#currentPool()).connect();
     } catch (err) {
       throw this.#unavailable(`${action}: cannot connect`, err);
     }
@@ -315,6 +351,19 @@ export class PostgresEngine implements SecretEngine {
     }
   }
 
+  /** ALTER ROLE CURRENT_USER PASSWORD '<SCRAM verifier>': the new password never reaches the server in clear. */
+  async rotateRoot(newPassword: string): Promise<void> {
+    const verifier = await scramSha256Verifier(newPassword);
+    const client = await this.#client('rotate the admin password');
+    try {
+      await client.query(extended(`ALTER ROLE CURRENT_USER PASSWORD ${pg.escapeLiteral(verifier)}`));
+    } catch (err) {
+      throw this.#unavailable('rotate the admin password', err);
+    } finally {
+      client.release();
+    }
+  }
+
   async health(): Promise<{ ok: true } | { ok: false; error: string }> {
     try {
       const client = await this.#client('check health');
@@ -332,6 +381,7 @@ export class PostgresEngine implements SecretEngine {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#pool.end();
+    await Promise.all([this.#pool, ...this.#retired].map((p) => p.end().catch(() => undefined)));
+    this.#retired.clear();
   }
 }

@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { RabbitmqEngineConfig, RabbitmqRoleConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
-import type { EngineCredential, EngineLeases, SecretEngine } from './engine.js';
+import type { AdminPasswordSource, EngineCredential, EngineLeases, SecretEngine } from './engine.js';
 import type { Lease } from './leases.js';
 import { randomPassword } from './postgres.js';
 
@@ -55,15 +55,18 @@ export class RabbitmqEngine implements SecretEngine {
   readonly #leases: EngineLeases;
   readonly #usernamePattern: RegExp;
   readonly #base: string;
-  readonly #auth: string;
+  readonly #admin: string;
+  readonly #configPassword: string;
+  readonly #source: AdminPasswordSource | undefined;
 
-  constructor(config: RabbitmqEngineConfig, leases: EngineLeases) {
+  constructor(config: RabbitmqEngineConfig, leases: EngineLeases, opts: { adminPassword?: AdminPasswordSource } = {}) {
     this.name = config.name;
     this.#config = config;
     this.#leases = leases;
+    this.#source = opts.adminPassword;
     const u = new URL(config.url);
-    const password = config.passwordFile !== undefined ? readFileSync(config.passwordFile, 'utf8').replace(/\r?\n$/, '') : decodeURIComponent(u.password);
-    this.#auth = `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${password}`).toString('base64')}`;
+    this.#configPassword = config.passwordFile !== undefined ? readFileSync(config.passwordFile, 'utf8').replace(/\r?\n$/, '') : decodeURIComponent(u.password);
+    this.#admin = decodeURIComponent(u.username);
     this.#base = `${u.protocol}//${u.host}${u.pathname.replace(/\/$/, '')}/api`;
     this.#usernamePattern = new RegExp(`^${config.usernamePrefix}[a-z][a-z0-9_]{0,30}_[0-9a-f]{16}$`);
   }
@@ -83,14 +86,18 @@ export class RabbitmqEngine implements SecretEngine {
   async #call(action: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
     let res: Response;
     try {
+      // The admin password in force now: a rotated one from the store, else the config's.
+      const password = (this.#source !== undefined ? await this.#source() : undefined) ?? this.#configPassword;
+      const auth = `Basic ${Buffer.from(`${this.#admin}:${password}`).toString('base64')}`;
       res = await fetch(`${this.#base}${path}`, {
         method,
-        headers: { authorization: this.#auth, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), 'x-reason': 'tessera lease revoked' },
+        headers: { authorization: auth, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), 'x-reason': 'tessera lease revoked' },
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
         signal: AbortSignal.timeout(this.#config.connectTimeoutMs * 2),
         redirect: 'error',
       });
     } catch (err) {
+      if (err instanceof BrokerError) throw err;
       const code = (err as { cause?: { code?: string } }).cause?.code;
       throw new BrokerError('engine_unavailable', `RabbitMQ engine "${this.name}" could not ${action}${typeof code === 'string' && /^E[A-Z]+$/.test(code) ? ` (${code})` : ''}`, { cause: err });
     }
@@ -165,6 +172,21 @@ export class RabbitmqEngine implements SecretEngine {
       if (c.user !== username || typeof c.name !== 'string') continue;
       this.#ok(`close a connection of ${username}`, await this.#call('close a connection', 'DELETE', `/connections/${encodeURIComponent(c.name)}`), [404]);
     }
+  }
+
+  /** PUT /api/users/<admin> with the new password and the tags it has now (read first, so it stays an administrator). */
+  async rotateRoot(newPassword: string): Promise<void> {
+    const path = `/users/${encodeURIComponent(this.#admin)}`;
+    const me = await this.#call('read the admin user', 'GET', path);
+    this.#ok('read the admin user', me);
+    const raw = (me.json as { tags?: unknown } | undefined)?.tags;
+    const tags = Array.isArray(raw) ? raw.filter((t): t is string => typeof t === 'string') : typeof raw === 'string' ? raw.split(',').filter((t) => t !== '') : [];
+    if (!tags.includes('administrator')) {
+      throw new BrokerError('root_rotation_refused', `RabbitMQ engine "${this.name}": admin user ${this.#admin} has no administrator tag; refusing to rewrite it`);
+    }
+    const r = await this.#call('rotate the admin password', 'PUT', path, { password: newPassword, tags: tags.join(',') });
+    if (r.status === 403) throw new BrokerError('root_rotation_refused', `RabbitMQ engine "${this.name}" was refused to change the admin password (HTTP 403)`);
+    this.#ok('rotate the admin password', r);
   }
 
   async health(): Promise<{ ok: true } | { ok: false; error: string }> {

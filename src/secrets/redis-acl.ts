@@ -23,7 +23,7 @@ import { readFileSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import type { RedisEngineConfig, RedisRoleConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
-import type { EngineCredential, EngineLeases, SecretEngine } from './engine.js';
+import type { AdminPasswordSource, EngineCredential, EngineLeases, SecretEngine } from './engine.js';
 import type { Lease } from './leases.js';
 import { randomPassword } from './postgres.js';
 
@@ -83,9 +83,11 @@ export class RedisAclEngine implements SecretEngine {
   readonly #leases: EngineLeases;
   readonly #usernamePattern: RegExp;
   readonly #password: string | undefined;
+  readonly #source: AdminPasswordSource | undefined;
 
-  constructor(config: RedisEngineConfig, leases: EngineLeases) {
+  constructor(config: RedisEngineConfig, leases: EngineLeases, opts: { adminPassword?: AdminPasswordSource } = {}) {
     this.name = config.name;
+    this.#source = opts.adminPassword;
     this.#config = config;
     this.#leases = leases;
     this.#password = config.passwordFile !== undefined ? readFileSync(config.passwordFile, 'utf8').replace(/\r?\n$/, '') : undefined;
@@ -112,9 +114,15 @@ export class RedisAclEngine implements SecretEngine {
   }
 
   /** Runs `f` on a fresh admin connection (bounded connect and command time; no retries, no offline queue). */
-  async #with<T>(action: string, f: (r: Redis) => Promise<T>): Promise<T> {
+  async #with<T>(action: string, f: (r: Redis, password: string) => Promise<T>): Promise<T> {
     const u = new URL(this.#config.url);
-    const password = this.#password ?? decodeURIComponent(u.password);
+    let stored: string | undefined;
+    try {
+      stored = this.#source !== undefined ? await this.#source() : undefined;
+    } catch (err) {
+      throw this.#unavailable(`${action}: cannot read its admin password`, err);
+    }
+    const password = stored ?? this.#password ?? decodeURIComponent(u.password);
     const r = new Redis({
       host: u.hostname.replace(/^\[|\]$/g, ''),
       port: u.port === '' ? 6379 : Number(u.port),
@@ -135,7 +143,7 @@ export class RedisAclEngine implements SecretEngine {
       } catch (err) {
         throw this.#unavailable(`${action}: cannot connect`, err);
       }
-      return await f(r);
+      return await f(r, password);
     } finally {
       r.disconnect();
     }
@@ -208,6 +216,37 @@ export class RedisAclEngine implements SecretEngine {
         }
         throw this.#unavailable(`drop user ${username}`, err);
       }
+    });
+  }
+
+  /**
+   * ACL SETUSER <admin> ><new> <<old>: adds the new password and removes the one the broker used (other
+   * passwords the user may have are left alone). Refused for the "default" user: every client without
+   * a user name logs in as it. Then ACL SAVE, so a Redis with an aclfile keeps it over a restart.
+   */
+  async rotateRoot(newPassword: string): Promise<void> {
+    await this.#with('rotate the admin password', async (r, old) => {
+      let me: unknown;
+      try {
+        me = await r.call('ACL', 'WHOAMI');
+      } catch (err) {
+        throw this.#unavailable('rotate the admin password', err);
+      }
+      if (typeof me !== 'string' || me === 'default') {
+        throw new BrokerError(
+          'root_rotation_refused',
+          `Redis engine "${this.name}" logs in as the "default" user; rotating its password would lock out every client that logs in without a user name. Give the engine a dedicated ACL admin user (see docs/secrets.md)`,
+        );
+      }
+      try {
+        await r.call('ACL', 'SETUSER', me, `>${newPassword}`, ...(old !== '' ? [`<${old}`] : []));
+      } catch (err) {
+        const message = (err as RedisError).message ?? '';
+        if (message.startsWith('NOPERM')) throw new BrokerError('root_rotation_refused', `Redis engine "${this.name}": the admin user may not change its password (NOPERM); it needs +acl`);
+        throw this.#unavailable('rotate the admin password', err);
+      }
+      // Without an aclfile ACL SAVE fails: the new password then lives in memory like the leased users.
+      await r.call('ACL', 'SAVE').catch(() => undefined);
     });
   }
 

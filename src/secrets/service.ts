@@ -20,6 +20,7 @@ import { SecretGrants, type Workload } from './grants.js';
 import { SecretKv } from './kv.js';
 import { type Lease, type LeaseLogger, LeaseManager, type RevokeContext } from './leases.js';
 import { validateRoleName, validateSecretName } from './names.js';
+import { RootPasswords } from './root.js';
 import { type IdentityRevocations, StoreRevocations } from './revocations.js';
 
 export interface SecretsServiceDeps {
@@ -67,6 +68,8 @@ export class SecretsService {
   readonly leases: LeaseManager;
   readonly grants: SecretGrants;
   readonly engines: SecretEngines;
+  /** Rotated admin passwords of the engines (secrets rotate-root). */
+  readonly roots: RootPasswords;
   readonly #d: SecretsServiceDeps;
   readonly #revocations: IdentityRevocations;
   #log: LeaseLogger | undefined;
@@ -85,8 +88,12 @@ export class SecretsService {
           this.#log?.error({ leaseId: id, err: (e as Error).message }, 'could not discard the lease of a failed creation; the sweeper will clear it');
         }),
     };
-    this.engines = SecretEngines.fromConfig(deps.config, leases, (engine, err) =>
-      this.#log?.warn({ engine, err: err.message }, 'secrets engine connection error'),
+    this.roots = new RootPasswords(deps.store, deps.ring, deps.replicaId);
+    this.engines = SecretEngines.fromConfig(
+      deps.config,
+      leases,
+      (engine, err) => this.#log?.warn({ engine, err: err.message }, 'secrets engine connection error'),
+      (engine) => this.roots.source(engine),
     );
     this.leases = new LeaseManager({
       store: deps.store,
@@ -108,6 +115,32 @@ export class SecretsService {
   /** Starts the lease sweeper (one replica at a time sweeps, through the store lock). */
   start(): void {
     this.leases.start();
+    void this.settleRoots();
+  }
+
+  /**
+   * Resolves admin passwords a crash left pending (root.ts): each is tried, then kept or dropped.
+   * Never throws; what it did is logged (never the password).
+   */
+  async settleRoots(): Promise<void> {
+    for (const engine of this.engines.list()) {
+      try {
+        const outcome = await this.roots.settle(engine);
+        if (outcome === 'promoted' || outcome === 'dropped') {
+          this.#log?.warn({ engine: engine.name, outcome }, 'a pending admin password rotation was resolved');
+        }
+      } catch (err) {
+        this.#log?.error({ engine: engine.name, err: (err as Error).message }, 'could not check the stored admin password of a secrets engine');
+      }
+    }
+  }
+
+  /** `secrets rotate-root`: a new random admin password for `engineName`, set on the backend and stored sealed. */
+  async rotateRoot(engineName: string): Promise<{ engine: string; kind: EngineKind }> {
+    const engine = this.engines.get(engineName);
+    if (engine === undefined) throw new BrokerError('not_found', `no secrets engine named "${engineName}" is configured`);
+    await this.roots.rotate(engine);
+    return { engine: engine.name, kind: engine.kind };
   }
 
   async close(): Promise<void> {

@@ -125,7 +125,7 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   await app.register(whoamiRoutes, { log });
   await app.register(revocationRoutes, { log, revocations: guard.revocations, secrets });
   await app.register(freezeRoutes, { log, freeze: guard.freeze });
-  await app.register(secretsAdminRoutes, { log, kv: secrets.kv });
+  await app.register(secretsAdminRoutes, { log, kv: secrets.kv, rotateRoot: (engine) => secrets.rotateRoot(engine) });
   await app.register(breakGlassRoutes, { log, breakGlass: broker.breakGlass, limits: broker.limits, adminRootsPem: broker.admin.pki?.rootsPem ?? '' });
   await app.register(auditSearchRoutes, { log, store, clock });
   await app.register(caAdminRoutes, {

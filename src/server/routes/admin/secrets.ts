@@ -2,20 +2,26 @@
  * Writing secrets (secrets-admin):
  *   PUT    /v1/admin/secrets/<name…>   {value | valueBase64}
  *   DELETE /v1/admin/secrets/<name…>
+ * Rotating an engine's admin password (secrets-admin or operator; the password is never returned or audited):
+ *   POST   /v1/admin/secrets-engines/<engine>/rotate-root
  */
 import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
 import type { AdminAudit } from '../../../admin/audit.js';
-import { badRequest } from '../../../errors.js';
+import { BrokerError, badRequest } from '../../../errors.js';
 import type { SecretKv } from '../../../secrets/kv.js';
 import { secretNameProblem } from '../../../secrets/names.js';
 import { adminOf } from '../../auth.js';
-import { ADMIN_ERRORS, AuditReceipt, described, errorResponses, WildcardParams } from '../../schemas.js';
+import { ADMIN_ERRORS, AuditReceipt, DateTime, described, errorResponses, WildcardParams } from '../../schemas.js';
 import { adminCall } from './access.js';
 
 export interface SecretsAdminOptions {
   readonly log: AdminAudit;
   readonly kv: Pick<SecretKv, 'put' | 'delete'>;
+  /** SecretsService.rotateRoot; absent: the route answers 404 for every engine. */
+  readonly rotateRoot?: (engine: string) => Promise<{ engine: string; kind: string }>;
 }
+
+const EngineParams = Type.Object({ engine: Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_.-]+$' }) });
 
 const SecretBody = Type.Object(
   { value: Type.Optional(Type.String({ minLength: 1, maxLength: 65_536 })), valueBase64: Type.Optional(Type.String({ minLength: 1, maxLength: 87_384 })) },
@@ -28,7 +34,37 @@ function checkedName(name: string): string {
   return name;
 }
 
-export const secretsAdminRoutes: FastifyPluginAsyncTypebox<SecretsAdminOptions> = async (app, { log, kv }) => {
+export const secretsAdminRoutes: FastifyPluginAsyncTypebox<SecretsAdminOptions> = async (app, { log, kv, rotateRoot }) => {
+  app.post(
+    '/v1/admin/secrets-engines/:engine/rotate-root',
+    {
+      schema: {
+        operationId: 'rotateEngineRoot',
+        summary: "Rotate a secrets engine's admin password. Role secrets-admin or operator.",
+        description:
+          'The broker sets a new random password for the engine\'s admin user on the backend, stores it encrypted under the secrets KEK, and ' +
+          'connects with it from then on (every replica). The old password stops working; the new one is never returned or audited.',
+        params: EngineParams,
+        response: {
+          200: described(
+            'Rotated.',
+            Type.Object({ engine: Type.String(), kind: Type.String({ description: 'postgres, mysql, redis or rabbitmq.' }), rotatedAt: DateTime(), audit: AuditReceipt }),
+          ),
+          ...errorResponses('BadRequest', ...ADMIN_ERRORS),
+        },
+      },
+      config: adminCall(log, ['secrets-admin', 'operator'], 'secret.rotate-root'),
+    },
+    async (request) => {
+      const name = request.params.engine;
+      if (rotateRoot === undefined) throw new BrokerError('not_found', `no secrets engine named "${name}" is configured`);
+      // Recorded before anything changes (fail closed); a failure that follows is recorded as a refusal.
+      const audit = await log.allow(adminOf(request), 'secret.rotate-root', { secret: `engine/${name}` }, request.id);
+      const done = await rotateRoot(name);
+      return { engine: done.engine, kind: done.kind, rotatedAt: new Date().toISOString(), audit };
+    },
+  );
+
   app.put(
     '/v1/admin/secrets/*',
     {
