@@ -197,7 +197,11 @@ describe.skipIf(missing.length > 0)('the walkthrough against a live dev broker',
 
   for (const [file, blocks] of byFile) {
     it(`${file}: all ${blocks.length} walkthrough blocks run green, in order`, async () => {
-      const run = await runWalkthrough(blocks.map(withPorts), { cwd: dir, env: cleanEnv(), timeoutMs: 240_000 });
+      // Admin commands (tessera entry …) default to the dev broker's https://127.0.0.1:8443; here it is on
+      // another port, so TESSERA_URL (which those commands read) stands in for the default, as the port
+      // rewriting does for URLs written out in the blocks.
+      const env = { ...cleanEnv(), TESSERA_URL: `https://127.0.0.1:${String(ports.get(8443))}` };
+      const run = await runWalkthrough(blocks.map(withPorts), { cwd: dir, env, timeoutMs: 240_000 });
       expect(run.ok, `${describeFailure(run)}\n--- broker output (last 3000 chars) ---\n${brokerOut.slice(-3000)}`).toBe(true);
     }, 300_000);
   }
