@@ -6,8 +6,8 @@
  * defaults are the dev broker's (npm start).
  */
 import { writeFileSync } from 'node:fs';
-import https from 'node:https';
 import { command } from './command.js';
+import { adminConnection, adminRequest, type AdminConnection } from './connection.js';
 import { readNamedFile } from './files.js';
 import { CommandFailed, UsageError } from './usage.js';
 
@@ -19,49 +19,12 @@ const OPTIONS = {
 } as const;
 const USAGE_TLS = '[--url https://127.0.0.1:8443] [--cacert certs-dev/bundle.pem]\n      [--admin-cert certs-dev/admin-dev.pem --admin-key certs-dev/admin-dev.key]';
 
-interface Target {
-  readonly url: URL;
-  readonly ca: string;
-  readonly cert: string;
-  readonly key: string;
-}
-
-function target(values: { url?: string | undefined; cacert?: string | undefined; 'admin-cert'?: string | undefined; 'admin-key'?: string | undefined }, path: string): Target {
-  let url: URL;
-  try {
-    url = new URL(path, values.url ?? 'https://127.0.0.1:8443');
-  } catch {
-    throw new UsageError(`--url "${values.url ?? ''}" is not a URL`);
-  }
-  if (url.protocol !== 'https:') throw new UsageError('--url must be https://');
-  return {
-    url,
-    ca: readNamedFile(values.cacert ?? 'certs-dev/bundle.pem', '--cacert'),
-    cert: readNamedFile(values['admin-cert'] ?? 'certs-dev/admin-dev.pem', '--admin-cert'),
-    key: readNamedFile(values['admin-key'] ?? 'certs-dev/admin-dev.key', '--admin-key'),
-  };
-}
-
-function call(t: Target, method: 'GET' | 'POST', body?: string): Promise<{ status: number; json: Record<string, unknown> }> {
-  return new Promise((resolve, reject) => {
-    const headers = body !== undefined ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } : {};
-    const req = https.request(t.url, { method, ca: t.ca, cert: t.cert, key: t.key, agent: false, timeout: 30_000, headers }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        let json: Record<string, unknown>;
-        try {
-          json = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
-        } catch {
-          json = {};
-        }
-        resolve({ status: res.statusCode ?? 0, json });
-      });
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('the broker did not answer within 30 s')));
-    req.on('error', (err) => reject(new CommandFailed(`cannot reach the broker at ${t.url.origin}: ${err.message}`)));
-    req.end(body);
+/** The connection every admin command uses (cli/connection.ts); here the admin certificate is
+ * --admin-cert/--admin-key, because `ca import --cert` names the certificate being imported. */
+function connection(values: { url?: string | undefined; cacert?: string | undefined; 'admin-cert'?: string | undefined; 'admin-key'?: string | undefined }): AdminConnection {
+  return adminConnection({ url: values.url, cacert: values.cacert, cert: values['admin-cert'], key: values['admin-key'] }, process.env, process.cwd(), {
+    cert: '--admin-cert',
+    key: '--admin-key',
   });
 }
 
@@ -87,7 +50,7 @@ export const CA_COMMANDS = [
     summary: 'the CA authorities (prepared, active, old), their expiry, and until when SVIDs\ndepend on an old one',
     options: { ...OPTIONS, json: { type: 'boolean' } },
     async run(values, _positionals, io) {
-      const r = await call(target(values, '/v1/admin/ca'), 'GET');
+      const r = await adminRequest(connection(values), 'GET', '/v1/admin/ca');
       if (r.status !== 200) throw refused(r);
       if (values.json === true) {
         const { rotation, sequence, authorities, pendingSince } = r.json;
@@ -111,7 +74,7 @@ export const CA_COMMANDS = [
     options: { ...OPTIONS, reason: { type: 'string' } },
     async run(values, _positionals, io) {
       if (values.reason === undefined || values.reason.trim() === '') throw new UsageError('ca activate needs --reason "…" (it goes into the audit log)');
-      const r = await call(target(values, '/v1/admin/ca/activate'), 'POST', JSON.stringify({ reason: values.reason }));
+      const r = await adminRequest(connection(values), 'POST', '/v1/admin/ca/activate', { reason: values.reason });
       if (r.status !== 200) throw refused(r);
       const active = r.json.active as AuthorityOut;
       io.stdout(`active: ${active.id} (expires ${active.notAfter}, jwt kid ${active.jwtKid})\n`);
@@ -127,7 +90,7 @@ export const CA_COMMANDS = [
       const out = values['csr-out'];
       if (out === undefined || out === '') throw new UsageError('ca prepare needs --csr-out FILE (where to write the CSR; - for stdout)');
       if (values.reason === undefined || values.reason.trim() === '') throw new UsageError('ca prepare needs --reason "…" (it goes into the audit log)');
-      const r = await call(target(values, '/v1/admin/ca/prepare'), 'POST', JSON.stringify({ reason: values.reason }));
+      const r = await adminRequest(connection(values), 'POST', '/v1/admin/ca/prepare', { reason: values.reason });
       if (r.status !== 200) throw refused(r);
       const csrPem = String(r.json.csrPem);
       if (out === '-') {
@@ -154,8 +117,7 @@ export const CA_COMMANDS = [
       if (values.reason === undefined || values.reason.trim() === '') throw new UsageError('ca import needs --reason "…" (it goes into the audit log)');
       const certificatePem = readNamedFile(values.cert, '--cert');
       const chainPem = values.chain !== undefined ? readNamedFile(values.chain, '--chain') : undefined;
-      const body = JSON.stringify({ reason: values.reason, certificatePem, ...(chainPem !== undefined ? { chainPem } : {}) });
-      const r = await call(target(values, '/v1/admin/ca/import'), 'POST', body);
+      const r = await adminRequest(connection(values), 'POST', '/v1/admin/ca/import', { reason: values.reason, certificatePem, ...(chainPem !== undefined ? { chainPem } : {}) });
       if (r.status !== 200) throw refused(r);
       const prepared = r.json.prepared as AuthorityOut;
       io.stdout(`prepared: ${prepared.id} (expires ${prepared.notAfter}, jwt kid ${prepared.jwtKid}); bundle sequence ${String(r.json.sequence)}\n`);

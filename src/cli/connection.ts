@@ -36,7 +36,14 @@ export interface AdminConnection {
 type Values = { readonly url?: string | undefined; readonly cacert?: string | undefined; readonly cert?: string | undefined; readonly key?: string | undefined };
 
 /** Resolves the connection: flag, then environment, then the dev checkout's files; names what is missing. */
-export function adminConnection(values: Values, env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): AdminConnection {
+export function adminConnection(
+  values: Values,
+  env: NodeJS.ProcessEnv = process.env,
+  cwd: string = process.cwd(),
+  /** How a command spells a flag, where it differs (`ca import` takes --cert for the certificate it installs). */
+  flagNames: Partial<Record<keyof Values, string>> = {},
+): AdminConnection {
+  const flagOf = (flag: keyof Values): string => flagNames[flag] ?? `--${flag}`;
   const nonEmpty = (v: string | undefined): string | undefined => (v === undefined || v === '' ? undefined : v);
   const dev = (name: string): string | undefined => {
     const file = path.join(cwd, 'certs-dev', name);
@@ -44,12 +51,12 @@ export function adminConnection(values: Values, env: NodeJS.ProcessEnv = process
   };
   const pick = (flag: keyof Values, envName: string, devFile: string): { file: string; from: string } => {
     const fromFlag = nonEmpty(values[flag]);
-    if (fromFlag !== undefined) return { file: fromFlag, from: `--${flag}` };
+    if (fromFlag !== undefined) return { file: fromFlag, from: flagOf(flag) };
     const fromEnv = nonEmpty(env[envName]);
     if (fromEnv !== undefined) return { file: fromEnv, from: envName };
     const fromDev = dev(devFile);
-    if (fromDev !== undefined) return { file: fromDev, from: `--${flag} (default certs-dev/${devFile})` };
-    throw new UsageError(`give --${flag} (or ${envName}); there is no certs-dev/${devFile} here to default to`);
+    if (fromDev !== undefined) return { file: fromDev, from: `${flagOf(flag)} (default certs-dev/${devFile})` };
+    throw new UsageError(`give ${flagOf(flag)} (or ${envName}); there is no certs-dev/${devFile} here to default to`);
   };
   const rawUrl = nonEmpty(values.url) ?? nonEmpty(env.TESSERA_URL) ?? DEV_URL;
   let url: URL;
