@@ -10,7 +10,7 @@
 // rounds are reported. `npm run bench -- --only peers` runs just this.
 import { createHmac, createPrivateKey, generateKeyPairSync, randomBytes, randomUUID, sign } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 /** wrk Lua: requests read from a file (one per line: authorization TAB body), used in order from an offset. */
@@ -90,35 +90,42 @@ export async function peersBench(d) {
   const authsignBody = JSON.stringify({ token: createHmac('sha256', hmacKey).update(cfsslRequest).digest('base64'), request: cfsslRequest.toString('base64') });
 
   // Fresh tokens: the dev issuer's token shape (dev/token-issuer.ts) with a new jti, pod and service
-  // account UID each, signed RS256 with the issuer key; fresh P-256 keys and CSRs. Enough for every
-  // timed run of every round without reuse (the run reports a wrap if it ever ran out).
-  const freshCount = Number(process.env.TESSERA_BENCH_FRESH ?? (d.quick ? 12_000 : 60_000));
-  const t0 = performance.now();
+  // account UID each, signed RS256 with the issuer key; fresh P-256 keys and CSRs. Generated between
+  // timed runs (never during one), before each run of the fresh row: 1.5× what the same row with one
+  // token and CSR managed just before, so no request is ever sent twice (a run that still ran out
+  // would be reported as wrapped).
   const freshFile = path.join(work, 'peers-fresh.txt');
-  {
-    const { csrFor } = await import(path.join(d.root, 'dist/sdk/csr.js'));
-    const [h, p] = d.token.split('.');
-    const header = JSON.parse(Buffer.from(h, 'base64url').toString());
-    const template = JSON.parse(Buffer.from(p, 'base64url').toString());
-    const issuerKey = createPrivateKey(readFileSync(material.issuerKeyFile));
-    const encHeader = Buffer.from(JSON.stringify(header)).toString('base64url');
+  writeFileSync(freshFile, '');
+  const fresh = { file: freshFile, size: 0, cursor: 0, fresh: true, generatedMs: 0 };
+  const { csrFor } = await import(path.join(d.root, 'dist/sdk/csr.js'));
+  const [h, p] = d.token.split('.');
+  const template = JSON.parse(Buffer.from(p, 'base64url').toString());
+  const issuerKey = createPrivateKey(readFileSync(material.issuerKeyFile));
+  const encHeader = Buffer.from(JSON.stringify(JSON.parse(Buffer.from(h, 'base64url').toString()))).toString('base64url');
+  const generate = (n) => {
+    const t0 = performance.now();
     const lines = [];
-    for (let i = 0; i < freshCount; i++) {
+    for (let i = 0; i < n; i++) {
       const k8s = template['kubernetes.io'];
       const claims = {
         ...template,
         jti: randomUUID(),
-        'kubernetes.io': { ...k8s, serviceaccount: { ...k8s.serviceaccount, uid: randomUUID() }, pod: { name: `load-${i.toString(36)}`, uid: randomUUID() } },
+        'kubernetes.io': { ...k8s, serviceaccount: { ...k8s.serviceaccount, uid: randomUUID() }, pod: { name: `load-${(fresh.size + i).toString(36)}`, uid: randomUUID() } },
       };
       const input = `${encHeader}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
       const tok = `${input}.${sign('sha256', Buffer.from(input), issuerKey).toString('base64url')}`;
       const kp = generateKeyPairSync('ec', { namedCurve: 'P-256' });
       lines.push(line(`Bearer ${tok}`, JSON.stringify({ csr: csrFor(kp.privateKey, kp.publicKey) })));
     }
-    writeFileSync(freshFile, lines.join(''));
-  }
-  log(`peers: ${freshCount} fresh tokens + CSR keys generated in ${Math.round(performance.now() - t0)} ms`);
-  const fresh = { file: freshFile, size: freshCount, cursor: 0, fresh: true };
+    appendFileSync(freshFile, lines.join(''));
+    fresh.size += n;
+    fresh.generatedMs += performance.now() - t0;
+  };
+  /** Makes sure the fresh pool holds 1.5× what `rps` over `secs` would use, unused. */
+  const ensureFresh = (rps, secs) => {
+    const need = Math.ceil(1.5 * Math.max(rps, 200) * secs) + 200 - (fresh.size - fresh.cursor);
+    if (need > 0) generate(need);
+  };
 
   // ---------- servers ----------
   const broker = await d.startBroker(path.join(work, 'data-peers'));
@@ -154,12 +161,21 @@ export async function peersBench(d) {
         : []),
     ];
     // Warm-up (JIT, TLS sessions, PostgreSQL's caches); the fresh row draws from its pool here too.
-    for (const c of configs) await wrk(d, script, c, 32, d.quick ? 1 : 2, host(c.url));
+    const warm = d.quick ? 1 : 2;
+    let lastSameToken = 0;
+    for (const c of configs) {
+      if (c.req.fresh) ensureFresh(lastSameToken, warm);
+      const r = await wrk(d, script, c, 32, warm, host(c.url));
+      if (c.key === 'tessera-csr') lastSameToken = r.rps;
+    }
     const runs = [];
+    const sameToken = new Map();
     for (let round = 1; round <= rounds; round++) {
       for (const c of configs) {
         for (const concurrency of [32, 1]) {
+          if (c.req.fresh) ensureFresh(sameToken.get(concurrency) ?? 2000, seconds);
           const r = await wrk(d, script, c, concurrency, seconds, host(c.url));
+          if (c.key === 'tessera-csr') sameToken.set(concurrency, r.rps);
           log(`peers round ${round}: ${c.scenario} c=${concurrency}`, r);
           runs.push({ key: c.key, scenario: c.scenario, concurrency, round, ...r });
         }
@@ -194,7 +210,7 @@ export async function peersBench(d) {
     }
     const certdbRecorded = cfssl.recorded();
     log(`peers: cfssl recorded ${certdbRecorded} certificates in PostgreSQL`);
-    return { rounds, secondsPerRun: seconds, certdbRecorded, freshRequests: freshCount, freshUsed: fresh.cursor, rows, ratios, runs, ...(cfssl.dbUnavailable ? { certdbUnavailable: cfssl.dbUnavailable } : {}) };
+    return { rounds, secondsPerRun: seconds, certdbRecorded, freshRequests: fresh.size, freshUsed: fresh.cursor, freshGeneratedMs: Math.round(fresh.generatedMs), rows, ratios, runs, ...(cfssl.dbUnavailable ? { certdbUnavailable: cfssl.dbUnavailable } : {}) };
   } finally {
     for (const s of servers) await d.stop(s).catch(() => {});
     cfssl.cleanup();
