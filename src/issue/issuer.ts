@@ -79,11 +79,6 @@ export class Issuer {
 
   constructor(private readonly deps: IssuerDeps) {}
 
-  /** Issuances in flight in this process now. */
-  get issuing(): number {
-    return this.#issuing;
-  }
-
   private async record(entry: AuditEntry): Promise<CheckpointedReceipt> {
     return auditedOrUnavailable(async () => this.deps.checkpoints.receipt(await this.deps.audit.append(entry)), 'the audit log could not record this request; nothing was issued');
   }
