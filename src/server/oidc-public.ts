@@ -4,8 +4,10 @@
  * read. It is the one listener meant to face the internet (cloud IAM fetches the issuer's keys from
  * there), so it carries no credentials, no workload or admin route, and answers from memory.
  */
+import { createPublicKey, type KeyObject, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import Fastify from 'fastify';
 import { BrokerError } from '../errors.js';
 import { ConfigError } from '../config/load.js';
@@ -34,30 +36,45 @@ function readPem(file: string, what: string): string {
   }
 }
 
-export async function startOidcPublicServer(
-  listen: OidcPublicListenerConfig,
-  brokerTls: { readonly certPem: string; readonly keyPem: string },
-  routes: OidcOptions,
-): Promise<OidcPublicServer> {
-  const cert = listen.certFile !== undefined ? readPem(listen.certFile, 'certFile') : brokerTls.certPem;
-  const key = listen.keyFile !== undefined ? readPem(listen.keyFile, 'keyFile') : brokerTls.keyPem;
-  let app;
+export interface PemPair {
+  readonly certPem: string;
+  readonly keyPem: string;
+}
+
+/**
+ * The public listener's certificate and key: its own files, or the broker's (`tls`). Read and checked
+ * before the broker starts, so a bad one stops `tessera serve` before anything is opened.
+ */
+export function readOidcPublicTls(listen: OidcPublicListenerConfig, brokerTls: { readonly certFile: string; readonly keyFile: string }): PemPair {
+  const pair =
+    listen.certFile !== undefined && listen.keyFile !== undefined
+      ? { certPem: readPem(listen.certFile, 'certFile'), keyPem: readPem(listen.keyFile, 'keyFile') }
+      : { certPem: readFileSync(brokerTls.certFile, 'utf8'), keyPem: readFileSync(brokerTls.keyFile, 'utf8') };
   try {
-    app = Fastify({
-      // requestCert is false (the default): the handshake never asks for a client certificate.
-      https: { cert, key, minVersion: 'TLSv1.2', headersTimeout: 5_000, connectionsCheckingInterval: 1_000, handshakeTimeout: 10_000 },
-      // Two GETs without bodies: anything large or slow is not a relying party.
-      bodyLimit: 1024,
-      requestTimeout: 10_000,
-      connectionTimeout: 30_000,
-      keepAliveTimeout: 65_000,
-      logger: false,
-      return503OnClosing: true,
-      frameworkErrors: (err, request, reply) => errorHandler(err, request, reply),
-    });
+    createSecureContext({ cert: pair.certPem, key: pair.keyPem });
+    // OpenSSL keeps one key per type, so a key of another type than the certificate's passes above.
+    const spki = (k: KeyObject): Buffer => k.export({ type: 'spki', format: 'der' });
+    if (!spki(new X509Certificate(pair.certPem).publicKey).equals(spki(createPublicKey(pair.keyPem)))) throw new Error('the key is not the certificate\'s');
   } catch (err) {
     throw new ConfigError(`config.oidc.public: cannot use its TLS certificate and key: ${(err as Error).message}`);
   }
+  return pair;
+}
+
+export async function startOidcPublicServer(listen: Pick<OidcPublicListenerConfig, 'host' | 'port'>, tls: PemPair, routes: OidcOptions): Promise<OidcPublicServer> {
+  const { certPem: cert, keyPem: key } = tls;
+  const app = Fastify({
+    // requestCert is false (the default): the handshake never asks for a client certificate.
+    https: { cert, key, minVersion: 'TLSv1.2', headersTimeout: 5_000, connectionsCheckingInterval: 1_000, handshakeTimeout: 10_000 },
+    // Two GETs without bodies: anything large or slow is not a relying party.
+    bodyLimit: 1024,
+    requestTimeout: 10_000,
+    connectionTimeout: 30_000,
+    keepAliveTimeout: 65_000,
+    logger: false,
+    return503OnClosing: true,
+    frameworkErrors: (err, request, reply) => errorHandler(err, request, reply),
+  });
   app.server.headersTimeout = 5_000;
   app.removeAllContentTypeParsers();
   app.setErrorHandler((err, request, reply) => errorHandler(err, request, reply));

@@ -82,7 +82,7 @@ describe('tessera serve with a bad OIDC setting', () => {
   }
 
   // Every config rule has its unit test (src/config/oidc-config.test.ts); here one of them, and the
-  // public listener's certificate, which is read only when the listener starts.
+  // public listener's certificate, which serve reads before it opens anything.
   it.each([
     [{ jwt: { issuer: 'https://oidc.example.org/' } }, 'config.jwt.issuer: no trailing slash'],
     [{ jwt: { issuer: 'https://oidc.example.org' }, oidc: { enabled: true, public: { port: 0, certFile: 'missing.pem', keyFile: 'missing.key' } } }, 'config.oidc.public.certFile: cannot read'],

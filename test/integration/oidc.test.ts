@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issuerFromPem, mintCa } from '../../src/ca/x509.js';
 import { ConfigError } from '../../src/config/load.js';
 import { oidcOptions } from '../../src/server/app.js';
-import { startOidcPublicServer, type OidcPublicServer } from '../../src/server/oidc-public.js';
+import { readOidcPublicTls, startOidcPublicServer, type OidcPublicServer } from '../../src/server/oidc-public.js';
 import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
 import { freePort } from '../helpers/broker-process.js';
 import { httpsCall } from '../helpers/https.js';
@@ -101,12 +101,14 @@ describe('a broker with jwt.issuer and the public OIDC listener', () => {
   let issuer: string;
   let publicPort: number;
   let rp: RelyingParty;
+  let tlsFiles: { certFile: string; keyFile: string };
 
   beforeAll(async () => {
     publicPort = await freePort();
     issuer = `https://localhost:${publicPort}`;
     b = await startBroker({ config: { jwt: { issuer }, oidc: { enabled: true, public: { host: '127.0.0.1', port: publicPort } } } });
     pub = await startOidcPublicServer({ host: '127.0.0.1', port: publicPort }, b.broker.tls, oidcOptions(b.broker));
+    tlsFiles = b.broker.config.tls;
     rp = await relyingParty(issuer, b.ca);
   });
   afterAll(async () => {
@@ -200,12 +202,18 @@ describe('a broker with jwt.issuer and the public OIDC listener', () => {
   });
 
   it('refuses an unusable public listener setup with a clear start error', async () => {
-    await expect(startOidcPublicServer({ host: '127.0.0.1', port: 0, certFile: '/nonexistent/oidc.pem', keyFile: '/nonexistent/oidc.key' }, b.broker.tls, oidcOptions(b.broker)))
-      .rejects.toThrow(ConfigError);
-    await expect(startOidcPublicServer({ host: '127.0.0.1', port: 0, certFile: '/nonexistent/oidc.pem', keyFile: '/nonexistent/oidc.key' }, b.broker.tls, oidcOptions(b.broker)))
-      .rejects.toThrow(/config\.oidc\.public\.certFile: cannot read \/nonexistent\/oidc\.pem/);
-    await expect(startOidcPublicServer({ host: '127.0.0.1', port: 0 }, { certPem: b.broker.tls.certPem, keyPem: 'not a key' }, oidcOptions(b.broker)))
-      .rejects.toThrow(/config\.oidc\.public: cannot use its TLS certificate and key/);
+    const listen = { host: '127.0.0.1', port: 0 };
+    expect(() => readOidcPublicTls({ ...listen, certFile: '/nonexistent/oidc.pem', keyFile: '/nonexistent/oidc.key' }, tlsFiles)).toThrow(ConfigError);
+    expect(() => readOidcPublicTls({ ...listen, certFile: '/nonexistent/oidc.pem', keyFile: '/nonexistent/oidc.key' }, tlsFiles))
+      .toThrow(/^config\.oidc\.public\.certFile: cannot read \/nonexistent\/oidc\.pem/);
+    // A key of the certificate's type that is not the certificate's (the JWT-SVID key).
+    expect(() => readOidcPublicTls({ ...listen, certFile: tlsFiles.certFile, keyFile: b.broker.config.ca.jwtKeyFile }, tlsFiles))
+      .toThrow(/^config\.oidc\.public: cannot use its TLS certificate and key/);
+    // A key of another type (RSA for an EC certificate), which OpenSSL alone would take.
+    expect(() => readOidcPublicTls({ ...listen, certFile: tlsFiles.certFile, keyFile: b.material.issuerKeyFile }, tlsFiles))
+      .toThrow(/^config\.oidc\.public: cannot use its TLS certificate and key: the key is not the certificate's/);
+    // Without its own files: the broker's.
+    expect(readOidcPublicTls(listen, tlsFiles)).toEqual({ certPem: b.broker.tls.certPem, keyPem: b.broker.tls.keyPem });
     await expect(startOidcPublicServer({ host: '127.0.0.1', port: publicPort }, b.broker.tls, oidcOptions(b.broker))).rejects.toThrow(/EADDRINUSE/);
   });
 });
