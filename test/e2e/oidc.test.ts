@@ -61,7 +61,7 @@ describe('tessera serve with oidc.public', () => {
   });
 });
 
-describe('tessera serve with a bad OIDC setting', () => {
+describe.concurrent('tessera serve with a bad OIDC setting', () => {
   const dirs: string[] = [];
   afterAll(() => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
