@@ -145,6 +145,7 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
 export function oidcOptions(broker: Broker): OidcOptions {
   const { config } = broker;
   return {
+    // `=== true`: openapi.ts registers the routes on an inert broker, whose every setting is an object.
     issuer: config.oidc.enabled === true ? config.jwt.issuer : undefined,
     bundle: () => broker.bundle,
     caTtlSeconds: config.ca.rotation?.caTtlSeconds,
