@@ -332,7 +332,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
         }), new InlineMinter(live.ca));
   if (minter instanceof IdleInlineMinter) metrics.watchMintJobs(() => minter.inFlight);
   const issuer = new Issuer({
-    minter, jwt: { sign: (req) => live.jwt.sign(req) }, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard,
+    minter, jwt: { sign: (req) => live.jwt.sign({ ...req, issuer: config.jwt.issuer }) }, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard,
     ...(witnesses !== undefined && config.audit.requireWitnesses
       ? { witnessGate: { assertWitnessed: () => witnesses.assertWitnessed(config.audit.maxWitnessLagSeconds) } }
       : {}),
