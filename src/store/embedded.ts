@@ -35,9 +35,13 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { writeFileAtomic } from '../atomic-file.js';
+import { MerkleTree, leafHash } from '../audit/merkle.js';
+import { TreeFile } from '../audit/tree-file.js';
+import { type AuditSnapshot, decodeSnapshot, encodeSnapshot } from './audit-snapshot.js';
 import { type DirLock, lockDataDir } from './dir-lock.js';
 import { checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
-import type { Store } from './store.js';
+import type { PersistedAuditTree, Store } from './store.js';
 
 /** The subset of fs.promises.FileHandle the store uses; injectable so tests can make I/O fail. */
 export interface StoreFileHandle {
@@ -62,6 +66,8 @@ export interface EmbeddedStoreOptions {
   clock?: Clock;
   /** File opener; tests inject failures through it. */
   openFile?: OpenStoreFile;
+  /** Take an audit snapshot (audit.snapshot) every this many new entries (default 2^20), and on close. */
+  snapshotEvery?: number;
 }
 
 export interface EmbeddedStoreStats {
@@ -72,6 +78,18 @@ export interface EmbeddedStoreStats {
   auditFlushFailures: number;
   /** Bytes of torn tail dropped from audit.log when this store was opened. */
   auditTornBytesDropped: number;
+  /**
+   * How this open found audit.snapshot: 'used' (entries after it replayed), 'none', or why it was not
+   * used ('invalid: …'; then every entry was replayed).
+   */
+  auditSnapshot: string;
+  /** Audit entries read and hashed on open (all of them without a usable snapshot). */
+  auditReplayed: number;
+  /** Snapshots written by this process / failed (a failure only means a longer replay next open). */
+  auditSnapshotsTaken: number;
+  auditSnapshotFailures: number;
+  /** Merkle nodes read from audit.tree (old proofs and leaf hashes). */
+  auditTreeDiskReads: number;
   liveNonces: number;
   /** Live kv records (expired ones may still be counted until they are next looked at). */
   kvRecords: number;
@@ -105,6 +123,12 @@ function checkRecord(buf: Buffer, at: number, avail: number): number {
   const len = buf.readUInt32BE(at + 8);
   if (len > MAX_PAYLOAD || HEADER + len > avail) return -1;
   return crc32(buf.subarray(at + 8, at + HEADER + len)) === buf.readUInt32BE(at + 4) ? len : -1;
+}
+
+/** Where a scan may start: offsets[0..count] of records already known (from audit.idx). */
+interface ResumeAt {
+  offsets: Float64Array<ArrayBuffer>;
+  count: number;
 }
 
 interface PendingAppend {
@@ -144,6 +168,11 @@ class FramedFile {
     return this.#count;
   }
 
+  /** Offsets of records [start, end] (end inclusive: offsets[end] is where record end starts), a copy. */
+  offsets(start: number, end: number): Float64Array {
+    return this.#offsets.slice(start, end + 1);
+  }
+
   get durableLength(): number {
     return this.#offsets[this.#count] ?? 0;
   }
@@ -163,11 +192,12 @@ class FramedFile {
     fsync: boolean,
     unavailable: Unavailable,
     onRecord?: (payload: Buffer, index: number) => void,
+    resume?: ResumeAt,
   ): Promise<FramedFile> {
     const handle = await openFile(filePath);
     const file = new FramedFile(filePath, handle, fsync, unavailable);
     try {
-      await file.#scan(onRecord);
+      await file.#scan(onRecord, resume);
     } catch (err) {
       await handle.close().catch(() => {});
       throw err;
@@ -175,10 +205,19 @@ class FramedFile {
     return file;
   }
 
-  async #scan(onRecord?: (payload: Buffer, index: number) => void): Promise<void> {
+  async #scan(onRecord?: (payload: Buffer, index: number) => void, resume?: ResumeAt): Promise<void> {
     let fileSize = (await this.handle.stat()).size;
     fileSize = await this.#checkFileHeader(fileSize);
     this.#offsets[0] = FILE_HEADER.length;
+    if (resume) {
+      // Records [0, resume.count) were checked when the snapshot naming them was taken: scan the rest.
+      const end = resume.offsets[resume.count] ?? -1;
+      if (resume.offsets[0] !== FILE_HEADER.length || end > fileSize) {
+        throw storeUnavailable(`${this.filePath}: holds ${fileSize} bytes, fewer than the ${end} its snapshot says were durable`);
+      }
+      this.#offsets = resume.offsets;
+      this.#count = resume.count;
+    }
     let buf = Buffer.alloc(0);
     let bufStart = 0;
     let bufLen = 0;
@@ -193,7 +232,7 @@ class FramedFile {
       bufLen = len;
       return len;
     };
-    let off = FILE_HEADER.length;
+    let off = this.#offsets[this.#count] as number;
     while (off < fileSize) {
       let avail = await ensure(off, HEADER);
       let len = -1;
@@ -507,6 +546,21 @@ export class EmbeddedStore implements Store {
   readonly #openFile: OpenStoreFile;
   readonly #fsync: boolean;
   readonly #lock: DirLock;
+  #tree!: TreeFile;
+  /** audit.idx: offsets[0..k] of audit.log records as float64 LE; #idxValues of them are written. */
+  #idx!: fsp.FileHandle;
+  #idxValues = 0;
+  /** Entries the newest durable audit.snapshot covers. */
+  #snapEntries = 0;
+  #snapshotEvery = SNAPSHOT_EVERY;
+  #snapshotting: Promise<void> | null = null;
+  #snapshotState = 'none';
+  /** Entries the snapshot used at open covered (0 without one). */
+  #snapshotAtOpen = 0;
+  #snapshotsTaken = 0;
+  #snapshotFailures = 0;
+  /** The audit Merkle tree's nodes on disk (audit.tree), for AuditLog; see store.ts. */
+  auditTree: PersistedAuditTree | undefined;
   #sweepAt = 1024;
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -541,13 +595,16 @@ export class EmbeddedStore implements Store {
     if (openDirs.has(abs)) throw storeUnavailable(`store directory ${abs} is already open in this process`);
     openDirs.add(abs);
     const opened: FramedFile[] = [];
+    const closeOnError: { tree: TreeFile; idx: fsp.FileHandle }[] = [];
     let lock: DirLock | undefined;
     try {
       await fsp.mkdir(abs, { recursive: true, mode: 0o700 });
       // One process per directory: a second broker appending to the same files would destroy the log.
       lock = await lockDataDir(abs);
-      const audit = await FramedFile.open(path.join(abs, 'audit.log'), openFile, fsync, auditUnavailable);
+      const opening = await openAudit(abs, openFile, fsync);
+      const audit = opening.audit;
       opened.push(audit);
+      closeOnError.push(opening);
       // Checkpoint notes are written without waiting for fdatasync (synced on close). A note is a pure
       // function of audit entries that are already durable (origin, size, root; Ed25519 signatures are
       // deterministic): if the machine loses the last notes in a crash, the entries they cover are on
@@ -590,6 +647,14 @@ export class EmbeddedStore implements Store {
       if (fsync) await syncDir(abs);
       const store = new EmbeddedStore(abs, audit, checkpoints, nonceFile, nonces, clock, openFile, fsync, lock);
       store.#kvFile = kvFile;
+      store.#tree = opening.tree;
+      store.#idx = opening.idx;
+      store.#idxValues = opening.idxValues;
+      store.#snapEntries = opening.snapshotEntries;
+      store.#snapshotState = opening.state;
+      store.#snapshotAtOpen = opening.snapshotEntries;
+      store.#snapshotEvery = opts.snapshotEvery ?? SNAPSHOT_EVERY;
+      store.auditTree = store.#persistedTree(opening.tree.leaves);
       store.#kv = kv;
       // Expired nonces are dead weight: rewrite the file when they dominate it.
       if (nonceRecords > 1024 && nonceRecords > 2 * nonces.size) {
@@ -608,6 +673,10 @@ export class EmbeddedStore implements Store {
       return store;
     } catch (err) {
       await Promise.all(opened.map((f) => f.close().catch(() => {})));
+      for (const o of closeOnError) {
+        o.tree.close();
+        await o.idx.close().catch(() => {});
+      }
       await lock?.release().catch(() => {});
       openDirs.delete(abs);
       if (err instanceof BrokerError) throw err;
@@ -650,6 +719,47 @@ export class EmbeddedStore implements Store {
     if (fsync) await syncDir(this.dir);
     await current.close();
     return FramedFile.open(file, this.#openFile, fsync, storeUnavailable);
+  }
+
+  #persistedTree(size: number): PersistedAuditTree {
+    return {
+      nodes: this.#tree,
+      size,
+      grew: (n: number) => {
+        if (n - this.#snapEntries >= this.#snapshotEvery && this.#snapshotting === null && !this.#closed) {
+          this.#snapshotting = this.#takeSnapshot().finally(() => {
+            this.#snapshotting = null;
+          });
+        }
+      },
+    };
+  }
+
+  /**
+   * Makes the tree's nodes and the record offsets durable up to the tree's size N, then replaces
+   * audit.snapshot (atomically) with (N, audit.log length after N, root of N). Never throws: a failed
+   * snapshot only means the next open replays more.
+   */
+  async #takeSnapshot(): Promise<void> {
+    try {
+      const n = Math.min(this.#tree.leaves, this.#audit.count);
+      if (n <= this.#snapEntries) return;
+      const root = new MerkleTree({ nodes: this.#tree, size: n }).root();
+      const offsets = this.#audit.offsets(0, n);
+      await this.#tree.sync();
+      const from = Math.min(this.#idxValues, n + 1);
+      const bytes = Buffer.from(offsets.buffer, offsets.byteOffset + from * 8, (n + 1 - from) * 8);
+      if (!isLittleEndian) for (let i = 0; i < bytes.length; i += 8) bytes.subarray(i, i + 8).reverse();
+      await writeFully(this.#idx, bytes, from * 8);
+      await this.#idx.datasync();
+      this.#idxValues = n + 1;
+      const snap: AuditSnapshot = { entries: n, logBytes: offsets[n] as number, rootHash: root };
+      await writeFileAtomic(path.join(this.dir, 'audit.snapshot'), encodeSnapshot(snap));
+      this.#snapEntries = n;
+      this.#snapshotsTaken++;
+    } catch {
+      this.#snapshotFailures++;
+    }
   }
 
   appendAuditEntries(entries: readonly Buffer[]): Promise<number> {
@@ -906,6 +1016,11 @@ export class EmbeddedStore implements Store {
       auditFlushes: this.#audit.flushes,
       auditFlushFailures: this.#audit.flushFailures,
       auditTornBytesDropped: this.#audit.tornBytesDropped,
+      auditSnapshot: this.#snapshotState,
+      auditReplayed: this.#audit.count - this.#snapshotAtOpen,
+      auditSnapshotsTaken: this.#snapshotsTaken,
+      auditSnapshotFailures: this.#snapshotFailures,
+      auditTreeDiskReads: this.#tree.diskReads,
       liveNonces: this.#nonces.size,
       kvRecords: [...this.#kv.values()].reduce((n, m) => n + m.size, 0),
     };
@@ -917,6 +1032,12 @@ export class EmbeddedStore implements Store {
     this.#closed = true;
     this.#closing = (async () => {
       try {
+        // Entries first, then a snapshot covering them, so the next open replays nothing.
+        await this.#audit.drain();
+        await this.#snapshotting;
+        if (this.#tree.leaves > this.#snapEntries) await this.#takeSnapshot();
+        this.#tree.close();
+        await this.#idx.close().catch(() => {});
         await Promise.all([
           this.#audit.close(),
           this.#checkpoints.close({ sync: this.#fsync }),
@@ -948,5 +1069,118 @@ async function syncDir(dir: string): Promise<void> {
     /* not supported here; nothing more we can do */
   } finally {
     await h.close();
+  }
+}
+
+/** New audit entries between two snapshots (a crash replays at most about this many). */
+const SNAPSHOT_EVERY = 1 << 20;
+const isLittleEndian = new Uint8Array(new Float64Array([1]).buffer)[7] === 0x3f;
+
+interface AuditOpening {
+  audit: FramedFile;
+  tree: TreeFile;
+  idx: fsp.FileHandle;
+  idxValues: number;
+  snapshotEntries: number;
+  state: string;
+}
+
+/**
+ * Opens audit.log with its tree (audit.tree) and offset index (audit.idx). With a valid audit.snapshot
+ * of N entries whose offsets, tree nodes and root all check out, only the records after N are scanned
+ * (and hashed by AuditLog); otherwise the snapshot is removed, the tree file restarts empty, and every
+ * record is scanned and replayed. A snapshot that checks out but names more of audit.log than the file
+ * holds means acknowledged entries are gone: refuse, never start on a shorter log.
+ */
+async function openAudit(dir: string, openFile: OpenStoreFile, fsync: boolean): Promise<AuditOpening> {
+  const logPath = path.join(dir, 'audit.log');
+  const snapPath = path.join(dir, 'audit.snapshot');
+  const treePath = path.join(dir, 'audit.tree');
+  const idx = await fsp.open(path.join(dir, 'audit.idx'), fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
+  try {
+    let state = 'none';
+    let raw: Buffer | undefined;
+    try {
+      raw = await fsp.readFile(snapPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') state = `invalid: cannot read (${String(err)})`;
+    }
+    const decoded = raw === undefined ? undefined : decodeSnapshot(raw);
+    if (decoded !== undefined && 'invalid' in decoded) state = `invalid: ${decoded.invalid}`;
+    if (decoded !== undefined && !('invalid' in decoded)) {
+      const logSize = await fsp.stat(logPath).then((st) => st.size, () => 0);
+      if (logSize < decoded.logBytes) {
+        throw auditUnavailable(
+          `${logPath} holds ${logSize} bytes but ${snapPath} says ${decoded.entries} entries (${decoded.logBytes} bytes) were durable: ` +
+            'acknowledged audit entries are gone. Refusing to open; restore the data directory from backup (docs/audit.md)',
+        );
+      }
+      const used = await resumeFromSnapshot(decoded, logPath, treePath, idx, openFile, fsync);
+      if ('audit' in used) return { ...used, idx, idxValues: decoded.entries + 1, snapshotEntries: decoded.entries, state: 'used' };
+      state = `invalid: ${used.invalid}`;
+    }
+    // Full replay: nothing on disk but audit.log itself is trusted.
+    if (raw !== undefined) {
+      await fsp.rm(snapPath, { force: true });
+      if (fsync) await syncDir(dir);
+    }
+    await idx.truncate(0);
+    const tree = TreeFile.open(treePath, 0);
+    try {
+      const audit = await FramedFile.open(logPath, openFile, fsync, auditUnavailable);
+      return { audit, tree, idx, idxValues: 0, snapshotEntries: 0, state };
+    } catch (err) {
+      tree.close();
+      throw err;
+    }
+  } catch (err) {
+    await idx.close().catch(() => {});
+    throw err;
+  }
+}
+
+async function resumeFromSnapshot(
+  snap: AuditSnapshot,
+  logPath: string,
+  treePath: string,
+  idx: fsp.FileHandle,
+  openFile: OpenStoreFile,
+  fsync: boolean,
+): Promise<{ audit: FramedFile; tree: TreeFile } | { invalid: string }> {
+  const n = snap.entries;
+  const idxSize = (await idx.stat()).size;
+  if (idxSize < (n + 1) * 8) return { invalid: `audit.idx holds ${Math.floor(idxSize / 8)} offsets, fewer than ${n + 1}` };
+  const offsets = new Float64Array(n + 1026);
+  const view = Buffer.from(offsets.buffer, 0, (n + 1) * 8);
+  await readFully(idx, view, view.length, 0);
+  if (!isLittleEndian) for (let i = 0; i < view.length; i += 8) view.subarray(i, i + 8).reverse();
+  if (offsets[0] !== FILE_HEADER.length || offsets[n] !== snap.logBytes) return { invalid: 'audit.idx does not match the snapshot' };
+  for (let i = 0; i < n; i++) {
+    const a = offsets[i] as number;
+    const b = offsets[i + 1] as number;
+    if (!Number.isInteger(b) || !(b - a > HEADER && b - a <= HEADER + MAX_PAYLOAD)) return { invalid: `audit.idx offset ${i + 1} is not a record boundary` };
+  }
+  if (idxSize > (n + 1) * 8) await idx.truncate((n + 1) * 8);
+  let tree: TreeFile;
+  try {
+    tree = TreeFile.open(treePath, n);
+  } catch (err) {
+    return { invalid: err instanceof Error ? err.message : String(err) };
+  }
+  let audit: FramedFile | undefined;
+  try {
+    if (!new MerkleTree({ nodes: tree, size: n }).root().equals(snap.rootHash)) throw new Error('audit.tree does not hash to the snapshot root');
+    audit = await FramedFile.open(logPath, openFile, fsync, auditUnavailable, undefined, { offsets, count: n });
+    // The log and the tree must name the same last entry.
+    if (n > 0) {
+      const [last] = await audit.read(n - 1, n);
+      if (!last || !leafHash(last).equals(tree.node(0, n - 1))) throw new Error(`audit.log entry ${n - 1} does not match audit.tree`);
+    }
+    return { audit, tree };
+  } catch (err) {
+    tree.close();
+    await audit?.close().catch(() => {});
+    if (err instanceof BrokerError) throw err;
+    return { invalid: err instanceof Error ? err.message : String(err) };
   }
 }
