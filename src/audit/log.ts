@@ -87,7 +87,7 @@ export class AuditLog {
     // A store that keeps the tree's nodes (embedded) hands over those of its first `persisted.size`
     // entries; only the entries after them are read and hashed. Otherwise every entry is, into memory
     // (with headroom so the first appends after a restart do not re-grow the level buffers).
-    const persisted = store.auditTree;
+    const persisted = store.claimAuditTree?.();
     if (persisted && persisted.size > size) {
       throw auditUnavailable(`the store's audit tree holds ${persisted.size} entries but the store only ${size}`);
     }

@@ -559,8 +559,8 @@ export class EmbeddedStore implements Store {
   #snapshotAtOpen = 0;
   #snapshotsTaken = 0;
   #snapshotFailures = 0;
-  /** The audit Merkle tree's nodes on disk (audit.tree), for AuditLog; see store.ts. */
-  auditTree: PersistedAuditTree | undefined;
+  /** The audit Merkle tree's nodes on disk (audit.tree), until an AuditLog claims them (store.ts). */
+  #unclaimedTree: PersistedAuditTree | undefined;
   #sweepAt = 1024;
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -654,7 +654,7 @@ export class EmbeddedStore implements Store {
       store.#snapshotState = opening.state;
       store.#snapshotAtOpen = opening.snapshotEntries;
       store.#snapshotEvery = opts.snapshotEvery ?? SNAPSHOT_EVERY;
-      store.auditTree = store.#persistedTree(opening.tree.leaves);
+      store.#unclaimedTree = store.#persistedTree(opening.tree.leaves);
       store.#kv = kv;
       // Expired nonces are dead weight: rewrite the file when they dominate it.
       if (nonceRecords > 1024 && nonceRecords > 2 * nonces.size) {
@@ -719,6 +719,12 @@ export class EmbeddedStore implements Store {
     if (fsync) await syncDir(this.dir);
     await current.close();
     return FramedFile.open(file, this.#openFile, fsync, storeUnavailable);
+  }
+
+  claimAuditTree(): PersistedAuditTree | undefined {
+    const t = this.#unclaimedTree;
+    this.#unclaimedTree = undefined;
+    return t;
   }
 
   #persistedTree(size: number): PersistedAuditTree {

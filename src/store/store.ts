@@ -18,9 +18,10 @@ export interface Store {
 
   /**
    * A store that keeps the audit Merkle tree's nodes itself (embedded: audit.tree, checked against a
-   * snapshot on open). AuditLog builds its tree on these nodes and replays only entries [size, end).
+   * snapshot on open) hands them to the first AuditLog opened on it, which builds its tree on them and
+   * replays only entries [size, end). Later calls get undefined (one writer of the nodes).
    */
-  readonly auditTree?: PersistedAuditTree | undefined;
+  claimAuditTree?(): PersistedAuditTree | undefined;
 
   /**
    * Appends audit entries (already-canonical bytes) in order and resolves with the index of the first
