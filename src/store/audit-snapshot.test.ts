@@ -11,6 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AuditLog } from '../audit/log.js';
 import { leafHash, rootFromLeaves, verifyInclusion } from '../audit/merkle.js';
 import { BrokerError } from '../errors.js';
+import { instrumentStore } from '../metrics/store.js';
 import { SNAPSHOT_BYTES, decodeSnapshot, encodeSnapshot } from './audit-snapshot.js';
 import { EmbeddedStore } from './embedded.js';
 
@@ -79,6 +80,19 @@ describe('audit snapshot', () => {
     ({ store, log } = await openBoth());
     expect(store.stats).toMatchObject({ auditSnapshot: 'used', auditReplayed: 0 });
     await expectSound(log, 1000);
+  });
+
+  it('the broker\'s instrumented store hands the on-disk tree to its AuditLog (no full replay on restart)', async () => {
+    let { store, log } = await openBoth();
+    await fill(store, log, 0, 400);
+    await close(store);
+    store = await EmbeddedStore.open(dir, { fsync: false });
+    opened.push(store);
+    log = await AuditLog.open(instrumentStore(store, { storeError: () => {}, auditAppended: () => {} }));
+    await expectSound(log, 400);
+    // The proofs came from audit.tree: nothing was replayed into a tree in memory.
+    expect(store.stats).toMatchObject({ auditSnapshot: 'used', auditReplayed: 0 });
+    expect(store.stats.auditTreeDiskReads).toBeGreaterThan(0);
   });
 
   it('takes snapshots while running; a stale one (a crash after it) replays only the entries after it', async () => {

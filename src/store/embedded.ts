@@ -125,10 +125,12 @@ function checkRecord(buf: Buffer, at: number, avail: number): number {
   return crc32(buf.subarray(at + 8, at + HEADER + len)) === buf.readUInt32BE(at + 4) ? len : -1;
 }
 
-/** Where a scan may start: offsets[0..count] of records already known (from audit.idx). */
+/** Where a scan may start: after `count` records ending at byte `end`, whose offsets audit.idx holds. */
 interface ResumeAt {
-  offsets: Float64Array<ArrayBuffer>;
   count: number;
+  end: number;
+  /** offsets[from..to] (to inclusive) of records before `count`. */
+  readOffsets: (from: number, to: number) => Promise<Float64Array>;
 }
 
 interface PendingAppend {
@@ -142,8 +144,13 @@ interface PendingAppend {
 
 /** One append-only framed file with in-memory record offsets and group commit. */
 class FramedFile {
-  /** offsets[i] = file offset of record i; offsets[count] = durable file length. */
+  /**
+   * offsets[i] = file offset of record #base + i; offsets[count - base] = durable file length. Records
+   * before #base (those an audit snapshot covers) have their offsets in audit.idx, read when needed.
+   */
   #offsets = new Float64Array(1024);
+  #base = 0;
+  #readOffsets: ((from: number, to: number) => Promise<Float64Array>) | undefined;
   #count = 0;
   #queue: PendingAppend[] = [];
   #flushing = false;
@@ -168,13 +175,14 @@ class FramedFile {
     return this.#count;
   }
 
-  /** Offsets of records [start, end] (end inclusive: offsets[end] is where record end starts), a copy. */
+  /** Offsets of records [start, end] (end inclusive: where record `end` starts), a copy; start >= the resume point. */
   offsets(start: number, end: number): Float64Array {
-    return this.#offsets.slice(start, end + 1);
+    if (start < this.#base || end > this.#count) throw new Error(`offsets [${start}, ${end}] not in memory`);
+    return this.#offsets.slice(start - this.#base, end - this.#base + 1);
   }
 
   get durableLength(): number {
-    return this.#offsets[this.#count] ?? 0;
+    return this.#offsets[this.#count - this.#base] ?? 0;
   }
 
   get failed(): boolean {
@@ -211,12 +219,12 @@ class FramedFile {
     this.#offsets[0] = FILE_HEADER.length;
     if (resume) {
       // Records [0, resume.count) were checked when the snapshot naming them was taken: scan the rest.
-      const end = resume.offsets[resume.count] ?? -1;
-      if (resume.offsets[0] !== FILE_HEADER.length || end > fileSize) {
-        throw storeUnavailable(`${this.filePath}: holds ${fileSize} bytes, fewer than the ${end} its snapshot says were durable`);
+      if (resume.end > fileSize) {
+        throw storeUnavailable(`${this.filePath}: holds ${fileSize} bytes, fewer than the ${resume.end} its snapshot says were durable`);
       }
-      this.#offsets = resume.offsets;
-      this.#count = resume.count;
+      this.#offsets[0] = resume.end;
+      this.#base = this.#count = resume.count;
+      this.#readOffsets = resume.readOffsets;
     }
     let buf = Buffer.alloc(0);
     let bufStart = 0;
@@ -232,7 +240,7 @@ class FramedFile {
       bufLen = len;
       return len;
     };
-    let off = this.#offsets[this.#count] as number;
+    let off = this.durableLength;
     while (off < fileSize) {
       let avail = await ensure(off, HEADER);
       let len = -1;
@@ -298,13 +306,13 @@ class FramedFile {
   }
 
   #pushOffset(end: number): void {
-    if (this.#count + 2 > this.#offsets.length) {
+    if (this.#count - this.#base + 2 > this.#offsets.length) {
       const grown = new Float64Array(this.#offsets.length * 2);
       grown.set(this.#offsets);
       this.#offsets = grown;
     }
     this.#count++;
-    this.#offsets[this.#count] = end;
+    this.#offsets[this.#count - this.#base] = end;
   }
 
   /** Queues payloads for the next group commit; resolves with the first one's index once durable. */
@@ -428,13 +436,33 @@ class FramedFile {
     }
     if (this.#closed) throw this.unavailable(`${path.basename(this.filePath)} is closed`);
     const out: Buffer[] = [];
+    let next = start;
+    // Records before the resume point: their offsets from audit.idx, in one read for the range.
+    if (next < this.#base && this.#readOffsets) {
+      const stop = Math.min(end, this.#base);
+      let offs: Float64Array;
+      try {
+        offs = await this.#readOffsets(next, stop);
+      } catch (err) {
+        throw this.unavailable(`${path.basename(this.filePath)}: reading the offset index failed`, err);
+      }
+      await this.#readRecords(next, stop, (k) => offs[k - start] as number, out);
+      next = stop;
+    }
+    const base = this.#base;
+    const mem = this.#offsets;
+    await this.#readRecords(next, end, (k) => mem[k - base] as number, out);
+    return out;
+  }
+
+  async #readRecords(start: number, end: number, offsetOf: (k: number) => number, out: Buffer[]): Promise<void> {
     let i = start;
     while (i < end) {
       // Group whole records into reads of at most READ_CHUNK bytes (at least one record).
-      const from = this.#offsets[i] as number;
+      const from = offsetOf(i);
       let j = i + 1;
-      while (j < end && (this.#offsets[j + 1] as number) - from <= READ_CHUNK) j++;
-      const to = this.#offsets[j] as number;
+      while (j < end && offsetOf(j + 1) - from <= READ_CHUNK) j++;
+      const to = offsetOf(j);
       const buf = Buffer.allocUnsafeSlow(to - from);
       try {
         await readFully(this.handle, buf, buf.length, from);
@@ -442,8 +470,8 @@ class FramedFile {
         throw this.unavailable(`${path.basename(this.filePath)}: read failed`, err);
       }
       for (let k = i; k < j; k++) {
-        const at = (this.#offsets[k] as number) - from;
-        const recLen = (this.#offsets[k + 1] as number) - (this.#offsets[k] as number);
+        const at = offsetOf(k) - from;
+        const recLen = offsetOf(k + 1) - offsetOf(k);
         if (checkRecord(buf, at, recLen) !== recLen - HEADER) {
           throw this.unavailable(`${path.basename(this.filePath)}: record ${k} failed its checksum on read`);
         }
@@ -451,7 +479,6 @@ class FramedFile {
       }
       i = j;
     }
-    return out;
   }
 
   async close(opts: { sync?: boolean } = {}): Promise<void> {
@@ -751,15 +778,16 @@ export class EmbeddedStore implements Store {
       const n = Math.min(this.#tree.leaves, this.#audit.count);
       if (n <= this.#snapEntries) return;
       const root = new MerkleTree({ nodes: this.#tree, size: n }).root();
-      const offsets = this.#audit.offsets(0, n);
-      await this.#tree.sync();
+      // audit.idx already holds offsets [0, idxValues); the rest are in memory.
       const from = Math.min(this.#idxValues, n + 1);
-      const bytes = Buffer.from(offsets.buffer, offsets.byteOffset + from * 8, (n + 1 - from) * 8);
+      const offsets = this.#audit.offsets(from, n);
+      await this.#tree.sync();
+      const bytes = Buffer.from(offsets.buffer, offsets.byteOffset, offsets.byteLength);
       if (!isLittleEndian) for (let i = 0; i < bytes.length; i += 8) bytes.subarray(i, i + 8).reverse();
       await writeFully(this.#idx, bytes, from * 8);
       await this.#idx.datasync();
       this.#idxValues = n + 1;
-      const snap: AuditSnapshot = { entries: n, logBytes: offsets[n] as number, rootHash: root };
+      const snap: AuditSnapshot = { entries: n, logBytes: offsets[offsets.length - 1] as number, rootHash: root };
       await writeFileAtomic(path.join(this.dir, 'audit.snapshot'), encodeSnapshot(snap));
       this.#snapEntries = n;
       this.#snapshotsTaken++;
@@ -1080,6 +1108,8 @@ async function syncDir(dir: string): Promise<void> {
 
 /** New audit entries between two snapshots (a crash replays at most about this many). */
 const SNAPSHOT_EVERY = 1 << 20;
+/** Offsets read per step when audit.idx is checked on open (1 MiB). */
+const IDX_CHECK_CHUNK = 1 << 17;
 const isLittleEndian = new Uint8Array(new Float64Array([1]).buffer)[7] === 0x3f;
 
 interface AuditOpening {
@@ -1156,16 +1186,25 @@ async function resumeFromSnapshot(
   const n = snap.entries;
   const idxSize = (await idx.stat()).size;
   if (idxSize < (n + 1) * 8) return { invalid: `audit.idx holds ${Math.floor(idxSize / 8)} offsets, fewer than ${n + 1}` };
-  const offsets = new Float64Array(n + 1026);
-  const view = Buffer.from(offsets.buffer, 0, (n + 1) * 8);
-  await readFully(idx, view, view.length, 0);
-  if (!isLittleEndian) for (let i = 0; i < view.length; i += 8) view.subarray(i, i + 8).reverse();
-  if (offsets[0] !== FILE_HEADER.length || offsets[n] !== snap.logBytes) return { invalid: 'audit.idx does not match the snapshot' };
-  for (let i = 0; i < n; i++) {
-    const a = offsets[i] as number;
-    const b = offsets[i + 1] as number;
-    if (!Number.isInteger(b) || !(b - a > HEADER && b - a <= HEADER + MAX_PAYLOAD)) return { invalid: `audit.idx offset ${i + 1} is not a record boundary` };
+  const readOffsets = async (from: number, to: number): Promise<Float64Array> => {
+    const out = new Float64Array(to - from + 1);
+    const view = Buffer.from(out.buffer);
+    await readFully(idx, view, view.length, from * 8);
+    if (!isLittleEndian) for (let i = 0; i < view.length; i += 8) view.subarray(i, i + 8).reverse();
+    return out;
+  };
+  // Every step must be one whole record; checked in chunks (the offsets are not kept in memory).
+  let prev = -1;
+  for (let from = 0; from <= n; from += IDX_CHECK_CHUNK) {
+    const chunk = await readOffsets(from, Math.min(n, from + IDX_CHECK_CHUNK - 1));
+    for (let k = 0; k < chunk.length; k++) {
+      const b = chunk[k] as number;
+      const ok = from + k === 0 ? b === FILE_HEADER.length : Number.isInteger(b) && b - prev > HEADER && b - prev <= HEADER + MAX_PAYLOAD;
+      if (!ok) return { invalid: from + k === 0 ? 'audit.idx does not start at the first record' : `audit.idx offset ${from + k} is not a record boundary` };
+      prev = b;
+    }
   }
+  if (prev !== snap.logBytes) return { invalid: 'audit.idx does not end where the snapshot says audit.log does' };
   if (idxSize > (n + 1) * 8) await idx.truncate((n + 1) * 8);
   let tree: TreeFile;
   try {
@@ -1176,7 +1215,7 @@ async function resumeFromSnapshot(
   let audit: FramedFile | undefined;
   try {
     if (!new MerkleTree({ nodes: tree, size: n }).root().equals(snap.rootHash)) throw new Error('audit.tree does not hash to the snapshot root');
-    audit = await FramedFile.open(logPath, openFile, fsync, auditUnavailable, undefined, { offsets, count: n });
+    audit = await FramedFile.open(logPath, openFile, fsync, auditUnavailable, undefined, { count: n, end: snap.logBytes, readOffsets });
     // The log and the tree must name the same last entry.
     if (n > 0) {
       const [last] = await audit.read(n - 1, n);
