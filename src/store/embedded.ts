@@ -1193,14 +1193,22 @@ async function resumeFromSnapshot(
     if (!isLittleEndian) for (let i = 0; i < view.length; i += 8) view.subarray(i, i + 8).reverse();
     return out;
   };
-  // Every step must be one whole record; checked in chunks (the offsets are not kept in memory).
-  let prev = -1;
+  // Every step must be one whole record: checked in chunks through one buffer (the offsets are not
+  // kept in memory). The one linear step of a restart: 8 bytes per entry, read sequentially.
+  const chunk = new Float64Array(IDX_CHECK_CHUNK);
+  const chunkBytes = Buffer.from(chunk.buffer);
+  let prev = FILE_HEADER.length - HEADER - 1;
   for (let from = 0; from <= n; from += IDX_CHECK_CHUNK) {
-    const chunk = await readOffsets(from, Math.min(n, from + IDX_CHECK_CHUNK - 1));
-    for (let k = 0; k < chunk.length; k++) {
+    const count = Math.min(n + 1 - from, IDX_CHECK_CHUNK);
+    await readFully(idx, chunkBytes, count * 8, from * 8);
+    if (!isLittleEndian) for (let i = 0; i < count * 8; i += 8) chunkBytes.subarray(i, i + 8).reverse();
+    if (from === 0 && chunk[0] !== FILE_HEADER.length) return { invalid: 'audit.idx does not start at the first record' };
+    for (let k = 0; k < count; k++) {
       const b = chunk[k] as number;
-      const ok = from + k === 0 ? b === FILE_HEADER.length : Number.isInteger(b) && b - prev > HEADER && b - prev <= HEADER + MAX_PAYLOAD;
-      if (!ok) return { invalid: from + k === 0 ? 'audit.idx does not start at the first record' : `audit.idx offset ${from + k} is not a record boundary` };
+      const step = b - prev;
+      if (!(step > HEADER && step <= HEADER + MAX_PAYLOAD) || !Number.isInteger(b)) {
+        return { invalid: `audit.idx offset ${from + k} is not a record boundary` };
+      }
       prev = b;
     }
   }
