@@ -76,6 +76,8 @@ describe('audit snapshot', () => {
     expect((await log.entries(0, 700)).map((b) => b.toString())).toEqual(Array.from({ length: 700 }, (_, i) => entry(i).toString()));
     await fill(store, log, 700, 1000);
     await expectSound(log, 1000);
+    // A range across the snapshot: offsets before it from audit.idx, after it from memory.
+    expect((await store.readAuditEntries(650, 760)).map((b) => b.toString())).toEqual(Array.from({ length: 110 }, (_, i) => entry(650 + i).toString()));
     await close(store);
     ({ store, log } = await openBoth());
     expect(store.stats).toMatchObject({ auditSnapshot: 'used', auditReplayed: 0 });
