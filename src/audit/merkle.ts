@@ -6,7 +6,8 @@
  *   empty root  = SHA-256("")
  *
  * `MerkleTree` keeps every perfect subtree hash (level k holds the hashes of the aligned 2^k-leaf
- * subtrees) in one growable Buffer per level, 32 bytes per node. That is ~64 bytes per leaf in
+ * subtrees) in a `MerkleNodes` storage: by default `MemoryNodes`, one growable Buffer per level, 32
+ * bytes per node (the embedded store uses audit/tree-file.ts: the same nodes in a file). That is ~64 bytes per leaf in
  * total and lets root/inclusion/consistency proofs for ANY historical size be answered with
  * O(log n) stored-node lookups plus at most O(log n) hashes for the ragged right edge.
  *

@@ -2,6 +2,11 @@
  * Embedded Store: memory + append-only files in one directory (mode 0700), fsync'd.
  *
  *   <dir>/audit.log        audit entries, one record each, index = position in the file
+ *   <dir>/audit.tree       the audit Merkle tree's nodes (audit/tree-file.ts)
+ *   <dir>/audit.idx        audit.log record offsets, float64 LE, written before each snapshot
+ *   <dir>/audit.snapshot   entries, log length and root the two files above are good for
+ *                          (audit-snapshot.ts); an open with a valid one scans only the records after
+ *                          it (openAudit below; docs/audit.md "On-disk format")
  *   <dir>/checkpoints.log  signed checkpoint notes (UTF-8); written without waiting for fdatasync, which
  *                          they do not need (see open()), and synced on close
  *   <dir>/nonces.log       consumed single-use keys (see consumeOnce)
@@ -66,7 +71,7 @@ export interface EmbeddedStoreOptions {
   clock?: Clock;
   /** File opener; tests inject failures through it. */
   openFile?: OpenStoreFile;
-  /** Take an audit snapshot (audit.snapshot) every this many new entries (default 2^20), and on close. */
+  /** Take an audit snapshot (audit.snapshot) every this many new entries (default 2^18), and on close. */
   snapshotEvery?: number;
 }
 
@@ -1107,7 +1112,7 @@ async function syncDir(dir: string): Promise<void> {
 }
 
 /** New audit entries between two snapshots (a crash replays at most about this many). */
-const SNAPSHOT_EVERY = 1 << 20;
+const SNAPSHOT_EVERY = 1 << 18;
 /** Offsets read per step when audit.idx is checked on open (1 MiB). */
 const IDX_CHECK_CHUNK = 1 << 17;
 const isLittleEndian = new Uint8Array(new Float64Array([1]).buffer)[7] === 0x3f;
