@@ -4,10 +4,11 @@
 // profile, and prints rates, p50/p99 and Tessera/cfssl ratios side by side. Also: the CSR scenario with
 // minting on the event loop (ca.threads 0) for comparison, the CSR scenario and cfssl driven by wrk (a
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
-// issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
+// issuance, and the audit log at 10^3 vs 10^7 entries (bench/log-scale.mjs: rate, restart, memory, disk).
 //
-// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|peers]
-//   --quick: 2 s runs, no 10^6-entry scale test. See docs/performance.md.
+// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|peers|log-scale]
+//   --quick: 2 s runs, no log-scale test (building the 10^7-entry log takes minutes). See docs/performance.md.
+//   --only log-scale: just the audit log at 10^3 and 10^7 entries (TESSERA_BENCH_LOG_SIZES=1000,1000000 to change).
 //   --only workload-api: just the agent's Workload API rows (100 open streams: updates/s, fan-out, RSS).
 //   --only devices: just the audit devices row.
 //   --only peers: just the peer rows (bench/peers.mjs: cfssl over TLS with authsign, with and without
@@ -24,6 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { runLoad } from './load.mjs';
 import { workloadApiBench } from './workload-api.mjs';
 import { peersBench, printPeers } from './peers.mjs';
+import { logScaleBench, printLogScale } from './log-scale.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
@@ -35,8 +37,6 @@ const dist = (p) => import(path.join(root, 'dist', p));
 
 const { ensureDevMaterial } = await dist('dev/material.js');
 const { mintDevToken } = await dist('dev/token-issuer.js');
-const { EmbeddedStore } = await dist('store/embedded.js');
-const { canonicalJson } = await dist('audit/entry.js');
 
 const work = mkdtempSync(path.join(tmpdir(), 'tessera-bench-'));
 const material = await ensureDevMaterial(path.join(work, 'pki'), 'example.org');
@@ -372,43 +372,9 @@ async function cfsslScenarios() {
   return { version, results, wrk };
 }
 
-// ---------- audit log scale ----------
-async function prefill(dir, n) {
-  const store = await EmbeddedStore.open(dir);
-  const now = Date.now();
-  const batch = 10_000; // one append carries at most 8 MiB (the embedded store's batch cap)
-  for (let i = 0; i < n; i += batch) {
-    const entries = [];
-    for (let j = i; j < Math.min(n, i + batch); j++) {
-      entries.push(canonicalJson({
-        ts: now, type: 'x509-svid.issued', decision: 'allow', actor: 'spiffe://example.org/ns/bench/sa/load',
-        subject: 'spiffe://example.org/ns/bench/sa/load', source: 'k8s-sa-token', namespace: 'bench', serviceAccount: 'load',
-        podName: `load-${j % 1000}`, podUid: '6f1c3a52-4f0e-4b8e-9a51-2f6f0c0d9e11', serial: j.toString(16).padStart(32, '0'),
-        ttlMs: 3_600_000, expiresAt: now + 3_600_000, keyFingerprint: `sha256:${'ab'.repeat(32)}`, requestId: `r-${j}`, replica: 'prefill',
-      }));
-    }
-    await store.appendAuditEntries(entries);
-  }
-  await store.close();
-}
-
-async function scaleRun(n) {
-  const dir = path.join(work, `data-${n}`);
-  mkdirSync(dir, { recursive: true });
-  const t0 = performance.now();
-  await prefill(dir, n);
-  log(`prefilled ${n} entries in ${Math.round(performance.now() - t0)} ms`);
-  const { child, url, startMs } = await startBroker(dir);
-  try {
-    await warmUp(csrLoad(url));
-    const r = await measured(child.pid, { ...csrLoad(url), concurrency: 32, durationMs: seconds * 1000 });
-    log(`scale ${n}`, { startMs, ...r });
-    return { entries: n, restartMs: startMs, ...r };
-  } finally {
-    await stop(child);
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+// ---------- audit log scale (bench/log-scale.mjs) ----------
+const logSizes = (process.env.TESSERA_BENCH_LOG_SIZES ?? '1000,10000000').split(',').map(Number);
+const logScaleRun = () => logScaleBench({ dist, work, sizes: logSizes, seconds, startBroker, stop, warmUp, measured, csrLoad, log });
 
 // ---------- the agent's Workload API ----------
 
@@ -499,12 +465,17 @@ function peers() {
 }
 
 if (args.only !== undefined) {
-  if (!['workload-api', 'devices', 'peers'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers');
+  if (!['workload-api', 'devices', 'peers', 'log-scale'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers, log-scale');
   if (args.only === 'peers') {
     const p = await peers();
     mkdirSync(path.join(root, 'bench/results'), { recursive: true });
     writeFileSync(path.join(root, 'bench/results/peers.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...p }, null, 2)}\n`);
     printPeers(p);
+  } else if (args.only === 'log-scale') {
+    const s = await logScaleRun();
+    mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+    writeFileSync(path.join(root, 'bench/results/log-scale.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, seconds, ...s }, null, 2)}\n`);
+    printLogScale(s);
   } else if (args.only === 'workload-api') {
     const w = await workloadApiRows();
     mkdirSync(path.join(root, 'bench/results'), { recursive: true });
@@ -558,11 +529,7 @@ const devices = await devicesRun();
 tessera.push(...devices.rows);
 const peerRows = await peers();
 
-const scale = [];
-if (!quick && !args['skip-scale']) {
-  scale.push(await scaleRun(1_000));
-  scale.push(await scaleRun(1_000_000));
-}
+const scale = !quick && !args['skip-scale'] ? await logScaleRun() : undefined;
 
 const csrAt = (c) => tessera.find((r) => r.scenario === 'x509 from CSR (token)' && r.concurrency === c);
 const cfsslAt = (c) => cfssl.results?.find((r) => r.concurrency === c);
@@ -623,10 +590,7 @@ console.log(`\nCrypto in one issuance: RS256 verify ${crypto.rs256VerifyUs} µs 
 console.log(`Importing the CSR's P-256 key: SPKI ${crypto.keyImportSpkiUs} µs, JWK ${crypto.keyImportJwkUs} µs, raw point via WebCrypto ${crypto.keyImportRawUs} µs (used).`);
 console.log(`Tessera at c=32 is ${result.fractionOfCryptoLimit.oneCore}× one core's crypto limit (${result.fractionOfCryptoLimit.allCores} of all ${machine.cpus} cores').`);
 console.log(`X.509 at c=32 with a file and a syslog device attached: ${devices.ratio}× the rate with none (target ≥ 0.9).`);
-if (scale.length) {
-  console.log('\n| audit entries | restart ms | req/s (CSR, c=32) | p99 ms |\n|---:|---:|---:|---:|');
-  for (const s of scale) console.log(`| ${s.entries.toLocaleString('en')} | ${s.restartMs} | ${s.rps.toLocaleString('en')} | ${s.p99Ms} |`);
-}
+if (scale) printLogScale(scale);
 printWorkloadApi(workloadApi);
 printPeers(peerRows);
 rmSync(work, { recursive: true, force: true });

@@ -17,7 +17,7 @@
  * restarting the replica against a recovered store (docs/redis.md).
  */
 import { BrokerError, asAuditUnavailable, auditHistoryLost, auditUnavailable } from '../errors.js';
-import type { Store } from '../store/store.js';
+import type { PersistedAuditTree, Store } from '../store/store.js';
 import { checkContinuation, READ_BATCH } from './continuity.js';
 import { type AuditEntry, canonicalJson } from './entry.js';
 import { MerkleTree, leafHash } from './merkle.js';
@@ -63,9 +63,12 @@ export class AuditLog {
   /** The single running continuation check, if any. */
   #checking: Promise<void> | null = null;
 
-  private constructor(store: Store, tree: MerkleTree) {
+  readonly #persisted: PersistedAuditTree | undefined;
+
+  private constructor(store: Store, tree: MerkleTree, persisted: PersistedAuditTree | undefined) {
     this.#store = store;
     this.#tree = tree;
+    this.#persisted = persisted;
     store.onReconnect?.(() => {
       this.#reconnects++;
       // Check at once, not only at the next request: an idle replica raises the alarm too.
@@ -81,8 +84,15 @@ export class AuditLog {
     } catch (err) {
       throw asAuditUnavailable(err, 'audit store unavailable');
     }
-    // Headroom so the first appends after a restart do not re-grow the level buffers.
-    const log = new AuditLog(store, new MerkleTree({ capacity: size + 1024 }));
+    // A store that keeps the tree's nodes (embedded) hands over those of its first `persisted.size`
+    // entries; only the entries after them are read and hashed. Otherwise every entry is, into memory
+    // (with headroom so the first appends after a restart do not re-grow the level buffers).
+    const persisted = store.claimAuditTree?.();
+    if (persisted && persisted.size > size) {
+      throw auditUnavailable(`the store's audit tree holds ${persisted.size} entries but the store only ${size}`);
+    }
+    const tree = persisted ? new MerkleTree({ nodes: persisted.nodes, size: persisted.size }) : new MerkleTree({ capacity: size + 1024 });
+    const log = new AuditLog(store, tree, persisted);
     log.#want = size;
     await log.#catchUp();
     return log;
@@ -109,9 +119,20 @@ export class AuditLog {
     return this.#tree.leaf(index);
   }
 
-  /** Raw canonical entry bytes [start, end) from the store. */
+  /**
+   * Raw canonical entry bytes [start, end) from the store, each checked against its leaf hash in the
+   * tree (when the tree has it): an entry changed on disk is refused, never served as if logged.
+   */
   async entries(start: number, end: number): Promise<Buffer[]> {
-    return this.#store.readAuditEntries(start, end);
+    const got = await this.#store.readAuditEntries(start, end);
+    const known = Math.min(end, this.#tree.size);
+    for (let i = start; i < known; i++) {
+      const bytes = got[i - start];
+      if (bytes !== undefined && !leafHash(bytes).equals(this.#tree.leaf(i))) {
+        throw auditUnavailable(`audit entry ${i} in the store does not match its leaf hash in the Merkle tree: the stored log was changed`);
+      }
+    }
+    return got;
   }
 
   /** Catches the tree up with entries other replicas appended; returns the new size. */
@@ -188,6 +209,7 @@ export class AuditLog {
       throw this.#markLost(`the store put a new entry at index ${index}, where this replica knows a different entry`);
     }
     const treeSize = this.#tree.size;
+    this.#persisted?.grew(treeSize);
     const receipt: AuditReceipt = {
       index,
       treeSize,
@@ -311,5 +333,6 @@ export class AuditLog {
       // Another reader cannot have advanced the tree meanwhile: catch-ups are serialized.
       for (const h of got) this.#tree.append(h);
     }
+    this.#persisted?.grew(this.#tree.size);
   }
 }

@@ -6,7 +6,8 @@
  *   empty root  = SHA-256("")
  *
  * `MerkleTree` keeps every perfect subtree hash (level k holds the hashes of the aligned 2^k-leaf
- * subtrees) in one growable Buffer per level, 32 bytes per node. That is ~64 bytes per leaf in
+ * subtrees) in a `MerkleNodes` storage: by default `MemoryNodes`, one growable Buffer per level, 32
+ * bytes per node (the embedded store uses audit/tree-file.ts: the same nodes in a file). That is ~64 bytes per leaf in
  * total and lets root/inclusion/consistency proofs for ANY historical size be answered with
  * O(log n) stored-node lookups plus at most O(log n) hashes for the ragged right edge.
  *
@@ -80,23 +81,70 @@ const badArg = (message: string): BrokerError => new BrokerError('bad_request', 
 
 const MIN_LEVEL_NODES = 64;
 
+/**
+ * Where a tree keeps its perfect-subtree hashes. `put` is called in post-order (each leaf, then the
+ * parents it completes, lowest first): exactly the order a file can append them in (audit/tree-file.ts).
+ */
+export interface MerkleNodes {
+  /** Hash of the aligned 2^level-leaf subtree `index` (a view or a copy; callers never write to it). */
+  node(level: number, index: number): Buffer;
+  put(level: number, index: number, value: Uint8Array): void;
+}
+
+/** Every node in memory: one growable Buffer per level, 32 bytes per node (~64 bytes per leaf). */
+export class MemoryNodes implements MerkleNodes {
+  /** levels[k] holds floor(size / 2^k) hashes, 32 bytes each, packed. Buffers grow by doubling. */
+  readonly #levels: Buffer[] = [];
+
+  constructor(capacity = 0) {
+    for (let n = capacity; n >= 1; n = Math.floor(n / 2)) {
+      this.#levels.push(Buffer.alloc(Math.max(n, MIN_LEVEL_NODES) * HASH_SIZE));
+    }
+  }
+
+  node(level: number, index: number): Buffer {
+    const buf = this.#levels[level];
+    const off = index * HASH_SIZE;
+    if (!buf || off + HASH_SIZE > buf.length) throw new Error(`merkle node ${level}/${index} missing`);
+    return buf.subarray(off, off + HASH_SIZE);
+  }
+
+  put(level: number, index: number, value: Uint8Array): void {
+    let buf = this.#levels[level];
+    const off = index * HASH_SIZE;
+    if (!buf || off + HASH_SIZE > buf.length) {
+      const grown = Buffer.alloc(Math.max(MIN_LEVEL_NODES * HASH_SIZE, (buf?.length ?? 0) * 2, off + HASH_SIZE));
+      if (buf) buf.copy(grown, 0, 0, buf.length);
+      this.#levels[level] = grown;
+      buf = grown;
+    }
+    buf.set(value, off);
+  }
+}
+
 export interface MerkleTreeOptions {
   /** Expected number of leaves; pre-sizes the level buffers so a rebuild does not re-grow them. */
   capacity?: number;
+  /**
+   * Node storage holding the first `size` leaves' nodes already (a persisted tree reopened);
+   * default: a fresh MemoryNodes.
+   */
+  nodes?: MerkleNodes;
+  size?: number;
 }
 
 export class MerkleTree {
-  /** levels[k] holds floor(size / 2^k) hashes, 32 bytes each, packed. Buffers grow by doubling. */
-  readonly #levels: Buffer[] = [];
+  readonly #nodes: MerkleNodes;
   #size = 0;
   #rootCache: Buffer | null = null;
 
   constructor(opts: MerkleTreeOptions = {}) {
     const cap = opts.capacity ?? 0;
     if (!isSafeNonNegInt(cap)) throw badArg('capacity must be a non-negative integer');
-    for (let n = cap; n >= 1; n = Math.floor(n / 2)) {
-      this.#levels.push(Buffer.alloc(Math.max(n, MIN_LEVEL_NODES) * HASH_SIZE));
-    }
+    const size = opts.size ?? 0;
+    if (!isSafeNonNegInt(size) || (size > 0 && opts.nodes === undefined)) throw badArg('size needs nodes holding that many leaves');
+    this.#nodes = opts.nodes ?? new MemoryNodes(cap);
+    this.#size = size;
   }
 
   get size(): number {
@@ -107,17 +155,17 @@ export class MerkleTree {
   append(leaf: Uint8Array): number {
     if (leaf.length !== HASH_SIZE) throw badArg('leaf hash must be 32 bytes');
     const index = this.#size;
-    this.#put(0, index, leaf);
+    this.#nodes.put(0, index, leaf);
     // Every time the new node is a right child, its parent perfect subtree just completed.
     let level = 0;
     let i = index;
     while (i % 2 === 1) {
-      // Siblings are adjacent in the level buffer: copy both at once, no per-node views.
-      (this.#levels[level] as Buffer).copy(nodeScratch, 1, (i - 1) * HASH_SIZE, (i + 1) * HASH_SIZE);
+      nodeScratch.set(this.#nodes.node(level, i - 1), 1);
+      nodeScratch.set(this.#nodes.node(level, i), 1 + HASH_SIZE);
       const parent = oneShotHash('sha256', nodeScratch, 'buffer');
       i = (i - 1) / 2;
       level++;
-      this.#put(level, i, parent);
+      this.#nodes.put(level, i, parent);
     }
     this.#size = index + 1;
     this.#rootCache = null;
@@ -209,24 +257,9 @@ export class MerkleTree {
     return acc;
   }
 
-  /** A view (not a copy) of stored node `index` at `level`. */
+  /** Stored node `index` at `level` (a view or a copy; never written to). */
   #node(level: number, index: number): Buffer {
-    const buf = this.#levels[level];
-    const off = index * HASH_SIZE;
-    if (!buf || off + HASH_SIZE > buf.length) throw new Error(`merkle node ${level}/${index} missing`);
-    return buf.subarray(off, off + HASH_SIZE);
-  }
-
-  #put(level: number, index: number, value: Uint8Array): void {
-    let buf = this.#levels[level];
-    const off = index * HASH_SIZE;
-    if (!buf || off + HASH_SIZE > buf.length) {
-      const grown = Buffer.alloc(Math.max(MIN_LEVEL_NODES * HASH_SIZE, (buf?.length ?? 0) * 2, off + HASH_SIZE));
-      if (buf) buf.copy(grown, 0, 0, buf.length);
-      this.#levels[level] = grown;
-      buf = grown;
-    }
-    buf.set(value, off);
+    return this.#nodes.node(level, index);
   }
 
   #checkSize(size: number): void {

@@ -52,6 +52,8 @@ export function instrumentStore(store: Store, observer: StoreObserver): Store {
     unlock: (name, owner) => counted('unlock', () => store.unlock(name, owner)),
     checkWritable: () => counted('checkWritable', () => store.checkWritable()),
     onReconnect: (listener) => store.onReconnect?.(listener),
+    // The embedded store's on-disk Merkle tree (a restart without it would rehash the whole log).
+    ...(store.claimAuditTree ? { claimAuditTree: () => store.claimAuditTree?.() } : {}),
     close: () => store.close(),
   };
 }

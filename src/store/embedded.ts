@@ -2,6 +2,11 @@
  * Embedded Store: memory + append-only files in one directory (mode 0700), fsync'd.
  *
  *   <dir>/audit.log        audit entries, one record each, index = position in the file
+ *   <dir>/audit.tree       the audit Merkle tree's nodes (audit/tree-file.ts)
+ *   <dir>/audit.idx        audit.log record offsets, float64 LE, written before each snapshot
+ *   <dir>/audit.snapshot   entries, log length and root the two files above are good for
+ *                          (audit-snapshot.ts); an open with a valid one scans only the records after
+ *                          it (openAudit below; docs/audit.md "On-disk format")
  *   <dir>/checkpoints.log  signed checkpoint notes (UTF-8); written without waiting for fdatasync, which
  *                          they do not need (see open()), and synced on close
  *   <dir>/nonces.log       consumed single-use keys (see consumeOnce)
@@ -35,9 +40,13 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { writeFileAtomic } from '../atomic-file.js';
+import { MerkleTree, leafHash } from '../audit/merkle.js';
+import { TreeFile } from '../audit/tree-file.js';
+import { type AuditSnapshot, decodeSnapshot, encodeSnapshot } from './audit-snapshot.js';
 import { type DirLock, lockDataDir } from './dir-lock.js';
 import { checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
-import type { Store } from './store.js';
+import type { PersistedAuditTree, Store } from './store.js';
 
 /** The subset of fs.promises.FileHandle the store uses; injectable so tests can make I/O fail. */
 export interface StoreFileHandle {
@@ -81,6 +90,8 @@ export interface EmbeddedStoreOptions {
   clock?: Clock;
   /** File opener; tests inject failures through it. */
   openFile?: OpenStoreFile;
+  /** Take an audit snapshot (audit.snapshot) every this many new entries (default 2^18), and on close. */
+  snapshotEvery?: number;
 }
 
 export interface EmbeddedStoreStats {
@@ -91,6 +102,18 @@ export interface EmbeddedStoreStats {
   auditFlushFailures: number;
   /** Bytes of torn tail dropped from audit.log when this store was opened. */
   auditTornBytesDropped: number;
+  /**
+   * How this open found audit.snapshot: 'used' (entries after it replayed), 'none', or why it was not
+   * used ('invalid: …'; then every entry was replayed).
+   */
+  auditSnapshot: string;
+  /** Audit entries read and hashed on open (all of them without a usable snapshot). */
+  auditReplayed: number;
+  /** Snapshots written by this process / failed (a failure only means a longer replay next open). */
+  auditSnapshotsTaken: number;
+  auditSnapshotFailures: number;
+  /** Merkle nodes read from audit.tree (old proofs and leaf hashes). */
+  auditTreeDiskReads: number;
   liveNonces: number;
   /** Live kv records (expired ones may still be counted until they are next looked at). */
   kvRecords: number;
@@ -126,6 +149,14 @@ function checkRecord(buf: Buffer, at: number, avail: number): number {
   return crc32(buf.subarray(at + 8, at + HEADER + len)) === buf.readUInt32BE(at + 4) ? len : -1;
 }
 
+/** Where a scan may start: after `count` records ending at byte `end`, whose offsets audit.idx holds. */
+interface ResumeAt {
+  count: number;
+  end: number;
+  /** offsets[from..to] (to inclusive) of records before `count`. */
+  readOffsets: (from: number, to: number) => Promise<Float64Array>;
+}
+
 interface PendingAppend {
   /** A probe writes `frame` (zeros, never a valid record) past the end, syncs, and truncates it off. */
   probe?: boolean;
@@ -137,8 +168,13 @@ interface PendingAppend {
 
 /** One append-only framed file with in-memory record offsets and group commit. */
 class FramedFile {
-  /** offsets[i] = file offset of record i; offsets[count] = durable file length. */
+  /**
+   * offsets[i] = file offset of record #base + i; offsets[count - base] = durable file length. Records
+   * before #base (those an audit snapshot covers) have their offsets in audit.idx, read when needed.
+   */
   #offsets = new Float64Array(1024);
+  #base = 0;
+  #readOffsets: ((from: number, to: number) => Promise<Float64Array>) | undefined;
   #count = 0;
   #queue: PendingAppend[] = [];
   #flushing = false;
@@ -163,8 +199,14 @@ class FramedFile {
     return this.#count;
   }
 
+  /** Offsets of records [start, end] (end inclusive: where record `end` starts), a copy; start >= the resume point. */
+  offsets(start: number, end: number): Float64Array {
+    if (start < this.#base || end > this.#count) throw new Error(`offsets [${start}, ${end}] not in memory`);
+    return this.#offsets.slice(start - this.#base, end - this.#base + 1);
+  }
+
   get durableLength(): number {
-    return this.#offsets[this.#count] ?? 0;
+    return this.#offsets[this.#count - this.#base] ?? 0;
   }
 
   get failed(): boolean {
@@ -182,13 +224,14 @@ class FramedFile {
     fsync: boolean,
     unavailable: Unavailable,
     onRecord?: (payload: Buffer, index: number) => void,
+    resume?: ResumeAt,
   ): Promise<FramedFile> {
     // Group commits of an fsync'd file: one O_DSYNC write instead of a write and an fdatasync, i.e.
     // one thread-pool hop instead of two on every flush (and the same durability before it resolves).
     const handle = await openFile(filePath, fsync ? { durableWrites: true } : {});
     const file = new FramedFile(filePath, handle, fsync, unavailable);
     try {
-      await file.#scan(onRecord);
+      await file.#scan(onRecord, resume);
     } catch (err) {
       await handle.close().catch(() => {});
       throw err;
@@ -196,10 +239,19 @@ class FramedFile {
     return file;
   }
 
-  async #scan(onRecord?: (payload: Buffer, index: number) => void): Promise<void> {
+  async #scan(onRecord?: (payload: Buffer, index: number) => void, resume?: ResumeAt): Promise<void> {
     let fileSize = (await this.handle.stat()).size;
     fileSize = await this.#checkFileHeader(fileSize);
     this.#offsets[0] = FILE_HEADER.length;
+    if (resume) {
+      // Records [0, resume.count) were checked when the snapshot naming them was taken: scan the rest.
+      if (resume.end > fileSize) {
+        throw storeUnavailable(`${this.filePath}: holds ${fileSize} bytes, fewer than the ${resume.end} its snapshot says were durable`);
+      }
+      this.#offsets[0] = resume.end;
+      this.#base = this.#count = resume.count;
+      this.#readOffsets = resume.readOffsets;
+    }
     let buf = Buffer.alloc(0);
     let bufStart = 0;
     let bufLen = 0;
@@ -214,7 +266,7 @@ class FramedFile {
       bufLen = len;
       return len;
     };
-    let off = FILE_HEADER.length;
+    let off = this.durableLength;
     while (off < fileSize) {
       let avail = await ensure(off, HEADER);
       let len = -1;
@@ -280,13 +332,13 @@ class FramedFile {
   }
 
   #pushOffset(end: number): void {
-    if (this.#count + 2 > this.#offsets.length) {
+    if (this.#count - this.#base + 2 > this.#offsets.length) {
       const grown = new Float64Array(this.#offsets.length * 2);
       grown.set(this.#offsets);
       this.#offsets = grown;
     }
     this.#count++;
-    this.#offsets[this.#count] = end;
+    this.#offsets[this.#count - this.#base] = end;
   }
 
   /** Queues payloads for the next group commit; resolves with the first one's index once durable. */
@@ -410,13 +462,33 @@ class FramedFile {
     }
     if (this.#closed) throw this.unavailable(`${path.basename(this.filePath)} is closed`);
     const out: Buffer[] = [];
+    let next = start;
+    // Records before the resume point: their offsets from audit.idx, in one read for the range.
+    if (next < this.#base && this.#readOffsets) {
+      const stop = Math.min(end, this.#base);
+      let offs: Float64Array;
+      try {
+        offs = await this.#readOffsets(next, stop);
+      } catch (err) {
+        throw this.unavailable(`${path.basename(this.filePath)}: reading the offset index failed`, err);
+      }
+      await this.#readRecords(next, stop, (k) => offs[k - start] as number, out);
+      next = stop;
+    }
+    const base = this.#base;
+    const mem = this.#offsets;
+    await this.#readRecords(next, end, (k) => mem[k - base] as number, out);
+    return out;
+  }
+
+  async #readRecords(start: number, end: number, offsetOf: (k: number) => number, out: Buffer[]): Promise<void> {
     let i = start;
     while (i < end) {
       // Group whole records into reads of at most READ_CHUNK bytes (at least one record).
-      const from = this.#offsets[i] as number;
+      const from = offsetOf(i);
       let j = i + 1;
-      while (j < end && (this.#offsets[j + 1] as number) - from <= READ_CHUNK) j++;
-      const to = this.#offsets[j] as number;
+      while (j < end && offsetOf(j + 1) - from <= READ_CHUNK) j++;
+      const to = offsetOf(j);
       const buf = Buffer.allocUnsafeSlow(to - from);
       try {
         await readFully(this.handle, buf, buf.length, from);
@@ -424,8 +496,8 @@ class FramedFile {
         throw this.unavailable(`${path.basename(this.filePath)}: read failed`, err);
       }
       for (let k = i; k < j; k++) {
-        const at = (this.#offsets[k] as number) - from;
-        const recLen = (this.#offsets[k + 1] as number) - (this.#offsets[k] as number);
+        const at = offsetOf(k) - from;
+        const recLen = offsetOf(k + 1) - offsetOf(k);
         if (checkRecord(buf, at, recLen) !== recLen - HEADER) {
           throw this.unavailable(`${path.basename(this.filePath)}: record ${k} failed its checksum on read`);
         }
@@ -433,7 +505,6 @@ class FramedFile {
       }
       i = j;
     }
-    return out;
   }
 
   async close(opts: { sync?: boolean } = {}): Promise<void> {
@@ -528,6 +599,21 @@ export class EmbeddedStore implements Store {
   readonly #openFile: OpenStoreFile;
   readonly #fsync: boolean;
   readonly #lock: DirLock;
+  #tree!: TreeFile;
+  /** audit.idx: offsets[0..k] of audit.log records as float64 LE; #idxValues of them are written. */
+  #idx!: fsp.FileHandle;
+  #idxValues = 0;
+  /** Entries the newest durable audit.snapshot covers. */
+  #snapEntries = 0;
+  #snapshotEvery = SNAPSHOT_EVERY;
+  #snapshotting: Promise<void> | null = null;
+  #snapshotState = 'none';
+  /** Entries the snapshot used at open covered (0 without one). */
+  #snapshotAtOpen = 0;
+  #snapshotsTaken = 0;
+  #snapshotFailures = 0;
+  /** The audit Merkle tree's nodes on disk (audit.tree), until an AuditLog claims them (store.ts). */
+  #unclaimedTree: PersistedAuditTree | undefined;
   #sweepAt = 1024;
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -562,13 +648,16 @@ export class EmbeddedStore implements Store {
     if (openDirs.has(abs)) throw storeUnavailable(`store directory ${abs} is already open in this process`);
     openDirs.add(abs);
     const opened: FramedFile[] = [];
+    const closeOnError: { tree: TreeFile; idx: fsp.FileHandle }[] = [];
     let lock: DirLock | undefined;
     try {
       await fsp.mkdir(abs, { recursive: true, mode: 0o700 });
       // One process per directory: a second broker appending to the same files would destroy the log.
       lock = await lockDataDir(abs);
-      const audit = await FramedFile.open(path.join(abs, 'audit.log'), openFile, fsync, auditUnavailable);
+      const opening = await openAudit(abs, openFile, fsync);
+      const audit = opening.audit;
       opened.push(audit);
+      closeOnError.push(opening);
       // Checkpoint notes are written without waiting for fdatasync (synced on close). A note is a pure
       // function of audit entries that are already durable (origin, size, root; Ed25519 signatures are
       // deterministic): if the machine loses the last notes in a crash, the entries they cover are on
@@ -611,6 +700,14 @@ export class EmbeddedStore implements Store {
       if (fsync) await syncDir(abs);
       const store = new EmbeddedStore(abs, audit, checkpoints, nonceFile, nonces, clock, openFile, fsync, lock);
       store.#kvFile = kvFile;
+      store.#tree = opening.tree;
+      store.#idx = opening.idx;
+      store.#idxValues = opening.idxValues;
+      store.#snapEntries = opening.snapshotEntries;
+      store.#snapshotState = opening.state;
+      store.#snapshotAtOpen = opening.snapshotEntries;
+      store.#snapshotEvery = opts.snapshotEvery ?? SNAPSHOT_EVERY;
+      store.#unclaimedTree = store.#persistedTree(opening.tree.leaves);
       store.#kv = kv;
       // Expired nonces are dead weight: rewrite the file when they dominate it.
       if (nonceRecords > 1024 && nonceRecords > 2 * nonces.size) {
@@ -629,6 +726,10 @@ export class EmbeddedStore implements Store {
       return store;
     } catch (err) {
       await Promise.all(opened.map((f) => f.close().catch(() => {})));
+      for (const o of closeOnError) {
+        o.tree.close();
+        await o.idx.close().catch(() => {});
+      }
       await lock?.release().catch(() => {});
       openDirs.delete(abs);
       if (err instanceof BrokerError) throw err;
@@ -671,6 +772,54 @@ export class EmbeddedStore implements Store {
     if (fsync) await syncDir(this.dir);
     await current.close();
     return FramedFile.open(file, this.#openFile, fsync, storeUnavailable);
+  }
+
+  claimAuditTree(): PersistedAuditTree | undefined {
+    const t = this.#unclaimedTree;
+    this.#unclaimedTree = undefined;
+    return t;
+  }
+
+  #persistedTree(size: number): PersistedAuditTree {
+    return {
+      nodes: this.#tree,
+      size,
+      grew: (n: number) => {
+        if (n - this.#snapEntries >= this.#snapshotEvery && this.#snapshotting === null && !this.#closed) {
+          this.#snapshotting = this.#takeSnapshot().finally(() => {
+            this.#snapshotting = null;
+          });
+        }
+      },
+    };
+  }
+
+  /**
+   * Makes the tree's nodes and the record offsets durable up to the tree's size N, then replaces
+   * audit.snapshot (atomically) with (N, audit.log length after N, root of N). Never throws: a failed
+   * snapshot only means the next open replays more.
+   */
+  async #takeSnapshot(): Promise<void> {
+    try {
+      const n = Math.min(this.#tree.leaves, this.#audit.count);
+      if (n <= this.#snapEntries) return;
+      const root = new MerkleTree({ nodes: this.#tree, size: n }).root();
+      // audit.idx already holds offsets [0, idxValues); the rest are in memory.
+      const from = Math.min(this.#idxValues, n + 1);
+      const offsets = this.#audit.offsets(from, n);
+      await this.#tree.sync();
+      const bytes = Buffer.from(offsets.buffer, offsets.byteOffset, offsets.byteLength);
+      if (!isLittleEndian) for (let i = 0; i < bytes.length; i += 8) bytes.subarray(i, i + 8).reverse();
+      await writeFully(this.#idx, bytes, from * 8);
+      await this.#idx.datasync();
+      this.#idxValues = n + 1;
+      const snap: AuditSnapshot = { entries: n, logBytes: offsets[offsets.length - 1] as number, rootHash: root };
+      await writeFileAtomic(path.join(this.dir, 'audit.snapshot'), encodeSnapshot(snap));
+      this.#snapEntries = n;
+      this.#snapshotsTaken++;
+    } catch {
+      this.#snapshotFailures++;
+    }
   }
 
   appendAuditEntries(entries: readonly Buffer[]): Promise<number> {
@@ -927,6 +1076,11 @@ export class EmbeddedStore implements Store {
       auditFlushes: this.#audit.flushes,
       auditFlushFailures: this.#audit.flushFailures,
       auditTornBytesDropped: this.#audit.tornBytesDropped,
+      auditSnapshot: this.#snapshotState,
+      auditReplayed: this.#audit.count - this.#snapshotAtOpen,
+      auditSnapshotsTaken: this.#snapshotsTaken,
+      auditSnapshotFailures: this.#snapshotFailures,
+      auditTreeDiskReads: this.#tree.diskReads,
       liveNonces: this.#nonces.size,
       kvRecords: [...this.#kv.values()].reduce((n, m) => n + m.size, 0),
     };
@@ -938,6 +1092,12 @@ export class EmbeddedStore implements Store {
     this.#closed = true;
     this.#closing = (async () => {
       try {
+        // Entries first, then a snapshot covering them, so the next open replays nothing.
+        await this.#audit.drain();
+        await this.#snapshotting;
+        if (this.#tree.leaves > this.#snapEntries) await this.#takeSnapshot();
+        this.#tree.close();
+        await this.#idx.close().catch(() => {});
         await Promise.all([
           this.#audit.close(),
           this.#checkpoints.close({ sync: this.#fsync }),
@@ -969,5 +1129,137 @@ async function syncDir(dir: string): Promise<void> {
     /* not supported here; nothing more we can do */
   } finally {
     await h.close();
+  }
+}
+
+/** New audit entries between two snapshots (a crash replays at most about this many). */
+const SNAPSHOT_EVERY = 1 << 18;
+/** Offsets read per step when audit.idx is checked on open (1 MiB). */
+const IDX_CHECK_CHUNK = 1 << 17;
+const isLittleEndian = new Uint8Array(new Float64Array([1]).buffer)[7] === 0x3f;
+
+interface AuditOpening {
+  audit: FramedFile;
+  tree: TreeFile;
+  idx: fsp.FileHandle;
+  idxValues: number;
+  snapshotEntries: number;
+  state: string;
+}
+
+/**
+ * Opens audit.log with its tree (audit.tree) and offset index (audit.idx). With a valid audit.snapshot
+ * of N entries whose offsets, tree nodes and root all check out, only the records after N are scanned
+ * (and hashed by AuditLog); otherwise the snapshot is removed, the tree file restarts empty, and every
+ * record is scanned and replayed. A snapshot that checks out but names more of audit.log than the file
+ * holds means acknowledged entries are gone: refuse, never start on a shorter log.
+ */
+async function openAudit(dir: string, openFile: OpenStoreFile, fsync: boolean): Promise<AuditOpening> {
+  const logPath = path.join(dir, 'audit.log');
+  const snapPath = path.join(dir, 'audit.snapshot');
+  const treePath = path.join(dir, 'audit.tree');
+  const idx = await fsp.open(path.join(dir, 'audit.idx'), fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
+  try {
+    let state = 'none';
+    let raw: Buffer | undefined;
+    try {
+      raw = await fsp.readFile(snapPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') state = `invalid: cannot read (${String(err)})`;
+    }
+    const decoded = raw === undefined ? undefined : decodeSnapshot(raw);
+    if (decoded !== undefined && 'invalid' in decoded) state = `invalid: ${decoded.invalid}`;
+    if (decoded !== undefined && !('invalid' in decoded)) {
+      const logSize = await fsp.stat(logPath).then((st) => st.size, () => 0);
+      if (logSize < decoded.logBytes) {
+        throw auditUnavailable(
+          `${logPath} holds ${logSize} bytes but ${snapPath} says ${decoded.entries} entries (${decoded.logBytes} bytes) were durable: ` +
+            'acknowledged audit entries are gone. Refusing to open; restore the data directory from backup (docs/audit.md)',
+        );
+      }
+      const used = await resumeFromSnapshot(decoded, logPath, treePath, idx, openFile, fsync);
+      if ('audit' in used) return { ...used, idx, idxValues: decoded.entries + 1, snapshotEntries: decoded.entries, state: 'used' };
+      state = `invalid: ${used.invalid}`;
+    }
+    // Full replay: nothing on disk but audit.log itself is trusted.
+    if (raw !== undefined) {
+      await fsp.rm(snapPath, { force: true });
+      if (fsync) await syncDir(dir);
+    }
+    await idx.truncate(0);
+    const tree = TreeFile.open(treePath, 0);
+    try {
+      const audit = await FramedFile.open(logPath, openFile, fsync, auditUnavailable);
+      return { audit, tree, idx, idxValues: 0, snapshotEntries: 0, state };
+    } catch (err) {
+      tree.close();
+      throw err;
+    }
+  } catch (err) {
+    await idx.close().catch(() => {});
+    throw err;
+  }
+}
+
+async function resumeFromSnapshot(
+  snap: AuditSnapshot,
+  logPath: string,
+  treePath: string,
+  idx: fsp.FileHandle,
+  openFile: OpenStoreFile,
+  fsync: boolean,
+): Promise<{ audit: FramedFile; tree: TreeFile } | { invalid: string }> {
+  const n = snap.entries;
+  const idxSize = (await idx.stat()).size;
+  if (idxSize < (n + 1) * 8) return { invalid: `audit.idx holds ${Math.floor(idxSize / 8)} offsets, fewer than ${n + 1}` };
+  const readOffsets = async (from: number, to: number): Promise<Float64Array> => {
+    const out = new Float64Array(to - from + 1);
+    const view = Buffer.from(out.buffer);
+    await readFully(idx, view, view.length, from * 8);
+    if (!isLittleEndian) for (let i = 0; i < view.length; i += 8) view.subarray(i, i + 8).reverse();
+    return out;
+  };
+  // Every step must be one whole record: checked in chunks through one buffer (the offsets are not
+  // kept in memory). The one linear step of a restart: 8 bytes per entry, read sequentially.
+  const chunk = new Float64Array(IDX_CHECK_CHUNK);
+  const chunkBytes = Buffer.from(chunk.buffer);
+  let prev = FILE_HEADER.length - HEADER - 1;
+  for (let from = 0; from <= n; from += IDX_CHECK_CHUNK) {
+    const count = Math.min(n + 1 - from, IDX_CHECK_CHUNK);
+    await readFully(idx, chunkBytes, count * 8, from * 8);
+    if (!isLittleEndian) for (let i = 0; i < count * 8; i += 8) chunkBytes.subarray(i, i + 8).reverse();
+    if (from === 0 && chunk[0] !== FILE_HEADER.length) return { invalid: 'audit.idx does not start at the first record' };
+    for (let k = 0; k < count; k++) {
+      const b = chunk[k] as number;
+      const step = b - prev;
+      if (!(step > HEADER && step <= HEADER + MAX_PAYLOAD) || !Number.isInteger(b)) {
+        return { invalid: `audit.idx offset ${from + k} is not a record boundary` };
+      }
+      prev = b;
+    }
+  }
+  if (prev !== snap.logBytes) return { invalid: 'audit.idx does not end where the snapshot says audit.log does' };
+  if (idxSize > (n + 1) * 8) await idx.truncate((n + 1) * 8);
+  let tree: TreeFile;
+  try {
+    tree = TreeFile.open(treePath, n);
+  } catch (err) {
+    return { invalid: err instanceof Error ? err.message : String(err) };
+  }
+  let audit: FramedFile | undefined;
+  try {
+    if (!new MerkleTree({ nodes: tree, size: n }).root().equals(snap.rootHash)) throw new Error('audit.tree does not hash to the snapshot root');
+    audit = await FramedFile.open(logPath, openFile, fsync, auditUnavailable, undefined, { count: n, end: snap.logBytes, readOffsets });
+    // The log and the tree must name the same last entry.
+    if (n > 0) {
+      const [last] = await audit.read(n - 1, n);
+      if (!last || !leafHash(last).equals(tree.node(0, n - 1))) throw new Error(`audit.log entry ${n - 1} does not match audit.tree`);
+    }
+    return { audit, tree };
+  } catch (err) {
+    tree.close();
+    await audit?.close().catch(() => {});
+    if (err instanceof BrokerError) throw err;
+    return { invalid: err instanceof Error ? err.message : String(err) };
   }
 }

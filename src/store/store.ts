@@ -1,9 +1,27 @@
+import type { MerkleNodes } from '../audit/merkle.js';
+
 /**
  * The only way to persistent state. Two implementations: `embedded` (memory + append-only files, fsync)
  * and `redis` (store/redis.ts, shared by replicas). Anything replicas must agree on goes through here atomically.
  */
+/** Merkle nodes a store persists for the audit log (store/embedded.ts, audit/tree-file.ts). */
+export interface PersistedAuditTree {
+  /** Holds the nodes of the first `size` audit entries, checked when the store was opened. */
+  readonly nodes: MerkleNodes;
+  readonly size: number;
+  /** Told (synchronously, cheaply) each time the tree grew; the store may snapshot in the background. */
+  grew(size: number): void;
+}
+
 export interface Store {
   readonly kind: 'embedded' | 'redis';
+
+  /**
+   * A store that keeps the audit Merkle tree's nodes itself (embedded: audit.tree, checked against a
+   * snapshot on open) hands them to the first AuditLog opened on it, which builds its tree on them and
+   * replays only entries [size, end). Later calls get undefined (one writer of the nodes).
+   */
+  claimAuditTree?(): PersistedAuditTree | undefined;
 
   /**
    * Appends audit entries (already-canonical bytes) in order and resolves with the index of the first
