@@ -6,10 +6,11 @@
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
 // issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
 //
-// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices]
+// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|hsm]
 //   --quick: 2 s runs, no 10^6-entry scale test. See docs/performance.md.
 //   --only workload-api: just the agent's Workload API rows (100 open streams: updates/s, fan-out, RSS).
 //   --only devices: just the audit devices row.
+//   --only hsm: just the CA-key-in-SoftHSM2 rows (bench/hsm.mjs), beside the file key.
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
@@ -21,6 +22,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { runLoad } from './load.mjs';
 import { workloadApiBench } from './workload-api.mjs';
+import { hsmBench } from './hsm.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
@@ -130,9 +132,9 @@ async function measured(pid, opts) {
 }
 
 /** Starts `tessera serve`; resolves with its URL and the ms from spawn to listening. */
-function startBroker(dataDir, env = {}, auditDevices = []) {
+function startBroker(dataDir, env = {}, auditDevices = [], configFile = writeConfig(dataDir, auditDevices)) {
   const t0 = performance.now();
-  const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', writeConfig(dataDir, auditDevices)], {
+  const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TESSERA_CONFIG: '', ...env },
   });
@@ -490,9 +492,21 @@ async function devicesRun() {
   return { rows, syslogFrames: sink.frames(), ratio: Number((both.rps / none.rps).toFixed(2)) };
 }
 
+/** The HSM rows (bench/hsm.mjs): the CA key in SoftHSM2 vs in a file, X.509 from a CSR. */
+const hsmRows = () => hsmBench({ root, work, material, writeConfig, startBroker, stop, measured, csrLoad, seconds, log });
+function printHsm(h) {
+  if ('skipped' in h) return console.log(`\nHSM rows skipped: ${h.skipped}.`);
+  const us = (v) => (v === undefined || v === null ? '' : String(v));
+  console.log('\n| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of h.rows) console.log(`| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`);
+  console.log(`\nX.509 at c=32 with the CA key in SoftHSM2: ${h.ratio}× the rate with the key in a file (token alone: ${h.signPerSecond.toLocaleString('en')} signatures/s over ${h.sessions} sessions).`);
+}
+
 if (args.only !== undefined) {
-  if (args.only !== 'workload-api' && args.only !== 'devices') throw new Error('--only takes: workload-api, devices');
-  if (args.only === 'workload-api') {
+  if (!['workload-api', 'devices', 'hsm'].includes(args.only)) throw new Error('--only takes: workload-api, devices, hsm');
+  if (args.only === 'hsm') {
+    printHsm(await hsmRows());
+  } else if (args.only === 'workload-api') {
     const w = await workloadApiRows();
     mkdirSync(path.join(root, 'bench/results'), { recursive: true });
     writeFileSync(path.join(root, 'bench/results/workload-api.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...w }, null, 2)}\n`);
@@ -541,6 +555,7 @@ try {
 }
 const cfssl = await cfsslScenarios();
 const workloadApi = await workloadApiRows();
+const hsm = await hsmRows();
 const devices = await devicesRun();
 tessera.push(...devices.rows);
 
@@ -583,6 +598,7 @@ const result = {
   },
   scale,
   workloadApi,
+  hsm,
   auditDevices: { ratioToNone: devices.ratio, syslogFrames: devices.syslogFrames },
 };
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
@@ -613,4 +629,5 @@ if (scale.length) {
   for (const s of scale) console.log(`| ${s.entries.toLocaleString('en')} | ${s.restartMs} | ${s.rps.toLocaleString('en')} | ${s.p99Ms} |`);
 }
 printWorkloadApi(workloadApi);
+printHsm(hsm);
 rmSync(work, { recursive: true, force: true });

@@ -276,7 +276,7 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
   if (svid.x509DefaultTtlSeconds > svid.x509MaxTtlSeconds) fail('config.svid: x509DefaultTtlSeconds exceeds x509MaxTtlSeconds');
   if (svid.jwtDefaultTtlSeconds > svid.jwtMaxTtlSeconds) fail('config.svid: jwtDefaultTtlSeconds exceeds jwtMaxTtlSeconds');
   const oneKey = (where: string, fileKey: string, pkcs11Key: string, v: { file?: string | undefined; pkcs11?: object | undefined }): void => {
-    if ((v.file === undefined) === (v.pkcs11 === undefined)) fail(`${where}: set exactly one of ${fileKey} and ${pkcs11Key}`);
+    if ((v.file === undefined) === (v.pkcs11 === undefined)) fail(`${where}.${fileKey}: set exactly one of ${fileKey} and ${pkcs11Key}`);
   };
   oneKey('config.ca', 'keyFile', 'pkcs11', { file: f.ca.keyFile, pkcs11: f.ca.pkcs11 });
   oneKey('config.ca', 'jwtKeyFile', 'jwtPkcs11', { file: f.ca.jwtKeyFile, pkcs11: f.ca.jwtPkcs11 });

@@ -131,7 +131,7 @@ describe.skipIf(missing !== undefined)('keys in a SoftHSM2 token', () => {
     const { dir: pki } = await devMaterial();
     await expect(
       startBroker({ config: { ca: { certFile: caCertFile, bundleFile, keyFile: path.join(pki, 'intermediate.key'), pkcs11: token.pkcs11('ca'), jwtPkcs11: token.pkcs11('jwt') } } }),
-    ).rejects.toThrow('config.ca: set exactly one of keyFile and pkcs11');
+    ).rejects.toThrow('config.ca.keyFile: set exactly one of keyFile and pkcs11');
   });
 
   it.each([
