@@ -54,8 +54,7 @@ describe.skipIf(missing !== undefined)('token keys that do not fit their use', (
     removeTokens();
   });
 
-  const ca = (over: Partial<CaConfig>): CaConfig =>
-    ({ certFile: path.join(pki, 'intermediate.pem'), bundleFile: path.join(pki, 'root.pem'), threads: 0, expiryWarningSeconds: [], ...over }) as CaConfig;
+  const ca = (over: Partial<CaConfig>): CaConfig => ({ certFile: path.join(pki, 'intermediate.pem'), bundleFile: path.join(pki, 'root.pem'), threads: 0, expiryWarningSeconds: [], ...over });
 
   it('refuses an Ed25519 JWT key and a P-256 audit key, naming the setting', async () => {
     await expect(openJwtSigner(ca({ jwtPkcs11: { ...token.pkcs11('ed'), sessions: 1 } }))).rejects.toThrow(
@@ -63,7 +62,7 @@ describe.skipIf(missing !== undefined)('token keys that do not fit their use', (
     );
     const audit = { origin: 'example.org/tessera/audit', signingPkcs11: { ...token.pkcs11('p256'), sessions: 1 } } as unknown as AuditConfig;
     await expect(openAuditSigner(audit)).rejects.toThrow('config.audit.signingPkcs11: the audit signing key must be an Ed25519 private key');
-    const ok = await openAuditSigner({ ...audit, signingPkcs11: { ...token.pkcs11('ed'), sessions: 1 } } as AuditConfig);
+    const ok = await openAuditSigner({ ...audit, signingPkcs11: { ...token.pkcs11('ed'), sessions: 1 } });
     expect(ok.signer.verifierKey).toMatch(/^example\.org\/tessera\/audit\+[0-9a-f]{8}\+/);
     ok.close();
   });
