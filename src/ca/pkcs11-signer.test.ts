@@ -107,6 +107,8 @@ describe.skipIf(missing !== undefined)('Pkcs11Signer with SoftHSM2', () => {
     (await fails({})).close(); // the same reference, corrected, opens
     token.generate('leaky', 'EC:prime256v1', { extractable: true });
     await expect(fails({ keyLabel: 'leaky' })).rejects.toThrow(/private key "leaky" in token "signer-unit" can leave the token/);
+    token.generate('koblitz', 'EC:secp256k1');
+    await expect(fails({ keyLabel: 'koblitz' })).rejects.toThrow('key "koblitz" in token "signer-unit" is on an unsupported curve; use EC P-256, P-384 or Ed25519');
     token.generate('weak', 'rsa:1024');
     await expect(fails({ keyLabel: 'weak' })).rejects.toThrow('key "weak" in token "signer-unit" is an RSA key under 2048 bits');
     await expect(fails({ keyLabel: 'absent' })).rejects.toBeInstanceOf(Pkcs11KeyError);

@@ -40,7 +40,7 @@ export function softhsmRequiredUnderCi(): void {
 export const USER_PIN = '246810';
 const SO_PIN = '13579111';
 
-export type TokenKeyType = 'EC:prime256v1' | 'EC:secp384r1' | 'EC:edwards25519' | 'rsa:2048' | 'rsa:1024';
+export type TokenKeyType = 'EC:prime256v1' | 'EC:secp384r1' | 'EC:secp256k1' | 'EC:edwards25519' | 'rsa:2048' | 'rsa:1024';
 
 export interface TestToken {
   readonly module: string;
