@@ -14,7 +14,7 @@
  */
 import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
-import pkcs11js from 'pkcs11js';
+import type Pkcs11Module from 'pkcs11js';
 import { BrokerError } from '../errors.js';
 import { sequence, integerFromBytes } from './der.js';
 import type { SignatureAlgorithm, Signer } from './signer.js';
@@ -52,8 +52,20 @@ const CURVE_PARAMS: ReadonlyMap<string, 'P-256' | 'P-384' | 'Ed25519'> = new Map
   ['130c656477617264733235353139', 'Ed25519'],
 ]);
 
+// The native binding, loaded on first use: a broker without PKCS#11 keys never needs it (nor its build).
+let pkcs11js!: typeof Pkcs11Module;
+
+async function loadBinding(): Promise<void> {
+  if ((pkcs11js as typeof Pkcs11Module | undefined) !== undefined) return;
+  try {
+    pkcs11js = (await import('pkcs11js')).default;
+  } catch (err) {
+    throw new Pkcs11KeyError(`the PKCS#11 binding (npm package pkcs11js, a native addon) cannot be loaded: ${describe(err).split('\n')[0] ?? ''} (build it for this Node: npm rebuild pkcs11js)`);
+  }
+}
+
 interface LoadedModule {
-  readonly lib: pkcs11js.PKCS11;
+  readonly lib: Pkcs11Module.PKCS11;
   refs: number;
 }
 // One load and C_Initialize per module per process, shared by every key in it.
@@ -120,7 +132,7 @@ export function readPinFile(file: string): string {
   return pin;
 }
 
-function findSlot(lib: pkcs11js.PKCS11, ref: Pkcs11KeyRef): Buffer {
+function findSlot(lib: Pkcs11Module.PKCS11, ref: Pkcs11KeyRef): Buffer {
   const labels: string[] = [];
   for (const slot of lib.C_GetSlotList(true)) {
     const label = lib.C_GetTokenInfo(slot).label.trimEnd();
@@ -132,7 +144,7 @@ function findSlot(lib: pkcs11js.PKCS11, ref: Pkcs11KeyRef): Buffer {
   );
 }
 
-function login(lib: pkcs11js.PKCS11, session: Buffer, ref: Pkcs11KeyRef, pin: string): void {
+function login(lib: Pkcs11Module.PKCS11, session: Buffer, ref: Pkcs11KeyRef, pin: string): void {
   try {
     lib.C_Login(session, pkcs11js.CKU_USER, pin);
   } catch (err) {
@@ -144,7 +156,7 @@ function login(lib: pkcs11js.PKCS11, session: Buffer, ref: Pkcs11KeyRef, pin: st
   }
 }
 
-function findObjects(lib: pkcs11js.PKCS11, session: Buffer, cls: number, label: string): Buffer[] {
+function findObjects(lib: Pkcs11Module.PKCS11, session: Buffer, cls: number, label: string): Buffer[] {
   lib.C_FindObjectsInit(session, [
     { type: pkcs11js.CKA_CLASS, value: cls },
     { type: pkcs11js.CKA_LABEL, value: label },
@@ -156,7 +168,7 @@ function findObjects(lib: pkcs11js.PKCS11, session: Buffer, cls: number, label: 
   }
 }
 
-function attribute(lib: pkcs11js.PKCS11, session: Buffer, object: Buffer, type: number): Buffer {
+function attribute(lib: Pkcs11Module.PKCS11, session: Buffer, object: Buffer, type: number): Buffer {
   const [attr] = lib.C_GetAttributeValue(session, object, [{ type }]);
   const value = attr?.value;
   if (!Buffer.isBuffer(value)) throw new Pkcs11KeyError(`PKCS#11 attribute 0x${type.toString(16)} could not be read`);
@@ -181,7 +193,7 @@ interface KeyShape {
   readonly publicKey: KeyObject;
 }
 
-function keyShape(lib: pkcs11js.PKCS11, session: Buffer, pub: Buffer, keyType: number, ref: Pkcs11KeyRef): KeyShape {
+function keyShape(lib: Pkcs11Module.PKCS11, session: Buffer, pub: Buffer, keyType: number, ref: Pkcs11KeyRef): KeyShape {
   const where = `key "${ref.keyLabel}" in token "${ref.tokenLabel}"`;
   if (keyType === pkcs11js.CKK_EC || keyType === CKK_EC_EDWARDS) {
     const curve = CURVE_PARAMS.get(attribute(lib, session, pub, pkcs11js.CKA_EC_PARAMS).toString('hex'));
@@ -221,7 +233,7 @@ export class Pkcs11Signer implements Signer {
   readonly algorithm: SignatureAlgorithm;
   readonly publicKey: KeyObject;
   readonly #ref: Pkcs11KeyRef;
-  readonly #lib: pkcs11js.PKCS11;
+  readonly #lib: Pkcs11Module.PKCS11;
   readonly #slot: Buffer;
   readonly #key: Buffer;
   readonly #idle: Buffer[];
@@ -230,7 +242,7 @@ export class Pkcs11Signer implements Signer {
   readonly #size: number;
   #closed = false;
 
-  private constructor(ref: Pkcs11KeyRef, lib: pkcs11js.PKCS11, slot: Buffer, key: Buffer, sessions: Buffer[], shape: KeyShape) {
+  private constructor(ref: Pkcs11KeyRef, lib: Pkcs11Module.PKCS11, slot: Buffer, key: Buffer, sessions: Buffer[], shape: KeyShape) {
     this.#ref = ref;
     this.#lib = lib;
     this.#slot = slot;
@@ -247,6 +259,7 @@ export class Pkcs11Signer implements Signer {
     const count = ref.sessions ?? 4;
     if (!Number.isInteger(count) || count < 1 || count > 64) throw new Pkcs11KeyError('sessions must be an integer in [1, 64]');
     const pin = readPinFile(ref.pinFile);
+    await loadBinding();
     const { lib } = loadModule(ref.module);
     const sessions: Buffer[] = [];
     try {
