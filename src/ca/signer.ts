@@ -5,7 +5,8 @@
  * a PEM file), which also signs synchronously — the fast path of X.509 minting, on the event loop or in
  * a minting thread (each thread loads its own copy of the CA key from the PEMs, minter-pool.ts) — and a
  * key pair in a PKCS#11 token (`Pkcs11Signer`, pkcs11-signer.ts), whose X.509 minting runs inline and
- * awaits `sign`. A cloud KMS is one more Signer file and one more case in keys.ts. */
+ * awaits `sign`. A cloud KMS is one more Signer file and one more case in keys.ts.
+ */
 import { createPublicKey, sign, constants as cryptoConstants, type KeyObject, type SignKeyObjectInput } from 'node:crypto';
 
 /** JOSE names of the algorithms Tessera signs with (the key decides; there is no implicit choice). */
