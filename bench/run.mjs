@@ -6,13 +6,14 @@
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
 // issuance, and the audit log at 10^3 vs 10^7 entries (bench/log-scale.mjs: rate, restart, memory, disk).
 //
-// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|peers|log-scale]
+// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|peers|log-scale|hsm]
 //   --quick: 2 s runs, no log-scale test (building the 10^7-entry log takes minutes). See docs/performance.md.
 //   --only log-scale: just the audit log at 10^3 and 10^7 entries (TESSERA_BENCH_LOG_SIZES=1000,1000000 to change).
 //   --only workload-api: just the agent's Workload API rows (100 open streams: updates/s, fan-out, RSS).
 //   --only devices: just the audit devices row.
 //   --only peers: just the peer rows (bench/peers.mjs: cfssl over TLS with authsign, with and without
 //     its PostgreSQL certdb, and Tessera with one token/CSR and with a fresh token + CSR key per request).
+//   --only hsm: just the CA-key-in-SoftHSM2 rows (bench/hsm.mjs), beside the file key.
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
@@ -26,6 +27,7 @@ import { runLoad } from './load.mjs';
 import { workloadApiBench } from './workload-api.mjs';
 import { peersBench, printPeers } from './peers.mjs';
 import { logScaleBench, printLogScale } from './log-scale.mjs';
+import { hsmBench } from './hsm.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
@@ -133,9 +135,9 @@ async function measured(pid, opts) {
 }
 
 /** Starts `tessera serve`; resolves with its URL and the ms from spawn to listening. */
-function startBroker(dataDir, env = {}, auditDevices = []) {
+function startBroker(dataDir, env = {}, auditDevices = [], configFile = writeConfig(dataDir, auditDevices)) {
   const t0 = performance.now();
-  const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', writeConfig(dataDir, auditDevices)], {
+  const child = spawn(process.execPath, [path.join(root, 'dist/cli/main.js'), 'serve', '--config', configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TESSERA_CONFIG: '', ...env },
   });
@@ -459,14 +461,26 @@ async function devicesRun() {
   return { rows, syslogFrames: sink.frames(), ratio: Number((both.rps / none.rps).toFixed(2)) };
 }
 
+/** The HSM rows (bench/hsm.mjs): the CA key in SoftHSM2 vs in a file, X.509 from a CSR. */
+const hsmRows = () => hsmBench({ root, work, material, writeConfig, startBroker, stop, measured, csrLoad, seconds, log });
+function printHsm(h) {
+  if ('skipped' in h) return console.log(`\nHSM rows skipped: ${h.skipped}.`);
+  const us = (v) => (v === undefined || v === null ? '' : String(v));
+  console.log('\n| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of h.rows) console.log(`| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`);
+  console.log(`\nX.509 at c=32 with the CA key in SoftHSM2: ${h.ratio}× the rate with the key in a file (token alone: ${h.signPerSecond.toLocaleString('en')} signatures/s over ${h.sessions} sessions).`);
+}
+
 /** The peer rows (bench/peers.mjs), with this file's broker and measuring helpers. */
 function peers() {
   return peersBench({ root, work, pki, material, token, csrPem, seconds, quick, log, startBroker, stop, processCpuUs });
 }
 
 if (args.only !== undefined) {
-  if (!['workload-api', 'devices', 'peers', 'log-scale'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers, log-scale');
-  if (args.only === 'peers') {
+  if (!['workload-api', 'devices', 'peers', 'log-scale', 'hsm'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers, log-scale, hsm');
+  if (args.only === 'hsm') {
+    printHsm(await hsmRows());
+  } else if (args.only === 'peers') {
     const p = await peers();
     mkdirSync(path.join(root, 'bench/results'), { recursive: true });
     writeFileSync(path.join(root, 'bench/results/peers.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...p }, null, 2)}\n`);
@@ -525,6 +539,7 @@ try {
 }
 const cfssl = await cfsslScenarios();
 const workloadApi = await workloadApiRows();
+const hsm = await hsmRows();
 const devices = await devicesRun();
 tessera.push(...devices.rows);
 const peerRows = await peers();
@@ -564,6 +579,7 @@ const result = {
   },
   scale,
   workloadApi,
+  hsm,
   auditDevices: { ratioToNone: devices.ratio, syslogFrames: devices.syslogFrames },
   peers: peerRows,
 };
@@ -593,4 +609,5 @@ console.log(`X.509 at c=32 with a file and a syslog device attached: ${devices.r
 if (scale) printLogScale(scale);
 printWorkloadApi(workloadApi);
 printPeers(peerRows);
+printHsm(hsm);
 rmSync(work, { recursive: true, force: true });

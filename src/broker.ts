@@ -19,7 +19,8 @@ import { AuditDevices } from './audit/devices/devices.js';
 import { AuditLog } from './audit/log.js';
 import { parseCosignerKey } from './audit/cosignature.js';
 import { WitnessCollector } from './audit/witnesses.js';
-import { loadNoteSigner, type NoteVerifier } from './audit/note.js';
+import type { NoteSigner, NoteVerifier } from './audit/note.js';
+import { openAuditSigner, openCertificateAuthority, openJwtSigner } from './ca/keys.js';
 import { CertificateAuthority } from './ca/authority.js';
 import { CaExpiryWatch } from './ca/expiry.js';
 import { activeOf, CaRotation, prepareAt, preparedOf, rootIssuer, rotationRequestId, type LiveAuthorities } from './ca/rotation.js';
@@ -105,13 +106,28 @@ export interface CreateBrokerOptions {
 
 export async function createBroker(config: Config, opts: CreateBrokerOptions = {}): Promise<Broker> {
   const clock = opts.clock ?? systemClock;
-  const configCa = CertificateAuthority.fromFiles({
-    certFile: config.ca.certFile,
-    keyFile: config.ca.keyFile,
-    rootsFile: config.ca.bundleFile,
-    ...(config.ca.intermediatesFile !== undefined ? { intermediatesFile: config.ca.intermediatesFile } : {}),
-  });
-  const configJwt = await JwtSvidSigner.fromFile(config.ca.jwtKeyFile);
+  // The CA, JWT-SVID and audit keys: PEM files or keys in a PKCS#11 token (ca/keys.ts picks).
+  const keyHolders: (() => void)[] = [];
+  const closeKeys = (): void => {
+    for (const close of keyHolders.splice(0)) close();
+  };
+  let configCa: CertificateAuthority;
+  let configJwt: JwtSvidSigner;
+  let auditSigner: NoteSigner;
+  try {
+    const openedCa = await openCertificateAuthority(config.ca);
+    keyHolders.push(openedCa.close);
+    configCa = openedCa.ca;
+    const openedJwt = await openJwtSigner(config.ca);
+    keyHolders.push(openedJwt.close);
+    configJwt = openedJwt.jwt;
+    const openedAudit = await openAuditSigner(config.audit);
+    keyHolders.push(openedAudit.close);
+    auditSigner = openedAudit.signer;
+  } catch (err) {
+    closeKeys();
+    throw err;
+  }
   const tls = { certPem: readFileSync(config.tls.certFile, 'utf8'), keyPem: readFileSync(config.tls.keyFile, 'utf8') };
   // What issuance signs with and the bundle publishes: the config files, or (ca.rotation) the stored state.
   let live: Omit<LiveAuthorities, 'state'> & { readonly state?: LiveAuthorities['state'] } = {
@@ -155,7 +171,6 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   const audit = await AuditLog.open(store);
   metrics.watchAuditSize(() => audit.size);
   const limits = new RateLimiter(store, config.limits, metrics);
-  const auditSigner = loadNoteSigner(config.audit.signingKeyFile, config.audit.origin);
   const warn = (err: unknown, what: string): void => {
     process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_AUDIT' });
   };
@@ -275,9 +290,10 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       },
       {
         certPem: readConfigFile(config.ca.certFile),
-        keyPem: readConfigFile(config.ca.keyFile),
+        // Config load refuses ca.rotation with keys in a token: these are PEM files.
+        keyPem: readConfigFile(config.ca.keyFile ?? ''),
         intermediatesPem: config.ca.intermediatesFile !== undefined ? readConfigFile(config.ca.intermediatesFile) : '',
-        jwtKeyPem: readConfigFile(config.ca.jwtKeyFile),
+        jwtKeyPem: readConfigFile(config.ca.jwtKeyFile ?? ''),
       },
     );
     live = rotation.current();
@@ -322,10 +338,11 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     }
   }, () => devices.assertCaughtUp());
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
-  // Threads sign with their own copy of the local CA key (ca.source); a remote CA Signer would mint inline.
-  // With threads, a lone issuance still mints on the event loop (ca/idle-inline-minter.ts).
+  // Threads sign with their own copy of a local CA key (ca.source); a key in a PKCS#11 token mints
+  // inline, its signatures awaited over the token's sessions. With threads, a lone issuance still mints
+  // on the event loop (ca/idle-inline-minter.ts).
   const minter: X509Minter =
-    config.ca.threads === 0 ? new InlineMinter(live.ca) : new IdleInlineMinter(await MinterPool.start(live.ca.source, {
+    config.ca.threads === 0 || !live.ca.localKey ? new InlineMinter(live.ca) : new IdleInlineMinter(await MinterPool.start(live.ca.source, {
           threads: config.ca.threads,
           onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_CA' }),
           onThreadFailure: (reason) => metrics.mintThreadFailed(reason),
@@ -393,6 +410,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       await minter.close();
       await alerts.close();
       await checkpoints.close();
+      closeKeys();
       witnesses?.close();
       // Before the store closes (a write in flight gets a few seconds); what is not yet confirmed is
       // shipped again from the stored position by the next start, or by another replica.

@@ -9,7 +9,8 @@ import { promisify } from 'node:util';
 import { BrokerError } from '../errors.js';
 import { keyKindOf } from './csr.js';
 import { toPem } from './der.js';
-import { issuerFromPem, mintLeaf, splitPemCertificates, type IssuerMaterial } from './x509.js';
+import type { Signer } from './signer.js';
+import { issuerFromPem, issuerFromSigner, mintLeaf, mintLeafAsync, splitPemCertificates, type IssuerMaterial, type LeafProfile, type MintedCertificate } from './x509.js';
 
 export interface X509SvidResult {
   readonly spiffeId: string;
@@ -75,9 +76,9 @@ export class CertificateAuthority {
   /** PEMs of the signing cert and intermediates above it (never the root). */
   readonly #intermediatesChain: readonly string[];
   readonly #signingCertNotBefore: number;
-  readonly #source: CaSource;
+  readonly #source: CaSource | undefined;
 
-  private constructor(source: CaSource, issuer: IssuerMaterial, intermediatesChain: readonly string[], roots: readonly Buffer[]) {
+  private constructor(source: CaSource | undefined, issuer: IssuerMaterial, intermediatesChain: readonly string[], roots: readonly Buffer[]) {
     this.#source = source;
     this.#issuer = issuer;
     this.#intermediatesChain = intermediatesChain;
@@ -93,7 +94,18 @@ export class CertificateAuthority {
    * and it chains (through `intermediatesPem`, in any order) to one of `rootsPem` by signature.
    */
   static fromPem(opts: CaSource): CertificateAuthority {
-    const issuer = issuerFromPem(opts.certPem, opts.keyPem);
+    return CertificateAuthority.#build(opts, issuerFromPem(opts.certPem, opts.keyPem));
+  }
+
+  /**
+   * The same checks for a signing key behind a Signer (a PKCS#11 token): the certificate must certify
+   * its public key. Such a CA mints only through issueX509SvidAsync, and has no `source` for threads.
+   */
+  static fromSigner(opts: Omit<CaSource, 'keyPem'>, signer: Signer): CertificateAuthority {
+    return CertificateAuthority.#build(opts, issuerFromSigner(opts.certPem, signer));
+  }
+
+  static #build(opts: CaSource | Omit<CaSource, 'keyPem'>, issuer: IssuerMaterial): CertificateAuthority {
     const roots = parseCerts(opts.rootsPem, 'roots PEM');
     if (roots.length === 0) throw internal('roots PEM holds no certificate');
     for (const r of roots) if (!r.ca) throw internal('every trust-bundle root must be a CA certificate');
@@ -114,7 +126,7 @@ export class CertificateAuthority {
       current = parent;
     }
     return new CertificateAuthority(
-      { ...opts },
+      'keyPem' in opts ? { ...opts } : undefined,
       issuer,
       chain.map((c) => toPem('CERTIFICATE', c.raw)),
       roots.map((r) => Buffer.from(r.raw)),
@@ -142,9 +154,18 @@ export class CertificateAuthority {
     return this.#signingCertNotBefore;
   }
 
-  /** What this CA was loaded from (including the signing key): only for minting threads in this process. */
+  /**
+   * What this CA was loaded from (including the signing key): only for minting threads in this process.
+   * Only for a local key (`localKey`): threads cannot hold a copy of a key in a PKCS#11 token.
+   */
   get source(): CaSource {
+    if (this.#source === undefined) throw internal('this CA key is in a PKCS#11 token: it cannot be copied to minting threads');
     return this.#source;
+  }
+
+  /** The key signs synchronously in this process (a PEM key), so minting threads can hold a copy. */
+  get localKey(): boolean {
+    return this.#source !== undefined;
   }
 
   /**
@@ -152,6 +173,17 @@ export class CertificateAuthority {
    * signing certificate. Key strength is enforced again here (weak_key) as a last line of defence.
    */
   issueX509Svid(req: IssueX509SvidRequest): X509SvidResult {
+    const profile = this.#leafProfile(req);
+    return this.#result(req, profile, mintLeaf(this.#issuer, profile));
+  }
+
+  /** issueX509Svid for any key, local or in a token: the same checks and certificate, the signature awaited. */
+  async issueX509SvidAsync(req: IssueX509SvidRequest): Promise<X509SvidResult> {
+    const profile = this.#leafProfile(req);
+    return this.#result(req, profile, await mintLeafAsync(this.#issuer, profile));
+  }
+
+  #leafProfile(req: IssueX509SvidRequest): LeafProfile {
     if (!Number.isFinite(req.ttlMs) || req.ttlMs <= 0) throw internal('X.509-SVID TTL must be positive');
     if (!Number.isFinite(req.now)) throw internal('issuance time is not a finite number');
     keyKindOf(req.publicKey);
@@ -166,21 +198,24 @@ export class CertificateAuthority {
     const notBefore = Math.ceil(Math.max(req.now - CLOCK_SKEW_BACKDATE_MS, this.#signingCertNotBefore) / 1000) * 1000;
     const notAfter = Math.floor(Math.min(req.now + req.ttlMs, this.signingCertNotAfter) / 1000) * 1000;
     if (notAfter <= notBefore) throw internal('X.509-SVID validity window is empty');
-    const leaf = mintLeaf(this.#issuer, {
+    return {
       spiffeId: req.spiffeId,
       dnsNames: req.dnsNames,
       ipAddresses: req.ipAddresses,
       subjectPublicKey: req.publicKey,
       notBefore: new Date(notBefore),
       notAfter: new Date(notAfter),
-    });
+    };
+  }
+
+  #result(req: IssueX509SvidRequest, profile: LeafProfile, leaf: MintedCertificate): X509SvidResult {
     return {
       spiffeId: req.spiffeId,
       certPem: leaf.pem,
       chainPem: [leaf.pem, ...this.#intermediatesChain],
       serialHex: leaf.serialHex,
-      notBefore,
-      notAfter,
+      notBefore: profile.notBefore.getTime(),
+      notAfter: profile.notAfter.getTime(),
     };
   }
 

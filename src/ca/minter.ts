@@ -47,8 +47,9 @@ function checkKeyType(kind: string): void {
   if (kind !== 'ec-p256') throw new BrokerError('internal', `unsupported server key kind ${kind}`);
 }
 
-function minted(ca: CertificateAuthority, req: X509MintRequest, publicKey: KeyObject, privateKeyPem?: string): X509Minted {
-  const svid = ca.issueX509Svid({ spiffeId: req.spiffeId, dnsNames: req.dnsNames, publicKey, ttlMs: req.ttlMs, now: req.now });
+async function minted(ca: CertificateAuthority, req: X509MintRequest, publicKey: KeyObject, privateKeyPem?: string): Promise<X509Minted> {
+  // A local key signs at once; a key in a PKCS#11 token signs off the event loop, awaited.
+  const svid = await ca.issueX509SvidAsync({ spiffeId: req.spiffeId, dnsNames: req.dnsNames, publicKey, ttlMs: req.ttlMs, now: req.now });
   return {
     ...svid,
     keyFingerprint: `sha256:${createHash('sha256').update(spkiOf(publicKey)).digest('hex')}`,
@@ -69,7 +70,8 @@ export async function mintX509Svid(ca: CertificateAuthority, req: X509MintReques
 
 /**
  * Mints on the event loop (config `ca.threads: 0`), for single-core machines and for tests that want
- * no threads.
+ * no threads; and always for a CA key in a PKCS#11 token: the certificate is built here and its
+ * signature awaited from the token (concurrent issuances sign in parallel over the token's sessions).
  */
 export class InlineMinter implements X509Minter {
   constructor(private ca: CertificateAuthority) {}

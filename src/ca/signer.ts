@@ -1,10 +1,11 @@
 /**
  * The signing seam for the broker's three keys (CA, JWT-SVID, audit checkpoints): a `Signer` holds a
  * private key somewhere and signs bytes. Asynchronous, so a key in an HSM or a cloud KMS can sit behind
- * it. Today every key is a local `KeyObject` (`KeySigner`, made by the key's loader: x509.ts issuerFromPem,
- * JwtSvidSigner.fromPem, audit/note.ts loadNoteSigner), which also signs synchronously — the fast path
- * of X.509 minting, on the event loop or in a minting thread (each thread loads its own copy of the CA
- * key from the PEMs, minter-pool.ts). A remote CA key would mint inline and await `sign`.
+ * it. Two kinds exist, picked from the config in one place (keys.ts): a local `KeyObject` (`KeySigner`,
+ * a PEM file), which also signs synchronously — the fast path of X.509 minting, on the event loop or in
+ * a minting thread (each thread loads its own copy of the CA key from the PEMs, minter-pool.ts) — and a
+ * key pair in a PKCS#11 token (`Pkcs11Signer`, pkcs11-signer.ts), whose X.509 minting runs inline and
+ * awaits `sign`. A cloud KMS is one more Signer file and one more case in keys.ts.
  */
 import { createPublicKey, sign, constants as cryptoConstants, type KeyObject, type SignKeyObjectInput } from 'node:crypto';
 

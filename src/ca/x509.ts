@@ -16,7 +16,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { BrokerError } from '../errors.js';
 import { parseSpiffeId, validateTrustDomain, type SpiffeId } from '../spiffe/id.js';
 import { keyKindOf, spkiOf, type KeyKind } from './csr.js';
-import { KeySigner, signatureAlgorithmOf, type SignatureAlgorithm } from './signer.js';
+import { KeySigner, signatureAlgorithmOf, type SignatureAlgorithm, type Signer } from './signer.js';
 import {
   DerError,
   TAG,
@@ -48,8 +48,11 @@ import {
 export interface IssuerMaterial {
   readonly certDer: Buffer;
   readonly certPem: string;
-  /** Local: certificates are signed synchronously, on the event loop or in a minting thread. */
-  readonly signer: KeySigner;
+  /**
+   * A local key (KeySigner) signs certificates synchronously, on the event loop or in a minting thread;
+   * any other Signer (a PKCS#11 token) only through mintLeafAsync.
+   */
+  readonly signer: Signer;
   readonly subjectNameDer: Buffer;
   readonly subjectKeyId: Buffer;
   readonly notBefore: Date;
@@ -136,7 +139,9 @@ const EXT_CA_KU = extension(OID.keyUsage, true, KU_CERT_SIGN_CRL_SIGN);
 
 interface SignatureSpec {
   readonly algorithmId: Buffer;
-  readonly sign: (tbs: Buffer) => Buffer;
+  /** Absent for a signer that is not local: such an issuer mints only through mintLeafAsync. */
+  readonly sign: ((tbs: Buffer) => Buffer) | undefined;
+  readonly signAsync: (tbs: Buffer) => Promise<Buffer>;
 }
 
 const ALGORITHM_ID: Record<SignatureAlgorithm, Buffer> = {
@@ -156,9 +161,13 @@ function issuerSigner(key: KeyObject): KeySigner {
   return new KeySigner(key);
 }
 
-/** The certificate signature of a local signer: synchronous, the minting fast path. */
-function signatureSpecFor(signer: KeySigner): SignatureSpec {
-  return { algorithmId: ALGORITHM_ID[signer.algorithm], sign: (tbs) => signer.signSync(tbs) };
+/** The certificate signature of a signer: synchronous for a local key (the minting fast path). */
+function signatureSpecFor(signer: Signer): SignatureSpec {
+  return {
+    algorithmId: ALGORITHM_ID[signer.algorithm],
+    sign: signer instanceof KeySigner ? (tbs) => signer.signSync(tbs) : undefined,
+    signAsync: (tbs) => signer.sign(tbs),
+  };
 }
 
 interface IssuerCache {
@@ -311,14 +320,28 @@ function leafSpiffeUri(spiffeId: string): Buffer {
 }
 
 function sign(spec: SignatureSpec, tbs: Buffer): Buffer {
+  if (spec.sign === undefined) throw internal('this issuer key is not local (PKCS#11): certificates are signed through mintLeafAsync');
   const signature = spec.sign(tbs);
   return sequence(tbs, spec.algorithmId, bitString(signature));
 }
 
 // --- public API --------------------------------------------------------------------------------
 
-/** Mints an X509-SVID leaf (SPIFFE profile) signed by `issuer`. */
+/** Mints an X509-SVID leaf (SPIFFE profile) signed by `issuer`'s local key. */
 export function mintLeaf(issuer: IssuerMaterial, profile: LeafProfile): MintedCertificate {
+  const { spec, tbs, serialHex } = leafToBeSigned(issuer, profile);
+  const der = sign(spec, tbs);
+  return { der, pem: toPem('CERTIFICATE', der), serialHex };
+}
+
+/** mintLeaf for any Signer: the same certificate, its signature awaited (a PKCS#11 token signs off the event loop). */
+export async function mintLeafAsync(issuer: IssuerMaterial, profile: LeafProfile): Promise<MintedCertificate> {
+  const { spec, tbs, serialHex } = leafToBeSigned(issuer, profile);
+  const der = sequence(tbs, spec.algorithmId, bitString(await spec.signAsync(tbs)));
+  return { der, pem: toPem('CERTIFICATE', der), serialHex };
+}
+
+function leafToBeSigned(issuer: IssuerMaterial, profile: LeafProfile): { spec: SignatureSpec; tbs: Buffer; serialHex: string } {
   const cache = cacheFor(issuer);
   const keyKind = keyKindOf(profile.subjectPublicKey);
   const uri = leafSpiffeUri(profile.spiffeId);
@@ -357,8 +380,7 @@ export function mintLeaf(issuer: IssuerMaterial, profile: LeafProfile): MintedCe
       ),
     ),
   );
-  const der = sign(cache.spec, tbs);
-  return { der, pem: toPem('CERTIFICATE', der), serialHex: serial.hex };
+  return { spec: cache.spec, tbs, serialHex: serial.hex };
 }
 
 /**
@@ -537,6 +559,24 @@ export function caConstraintsOf(certDer: Buffer): { readonly ca: boolean; readon
  * certificate that is a CA allowed to sign certificates.
  */
 export function issuerFromPem(certPem: string, keyPem: string): IssuerMaterial {
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(keyPem);
+  } catch (err) {
+    throw internal('issuer private key cannot be loaded (encrypted keys are not supported)', err);
+  }
+  return issuerFrom(certPem, issuerSigner(key), (x509) => x509.checkPrivateKey(key));
+}
+
+/**
+ * Loads a signing CA whose key is behind a Signer (a PKCS#11 token): the certificate must certify the
+ * signer's public key. Certificates it signs go through mintLeafAsync.
+ */
+export function issuerFromSigner(certPem: string, signer: Signer): IssuerMaterial {
+  return issuerFrom(certPem, signer, (x509) => spkiOf(x509.publicKey).equals(spkiOf(signer.publicKey)));
+}
+
+function issuerFrom(certPem: string, signer: Signer, keyMatches: (cert: X509Certificate) => boolean): IssuerMaterial {
   const ders = splitPemCertificates(certPem, 'issuer certificate PEM');
   if (ders.length !== 1) throw internal(`issuer certificate PEM must hold exactly one certificate, found ${ders.length}`);
   const certDer = ders[0] as Buffer;
@@ -548,13 +588,7 @@ export function issuerFromPem(certPem: string, keyPem: string): IssuerMaterial {
   } catch (err) {
     throw internal(`issuer certificate is malformed${err instanceof DerError ? `: ${err.message}` : ''}`, err);
   }
-  let key: KeyObject;
-  try {
-    key = createPrivateKey(keyPem);
-  } catch (err) {
-    throw internal('issuer private key cannot be loaded (encrypted keys are not supported)', err);
-  }
-  if (!x509.checkPrivateKey(key)) throw internal('issuer private key does not match the issuer certificate');
+  if (!keyMatches(x509)) throw internal('issuer private key does not match the issuer certificate');
   if (!x509.ca) throw internal('issuer certificate is not a CA (basicConstraints CA:true missing)');
   const ku = fields.extensions.get(OID.keyUsage);
   if (ku !== undefined) {
@@ -576,7 +610,7 @@ export function issuerFromPem(certPem: string, keyPem: string): IssuerMaterial {
   const material: IssuerMaterial = {
     certDer,
     certPem: toPem('CERTIFICATE', certDer),
-    signer: issuerSigner(key),
+    signer,
     subjectNameDer: fields.subject,
     subjectKeyId,
     notBefore: fields.notBefore,

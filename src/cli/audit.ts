@@ -14,7 +14,8 @@ import path from 'node:path';
 import { canonicalEntry } from '../audit/devices/record.js';
 import { openExport, exportLog } from '../audit/export.js';
 import { leafHash } from '../audit/merkle.js';
-import { loadNoteSigner, type NoteVerifier, parseVerifierKeyFile } from '../audit/note.js';
+import { type NoteVerifier, parseVerifierKeyFile } from '../audit/note.js';
+import { openAuditSigner } from '../ca/keys.js';
 import { recoverLog } from '../audit/recover.js';
 import { parseSearchFilter, searchLog } from '../audit/search.js';
 import { type LogSource, type RemoteTls, remoteSource, storeSource } from '../audit/source.js';
@@ -254,7 +255,9 @@ export const AUDIT_COMMANDS = [
         const c = await configuredSource(values.config);
         source = c.source;
         try {
-          verifierKey = loadNoteSigner(c.config.audit.signingKeyFile, c.config.audit.origin).verifierKey;
+          const opened = await openAuditSigner(c.config.audit);
+          verifierKey = opened.signer.verifierKey;
+          opened.close();
         } catch {
           verifierKey = undefined; // informational only
         }

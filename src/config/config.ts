@@ -36,6 +36,19 @@ const autoOr = (minimum: number, maximum: number, fallback: 'auto' | number) =>
     message: `expected an integer in [${minimum}, ${maximum}] or auto`,
   });
 
+/**
+ * A signing key in a PKCS#11 token (HSM; SoftHSM2 in tests) instead of a key file: the module, the
+ * token, a file with the user PIN (chmod 600) and the key pair's CKA_LABEL (docs/ca.md "Keys in an HSM").
+ */
+const pkcs11Key = section({
+  module: file(),
+  tokenLabel: str(),
+  pinFile: file(),
+  keyLabel: str(),
+  /** Sessions that sign in parallel. */
+  sessions: int(1, 64, 4),
+}, null);
+
 /** Exact namespace / service account, or "*" for any. */
 const selector = (fallback: object | null = {}) => section({ namespace: str({ default: '*' }), serviceAccount: str({ default: '*' }) }, fallback);
 
@@ -145,11 +158,14 @@ export const ConfigFileSchema = section({
   tls: section({ certFile: file(), keyFile: file() }),
   ca: section({
     certFile: file(),
-    keyFile: file(),
+    /** The signing CA's private key: a PEM file, or (exactly one of the two) a key in a PKCS#11 token. */
+    keyFile: opt(file()),
+    pkcs11: opt(pkcs11Key),
     intermediatesFile: opt(file()),
     bundleFile: file(),
     /** EC P-256 key that signs JWT-SVIDs (kept apart from the X.509 CA key). */
-    jwtKeyFile: file(),
+    jwtKeyFile: opt(file()),
+    jwtPkcs11: opt(pkcs11Key),
     /** Minting threads (0: mint on the event loop); `auto` is resolved at load time. */
     threads: autoOr(0, MAX_CA_THREADS, 'auto'),
     /** Warn (log, alert, /readyz `expiring`) this many seconds before the signing CA's notAfter. */
@@ -249,7 +265,9 @@ export const ConfigFileSchema = section({
   }),
   audit: section({
     /** Ed25519 private key (PKCS#8 PEM) that signs checkpoints; kept apart from every CA key. */
-    signingKeyFile: file(),
+    signingKeyFile: opt(file()),
+    /** Or (exactly one of the two): the Ed25519 key in a PKCS#11 token. */
+    signingPkcs11: opt(pkcs11Key),
     /** Checkpoint origin line and signature key name (default "<trustDomain>/tessera/audit"). */
     origin: str(),
     /** Background checkpoints: at most one per this interval while the log grows, plus one on shutdown. */
@@ -418,6 +436,7 @@ type File = DeepReadonly<ConfigFile>;
 
 export type ListenConfig = File['listen'];
 export type TlsConfig = File['tls'];
+export type Pkcs11KeyConfig = NonNullable<File['ca']['pkcs11']>;
 export type CaConfig = Omit<File['ca'], 'threads'> & { readonly threads: number };
 export type TokenIssuerConfig = File['issuers'][number];
 export type RegistrationEntry = File['registration'][number];

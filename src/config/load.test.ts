@@ -74,6 +74,8 @@ describe('loadConfig', () => {
     ['default above max', `${minimal}\nsvid: { x509DefaultTtlSeconds: 9000, x509MaxTtlSeconds: 3600 }\n`, /exceeds/],
     ['not a mapping', '- a\n- b\n', /mapping/],
     ['no audit signing key', minimal.replace('audit: { signingKeyFile: audit.key }', ''), /config.audit.signingKeyFile/],
+    ['audit key as file and in a token', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: audit.key, signingPkcs11: { module: m.so, tokenLabel: t, pinFile: pin, keyLabel: k }'), /^config\.audit\.signingKeyFile: set exactly one of signingKeyFile and signingPkcs11$/],
+    ['pkcs11 key without a label', minimal.replace('signingKeyFile: audit.key', 'signingPkcs11: { module: m.so, tokenLabel: t, pinFile: pin }'), /config.audit.signingPkcs11/],
     ['origin with a space', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, origin: "a b"'), /config.audit.origin/],
     ['http webhook', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { webhookUrl: "http://hooks.example/x" }'), /allowInsecureHttp/],
     ['bad alert kind', minimal.replace('signingKeyFile: audit.key', 'signingKeyFile: a.key, alerts: { rules: [{ name: r, kind: nope }] }'), /rules\[0\].kind/],
@@ -83,6 +85,23 @@ describe('loadConfig', () => {
   ])('refuses %s with a message naming the field', (_name, yaml, message) => {
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(message);
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(ConfigError);
+  });
+
+  it('reads keys in a PKCS#11 token instead of key files (paths resolved, 4 sessions by default), and refuses rotation with them', () => {
+    const token = (label: string): string => `{ module: /usr/lib/softhsm/libsofthsm2.so, tokenLabel: tessera, pinFile: hsm/pin, keyLabel: ${label} }`;
+    const yaml = minimal
+      .replace('keyFile: ca.key,', `pkcs11: ${token('ca')},`)
+      .replace('jwtKeyFile: jwt.key', `jwtPkcs11: ${token('jwt')}`)
+      .replace('signingKeyFile: audit.key', `signingPkcs11: ${token('audit')}`);
+    const file = configFile(yaml);
+    const c = loadConfig({ file, env: {} });
+    const ref = { module: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'tessera', pinFile: path.join(path.dirname(file), 'hsm/pin'), sessions: 4 };
+    expect(c.ca.keyFile).toBeUndefined();
+    expect(c.ca.pkcs11).toEqual({ ...ref, keyLabel: 'ca' });
+    expect(c.ca.jwtPkcs11).toEqual({ ...ref, keyLabel: 'jwt' });
+    expect(c.audit.signingPkcs11).toEqual({ ...ref, keyLabel: 'audit' });
+    const rotating = yaml.replace('jwtPkcs11:', 'rotation: { caTtlSeconds: 604800 }, jwtPkcs11:') + 'secrets: { kekFile: kek }\n';
+    expect(() => loadConfig({ file: configFile(rotating), env: {} })).toThrow(/^config\.ca\.rotation: not available with keys in a PKCS#11 token/);
   });
 
   it('reads the audit section: origin, intervals and alert rules', () => {

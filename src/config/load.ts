@@ -276,7 +276,17 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
   const { svid } = f;
   if (svid.x509DefaultTtlSeconds > svid.x509MaxTtlSeconds) fail('config.svid: x509DefaultTtlSeconds exceeds x509MaxTtlSeconds');
   if (svid.jwtDefaultTtlSeconds > svid.jwtMaxTtlSeconds) fail('config.svid: jwtDefaultTtlSeconds exceeds jwtMaxTtlSeconds');
+  const oneKey = (where: string, fileKey: string, pkcs11Key: string, v: { file?: string | undefined; pkcs11?: object | undefined }): void => {
+    if ((v.file === undefined) === (v.pkcs11 === undefined)) fail(`${where}.${fileKey}: set exactly one of ${fileKey} and ${pkcs11Key}`);
+  };
+  oneKey('config.ca', 'keyFile', 'pkcs11', { file: f.ca.keyFile, pkcs11: f.ca.pkcs11 });
+  oneKey('config.ca', 'jwtKeyFile', 'jwtPkcs11', { file: f.ca.jwtKeyFile, pkcs11: f.ca.jwtPkcs11 });
+  oneKey('config.audit', 'signingKeyFile', 'signingPkcs11', { file: f.audit.signingKeyFile, pkcs11: f.audit.signingPkcs11 });
   const rotation = f.ca.rotation;
+  if (rotation !== undefined && (f.ca.pkcs11 !== undefined || f.ca.jwtPkcs11 !== undefined)) {
+    // Rotation makes each next key itself and keeps it sealed in the store: that key would not be in the token.
+    fail('config.ca.rotation: not available with keys in a PKCS#11 token (ca.pkcs11, ca.jwtPkcs11); rotate HSM keys by the runbook in docs/ca.md "Rotating keys in an HSM"');
+  }
   if (rotation !== undefined) {
     // Activation at 5/6 of a CA's life leaves 1/6 of it: enough for the longest X.509-SVID, never cut short.
     if (svid.x509MaxTtlSeconds * 6 > rotation.caTtlSeconds) {

@@ -90,7 +90,7 @@ describe('deploy/compose/tessera.yaml', () => {
     const c = loadConfig({ file: path.join(ROOT, 'deploy/compose/tessera.yaml'), env: {} });
     expect(c.store.redis).toMatchObject({ url: 'redis://redis:6379', prefix: 'tessera', requireReplicaAck: false });
     expect(c.listen).toEqual({ host: '0.0.0.0', port: 8443 });
-    for (const f of [c.tls.certFile, c.tls.keyFile, c.ca.certFile, c.ca.keyFile, c.ca.bundleFile, c.ca.jwtKeyFile]) {
+    for (const f of [c.tls.certFile, c.tls.keyFile, c.ca.certFile, c.ca.keyFile ?? '', c.ca.bundleFile, c.ca.jwtKeyFile ?? '']) {
       expect(f.startsWith('/var/lib/tessera/certs/'), f).toBe(true);
     }
   });

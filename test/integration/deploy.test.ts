@@ -276,7 +276,7 @@ describe.skipIf(!haveKubectl)('deploy/k8s, rendered with kubectl kustomize', () 
       expect(config.metrics).toEqual({ enabled: true, host: '0.0.0.0', port: 9464 });
       // Every file the config names is under a mounted volume; keys come from the 0600 memory copy.
       const mounts = ((c.volumeMounts as Obj[]) ?? []).map((m) => String(m.mountPath));
-      for (const file of [config.tls.certFile, config.tls.keyFile, config.ca.certFile, config.ca.keyFile, config.ca.bundleFile, config.ca.jwtKeyFile, config.audit.signingKeyFile ?? '', config.issuers[0]?.jwksFile ?? '']) {
+      for (const file of [config.tls.certFile, config.tls.keyFile, config.ca.certFile, config.ca.keyFile ?? '', config.ca.bundleFile, config.ca.jwtKeyFile ?? '', config.audit.signingKeyFile ?? '', config.issuers[0]?.jwksFile ?? '']) {
         expect(mounts.some((m) => file.startsWith(`${m}/`)), file).toBe(true);
       }
       expect(volumes(spec).find((v) => v.name === 'pki')?.emptyDir).toMatchObject({ medium: 'Memory' });
