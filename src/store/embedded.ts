@@ -667,6 +667,7 @@ export class EmbeddedStore implements Store {
   /** The records are read and the append queued in one synchronous step: nothing runs in between. */
   appendAuditEntriesUnless(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }> {
     if (this.#closed) return Promise.reject(auditUnavailable('store is closed'));
+    if (entries.length === 0) return Promise.reject(new BrokerError('bad_request', 'an append carries at least one entry'));
     let values: (string | undefined)[];
     try {
       for (const r of unless) {

@@ -177,6 +177,22 @@ function contract(label: string, open: () => Promise<Harness>): void {
       await expectBroker(s.appendCheckpointIfNewer(note(11), 11), 'store_unavailable', 503);
     });
 
+    it('appendAuditEntriesUnless: appends only while none of the records exists; otherwise appends nothing and returns their values', async () => {
+      const unless = [
+        { space: 'revocation', key: 'spiffeId:spiffe://example.org/ns/shop/sa/web' },
+        { space: 'freeze', key: 'global' },
+      ];
+      expect(await s.appendAuditEntriesUnless([Buffer.from('{"a":1}')], unless)).toEqual({ index: 0 });
+      await s.kvPut('freeze', 'global', 'frozen');
+      expect(await s.appendAuditEntriesUnless([Buffer.from('{"a":2}')], unless)).toEqual({ blocked: [undefined, 'frozen'] });
+      expect(await s.auditSize()).toBe(1);
+      await s.kvDelete('freeze', 'global');
+      expect(await s.appendAuditEntriesUnless([Buffer.from('{"a":3}'), Buffer.from('{"a":4}')], unless)).toEqual({ index: 1 });
+      expect((await s.readAuditEntries(0, 3)).map(String)).toEqual(['{"a":1}', '{"a":3}', '{"a":4}']);
+      await expectBroker(s.appendAuditEntriesUnless([], unless), 'bad_request', 400);
+      await expectBroker(s.appendAuditEntriesUnless([Buffer.from('{}')], [{ space: 'Bad', key: 'k' }]), 'bad_request', 400);
+    });
+
     it('kvGetMany: values in the order asked, undefined for missing or expired records, across spaces', async () => {
       await s.kvPut('revocation', 'spiffeId:a', 'ra');
       await s.kvPut('freeze', 'global', 'fg');
