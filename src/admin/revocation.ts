@@ -126,7 +126,7 @@ export class Revocations {
    * The records that decide whether `subject` is revoked, and the judgement over their values (in
    * order): for reading them together with other records, or inside an atomic audit append.
    */
-  static lookup(subject: RevocationSubject): { refs: KvRef[]; judge(values: readonly (string | undefined)[]): Revocation | undefined } {
+  static lookup(subject: RevocationSubject): { refs: KvRef[]; judge: (values: readonly (string | undefined)[]) => Revocation | undefined } {
     const keys: { kind: RevocationKind; value: string }[] = [];
     const add = (kind: RevocationKind, values: readonly (string | undefined)[] | undefined): void => {
       for (const v of values ?? []) {

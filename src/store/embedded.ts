@@ -664,23 +664,18 @@ export class EmbeddedStore implements Store {
     return this.#audit.append(entries);
   }
 
-  /** The records are read and the append queued in one synchronous step: nothing runs in between. */
-  appendAuditEntriesUnless(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }> {
-    if (this.#closed) return Promise.reject(auditUnavailable('store is closed'));
-    if (entries.length === 0) return Promise.reject(new BrokerError('bad_request', 'an append carries at least one entry'));
-    let values: (string | undefined)[];
-    try {
-      for (const r of unless) {
-        checkSpace(r.space);
-        checkName('kv key', r.key);
-      }
-      const now = this.#clock.now();
-      values = unless.map((r) => this.#kvLive(r.space, r.key, now)?.value);
-    } catch (err) {
-      return Promise.reject(err);
+  /** The records are read and the append queued in one synchronous step (no await before it): nothing runs in between. */
+  async appendAuditEntriesUnless(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }> {
+    if (this.#closed) throw auditUnavailable('store is closed');
+    if (entries.length === 0) throw new BrokerError('bad_request', 'an append carries at least one entry');
+    for (const r of unless) {
+      checkSpace(r.space);
+      checkName('kv key', r.key);
     }
-    if (values.some((v) => v !== undefined)) return Promise.resolve({ blocked: values });
-    return this.appendAuditEntries(entries).then((index) => ({ index }));
+    const now = this.#clock.now();
+    const values = unless.map((r) => this.#kvLive(r.space, r.key, now)?.value);
+    if (values.some((v) => v !== undefined)) return { blocked: values };
+    return { index: await this.appendAuditEntries(entries) };
   }
 
   async auditSize(): Promise<number> {

@@ -502,7 +502,7 @@ export class RedisStore implements Store {
     }
     if (Array.isArray(len)) {
       if (len.length !== unless.length) throw auditUnavailable('Redis returned a malformed guarded append');
-      return { blocked: len.map((v: unknown) => (v === null || v === undefined ? undefined : String(v))) };
+      return { blocked: len.map((v: unknown) => (typeof v === 'string' ? v : Buffer.isBuffer(v) ? v.toString('utf8') : undefined)) };
     }
     const first = Number(len) - entries.length;
     if (!Number.isSafeInteger(first) || first < 0) throw auditUnavailable(`Redis returned an invalid audit length ${String(len)}`);
