@@ -34,7 +34,7 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
-import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { BrokerError, auditHistoryLost, auditUnavailable, storeUnavailable } from '../errors.js';
 import { type DirLock, lockDataDir } from './dir-lock.js';
 import { checkCheckpointSize, checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue, storedCheckpointSize } from './limits.js';
 import type { KvRef, Store } from './store.js';
@@ -699,6 +699,7 @@ export class EmbeddedStore implements Store {
       if (this.#closed) throw storeUnavailable('store is closed');
       if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
       checkCheckpointSize(size);
+      if (size > this.#audit.count) throw auditHistoryLost(`the audit log holds ${this.#audit.count} entries, fewer than the checkpoint size ${size}`);
       const n = this.#checkpoints.count;
       if (n > 0) {
         const [raw] = await this.#checkpoints.read(n - 1, n);

@@ -123,12 +123,17 @@ const SCRIPTS = {
       end
       return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))`,
   },
-  // KEYS: checkpoint list. ARGV: note, size. Stores the note unless the newest stored one is larger (or
+  // KEYS: checkpoint list, audit list. ARGV: note, size. Refuses a size beyond the audit list (a Redis
+  // that lost entries never gets a checkpoint of them). Stores the note unless the newest stored one is larger (or
   // the same size and the same bytes); returns nil when stored, else the newest note. Replicas sign
   // without a lock: this compare-and-append keeps the stored list from ever shrinking.
   tesseraCheckpointIfNewer: {
-    numberOfKeys: 1,
+    numberOfKeys: 2,
     lua: `
+      local entries = redis.call('LLEN', KEYS[2])
+      if entries < tonumber(ARGV[2]) then
+        return redis.error_reply('TESSERA_HISTORY_LOST the audit list holds ' .. entries .. ' entries, fewer than the checkpoint size ' .. ARGV[2])
+      end
       local last = redis.call('LINDEX', KEYS[1], -1)
       if last then
         local n = tonumber(string.match(last, '^[^\\n]*\\n(%d+)\\n'))
@@ -566,7 +571,15 @@ export class RedisStore implements Store {
       if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
       if (Buffer.byteLength(note, 'utf8') > MAX_PAYLOAD) throw new BrokerError('bad_request', 'checkpoint note too large');
       checkCheckpointSize(size);
-      const [newest] = await this.#write((p) => void p.tesseraCheckpointIfNewer(this.#k('checkpoints'), note, size));
+      let newest: unknown;
+      try {
+        [newest] = await this.#write((p) => void p.tesseraCheckpointIfNewer(this.#k('checkpoints'), this.#k('audit'), note, size));
+      } catch (err) {
+        if (err instanceof Error && err.name === 'ReplyError' && err.message.includes('TESSERA_HISTORY_LOST')) {
+          throw auditHistoryLost(`Redis lost audit entries: ${err.message.slice(err.message.indexOf('TESSERA_HISTORY_LOST') + 21)}; no checkpoint was stored`, err);
+        }
+        throw err;
+      }
       if (newest === null || newest === undefined) return undefined;
       if (typeof newest !== 'string') throw storeUnavailable('Redis returned a malformed checkpoint');
       return newest;

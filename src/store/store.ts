@@ -38,7 +38,8 @@ export interface Store {
    * still never shrinks): a larger size is stored; an equal size is stored unless the newest note is
    * byte-identical. Resolves undefined when `note` was stored, else with the newest stored note (size ≥
    * `size`), which covers everything `note` would have. A newest note whose size cannot be read is a
-   * 503, never overwritten.
+   * 503, never overwritten; a `size` beyond the stored audit entries is refused (503
+   * audit_history_lost: a store that lost entries never gets a checkpoint of them).
    */
   appendCheckpointIfNewer(note: string, size: number): Promise<string | undefined>;
   listCheckpoints(): Promise<string[]>;

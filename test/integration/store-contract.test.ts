@@ -157,6 +157,10 @@ function contract(label: string, open: () => Promise<Harness>): void {
 
     it('appendCheckpointIfNewer: stores only a larger size (or the same size, other bytes); concurrent signers leave a list that never shrinks', async () => {
       const note = (n: number, sig = 'a'): string => `example.org/log\n${n}\nroot${n}=\n\n— example.org/log ${sig}\n`;
+      // Never a checkpoint beyond the stored entries.
+      await expectBroker(s.appendCheckpointIfNewer(note(3), 3), 'audit_history_lost', 503);
+      await s.appendAuditEntries(Array.from({ length: 11 }, (_, i) => Buffer.from(`{"i":${i}}`)));
+      expect(await s.listCheckpoints()).toEqual([]);
       expect(await s.appendCheckpointIfNewer(note(3), 3)).toBeUndefined();
       expect(await s.appendCheckpointIfNewer(note(2), 2)).toBe(note(3));
       expect(await s.appendCheckpointIfNewer(note(3), 3)).toBe(note(3));
