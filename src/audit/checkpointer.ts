@@ -242,6 +242,8 @@ export class Checkpointer {
       this.#idleRounds++;
       return;
     }
+    // Never sign for a store whose history this replica no longer recognises (after a reconnect).
+    await this.#audit.assertHistoryKnown();
     const cp = await signCheckpoint(this.#signer, size, this.#audit.root(size));
     let newer: string | undefined;
     try {

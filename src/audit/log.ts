@@ -138,6 +138,14 @@ export class AuditLog {
     return this.#tree.size;
   }
 
+  /**
+   * Throws the latched audit_history_lost, or first runs the continuation check if the store reconnected
+   * since the last one. No store call otherwise: the checkpointer calls it before every signing round.
+   */
+  async assertHistoryKnown(): Promise<void> {
+    await this.#gate();
+  }
+
   /** The latched audit_history_lost error, if the store was found not to hold this log's history. */
   get historyLost(): BrokerError | undefined {
     return this.#lost;
