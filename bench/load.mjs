@@ -16,6 +16,8 @@ import https from 'node:https';
  * @param {boolean} o.keepAlive                    false: a new TCP+TLS connection per request
  * @param {object} [o.tls]                         ca, cert, key for https
  * @param {(status:number, body:string) => boolean} [o.check]   is this answer a success?
+ * @param {number} [o.maxRequests]                 stop after this many requests (before durationMs if sooner)
+ * @param {boolean} [o.countResumed]               count new TLS connections and how many resumed a session
  */
 export async function runLoad(o) {
   const isHttps = o.url.startsWith('https:');
@@ -31,7 +33,11 @@ export async function runLoad(o) {
   let ok = 0;
   let failed = 0;
   let firstError;
+  let started = 0;
+  let connections = 0;
+  let resumed = 0;
   const deadline = performance.now() + o.durationMs;
+  const more = () => performance.now() < deadline && (o.maxRequests === undefined || started < o.maxRequests);
 
   const once = () =>
     new Promise((resolve) => {
@@ -56,6 +62,16 @@ export async function runLoad(o) {
           });
         },
       );
+      if (o.countResumed) {
+        req.on('socket', (s) => {
+          if (typeof s.isSessionReused !== 'function' || s.__counted) return;
+          s.__counted = true;
+          s.once('secureConnect', () => {
+            connections++;
+            if (s.isSessionReused()) resumed++;
+          });
+        });
+      }
       req.on('error', (err) => {
         failed++;
         firstError ??= String(err);
@@ -69,7 +85,10 @@ export async function runLoad(o) {
   const cpu0 = process.cpuUsage();
   await Promise.all(
     Array.from({ length: o.concurrency }, async () => {
-      while (performance.now() < deadline) await once();
+      while (more()) {
+        started++;
+        await once();
+      }
     }),
   );
   const elapsed = (performance.now() - t0) / 1000;
@@ -86,6 +105,7 @@ export async function runLoad(o) {
     p99Ms: Number(q(0.99).toFixed(2)),
     // CPU this client process spent per request (all its threads), taken from the same cores.
     clientCpuUs: ok + failed > 0 ? Math.round((cpu.user + cpu.system) / (ok + failed)) : null,
+    ...(o.countResumed ? { connections, resumed } : {}),
     ...(firstError ? { firstError } : {}),
   };
 }

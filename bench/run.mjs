@@ -6,7 +6,7 @@
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
 // issuance, and the audit log at 10^3 vs 10^7 entries (bench/log-scale.mjs: rate, restart, memory, disk).
 //
-// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|peers|log-scale|hsm]
+// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|peers|log-scale|hsm|redis]
 //   --quick: 2 s runs, no log-scale test (building the 10^7-entry log takes minutes). See docs/performance.md.
 //   --only log-scale: just the audit log at 10^3 and 10^7 entries (TESSERA_BENCH_LOG_SIZES=1000,1000000 to change).
 //   --only workload-api: just the agent's Workload API rows (100 open streams: updates/s, fan-out, RSS).
@@ -14,6 +14,7 @@
 //   --only peers: just the peer rows (bench/peers.mjs: cfssl over TLS with authsign, with and without
 //     its PostgreSQL certdb, and Tessera with one token/CSR and with a fresh token + CSR key per request).
 //   --only hsm: just the CA-key-in-SoftHSM2 rows (bench/hsm.mjs), beside the file key.
+//   --only redis: just the Redis scale-out rows (bench/redis-scale.mjs; private redis-server, AOF always).
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
@@ -28,6 +29,7 @@ import { workloadApiBench } from './workload-api.mjs';
 import { peersBench, printPeers } from './peers.mjs';
 import { logScaleBench, printLogScale } from './log-scale.mjs';
 import { hsmBench } from './hsm.mjs';
+import { printRedisScale, redisScaleBench } from './redis-scale.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
@@ -461,6 +463,8 @@ async function devicesRun() {
   return { rows, syslogFrames: sink.frames(), ratio: Number((both.rps / none.rps).toFixed(2)) };
 }
 
+const redisScale = () => redisScaleBench({ root, work, pki, material, ca, token, csrBody, seconds, quick, log });
+
 /** The HSM rows (bench/hsm.mjs): the CA key in SoftHSM2 vs in a file, X.509 from a CSR. */
 const hsmRows = () => hsmBench({ root, work, material, writeConfig, startBroker, stop, measured, csrLoad, seconds, log });
 function printHsm(h) {
@@ -477,8 +481,13 @@ function peers() {
 }
 
 if (args.only !== undefined) {
-  if (!['workload-api', 'devices', 'peers', 'log-scale', 'hsm'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers, log-scale, hsm');
-  if (args.only === 'hsm') {
+  if (!['workload-api', 'devices', 'peers', 'log-scale', 'hsm', 'redis'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers, log-scale, hsm, redis');
+  if (args.only === 'redis') {
+    const r = await redisScale();
+    mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+    writeFileSync(path.join(root, 'bench/results/redis-scale.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, secondsPerRun: seconds, ...r }, null, 2)}\n`);
+    printRedisScale(r);
+  } else if (args.only === 'hsm') {
     printHsm(await hsmRows());
   } else if (args.only === 'peers') {
     const p = await peers();
@@ -543,6 +552,7 @@ const hsm = await hsmRows();
 const devices = await devicesRun();
 tessera.push(...devices.rows);
 const peerRows = await peers();
+const redis = await redisScale();
 
 const scale = !quick && !args['skip-scale'] ? await logScaleRun() : undefined;
 
@@ -582,6 +592,7 @@ const result = {
   hsm,
   auditDevices: { ratioToNone: devices.ratio, syslogFrames: devices.syslogFrames },
   peers: peerRows,
+  redis,
 };
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -610,4 +621,5 @@ if (scale) printLogScale(scale);
 printWorkloadApi(workloadApi);
 printPeers(peerRows);
 printHsm(hsm);
+printRedisScale(redis);
 rmSync(work, { recursive: true, force: true });

@@ -9,7 +9,7 @@
 import type { Clock } from '../clock.js';
 import { BrokerError, badRequest } from '../errors.js';
 import { validatePathSegment } from '../spiffe/id.js';
-import type { Store } from '../store/store.js';
+import type { KvRef, Store } from '../store/store.js';
 
 export interface FreezeRecord {
   /** Absent: the global freeze. */
@@ -82,11 +82,21 @@ export class IssuanceFreeze {
 
   /** Throws 503 `issuance_frozen` if issuance is frozen globally or for `namespace`. */
   async assertNotFrozen(namespace: string | undefined): Promise<void> {
-    const [global, ns] = await Promise.all([
-      this.store.kvGet(SPACE, GLOBAL),
-      namespace !== undefined && namespace !== '' ? this.store.kvGet(SPACE, nsKey(namespace)) : Promise.resolve(undefined),
-    ]);
-    if (global !== undefined) throw new BrokerError('issuance_frozen', 'issuance is frozen by an operator (kill switch); try again after it is thawed');
-    if (ns !== undefined) throw new BrokerError('issuance_frozen', `issuance for namespace ${namespace ?? ''} is frozen by an operator (kill switch)`);
+    const refs = IssuanceFreeze.refs(namespace);
+    const refusal = IssuanceFreeze.refusal(namespace, await this.store.kvGetMany(refs));
+    if (refusal !== undefined) throw refusal;
+  }
+
+  /** The records that decide whether `namespace` is frozen: the global switch, then the namespace's. */
+  static refs(namespace: string | undefined): KvRef[] {
+    return [{ space: SPACE, key: GLOBAL }, ...(namespace !== undefined && namespace !== '' ? [{ space: SPACE, key: nsKey(namespace) }] : [])];
+  }
+
+  /** The 503 for the values of refs(namespace), in order, if any is set. */
+  static refusal(namespace: string | undefined, values: readonly (string | undefined)[]): BrokerError | undefined {
+    const [global, ns] = values;
+    if (global !== undefined) return new BrokerError('issuance_frozen', 'issuance is frozen by an operator (kill switch); try again after it is thawed');
+    if (ns !== undefined) return new BrokerError('issuance_frozen', `issuance for namespace ${namespace ?? ''} is frozen by an operator (kill switch)`);
+    return undefined;
   }
 }

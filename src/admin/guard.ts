@@ -4,9 +4,11 @@
  * is about to mint; the secrets routes check before handing out a lease.
  */
 import type { Identity } from '../attest/identity.js';
+import type { AppendCondition } from '../audit/log.js';
+import { BrokerError } from '../errors.js';
 import { namespaceOfSpiffeId } from '../spiffe/id.js';
-import type { IssuanceFreeze } from './freeze.js';
-import type { Revocations } from './revocation.js';
+import { IssuanceFreeze } from './freeze.js';
+import { Revocations } from './revocation.js';
 
 // Parsed by the SPIFFE ID parser; re-exported for broker.ts and the admin routes, which import it from here.
 export { namespaceOfSpiffeId };
@@ -43,17 +45,44 @@ export class AccessGuard {
    * A credential about to be issued for `spiffeId` (which may differ from the caller's ID when a
    * registration entry sets spiffePath): refused if revoked (403) or if issuance is frozen (503).
    */
-  async assertMayIssue(subject: { spiffeId: string; namespace?: string }): Promise<void> {
+  /**
+   * What must hold for a credential for `subject` to be handed out, as a condition on its audit append
+   * (AuditLog.append): no revocation of its SPIFFE ID or namespace and no freeze (global or of the
+   * namespace), checked by the store in the same atomic step that records the credential — so the check
+   * is at the moment of issue, and on Redis it costs no round trip of its own. A revocation (403) is
+   * reported before a freeze (503). Throws at once if the CA cannot issue (`issuable`).
+   */
+  issuanceCondition(subject: { spiffeId: string; namespace?: string }): AppendCondition {
     this.issuable();
-    const namespace = subject.namespace !== undefined && subject.namespace !== '' && subject.namespace !== '*'
+    const namespace = AccessGuard.#namespaceOf(subject);
+    const revocation = Revocations.lookup({ spiffeIds: [subject.spiffeId], namespaces: [namespace] });
+    const freeze = IssuanceFreeze.refs(namespace);
+    const n = revocation.refs.length;
+    return {
+      unless: [...revocation.refs, ...freeze],
+      refusal: (values) => {
+        const r = revocation.judge(values.slice(0, n));
+        if (r !== undefined) return Revocations.refusal(r);
+        return IssuanceFreeze.refusal(namespace, values.slice(n)) ?? new BrokerError('internal', 'an issuance condition refused without a reason');
+      },
+    };
+  }
+
+  static #namespaceOf(subject: { spiffeId: string; namespace?: string }): string | undefined {
+    return subject.namespace !== undefined && subject.namespace !== '' && subject.namespace !== '*'
       ? subject.namespace
       : namespaceOfSpiffeId(subject.spiffeId);
-    const revoked = this.revocations.assertNotRevoked({ spiffeIds: [subject.spiffeId], namespaces: [namespace] });
-    const frozen = this.freeze.assertNotFrozen(namespace);
-    // Both reads go out together; a revocation (403) is reported before a freeze (503).
-    const [r, f] = await Promise.allSettled([revoked, frozen]);
-    if (r.status === 'rejected') throw r.reason;
-    if (f.status === 'rejected') throw f.reason;
+  }
+
+  async assertMayIssue(subject: { spiffeId: string; namespace?: string }): Promise<void> {
+    this.issuable();
+    const namespace = AccessGuard.#namespaceOf(subject);
+    // Revocations and the freeze in one store read (one Redis command); a revocation (403) is reported
+    // before a freeze (503).
+    const { revocation, extra } = await this.revocations.findWith({ spiffeIds: [subject.spiffeId], namespaces: [namespace] }, IssuanceFreeze.refs(namespace));
+    if (revocation !== undefined) throw Revocations.refusal(revocation);
+    const frozen = IssuanceFreeze.refusal(namespace, extra);
+    if (frozen !== undefined) throw frozen;
   }
 
   /** For routes that hand out secrets: the caller was checked by authenticate(); this adds the freeze. */

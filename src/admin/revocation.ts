@@ -9,7 +9,7 @@
 import type { Clock } from '../clock.js';
 import { BrokerError, badRequest } from '../errors.js';
 import { parseSpiffeId, validatePathSegment } from '../spiffe/id.js';
-import type { Store } from '../store/store.js';
+import type { KvRef, Store } from '../store/store.js';
 
 export type RevocationKind = 'spiffeId' | 'namespace' | 'serial';
 export const REVOCATION_KINDS: readonly RevocationKind[] = ['spiffeId', 'namespace', 'serial'];
@@ -109,6 +109,24 @@ export class Revocations {
 
   /** The first revocation that applies to `subject`, if any. All reads go out at once. */
   async find(subject: RevocationSubject): Promise<Revocation | undefined> {
+    return (await this.findWith(subject, [])).revocation;
+  }
+
+  /**
+   * find(), reading `extra` records in the same store call (one Redis command): the issuance guard
+   * reads the freeze records with the revocations. Resolves with their values in order.
+   */
+  async findWith(subject: RevocationSubject, extra: readonly KvRef[]): Promise<{ revocation: Revocation | undefined; extra: (string | undefined)[] }> {
+    const { refs, judge } = Revocations.lookup(subject);
+    const found = await this.store.kvGetMany([...refs, ...extra]);
+    return { revocation: judge(found.slice(0, refs.length)), extra: found.slice(refs.length) };
+  }
+
+  /**
+   * The records that decide whether `subject` is revoked, and the judgement over their values (in
+   * order): for reading them together with other records, or inside an atomic audit append.
+   */
+  static lookup(subject: RevocationSubject): { refs: KvRef[]; judge: (values: readonly (string | undefined)[]) => Revocation | undefined } {
     const keys: { kind: RevocationKind; value: string }[] = [];
     const add = (kind: RevocationKind, values: readonly (string | undefined)[] | undefined): void => {
       for (const v of values ?? []) {
@@ -120,22 +138,28 @@ export class Revocations {
     add('spiffeId', subject.spiffeIds);
     add('namespace', subject.namespaces);
     add('serial', subject.serials);
-    const found = await Promise.all(keys.map((k) => this.store.kvGet(SPACE, keyOf(k.kind, k.value))));
-    for (const [i, raw] of found.entries()) {
-      if (raw === undefined) continue;
-      const k = keys[i] as { kind: RevocationKind; value: string };
-      // An unreadable record still revokes: fail closed.
-      return parse(raw) ?? { kind: k.kind, value: k.value, reason: '', by: '', at: 0, requestId: '' };
-    }
-    return undefined;
+    return {
+      refs: keys.map((k) => ({ space: SPACE, key: keyOf(k.kind, k.value) })),
+      judge: (values) => {
+        for (const [i, k] of keys.entries()) {
+          const raw = values[i];
+          if (raw === undefined) continue;
+          // An unreadable record still revokes: fail closed.
+          return parse(raw) ?? { kind: k.kind, value: k.value, reason: '', by: '', at: 0, requestId: '' };
+        }
+        return undefined;
+      },
+    };
   }
 
-  /** Throws 403 `revoked` if anything in `subject` is revoked. */
+  /** The 403 for a revocation find() returned. */
+  static refusal(r: Revocation): BrokerError {
+    const what = r.kind === 'spiffeId' ? r.value : r.kind === 'namespace' ? `namespace ${r.value}` : `certificate serial ${r.value}`;
+    return new BrokerError('revoked', `${what} has been revoked by an operator`);
+  }
+
   async assertNotRevoked(subject: RevocationSubject): Promise<void> {
     const r = await this.find(subject);
-    if (r !== undefined) {
-      const what = r.kind === 'spiffeId' ? r.value : r.kind === 'namespace' ? `namespace ${r.value}` : `certificate serial ${r.value}`;
-      throw new BrokerError('revoked', `${what} has been revoked by an operator`);
-    }
+    if (r !== undefined) throw Revocations.refusal(r);
   }
 }

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Clock } from '../clock.js';
 import { BrokerError } from '../errors.js';
 import { EmbeddedStore } from '../store/embedded.js';
-import { CHECKPOINT_LOCK, Checkpointer } from './checkpointer.js';
+import { Checkpointer } from './checkpointer.js';
 import type { AuditEntry } from './entry.js';
 import { AuditLog } from './log.js';
 import { leafHash, verifyConsistency, verifyInclusion } from './merkle.js';
@@ -161,26 +161,45 @@ describe('Checkpointer', () => {
     expect((err as Error).message).toMatch(/does not match its last signed checkpoint/);
   });
 
-  it('waits while another replica holds the signing lock, then signs', async () => {
+  it('two replicas sign without a lock: one that finds a newer stored checkpoint adopts it, and the stored sizes never shrink', async () => {
+    const a = await setup();
+    // Replica B: its own tree and checkpointer over the same store.
+    const auditB = await AuditLog.open(a.store);
+    const b = await Checkpointer.start({ store: a.store, audit: auditB, signer, intervalMs: 60_000, replicaId: 'b' });
+    closers.unshift(() => b.close());
+    expect((await a.cp.receipt(await a.audit.append(entry(0)))).treeSize).toBe(1);
+    const mine = await a.audit.append(entry(1)); // A's tree: 2 entries
+    const theirs = await auditB.append(entry(2)); // B's tree: 3 (it reads A's entries)
+    expect((await b.receipt(theirs)).treeSize).toBe(3);
+    // A signs size 2, the store refuses it (3 is stored) and hands back B's note: A serves that one.
+    const r = await a.cp.receipt(mine);
+    expect(r.treeSize).toBe(3);
+    expect(a.cp.stats.adopted).toBe(1);
+    expect(verifyInclusion(b64(r.leafHash), 1, 3, r.inclusionProof.map(b64), b64(r.rootHash))).toBe(true);
+    expect(openCheckpoint(r.checkpoint, signer.verifier).size).toBe(3);
+    const sizes = (await a.store.listCheckpoints()).map((n) => parseCheckpoint(parseNote(n).text).size);
+    expect(sizes).toEqual([...sizes].sort((x, y) => x - y));
+    expect(sizes.filter((n) => n === 2)).toEqual([]);
+  });
+
+  it('refuses (503) to adopt a newer stored checkpoint that does not match its tree', async () => {
     const { store, audit, cp } = await setup();
-    expect(await store.tryLock(CHECKPOINT_LOCK, 'other-replica', 10_000)).toBe(true);
-    const receipt = cp.receipt(await audit.append(entry(1)));
-    let done = false;
-    void receipt.then(() => (done = true));
-    await new Promise((r) => setTimeout(r, 60));
-    expect(done).toBe(false);
-    await store.unlock(CHECKPOINT_LOCK, 'other-replica');
-    expect((await receipt).treeSize).toBe(1);
+    const r = await audit.append(entry(0));
+    // A "newer" checkpoint over another history, as a forked store would hold.
+    await store.appendCheckpoint((await signCheckpoint(signer, 2, leafHash(Buffer.from('another history')))).note);
+    const err = await cp.receipt(r).catch((e: unknown) => e);
+    expect((err as BrokerError).code).toBe('audit_unavailable');
+    expect((err as Error).message).toMatch(/does not match/);
   });
 
   it('fails closed (503) when the checkpoint cannot be stored', async () => {
     const { store, audit, cp } = await setup();
     const r = await audit.append(entry(1));
-    const original = store.appendCheckpoint.bind(store);
-    store.appendCheckpoint = () => Promise.reject(new Error('disk full'));
+    const original = store.appendCheckpointIfNewer.bind(store);
+    store.appendCheckpointIfNewer = () => Promise.reject(new Error('disk full'));
     const err = await cp.receipt(r).catch((e: unknown) => e);
     expect((err as BrokerError).status).toBe(503);
-    store.appendCheckpoint = original;
+    store.appendCheckpointIfNewer = original;
     expect((await cp.receipt(r)).treeSize).toBe(1);
   });
 

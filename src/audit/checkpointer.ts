@@ -8,13 +8,13 @@
  *     covered by the next round (so a burst of N issuances costs ~2 signatures, not N). `receiptGapMs`
  *     optionally spaces rounds further apart to bound how many checkpoints a busy log stores.
  *
- * A round takes the store's `audit-checkpoint` lock (only one replica signs at a time), catches the tree
- * up with the store, signs the root at that size, and stores the note before anyone sees it. The entries
- * a note covers are durable before it is signed, so the note itself is re-creatable (store/embedded.ts).
- * Because every round first catches up under the lock, stored checkpoints never shrink, and every one
- * is a prefix of the same log: no checkpoint is ever inconsistent with an earlier one.
+ * A round signs the root of the tree this replica holds (every entry in it is durable in the store, so
+ * the note is re-creatable: store/embedded.ts) and stores the note before anyone sees it — in one store
+ * step that stores it only if no larger checkpoint is stored yet (Store.appendCheckpointIfNewer; no
+ * lock, so on Redis a round is one command). A replica that finds a newer checkpoint there adopts it
+ * after checking it against its tree. Every tree is a prefix of the one store log, so no checkpoint is
+ * ever inconsistent with an earlier one, and the stored checkpoints never shrink.
  */
-import { randomUUID } from 'node:crypto';
 import { type Clock, systemClock } from '../clock.js';
 import { asAuditUnavailable, auditUnavailable } from '../errors.js';
 import type { Store } from '../store/store.js';
@@ -47,7 +47,7 @@ export interface CheckpointerOptions {
   readonly intervalMs: number;
   /** Minimum gap between two signing rounds started for receipts (ms, 0 = none). */
   readonly receiptGapMs?: number;
-  /** Replica id; a random suffix makes the lock owner unique per process. */
+  /** Replica id (kept for the callers' logs; signing needs no lock owner any more). */
   readonly replicaId: string;
   readonly clock?: Clock;
   /** Background failures (a tick, the final checkpoint) are reported here instead of thrown. */
@@ -59,16 +59,13 @@ export interface CheckpointerStats {
   readonly signed: number;
   /** Signing rounds that found nothing new to sign. */
   readonly idleRounds: number;
+  /** Signing rounds that found a newer checkpoint another replica had stored, and used it instead. */
+  readonly adopted: number;
   /** Receipts served, and how many of them had to wait for a new checkpoint. */
   readonly receipts: number;
   readonly receiptsWaited: number;
 }
 
-export const CHECKPOINT_LOCK = 'audit-checkpoint';
-/** Long enough for a slow fsync; a crashed signer's lock frees itself after this. */
-const LOCK_TTL_MS = 10_000;
-/** Waiting for another replica's round: retries at 2, 4, 6 … ms, about 2 s in total. */
-const LOCK_ATTEMPTS = 45;
 /** A receipt that cannot get a checkpoint within this time fails closed (503). */
 const RECEIPT_DEADLINE_MS = 5_000;
 
@@ -79,7 +76,6 @@ export class Checkpointer {
   readonly #audit: AuditLog;
   readonly #signer: NoteSigner;
   readonly #clock: Clock;
-  readonly #owner: string;
   readonly #receiptGapMs: number;
   readonly #onError: (err: unknown, what: string) => void;
   #latest: SignedCheckpoint | undefined;
@@ -91,6 +87,7 @@ export class Checkpointer {
   #closing: Promise<void> | null = null;
   #signed = 0;
   #idleRounds = 0;
+  #adopted = 0;
   #receipts = 0;
   #receiptsWaited = 0;
 
@@ -99,7 +96,6 @@ export class Checkpointer {
     this.#audit = opts.audit;
     this.#signer = opts.signer;
     this.#clock = opts.clock ?? systemClock;
-    this.#owner = `${opts.replicaId}/${randomUUID()}`;
     this.#receiptGapMs = opts.receiptGapMs ?? 0;
     this.#onError = opts.onError ?? (() => {});
   }
@@ -135,7 +131,7 @@ export class Checkpointer {
   }
 
   get stats(): CheckpointerStats {
-    return { signed: this.#signed, idleRounds: this.#idleRounds, receipts: this.#receipts, receiptsWaited: this.#receiptsWaited };
+    return { signed: this.#signed, idleRounds: this.#idleRounds, adopted: this.#adopted, receipts: this.#receipts, receiptsWaited: this.#receiptsWaited };
   }
 
   /** A signed, stored checkpoint of size ≥ `minSize`; signs one (coalesced with other waiters) if needed. */
@@ -233,39 +229,52 @@ export class Checkpointer {
     }
   }
 
-  /** One signing round under the cross-replica lock. */
+  /**
+   * One signing round: sign the tree this replica holds and store the note only if no larger one is
+   * stored yet (Store.appendCheckpointIfNewer: one atomic step, no lock). If another replica stored a
+   * newer checkpoint meanwhile, that one is adopted instead, once the tree is caught up to it and its
+   * root matches the tree's (it covers everything ours would have).
+   */
   async #signRound(): Promise<void> {
     this.#lastRoundAt = this.#clock.now();
-    let locked = false;
-    for (let attempt = 1; attempt <= LOCK_ATTEMPTS; attempt++) {
-      try {
-        locked = await this.#store.tryLock(CHECKPOINT_LOCK, this.#owner, LOCK_TTL_MS);
-      } catch (err) {
-        throw asAuditUnavailable(err, 'the checkpoint lock is unavailable');
-      }
-      if (locked) break;
-      await sleep(2 * attempt);
+    const size = this.#audit.size;
+    if (this.#latest !== undefined && size <= this.#latest.size) {
+      this.#idleRounds++;
+      return;
     }
-    if (!locked) throw auditUnavailable('another replica has held the audit checkpoint lock for too long');
+    // Never sign for a store whose history this replica no longer recognises (after a reconnect).
+    await this.#audit.assertHistoryKnown();
+    const cp = await signCheckpoint(this.#signer, size, this.#audit.root(size));
+    let newer: string | undefined;
     try {
-      const size = await this.#audit.refresh();
-      if (this.#latest !== undefined && size <= this.#latest.size) {
-        this.#idleRounds++;
-        return;
-      }
-      const cp = await signCheckpoint(this.#signer, size, this.#audit.root(size));
-      try {
-        await this.#store.appendCheckpoint(cp.note);
-      } catch (err) {
-        throw asAuditUnavailable(err, 'the signed checkpoint could not be stored');
-      }
+      newer = await this.#store.appendCheckpointIfNewer(cp.note, cp.size);
+    } catch (err) {
+      throw asAuditUnavailable(err, 'the signed checkpoint could not be stored');
+    }
+    if (newer === undefined) {
       // Only ever move forward (a round never runs concurrently with another in this process).
       if (this.#latest === undefined || cp.size > this.#latest.size) this.#latest = cp;
       this.#signed++;
       this.#witnesses?.submit(cp);
-    } finally {
-      await this.#store.unlock(CHECKPOINT_LOCK, this.#owner).catch(() => {});
+      return;
     }
+    await this.#adopt(newer);
+  }
+
+  /** Takes another replica's newer stored checkpoint as ours to serve, after checking it against the tree. */
+  async #adopt(note: string): Promise<void> {
+    let other: SignedCheckpoint;
+    try {
+      other = openCheckpoint(note, this.#signer.verifier);
+    } catch (err) {
+      throw auditUnavailable(`the newest stored audit checkpoint is not one this replica can serve (${(err as Error).message})`, err);
+    }
+    if (other.size > this.#audit.size) await this.#audit.refresh();
+    if (other.size > this.#audit.size || !this.#audit.root(other.size).equals(other.rootHash)) {
+      throw auditUnavailable(`the newest stored audit checkpoint (size ${other.size}) does not match this replica's audit tree`);
+    }
+    this.#adopted++;
+    if (this.#latest === undefined || other.size > this.#latest.size) this.#latest = other;
   }
 
   /**

@@ -48,7 +48,13 @@ class SharedMemoryStore implements Store {
     await new Promise((r) => setTimeout(r, 1));
     return this.log.slice(start, end);
   }
+  async appendAuditEntriesUnless(entries: readonly Buffer[]): Promise<{ index: number }> {
+    return { index: await this.appendAuditEntries(entries) };
+  }
   async appendCheckpoint(): Promise<void> {}
+  async appendCheckpointIfNewer(): Promise<string | undefined> {
+    return undefined;
+  }
   async listCheckpoints(): Promise<string[]> {
     return [];
   }
@@ -65,6 +71,9 @@ class SharedMemoryStore implements Store {
   async kvPut(): Promise<void> {}
   async kvGet(): Promise<string | undefined> {
     return undefined;
+  }
+  async kvGetMany(refs: readonly unknown[]): Promise<undefined[]> {
+    return refs.map(() => undefined);
   }
   async kvDelete(): Promise<boolean> {
     return false;

@@ -17,7 +17,7 @@
  * restarting the replica against a recovered store (docs/redis.md).
  */
 import { BrokerError, asAuditUnavailable, auditHistoryLost, auditUnavailable } from '../errors.js';
-import type { PersistedAuditTree, Store } from '../store/store.js';
+import type { KvRef, PersistedAuditTree, Store } from '../store/store.js';
 import { checkContinuation, READ_BATCH } from './continuity.js';
 import { type AuditEntry, canonicalJson } from './entry.js';
 import { MerkleTree, leafHash } from './merkle.js';
@@ -39,6 +39,16 @@ export interface AuditReceipt {
  * Must be synchronous and quick (queue work, never await): it runs on the issuance path.
  */
 export type AppendListener = (entry: AuditEntry, receipt: AuditReceipt) => void;
+
+/**
+ * Records that must not exist for an append to happen (AuditLog.append): checked by the store in the
+ * same atomic step as the append. `refusal` turns their values (in order, undefined where absent) into
+ * the error the caller gets when one exists; nothing is appended then.
+ */
+export interface AppendCondition {
+  readonly unless: readonly KvRef[];
+  refusal(values: readonly (string | undefined)[]): BrokerError;
+}
 
 /** Told once when the store is found not to hold the history this log knows (synchronous, never throws). */
 export type HistoryLostListener = (err: BrokerError) => void;
@@ -149,6 +159,14 @@ export class AuditLog {
     return this.#tree.size;
   }
 
+  /**
+   * Throws the latched audit_history_lost, or first runs the continuation check if the store reconnected
+   * since the last one. No store call otherwise: the checkpointer calls it before every signing round.
+   */
+  async assertHistoryKnown(): Promise<void> {
+    await this.#gate();
+  }
+
   /** The latched audit_history_lost error, if the store was found not to hold this log's history. */
   get historyLost(): BrokerError | undefined {
     return this.#lost;
@@ -175,9 +193,11 @@ export class AuditLog {
 
   /**
    * Makes `entry` durable and returns its receipt. Rejects with audit_unavailable (503) if the store
-   * refuses or the tree cannot be caught up; nothing is returned as success in that case.
+   * refuses or the tree cannot be caught up; nothing is returned as success in that case. With a
+   * `condition`, the entry is appended only if none of its records exists (one atomic store step);
+   * otherwise nothing is appended and the condition's refusal is thrown.
    */
-  async append(entry: AuditEntry): Promise<AuditReceipt> {
+  async append(entry: AuditEntry, condition?: AppendCondition): Promise<AuditReceipt> {
     let bytes: Buffer;
     try {
       bytes = canonicalJson(entry);
@@ -188,13 +208,23 @@ export class AuditLog {
     // Never push an entry into a log whose history is unknown.
     await this.#gate();
     let index: number;
+    let blocked: (string | undefined)[] | undefined;
     try {
-      index = await this.#store.appendAuditEntries([bytes]);
+      if (condition === undefined || condition.unless.length === 0) index = await this.#store.appendAuditEntries([bytes]);
+      else {
+        const r = await this.#store.appendAuditEntriesUnless([bytes], condition.unless);
+        if ('index' in r) index = r.index;
+        else {
+          index = -1;
+          blocked = r.blocked;
+        }
+      }
     } catch (err) {
       // The store itself refused: it holds fewer entries than it has shown us before (store/redis.ts).
       if (err instanceof BrokerError && err.code === 'audit_history_lost') throw this.#markLost(err.message);
       throw asAuditUnavailable(err, 'audit entry could not be recorded');
     }
+    if (blocked !== undefined && condition !== undefined) throw condition.refusal(blocked);
     if (!Number.isSafeInteger(index) || index < 0) throw auditUnavailable(`store returned invalid audit index ${String(index)}`);
     if (index >= this.#tree.size) this.#ownPending.set(index, leaf);
     try {

@@ -6,10 +6,10 @@ import type { Identity } from '../attest/identity.js';
 import type { JwtSvidSigner } from '../ca/jwt-svid.js';
 import type { ServerKeyType, X509Minter } from '../ca/minter.js';
 import type { Clock } from '../clock.js';
-import { type BrokerError, auditedOrUnavailable } from '../errors.js';
+import { BrokerError, auditedOrUnavailable } from '../errors.js';
 import { identityFields, type AuditEntry, type AuditEventType } from '../audit/entry.js';
 import type { CheckpointedReceipt, Checkpointer } from '../audit/checkpointer.js';
-import type { AuditLog } from '../audit/log.js';
+import type { AppendCondition, AuditLog } from '../audit/log.js';
 import type { RegistrationPolicy } from '../policy/registration.js';
 
 export type { ServerKeyType } from '../ca/minter.js';
@@ -68,9 +68,12 @@ export interface IssuerDeps {
   readonly witnessGate?: { assertWitnessed(): void };
 }
 
-/** What the issuer asks before minting: throws 403 `revoked` or 503 `issuance_frozen`. */
+/**
+ * What must hold for a credential to leave: the condition on its audit append (no revocation, no
+ * freeze), whose refusal is 403 `revoked` or 503 `issuance_frozen` (admin/guard.ts).
+ */
 export interface IssuanceGuard {
-  assertMayIssue(subject: { spiffeId: string; namespace?: string }): Promise<void>;
+  issuanceCondition(subject: { spiffeId: string; namespace?: string }): AppendCondition;
 }
 
 export class Issuer {
@@ -79,8 +82,20 @@ export class Issuer {
 
   constructor(private readonly deps: IssuerDeps) {}
 
-  private async record(entry: AuditEntry): Promise<CheckpointedReceipt> {
-    return auditedOrUnavailable(async () => this.deps.checkpoints.receipt(await this.deps.audit.append(entry)), 'the audit log could not record this request; nothing was issued');
+  private async record(entry: AuditEntry, condition: AppendCondition | undefined): Promise<CheckpointedReceipt> {
+    // The condition's own refusal (revoked, frozen) passes through as it is; every other failure is a 503.
+    let refused: BrokerError | undefined;
+    const watched: AppendCondition | undefined =
+      condition === undefined ? undefined : { unless: condition.unless, refusal: (values) => (refused = condition.refusal(values)) };
+    try {
+      return await auditedOrUnavailable(
+        async () => this.deps.checkpoints.receipt(await this.deps.audit.append(entry, watched)),
+        'the audit log could not record this request; nothing was issued',
+      );
+    } catch (err) {
+      if (refused !== undefined && err instanceof BrokerError && err.cause === refused) throw refused;
+      throw err;
+    }
   }
 
   /** Records without waiting for a checkpoint: a denial returns no receipt, so it need not wait. */
@@ -88,11 +103,14 @@ export class Issuer {
     await auditedOrUnavailable(async () => this.deps.audit.append(entry), 'the audit log could not record this request; nothing was issued');
   }
 
-  /** Kill switch and revocations for the ID being issued, in the namespace policy resolved for it. */
-  private async guarded(grant: { spiffeId: string; namespace: string }): Promise<void> {
+  /**
+   * Kill switch and revocations for the ID being issued, in the namespace policy resolved for it: a
+   * condition the store checks in the same atomic step as the audit append (after minting, before the
+   * credential leaves), so nothing is handed out for an ID revoked or frozen before its entry.
+   */
+  private guarded(grant: { spiffeId: string; namespace: string }): AppendCondition | undefined {
     this.deps.witnessGate?.assertWitnessed();
-    if (this.deps.guard === undefined) return;
-    await this.deps.guard.assertMayIssue({ spiffeId: grant.spiffeId, namespace: grant.namespace });
+    return this.deps.guard?.issuanceCondition({ spiffeId: grant.spiffeId, namespace: grant.namespace });
   }
 
   async x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
@@ -106,7 +124,7 @@ export class Issuer {
 
   async #x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
     const grant = this.deps.policy.x509(identity, req.ttlSeconds, req.spiffeId);
-    await this.guarded(grant);
+    const condition = this.guarded(grant);
     const now = this.deps.clock.now();
     const svid = await this.deps.minter.mint({
       key: req.csr !== undefined ? { csrPem: req.csr } : { generate: req.keyType ?? 'ec-p256' },
@@ -131,7 +149,7 @@ export class Issuer {
       selectors: [...grant.selectors],
       requestId,
       replica: this.deps.replicaId,
-    });
+    }, condition);
     return {
       spiffeId: svid.spiffeId,
       serial: svid.serialHex,
@@ -154,7 +172,7 @@ export class Issuer {
 
   async #jwt(identity: Identity, req: JwtRequest, requestId: string): Promise<JwtIssued> {
     const grant = this.deps.policy.jwt(identity, req.audience, req.ttlSeconds, req.spiffeId);
-    await this.guarded(grant);
+    const condition = this.guarded(grant);
     const now = this.deps.clock.now();
     const svid = await this.deps.jwt.sign({ spiffeId: grant.spiffeId, audiences: grant.audiences, ttlMs: grant.ttlMs, now });
     const receipt = await this.record({
@@ -172,7 +190,7 @@ export class Issuer {
       expiresAt: svid.expiresAt,
       requestId,
       replica: this.deps.replicaId,
-    });
+    }, condition);
     return {
       spiffeId: grant.spiffeId,
       token: svid.token,

@@ -36,15 +36,23 @@ export function instrumentStore(store: Store, observer: StoreObserver): Store {
       observer.auditAppended(performance.now() - started);
       return index;
     },
+    async appendAuditEntriesUnless(entries, unless) {
+      const started = performance.now();
+      const r = await counted('appendAuditEntries', () => store.appendAuditEntriesUnless(entries, unless));
+      if ('index' in r) observer.auditAppended(performance.now() - started);
+      return r;
+    },
     auditSize: () => counted('auditSize', () => store.auditSize()),
     readAuditEntries: (start, end) => counted('readAuditEntries', () => store.readAuditEntries(start, end)),
     appendCheckpoint: (note) => counted('appendCheckpoint', () => store.appendCheckpoint(note)),
+    appendCheckpointIfNewer: (note, size) => counted('appendCheckpoint', () => store.appendCheckpointIfNewer(note, size)),
     listCheckpoints: () => counted('listCheckpoints', () => store.listCheckpoints()),
     auditCursor: (device) => counted('auditCursor', () => store.auditCursor(device)),
     advanceAuditCursor: (device, position) => counted('advanceAuditCursor', () => store.advanceAuditCursor(device, position)),
     consumeOnce: (key, expiresAtMs) => counted('consumeOnce', () => store.consumeOnce(key, expiresAtMs)),
     kvPut: (space, key, value, expiresAtMs) => counted('kvPut', () => store.kvPut(space, key, value, expiresAtMs)),
     kvGet: (space, key) => counted('kvGet', () => store.kvGet(space, key)),
+    kvGetMany: (refs) => counted('kvGet', () => store.kvGetMany(refs)),
     kvDelete: (space, key) => counted('kvDelete', () => store.kvDelete(space, key)),
     kvList: (space) => counted('kvList', () => store.kvList(space)),
     hit: (key, windowMs) => counted('hit', () => store.hit(key, windowMs)),

@@ -29,6 +29,10 @@ import { leasesRoutes } from './routes/leases.js';
 import { oidcRoutes, type OidcOptions } from './routes/oidc.js';
 import { secretsRoutes } from './routes/secrets.js';
 import { svidRoutes } from './routes/svid.js';
+import { SharedTicketKeys } from './ticket-keys.js';
+
+/** How long one shared TLS session-ticket key is used before the next (server/ticket-keys.ts). */
+const TICKET_KEY_PERIOD_MS = 3_600_000;
 
 export interface ServerOptions {
   /** Pino logger options, or false for none (tests). */
@@ -88,6 +92,16 @@ export async function buildServer(broker: Broker, opts: ServerOptions = {}): Pro
     frameworkErrors: (err, request, reply) => errorHandler(err, request, reply),
   });
   app.server.headersTimeout = 5_000;
+  // On Redis, replicas share their TLS session-ticket keys (rotated hourly), so a reconnect to another
+  // replica resumes its session (server/ticket-keys.ts). The embedded store keeps Node's per-process key.
+  if (broker.store.kind === 'redis') {
+    const tickets = await SharedTicketKeys.start(broker.store, app.server, {
+      periodMs: TICKET_KEY_PERIOD_MS,
+      clock: broker.clock,
+      onError: (err) => app.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'TLS session-ticket keys: refresh failed (the current key stays)'),
+    });
+    app.addHook('onClose', async () => tickets.close());
+  }
 
   const onRoute = opts.onRoute;
   if (onRoute !== undefined) {

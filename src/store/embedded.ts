@@ -39,14 +39,14 @@ import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
-import { BrokerError, auditUnavailable, storeUnavailable } from '../errors.js';
+import { BrokerError, auditHistoryLost, auditUnavailable, storeUnavailable } from '../errors.js';
 import { writeFileAtomic } from '../atomic-file.js';
 import { MerkleTree, leafHash } from '../audit/merkle.js';
 import { TreeFile } from '../audit/tree-file.js';
 import { type AuditSnapshot, decodeSnapshot, encodeSnapshot } from './audit-snapshot.js';
 import { type DirLock, lockDataDir } from './dir-lock.js';
-import { checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
-import type { PersistedAuditTree, Store } from './store.js';
+import { checkCheckpointSize, checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue, storedCheckpointSize } from './limits.js';
+import type { KvRef, PersistedAuditTree, Store } from './store.js';
 
 /** The subset of fs.promises.FileHandle the store uses; injectable so tests can make I/O fail. */
 export interface StoreFileHandle {
@@ -589,6 +589,8 @@ export class EmbeddedStore implements Store {
   #kv = new Map<string, Map<string, KvRecord>>();
   /** `space\0key` → kv writes queued but not yet durable (a delete must not be skipped while one is). */
   readonly #kvPending = new Map<string, number>();
+  /** Serializes appendCheckpointIfNewer: its compare and its append are one step. */
+  #checkpointTurn: Promise<unknown> = Promise.resolve();
   /** Fixed-window counters: `windowMs\0key` → current window. */
   readonly #hits = new Map<string, { count: number; resetAt: number }>();
   #hitSweepAt = 1024;
@@ -832,6 +834,20 @@ export class EmbeddedStore implements Store {
     return this.#audit.append(entries);
   }
 
+  /** The records are read and the append queued in one synchronous step (no await before it): nothing runs in between. */
+  async appendAuditEntriesUnless(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }> {
+    if (this.#closed) throw auditUnavailable('store is closed');
+    if (entries.length === 0) throw new BrokerError('bad_request', 'an append carries at least one entry');
+    for (const r of unless) {
+      checkSpace(r.space);
+      checkName('kv key', r.key);
+    }
+    const now = this.#clock.now();
+    const values = unless.map((r) => this.#kvLive(r.space, r.key, now)?.value);
+    if (values.some((v) => v !== undefined)) return { blocked: values };
+    return { index: await this.appendAuditEntries(entries) };
+  }
+
   async auditSize(): Promise<number> {
     return this.#audit.count;
   }
@@ -846,6 +862,28 @@ export class EmbeddedStore implements Store {
     const bytes = Buffer.from(note, 'utf8');
     if (bytes.length > MAX_PAYLOAD) throw new BrokerError('bad_request', 'checkpoint note too large');
     await this.#checkpoints.append([bytes]);
+  }
+
+  appendCheckpointIfNewer(note: string, size: number): Promise<string | undefined> {
+    const run = async (): Promise<string | undefined> => {
+      if (this.#closed) throw storeUnavailable('store is closed');
+      if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
+      checkCheckpointSize(size);
+      if (size > this.#audit.count) throw auditHistoryLost(`the audit log holds ${this.#audit.count} entries, fewer than the checkpoint size ${size}`);
+      const n = this.#checkpoints.count;
+      if (n > 0) {
+        const [raw] = await this.#checkpoints.read(n - 1, n);
+        const last = (raw as Buffer).toString('utf8');
+        const lastSize = storedCheckpointSize(last);
+        if (lastSize === undefined) throw storeUnavailable('the newest stored checkpoint declares no tree size');
+        if (lastSize > size || (lastSize === size && last === note)) return last;
+      }
+      await this.appendCheckpoint(note);
+      return undefined;
+    };
+    const turn = this.#checkpointTurn.then(run, run);
+    this.#checkpointTurn = turn.catch(() => {});
+    return turn;
   }
 
   async listCheckpoints(): Promise<string[]> {
@@ -979,6 +1017,16 @@ export class EmbeddedStore implements Store {
     checkSpace(space);
     checkName('kv key', key);
     return this.#kvLive(space, key, this.#clock.now())?.value;
+  }
+
+  async kvGetMany(refs: readonly KvRef[]): Promise<(string | undefined)[]> {
+    if (this.#closed) throw storeUnavailable('store is closed');
+    for (const r of refs) {
+      checkSpace(r.space);
+      checkName('kv key', r.key);
+    }
+    const now = this.#clock.now();
+    return refs.map((r) => this.#kvLive(r.space, r.key, now)?.value);
   }
 
   async kvDelete(space: string, key: string): Promise<boolean> {

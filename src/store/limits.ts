@@ -55,3 +55,19 @@ export function checkCursor(device: string, position?: number): void {
   if (typeof device !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(device)) throw bad('audit device name must match ^[A-Za-z0-9._-]{1,64}$');
   if (position !== undefined && (!Number.isSafeInteger(position) || position < 0)) throw bad('audit cursor position must be a non-negative integer');
 }
+
+/** appendCheckpointIfNewer's size: a non-negative safe integer. */
+export function checkCheckpointSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size < 0) throw bad('checkpoint size must be a non-negative integer');
+}
+
+/**
+ * The tree size a stored checkpoint note declares (its second line, C2SP tlog-checkpoint), or
+ * undefined when it has none: the same rule as the Lua in store/redis.ts.
+ */
+export function storedCheckpointSize(note: string): number | undefined {
+  const m = /^[^\n]*\n(\d{1,16})\n/.exec(note);
+  if (m === null) return undefined;
+  const n = Number(m[1]);
+  return Number.isSafeInteger(n) ? n : undefined;
+}

@@ -4,7 +4,7 @@
  * keys share one slot and multi-key scripts work in Cluster too. Key layout (see docs/redis.md):
  *
  *   {p}:audit                  list    canonical audit entries; index = position (RPUSH is the total order)
- *   {p}:checkpoints            list    signed checkpoint notes
+ *   {p}:checkpoints            list    signed checkpoint notes (tree sizes never decrease; see tesseraCheckpointIfNewer)
  *   {p}:once:<sha256(key)>     string  consumed single-use key, expires at the caller's expiry (PXAT)
  *   {p}:kv:<space>:<key>       string  kv record value, optional expiry (PXAT)
  *   {p}:kvi:<space>            set     keys of a space (kvList reads this, never KEYS/SCAN)
@@ -36,9 +36,9 @@ import { Cluster, Redis, type ChainableCommander, type ClusterOptions, type Redi
 import { type Clock, systemClock } from '../clock.js';
 import { BrokerError, auditHistoryLost, auditUnavailable, storeUnavailable } from '../errors.js';
 import { MAX_PAYLOAD } from './embedded.js';
-import { checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
+import { checkCheckpointSize, checkCursor, checkDuration, checkExpiry, checkName, checkSpace, checkValue } from './limits.js';
 import type { RedisNodePersistence } from './redis-persistence.js';
-import type { Store } from './store.js';
+import type { KvRef, Store } from './store.js';
 
 export interface RedisAddress {
   readonly host: string;
@@ -103,6 +103,46 @@ const SCRIPTS = {
         return redis.error_reply('TESSERA_HISTORY_LOST the audit list holds ' .. n .. ' entries, fewer than the ' .. ARGV[1] .. ' seen before')
       end
       return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))`,
+  },
+  // KEYS: audit list, then the guard records (kv keys). ARGV: minimum length, entries… (numkeys is the
+  // first argument.) If any guard record exists nothing is pushed and the reply is every guard record's
+  // value in order (nil where absent); otherwise it is tesseraAuditAppend, replying the new length. The
+  // check and the append are one atomic step: no revocation can land between them.
+  tesseraAuditAppendUnless: {
+    numberOfKeys: 0,
+    lua: `
+      local vals, blocked = {}, false
+      for i = 2, #KEYS do
+        local v = redis.call('GET', KEYS[i])
+        if v then blocked = true; vals[i - 1] = v else vals[i - 1] = false end
+      end
+      if blocked then return vals end
+      local n = redis.call('LLEN', KEYS[1])
+      if n < tonumber(ARGV[1]) then
+        return redis.error_reply('TESSERA_HISTORY_LOST the audit list holds ' .. n .. ' entries, fewer than the ' .. ARGV[1] .. ' seen before')
+      end
+      return redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))`,
+  },
+  // KEYS: checkpoint list, audit list. ARGV: note, size. Refuses a size beyond the audit list (a Redis
+  // that lost entries never gets a checkpoint of them). Stores the note unless the newest stored one is larger (or
+  // the same size and the same bytes); returns nil when stored, else the newest note. Replicas sign
+  // without a lock: this compare-and-append keeps the stored list from ever shrinking.
+  tesseraCheckpointIfNewer: {
+    numberOfKeys: 2,
+    lua: `
+      local entries = redis.call('LLEN', KEYS[2])
+      if entries < tonumber(ARGV[2]) then
+        return redis.error_reply('TESSERA_HISTORY_LOST the audit list holds ' .. entries .. ' entries, fewer than the checkpoint size ' .. ARGV[2])
+      end
+      local last = redis.call('LINDEX', KEYS[1], -1)
+      if last then
+        local n = tonumber(string.match(last, '^[^\\n]*\\n(%d+)\\n'))
+        if n == nil then return redis.error_reply('TESSERA_CHECKPOINT_MALFORMED the newest stored checkpoint declares no tree size') end
+        local want = tonumber(ARGV[2])
+        if n > want or (n == want and last == ARGV[1]) then return last end
+      end
+      redis.call('RPUSH', KEYS[1], ARGV[1])
+      return false`,
   },
   // KEYS: record, index. ARGV: key, value, pxat ('' for none). The index gains the key with the record.
   tesseraKvPut: {
@@ -292,7 +332,8 @@ export class RedisStore implements Store {
     this.#deadline = commandTimeout + 400;
     const base = `{${prefix}}:`;
     this.#k = (suffix) => base + suffix;
-    for (const [name, s] of Object.entries(SCRIPTS)) client.defineCommand(name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
+    // numberOfKeys 0: the caller passes the key count first (a variable number of keys).
+    for (const [name, s] of Object.entries(SCRIPTS)) client.defineCommand(name, s.numberOfKeys === 0 ? { lua: s.lua } : { numberOfKeys: s.numberOfKeys, lua: s.lua });
     // ioredis reports connection errors as events; without a listener Node would treat them as fatal.
     client.on('error', (err: Error) => {
       this.#lastError = err.message;
@@ -421,34 +462,57 @@ export class RedisStore implements Store {
     return this.#run(
       'audit append',
       async () => {
-        if (entries.length === 0 || entries.length > MAX_APPEND_ENTRIES) {
-          throw new BrokerError('bad_request', `one append carries 1..${MAX_APPEND_ENTRIES} entries`);
-        }
-        for (const e of entries) {
-          if (!(e instanceof Uint8Array) || e.length > MAX_PAYLOAD) {
-            throw new BrokerError('bad_request', `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`);
-          }
-        }
-        // The script's RPUSH is atomic and returns the new length: our entries are the last `entries.length`.
-        let len: unknown;
-        try {
-          [len] = await this.#write(
-            (p) => void p.tesseraAuditAppend(this.#k('audit'), this.#auditSeen, ...entries.map((e) => Buffer.from(e))),
-            auditUnavailable,
-          );
-        } catch (err) {
-          if (err instanceof Error && err.name === 'ReplyError' && err.message.includes('TESSERA_HISTORY_LOST')) {
-            throw auditHistoryLost(`Redis lost audit entries: ${err.message.slice(err.message.indexOf('TESSERA_HISTORY_LOST') + 21)}; nothing was appended`, err);
-          }
-          throw err;
-        }
-        const first = Number(len) - entries.length;
-        if (!Number.isSafeInteger(first) || first < 0) throw auditUnavailable(`Redis returned an invalid audit length ${String(len)}`);
-        this.#sawAuditSize(Number(len));
-        return first;
+        const r = await this.#append(entries, []);
+        if (!('index' in r)) throw auditUnavailable('Redis refused an unguarded audit append');
+        return r.index;
       },
       auditUnavailable,
     );
+  }
+
+  /** One command (a script): the guard records read and, only if none exists, the entries pushed. */
+  appendAuditEntriesUnless(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }> {
+    return this.#run('audit append', () => this.#append(entries, unless), auditUnavailable);
+  }
+
+  async #append(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }> {
+    if (entries.length === 0 || entries.length > MAX_APPEND_ENTRIES) {
+      throw new BrokerError('bad_request', `one append carries 1..${MAX_APPEND_ENTRIES} entries`);
+    }
+    for (const e of entries) {
+      if (!(e instanceof Uint8Array) || e.length > MAX_PAYLOAD) {
+        throw new BrokerError('bad_request', `audit entries must be buffers of at most ${MAX_PAYLOAD} bytes`);
+      }
+    }
+    for (const r of unless) {
+      checkSpace(r.space);
+      checkName('kv key', r.key);
+    }
+    const args = entries.map((e) => Buffer.from(e));
+    // The script's RPUSH is atomic and returns the new length: our entries are the last `entries.length`.
+    let len: unknown;
+    try {
+      [len] = await this.#write(
+        (p) =>
+          void (unless.length === 0
+            ? p.tesseraAuditAppend(this.#k('audit'), this.#auditSeen, ...args)
+            : p.tesseraAuditAppendUnless(1 + unless.length, this.#k('audit'), ...unless.map((r) => this.#k(`kv:${r.space}:${r.key}`)), this.#auditSeen, ...args)),
+        auditUnavailable,
+      );
+    } catch (err) {
+      if (err instanceof Error && err.name === 'ReplyError' && err.message.includes('TESSERA_HISTORY_LOST')) {
+        throw auditHistoryLost(`Redis lost audit entries: ${err.message.slice(err.message.indexOf('TESSERA_HISTORY_LOST') + 21)}; nothing was appended`, err);
+      }
+      throw err;
+    }
+    if (Array.isArray(len)) {
+      if (len.length !== unless.length) throw auditUnavailable('Redis returned a malformed guarded append');
+      return { blocked: len.map((v: unknown) => (typeof v === 'string' ? v : Buffer.isBuffer(v) ? v.toString('utf8') : undefined)) };
+    }
+    const first = Number(len) - entries.length;
+    if (!Number.isSafeInteger(first) || first < 0) throw auditUnavailable(`Redis returned an invalid audit length ${String(len)}`);
+    this.#sawAuditSize(Number(len));
+    return { index: first };
   }
 
   auditSize(): Promise<number> {
@@ -502,6 +566,26 @@ export class RedisStore implements Store {
     });
   }
 
+  appendCheckpointIfNewer(note: string, size: number): Promise<string | undefined> {
+    return this.#run('checkpoint append', async () => {
+      if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
+      if (Buffer.byteLength(note, 'utf8') > MAX_PAYLOAD) throw new BrokerError('bad_request', 'checkpoint note too large');
+      checkCheckpointSize(size);
+      let newest: unknown;
+      try {
+        [newest] = await this.#write((p) => void p.tesseraCheckpointIfNewer(this.#k('checkpoints'), this.#k('audit'), note, size));
+      } catch (err) {
+        if (err instanceof Error && err.name === 'ReplyError' && err.message.includes('TESSERA_HISTORY_LOST')) {
+          throw auditHistoryLost(`Redis lost audit entries: ${err.message.slice(err.message.indexOf('TESSERA_HISTORY_LOST') + 21)}; no checkpoint was stored`, err);
+        }
+        throw err;
+      }
+      if (newest === null || newest === undefined) return undefined;
+      if (typeof newest !== 'string') throw storeUnavailable('Redis returned a malformed checkpoint');
+      return newest;
+    });
+  }
+
   listCheckpoints(): Promise<string[]> {
     return this.#run('checkpoint list', () => this.#client.lrange(this.#k('checkpoints'), 0, -1));
   }
@@ -551,6 +635,20 @@ export class RedisStore implements Store {
       checkSpace(space);
       checkName('kv key', key);
       return (await this.#client.get(this.#k(`kv:${space}:${key}`))) ?? undefined;
+    });
+  }
+
+  /** MGET: one command (every key shares the prefix's hash slot, so Cluster takes it too). */
+  kvGetMany(refs: readonly KvRef[]): Promise<(string | undefined)[]> {
+    return this.#run('kvGetMany', async () => {
+      for (const r of refs) {
+        checkSpace(r.space);
+        checkName('kv key', r.key);
+      }
+      if (refs.length === 0) return [];
+      const got = await this.#client.mget(...refs.map((r) => this.#k(`kv:${r.space}:${r.key}`)));
+      if (got.length !== refs.length) throw storeUnavailable('Redis returned a malformed MGET reply');
+      return got.map((v) => v ?? undefined);
     });
   }
 

@@ -13,6 +13,12 @@ export interface PersistedAuditTree {
   grew(size: number): void;
 }
 
+/** Where a kv record lives (Store.kvGetMany). */
+export interface KvRef {
+  readonly space: string;
+  readonly key: string;
+}
+
 export interface Store {
   readonly kind: 'embedded' | 'redis';
 
@@ -30,6 +36,13 @@ export interface Store {
    * out may have run: such an entry can appear (once, never twice) although the caller saw a 503.
    */
   appendAuditEntries(entries: readonly Buffer[]): Promise<number>;
+  /**
+   * appendAuditEntries, unless one of the `unless` kv records exists — checked and appended in one
+   * atomic step (one Redis command): the issuance path passes the revocation and freeze records of the
+   * credential it is about to hand out, so none can be set between the check and the entry. When one
+   * exists nothing is appended and the values of all of them (in order, undefined where absent) come back.
+   */
+  appendAuditEntriesUnless(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }>;
   /** Number of durably stored audit entries. */
   auditSize(): Promise<number>;
   /** Audit entries with index in [start, end), in order. */
@@ -37,6 +50,16 @@ export interface Store {
 
   /** Keeps a signed checkpoint (signed-note text) for good: consistency between any two can be proven later. */
   appendCheckpoint(note: string): Promise<void>;
+  /**
+   * Keeps the checkpoint `note` of tree size `size` only if the stored checkpoints do not already end
+   * with one at least as large, in one atomic step (replicas sign without a lock and the stored list
+   * still never shrinks): a larger size is stored; an equal size is stored unless the newest note is
+   * byte-identical. Resolves undefined when `note` was stored, else with the newest stored note (size ≥
+   * `size`), which covers everything `note` would have. A newest note whose size cannot be read is a
+   * 503, never overwritten; a `size` beyond the stored audit entries is refused (503
+   * audit_history_lost: a store that lost entries never gets a checkpoint of them).
+   */
+  appendCheckpointIfNewer(note: string, size: number): Promise<string | undefined>;
   listCheckpoints(): Promise<string[]>;
 
   /**
@@ -63,6 +86,8 @@ export interface Store {
    */
   kvPut(space: string, key: string, value: string, expiresAtMs?: number): Promise<void>;
   kvGet(space: string, key: string): Promise<string | undefined>;
+  /** kvGet of several records in one step (one Redis command): the values in the order of `refs`. */
+  kvGetMany(refs: readonly KvRef[]): Promise<(string | undefined)[]>;
   /** Resolves true if a record was removed. */
   kvDelete(space: string, key: string): Promise<boolean>;
   /** Every live record of a space (spaces are expected to stay small: thousands, not millions). */

@@ -4,10 +4,10 @@
  *
  *   failAppends  audit appends (and checkWritable) fail with store_unavailable
  *   failWrites   every other write fails with store_unavailable: kvPut, kvDelete, consumeOnce,
- *                appendCheckpoint, hit, tryLock, unlock (and checkWritable). Reads still work.
+ *                appendCheckpoint(IfNewer), hit, tryLock, unlock (and checkWritable). Reads still work.
  */
 import { storeUnavailable } from '../../src/errors.js';
-import type { Store } from '../../src/store/store.js';
+import type { KvRef, Store } from '../../src/store/store.js';
 
 export class FaultyStore implements Store {
   failAppends = false;
@@ -20,6 +20,10 @@ export class FaultyStore implements Store {
     if (this.failAppends) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
     return this.inner.appendAuditEntries(entries);
   }
+  appendAuditEntriesUnless(entries: readonly Buffer[], unless: readonly KvRef[]): Promise<{ index: number } | { blocked: (string | undefined)[] }> {
+    if (this.failAppends) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.appendAuditEntriesUnless(entries, unless);
+  }
   auditSize(): Promise<number> {
     return this.inner.auditSize();
   }
@@ -29,6 +33,10 @@ export class FaultyStore implements Store {
   appendCheckpoint(note: string): Promise<void> {
     if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
     return this.inner.appendCheckpoint(note);
+  }
+  appendCheckpointIfNewer(note: string, size: number): Promise<string | undefined> {
+    if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));
+    return this.inner.appendCheckpointIfNewer(note, size);
   }
   listCheckpoints(): Promise<string[]> {
     return this.inner.listCheckpoints();
@@ -50,6 +58,9 @@ export class FaultyStore implements Store {
   }
   kvGet(space: string, key: string): Promise<string | undefined> {
     return this.inner.kvGet(space, key);
+  }
+  kvGetMany(refs: readonly KvRef[]): Promise<(string | undefined)[]> {
+    return this.inner.kvGetMany(refs);
   }
   kvDelete(space: string, key: string): Promise<boolean> {
     if (this.failWrites) return Promise.reject(storeUnavailable('injected fault: the disk is gone'));

@@ -155,6 +155,66 @@ function contract(label: string, open: () => Promise<Harness>): void {
       await expectBroker(s.appendCheckpoint(''), 'bad_request', 400);
     });
 
+    it('appendCheckpointIfNewer: stores only a larger size (or the same size, other bytes); concurrent signers leave a list that never shrinks', async () => {
+      const note = (n: number, sig = 'a'): string => `example.org/log\n${n}\nroot${n}=\n\n— example.org/log ${sig}\n`;
+      // Never a checkpoint beyond the stored entries.
+      await expectBroker(s.appendCheckpointIfNewer(note(3), 3), 'audit_history_lost', 503);
+      await s.appendAuditEntries(Array.from({ length: 11 }, (_, i) => Buffer.from(`{"i":${i}}`)));
+      expect(await s.listCheckpoints()).toEqual([]);
+      expect(await s.appendCheckpointIfNewer(note(3), 3)).toBeUndefined();
+      expect(await s.appendCheckpointIfNewer(note(2), 2)).toBe(note(3));
+      expect(await s.appendCheckpointIfNewer(note(3), 3)).toBe(note(3));
+      expect(await s.appendCheckpointIfNewer(note(3, 'other key'), 3)).toBeUndefined();
+      const results = await Promise.all([7, 5, 9, 6, 8].map((n) => s.appendCheckpointIfNewer(note(n), n)));
+      const sizes = (await s.listCheckpoints()).map((n) => Number(n.split('\n')[1]));
+      expect(sizes).toEqual([...sizes].sort((a, b) => a - b));
+      expect(sizes[sizes.length - 1]).toBe(9);
+      // Every refused signer was handed a stored note at least as large as its own.
+      for (const [i, n] of [7, 5, 9, 6, 8].entries()) {
+        const r = results[i];
+        if (r !== undefined) expect(Number(r.split('\n')[1])).toBeGreaterThanOrEqual(n);
+      }
+      await expectBroker(s.appendCheckpointIfNewer('', 1), 'bad_request', 400);
+      await expectBroker(s.appendCheckpointIfNewer(note(10), -1), 'bad_request', 400);
+      // A newest note without a size is never silently outranked.
+      await s.appendCheckpoint('no size here');
+      await expectBroker(s.appendCheckpointIfNewer(note(11), 11), 'store_unavailable', 503);
+    });
+
+    it('appendAuditEntriesUnless: appends only while none of the records exists; otherwise appends nothing and returns their values', async () => {
+      const unless = [
+        { space: 'revocation', key: 'spiffeId:spiffe://example.org/ns/shop/sa/web' },
+        { space: 'freeze', key: 'global' },
+      ];
+      expect(await s.appendAuditEntriesUnless([Buffer.from('{"a":1}')], unless)).toEqual({ index: 0 });
+      await s.kvPut('freeze', 'global', 'frozen');
+      expect(await s.appendAuditEntriesUnless([Buffer.from('{"a":2}')], unless)).toEqual({ blocked: [undefined, 'frozen'] });
+      expect(await s.auditSize()).toBe(1);
+      await s.kvDelete('freeze', 'global');
+      expect(await s.appendAuditEntriesUnless([Buffer.from('{"a":3}'), Buffer.from('{"a":4}')], unless)).toEqual({ index: 1 });
+      expect((await s.readAuditEntries(0, 3)).map(String)).toEqual(['{"a":1}', '{"a":3}', '{"a":4}']);
+      await expectBroker(s.appendAuditEntriesUnless([], unless), 'bad_request', 400);
+      await expectBroker(s.appendAuditEntriesUnless([Buffer.from('{}')], [{ space: 'Bad', key: 'k' }]), 'bad_request', 400);
+    });
+
+    it('kvGetMany: values in the order asked, undefined for missing or expired records, across spaces', async () => {
+      await s.kvPut('revocation', 'spiffeId:a', 'ra');
+      await s.kvPut('freeze', 'global', 'fg');
+      await s.kvPut('freeze', 'ns:x', 'short', now() + 150);
+      expect(
+        await s.kvGetMany([
+          { space: 'freeze', key: 'global' },
+          { space: 'revocation', key: 'missing' },
+          { space: 'revocation', key: 'spiffeId:a' },
+          { space: 'freeze', key: 'ns:x' },
+        ]),
+      ).toEqual(['fg', undefined, 'ra', 'short']);
+      await elapse(250);
+      expect(await s.kvGetMany([{ space: 'freeze', key: 'ns:x' }])).toEqual([undefined]);
+      expect(await s.kvGetMany([])).toEqual([]);
+      await expectBroker(s.kvGetMany([{ space: 'Bad Space', key: 'k' }]), 'bad_request', 400);
+    });
+
     it('consumeOnce: exactly one concurrent caller wins; expiry frees the key; past expiry is refused', async () => {
       const t = now();
       const results = await Promise.all(Array.from({ length: 40 }, () => s.consumeOnce('jti-1', t + 60_000)));

@@ -7,6 +7,7 @@
  * Also: one request, one identity. A valid SVID next to a valid token for another SPIFFE ID is refused
  * (400 ambiguous_identity, audited) instead of letting the token win (issue 12.5).
  */
+import { X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import type { TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -124,6 +125,19 @@ describe('an SVID past its notAfter (injected clock)', () => {
       const resumed = await renew(agent);
       expect(resumed.socket.isSessionReused(), 'third connection resumed the session').toBe(true);
       await expectExpiredRefusal(resumed);
+    }));
+
+  it('revoked (by serial) after the session was established: refused on a resumed TLS session', () =>
+    withSvidAgent('resume', async (agent, svid) => {
+      expect((await renew(agent)).status).toBe(200);
+      const serial = new X509Certificate(svid.svid).serialNumber;
+      const admin = mintAdminCert(b.material, 'spiffe://example.org/admin/dev');
+      const revoke = await b.call({ path: '/v1/admin/revoke', body: { kind: 'serial', value: serial, reason: 'key leaked' }, cert: admin.cert, key: admin.key });
+      expect(revoke.status, revoke.text).toBe(200);
+      const resumed = await renew(agent);
+      expect(resumed.socket.isSessionReused(), 'the connection resumed the session made before the revocation').toBe(true);
+      expect(resumed.status).toBe(403);
+      expect(resumed.json).toMatchObject({ error: 'revoked', message: expect.stringMatching(/serial/) });
     }));
 
   it('is refused before its notBefore too (a clock behind the certificate)', () =>
