@@ -7,21 +7,22 @@
  *   request is cut, and no request starts on an old connection after the pool has been flushed.
  * - TLS session resumption is off: a resumed session would carry the old client certificate.
  * - With `allowedServerIds`, the server is authorised by SPIFFE ID (chain re-verified against the
- *   bundle, one URI SAN, allow-list) instead of by host name, as SPIFFE prescribes.
+ *   bundle of the server's own trust domain, one URI SAN, allow-list) instead of by host name, as SPIFFE
+ *   prescribes.
  */
 import { X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { DetailedPeerCertificate, PeerCertificate, SecureContext } from 'node:tls';
-import { MAX_CHAIN_DEPTH, verifySvid } from './x509.js';
+import { type BundleSet, MAX_CHAIN_DEPTH, verifySvidInTrustDomain } from './x509.js';
 
 export interface CredentialSource {
   /** Current context (SVID + bundle); throws when there is none yet. */
   context(): SecureContext;
   /** Increases on every rotation. */
   generation(): number;
-  /** Current trust bundle roots. */
-  roots(): readonly X509Certificate[];
+  /** Current trust bundles by trust domain (own and federated). */
+  bundles(): BundleSet;
 }
 
 /** The presented chain of a peer, leaf first, from Node's linked `issuerCertificate` objects. */
@@ -77,7 +78,7 @@ export class RotatingAgent extends https.Agent {
               try {
                 const [leaf, ...intermediates] = chainOf(cert);
                 if (leaf === undefined) return new Error('the server presented no certificate');
-                verifySvid({ leaf, intermediates, roots: this.#source.roots(), allowed });
+                verifySvidInTrustDomain({ leaf, intermediates, bundles: this.#source.bundles(), allowed });
                 return undefined;
               } catch (err) {
                 return err instanceof Error ? err : new Error(String(err));

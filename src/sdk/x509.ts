@@ -131,3 +131,24 @@ export function allowList(ids: readonly string[], what: string): ReadonlySet<str
   }
   return new Set(ids);
 }
+
+/** Trust bundles keyed by trust domain name (example.org → its X.509 authorities). */
+export type BundleSet = ReadonlyMap<string, readonly X509Certificate[]>;
+
+/**
+ * Verifies an SVID against the bundle of the PEER's own trust domain only (the trust domain of its one
+ * URI SAN): a partner.test SVID is checked against partner.test's authorities and nothing else, so a key
+ * of one trust domain never vouches for an ID of another. No bundle for that trust domain: refused.
+ */
+export function verifySvidInTrustDomain(opts: {
+  readonly leaf: X509Certificate;
+  readonly intermediates?: readonly X509Certificate[];
+  readonly bundles: BundleSet;
+  readonly now?: number;
+  readonly allowed?: ReadonlySet<string>;
+}): VerifiedSvid {
+  const trustDomain = parseSpiffeId(spiffeIdOf(opts.leaf)).trustDomain;
+  const roots = opts.bundles.get(trustDomain);
+  if (roots === undefined || roots.length === 0) throw rejected(`no trust bundle for trust domain ${trustDomain} (not this workload's, nor federated with it)`);
+  return verifySvid({ ...opts, roots });
+}

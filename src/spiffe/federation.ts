@@ -310,7 +310,7 @@ export class FederationManager {
   /** A foreign bundle may carry none of our own keys (no key of ours vouches for a foreign ID, nor one of theirs for ours). */
   #checkForeign(b: TrustBundle): void {
     const own = this.#o.ownBundle();
-    const ownX5c = new Set(own.keys.flatMap((k) => (k.use === 'x509-svid' && Array.isArray(k.x5c) ? k.x5c : [])));
+    const ownX5c = new Set<string>(own.keys.flatMap((k): string[] => (k.use === 'x509-svid' && Array.isArray(k.x5c) ? (k.x5c as string[]) : [])));
     const ownKeys = own.keys.map((k) => JSON.stringify([k.kty, k.crv, k.x, k.y, k.n, k.e]));
     for (const c of b.x509Authorities) {
       const jwk = c.publicKey.export({ format: 'jwk' });
