@@ -315,6 +315,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_REGISTRATION' }),
   });
   await registry.start();
+  const fetchWarned = new Map<string, string | undefined>();
   const federation = new FederationManager({
     store,
     clock,
@@ -337,7 +338,14 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     },
     onFetch: (td, outcome, err) => {
       metrics.federationFetch(td, outcome);
-      if (outcome === 'failed') process.emitWarning(`federation: bundle of ${td}: ${err instanceof Error ? err.message : String(err)} (the last good bundle stays)`, { code: 'TESSERA_FEDERATION' });
+      // One warning per trust domain and distinct failure (a down endpoint is retried every minRefreshSeconds).
+      const message = err instanceof Error ? err.message : undefined;
+      if (outcome !== 'failed' || fetchWarned.get(td) === message) {
+        if (outcome !== 'failed') fetchWarned.delete(td);
+        return;
+      }
+      fetchWarned.set(td, message);
+      process.emitWarning(`federation: bundle of ${td}: ${err instanceof Error ? err.message : String(err)} (the last good bundle stays)`, { code: 'TESSERA_FEDERATION' });
     },
     onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_FEDERATION' }),
   });
