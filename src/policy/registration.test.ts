@@ -41,9 +41,11 @@ describe('RegistrationPolicy', () => {
       entryId: 'config-2',
       selectors: ['k8s:ns:shop', 'k8s:sa:web'],
       dnsNames: ['web.shop.svc'],
+      federatesWith: ['partner.test'],
       ttlMs: 600_000,
     });
     expect(policy.x509(token('shop', 'cart')).ttlMs).toBe(1_800_000);
+    expect(policy.x509(token('shop', 'cart')).federatesWith).toEqual([]);
     expect(policy.x509(token('other', 'x')).ttlMs).toBe(3_600_000);
   });
 

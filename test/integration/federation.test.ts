@@ -157,6 +157,30 @@ describe('federation between example.org and partner.test', () => {
     expect((await other.start()).federatedBundles).toEqual([]);
   });
 
+  it('an entry made through the admin API decides who receives the foreign bundle (federatesWith)', async () => {
+    const bad = await A.call({
+      method: 'POST',
+      path: '/v1/admin/entries',
+      body: { spiffeId: 'spiffe://example.org/shop/pay', selectors: ['k8s:ns:shop', 'k8s:sa:pay'], federatesWith: ['example.org'] },
+      cert: admin.cert,
+      key: admin.key,
+    });
+    expect(bad.status).toBe(400);
+    expect(String(bad.json.message)).toMatch(/federatesWith\[0\]: example\.org is this broker's own trust domain/);
+    const made = await A.call<{ entry: { federatesWith: string[] } }>({
+      method: 'POST',
+      path: '/v1/admin/entries',
+      body: { spiffeId: 'spiffe://example.org/shop/pay', selectors: ['k8s:ns:shop', 'k8s:sa:pay'], federatesWith: ['partner.test'] },
+      cert: admin.cert,
+      key: admin.key,
+    });
+    expect(made.status, made.text).toBe(201);
+    expect(made.json.entry.federatesWith).toEqual(['partner.test']);
+    const pay = await client(A, 'shop', 'pay').start();
+    expect(pay.spiffeId).toBe('spiffe://example.org/shop/pay');
+    expect(pay.federatedBundles.map((b) => b.trustDomain)).toEqual(['partner.test']);
+  });
+
   it('mutual TLS both ways, each side reading the peer SPIFFE ID', async () => {
     const portB = await peerServer(apiB, [WEB_A]);
     const fromA = await get(portB, webA.httpsAgent({ allowedServerIds: [API_B] }));
