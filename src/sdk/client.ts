@@ -483,7 +483,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     const { allowedServerIds, ...agentOptions } = opts;
     const allowed = allowedServerIds === undefined ? undefined : allowList(allowedServerIds, 'allowedServerIds');
     const agent = new RotatingAgent(
-      { context: () => this.tlsContext(), generation: () => this.#generation, bundles: () => this.#bundleSet() },
+      { context: () => this.tlsContext(), generation: () => this.#generation, bundles: () => this.#bundleSet(), roots: () => this.#roots },
       allowed,
       agentOptions,
       () => this.#agents.delete(agent),

@@ -13,8 +13,8 @@
 import { X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
-import type { DetailedPeerCertificate, PeerCertificate, SecureContext } from 'node:tls';
-import { type BundleSet, MAX_CHAIN_DEPTH, verifySvidInTrustDomain } from './x509.js';
+import { checkServerIdentity, type DetailedPeerCertificate, type PeerCertificate, type SecureContext } from 'node:tls';
+import { type BundleSet, MAX_CHAIN_DEPTH, verifySvidInTrustDomain, walkChain } from './x509.js';
 
 export interface CredentialSource {
   /** Current context (SVID + bundle); throws when there is none yet. */
@@ -23,6 +23,8 @@ export interface CredentialSource {
   generation(): number;
   /** Current trust bundles by trust domain (own and federated). */
   bundles(): BundleSet;
+  /** The own trust domain's roots: a server authorised by host name must chain to these (never to a federated bundle). */
+  roots(): readonly X509Certificate[];
 }
 
 /** The presented chain of a peer, leaf first, from Node's linked `issuerCertificate` objects. */
@@ -85,7 +87,23 @@ export class RotatingAgent extends https.Agent {
               }
             },
           }
-        : {}),
+        : {
+            // By host name: the TLS context trusts federated roots too (for SPIFFE-authorised peers), so a
+            // server named by host must also chain to our own trust domain's roots: a federated CA cannot
+            // vouch for one of our host names.
+            checkServerIdentity: (host: string, cert: PeerCertificate): Error | undefined => {
+              const byName = checkServerIdentity(host, cert);
+              if (byName !== undefined) return byName;
+              try {
+                const [leaf, ...intermediates] = chainOf(cert);
+                if (leaf === undefined) return new Error('the server presented no certificate');
+                walkChain(leaf, intermediates, this.#source.roots(), Date.now());
+                return undefined;
+              } catch (err) {
+                return err instanceof Error ? err : new Error(String(err));
+              }
+            },
+          }),
     };
     const socket = super.createConnection(opts, callback);
     if (socket) this.#generationOf.set(socket, generation);

@@ -73,6 +73,23 @@ function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
   }
 }
 
+/** Walks from `leaf` through `intermediates` (CAs, each in its validity window) to one of `roots`; throws peer_rejected. */
+export function walkChain(leaf: X509Certificate, intermediates: readonly X509Certificate[], roots: readonly X509Certificate[], now: number): void {
+  let current = leaf;
+  for (let depth = 0; ; depth++) {
+    if (depth >= MAX_CHAIN_DEPTH) throw rejected('the certificate chain is too long');
+    const root = roots.find((r) => issuedBy(current, r));
+    if (root !== undefined) {
+      checkTime(root, now, 'the trust bundle root');
+      return;
+    }
+    const next = intermediates.find((c) => c !== current && c.ca && issuedBy(current, c));
+    if (next === undefined) throw rejected('the certificate does not chain to the trust bundle');
+    checkTime(next, now, 'an intermediate certificate');
+    current = next;
+  }
+}
+
 export interface VerifiedSvid {
   readonly spiffeId: string;
   readonly serial: string;
@@ -97,19 +114,7 @@ export function verifySvid(opts: {
   if (leaf.ca) throw rejected('the peer certificate is a CA certificate, not an SVID');
   const spiffeId = spiffeIdOf(leaf);
   checkTime(leaf, now, 'the peer certificate');
-  let current = leaf;
-  for (let depth = 0; ; depth++) {
-    if (depth >= MAX_CHAIN_DEPTH) throw rejected('the certificate chain is too long');
-    const root = roots.find((r) => issuedBy(current, r));
-    if (root !== undefined) {
-      checkTime(root, now, 'the trust bundle root');
-      break;
-    }
-    const next = intermediates.find((c) => c !== current && c.ca && issuedBy(current, c));
-    if (next === undefined) throw rejected('the certificate does not chain to the trust bundle');
-    checkTime(next, now, 'an intermediate certificate');
-    current = next;
-  }
+  walkChain(leaf, intermediates, roots, now);
   if (opts.allowed !== undefined && !opts.allowed.has(spiffeId)) {
     throw rejected(`SPIFFE ID ${spiffeId} is not allowed`);
   }

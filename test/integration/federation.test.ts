@@ -229,6 +229,21 @@ describe('federation between example.org and partner.test', () => {
     expect(res.reason).toMatch(/does not chain to the trust bundle/);
   });
 
+  it('a server authorised by host name must chain to the own trust domain: a federated CA cannot vouch for our host names', async () => {
+    const serve = async (b: TestBroker): Promise<number> => {
+      const k = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const id = b === A ? 'spiffe://example.org/ns/shop/sa/site' : 'spiffe://partner.test/ns/billing/sa/site';
+      const cert = b.broker.ca.issueX509Svid({ spiffeId: id, dnsNames: [], ipAddresses: ['127.0.0.1'], publicKey: k.publicKey, ttlMs: 600_000, now: Date.now() });
+      const s = https.createServer({ cert: cert.chainPem.join(''), key: k.privateKey.export({ type: 'pkcs8', format: 'pem' }) }, (_q, r) => r.end('{"ok":true}'));
+      servers.push(s);
+      await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+      return (s.address() as AddressInfo).port;
+    };
+    const agent = webA.httpsAgent();
+    expect((await get(await serve(A), agent)).body).toEqual({ ok: true });
+    await expect(get(await serve(B), agent)).rejects.toThrow(/does not chain to the trust bundle/);
+  });
+
   it('refuses a bundle endpoint that serves another trust domain’s bundle, and a bundle carrying our own keys', async () => {
     const r = await A.call({
       method: 'POST',
