@@ -6,10 +6,12 @@
 // C load generator that leaves more of the machine to the servers), the per-core crypto limit of one
 // issuance, and issuance at 10^3 vs 10^6 audit entries plus restart time at 10^6.
 //
-// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices]
+// Usage: npm run bench [-- --seconds 5] [--quick] [--only workload-api|devices|peers]
 //   --quick: 2 s runs, no 10^6-entry scale test. See docs/performance.md.
 //   --only workload-api: just the agent's Workload API rows (100 open streams: updates/s, fan-out, RSS).
 //   --only devices: just the audit devices row.
+//   --only peers: just the peer rows (bench/peers.mjs: cfssl over TLS with authsign, with and without
+//     its PostgreSQL certdb, and Tessera with one token/CSR and with a fresh token + CSR key per request).
 // Results: bench/results/latest.json and a table on stdout (copy it into the README).
 import { spawn, spawnSync } from 'node:child_process';
 import https from 'node:https';
@@ -21,6 +23,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { runLoad } from './load.mjs';
 import { workloadApiBench } from './workload-api.mjs';
+import { peersBench, printPeers } from './peers.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
@@ -490,9 +493,19 @@ async function devicesRun() {
   return { rows, syslogFrames: sink.frames(), ratio: Number((both.rps / none.rps).toFixed(2)) };
 }
 
+/** The peer rows (bench/peers.mjs), with this file's broker and measuring helpers. */
+function peers() {
+  return peersBench({ root, work, pki, material, token, csrPem, seconds, quick, log, startBroker, stop, processCpuUs });
+}
+
 if (args.only !== undefined) {
-  if (args.only !== 'workload-api' && args.only !== 'devices') throw new Error('--only takes: workload-api, devices');
-  if (args.only === 'workload-api') {
+  if (!['workload-api', 'devices', 'peers'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers');
+  if (args.only === 'peers') {
+    const p = await peers();
+    mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+    writeFileSync(path.join(root, 'bench/results/peers.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...p }, null, 2)}\n`);
+    printPeers(p);
+  } else if (args.only === 'workload-api') {
     const w = await workloadApiRows();
     mkdirSync(path.join(root, 'bench/results'), { recursive: true });
     writeFileSync(path.join(root, 'bench/results/workload-api.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, ...w }, null, 2)}\n`);
@@ -543,6 +556,7 @@ const cfssl = await cfsslScenarios();
 const workloadApi = await workloadApiRows();
 const devices = await devicesRun();
 tessera.push(...devices.rows);
+const peerRows = await peers();
 
 const scale = [];
 if (!quick && !args['skip-scale']) {
@@ -584,6 +598,7 @@ const result = {
   scale,
   workloadApi,
   auditDevices: { ratioToNone: devices.ratio, syslogFrames: devices.syslogFrames },
+  peers: peerRows,
 };
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -613,4 +628,5 @@ if (scale.length) {
   for (const s of scale) console.log(`| ${s.entries.toLocaleString('en')} | ${s.restartMs} | ${s.rps.toLocaleString('en')} | ${s.p99Ms} |`);
 }
 printWorkloadApi(workloadApi);
+printPeers(peerRows);
 rmSync(work, { recursive: true, force: true });

@@ -25,6 +25,7 @@ import { CaExpiryWatch } from './ca/expiry.js';
 import { activeOf, CaRotation, prepareAt, preparedOf, rootIssuer, rotationRequestId, type LiveAuthorities } from './ca/rotation.js';
 import { InlineMinter, type X509Minter } from './ca/minter.js';
 import { MinterPool } from './ca/minter-pool.js';
+import { IdleInlineMinter } from './ca/idle-inline-minter.js';
 import { splitPemCertificates } from './ca/x509.js';
 import { JwtSvidSigner } from './ca/jwt-svid.js';
 import { systemClock, type Clock } from './clock.js';
@@ -362,15 +363,16 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   }, () => devices.assertCaughtUp());
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
   // Threads sign with their own copy of the local CA key (ca.source); a remote CA Signer would mint inline.
+  // With threads, a lone issuance still mints on the event loop (ca/idle-inline-minter.ts).
   const minter: X509Minter =
-    config.ca.threads === 0 ? new InlineMinter(live.ca) : await MinterPool.start(live.ca.source, {
+    config.ca.threads === 0 ? new InlineMinter(live.ca) : new IdleInlineMinter(await MinterPool.start(live.ca.source, {
           threads: config.ca.threads,
           onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_CA' }),
           onThreadFailure: (reason) => metrics.mintThreadFailed(reason),
-        });
-  if (minter instanceof MinterPool) metrics.watchMintJobs(() => minter.inFlight);
+        }), new InlineMinter(live.ca));
+  if (minter instanceof IdleInlineMinter) metrics.watchMintJobs(() => minter.inFlight);
   const issuer = new Issuer({
-    minter, jwt: { sign: (req) => live.jwt.sign(req) }, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard,
+    minter, jwt: { sign: (req) => live.jwt.sign({ ...req, issuer: config.jwt.issuer }) }, policy, audit, checkpoints, clock, replicaId: config.replicaId, guard,
     ...(witnesses !== undefined && config.audit.requireWitnesses
       ? { witnessGate: { assertWitnessed: () => witnesses.assertWitnessed(config.audit.maxWitnessLagSeconds) } }
       : {}),

@@ -1,6 +1,6 @@
 /**
  * JWT-SVID signing (SPIFFE JWT-SVID spec): ES256 only, `sub` = SPIFFE ID, `aud`, `exp`, `iat`, `jti`,
- * and a `kid` that is the RFC 7638 thumbprint of the signing key, published in the bundle as `use: jwt-svid`.
+ * `iss` when an OIDC issuer is configured (spiffe/oidc.ts), and a `kid` that is the RFC 7638 thumbprint of the signing key, published in the bundle as `use: jwt-svid`.
  */
 import { createPrivateKey, randomUUID, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -40,15 +40,19 @@ export class JwtSvidSigner {
     return JwtSvidSigner.fromPem(readFileSync(file, 'utf8'));
   }
 
-  /** `now` and `ttlMs` in ms; JWT times are whole seconds, so exp is rounded down (never longer than granted). */
-  async sign(req: { spiffeId: string; audiences: readonly string[]; ttlMs: number; now: number }): Promise<JwtSvid> {
+  /**
+   * `now` and `ttlMs` in ms; JWT times are whole seconds, so exp is rounded down (never longer than granted).
+   * `issuer` (config jwt.issuer, the OIDC discovery issuer) becomes `iss`; without it there is none.
+   */
+  async sign(req: { spiffeId: string; audiences: readonly string[]; ttlMs: number; now: number; issuer?: string | undefined }): Promise<JwtSvid> {
     const iat = Math.floor(req.now / 1000);
     const exp = Math.floor((req.now + req.ttlMs) / 1000);
     const jti = randomUUID();
     // A compact JWS built here and signed by the Signer (a local key: node:crypto, ~27 µs): jose's
     // SignJWT produces the same bytes but signs through WebCrypto at several times the CPU cost.
     const header = b64url(JSON.stringify({ alg: 'ES256', kid: this.kid, typ: 'JWT' }));
-    const payload = b64url(JSON.stringify({ sub: req.spiffeId, aud: [...req.audiences], iat, exp, jti }));
+    const claims = { sub: req.spiffeId, aud: [...req.audiences], iat, exp, jti };
+    const payload = b64url(JSON.stringify(req.issuer !== undefined ? { iss: req.issuer, ...claims } : claims));
     const input = `${header}.${payload}`;
     const signature = joseEcdsaSignature(await this.signer.sign(Buffer.from(input, 'latin1')));
     const token = `${input}.${signature.toString('base64url')}`;

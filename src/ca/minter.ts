@@ -30,8 +30,14 @@ export interface X509Minted extends X509SvidResult {
   readonly privateKeyPem?: string;
 }
 
+/** What the caller knows about the load when it asks for a job (idle-inline-minter.ts). */
+export interface MintHint {
+  /** No other issuance is in flight in this process: a hop to a minting thread would only add latency. */
+  readonly alone: boolean;
+}
+
 export interface X509Minter {
-  mint(req: X509MintRequest): Promise<X509Minted>;
+  mint(req: X509MintRequest, hint?: MintHint): Promise<X509Minted>;
   /** Mints with `ca` from now on (CA rotation); jobs already handed out finish with the one they had. */
   setAuthority(ca: CertificateAuthority): void;
   close(): Promise<void>;

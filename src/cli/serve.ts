@@ -8,7 +8,8 @@ import { ensureDevMaterial } from '../dev/material.js';
 import { startMetricsServer } from '../metrics/server.js';
 import { startBundleEndpoint } from '../server/bundle-endpoint.js';
 import { describeReload } from '../reload.js';
-import { buildServer } from '../server/app.js';
+import { buildServer, oidcOptions } from '../server/app.js';
+import { readOidcPublicTls, startOidcPublicServer } from '../server/oidc-public.js';
 import { type BannerInfo, clusterWorker, runPrimary } from './cluster.js';
 
 /** Where shared state lives, without credentials (a URL's password is never printed). */
@@ -36,6 +37,9 @@ function bannerText(config: Config, b: BannerInfo): string {
       `  audit store  : ${redisLabel(config.store.redis) ?? rel(config.store.embedded.dir)}  (${b.auditEntries} entries)`,
       ...(b.workers > 1 ? [`  workers      : ${b.workers} processes (node:cluster, replica IDs ${config.replicaId}-w1..w${b.workers})`] : []),
       ...(b.metricsUrl !== undefined ? [`  metrics      : ${b.metricsUrl}`] : []),
+      ...(config.oidc.enabled
+        ? [`  oidc issuer  : ${config.jwt.issuer ?? ''}${config.oidc.public !== undefined ? `  (public listener ${config.oidc.public.host}:${config.oidc.public.port})` : ''}`]
+        : []),
       ...(config.dev
         ? [
             `  dev issuer   : ${config.issuers[0]?.issuer ?? ''} (JWKS ${rel(config.issuers[0]?.jwksFile ?? '')})`,
@@ -71,9 +75,14 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
   else if (config.dev) await ensureDevMaterial(config.devDir, config.trustDomain);
   // A reload reads the file again; a worker keeps its own replica ID.
   const reloadConfig = (): Config => (worker !== undefined ? (clusterWorker(read())?.config ?? read()) : read());
+  // The public OIDC listener's certificate is checked before anything is opened.
+  const oidcPublicTls = config.oidc.public !== undefined ? readOidcPublicTls(config.oidc.public, config.tls) : undefined;
   const broker = await createBroker(config, { reloadConfig });
   const app = await buildServer(broker);
   await app.listen({ host: config.listen.host, port: config.listen.port });
+  // The public OIDC listener (discovery and JWKS only); cluster workers share its port like the main one.
+  const oidcPublic =
+    config.oidc.public !== undefined && oidcPublicTls !== undefined ? await startOidcPublicServer(config.oidc.public, oidcPublicTls, oidcOptions(broker)) : undefined;
   // A worker's metrics are served by the primary, summed over all workers.
   const metricsServer = config.metrics.enabled && worker === undefined ? await startMetricsServer(broker.metrics, config.metrics) : undefined;
   // The https_spiffe bundle endpoint (config bundleEndpoint.spiffe), on its own port; one process binds it.
@@ -110,6 +119,7 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
         clearInterval(sweep);
       }
       await metricsServer?.close();
+      await oidcPublic?.close();
       await bundleServer?.close();
       await broker.close(); // signs the final audit checkpoint, then closes the store
     })().then(

@@ -415,6 +415,24 @@ export const ConfigFileSchema = section({
     /** Authenticated requests per SPIFFE ID per window; 0 = no limit. */
     issuancesPerIdentity: int(0, 10_000_000, 600),
   }),
+  /** JWT-SVIDs (docs/oidc.md). */
+  jwt: section({
+    /**
+     * When set, every JWT-SVID carries `iss` equal to it: the OIDC issuer relying parties and cloud IAM
+     * trust, an https origin (https://host[:port], no path, no trailing slash). Absent: no `iss`.
+     */
+    issuer: opt(str()),
+  }),
+  /** OIDC discovery of the JWT-SVID keys (docs/oidc.md): needs jwt.issuer. */
+  oidc: section({
+    /** Serve /.well-known/openid-configuration and its JWKS on the broker's listener. */
+    enabled: bool(false),
+    /**
+     * Also serve them, and nothing else, on a separate HTTPS listener that never asks for a client
+     * certificate: the one to expose publicly. Certificate and key default to tls.certFile/keyFile.
+     */
+    public: opt(section({ host: str({ default: '127.0.0.1' }), port: int(0, 65_535), certFile: opt(file()), keyFile: opt(file()) }, null)),
+  }),
   /** Prometheus metrics on a separate plain-HTTP listener (loopback by default; 0 picks a free port). */
   metrics: section({ enabled: bool(false), host: str({ default: '127.0.0.1' }), port: int(0, 65_535, 9464) }),
   /** Processes that serve requests (1 = the broker runs in this process). See docs/performance.md. */

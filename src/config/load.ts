@@ -14,6 +14,7 @@ import { parse as parseYaml } from 'yaml';
 import { deviceProblem } from '../audit/devices/config.js';
 import { isRecord as isObj } from '../is-record.js';
 import { parseSpiffeId, validatePathSegment, validateTrustDomain } from '../spiffe/id.js';
+import { issuerProblem } from '../spiffe/oidc.js';
 import { isRoleName, secretGrantProblem } from '../secrets/names.js';
 import { DEFAULT_MYSQL_CREATION, mysqlTemplateProblem } from '../secrets/mysql-template.js';
 import { rabbitRoleProblem } from '../secrets/rabbitmq.js';
@@ -295,6 +296,20 @@ function checkFederation(f: ConfigFile): void {
     const problem = relationshipProblem({ ...r, ownTrustDomain: f.trustDomain, hasBootstrap: r.bootstrapBundleFile !== undefined });
     if (problem !== undefined) fail(`config.federation[${i}].${problem}`);
   });
+}
+
+/** jwt.issuer and oidc: an issuer in its one canonical spelling; discovery needs it. */
+function checkOidc(f: ConfigFile): void {
+  const issuer = f.jwt.issuer;
+  const problem = issuer !== undefined ? issuerProblem(issuer) : undefined;
+  if (problem !== undefined) fail(`config.jwt.issuer: ${problem}`);
+  const { oidc } = f;
+  if (oidc.enabled && issuer === undefined) fail('config.oidc.enabled: needs jwt.issuer (the https URL the discovery document names and JWT-SVIDs carry as iss)');
+  if (oidc.public !== undefined) {
+    if (!oidc.enabled) fail('config.oidc.public: needs oidc.enabled: true');
+    if ((oidc.public.certFile === undefined) !== (oidc.public.keyFile === undefined)) fail('config.oidc.public: set both certFile and keyFile, or neither');
+    if (oidc.public.port === f.listen.port && oidc.public.port !== 0) fail(`config.oidc.public.port: ${oidc.public.port} is the broker's own listen.port`);
+  }
 }
 
 function redisAddress(raw: string | RedisAddressConfig, where: string): RedisAddressConfig {
@@ -666,6 +681,7 @@ export function loadConfig(opts: LoadOptions = {}): Config {
   const { file: parsed, name } = withDefaults(raw, env, dev);
   const f = walk(parsed, SCHEMA, (v, s) => (s?.file === true && typeof v === 'string' ? path.resolve(base, v) : v)) as ConfigFile;
   checkIdentity(f, name);
+  checkOidc(f);
   const workers = readWorkers(f.workers);
   const config: Config = {
     ...f,

@@ -76,6 +76,9 @@ export interface IssuanceGuard {
 }
 
 export class Issuer {
+  /** X.509 and JWT issuances between their start and their answer (a lone one mints inline). */
+  #issuing = 0;
+
   constructor(private readonly deps: IssuerDeps) {}
 
   private async record(entry: AuditEntry): Promise<CheckpointedReceipt> {
@@ -95,6 +98,15 @@ export class Issuer {
   }
 
   async x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
+    this.#issuing++;
+    try {
+      return await this.#x509(identity, req, requestId);
+    } finally {
+      this.#issuing--;
+    }
+  }
+
+  async #x509(identity: Identity, req: X509Request, requestId: string): Promise<X509Issued> {
     const grant = this.deps.policy.x509(identity, req.ttlSeconds, req.spiffeId);
     await this.guarded(grant);
     const now = this.deps.clock.now();
@@ -104,7 +116,7 @@ export class Issuer {
       dnsNames: grant.dnsNames,
       ttlMs: grant.ttlMs,
       now,
-    });
+    }, { alone: this.#issuing === 1 });
     const receipt = await this.record({
       ts: now,
       type: 'x509-svid.issued',
@@ -135,6 +147,15 @@ export class Issuer {
   }
 
   async jwt(identity: Identity, req: JwtRequest, requestId: string): Promise<JwtIssued> {
+    this.#issuing++;
+    try {
+      return await this.#jwt(identity, req, requestId);
+    } finally {
+      this.#issuing--;
+    }
+  }
+
+  async #jwt(identity: Identity, req: JwtRequest, requestId: string): Promise<JwtIssued> {
     const grant = this.deps.policy.jwt(identity, req.audience, req.ttlSeconds, req.spiffeId);
     await this.guarded(grant);
     const now = this.deps.clock.now();

@@ -28,6 +28,7 @@ import { auditRoutes } from './routes/audit.js';
 import { bundleRoutes } from './routes/bundle.js';
 import { healthRoutes } from './routes/health.js';
 import { leasesRoutes } from './routes/leases.js';
+import { oidcRoutes, type OidcOptions } from './routes/oidc.js';
 import { secretsRoutes } from './routes/secrets.js';
 import { svidRoutes } from './routes/svid.js';
 
@@ -120,6 +121,7 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   const log = new AdminAudit(audit, checkpoints, clock, config.replicaId);
   await app.register(healthRoutes, { store, audit, caExpiry: () => broker.caExpiry.current(), engines: secrets.engines, devices: broker.devices });
   await app.register(bundleRoutes, { bundle: () => broker.bundle, rootsPem: ca.rootsPem });
+  await app.register(oidcRoutes, oidcOptions(broker));
   await app.register(svidRoutes, {
     issuer: broker.issuer,
     rootsPem: ca.rootsPem,
@@ -144,4 +146,15 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   await app.register(entriesRoutes, { log, registry: broker.registry });
   await app.register(reloadRoutes, { log, reloader: broker.reloader });
   await app.register(federationRoutes, { log, federation: broker.federation });
+}
+
+/** What the OIDC discovery routes serve (here and on the public listener): nothing unless oidc.enabled. */
+export function oidcOptions(broker: Broker): OidcOptions {
+  const { config } = broker;
+  return {
+    // `=== true`: openapi.ts registers the routes on an inert broker, whose every setting is an object.
+    issuer: config.oidc.enabled === true ? config.jwt.issuer : undefined,
+    bundle: () => broker.bundle,
+    caTtlSeconds: config.ca.rotation?.caTtlSeconds,
+  };
 }

@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import fs, { constants as fsConstants, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -327,6 +327,76 @@ describe('EmbeddedStore checkpoint notes', () => {
     expect(faults.syncs).toBeGreaterThanOrEqual(1);
     const before = faults.syncs;
     await s.appendAuditEntries([entry(1)]);
+    expect(faults.syncs).toBe(before + 1);
+  });
+});
+
+describe('EmbeddedStore durable writes (O_DSYNC)', () => {
+  /** The open-file flags the kernel holds for this process's descriptor of `file` (Linux /proc). */
+  const kernelFlags = (file: string): number[] =>
+    fs.readdirSync('/proc/self/fd').flatMap((fd) => {
+      try {
+        if (fs.readlinkSync(`/proc/self/fd/${fd}`) !== file) return [];
+        return [Number.parseInt(/^flags:\s+([0-7]+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1] ?? '0', 8)];
+      } catch {
+        return []; // closed meanwhile
+      }
+    });
+
+  function countingOpen(counts: Map<string, { writes: number; syncs: number; durable: boolean }>): OpenStoreFile {
+    return async (p, o) => {
+      const h = await openStoreFile(p, o);
+      const c = { writes: 0, syncs: 0, durable: h.writesAreDurable === true };
+      counts.set(path.basename(p), c);
+      return {
+        read: (b, off, l, pos) => h.read(b, off, l, pos),
+        write: (b, off, l, pos) => {
+          c.writes++;
+          return h.write(b, off, l, pos);
+        },
+        datasync: () => {
+          c.syncs++;
+          return h.datasync();
+        },
+        truncate: (len) => h.truncate(len),
+        stat: () => h.stat(),
+        close: () => h.close(),
+        ...(h.writesAreDurable === true ? { writesAreDurable: true } : {}),
+      };
+    };
+  }
+
+  it.skipIf(process.platform !== 'linux')('an audit group commit is one O_DSYNC write, durable when the append resolves, with no separate fdatasync', async () => {
+    const counts = new Map<string, { writes: number; syncs: number; durable: boolean }>();
+    const s = await openStore({ openFile: countingOpen(counts) });
+    const audit = counts.get('audit.log')!;
+    expect(audit.durable).toBe(true);
+    const flags = kernelFlags(path.join(fs.realpathSync(dir), 'audit.log'));
+    expect(flags.length).toBeGreaterThan(0);
+    for (const f of flags) expect(f & fsConstants.O_DSYNC).toBe(fsConstants.O_DSYNC);
+    // Checkpoint notes are not synced per write (re-creatable); they stay on a plain descriptor.
+    expect(counts.get('checkpoints.log')!.durable).toBe(false);
+    for (const f of kernelFlags(path.join(fs.realpathSync(dir), 'checkpoints.log'))) expect(f & fsConstants.O_DSYNC).toBe(0);
+    const [writes, syncs] = [audit.writes, audit.syncs];
+    await s.appendAuditEntries([entry(0)]);
+    await Promise.all([1, 2, 3].map((i) => s.appendAuditEntries([entry(i)])));
+    expect(audit.writes - writes).toBe(s.stats.auditFlushes);
+    expect(audit.syncs).toBe(syncs);
+    expect((await s.readAuditEntries(0, 4)).map(String)).toEqual([0, 1, 2, 3].map((i) => String(entry(i))));
+  });
+
+  it.skipIf(process.platform !== 'linux')('without fsync, nothing is opened O_DSYNC', async () => {
+    const counts = new Map<string, { writes: number; syncs: number; durable: boolean }>();
+    await openStore({ fsync: false, openFile: countingOpen(counts) });
+    expect([...counts.values()].every((c) => !c.durable)).toBe(true);
+    for (const f of kernelFlags(path.join(fs.realpathSync(dir), 'audit.log'))) expect(f & fsConstants.O_DSYNC).toBe(0);
+  });
+
+  it('an opener that cannot do durable writes still gets an fdatasync per group commit', async () => {
+    const faults: Faults = { target: 'audit.log', writes: 0, syncs: 0 };
+    const s = await openStore({ openFile: faultyOpen(faults) }); // ignores durableWrites
+    const before = faults.syncs;
+    await s.appendAuditEntries([entry(0)]);
     expect(faults.syncs).toBe(before + 1);
   });
 });

@@ -47,13 +47,32 @@ export interface StoreFileHandle {
   truncate(len: number): Promise<void>;
   stat(): Promise<{ size: number }>;
   close(): Promise<void>;
+  /**
+   * Every write is durable when it resolves (opened with O_DSYNC: POSIX synchronized I/O data
+   * integrity completion, what fdatasync gives), so a flush needs no separate datasync.
+   */
+  readonly writesAreDurable?: boolean;
 }
 
-/** Opens (creating if missing, mode 0600) a file for positioned reads and writes. */
-export type OpenStoreFile = (filePath: string) => Promise<StoreFileHandle>;
+/**
+ * Opens (creating if missing, mode 0600) a file for positioned reads and writes; with `durableWrites`,
+ * one whose writes complete only once durable (O_DSYNC), if the opener can (it says so on the handle).
+ */
+export type OpenStoreFile = (filePath: string, opts?: { readonly durableWrites?: boolean }) => Promise<StoreFileHandle>;
 
-export const openStoreFile: OpenStoreFile = (filePath) =>
-  fsp.open(filePath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
+export const openStoreFile: OpenStoreFile = async (filePath, opts) => {
+  if (opts?.durableWrites !== true) return fsp.open(filePath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
+  const h = await fsp.open(filePath, fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_DSYNC, 0o600);
+  return {
+    read: (b, o, l, pos) => h.read(b, o, l, pos),
+    write: (b, o, l, pos) => h.write(b, o, l, pos),
+    datasync: () => h.datasync(),
+    truncate: (len) => h.truncate(len),
+    stat: () => h.stat(),
+    close: () => h.close(),
+    writesAreDurable: true,
+  };
+};
 
 export interface EmbeddedStoreOptions {
   /** fdatasync after every group commit (default true). Only tests and benchmarks turn it off. */
@@ -164,7 +183,9 @@ class FramedFile {
     unavailable: Unavailable,
     onRecord?: (payload: Buffer, index: number) => void,
   ): Promise<FramedFile> {
-    const handle = await openFile(filePath);
+    // Group commits of an fsync'd file: one O_DSYNC write instead of a write and an fdatasync, i.e.
+    // one thread-pool hop instead of two on every flush (and the same durability before it resolves).
+    const handle = await openFile(filePath, fsync ? { durableWrites: true } : {});
     const file = new FramedFile(filePath, handle, fsync, unavailable);
     try {
       await file.#scan(onRecord);
@@ -344,7 +365,7 @@ class FramedFile {
       }
       const buf = batch.length === 1 ? (batch[0] as PendingAppend).frame : Buffer.concat(batch.map((b) => b.frame), bytes);
       await writeFully(this.handle, buf, base);
-      if (this.fsync) await this.handle.datasync();
+      if (this.fsync && this.handle.writesAreDurable !== true) await this.handle.datasync();
       if (batch[0]?.probe) {
         await this.handle.truncate(base);
         if (this.fsync) await this.handle.datasync();
