@@ -41,6 +41,8 @@ import { EnvelopeError, KeyRing } from './secrets/envelope.js';
 import { SecretsService } from './secrets/service.js';
 import { RateLimiter } from './server/limits.js';
 import { buildBundle, type SpiffeBundle } from './spiffe/bundle.js';
+import { FederationManager } from './spiffe/federation.js';
+import type { Relationship } from './spiffe/relationship.js';
 import { EmbeddedStore } from './store/embedded.js';
 import { connectCheckedRedis } from './store/redis-persistence.js';
 import type { Store } from './store/store.js';
@@ -76,6 +78,8 @@ export interface Broker {
   /** Static secrets, dynamic PostgreSQL credentials and their leases (with the lease sweeper). */
   readonly secrets: SecretsService;
   readonly bundle: SpiffeBundle;
+  /** Federated trust domains and their last good bundles (config `federation`, admin API). */
+  readonly federation: FederationManager;
   readonly tls: { readonly certPem: string; readonly keyPem: string };
   /** Prometheus metrics of this broker (served by metrics/server.ts when config.metrics is enabled). */
   readonly metrics: BrokerMetrics;
@@ -94,8 +98,6 @@ export interface Broker {
 /** With CA rotation, expiry warnings start once the prepare step is this late (docs/ca.md). */
 const ROTATION_OVERDUE_MS = 60_000;
 
-/** How long relying parties may cache the bundle before fetching it again. */
-const BUNDLE_REFRESH_HINT_SECONDS = 300;
 
 export interface CreateBrokerOptions {
   clock?: Clock;
@@ -106,6 +108,8 @@ export interface CreateBrokerOptions {
 
 export async function createBroker(config: Config, opts: CreateBrokerOptions = {}): Promise<Broker> {
   const clock = opts.clock ?? systemClock;
+  // How long relying parties (and federated trust domains) may cache the bundle before fetching it again.
+  const bundleRefreshHintSeconds = config.bundleEndpoint.refreshHintSeconds;
   // The CA, JWT-SVID and audit keys: PEM files or keys in a PKCS#11 token (ca/keys.ts picks).
   const keyHolders: (() => void)[] = [];
   const closeKeys = (): void => {
@@ -137,7 +141,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       rootCertsDer: configCa.rootCertsDer,
       jwtKeys: [{ kid: configJwt.kid, jwk: configJwt.publicJwk }],
       sequence: 1,
-      refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
+      refreshHintSeconds: bundleRefreshHintSeconds,
     }),
   };
   const metrics = new BrokerMetrics({
@@ -264,7 +268,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
         pollIntervalMs: config.ca.rotation.pollIntervalMs,
         limits: { maxX509TtlMs: config.svid.x509MaxTtlSeconds * 1000, maxJwtTtlMs: config.svid.jwtMaxTtlSeconds * 1000 },
         owner: `${config.replicaId}:${rotationRequestId()}`,
-        refreshHintSeconds: BUNDLE_REFRESH_HINT_SECONDS,
+        refreshHintSeconds: bundleRefreshHintSeconds,
         onChange: (next, previous) => {
           live = next;
           if (next.ca !== previous.ca) minter.setAuthority(next.ca);
@@ -328,6 +332,42 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_REGISTRATION' }),
   });
   await registry.start();
+  const fetchWarned = new Map<string, string | undefined>();
+  const federation = new FederationManager({
+    store,
+    clock,
+    trustDomain: config.trustDomain,
+    configured: config.federation.map((f): Relationship => {
+      let bootstrapBundle: string | undefined;
+      let caPem: string | undefined;
+      try {
+        bootstrapBundle = f.bootstrapBundleFile !== undefined ? readFileSync(f.bootstrapBundleFile, 'utf8') : undefined;
+        caPem = f.caFile !== undefined ? readFileSync(f.caFile, 'utf8') : undefined;
+      } catch (err) {
+        throw new ConfigError(`config.federation (${f.trustDomain}): ${(err as Error).message}`);
+      }
+      return { ...f, bootstrapBundle, caPem, source: 'config' };
+    }),
+    ownBundle: () => live.bundle,
+    owner: `${config.replicaId}:${rotationRequestId()}`,
+    onStale: (td, age) => {
+      alerts.federationStale(td, age).catch((err: unknown) => warn(err, 'federation-stale alert'));
+    },
+    onFetch: (td, outcome, err) => {
+      metrics.federationFetch(td, outcome);
+      // One warning per trust domain and distinct failure (a down endpoint is retried every minRefreshSeconds).
+      const message = err instanceof Error ? err.message : undefined;
+      if (outcome !== 'failed' || fetchWarned.get(td) === message) {
+        if (outcome !== 'failed') fetchWarned.delete(td);
+        return;
+      }
+      fetchWarned.set(td, message);
+      process.emitWarning(`federation: bundle of ${td}: ${err instanceof Error ? err.message : String(err)} (the last good bundle stays)`, { code: 'TESSERA_FEDERATION' });
+    },
+    onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_FEDERATION' }),
+  });
+  await federation.start();
+  metrics.watchFederation(() => federation.status().map((s) => ({ trustDomain: s.relationship.trustDomain, ageSeconds: s.ageSeconds })));
   const revocations = new Revocations(store, clock);
   const guard = new AccessGuard(revocations, new IssuanceFreeze(store, clock), (identity) => {
     try {
@@ -388,7 +428,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   rotation?.start();
   return {
     ...(witnesses !== undefined ? { witnesses } : {}),
-    config, clock, store, audit, checkpoints, alerts, devices, caExpiry, minter, attestors, policy, registry, issuer, secrets, tls, metrics, limits,
+    config, clock, store, audit, checkpoints, alerts, devices, caExpiry, minter, attestors, policy, registry, federation, issuer, secrets, tls, metrics, limits,
     get ca() {
       return live.ca;
     },
@@ -407,6 +447,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       await rotation?.close();
       await secrets.close();
       await registry.close();
+      await federation.close();
       await minter.close();
       await alerts.close();
       await checkpoints.close();

@@ -56,6 +56,10 @@ export type ErrorCode =
   | 'ca_expired'
   /** A CA admin action the CA state does not allow now: rotation is not configured, or no authority is prepared (409). */
   | 'ca_state_conflict'
+  /** A federation relationship that already exists (or comes from the config file) (409). */
+  | 'federation_conflict'
+  /** A foreign bundle endpoint could not be fetched, or its bundle did not authenticate or parse; the last good bundle stays (502). */
+  | 'federation_fetch_failed'
   /**
    * audit.requireWitnesses is set and no quorum of witnesses has cosigned the audit log within
    * audit.maxWitnessLagSeconds: nothing is issued until they catch up (503).
@@ -112,6 +116,8 @@ export const ERROR_STATUS = {
   ca_unavailable: 503,
   ca_expired: 503,
   ca_state_conflict: 409,
+  federation_conflict: 409,
+  federation_fetch_failed: 502,
   attestation_unavailable: 503,
   root_rotation_refused: 409,
   witness_quorum_unavailable: 503,

@@ -46,6 +46,8 @@ export const FILE_NAMES: Readonly<Record<FileNameLayout, { readonly svid: string
   'spiffe-helper': { svid: 'svid.pem', key: 'svid_key.pem', bundle: 'svid_bundle.pem' },
 };
 export const JWT_BUNDLE_FILE = 'jwt_bundle.json';
+/** federated/<trust domain>.pem (X.509 authorities) and .jwks.json (JWT keys) of each federated trust domain. */
+export const FEDERATED_DIR = 'federated';
 
 /** The agent could not do its job (no SVID by the deadline, files not writable); exit non-zero. */
 export class AgentError extends Error {
@@ -310,6 +312,12 @@ export class Agent {
       { path: names.key, data: svid.privateKeyPem, mode: 0o600 },
       { path: names.bundle, data: this.#client.bundle(), mode: 0o644 },
       { path: JWT_BUNDLE_FILE, data: await this.#jwtBundleJson(), mode: 0o644 },
+      // Federated trust domains (the entry's federatesWith), one file per trust domain, never mixed into the
+      // own bundle: a consumer trusts federated/<td>.pem only for peers of <td>.
+      ...svid.federatedBundles.flatMap((b) => [
+        { path: `${FEDERATED_DIR}/${b.trustDomain}.pem`, data: b.bundlePem, mode: 0o644 },
+        { path: `${FEDERATED_DIR}/${b.trustDomain}.jwks.json`, data: JSON.stringify({ keys: jwtKeysOf({ keys: b.jwtKeys }) }), mode: 0o644 },
+      ]),
     ];
     for (const aud of this.#opts.jwtAudiences) {
       const jwt = this.#jwts.get(aud);

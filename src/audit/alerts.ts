@@ -44,9 +44,9 @@ export interface Alert {
   readonly type: 'tessera.alert';
   readonly id: string;
   readonly rule: string;
-  readonly kind: AlertRuleConfig['kind'] | 'audit-history-lost' | 'ca-expiring';
+  readonly kind: AlertRuleConfig['kind'] | 'audit-history-lost' | 'ca-expiring' | 'federation-bundle-stale';
   /** What the rule counted against. */
-  readonly key: { readonly spiffeId?: string; readonly namespace?: string; readonly leaseId?: string; readonly device?: string };
+  readonly key: { readonly spiffeId?: string; readonly namespace?: string; readonly leaseId?: string; readonly device?: string; readonly trustDomain?: string };
   /** Denials in the current window when it fired (denials rules). */
   readonly count?: number;
   readonly threshold?: number;
@@ -462,6 +462,48 @@ export class AlertEngine {
       replica: this.#replica,
       summary: message,
       trigger: { index, ts: firedAt, type: 'alert', actor: null, subject: null, code: 'ca-expiring', reason: message, requestId: id },
+      ...(index >= 0 ? { auditIndex: index } : {}),
+    });
+  }
+
+  /**
+   * The last good bundle of federated trust domain `trustDomain` is `ageSeconds` old, past its
+   * relationship's staleAfterSeconds (spiffe/federation.ts). Muted fleet-wide per trust domain for muteSeconds.
+   */
+  async federationStale(trustDomain: string, ageSeconds: number): Promise<void> {
+    if (this.#closed) return;
+    const id = randomUUID();
+    const now = this.#clock.now();
+    const muteMs = Math.max(this.#config.muteSeconds, 1) * 1000;
+    if (!(await this.#store.tryLock(`alert-mute:federation-bundle-stale:${trustDomain}`, id, muteMs))) {
+      this.#stats.muted++;
+      return;
+    }
+    this.#stats.fired++;
+    const message = `the bundle of federated trust domain ${trustDomain} was last refreshed ${ageSeconds} s ago (its endpoint cannot be fetched or does not authenticate); the last good bundle stays in use`;
+    let index = -1;
+    try {
+      const receipt = await this.#append({
+        ts: now, type: 'alert', decision: 'allow', actor: null, subject: `spiffe://${trustDomain}`, code: 'federation-bundle-stale', reason: message, requestId: id, replica: this.#replica,
+      });
+      index = receipt.index;
+    } catch (err) {
+      this.#onError(err, 'recording the federation-bundle-stale alert');
+    }
+    if (this.#config.webhookUrl === undefined) return;
+    const firedAt = new Date(now).toISOString();
+    this.#enqueue({
+      type: 'tessera.alert',
+      id,
+      rule: 'federation-bundle-stale',
+      kind: 'federation-bundle-stale',
+      key: { trustDomain },
+      mutedForSeconds: Math.ceil(muteMs / 1000),
+      firedAt,
+      origin: this.#origin,
+      replica: this.#replica,
+      summary: message,
+      trigger: { index, ts: firedAt, type: 'alert', actor: null, subject: `spiffe://${trustDomain}`, code: 'federation-bundle-stale', reason: message, requestId: id },
       ...(index >= 0 ? { auditIndex: index } : {}),
     });
   }

@@ -16,9 +16,10 @@ const ENTRY_FIELDS = {
   'jwt-ttl': { type: 'string' },
   'jwt-audience': { type: 'string', multiple: true },
   'allow-broad': { type: 'boolean' },
+  'federates-with': { type: 'string', multiple: true },
 } as const;
 
-const FIELDS_USAGE = '--spiffe-id ID --selector T:K:V [--selector …] [--dns NAME …]\n      [--x509-ttl 1h] [--jwt-ttl 5m] [--jwt-audience AUD …] [--allow-broad]';
+const FIELDS_USAGE = '--spiffe-id ID --selector T:K:V [--selector …] [--dns NAME …]\n      [--x509-ttl 1h] [--jwt-ttl 5m] [--jwt-audience AUD …] [--allow-broad]\n      [--federates-with TRUST_DOMAIN …]';
 
 const SELECTOR_HELP = `Selectors (all must hold): k8s:ns:NS, k8s:sa:SA, k8s:pod-name:NAME, k8s:pod-uid:UID,
 k8s:pod-label:KEY:VALUE, k8s:pod-annotation:KEY:VALUE, k8s:node-name:NODE, k8s:container-image:IMAGE.
@@ -40,6 +41,7 @@ type FieldValues = {
   'jwt-ttl'?: string | undefined;
   'jwt-audience'?: string[] | undefined;
   'allow-broad'?: boolean | undefined;
+  'federates-with'?: string[] | undefined;
 };
 
 /** The request body the flags describe (only the flags given). */
@@ -52,6 +54,7 @@ function body(v: FieldValues): Record<string, unknown> {
     ...(v['x509-ttl'] !== undefined ? { x509TtlSeconds: parseTtl(v['x509-ttl'], '--x509-ttl') } : {}),
     ...(v['jwt-ttl'] !== undefined ? { jwtTtlSeconds: parseTtl(v['jwt-ttl'], '--jwt-ttl') } : {}),
     ...(v['allow-broad'] === true ? { allowBroad: true } : {}),
+    ...(v['federates-with'] !== undefined ? { federatesWith: v['federates-with'] } : {}),
   };
 }
 
@@ -69,6 +72,7 @@ export function formatEntry(e: EntryView): string {
     line('JWT-SVID TTL', e.jwtTtlSeconds ?? 'default') +
     e.jwtAudiences.map((a) => line('JWT audience', a)).join('') +
     (e.allowBroad ? line('Broad', 'yes (matches in every namespace)') : '') +
+    e.federatesWith.map((td) => line('FederatesWith', td)).join('') +
     line('Revision', e.revision) +
     (e.updatedBy !== undefined ? line('Updated', `${e.updatedAt ?? ''} by ${e.updatedBy}`) : '')
   );
@@ -152,7 +156,7 @@ export const ENTRY_COMMANDS = [
   }),
   command({
     name: 'entry update',
-    usage: `ID [--spiffe-id ID] [--selector T:K:V …] [--dns NAME …] [--x509-ttl 1h]\n      [--jwt-ttl 5m] [--jwt-audience AUD …] [--allow-broad] [--json] ${CONNECTION_USAGE}`,
+    usage: `ID [--spiffe-id ID] [--selector T:K:V …] [--dns NAME …] [--x509-ttl 1h]\n      [--jwt-ttl 5m] [--jwt-audience AUD …] [--allow-broad] [--federates-with TD …] [--json] ${CONNECTION_USAGE}`,
     summary: 'change a registration entry (each flag given replaces that field)',
     details: SELECTOR_HELP + CONNECTION_HELP,
     positionals: true,

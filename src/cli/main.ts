@@ -9,7 +9,7 @@ import { processIo, runCli, type Command } from './command.js';
 const AGENT_ONLY = new Set(['agent', 'workload-api']);
 
 async function fullTable(): Promise<Command[]> {
-  const [{ loadConfig, readWorkers }, { ADMIN_COMMANDS }, { AGENT_COMMANDS }, { AUDIT_COMMANDS }, { BREAK_GLASS_COMMANDS }, { CA_COMMANDS }, { command }, { DEV_COMMANDS }, { ENTRY_COMMANDS }, { nameConfigFile }, { SECRETS_COMMANDS }, { serve }, { WITNESS_COMMANDS }] =
+  const [{ loadConfig, readWorkers }, { ADMIN_COMMANDS }, { AGENT_COMMANDS }, { AUDIT_COMMANDS }, { BREAK_GLASS_COMMANDS }, { CA_COMMANDS }, { command }, { DEV_COMMANDS }, { ENTRY_COMMANDS }, { FEDERATION_COMMANDS }, { nameConfigFile }, { SECRETS_COMMANDS }, { serve }, { WITNESS_COMMANDS }] =
     await Promise.all([
       import('../config/load.js'),
       import('./admin.js'),
@@ -20,6 +20,7 @@ async function fullTable(): Promise<Command[]> {
       import('./command.js'),
       import('./dev.js'),
       import('./entry.js'),
+      import('./federation.js'),
       import('./files.js'),
       import('./secrets.js'),
       import('./serve.js'),
@@ -42,7 +43,7 @@ async function fullTable(): Promise<Command[]> {
       }
     },
   });
-  return [SERVE, ...DEV_COMMANDS, ...SECRETS_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...ADMIN_COMMANDS, ...ENTRY_COMMANDS, ...CA_COMMANDS, ...BREAK_GLASS_COMMANDS, ...WITNESS_COMMANDS];
+  return [SERVE, ...DEV_COMMANDS, ...SECRETS_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...ADMIN_COMMANDS, ...ENTRY_COMMANDS, ...FEDERATION_COMMANDS, ...CA_COMMANDS, ...BREAK_GLASS_COMMANDS, ...WITNESS_COMMANDS];
 }
 
 /** What exit 1 prints: the message of an expected failure, the stack of a bug. */

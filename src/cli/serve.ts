@@ -6,6 +6,7 @@ import type { Config } from '../config/config.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { ensureDevMaterial } from '../dev/material.js';
 import { startMetricsServer } from '../metrics/server.js';
+import { startBundleEndpoint } from '../server/bundle-endpoint.js';
 import { describeReload } from '../reload.js';
 import { buildServer, oidcOptions } from '../server/app.js';
 import { readOidcPublicTls, startOidcPublicServer } from '../server/oidc-public.js';
@@ -84,12 +85,19 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
     config.oidc.public !== undefined && oidcPublicTls !== undefined ? await startOidcPublicServer(config.oidc.public, oidcPublicTls, oidcOptions(broker)) : undefined;
   // A worker's metrics are served by the primary, summed over all workers.
   const metricsServer = config.metrics.enabled && worker === undefined ? await startMetricsServer(broker.metrics, config.metrics) : undefined;
+  // The https_spiffe bundle endpoint (config bundleEndpoint.spiffe), on its own port; one process binds it.
+  const spiffeEndpoint = config.bundleEndpoint.spiffe;
+  const bundleServer =
+    spiffeEndpoint !== undefined && worker === undefined
+      ? await startBundleEndpoint({ ...spiffeEndpoint, trustDomain: config.trustDomain, ca: () => broker.ca, bundle: () => broker.bundle, clock: broker.clock })
+      : undefined;
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.listen.port;
   if (worker !== undefined) worker.ready(broker, port);
   else {
     const url = `https://${config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host}:${port}`;
     process.stdout.write(bannerText(config, { url, auditEntries: broker.audit.size, workers: 1, ...(metricsServer !== undefined ? { metricsUrl: metricsServer.url } : {}) }));
+    if (bundleServer !== undefined) process.stdout.write(`  bundle endpoint (https_spiffe): ${bundleServer.url} as ${bundleServer.spiffeId}\n`);
   }
   let closing = false;
   const shutdown = (signal: string): void => {
@@ -112,6 +120,7 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
       }
       await metricsServer?.close();
       await oidcPublic?.close();
+      await bundleServer?.close();
       await broker.close(); // signs the final audit checkpoint, then closes the store
     })().then(
       () => {

@@ -228,8 +228,37 @@ export const ConfigFileSchema = section({
       x509TtlSeconds: opt(int(5, 30 * 86_400)),
       jwtTtlSeconds: opt(int(30, 86_400)),
       jwtAudiences: strList(),
+      /** Foreign trust domains (config.federation) whose bundles workloads of this entry receive. */
+      federatesWith: strList(),
     }, null),
     { default: [], message: 'expected a list' },
+  ),
+  /** This trust domain's SPIFFE bundle endpoint (docs/federation.md): GET /v1/bundle on the broker (https_web), and optionally an https_spiffe listener. */
+  bundleEndpoint: section({
+    /** spiffe_refresh_hint of the served bundle: how often federated trust domains fetch it again. */
+    refreshHintSeconds: int(1, 86_400, 300),
+    /** A listener whose server certificate is an SVID of this trust domain (spiffe://<td>/tessera/bundle-endpoint), re-minted as the CA rotates. */
+    spiffe: opt(section({ host: str({ default: '127.0.0.1' }), port: int(0, 65_535, 8444) }, null)),
+  }),
+  /** Foreign trust domains this broker fetches bundles from (docs/federation.md). More can be added at run time (tessera federation add). */
+  federation: Type.Array(
+    section({
+      trustDomain: str(),
+      bundleEndpointUrl: str(),
+      profile: oneOf(['https_web', 'https_spiffe'], 'expected https_web or https_spiffe'),
+      /** https_spiffe: the SPIFFE ID the endpoint's SVID carries (in the foreign trust domain). */
+      endpointSpiffeId: opt(str()),
+      /** The foreign bundle (SPIFFE bundle JSON, or PEM roots) to start from; required for https_spiffe. */
+      bootstrapBundleFile: opt(file()),
+      /** https_web: roots (PEM) that verify the endpoint instead of the system CAs. */
+      caFile: opt(file()),
+      /** The foreign refresh hint is obeyed within [minRefreshSeconds, maxRefreshSeconds]. */
+      minRefreshSeconds: int(1, 86_400, 30),
+      maxRefreshSeconds: int(1, 7 * 86_400, 3600),
+      /** Alert (and /metrics) once the last good bundle is older than this. */
+      staleAfterSeconds: int(1, 30 * 86_400, 3600),
+    }, null),
+    { default: [], maxItems: 64, message: 'expected a list of at most 64 trust domains' },
   ),
   svid: section({
     x509DefaultTtlSeconds: int(5, 30 * 86_400, 3600),
@@ -442,6 +471,8 @@ export type TokenIssuerConfig = File['issuers'][number];
 export type RegistrationEntry = File['registration'][number];
 export type RegistrationSelector = RegistrationEntry['selector'];
 export type SvidConfig = File['svid'];
+export type FederationConfig = File['federation'][number];
+export type BundleEndpointConfig = File['bundleEndpoint'];
 export interface RedisAddressConfig {
   readonly host: string;
   readonly port: number;

@@ -148,6 +148,27 @@ describe('loadConfig', () => {
     refuse('  requireWitnesses: true\n', /requireWitnesses: needs audit.witnesses/);
   });
 
+  it('reads federation and enforces what each profile needs, naming the field', () => {
+    const withFed = (f: string): string => configFile(`${minimal}federation:\n${f}`);
+    const ok = loadConfig({
+      file: withFed('  - { trustDomain: partner.test, bundleEndpointUrl: "https://partner.test:8444/", profile: https_spiffe, endpointSpiffeId: "spiffe://partner.test/tessera/bundle-endpoint", bootstrapBundleFile: partner.json }\n'),
+      env: {},
+    });
+    expect(ok.federation[0]).toMatchObject({ trustDomain: 'partner.test', profile: 'https_spiffe', minRefreshSeconds: 30, maxRefreshSeconds: 3600, staleAfterSeconds: 3600 });
+    expect(path.isAbsolute(ok.federation[0]?.bootstrapBundleFile ?? '')).toBe(true);
+    expect(ok.bundleEndpoint).toEqual({ refreshHintSeconds: 300 });
+    const refuse = (f: string, message: RegExp): void => {
+      expect(() => loadConfig({ file: withFed(f), env: {} })).toThrow(message);
+    };
+    refuse('  - { trustDomain: partner.test, bundleEndpointUrl: "https://p/", profile: https_spiffe, bootstrapBundleFile: b.json }\n', /federation\[0\]\.endpointSpiffeId: required for profile https_spiffe/);
+    refuse('  - { trustDomain: partner.test, bundleEndpointUrl: "https://p/", profile: https_spiffe, endpointSpiffeId: "spiffe://partner.test/e" }\n', /federation\[0\]\.bootstrapBundleFile: required/);
+    refuse('  - { trustDomain: partner.test, bundleEndpointUrl: "https://p/", profile: https_spiffe, endpointSpiffeId: "spiffe://evil.test/e", bootstrapBundleFile: b.json }\n', /endpointSpiffeId: must be in trust domain partner\.test/);
+    refuse('  - { trustDomain: partner.test, bundleEndpointUrl: "http://p/", profile: https_web }\n', /bundleEndpointUrl: must be https/);
+    refuse('  - { trustDomain: prod.example, bundleEndpointUrl: "https://p/", profile: https_web }\n', /own trust domain/);
+    refuse('  - { trustDomain: partner.test, bundleEndpointUrl: "https://p/", profile: web }\n', /profile/);
+    refuse('  - { trustDomain: p.test, bundleEndpointUrl: "https://p/", profile: https_web }\n  - { trustDomain: p.test, bundleEndpointUrl: "https://q/", profile: https_web }\n', /listed twice/);
+  });
+
   it('refuses a file that does not exist', () => {
     expect(() => loadConfig({ file: '/nonexistent/tessera.yaml', env: {} })).toThrow(ConfigError);
   });

@@ -21,6 +21,7 @@ import { rabbitRoleProblem } from '../secrets/rabbitmq.js';
 import { aclPatternProblem, aclRuleProblem } from '../secrets/redis-acl.js';
 import { grantTemplateProblem } from '../secrets/sql-template.js';
 import { autoCaThreads } from '../ca/minter-pool.js';
+import { relationshipProblem } from '../spiffe/relationship.js';
 import { parseCosignerKey } from '../audit/cosignature.js';
 import { ADMIN_ROLES, ConfigFileSchema, MAX_WORKERS, type AdminRole, type Config, type ConfigFile, type RedisAddressConfig, type RedisStoreConfig } from './config.js';
 
@@ -268,10 +269,12 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
     const api = issuer.kubernetes?.apiServer;
     if (api !== undefined && url(api)?.protocol !== 'https:') fail(`config.issuers[${i}].kubernetes.apiServer: expected an https:// URL`);
   });
+  checkFederation(f);
   f.registration.forEach((entry, i) => {
     const where = `config.registration[${i}]`;
     for (const dns of entry.dnsNames) if (!DNS_NAME.test(dns)) fail(`${where}.dnsNames: "${dns}" is not a lowercase DNS name`);
     checkSelector(entry.selector, `${where}.selector`);
+    for (const td of entry.federatesWith) named(`${where}.federatesWith`, () => validateTrustDomain(td));
   });
   const { svid } = f;
   if (svid.x509DefaultTtlSeconds > svid.x509MaxTtlSeconds) fail('config.svid: x509DefaultTtlSeconds exceeds x509MaxTtlSeconds');
@@ -294,6 +297,15 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
     }
     if (f.secrets.kekFile === undefined) fail('config.ca.rotation: requires secrets.kekFile (the CA keys it makes are kept sealed in the store)');
   }
+}
+
+/** Federation: each trust domain once, not our own, and what its profile needs (federation/relationship.ts). */
+function checkFederation(f: ConfigFile): void {
+  noDuplicates(f.federation.map((r) => r.trustDomain), (td) => `config.federation: trust domain ${td} is listed twice`);
+  f.federation.forEach((r, i) => {
+    const problem = relationshipProblem({ ...r, ownTrustDomain: f.trustDomain, hasBootstrap: r.bootstrapBundleFile !== undefined });
+    if (problem !== undefined) fail(`config.federation[${i}].${problem}`);
+  });
 }
 
 /** jwt.issuer and oidc: an issuer in its one canonical spelling; discovery needs it. */

@@ -72,7 +72,7 @@ beforeEach(async () => {
   minter = new RecordingMinter();
   const policy = new RegistrationPolicy(
     'example.org',
-    [{ selector: { namespace: 'shop', serviceAccount: '*' }, dnsNames: [], jwtAudiences: ['payments'] }],
+    [{ selector: { namespace: 'shop', serviceAccount: '*' }, dnsNames: [], jwtAudiences: ['payments'], federatesWith: [] }],
     { x509DefaultTtlSeconds: 3600, x509MaxTtlSeconds: 7200, jwtDefaultTtlSeconds: 300, jwtMaxTtlSeconds: 900 },
   );
   issuer = new Issuer({ minter, jwt: jwtSigner, policy, audit, checkpoints, clock: systemClock, replicaId: 'test' });

@@ -29,6 +29,8 @@ export interface X509Issued {
   readonly notBefore: number;
   readonly expiresAt: number;
   readonly privateKey?: string;
+  /** Foreign trust domains whose bundles go with this SVID (its registration entry's federatesWith). */
+  readonly federatesWith: readonly string[];
   readonly audit: CheckpointedReceipt;
 }
 
@@ -157,6 +159,7 @@ export class Issuer {
       notBefore: svid.notBefore,
       expiresAt: svid.notAfter,
       ...(svid.privateKeyPem !== undefined ? { privateKey: svid.privateKeyPem } : {}),
+      federatesWith: grant.federatesWith,
       audit: receipt,
     };
   }

@@ -72,6 +72,7 @@ function processMetrics(): Registry {
 
 export class BrokerMetrics {
   readonly registry = new Registry();
+  #federationFetches: Counter<'trust_domain' | 'outcome'> | undefined;
   readonly #issuance = new Map<IssuanceType, Readonly<Record<Decision, IssuanceRecorder>>>();
   readonly #storeErrors = new Map<string, { inc(): void }>();
   readonly #rateLimited: Readonly<Record<LimitScope, { inc(): void }>>;
@@ -293,6 +294,30 @@ export class BrokerMetrics {
   }
 
   /** Where the audit device gauges read from; creates each device's counters at 0. */
+  /** Federation (spiffe/federation.ts): the age of each foreign trust domain's last good bundle. */
+  watchFederation(status: () => readonly { trustDomain: string; ageSeconds: number }[]): void {
+    new Gauge({
+      name: 'tessera_federation_bundle_age_seconds',
+      help: "Seconds since each federated trust domain's bundle was last fetched and authenticated (the last good bundle stays in use while its endpoint fails).",
+      labelNames: ['trust_domain'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const s of status()) this.labels(s.trustDomain).set(s.ageSeconds);
+      },
+    });
+    this.#federationFetches = new Counter({
+      name: 'tessera_federation_fetches_total',
+      help: 'Bundle endpoint fetches per federated trust domain: updated, unchanged, failed (the last good bundle stays).',
+      labelNames: ['trust_domain', 'outcome'] as const,
+      registers: [this.registry],
+    });
+  }
+
+  federationFetch(trustDomain: string, outcome: 'updated' | 'unchanged' | 'failed'): void {
+    this.#federationFetches?.labels(trustDomain, outcome).inc();
+  }
+
   watchAuditDevices(status: () => readonly { name: string; lagEntries: number; lagSeconds: number }[]): void {
     this.#devices = status;
     for (const d of status()) {

@@ -7,7 +7,7 @@
 import Type, { type Static } from 'typebox';
 import { badRequest } from '../errors.js';
 import { recordParser, SafeInteger } from '../records.js';
-import { parseSpiffeId } from '../spiffe/id.js';
+import { parseSpiffeId, validateTrustDomain } from '../spiffe/id.js';
 import { MAX_SELECTORS, parseSelectors, type Selector } from './selectors.js';
 
 export const MAX_DNS_NAMES = 32;
@@ -19,6 +19,11 @@ const Audiences = Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { ma
 const X509Ttl = Type.Integer({ minimum: 5, maximum: 30 * 86_400, description: 'Longest X.509-SVID lifetime (s); capped by svid.x509MaxTtlSeconds.' });
 const JwtTtl = Type.Integer({ minimum: 30, maximum: 86_400, description: 'Longest JWT-SVID lifetime (s); capped by svid.jwtMaxTtlSeconds.' });
 const AllowBroad = Type.Boolean({ description: 'Required for selectors that name neither a namespace (k8s:ns) nor a pod uid: such an entry could match workloads in every namespace.' });
+export const MAX_FEDERATES_WITH = 32;
+const FederatesWith = Type.Array(Type.String({ minLength: 1, maxLength: 255 }), {
+  maxItems: MAX_FEDERATES_WITH,
+  description: 'Foreign trust domains (federated with this broker) whose bundles this workload receives and may trust.',
+});
 const SpiffeIdText = Type.String({ minLength: 1, maxLength: 2048, examples: ['spiffe://example.org/shop/web'] });
 
 /** POST /v1/admin/entries. */
@@ -32,6 +37,7 @@ export const EntryInputSchema = Type.Object(
     x509TtlSeconds: Type.Optional(X509Ttl),
     jwtTtlSeconds: Type.Optional(JwtTtl),
     allowBroad: Type.Optional(AllowBroad),
+    federatesWith: Type.Optional(FederatesWith),
   },
   { additionalProperties: false, title: 'RegistrationEntryRequest' },
 );
@@ -47,6 +53,7 @@ export const EntryPatchSchema = Type.Object(
     x509TtlSeconds: Type.Optional(Type.Union([X509Ttl, Type.Null()], { description: 'null removes the entry TTL (the global default applies).' })),
     jwtTtlSeconds: Type.Optional(Type.Union([JwtTtl, Type.Null()])),
     allowBroad: Type.Optional(AllowBroad),
+    federatesWith: Type.Optional(FederatesWith),
   },
   { additionalProperties: false, title: 'RegistrationEntryUpdate' },
 );
@@ -62,6 +69,8 @@ const StoredEntrySchema = Type.Object({
   x509TtlSeconds: Type.Optional(Type.Integer()),
   jwtTtlSeconds: Type.Optional(Type.Integer()),
   allowBroad: Type.Boolean(),
+  /** Absent in records written before federation. */
+  federatesWith: Type.Optional(Type.Array(Type.String())),
   revision: SafeInteger(),
   createdAt: SafeInteger(),
   createdBy: Type.String(),
@@ -83,6 +92,7 @@ export const EntryViewSchema = Type.Object(
     x509TtlSeconds: Type.Optional(Type.Integer()),
     jwtTtlSeconds: Type.Optional(Type.Integer()),
     allowBroad: Type.Boolean(),
+    federatesWith: Type.Array(Type.String(), { description: 'Foreign trust domains whose bundles this workload receives.' }),
     revision: Type.Integer(),
     createdAt: Type.Optional(Type.String({ format: 'date-time' })),
     createdBy: Type.Optional(Type.String()),
@@ -121,5 +131,15 @@ export function checkEntry(e: Omit<StoredEntry, 'id' | 'revision' | 'createdAt' 
   });
   if (new Set(e.dnsNames).size !== e.dnsNames.length) throw badRequest('dnsNames: a name is given twice');
   if (new Set(e.jwtAudiences).size !== e.jwtAudiences.length) throw badRequest('jwtAudiences: an audience is given twice');
+  const federatesWith = e.federatesWith ?? [];
+  federatesWith.forEach((td, i) => {
+    try {
+      validateTrustDomain(td);
+    } catch (err) {
+      throw badRequest(`federatesWith[${i}]: ${(err as Error).message}`);
+    }
+    if (td === trustDomain) throw badRequest(`federatesWith[${i}]: ${td} is this broker's own trust domain`);
+  });
+  if (new Set(federatesWith).size !== federatesWith.length) throw badRequest('federatesWith: a trust domain is given twice');
   return { spiffeId: id.uri, selectors };
 }

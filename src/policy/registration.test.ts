@@ -8,10 +8,10 @@ import { parseSelectors } from './selectors.js';
 const svid: SvidConfig = { x509DefaultTtlSeconds: 3600, x509MaxTtlSeconds: 7200, jwtDefaultTtlSeconds: 300, jwtMaxTtlSeconds: 900 };
 
 const entries: RegistrationEntry[] = [
-  { selector: { namespace: '*', serviceAccount: '*' }, dnsNames: [], jwtAudiences: ['everyone'] },
-  { selector: { namespace: 'shop', serviceAccount: '*' }, dnsNames: [], jwtAudiences: ['inventory'], x509TtlSeconds: 1800 },
-  { selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'], x509TtlSeconds: 600 },
-  { selector: { namespace: 'legacy', serviceAccount: 'app' }, spiffePath: '/legacy/{serviceAccount}', dnsNames: [], jwtAudiences: [] },
+  { selector: { namespace: '*', serviceAccount: '*' }, dnsNames: [], jwtAudiences: ['everyone'], federatesWith: [] },
+  { selector: { namespace: 'shop', serviceAccount: '*' }, dnsNames: [], jwtAudiences: ['inventory'], x509TtlSeconds: 1800, federatesWith: [] },
+  { selector: { namespace: 'shop', serviceAccount: 'web' }, dnsNames: ['web.shop.svc'], jwtAudiences: ['payments'], x509TtlSeconds: 600, federatesWith: ['partner.test'] },
+  { selector: { namespace: 'legacy', serviceAccount: 'app' }, spiffePath: '/legacy/{serviceAccount}', dnsNames: [], jwtAudiences: [], federatesWith: [] },
 ];
 
 function token(namespace: string, serviceAccount: string): Identity {
@@ -41,9 +41,11 @@ describe('RegistrationPolicy', () => {
       entryId: 'config-2',
       selectors: ['k8s:ns:shop', 'k8s:sa:web'],
       dnsNames: ['web.shop.svc'],
+      federatesWith: ['partner.test'],
       ttlMs: 600_000,
     });
     expect(policy.x509(token('shop', 'cart')).ttlMs).toBe(1_800_000);
+    expect(policy.x509(token('shop', 'cart')).federatesWith).toEqual([]);
     expect(policy.x509(token('other', 'x')).ttlMs).toBe(3_600_000);
   });
 
@@ -89,6 +91,7 @@ describe('RegistrationPolicy with stored entries (selectors)', () => {
     selectors: parseSelectors(selectors, true),
     dnsNames: [],
     jwtAudiences: ['payments'],
+    federatesWith: [],
     ...extra,
   });
   function pod(namespace: string, serviceAccount: string, extra: string[] = []): Identity {

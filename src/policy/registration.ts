@@ -31,6 +31,8 @@ interface Matched {
 
 export interface X509Grant extends Matched {
   readonly dnsNames: readonly string[];
+  /** Foreign trust domains whose bundles go with the SVID. */
+  readonly federatesWith: readonly string[];
   readonly ttlMs: number;
 }
 
@@ -57,6 +59,7 @@ export interface PolicyEntry {
   readonly jwtAudiences: readonly string[];
   readonly x509TtlSeconds?: number | undefined;
   readonly jwtTtlSeconds?: number | undefined;
+  readonly federatesWith: readonly string[];
 }
 
 /** The config file's entries as policy entries (config-<index>); "*" is no selector. */
@@ -74,6 +77,7 @@ export function seedEntries(entries: readonly RegistrationEntry[]): PolicyEntry[
       jwtAudiences: e.jwtAudiences,
       x509TtlSeconds: e.x509TtlSeconds,
       jwtTtlSeconds: e.jwtTtlSeconds,
+      federatesWith: e.federatesWith,
     };
   });
 }
@@ -89,6 +93,7 @@ export function storedPolicyEntry(e: StoredEntry, selectors: readonly Selector[]
     jwtAudiences: e.jwtAudiences,
     x509TtlSeconds: e.x509TtlSeconds,
     jwtTtlSeconds: e.jwtTtlSeconds,
+    federatesWith: e.federatesWith ?? [],
   };
 }
 
@@ -293,7 +298,7 @@ export class RegistrationPolicy {
     const { entry } = c;
     const cap = Math.min(entry.x509TtlSeconds ?? this.svid.x509MaxTtlSeconds, this.svid.x509MaxTtlSeconds);
     const ttl = Math.min(requestedTtlSeconds ?? entry.x509TtlSeconds ?? this.svid.x509DefaultTtlSeconds, cap);
-    return { ...this.matched(c), dnsNames: entry.dnsNames, ttlMs: ttl * 1000 };
+    return { ...this.matched(c), dnsNames: entry.dnsNames, federatesWith: entry.federatesWith, ttlMs: ttl * 1000 };
   }
 
   jwt(identity: Identity, audiences: readonly string[], requestedTtlSeconds?: number, spiffeId?: string): JwtGrant {

@@ -51,6 +51,7 @@ function view(e: StoredEntry): EntryView {
     ...(e.x509TtlSeconds !== undefined ? { x509TtlSeconds: e.x509TtlSeconds } : {}),
     ...(e.jwtTtlSeconds !== undefined ? { jwtTtlSeconds: e.jwtTtlSeconds } : {}),
     allowBroad: e.allowBroad,
+    federatesWith: [...(e.federatesWith ?? [])],
     revision: e.revision,
     createdAt: iso(e.createdAt),
     createdBy: e.createdBy,
@@ -140,6 +141,7 @@ export class EntryRegistry {
       ...(e.x509TtlSeconds !== undefined ? { x509TtlSeconds: e.x509TtlSeconds } : {}),
       ...(e.jwtTtlSeconds !== undefined ? { jwtTtlSeconds: e.jwtTtlSeconds } : {}),
       allowBroad: isBroad(e.selectors),
+      federatesWith: [...e.federatesWith],
       revision: 0,
     }));
     const all = [...seed, ...this.#entries.map(view)];
@@ -178,6 +180,7 @@ export class EntryRegistry {
       ...(input.x509TtlSeconds !== undefined ? { x509TtlSeconds: input.x509TtlSeconds } : {}),
       ...(input.jwtTtlSeconds !== undefined ? { jwtTtlSeconds: input.jwtTtlSeconds } : {}),
       allowBroad: input.allowBroad === true,
+      ...(input.federatesWith !== undefined && input.federatesWith.length > 0 ? { federatesWith: input.federatesWith } : {}),
     };
     const checked = checkEntry(fields, this.#o.trustDomain);
     return {
@@ -208,6 +211,7 @@ export class EntryRegistry {
       ...(patch.dnsNames !== undefined ? { dnsNames: patch.dnsNames } : {}),
       ...(patch.jwtAudiences !== undefined ? { jwtAudiences: patch.jwtAudiences } : {}),
       ...(patch.allowBroad !== undefined ? { allowBroad: patch.allowBroad } : {}),
+      ...(patch.federatesWith !== undefined ? { federatesWith: patch.federatesWith } : {}),
       ...(x509 !== undefined ? { x509TtlSeconds: x509 } : {}),
       ...(jwt !== undefined ? { jwtTtlSeconds: jwt } : {}),
     };

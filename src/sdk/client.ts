@@ -20,7 +20,44 @@ import { Refresher } from './refresher.js';
 import { RotatingAgent, chainOf } from './rotating-agent.js';
 import type { BackoffOptions } from './timing.js';
 import { secretNameProblem } from '../secrets/names.js';
-import { allowList, parsePemCertificates, spiffeIdOf, splitPem, verifySvid } from './x509.js';
+import { allowList, type BundleSet, parsePemCertificates, spiffeIdOf, splitPem, verifySvid, verifySvidInTrustDomain } from './x509.js';
+import { parseTrustBundle } from '../spiffe/bundle-parse.js';
+import { parseSpiffeId } from '../spiffe/id.js';
+
+/**
+ * What the TLS layer trusts: own and federated roots (so a federated peer's handshake can complete).
+ * Which root may vouch for which SPIFFE ID is decided after the handshake, by the peer's trust domain
+ * (verifyPeer, httpsAgent with allowedServerIds): authorise peers with those, never by TLS alone.
+ */
+function tlsCa(svid: X509Svid): string {
+  return svid.bundlePem + svid.federatedBundles.map((b) => b.bundlePem).join('');
+}
+
+/** The federatedBundles of an X.509-SVID response, each parsed strictly for its own trust domain. */
+function parseFederated(raw: unknown): FederatedBundle[] {
+  if (raw === undefined) return [];
+  const bad = (m: string): TesseraError => new TesseraError('bad_response', `POST /v1/svid/x509: federatedBundles: ${m}`);
+  if (!Array.isArray(raw)) throw bad('expected a list');
+  const seen = new Set<string>();
+  return raw.map((b: unknown, i) => {
+    if (typeof b !== 'object' || b === null) throw bad(`[${i}] is not an object`);
+    const { trustDomain, spiffeBundle } = b as { trustDomain?: unknown; spiffeBundle?: unknown };
+    if (typeof trustDomain !== 'string' || typeof spiffeBundle !== 'string') throw bad(`[${i}] needs trustDomain and spiffeBundle`);
+    if (seen.has(trustDomain)) throw bad(`${trustDomain} is given twice`);
+    seen.add(trustDomain);
+    let parsed;
+    try {
+      parsed = parseTrustBundle(spiffeBundle, trustDomain);
+    } catch (err) {
+      throw bad(`the bundle of ${trustDomain}: ${(err as Error).message}`);
+    }
+    return {
+      trustDomain,
+      bundlePem: parsed.x509Authorities.map((c) => c.toString()).join(''),
+      jwtKeys: parsed.jwtAuthorities.map((j) => ({ ...j.jwk })),
+    };
+  });
+}
 
 export const MAX_TOKEN_BYTES = 64 * 1024;
 const JWT_CACHE_LIMIT = 64;
@@ -59,6 +96,8 @@ export interface X509Svid {
   readonly privateKeyPem: string;
   /** PEM roots of the trust bundle that came with this SVID. */
   readonly bundlePem: string;
+  /** Bundles of the foreign trust domains this workload federates with (its registration entry's federatesWith). */
+  readonly federatedBundles: readonly FederatedBundle[];
   readonly notBefore: Date;
   readonly expiresAt: Date;
 }
@@ -80,6 +119,16 @@ export interface Secret {
   readonly expiresAt: Date;
   /** Renewals never go past this. */
   readonly maxExpiresAt: Date;
+}
+
+/** A foreign trust domain's bundle, delivered with the X.509-SVID: trust it only for SVIDs of that trust domain. */
+export interface FederatedBundle {
+  /** e.g. partner.test */
+  readonly trustDomain: string;
+  /** Its X.509 authorities as PEM. */
+  readonly bundlePem: string;
+  /** Its JWT-SVID keys (public JWKs with kid). */
+  readonly jwtKeys: readonly Record<string, unknown>[];
 }
 
 /** A SPIFFE bundle as the broker publishes it: a JWKS whose keys carry `use` (x509-svid or jwt-svid). */
@@ -126,6 +175,7 @@ interface X509Response {
   spiffeId?: unknown;
   certificates?: unknown;
   bundle?: unknown;
+  federatedBundles?: unknown;
 }
 
 interface JwtResponse {
@@ -189,6 +239,8 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
   readonly #opts: TesseraClientOptions;
   #bundlePem: string;
   #roots: X509Certificate[];
+  /** Own trust domain's roots and federated ones, by trust domain; peers are verified against their own only. */
+  #bundles: BundleSet = new Map();
   #svid: X509Svid | undefined;
   #context: tls.SecureContext | undefined;
   #generation = 0;
@@ -402,6 +454,21 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     return this.#bundlePem;
   }
 
+  /** The bundles of the foreign trust domains this workload federates with, as of the current SVID. */
+  federatedBundles(): readonly FederatedBundle[] {
+    return this.#svid?.federatedBundles ?? [];
+  }
+
+  /** Own and federated X.509 authorities by trust domain (before the first SVID: the configured bundle, trust domain unknown). */
+  #bundleSet(): BundleSet {
+    if (this.#bundles.size > 0) return this.#bundles;
+    // Before the first SVID the own trust domain is unknown: key the configured roots by the trust domain their SANs name.
+    return new Map(this.#roots.flatMap((r) => {
+      const td = /URI:spiffe:\/\/([a-z0-9._-]+)/.exec(r.subjectAltName ?? '')?.[1];
+      return td !== undefined ? [[td, [r]] as const] : [];
+    }));
+  }
+
   /** The current TLS context (SVID, chain and bundle). Replaced on every rotation; call it per use. */
   tlsContext(): tls.SecureContext {
     if (this.#context === undefined) throw new TesseraError('not_ready', 'no X.509-SVID yet: await client.start() first');
@@ -416,7 +483,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     const { allowedServerIds, ...agentOptions } = opts;
     const allowed = allowedServerIds === undefined ? undefined : allowList(allowedServerIds, 'allowedServerIds');
     const agent = new RotatingAgent(
-      { context: () => this.tlsContext(), generation: () => this.#generation, roots: () => this.#roots },
+      { context: () => this.tlsContext(), generation: () => this.#generation, bundles: () => this.#bundleSet(), roots: () => this.#roots },
       allowed,
       agentOptions,
       () => this.#agents.delete(agent),
@@ -435,7 +502,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     return {
       key: svid.privateKeyPem,
       cert: svid.chainPem,
-      ca: this.#bundlePem,
+      ca: tlsCa(svid),
       requestCert: true,
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
@@ -480,7 +547,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
       try {
         const [leaf, ...intermediates] = chainOf(socket.getPeerCertificate(true));
         if (leaf === undefined) return { ok: false, reason: 'no client certificate' };
-        const v = verifySvid({ leaf, intermediates, roots: this.#roots, allowed });
+        const v = verifySvidInTrustDomain({ leaf, intermediates, bundles: this.#bundleSet(), allowed });
         return { ok: true, spiffeId: v.spiffeId, serial: v.serial, expiresAt: v.expiresAt };
       } catch (err) {
         return { ok: false, reason: err instanceof Error ? err.message : String(err) };
@@ -647,6 +714,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     }
     const chain = res.certificates.flatMap((c) => parsePemCertificates(c, 'the SVID'));
     const roots = parsePemCertificates(res.bundle, 'the trust bundle');
+    const federatedBundles = parseFederated(res.federatedBundles);
     const [leaf, ...intermediates] = chain;
     if (leaf === undefined) throw bad('empty certificate chain');
     let spiffeId: string;
@@ -668,6 +736,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
         certificates,
         chainPem: certificates.join(''),
         bundlePem: roots.map((r) => r.toString()).join(''),
+        federatedBundles,
         notBefore: new Date(Date.parse(leaf.validFrom)),
         expiresAt: new Date(Date.parse(leaf.validTo)),
       },
@@ -681,9 +750,14 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
     const svid = issued.value;
     const bundleChanged = svid.bundlePem !== this.#bundlePem;
     // Both contexts are built before anything is swapped: a bad SVID leaves the old one in place.
-    const context = tls.createSecureContext({ key: svid.privateKeyPem, cert: svid.chainPem, ca: svid.bundlePem, minVersion: 'TLSv1.2' });
+    const context = tls.createSecureContext({ key: svid.privateKeyPem, cert: svid.chainPem, ca: tlsCa(svid), minVersion: 'TLSv1.2' });
     this.#bundlePem = svid.bundlePem;
     this.#roots = parsePemCertificates(svid.bundlePem, 'the trust bundle');
+    const own = parseSpiffeId(svid.spiffeId).trustDomain;
+    this.#bundles = new Map([
+      ...svid.federatedBundles.filter((b) => b.trustDomain !== own).map((b) => [b.trustDomain, parsePemCertificates(b.bundlePem, `the bundle of ${b.trustDomain}`)] as const),
+      [own, this.#roots],
+    ]);
     this.#svid = svid;
     this.#context = context;
     this.#generation += 1;
@@ -695,7 +769,7 @@ export class TesseraClient extends EventEmitter<TesseraClientEvents> {
 
   #updateServer(server: tls.Server, svid: X509Svid): void {
     try {
-      server.setSecureContext({ key: svid.privateKeyPem, cert: svid.chainPem, ca: svid.bundlePem });
+      server.setSecureContext({ key: svid.privateKeyPem, cert: svid.chainPem, ca: tlsCa(svid) });
     } catch (err) {
       this.#fail(new TesseraError('bad_response', `cannot install the SVID on a server: ${(err as Error).message}`), { attempt: 0, delayMs: 0 });
     }

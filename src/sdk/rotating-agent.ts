@@ -7,20 +7,23 @@
  *   request is cut, and no request starts on an old connection after the pool has been flushed.
  * - TLS session resumption is off: a resumed session would carry the old client certificate.
  * - With `allowedServerIds`, the server is authorised by SPIFFE ID (chain re-verified against the
- *   bundle, one URI SAN, allow-list) instead of by host name, as SPIFFE prescribes.
+ *   bundle of the server's own trust domain, one URI SAN, allow-list) instead of by host name, as SPIFFE
+ *   prescribes.
  */
 import { X509Certificate } from 'node:crypto';
 import https from 'node:https';
 import type { Duplex } from 'node:stream';
-import type { DetailedPeerCertificate, PeerCertificate, SecureContext } from 'node:tls';
-import { MAX_CHAIN_DEPTH, verifySvid } from './x509.js';
+import { checkServerIdentity, type DetailedPeerCertificate, type PeerCertificate, type SecureContext } from 'node:tls';
+import { type BundleSet, MAX_CHAIN_DEPTH, verifySvidInTrustDomain, walkChain } from './x509.js';
 
 export interface CredentialSource {
   /** Current context (SVID + bundle); throws when there is none yet. */
   context(): SecureContext;
   /** Increases on every rotation. */
   generation(): number;
-  /** Current trust bundle roots. */
+  /** Current trust bundles by trust domain (own and federated). */
+  bundles(): BundleSet;
+  /** The own trust domain's roots: a server authorised by host name must chain to these (never to a federated bundle). */
   roots(): readonly X509Certificate[];
 }
 
@@ -77,14 +80,30 @@ export class RotatingAgent extends https.Agent {
               try {
                 const [leaf, ...intermediates] = chainOf(cert);
                 if (leaf === undefined) return new Error('the server presented no certificate');
-                verifySvid({ leaf, intermediates, roots: this.#source.roots(), allowed });
+                verifySvidInTrustDomain({ leaf, intermediates, bundles: this.#source.bundles(), allowed });
                 return undefined;
               } catch (err) {
                 return err instanceof Error ? err : new Error(String(err));
               }
             },
           }
-        : {}),
+        : {
+            // By host name: the TLS context trusts federated roots too (for SPIFFE-authorised peers), so a
+            // server named by host must also chain to our own trust domain's roots: a federated CA cannot
+            // vouch for one of our host names.
+            checkServerIdentity: (host: string, cert: PeerCertificate): Error | undefined => {
+              const byName = checkServerIdentity(host, cert);
+              if (byName !== undefined) return byName;
+              try {
+                const [leaf, ...intermediates] = chainOf(cert);
+                if (leaf === undefined) return new Error('the server presented no certificate');
+                walkChain(leaf, intermediates, this.#source.roots(), Date.now());
+                return undefined;
+              } catch (err) {
+                return err instanceof Error ? err : new Error(String(err));
+              }
+            },
+          }),
     };
     const socket = super.createConnection(opts, callback);
     if (socket) this.#generationOf.set(socket, generation);

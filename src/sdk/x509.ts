@@ -73,6 +73,23 @@ function issuedBy(child: X509Certificate, parent: X509Certificate): boolean {
   }
 }
 
+/** Walks from `leaf` through `intermediates` (CAs, each in its validity window) to one of `roots`; throws peer_rejected. */
+export function walkChain(leaf: X509Certificate, intermediates: readonly X509Certificate[], roots: readonly X509Certificate[], now: number): void {
+  let current = leaf;
+  for (let depth = 0; ; depth++) {
+    if (depth >= MAX_CHAIN_DEPTH) throw rejected('the certificate chain is too long');
+    const root = roots.find((r) => issuedBy(current, r));
+    if (root !== undefined) {
+      checkTime(root, now, 'the trust bundle root');
+      return;
+    }
+    const next = intermediates.find((c) => c !== current && c.ca && issuedBy(current, c));
+    if (next === undefined) throw rejected('the certificate does not chain to the trust bundle');
+    checkTime(next, now, 'an intermediate certificate');
+    current = next;
+  }
+}
+
 export interface VerifiedSvid {
   readonly spiffeId: string;
   readonly serial: string;
@@ -97,19 +114,7 @@ export function verifySvid(opts: {
   if (leaf.ca) throw rejected('the peer certificate is a CA certificate, not an SVID');
   const spiffeId = spiffeIdOf(leaf);
   checkTime(leaf, now, 'the peer certificate');
-  let current = leaf;
-  for (let depth = 0; ; depth++) {
-    if (depth >= MAX_CHAIN_DEPTH) throw rejected('the certificate chain is too long');
-    const root = roots.find((r) => issuedBy(current, r));
-    if (root !== undefined) {
-      checkTime(root, now, 'the trust bundle root');
-      break;
-    }
-    const next = intermediates.find((c) => c !== current && c.ca && issuedBy(current, c));
-    if (next === undefined) throw rejected('the certificate does not chain to the trust bundle');
-    checkTime(next, now, 'an intermediate certificate');
-    current = next;
-  }
+  walkChain(leaf, intermediates, roots, now);
   if (opts.allowed !== undefined && !opts.allowed.has(spiffeId)) {
     throw rejected(`SPIFFE ID ${spiffeId} is not allowed`);
   }
@@ -130,4 +135,25 @@ export function allowList(ids: readonly string[], what: string): ReadonlySet<str
     }
   }
   return new Set(ids);
+}
+
+/** Trust bundles keyed by trust domain name (example.org → its X.509 authorities). */
+export type BundleSet = ReadonlyMap<string, readonly X509Certificate[]>;
+
+/**
+ * Verifies an SVID against the bundle of the PEER's own trust domain only (the trust domain of its one
+ * URI SAN): a partner.test SVID is checked against partner.test's authorities and nothing else, so a key
+ * of one trust domain never vouches for an ID of another. No bundle for that trust domain: refused.
+ */
+export function verifySvidInTrustDomain(opts: {
+  readonly leaf: X509Certificate;
+  readonly intermediates?: readonly X509Certificate[];
+  readonly bundles: BundleSet;
+  readonly now?: number;
+  readonly allowed?: ReadonlySet<string>;
+}): VerifiedSvid {
+  const trustDomain = parseSpiffeId(spiffeIdOf(opts.leaf)).trustDomain;
+  const roots = opts.bundles.get(trustDomain);
+  if (roots === undefined || roots.length === 0) throw rejected(`no trust bundle for trust domain ${trustDomain} (not this workload's, nor federated with it)`);
+  return verifySvid({ ...opts, roots });
 }

@@ -22,6 +22,8 @@ import { freezeRoutes } from './routes/admin/freeze.js';
 import { revocationRoutes } from './routes/admin/revocations.js';
 import { secretsAdminRoutes } from './routes/admin/secrets.js';
 import { whoamiRoutes } from './routes/admin/whoami.js';
+import { federationRoutes } from './routes/admin/federation.js';
+import { trustBundlePem } from '../spiffe/bundle-parse.js';
 import { auditRoutes } from './routes/audit.js';
 import { bundleRoutes } from './routes/bundle.js';
 import { healthRoutes } from './routes/health.js';
@@ -134,7 +136,11 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   await app.register(healthRoutes, { store, audit, caExpiry: () => broker.caExpiry.current(), engines: secrets.engines, devices: broker.devices });
   await app.register(bundleRoutes, { bundle: () => broker.bundle, rootsPem: ca.rootsPem });
   await app.register(oidcRoutes, oidcOptions(broker));
-  await app.register(svidRoutes, { issuer: broker.issuer, rootsPem: ca.rootsPem });
+  await app.register(svidRoutes, {
+    issuer: broker.issuer,
+    rootsPem: ca.rootsPem,
+    federatedBundles: (tds) => broker.federation.bundlesFor(tds).map((b) => ({ trustDomain: b.trustDomain, pem: trustBundlePem(b.bundle), json: b.json })),
+  });
   await app.register(auditRoutes, { audit, checkpoints, store, adminLog: log, ...(broker.witnesses !== undefined ? { witnesses: broker.witnesses } : {}) });
   await app.register(secretsRoutes, { secrets, guard });
   await app.register(leasesRoutes, { secrets, guard });
@@ -153,6 +159,7 @@ export async function registerRoutes(app: FastifyInstance, broker: Broker): Prom
   });
   await app.register(entriesRoutes, { log, registry: broker.registry });
   await app.register(reloadRoutes, { log, reloader: broker.reloader });
+  await app.register(federationRoutes, { log, federation: broker.federation });
 }
 
 /** What the OIDC discovery routes serve (here and on the public listener): nothing unless oidc.enabled. */

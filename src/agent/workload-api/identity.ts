@@ -22,6 +22,8 @@ export interface X509Identity {
   readonly chainPem: string;
   readonly keyPem: string;
   readonly bundlePem: string;
+  /** Federated trust domains' X.509 authorities (concatenated DER), keyed by trust-domain SPIFFE ID. */
+  readonly federatedDer: ReadonlyMap<string, Buffer>;
 }
 
 /** One trust domain's JWT-SVID signing keys as a JWK Set, plus the same document serialised. */
@@ -69,6 +71,9 @@ export function x509Identity(svid: X509Svid, bundlePem: string): X509Identity {
     bundleDer: Buffer.concat(roots.map((c) => c.raw)),
     chainPem: svid.chainPem,
     bundlePem: roots.map((r) => r.toString()).join(''),
+    federatedDer: new Map(
+      svid.federatedBundles.map((b) => [`spiffe://${b.trustDomain}`, Buffer.concat(splitPem(b.bundlePem).map((pem) => new X509Certificate(pem).raw))]),
+    ),
   };
   // Not enumerable: logging or serialising the object does not leak the key.
   Object.defineProperty(id, 'keyPem', { value: svid.privateKeyPem, enumerable: false });
@@ -137,9 +142,16 @@ export class ClientIdentity extends EventEmitter<IdentityEvents> implements Iden
       const keys = jwtKeysOf(await this.#client.spiffeBundle());
       this.#bundleRetryMs = BUNDLE_RETRY_MIN_MS;
       const json = Buffer.from(JSON.stringify({ keys }));
-      const previous = this.#jwtBundles?.get(td);
-      if (previous === undefined || !previous.json.equals(json)) {
-        this.#jwtBundles = new Map([[td, { keys, json }]]);
+      // Federated trust domains' JWT keys (delivered with the X.509-SVID), each under its own trust domain.
+      const next = new Map<string, JwtBundle>([[td, { keys, json }]]);
+      for (const b of this.#client.federatedBundles()) {
+        const fkeys = jwtKeysOf({ keys: b.jwtKeys });
+        next.set(`spiffe://${b.trustDomain}`, { keys: fkeys, json: Buffer.from(JSON.stringify({ keys: fkeys })) });
+      }
+      const previous = this.#jwtBundles;
+      const same = previous !== undefined && previous.size === next.size && [...next].every(([k, v]) => previous.get(k)?.json.equals(v.json) === true);
+      if (!same) {
+        this.#jwtBundles = next;
         this.emit('jwtBundles', this.#jwtBundles);
       }
     } catch (err) {

@@ -42,8 +42,10 @@ function encodedFor(id: X509Identity): { svid: Buffer; bundles: Buffer } {
     e = {
       svid: codec('X509SVIDResponse').encode({
         svids: [{ spiffe_id: id.spiffeId, x509_svid: id.chainDer, x509_svid_key: id.keyDer, bundle: id.bundleDer }],
+        federated_bundles: Object.fromEntries(id.federatedDer),
       }),
-      bundles: codec('X509BundlesResponse').encode({ bundles: { [id.trustDomainId]: id.bundleDer } }),
+      // Own bundle and every federated one, each keyed by its trust domain.
+      bundles: codec('X509BundlesResponse').encode({ bundles: { ...Object.fromEntries(id.federatedDer), [id.trustDomainId]: id.bundleDer } }),
     };
     encoded.set(id, e);
   }
@@ -110,13 +112,14 @@ export function workloadApiService(source: IdentitySource, limiter: StreamLimite
       stream(call, (push) => {
         const id = source.x509();
         if (id === undefined) return NO_IDENTITY;
-        push.send(encodedFor(id).bundles);
-        let sent = id.bundleDer;
+        let sent = encodedFor(id).bundles;
+        push.send(sent);
         onX509(push, (next) => {
           if (next === undefined) return push.fail(NO_IDENTITY);
-          if (next.bundleDer.equals(sent)) return;
-          sent = next.bundleDer;
-          push.send(encodedFor(next).bundles);
+          const bundles = encodedFor(next).bundles;
+          if (bundles.equals(sent)) return;
+          sent = bundles;
+          push.send(bundles);
         });
         return undefined;
       }),

@@ -42,6 +42,14 @@ const X509Svid = Type.Object(
     notBefore: DateTime(),
     expiresAt: DateTime(),
     bundle: Type.String({ description: 'The trust bundle (root certificates) as PEM.' }),
+    federatedBundles: Type.Array(
+      Type.Object({
+        trustDomain: Type.String({ examples: ['partner.test'] }),
+        bundle: Type.String({ description: "The foreign trust domain's X.509 authorities as PEM." }),
+        spiffeBundle: Type.String({ description: 'Its SPIFFE bundle JSON (x509-svid and jwt-svid keys).' }),
+      }),
+      { description: "Bundles of the foreign trust domains this workload's registration entry federates with (federatesWith): trust each only for SVIDs of its own trust domain." },
+    ),
     audit: AuditReceipt,
   },
   { title: 'X509SvidResponse' },
@@ -74,6 +82,8 @@ export interface SvidOptions {
   readonly issuer: Issuer;
   /** The trust bundle sent with every X.509-SVID. */
   readonly rootsPem: string;
+  /** The federated bundles in force for these trust domains. */
+  readonly federatedBundles: (trustDomains: readonly string[]) => readonly { trustDomain: string; pem: string; json: string }[];
 }
 
 /**
@@ -87,7 +97,7 @@ async function oneKeySource(request: FastifyRequest): Promise<void> {
   }
 }
 
-export const svidRoutes: FastifyPluginAsyncTypebox<SvidOptions> = async (app, { issuer, rootsPem }) => {
+export const svidRoutes: FastifyPluginAsyncTypebox<SvidOptions> = async (app, { issuer, rootsPem, federatedBundles }) => {
   // A refusal (bad token, bad certificate, policy, bad CSR) is as visible as a grant.
   const refusal = (type: AuditEventType): RefusalRecorder => (err, request) => issuer.recordDenial(type, err, refusedIdentity(request, err), request.id);
 
@@ -114,6 +124,7 @@ export const svidRoutes: FastifyPluginAsyncTypebox<SvidOptions> = async (app, { 
         notBefore: iso(issued.notBefore),
         expiresAt: iso(issued.expiresAt),
         bundle: rootsPem,
+        federatedBundles: federatedBundles(issued.federatesWith).map((b) => ({ trustDomain: b.trustDomain, bundle: b.pem, spiffeBundle: b.json })),
         audit: issued.audit,
       };
     },
