@@ -150,12 +150,13 @@ const OPENSSL_TYPE: Readonly<Record<KeyKind, string>> = { 'ec-p256': 'ec', 'ec-p
  * uncompressed point for EC (Go rejects compressed points), NULL parameters for RSA, none for
  * Ed25519. Throws weak_key for disallowed keys, DerError for non-canonical encodings.
  */
-function kindFromSpki(spki: DerNode): { kind: KeyKind; jwk: JsonWebKey } {
+function kindFromSpki(spki: DerNode): { kind: KeyKind; point: Buffer | undefined; jwk: () => JsonWebKey } {
   const alg = child(spki, 0, 'SPKI algorithm');
   const key = readBitString(child(spki, 1, 'subjectPublicKey')).bytes;
   const algOid = readOid(child(alg, 0, 'SPKI algorithm OID'));
   let kind: KeyKind;
-  let jwk: JsonWebKey;
+  let jwk: () => JsonWebKey;
+  let point: Buffer | undefined;
   switch (algOid) {
     case OID_EC_PUBLIC_KEY: {
       const params = child(alg, 1, 'EC parameters');
@@ -165,13 +166,16 @@ function kindFromSpki(spki: DerNode): { kind: KeyKind; jwk: JsonWebKey } {
       if (curve === undefined) throw notAllowed(`EC curve ${curveOid}`);
       if (key.length !== curve.pointLength || key[0] !== 0x04) throw new DerError('EC public key must be an uncompressed point');
       kind = curve.kind;
+      point = key;
       const half = (curve.pointLength - 1) / 2;
-      jwk = {
+      const crv = kind === 'ec-p256' ? 'P-256' : 'P-384';
+      // Only the reference path (parseCsrPem) imports an EC key as a JWK; the hot path takes the raw point.
+      jwk = () => ({
         kty: 'EC',
-        crv: kind === 'ec-p256' ? 'P-256' : 'P-384',
+        crv,
         x: Buffer.from(key.subarray(1, 1 + half)).toString('base64url'),
         y: Buffer.from(key.subarray(1 + half)).toString('base64url'),
-      };
+      });
       break;
     }
     case OID_RSA_ENCRYPTION: {
@@ -183,18 +187,19 @@ function kindFromSpki(spki: DerNode): { kind: KeyKind; jwk: JsonWebKey } {
       const e = readUnsignedIntegerBytes(child(rsaKey, 1, 'publicExponent'));
       checkRsa((n.length - 1) * 8 + (32 - Math.clz32(n[0] ?? 0)), BigInt(`0x${e.toString('hex')}`));
       kind = 'rsa';
-      jwk = { kty: 'RSA', n: n.toString('base64url'), e: e.toString('base64url') };
+      const rsaJwk: JsonWebKey = { kty: 'RSA', n: n.toString('base64url'), e: e.toString('base64url') };
+      jwk = () => rsaJwk;
       break;
     }
     case OID_ED25519:
       if (alg.children.length !== 1 || key.length !== 32) throw new DerError('malformed Ed25519 key');
       kind = 'ed25519';
-      jwk = { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(key).toString('base64url') };
+      jwk = () => ({ kty: 'OKP', crv: 'Ed25519', x: Buffer.from(key).toString('base64url') });
       break;
     default:
       throw notAllowed(`key algorithm ${KNOWN_KEY_ALGORITHMS.get(algOid) ?? algOid}`);
   }
-  return { kind, jwk };
+  return { kind, point, jwk };
 }
 
 const PEM_RE = /^-----BEGIN ((?:NEW )?CERTIFICATE REQUEST)-----([\s\S]*?)-----END ((?:NEW )?CERTIFICATE REQUEST)-----$/;
@@ -260,7 +265,9 @@ function splitCsr(der: Buffer): CsrParts {
 interface PreparedCsr {
   readonly parts: CsrParts;
   readonly keyKind: KeyKind;
-  readonly jwk: JsonWebKey;
+  /** The uncompressed EC point (EC keys only). */
+  readonly point: Buffer | undefined;
+  readonly jwk: () => JsonWebKey;
   readonly alg: SigAlg;
 }
 
@@ -277,9 +284,10 @@ function prepareCsr(pem: string): PreparedCsr {
   // Cheap checks first: OpenSSL's key decoder is the most expensive step after verify. The key
   // verdict (weak_key) precedes the algorithm one, since e.g. a DSA key implies a DSA signature.
   let keyKind: KeyKind;
-  let jwk: JsonWebKey;
+  let point: Buffer | undefined;
+  let jwk: () => JsonWebKey;
   try {
-    ({ kind: keyKind, jwk } = kindFromSpki(parts.spkiNode));
+    ({ kind: keyKind, point, jwk } = kindFromSpki(parts.spkiNode));
   } catch (err) {
     if (err instanceof DerError) throw invalidCsr(`CSR public key encoding is not canonical: ${err.message}`);
     throw err;
@@ -288,7 +296,7 @@ function prepareCsr(pem: string): PreparedCsr {
   if (alg === undefined) throw invalidCsr(`CSR signature algorithm ${parts.sigAlgOid} is not allowed`);
   const keyFamily: SigFamily = keyKind === 'rsa' ? 'rsa' : keyKind === 'ed25519' ? 'ed25519' : 'ecdsa';
   if (alg.family !== keyFamily) throw invalidCsr('CSR signature algorithm does not match its key type');
-  return { parts, keyKind, jwk, alg };
+  return { parts, keyKind, point, jwk, alg };
 }
 
 const malformedKey = (err: unknown): BrokerError => invalidCsr('CSR public key is malformed (e.g. not a point on the curve)', err);
@@ -311,8 +319,10 @@ function finishCsr(csr: PreparedCsr, publicKey: KeyObject): ParsedCsr {
     ok = false;
   }
   if (!ok) throw invalidCsr('CSR signature does not verify');
-  keyInfo.set(publicKey, { kind: keyKind, spki: Buffer.from(parts.spki) });
-  return { publicKey, spki: Buffer.from(parts.spki), keyKind };
+  // One copy, shared by the memo and the answer (the memo's Buffer is never mutated; see spkiOf).
+  const spki = Buffer.from(parts.spki);
+  keyInfo.set(publicKey, { kind: keyKind, spki });
+  return { publicKey, spki, keyKind };
 }
 
 /** Parses a PEM CSR, verifies its self-signature and returns only its public key. */
@@ -322,7 +332,7 @@ export function parseCsrPem(pem: string): ParsedCsr {
   // import. The import still checks that an EC point is on the curve.
   let publicKey: KeyObject;
   try {
-    publicKey = createPublicKey({ key: csr.jwk, format: 'jwk' });
+    publicKey = createPublicKey({ key: csr.jwk(), format: 'jwk' });
   } catch (err) {
     throw malformedKey(err);
   }
@@ -338,12 +348,11 @@ export async function verifyCsrPem(pem: string): Promise<ParsedCsr> {
   const csr = prepareCsr(pem);
   let publicKey: KeyObject;
   try {
-    if (csr.keyKind === 'ec-p256' || csr.keyKind === 'ec-p384') {
-      const point = readBitString(child(csr.parts.spkiNode, 1, 'subjectPublicKey')).bytes;
+    if (csr.point !== undefined && (csr.keyKind === 'ec-p256' || csr.keyKind === 'ec-p384')) {
       const namedCurve = csr.keyKind === 'ec-p256' ? 'P-256' : 'P-384';
-      publicKey = KeyObject.from(await webcrypto.subtle.importKey('raw', point, { name: 'ECDSA', namedCurve }, true, ['verify']));
+      publicKey = KeyObject.from(await webcrypto.subtle.importKey('raw', csr.point, { name: 'ECDSA', namedCurve }, true, ['verify']));
     } else {
-      publicKey = createPublicKey({ key: csr.jwk, format: 'jwk' });
+      publicKey = createPublicKey({ key: csr.jwk(), format: 'jwk' });
     }
   } catch (err) {
     throw malformedKey(err);

@@ -1,0 +1,161 @@
+#!/usr/bin/env node
+// CPU per issuance at a fixed request count (not a fixed time): starts a real `tessera serve` on fresh
+// dev material, sends N X.509-from-CSR and N JWT-SVID requests at concurrency C (HTTPS keep-alive,
+// token), and prints the broker's CPU per request (all threads, from /proc) for each kind, in
+// alternating rounds. CPU time is far less sensitive to other load on the machine than wall time.
+//
+// Usage: npm run build && node bench/cpu-per-issuance.mjs [--requests 4000] [--rounds 3] [--concurrency 32]
+//   [--fresh]  a fresh token + CSR key per X.509 request (pre-generated), so no per-token/CSR cache helps
+//   [--prof DIR]  run the broker under `node --cpu-prof --cpu-prof-dir DIR`
+import { spawn } from 'node:child_process';
+import https from 'node:https';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const dist = (p) => import(path.join(root, 'dist', p));
+
+/** utime + stime (µs) of every thread of `pid`, in all and by thread name (comm). */
+function threadCpu(pid) {
+  const byName = {};
+  let total = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const name = t === String(pid) ? 'event loop' : stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(') ') + 2).split(' ');
+      const us = ((Number(f[11]) + Number(f[12])) * 1e6) / 100;
+      byName[name] = (byName[name] ?? 0) + us;
+      byName[`${name} sys`] = (byName[`${name} sys`] ?? 0) + (Number(f[12]) * 1e6) / 100;
+      const cs = /voluntary_ctxt_switches:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8'));
+      byName[`${name} wakeups/1000`] = (byName[`${name} wakeups/1000`] ?? 0) + Number(cs?.[1] ?? 0) * 1000;
+      total += us;
+    } catch {
+      // thread gone
+    }
+  }
+  return { total, byName };
+}
+
+/** CPU µs per request between two threadCpu readings, in all and by thread name. */
+function perRequest(before, after, n) {
+  const byName = {};
+  for (const [k, v] of Object.entries(after.byName)) byName[k] = Math.round((v - (before.byName[k] ?? 0)) / n);
+  return { total: (after.total - before.total) / n, byName };
+}
+
+/** Sends `n` requests, `concurrency` at a time; `body(i)`/`headers(i)` per request. Throws on a non-200. */
+async function fixedCount({ url, n, concurrency, body, headers, ca }) {
+  const agent = new https.Agent({ keepAlive: true, maxSockets: concurrency, ca });
+  let next = 0;
+  const one = (i) =>
+    new Promise((resolve, reject) => {
+      const b = body(i);
+      const req = https.request(url, { method: 'POST', agent, headers: { 'content-type': 'application/json', ...headers(i), 'content-length': Buffer.byteLength(b) } }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`${res.statusCode} ${Buffer.concat(chunks).toString().slice(0, 300)}`))));
+      });
+      req.on('error', reject);
+      req.end(b);
+    });
+  await Promise.all(Array.from({ length: concurrency }, async () => {
+    while (next < n) await one(next++);
+  }));
+  agent.destroy();
+}
+
+export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency = 32, fresh = false, profDir } = {}) {
+  const { ensureDevMaterial } = await dist('dev/material.js');
+  const { mintDevToken } = await dist('dev/token-issuer.js');
+  const work = mkdtempSync(path.join(tmpdir(), 'tessera-cpu-'));
+  try {
+    const m = await ensureDevMaterial(path.join(work, 'pki'), 'example.org');
+    const ca = readFileSync(m.bundleFile, 'utf8');
+    const cfg = path.join(work, 'tessera.yaml');
+    writeFileSync(cfg, [
+      'trustDomain: example.org', 'replicaId: bench', 'logLevel: warn', 'listen: { host: 127.0.0.1, port: 0 }',
+      `tls: { certFile: ${m.dir}/server.pem, keyFile: ${m.dir}/server.key }`,
+      `ca: { certFile: ${m.dir}/intermediate.pem, keyFile: ${m.dir}/intermediate.key, bundleFile: ${m.dir}/bundle.pem, jwtKeyFile: ${m.dir}/jwt-signing.key }`,
+      'issuers:', '  - issuer: https://kubernetes.default.svc.cluster.local', `    jwksFile: ${m.issuerJwksFile}`, '    audiences: [tessera]',
+      'registration:', '  - selector: { namespace: bench, serviceAccount: "*" }', '    jwtAudiences: [payments]',
+      `store: { embedded: { dir: ${work}/data, fsync: true } }`, `audit: { signingKeyFile: ${m.auditKeyFile} }`, 'limits: { enabled: false }', '',
+    ].join('\n'));
+    const nodeArgs = profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
+    const child = spawn(process.execPath, [...nodeArgs, path.join(root, 'dist/cli/main.js'), 'serve', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TESSERA_CONFIG: '' } });
+    const url = await new Promise((resolve, reject) => {
+      let out = '';
+      const onData = (d) => {
+        out += d.toString();
+        const u = /listening on (https:\/\/[\d.]+:\d+)/.exec(out);
+        if (u) resolve(u[1]);
+      };
+      child.stdout.on('data', onData);
+      child.stderr.on('data', (d) => (out += d.toString()));
+      child.on('exit', (code) => reject(new Error(`broker exited ${code}: ${out.slice(-2000)}`)));
+    });
+    const tokenFor = (i) => mintDevToken({ keyFile: m.issuerKeyFile, namespace: 'bench', serviceAccount: `load${i}`, ttlSeconds: 3600 });
+    const csrOf = async () => {
+      const { mintCaCsr } = await dist('ca/x509.js');
+      // Any P-256 CSR will do for an X.509-SVID; the CA-CSR builder is at hand and makes one.
+      return mintCaCsr({ commonName: 'bench', trustDomain: 'example.org' }, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
+    };
+    const token = await tokenFor(0);
+    const csr = await csrOf();
+    let tokens = [];
+    let csrs = [];
+    const x509 = async () => {
+      const t0 = threadCpu(child.pid);
+      await fixedCount({
+        url: `${url}/v1/svid/x509`, n: requests, concurrency, ca,
+        body: (i) => JSON.stringify({ csr: fresh ? csrs[i] : csr }),
+        headers: (i) => ({ authorization: `Bearer ${fresh ? tokens[i] : token}` }),
+      });
+      return perRequest(t0, threadCpu(child.pid), requests);
+    };
+    const jwt = async () => {
+      const t0 = threadCpu(child.pid);
+      const b = JSON.stringify({ audience: ['payments'] });
+      await fixedCount({ url: `${url}/v1/svid/jwt`, n: requests, concurrency, ca, body: () => b, headers: () => ({ authorization: `Bearer ${token}` }) });
+      return perRequest(t0, threadCpu(child.pid), requests);
+    };
+    const prepare = async () => {
+      if (!fresh) return;
+      tokens = await Promise.all(Array.from({ length: requests }, (_, i) => tokenFor(i)));
+      csrs = [];
+      for (let i = 0; i < requests; i++) csrs.push(await csrOf());
+    };
+    await prepare();
+    await x509(); // warm-up (JIT)
+    await jwt();
+    const rows = { x509: [], jwt: [] };
+    for (let r = 0; r < rounds; r++) {
+      await prepare();
+      const x = await x509();
+      const j = await jwt();
+      rows.x509.push(Math.round(x.total));
+      rows.jwt.push(Math.round(j.total));
+      console.error(`[cpu] round ${r + 1}: x509 ${rows.x509.at(-1)} µs ${JSON.stringify(x.byName)}; jwt ${rows.jwt.at(-1)} µs ${JSON.stringify(j.byName)}`);
+    }
+    const done = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await done;
+    const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+    return { requests, rounds, concurrency, fresh, x509CpuUs: median(rows.x509), jwtCpuUs: median(rows.jwt), x509Rounds: rows.x509, jwtRounds: rows.jwt };
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const { values: a } = parseArgs({ options: { requests: { type: 'string' }, rounds: { type: 'string' }, concurrency: { type: 'string' }, fresh: { type: 'boolean' }, prof: { type: 'string' } } });
+  const r = await cpuPerIssuance({
+    requests: Number(a.requests ?? 4000), rounds: Number(a.rounds ?? 3), concurrency: Number(a.concurrency ?? 32), fresh: a.fresh === true,
+    ...(a.prof ? { profDir: a.prof } : {}),
+  });
+  console.log(JSON.stringify(r));
+}
