@@ -340,7 +340,8 @@ describe.skipIf(!mysqlReach.ok || !sharedStore.ok)('rotate-root: two live replic
         },
       ],
     };
-    const store = () => RedisStore.connect({ url: SHARED_REDIS_URL, prefix });
+    // Not a test of Redis timeouts: a generous command timeout keeps a loaded machine from failing it.
+    const store = () => RedisStore.connect({ url: SHARED_REDIS_URL, prefix, commandTimeoutMs: 10_000 });
     a = await startBroker({ store, secrets, config: { ...(await adminConfig()), replicaId: 'replica-a' } });
     c = await startBroker({ store, secrets, config: { ...(await adminConfig()), replicaId: 'replica-b' } });
     const onB = await issue(c, 'mysql', 'reader'); // B's pool is logged in with the config's password
