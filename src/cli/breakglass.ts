@@ -5,7 +5,6 @@
  */
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import https from 'node:https';
 import path from 'node:path';
 import {
   MAX_REQUEST_VALIDITY_SECONDS,
@@ -21,8 +20,9 @@ import {
 import { breakGlassGrantProblem, loadConfig } from '../config/load.js';
 import { validateTrustDomain } from '../spiffe/id.js';
 import { command } from './command.js';
+import { adminRequest, refused } from './connection.js';
 import { readNamedFile } from './files.js';
-import { CommandFailed, UsageError } from './usage.js';
+import { UsageError } from './usage.js';
 
 const out = (s: string): boolean => process.stdout.write(s);
 const err = (s: string): boolean => process.stderr.write(s);
@@ -197,32 +197,6 @@ async function cosign(values: Values<'in' | 'key' | 'out'>): Promise<void> {
   err(`Co-signed (${left}s left to redeem) → ${target}:\n${describe(claims, signed.signatures.length)}\n`);
 }
 
-function post(url: URL, ca: string, body: string): Promise<{ status: number; json: Record<string, unknown> }> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      url,
-      { method: 'POST', ca, agent: false, timeout: 30_000, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          let json: Record<string, unknown>;
-          try {
-            json = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
-          } catch {
-            json = {};
-          }
-          resolve({ status: res.statusCode ?? 0, json });
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error('the broker did not answer within 30 s')));
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 async function use(values: Values<'request' | 'url' | 'cacert' | 'out'>): Promise<void> {
   if (values.request === undefined || values.url === undefined || values.cacert === undefined || values.out === undefined) {
     throw new UsageError('break-glass use needs --request FILE --url https://broker:8443 --cacert bundle.pem --out DIR');
@@ -234,16 +208,14 @@ async function use(values: Values<'request' | 'url' | 'cacert' | 'out'>): Promis
   }
   let url: URL;
   try {
-    url = new URL('/v1/admin/break-glass', values.url);
+    url = new URL(values.url);
   } catch {
     throw new UsageError(`--url ${values.url}: not a URL`);
   }
   if (url.protocol !== 'https:') throw new UsageError('--url must be https://');
-  const res = await post(url, readNamedFile(values.cacert, '--cacert'), JSON.stringify(body));
-  if (res.status !== 200) {
-    const text = (v: unknown): string => (typeof v === 'string' ? v : '');
-    throw new CommandFailed(`the broker refused (${res.status} ${text(res.json.error)}): ${text(res.json.message)}`);
-  }
+  // No client certificate: the signed request is the authority (the broker hands out the admin certificate).
+  const res = await adminRequest({ url, ca: readNamedFile(values.cacert, '--cacert') }, 'POST', '/v1/admin/break-glass', body);
+  if (res.status !== 200) throw refused(res);
   const j = res.json as {
     grant: string; spiffeId: string; expiresAt: string; svid?: string; privateKey?: string; adminBundle?: string; serial?: string;
     secret?: { name: string; value: string; encoding: string; leaseId: string }; audit: { index: number };

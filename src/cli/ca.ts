@@ -7,7 +7,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { command } from './command.js';
-import { adminConnection, adminRequest, type AdminConnection } from './connection.js';
+import { adminConnection, adminRequest, refused, type AdminConnection } from './connection.js';
 import { readNamedFile } from './files.js';
 import { CommandFailed, UsageError } from './usage.js';
 
@@ -26,12 +26,6 @@ function connection(values: { url?: string | undefined; cacert?: string | undefi
     cert: '--admin-cert',
     key: '--admin-key',
   });
-}
-
-/** The broker's refusal as a CLI error (exit 1 with its code and message). */
-function refused(r: { status: number; json: Record<string, unknown> }): CommandFailed {
-  const text = (v: unknown, fallback: string): string => (typeof v === 'string' ? v : fallback);
-  return new CommandFailed(`the broker refused (${r.status} ${text(r.json.error, '')}): ${text(r.json.message, 'no message')}`);
 }
 
 interface AuthorityOut {

@@ -26,9 +26,16 @@ https://127.0.0.1:8443, certs-dev/bundle.pem and certs-dev/admin-dev.pem/.key (n
 
 export const DEV_URL = 'https://127.0.0.1:8443';
 
-export interface AdminConnection {
+/** Where a command reaches the broker: its URL and the roots to trust, and a client certificate if it has one. */
+export interface BrokerConnection {
   readonly url: URL;
   readonly ca: string;
+  readonly cert?: string;
+  readonly key?: string;
+}
+
+/** An admin command's connection: always with the admin certificate. */
+export interface AdminConnection extends BrokerConnection {
   readonly cert: string;
   readonly key: string;
 }
@@ -82,8 +89,8 @@ export interface AdminResponse {
 
 const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 
-/** One admin API call over mutual TLS; a connection failure is a CommandFailed naming the URL. */
-export function adminRequest(conn: AdminConnection, method: string, pathAndQuery: string, body?: unknown): Promise<AdminResponse> {
+/** One admin API call over mutual TLS (over TLS alone for break-glass, which has no certificate yet); a connection failure is a CommandFailed naming the URL. */
+export function adminRequest(conn: BrokerConnection, method: string, pathAndQuery: string, body?: unknown): Promise<AdminResponse> {
   const target = new URL(pathAndQuery, conn.url);
   const payload = body === undefined ? undefined : JSON.stringify(body);
   return new Promise((resolve, reject) => {
@@ -92,8 +99,8 @@ export function adminRequest(conn: AdminConnection, method: string, pathAndQuery
       {
         method,
         ca: conn.ca,
-        cert: conn.cert,
-        key: conn.key,
+        ...(conn.cert !== undefined ? { cert: conn.cert } : {}),
+        ...(conn.key !== undefined ? { key: conn.key } : {}),
         agent: false,
         timeout: 30_000,
         headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },

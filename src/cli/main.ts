@@ -4,29 +4,16 @@ import { readFileSync } from 'node:fs';
 import { BrokerError } from '../errors.js';
 import { processIo, runCli, type Command } from './command.js';
 
-// The agent is a long-running sidecar in every pod: it loads only its own commands, not the broker's
-// modules (which would double its resident memory). Everything else loads the whole table.
 const AGENT_ONLY = new Set(['agent', 'workload-api']);
 
-async function fullTable(): Promise<Command[]> {
-  const [{ loadConfig, readWorkers }, { ADMIN_COMMANDS }, { AGENT_COMMANDS }, { AUDIT_COMMANDS }, { BREAK_GLASS_COMMANDS }, { CA_COMMANDS }, { command }, { DEV_COMMANDS }, { ENTRY_COMMANDS }, { FEDERATION_COMMANDS }, { nameConfigFile }, { SECRETS_COMMANDS }, { serve }, { WITNESS_COMMANDS }] =
-    await Promise.all([
-      import('../config/load.js'),
-      import('./admin.js'),
-      import('./agent.js'),
-      import('./audit.js'),
-      import('./breakglass.js'),
-      import('./ca.js'),
-      import('./command.js'),
-      import('./dev.js'),
-      import('./entry.js'),
-      import('./federation.js'),
-      import('./files.js'),
-      import('./secrets.js'),
-      import('./serve.js'),
-      import('./witness.js'),
-    ]);
-  const SERVE = command({
+async function serveCommand(): Promise<Command> {
+  const [{ loadConfig, readWorkers }, { command }, { nameConfigFile }, { serve }] = await Promise.all([
+    import('../config/load.js'),
+    import('./command.js'),
+    import('./files.js'),
+    import('./serve.js'),
+  ]);
+  return command({
     name: 'serve',
     usage: '[--config FILE] [--workers N|auto]',
     summary: 'run the broker (no config: dev defaults, https://127.0.0.1:8443);\nN > 1: N replicas share the port (node:cluster); needs store.redis',
@@ -43,7 +30,37 @@ async function fullTable(): Promise<Command[]> {
       }
     },
   });
-  return [SERVE, ...DEV_COMMANDS, ...SECRETS_COMMANDS, ...AUDIT_COMMANDS, ...AGENT_COMMANDS, ...ADMIN_COMMANDS, ...ENTRY_COMMANDS, ...FEDERATION_COMMANDS, ...CA_COMMANDS, ...BREAK_GLASS_COMMANDS, ...WITNESS_COMMANDS];
+}
+
+/**
+ * Every command's name starts with its group's word, and each group lives in one module: a command line
+ * loads only that module (loading all of them is most of what a short command costs). The listing
+ * (`tessera`, `--help`) and an unknown word load the whole table, in this order.
+ */
+const GROUPS: Readonly<Record<string, () => Promise<readonly Command[]>>> = {
+  serve: async () => [await serveCommand()],
+  dev: async () => (await import('./dev.js')).DEV_COMMANDS,
+  secrets: async () => (await import('./secrets.js')).SECRETS_COMMANDS,
+  audit: async () => (await import('./audit.js')).AUDIT_COMMANDS,
+  agent: async () => (await import('./agent.js')).AGENT_COMMANDS,
+  admin: async () => (await import('./admin.js')).ADMIN_COMMANDS,
+  entry: async () => (await import('./entry.js')).ENTRY_COMMANDS,
+  federation: async () => (await import('./federation.js')).FEDERATION_COMMANDS,
+  ca: async () => (await import('./ca.js')).CA_COMMANDS,
+  'break-glass': async () => (await import('./breakglass.js')).BREAK_GLASS_COMMANDS,
+  witness: async () => (await import('./witness.js')).WITNESS_COMMANDS,
+};
+
+async function fullTable(): Promise<Command[]> {
+  return (await Promise.all(Object.values(GROUPS).map((load) => load()))).flat();
+}
+
+async function tableFor(first: string | undefined): Promise<readonly Command[]> {
+  // The agent is a long-running sidecar in every pod: it loads only its own commands, not the broker's
+  // modules (which would double its resident memory).
+  if (AGENT_ONLY.has(first ?? '')) return (await import('./agent.js')).AGENT_COMMANDS;
+  if (first !== undefined && Object.hasOwn(GROUPS, first)) return (GROUPS[first] as () => Promise<readonly Command[]>)();
+  return fullTable();
 }
 
 /** What exit 1 prints: the message of an expected failure, the stack of a bug. */
@@ -56,7 +73,7 @@ function failure(err: unknown): string {
 
 const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
-const table = AGENT_ONLY.has(process.argv[2] ?? '') ? (await import('./agent.js')).AGENT_COMMANDS : await fullTable();
+const table = await tableFor(process.argv[2]);
 
 // runCli turns every error into a message and an exit code; it does not reject.
 void runCli({ table, version, failure }, process.argv.slice(2), processIo).then((code) => {

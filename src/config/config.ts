@@ -148,6 +148,27 @@ const rabbitmqRole = section({
 export const ADMIN_ROLES: readonly AdminRole[] = ['auditor', 'operator', 'secrets-admin', 'registrar'];
 
 /** The config file. Every mapping refuses keys it does not name. */
+/**
+ * A list of secrets engines of one kind. Every engine has a name (unique across all kinds), the admin's
+ * URL and optional password file, the prefix of every user it creates (<usernamePrefix><role>_<16 hex>;
+ * `maxTail` characters may follow the first letter), a connect timeout, the settings of its kind, and roles.
+ */
+const engineList = <X extends Record<string, TSchema>, R extends TSchema>(opts: { usernamePrefix: { maxTail: number; default: string } }, settings: X, role: R) => {
+  const prefix = `^[a-z][a-z0-9_]{0,${opts.usernamePrefix.maxTail}}$`;
+  return Type.Array(
+    section({
+      name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
+      url: str(),
+      passwordFile: opt(file()),
+      usernamePrefix: str({ pattern: prefix, message: `expected ${prefix}`, default: opts.usernamePrefix.default }),
+      connectTimeoutMs: int(100, 60_000, 5000),
+      ...settings,
+      roles: Type.Record(Type.String(), role, { minProperties: 1, message: 'expected a mapping of role name to role' }),
+    }, null),
+    { default: [], message: 'expected a list' },
+  );
+};
+
 export const ConfigFileSchema = section({
   trustDomain: str({ default: 'example.org' }),
   /** Default: the host name. */
@@ -346,63 +367,22 @@ export const ConfigFileSchema = section({
       section({ spiffeIds: opt(strings()), selector: opt(selector(null)), secrets: strList(), postgresRoles: strList(), mysqlRoles: opt(strings()), redisRoles: opt(strings()), rabbitmqRoles: opt(strings()) }, null),
       { default: [], message: 'expected a list' },
     ),
-    postgres: Type.Array(
-      section({
-        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
-        /** postgres://user@host:port/database of the admin role (the database the grants apply in). */
-        url: str(),
-        passwordFile: opt(file()),
-        /** Every role Tessera creates is named <usernamePrefix><role>_<16 hex>. */
-        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
-        connectTimeoutMs: int(100, 60_000, 5000),
-        statementTimeoutMs: int(100, 300_000, 10_000),
-        maxConnections: int(1, 64, 4),
-        roles: Type.Record(Type.String(), postgresRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
-      }, null),
-      { default: [], message: 'expected a list' },
+    /** PostgreSQL servers: postgres://user@host:port/database of the admin role (the database the grants apply in). */
+    postgres: engineList(
+      { usernamePrefix: { maxTail: 13, default: 'tessera_' } },
+      { statementTimeoutMs: int(100, 300_000, 10_000), maxConnections: int(1, 64, 4) },
+      postgresRole,
     ),
-    /** MariaDB / MySQL servers (engine names are unique across all engine kinds). */
-    mysql: Type.Array(
-      section({
-        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
-        /** mysql://user@host:port[/database] of the admin user (CREATE USER, GRANT OPTION, CONNECTION ADMIN or SUPER). */
-        url: str(),
-        passwordFile: opt(file()),
-        /** Every user Tessera creates is named <usernamePrefix><role, shortened>_<16 hex>, at most 32 characters. */
-        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,7}$', message: 'expected ^[a-z][a-z0-9_]{0,7}$', default: 'tsr_' }),
-        connectTimeoutMs: int(100, 60_000, 5000),
-        maxConnections: int(1, 64, 4),
-        roles: Type.Record(Type.String(), mysqlRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
-      }, null),
-      { default: [], message: 'expected a list' },
-    ),
-    /** Redis servers (standalone; one engine per node for Sentinel / Cluster): ACL users. */
-    redis: Type.Array(
-      section({
-        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
-        /** redis://[user@]host:port of the admin user (needs +acl and +client). */
-        url: str(),
-        passwordFile: opt(file()),
-        /** Every user Tessera creates is named <usernamePrefix><role>_<16 hex>. */
-        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
-        connectTimeoutMs: int(100, 60_000, 5000),
-        roles: Type.Record(Type.String(), redisRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
-      }, null),
-      { default: [], message: 'expected a list' },
-    ),
-    /** RabbitMQ brokers, through the management HTTP API. */
-    rabbitmq: Type.Array(
-      section({
-        name: str({ pattern: '^[a-z][a-z0-9_-]{0,31}$', message: 'expected ^[a-z][a-z0-9_-]{0,31}$' }),
-        /** http(s)://user@host:15672 of the management API, as an administrator. */
-        url: str(),
-        passwordFile: opt(file()),
-        usernamePrefix: str({ pattern: '^[a-z][a-z0-9_]{0,13}$', message: 'expected ^[a-z][a-z0-9_]{0,13}$', default: 'tessera_' }),
-        connectTimeoutMs: int(100, 60_000, 5000),
-        roles: Type.Record(Type.String(), rabbitmqRole, { minProperties: 1, message: 'expected a mapping of role name to role' }),
-      }, null),
-      { default: [], message: 'expected a list' },
-    ),
+    /**
+     * MariaDB / MySQL servers (engine names are unique across all engine kinds): mysql://user@host:port[/database]
+     * of the admin user (CREATE USER, GRANT OPTION, CONNECTION ADMIN or SUPER). Users are named
+     * <usernamePrefix><role, shortened>_<16 hex>, at most 32 characters.
+     */
+    mysql: engineList({ usernamePrefix: { maxTail: 7, default: 'tsr_' } }, { maxConnections: int(1, 64, 4) }, mysqlRole),
+    /** Redis servers (standalone; one engine per node for Sentinel / Cluster): ACL users; redis://[user@]host:port of the admin user (needs +acl and +client). */
+    redis: engineList({ usernamePrefix: { maxTail: 13, default: 'tessera_' } }, {}, redisRole),
+    /** RabbitMQ brokers, through the management HTTP API: http(s)://user@host:15672 as an administrator. */
+    rabbitmq: engineList({ usernamePrefix: { maxTail: 13, default: 'tessera_' } }, {}, rabbitmqRole),
   }),
   admin: section({
     /** Roots (PEM) of the separate admin CA. Without it no admin certificate is accepted. */

@@ -23,6 +23,7 @@ import { readFileSync } from 'node:fs';
 import mysql from 'mysql2/promise';
 import type { MysqlEngineConfig, MysqlRoleConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
+import { RotatingAdminPool } from './admin-pool.js';
 import type { AdminPasswordSource, EngineCredential, EngineLeases, SecretEngine } from './engine.js';
 import type { Lease } from './leases.js';
 import { renderMysqlTemplate } from './mysql-template.js';
@@ -82,14 +83,9 @@ export class MysqlEngine implements SecretEngine {
   readonly name: string;
   readonly #config: MysqlEngineConfig;
   readonly #leases: EngineLeases;
-  #pool: mysql.Pool;
+  readonly #pool: RotatingAdminPool<mysql.Pool>;
   readonly #base: mysql.PoolOptions;
-  /** The admin password the current pool logs in with. */
-  #poolPassword: string;
-  readonly #source: AdminPasswordSource | undefined;
   readonly #onError: ((err: Error) => void) | undefined;
-  /** Pools made with an older admin password: ended a little after they were replaced. */
-  readonly #retired = new Set<mysql.Pool>();
   readonly #usernamePattern: RegExp;
   #closed = false;
 
@@ -98,10 +94,9 @@ export class MysqlEngine implements SecretEngine {
     this.#config = config;
     this.#leases = leases;
     this.#base = connectionOf(config);
-    this.#source = opts.adminPassword;
     this.#onError = opts.onError;
-    this.#poolPassword = this.#base.password ?? '';
-    this.#pool = this.#makePool(this.#poolPassword);
+    const configured = this.#base.password ?? '';
+    this.#pool = new RotatingAdminPool((password) => this.#makePool(password ?? configured), configured, opts.adminPassword);
     this.#usernamePattern = new RegExp(`^${config.usernamePrefix}[a-z][a-z0-9_]*_[0-9a-f]{16}$`);
   }
 
@@ -113,22 +108,6 @@ export class MysqlEngine implements SecretEngine {
       (conn as unknown as { on(ev: 'error', f: (e: Error) => void): void }).on('error', (err) => this.#onError?.(err));
     });
     return pool;
-  }
-
-  /** The pool for the admin password in force now (a rotated one in the store replaces the pool). */
-  async #currentPool(): Promise<mysql.Pool> {
-    if (this.#source === undefined) return this.#pool;
-    const want = (await this.#source()) ?? this.#base.password ?? '';
-    if (want === this.#poolPassword) return this.#pool;
-    const old = this.#pool;
-    this.#poolPassword = want;
-    this.#pool = this.#makePool(want);
-    this.#retired.add(old);
-    setTimeout(() => {
-      this.#retired.delete(old);
-      old.end().catch(() => undefined);
-    }, 30_000).unref();
-    return this.#pool;
   }
 
   role(role: string): MysqlRoleConfig | undefined {
@@ -167,7 +146,7 @@ export class MysqlEngine implements SecretEngine {
   async #connection(action: string): Promise<mysql.PoolConnection> {
     if (this.#closed) throw new BrokerError('engine_unavailable', `MySQL engine "${this.name}" is closed`);
     try {
-      return await (await this.#currentPool()).getConnection();
+      return await (await this.#pool.current()).getConnection();
     } catch (err) {
       throw this.#unavailable(`${action}: cannot connect`, err);
     }
@@ -311,7 +290,6 @@ export class MysqlEngine implements SecretEngine {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await Promise.all([this.#pool, ...this.#retired].map((p) => p.end().catch(() => undefined)));
-    this.#retired.clear();
+    await this.#pool.end();
   }
 }

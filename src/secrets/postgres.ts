@@ -28,6 +28,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import type { PostgresEngineConfig, PostgresRoleConfig } from '../config/config.js';
 import { BrokerError } from '../errors.js';
+import { RotatingAdminPool } from './admin-pool.js';
 import type { AdminPasswordSource, EngineCredential, EngineLeases, SecretEngine } from './engine.js';
 import type { Lease } from './leases.js';
 import { renderGrantTemplate } from './sql-template.js';
@@ -109,14 +110,8 @@ export class PostgresEngine implements SecretEngine {
   readonly name: string;
   readonly #config: PostgresEngineConfig;
   readonly #leases: EngineLeases;
-  #pool: pg.Pool;
-  /** The admin password the current pool logs in with (undefined: the config's, as the URL/passwordFile give it). */
-  #poolPassword: string | undefined;
-  readonly #configPassword: string;
-  readonly #source: AdminPasswordSource | undefined;
+  readonly #pool: RotatingAdminPool<pg.Pool>;
   readonly #onError: ((err: Error) => void) | undefined;
-  /** Pools made with an older admin password: ended once their checked-out clients are likely back. */
-  readonly #retired = new Set<pg.Pool>();
   readonly #usernamePattern: RegExp;
   #closed = false;
   #adminChecked = false;
@@ -126,16 +121,14 @@ export class PostgresEngine implements SecretEngine {
     this.#config = config;
     this.#leases = leases;
     const password = config.passwordFile !== undefined ? readFileSync(config.passwordFile, 'utf8').replace(/\r?\n$/, '') : undefined;
-    this.#configPassword = password ?? decodeURIComponent(new URL(config.url).password);
-    this.#source = opts.adminPassword;
     this.#onError = opts.onError;
-    this.#pool = this.#makePool(password);
+    // Without a password file (undefined) the pool logs in with the URL's password.
+    this.#pool = new RotatingAdminPool((rotated) => this.#makePool(rotated ?? password), password ?? decodeURIComponent(new URL(config.url).password), opts.adminPassword);
     this.#usernamePattern = new RegExp(`^${config.usernamePrefix}[a-z][a-z0-9_]{0,30}_[0-9a-f]{16}$`);
   }
 
   #makePool(password: string | undefined): pg.Pool {
     const config = this.#config;
-    this.#poolPassword = password;
     const pool = new pg.Pool({
       connectionString: config.url,
       ...(password !== undefined ? { password } : {}),
@@ -150,25 +143,6 @@ export class PostgresEngine implements SecretEngine {
     // An idle connection that dies (server restart) must not crash the broker; the next checkout reconnects.
     pool.on('error', (err) => this.#onError?.(err));
     return pool;
-  }
-
-  /**
-   * The pool for the admin password in force now: when the store holds a different one (rotated here
-   * or on another replica), a new pool logs in with it and the old one is ended a little later.
-   */
-  async #currentPool(): Promise<pg.Pool> {
-    if (this.#source === undefined) return this.#pool;
-    const stored = await this.#source();
-    const want = stored ?? this.#configPassword;
-    if (want === (this.#poolPassword ?? this.#configPassword)) return this.#pool;
-    const old = this.#pool;
-    this.#pool = this.#makePool(want);
-    this.#retired.add(old);
-    setTimeout(() => {
-      this.#retired.delete(old);
-      old.end().catch(() => undefined);
-    }, 30_000).unref();
-    return this.#pool;
   }
 
   role(role: string): PostgresRoleConfig | undefined {
@@ -248,7 +222,7 @@ export class PostgresEngine implements SecretEngine {
   async #client(action: string): Promise<pg.PoolClient> {
     if (this.#closed) throw new BrokerError('engine_unavailable', `PostgreSQL engine "${this.name}" is closed`);
     try {
-      return await (await this.#currentPool()).connect();
+      return await (await this.#pool.current()).connect();
     } catch (err) {
       throw this.#unavailable(`${action}: cannot connect`, err);
     }
@@ -381,7 +355,6 @@ export class PostgresEngine implements SecretEngine {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await Promise.all([this.#pool, ...this.#retired].map((p) => p.end().catch(() => undefined)));
-    this.#retired.clear();
+    await this.#pool.end();
   }
 }

@@ -12,7 +12,7 @@ import { CertificateAuthority } from '../../src/ca/authority.js';
 import { mintCa } from '../../src/ca/x509.js';
 import { type AuditEntry, parseAuditEntry } from '../../src/audit/entry.js';
 import type { DevMaterial } from '../../src/dev/material.js';
-import type { TestBroker } from './broker.js';
+import { devMaterial, type TestBroker } from './broker.js';
 
 export interface ClientCert {
   readonly cert: string;
@@ -123,5 +123,18 @@ export async function startWebhookReceiver(): Promise<WebhookReceiver> {
       }
     },
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** The `admin:` config section on the dev admin CA with these principals (startBroker's default has only the dev admin). */
+export async function adminSection(principals: readonly { id: string; roles: readonly string[] }[]): Promise<{ admin: Record<string, unknown> }> {
+  const { material } = await devMaterial();
+  return {
+    admin: {
+      caBundleFile: material.adminCaCertFile,
+      caCertFile: material.adminCaCertFile,
+      caKeyFile: material.adminCaKeyFile,
+      principals: principals.map((p) => ({ id: p.id, roles: [...p.roles] })),
+    },
   };
 }

@@ -122,16 +122,20 @@ describe('tessera break-glass', () => {
   }, 120_000);
 
   it('usage mistakes exit 2 with a message; a non-Ed25519 key is refused', async () => {
-    const noKey = await cli(['break-glass', 'request', '--reason', 'x', '--ticket', 'INC-1', '--grant', 'operator', '--trust-domain', 'example.org']);
+    // Independent command lines: run side by side (each is a node process that mostly waits to start).
+    const [noKey, badGrant, badTtl, wrongKey, unknown] = await Promise.all([
+      cli(['break-glass', 'request', '--reason', 'x', '--ticket', 'INC-1', '--grant', 'operator', '--trust-domain', 'example.org']),
+      cli(['break-glass', 'request', '--key', 'keys/bg-1.key', '--reason', 'x', '--ticket', 'INC-1', '--grant', 'root', '--trust-domain', 'example.org']),
+      cli(['break-glass', 'request', '--key', 'keys/bg-1.key', '--reason', 'x', '--ticket', 'INC-1', '--grant', 'operator', '--ttl', 'forever', '--trust-domain', 'example.org']),
+      cli(['break-glass', 'request', '--key', path.join(dir, 'out/admin.key'), '--reason', 'x', '--ticket', 'INC-1', '--grant', 'operator', '--trust-domain', 'example.org']),
+      cli(['break-glass', 'frobnicate']),
+    ]);
     expect(noKey.status).toBe(2);
     expect(noKey.stderr).toContain('--key');
-    const badGrant = await cli(['break-glass', 'request', '--key', 'keys/bg-1.key', '--reason', 'x', '--ticket', 'INC-1', '--grant', 'root', '--trust-domain', 'example.org']);
     expect(badGrant.status).toBe(2);
-    const badTtl = await cli(['break-glass', 'request', '--key', 'keys/bg-1.key', '--reason', 'x', '--ticket', 'INC-1', '--grant', 'operator', '--ttl', 'forever', '--trust-domain', 'example.org']);
     expect(badTtl.status).toBe(2);
-    const wrongKey = await cli(['break-glass', 'request', '--key', path.join(dir, 'out/admin.key'), '--reason', 'x', '--ticket', 'INC-1', '--grant', 'operator', '--trust-domain', 'example.org']);
     expect(wrongKey.status).toBe(2);
     expect(wrongKey.stderr).toContain('not an Ed25519');
-    expect((await cli(['break-glass', 'frobnicate'])).status).toBe(2);
-  });
+    expect(unknown.status).toBe(2);
+  }, 60_000);
 });

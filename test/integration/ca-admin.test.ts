@@ -3,55 +3,25 @@
  * authorities, `POST /v1/admin/ca/activate` / `tessera ca activate` forces the prepared one active —
  * operator only, audited, 409 ca_state_conflict when there is nothing to activate.
  */
-import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI } from '../helpers/broker-process.js';
-import { auditEntries, mintAdminCert, workloadSvid, writeClientCert, type ClientCert } from '../helpers/admin.js';
+import { adminSection, auditEntries, mintAdminCert, workloadSvid, type ClientCert } from '../helpers/admin.js';
 import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
+import { as, AUDITOR, CA_PRINCIPALS, caCli, OPERATOR, type CliResult } from '../helpers/ca-cli.js';
 import { TestClock } from '../helpers/clock.js';
 import { cleanRotationTemps, rotatingConfig } from '../helpers/rotation.js';
 
-const OPERATOR = 'spiffe://example.org/admin/dev';
-const AUDITOR = 'spiffe://example.org/admin/alice';
-const as = (c: ClientCert) => ({ cert: c.cert, key: c.key });
-const run = promisify(execFile);
 const work = mkdtempSync(path.join(tmpdir(), 'tessera-ca-admin-'));
 afterAll(() => {
   rmSync(work, { recursive: true, force: true });
   cleanRotationTemps();
 });
 
-async function adminConfig(): Promise<Record<string, unknown>> {
-  const { material } = await devMaterial();
-  return {
-    admin: {
-      caBundleFile: material.adminCaCertFile,
-      caCertFile: material.adminCaCertFile,
-      caKeyFile: material.adminCaKeyFile,
-      principals: [
-        { id: OPERATOR, roles: ['auditor', 'operator'] },
-        { id: AUDITOR, roles: ['auditor'] },
-      ],
-    },
-  };
-}
-
-/** `tessera ca …` against `b` with the given admin certificate; resolves with exit code and output. */
-async function cli(b: TestBroker, c: ClientCert, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const files = writeClientCert(work, `admin-${Math.random().toString(36).slice(2)}`, c);
-  const { dir: pkiDir } = await devMaterial();
-  try {
-    const r = await run(process.execPath, [CLI, 'ca', ...args, '--url', b.url, '--cacert', path.join(pkiDir, 'bundle.pem'), '--admin-cert', files.certFile, '--admin-key', files.keyFile]);
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const adminConfig = (): Promise<Record<string, unknown>> => adminSection(CA_PRINCIPALS);
+const cli = (b: TestBroker, c: ClientCert, ...args: string[]): Promise<CliResult> => caCli(work, b, c, ...args);
 
 describe('CA status and activate without rotation', () => {
   it('shows the one CA of the config files; activate is 409 ca_state_conflict; only admins read it', async () => {

@@ -16,13 +16,11 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { issuerFromPem, mintCa } from '../../src/ca/x509.js';
 import { CLI } from '../helpers/broker-process.js';
-import { auditEntries, mintAdminCert, writeClientCert, type ClientCert } from '../helpers/admin.js';
+import { adminSection, auditEntries, mintAdminCert, type ClientCert } from '../helpers/admin.js';
 import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
+import { as, AUDITOR, CA_PRINCIPALS, caCli, OPERATOR, type CliResult } from '../helpers/ca-cli.js';
 import { cleanRotationTemps, rotatingConfig } from '../helpers/rotation.js';
 
-const OPERATOR = 'spiffe://example.org/admin/dev';
-const AUDITOR = 'spiffe://example.org/admin/alice';
-const as = (c: ClientCert) => ({ cert: c.cert, key: c.key });
 const run = promisify(execFile);
 const work = mkdtempSync(path.join(tmpdir(), 'tessera-ca-offline-'));
 afterAll(() => {
@@ -59,17 +57,7 @@ async function sign(csr: string, caCert: string, caKey: string, ext: string, out
   return readFileSync(out, 'utf8');
 }
 
-async function cli(b: TestBroker, c: ClientCert, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const files = writeClientCert(work, `admin-${Math.random().toString(36).slice(2)}`, c);
-  const { dir: pkiDir } = await devMaterial();
-  try {
-    const r = await run(process.execPath, [CLI, 'ca', ...args, '--url', b.url, '--cacert', path.join(pkiDir, 'bundle.pem'), '--admin-cert', files.certFile, '--admin-key', files.keyFile]);
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const cli = (b: TestBroker, c: ClientCert, ...args: string[]): Promise<CliResult> => caCli(work, b, c, ...args);
 
 interface Status { rotation: boolean; sequence: number; pendingSince?: string; authorities: { id: string; state: string; jwtKid: string }[] }
 
@@ -83,17 +71,7 @@ describe('CA with an offline root: prepare → sign → import → activate', ()
     const rootPem = path.join(pkiDir, 'root.pem');
     const rootKey = path.join(pkiDir, 'root.key');
     writeFileSync(f('ext.cnf'), EXT);
-    const { config } = await rotatingConfig(240, {
-      admin: {
-        caBundleFile: material.adminCaCertFile,
-        caCertFile: material.adminCaCertFile,
-        caKeyFile: material.adminCaKeyFile,
-        principals: [
-          { id: OPERATOR, roles: ['auditor', 'operator'] },
-          { id: AUDITOR, roles: ['auditor'] },
-        ],
-      },
-    });
+    const { config } = await rotatingConfig(240, await adminSection(CA_PRINCIPALS));
     // The broker does not hold the root's key: nothing prepares by itself.
     const ca = config.ca as Record<string, unknown>;
     ca.rotation = { caTtlSeconds: 300, pollIntervalMs: 200 };

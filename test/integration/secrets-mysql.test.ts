@@ -17,23 +17,11 @@ import { TestClock } from '../helpers/clock.js';
 import { asMysqlUser, createTestMysql, mysqlConnect, mysqlRequiredUnderCi, mysqlUrl, sharedMysql, SHARED_MYSQL, type TestMysql } from '../helpers/mysql.js';
 import { startPgProxy, type PgProxy } from '../helpers/postgres.js';
 import { freePort } from '../helpers/redis.js';
+import { engineCalls, expectError, plantForeignLease, WEB, type EngineCreds } from '../helpers/secrets.js';
 
-const WEB = 'spiffe://example.org/ns/shop/sa/web';
 const reach = await sharedMysql();
 
-interface Creds {
-  role: string;
-  username: string;
-  password: string;
-  leaseId: string;
-  expiresAt: string;
-  maxExpiresAt: string;
-}
-
-function expectError(res: { status: number; json: unknown }, status: number, code: string): void {
-  expect(res.status, JSON.stringify(res.json)).toBe(status);
-  expect(res.json).toEqual({ error: code, message: expect.any(String) });
-}
+type Creds = EngineCreds & { role: string };
 
 mysqlRequiredUnderCi(reach);
 
@@ -79,19 +67,7 @@ describe.skipIf(!reach.ok)('dynamic MariaDB/MySQL credentials', () => {
     await db?.drop();
   });
 
-  const token = (who: { namespace?: string; serviceAccount?: string } = {}): Promise<string> => b.token(who);
-  async function creds(role = 'reader', who: { namespace?: string; serviceAccount?: string } = {}) {
-    return b.call<Creds>({ path: `/v1/secrets/mysql/${role}/creds`, token: await token(who), method: 'POST' });
-  }
-  async function auditEntries(from: number): Promise<Record<string, unknown>[]> {
-    return (await b.broker.audit.entries(from, b.broker.audit.size)).map((e) => JSON.parse(e.toString('utf8')) as Record<string, unknown>);
-  }
-  async function auditText(): Promise<string> {
-    return (await b.broker.audit.entries(0, b.broker.audit.size)).map((e) => e.toString('utf8')).join('\n');
-  }
-  async function leases(): Promise<Lease[]> {
-    return (await b.broker.store.kvList(LEASE_SPACE)).map((r) => JSON.parse(r.value) as Lease);
-  }
+  const { token, creds, auditEntries, auditText, leases } = engineCalls<Creds>(() => b, 'mysql', 'reader');
   const exists = async (user: string): Promise<boolean> => (await db.users()).includes(user);
 
   it('creates a user that logs in with its password and can do exactly what the role grants', async () => {
@@ -229,11 +205,7 @@ describe.skipIf(!reach.ok)('dynamic MariaDB/MySQL credentials', () => {
   });
 
   it('refuses to drop a user it did not create, whatever a lease record says', async () => {
-    const forged: Lease = {
-      v: 1, id: 'e'.repeat(32), kind: 'mysql', identity: WEB, secret: 'mysql/reader', engine: 'maria', role: 'reader',
-      username: 'root', issuedAt: clock.now() - 10_000, expiresAt: clock.now() - 1, maxExpiresAt: clock.now(), state: 'active', attempts: 0,
-    };
-    await b.broker.store.kvPut(LEASE_SPACE, forged.id, JSON.stringify(forged));
+    const forged = await plantForeignLease(b, { id: 'e'.repeat(32), kind: 'mysql', engine: 'maria', role: 'reader', username: 'root', now: clock.now() });
     const report = await b.broker.secrets.leases.sweepOnce();
     expect(report.failed.map((f) => f.id)).toContain(forged.id);
     expect(await db.query("SELECT COUNT(*) AS n FROM mysql.user WHERE User = 'root'")).not.toEqual([{ n: 0 }]);

@@ -5,11 +5,8 @@
  * that fails is kept, reported and retried; renewals stop at the max TTL; leases survive a restart.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Ajv } from 'ajv';
 import pg from 'pg';
-import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LEASE_SPACE, type Lease } from '../../src/secrets/leases.js';
 import { createRoleStatements, scramSha256Verifier } from '../../src/secrets/postgres.js';
@@ -29,39 +26,11 @@ import {
   type TestDatabase,
 } from '../helpers/postgres.js';
 import { freePort } from '../helpers/redis.js';
+import { engineCalls, expectError, expectSpec, plantForeignLease, WEB, type EngineCreds } from '../helpers/secrets.js';
 
-const WEB = 'spiffe://example.org/ns/shop/sa/web';
 const reach = await sharedPostgres();
 
-interface Creds {
-  role: string;
-  username: string;
-  password: string;
-  leaseId: string;
-  expiresAt: string;
-  maxExpiresAt: string;
-  audit: { index: number };
-}
-
-const spec = parse(readFileSync(new URL('../../openapi.yaml', import.meta.url), 'utf8')) as {
-  paths: Record<string, Record<string, { responses: Record<string, { $ref?: string; content?: Record<string, { schema: unknown }> }> }>>;
-  components: { responses: Record<string, { content?: Record<string, { schema: unknown }> }> };
-};
-const ajv = new Ajv({ strict: false, validateFormats: false });
-ajv.addSchema({ components: spec.components }, 'openapi');
-function expectSpec(specPath: string, method: string, res: { status: number; json: unknown }): void {
-  let response = spec.paths[specPath]?.[method]?.responses[String(res.status)];
-  expect(response, `spec has ${method} ${specPath} ${res.status}`).toBeDefined();
-  if (response?.$ref !== undefined) response = spec.components.responses[response.$ref.split('/').pop() as string];
-  const schema = Object.values(response?.content ?? {})[0]?.schema;
-  const validate = ajv.compile(JSON.parse(JSON.stringify(schema).replaceAll('"#/components/', '"openapi#/components/')) as object);
-  expect(validate(res.json), `${method} ${specPath} ${res.status}: ${ajv.errorsText(validate.errors)}`).toBe(true);
-}
-
-function expectError(res: { status: number; json: unknown }, status: number, code: string): void {
-  expect(res.status, JSON.stringify(res.json)).toBe(status);
-  expect(res.json).toEqual({ error: code, message: expect.any(String) });
-}
+type Creds = EngineCreds & { role: string; audit: { index: number } };
 
 postgresRequiredUnderCi(reach);
 
@@ -145,19 +114,7 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
     await db?.drop();
   });
 
-  const token = (who: { namespace?: string; serviceAccount?: string } = {}): Promise<string> => b.token(who);
-  async function creds(role = 'reporting', who: { namespace?: string; serviceAccount?: string } = {}, body?: unknown) {
-    return b.call<Creds>({ path: `/v1/secrets/postgres/${role}/creds`, token: await token(who), method: 'POST', ...(body !== undefined ? { body } : {}) });
-  }
-  async function auditText(): Promise<string> {
-    return (await b.broker.audit.entries(0, b.broker.audit.size)).map((e) => e.toString('utf8')).join('\n');
-  }
-  async function auditEntries(from: number): Promise<Record<string, unknown>[]> {
-    return (await b.broker.audit.entries(from, b.broker.audit.size)).map((e) => JSON.parse(e.toString('utf8')) as Record<string, unknown>);
-  }
-  async function leases(): Promise<Lease[]> {
-    return (await b.broker.store.kvList(LEASE_SPACE)).map((r) => JSON.parse(r.value) as Lease);
-  }
+  const { token, creds, auditEntries, auditText, leases } = engineCalls<Creds>(() => b, 'postgres', 'reporting');
   async function roleRow(username: string) {
     const r = await db.query<{ rolcanlogin: boolean; rolsuper: boolean; rolcreaterole: boolean; rolvaliduntil: Date | null; rolpassword: string | null }>(
       'SELECT rolcanlogin, rolsuper, rolcreaterole, rolvaliduntil, rolpassword FROM pg_authid WHERE rolname = $1',
@@ -173,13 +130,14 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
   it('creates a role that logs in with its password and holds exactly the template grants', async () => {
     const before = b.broker.audit.size;
     const res = await creds();
+    // Read the clock first: compiling the openapi schema below takes a while on a loaded machine.
+    const ttl = Date.parse(res.json.expiresAt) - clock.now();
     expect(res.status, res.text).toBe(200);
     expectSpec('/v1/secrets/postgres/{role}/creds', 'post', res);
     expect(res.headers['cache-control']).toBe('no-store');
     const c = res.json;
     expect(c.username).toMatch(new RegExp(`^${db.prefix}reporting_[0-9a-f]{16}$`));
     expect(c.password).toMatch(/^[A-Za-z0-9_-]{43}$/);
-    const ttl = Date.parse(c.expiresAt) - clock.now();
     expect(ttl).toBeGreaterThan(55_000);
     expect(ttl).toBeLessThanOrEqual(60_000);
 
@@ -409,11 +367,7 @@ describe.skipIf(!reach.ok)('dynamic PostgreSQL credentials', () => {
   });
 
   it('refuses to renew or drop a role it did not create, whatever a lease record says', async () => {
-    const forged: Lease = {
-      v: 1, id: 'f'.repeat(32), kind: 'postgres', identity: WEB, secret: 'postgres/reporting', engine: 'main', role: 'reporting',
-      username: 'postgres', issuedAt: clock.now() - 10_000, expiresAt: clock.now() - 1, maxExpiresAt: clock.now(), state: 'active', attempts: 0,
-    };
-    await b.broker.store.kvPut(LEASE_SPACE, forged.id, JSON.stringify(forged));
+    const forged = await plantForeignLease(b, { id: 'f'.repeat(32), kind: 'postgres', engine: 'main', role: 'reporting', username: 'postgres', now: clock.now() });
     const report = await b.broker.secrets.leases.sweepOnce();
     expect(report.failed.map((f) => f.id)).toContain(forged.id);
     expect((await db.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'postgres'")).rows).toEqual([{ rolcanlogin: true }]);

@@ -12,39 +12,15 @@ import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
 import { startPgProxy, type PgProxy } from '../helpers/postgres.js';
 import { freePort, inCi } from '../helpers/redis.js';
+import { engineCalls, expectError, RABBIT_API, rabbitApi, rabbitReachable, WEB, type EngineCreds as Creds } from '../helpers/secrets.js';
 
-const WEB = 'spiffe://example.org/ns/shop/sa/web';
-const API = 'http://127.0.0.1:15672/api';
-const ADMIN = `Basic ${Buffer.from('guest:guest').toString('base64')}`;
-
-async function api(method: string, path: string): Promise<{ status: number; json: unknown }> {
-  const res = await fetch(`${API}${path}`, { method, headers: { authorization: ADMIN }, signal: AbortSignal.timeout(5000) });
-  const text = await res.text();
-  return { status: res.status, json: text === '' ? undefined : (JSON.parse(text) as unknown) };
-}
-
-const reach = await api('GET', '/whoami').then(
-  (r) => (r.status === 200 ? { ok: true, reason: 'ok' } : { ok: false, reason: `management API answered ${r.status}` }),
-  (err: unknown) => ({ ok: false, reason: `management API on 127.0.0.1:15672: ${(err as Error).message}` }),
-);
+const api = (method: string, p: string): Promise<{ status: number; json: unknown }> => rabbitApi(method, p);
+const reach = await rabbitReachable();
 if (!reach.ok) console.warn(`[rabbitmq] RabbitMQ suite SKIPPED: ${reach.reason} (rabbitmq-plugins enable rabbitmq_management)` + (inCi ? ' (CI=true: this fails the run)' : ''));
 
 it(`RabbitMQ with its management API is reachable${inCi ? ' (required: CI=true)' : ' (or the RabbitMQ suite is skipped)'}`, () => {
   if (inCi) expect(reach.ok, reach.reason).toBe(true);
 });
-
-interface Creds {
-  username: string;
-  password: string;
-  leaseId: string;
-  expiresAt: string;
-  maxExpiresAt: string;
-}
-
-function expectError(res: { status: number; json: unknown }, status: number, code: string): void {
-  expect(res.status, JSON.stringify(res.json)).toBe(status);
-  expect(res.json).toEqual({ error: code, message: expect.any(String) });
-}
 
 describe.skipIf(!reach.ok)('dynamic RabbitMQ users', () => {
   const prefix = `t${randomBytes(3).toString('hex')}_`;
@@ -77,10 +53,7 @@ describe.skipIf(!reach.ok)('dynamic RabbitMQ users', () => {
     for (const u of (users.json as { name: string }[]) ?? []) if (u.name.startsWith(prefix)) await api('DELETE', `/users/${encodeURIComponent(u.name)}`);
   });
 
-  const token = (): Promise<string> => b.token();
-  async function creds(role = 'app') {
-    return b.call<Creds>({ path: `/v1/secrets/rabbitmq/${role}/creds`, token: await token(), method: 'POST' });
-  }
+  const { token, creds } = engineCalls(() => b, 'rabbitmq', 'app');
   async function connect(c: Creds, vhost = '/'): Promise<amqp.ChannelModel> {
     const conn = await amqp.connect({ hostname: '127.0.0.1', port: 5672, username: c.username, password: c.password, vhost });
     conn.on('error', () => undefined);
@@ -113,7 +86,7 @@ describe.skipIf(!reach.ok)('dynamic RabbitMQ users', () => {
     expect(await onChannel(conn, async (ch) => ch.assertQueue(`other.${q}`, { exclusive: true }))).toMatch(/ACCESS_REFUSED/);
     expect(await onChannel(conn, async (ch) => ch.checkQueue('other.nothing'))).toMatch(/ACCESS_REFUSED|NOT_FOUND/);
     // No tag: the management API refuses it; a wrong password is refused at login.
-    const mgmt = await fetch(`${API}/whoami`, { headers: { authorization: `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}` } });
+    const mgmt = await fetch(`${RABBIT_API}/whoami`, { headers: { authorization: `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}` } });
     expect(mgmt.status).toBe(401);
     await expect(amqp.connect({ hostname: '127.0.0.1', username: c.username, password: 'wrong' })).rejects.toThrow(/ACCESS_REFUSED|403/);
 

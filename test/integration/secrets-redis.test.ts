@@ -13,23 +13,10 @@ import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
 import { startPgProxy, type PgProxy } from '../helpers/postgres.js';
 import { freePort, inCi, redisServerAvailable, startPrivateRedis, type PrivateRedis } from '../helpers/redis.js';
+import { engineCalls, expectError, WEB, type EngineCreds as Creds } from '../helpers/secrets.js';
 
-const WEB = 'spiffe://example.org/ns/shop/sa/web';
 const available = redisServerAvailable();
 if (!available) console.warn('[redis] Redis ACL engine suite SKIPPED: redis-server is not installed' + (inCi ? ' (CI=true: this fails the run)' : ''));
-
-interface Creds {
-  username: string;
-  password: string;
-  leaseId: string;
-  expiresAt: string;
-  maxExpiresAt: string;
-}
-
-function expectError(res: { status: number; json: unknown }, status: number, code: string): void {
-  expect(res.status, JSON.stringify(res.json)).toBe(status);
-  expect(res.json).toEqual({ error: code, message: expect.any(String) });
-}
 
 it(`redis-server is installed${inCi ? ' (required: CI=true)' : ' (or the Redis ACL suite is skipped)'}`, () => {
   if (inCi) expect(available, 'CI=true but redis-server is missing').toBe(true);
@@ -78,13 +65,7 @@ describe.skipIf(!available)('dynamic Redis ACL users', () => {
     await redis?.destroy();
   });
 
-  const token = (who: { namespace?: string; serviceAccount?: string } = {}): Promise<string> => b.token(who);
-  async function creds(role = 'cache', who: { namespace?: string; serviceAccount?: string } = {}) {
-    return b.call<Creds>({ path: `/v1/secrets/redis/${role}/creds`, token: await token(who), method: 'POST' });
-  }
-  async function auditEntries(from: number): Promise<Record<string, unknown>[]> {
-    return (await b.broker.audit.entries(from, b.broker.audit.size)).map((e) => JSON.parse(e.toString('utf8')) as Record<string, unknown>);
-  }
+  const { token, creds, auditEntries } = engineCalls(() => b, 'redis', 'cache');
   async function login(c: Creds, port = redis.port): Promise<Redis> {
     const r = new Redis({ host: '127.0.0.1', port, username: c.username, password: c.password, lazyConnect: true, enableReadyCheck: false, retryStrategy: () => null, maxRetriesPerRequest: 0 });
     r.on('error', () => undefined);

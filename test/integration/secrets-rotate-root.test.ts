@@ -19,12 +19,13 @@ import { KeyRing, readKekFile, seal, serializeSealed } from '../../src/secrets/e
 import { scramSha256Verifier } from '../../src/secrets/postgres.js';
 import { ROOT_SPACE, RootPasswords } from '../../src/secrets/root.js';
 import type { Store } from '../../src/store/store.js';
-import { mintAdminCert, writeClientCert } from '../helpers/admin.js';
-import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
+import { adminSection, mintAdminCert, writeClientCert } from '../helpers/admin.js';
+import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { asMysqlUser, createTestMysql, mysqlConnect, mysqlRequiredUnderCi, sharedMysql, type TestMysql } from '../helpers/mysql.js';
 import { createTestDatabase, postgresRequiredUnderCi, sharedPostgres, type TestDatabase } from '../helpers/postgres.js';
 import { RedisStore } from '../../src/store/redis.js';
 import { deletePrefix, inCi, redisServerAvailable, SHARED_REDIS_URL, sharedRedis, startPrivateRedis, uniquePrefix, type PrivateRedis } from '../helpers/redis.js';
+import { rabbitApi, rabbitReachable } from '../helpers/secrets.js';
 
 const DEV_ADMIN = 'spiffe://example.org/admin/dev';
 const AUDITOR = 'spiffe://example.org/admin/only-auditor';
@@ -36,19 +37,11 @@ interface Creds {
 }
 
 /** The admin section of startBroker's config plus an auditor-only principal (403 checks). */
-async function adminConfig(): Promise<Record<string, unknown>> {
-  const { material } = await devMaterial();
-  return {
-    admin: {
-      caBundleFile: material.adminCaCertFile,
-      caCertFile: material.adminCaCertFile,
-      caKeyFile: material.adminCaKeyFile,
-      principals: [
-        { id: DEV_ADMIN, roles: ['auditor', 'operator', 'secrets-admin'] },
-        { id: AUDITOR, roles: ['auditor'] },
-      ],
-    },
-  };
+function adminConfig(): Promise<Record<string, unknown>> {
+  return adminSection([
+    { id: DEV_ADMIN, roles: ['auditor', 'operator', 'secrets-admin'] },
+    { id: AUDITOR, roles: ['auditor'] },
+  ]);
 }
 
 /** The active stored admin password of `engine`, decrypted with the dev KEK (what every replica reads). */
@@ -347,7 +340,8 @@ describe.skipIf(!mysqlReach.ok || !sharedStore.ok)('rotate-root: two live replic
         },
       ],
     };
-    const store = () => RedisStore.connect({ url: SHARED_REDIS_URL, prefix });
+    // Not a test of Redis timeouts: a generous command timeout keeps a loaded machine from failing it.
+    const store = () => RedisStore.connect({ url: SHARED_REDIS_URL, prefix, commandTimeoutMs: 10_000 });
     a = await startBroker({ store, secrets, config: { ...(await adminConfig()), replicaId: 'replica-a' } });
     c = await startBroker({ store, secrets, config: { ...(await adminConfig()), replicaId: 'replica-b' } });
     const onB = await issue(c, 'mysql', 'reader'); // B's pool is logged in with the config's password
@@ -368,22 +362,8 @@ describe.skipIf(!mysqlReach.ok || !sharedStore.ok)('rotate-root: two live replic
 
 // ─── RabbitMQ: a dedicated administrator user (guest is never touched) ─────────────────────────────
 
-const RABBIT = 'http://127.0.0.1:15672/api';
-const GUEST = `Basic ${Buffer.from('guest:guest').toString('base64')}`;
-async function rabbit(method: string, p: string, body?: unknown, auth = GUEST): Promise<{ status: number; json: unknown }> {
-  const res = await fetch(`${RABBIT}${p}`, {
-    method,
-    headers: { authorization: auth, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-    signal: AbortSignal.timeout(5000),
-  });
-  const text = await res.text();
-  return { status: res.status, json: text === '' ? undefined : (JSON.parse(text) as unknown) };
-}
-const rabbitReach = await rabbit('GET', '/whoami').then(
-  (r) => (r.status === 200 ? { ok: true, reason: 'ok' } : { ok: false, reason: `management API answered ${r.status}` }),
-  (err: unknown) => ({ ok: false, reason: (err as Error).message }),
-);
+const rabbit = rabbitApi;
+const rabbitReach = await rabbitReachable();
 it(`RabbitMQ management API is reachable${inCi ? ' (required: CI=true)' : ' (or the RabbitMQ rotate-root suite is skipped)'}`, () => {
   if (inCi) expect(rabbitReach.ok, rabbitReach.reason).toBe(true);
 });

@@ -5,10 +5,7 @@
  * broker, leases (renew capped at the max TTL, holder-only renew/revoke), restart, and fail-closed audit.
  * Responses are validated against openapi.yaml.
  */
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { Ajv, type ValidateFunction } from 'ajv';
-import { parse } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeyRing, kekIdOf, parseSealed, readKekFile, seal, serializeSealed, writeNewKekFile } from '../../src/secrets/envelope.js';
 import { LEASE_SPACE } from '../../src/secrets/leases.js';
@@ -16,8 +13,8 @@ import { SECRET_SPACE, SecretKv } from '../../src/secrets/kv.js';
 import { EmbeddedStore } from '../../src/store/embedded.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { FaultyStore } from '../helpers/failing-store.js';
+import { expectError, expectSpec, WEB } from '../helpers/secrets.js';
 
-const WEB = 'spiffe://example.org/ns/shop/sa/web';
 const VALUE = 'reporting-api-key-VALUE-7f3a9c\n';
 
 const secretsConfig = {
@@ -27,23 +24,6 @@ const secretsConfig = {
     { selector: { namespace: 'payments', serviceAccount: 'api' }, secrets: ['payments/'] },
   ],
 };
-
-// ---- openapi response validation (same approach as openapi.test.ts) ----
-interface Spec {
-  paths: Record<string, Record<string, { responses: Record<string, { $ref?: string; content?: Record<string, { schema: unknown }> }> }>>;
-  components: { schemas: Record<string, unknown>; responses: Record<string, { content?: Record<string, { schema: unknown }> }> };
-}
-const spec = parse(readFileSync(new URL('../../openapi.yaml', import.meta.url), 'utf8')) as Spec;
-const ajv = new Ajv({ strict: false, validateFormats: false });
-ajv.addSchema({ components: spec.components }, 'openapi');
-function expectSpec(specPath: string, method: string, res: { status: number; json: unknown }): void {
-  let response = spec.paths[specPath]?.[method]?.responses[String(res.status)];
-  expect(response, `spec has ${method} ${specPath} ${res.status}`).toBeDefined();
-  if (response?.$ref !== undefined) response = spec.components.responses[response.$ref.split('/').pop() as string];
-  const schema = Object.values(response?.content ?? {})[0]?.schema;
-  const validate: ValidateFunction = ajv.compile(JSON.parse(JSON.stringify(schema).replaceAll('"#/components/', '"openapi#/components/')) as object);
-  expect(validate(res.json), `${method} ${specPath} ${res.status}: ${ajv.errorsText(validate.errors)}`).toBe(true);
-}
 
 interface SecretBody {
   name: string;
@@ -87,11 +67,6 @@ async function allAuditText(): Promise<string> {
 
 async function read(name: string, opts: { namespace?: string; serviceAccount?: string } = {}) {
   return b.call<SecretBody>({ path: `/v1/secrets/${name}`, token: await b.token(opts) });
-}
-
-function expectError(res: { status: number; json: unknown }, status: number, code: string): void {
-  expect(res.status, JSON.stringify(res.json)).toBe(status);
-  expect(res.json).toEqual({ error: code, message: expect.any(String) });
 }
 
 describe('reading a granted secret', () => {
