@@ -117,6 +117,15 @@ describe('proto definitions', () => {
     );
   });
 
+  it('Struct: a claim named __proto__ stays a claim (found by the property below)', () => {
+    const c = codec('ValidateJWTSVIDResponse');
+    const claims = JSON.parse('{"__proto__":false,"nested":{"__proto__":{"x":1}},"sub":"s"}') as Record<string, unknown>;
+    const back = fromStruct(c.decode(c.encode({ spiffe_id: 'x', claims: toStruct(claims) })).claims as Record<string, unknown>);
+    expect(Object.keys(back)).toEqual(['__proto__', 'nested', 'sub']);
+    expect(JSON.stringify(back)).toBe(JSON.stringify(claims));
+    expect(Object.getPrototypeOf(back.nested)).toBe(null);
+  });
+
   it('Struct: JSON claims survive toStruct → wire → fromStruct', () => {
     const c = codec('ValidateJWTSVIDResponse');
     fc.assert(

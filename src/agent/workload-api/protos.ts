@@ -101,7 +101,8 @@ function toValue(v: unknown): Message {
 
 /** A JSON object as a google.protobuf.Struct message object. */
 export function toStruct(obj: Record<string, unknown>): Message {
-  const fields: Record<string, Message> = {};
+  // No prototype: a claim named "__proto__" (legal JSON) stays a claim instead of replacing the prototype.
+  const fields = Object.create(null) as Record<string, Message>;
   for (const [k, v] of Object.entries(obj)) fields[k] = toValue(v);
   return { fields };
 }
@@ -120,7 +121,7 @@ function fromValue(v: Message): Json {
 
 /** A google.protobuf.Struct message object (as decoded) as JSON. */
 export function fromStruct(struct: Message): Record<string, Json> {
-  const out: Record<string, Json> = {};
+  const out = Object.create(null) as Record<string, Json>;
   const fields = (struct.fields ?? {}) as Record<string, Message>;
   for (const [k, v] of Object.entries(fields)) out[k] = fromValue(v);
   return out;
