@@ -239,8 +239,10 @@ describe('rotation in place under mutual-TLS traffic', () => {
     const done = (): boolean =>
       x509Count('server') >= 4 && x509Count('caller') >= 4 &&
       seen.callerSerials.size >= 3 && seen.ipServerSerials.size >= 3 && seen.nameServerSerials.size >= 3;
-    const until = Date.now() + 25_000;
-    while (!done() && Date.now() < until) {
+    // Enough requests that keep-alive reuse is measurable; a loop condition, not a rate, so a loaded
+    // machine takes longer instead of failing.
+    const until = Date.now() + 60_000;
+    while (!(done() && ok > 200) && Date.now() < until) {
       for (const [agent, host, serials] of [
         [byIp, '127.0.0.1', seen.ipServerSerials],
         [byName, 'localhost', seen.nameServerSerials],
@@ -275,7 +277,7 @@ describe('rotation in place under mutual-TLS traffic', () => {
     expect(srv.connections()).toBeLessThan(ok / 10);
     const renewals = (await auditEntries()).filter((e) => e.type === 'x509-svid.issued' && e.subject === API);
     expect(renewals.filter((e) => e.source === 'mtls').length).toBeGreaterThanOrEqual(3);
-  }, 40_000);
+  }, 75_000);
 
   it('authorises callers by SPIFFE ID: others get 403, no certificate no handshake', async () => {
     const server = await client('web');
