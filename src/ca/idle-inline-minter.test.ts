@@ -2,13 +2,13 @@
 // built dist/ca/minter-worker.js) — and either way the certificate and the refusals are the same.
 import { describe, it, expect, beforeAll, afterEach } from 'vitest';
 import { createHash, generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto';
-import { BrokerError } from '../errors.js';
 import { csrFor } from '../sdk/csr.js';
 import { CertificateAuthority } from './authority.js';
 import { IdleInlineMinter } from './idle-inline-minter.js';
 import { InlineMinter, type X509MintRequest, type X509Minted } from './minter.js';
 import { MinterPool } from './minter-pool.js';
 import { issuerFromPem, mintCa } from './x509.js';
+import { rejection } from '../../test/helpers/rejection.js';
 
 const HOUR = 3_600_000;
 let ca: CertificateAuthority;
@@ -48,14 +48,6 @@ async function start(): Promise<{ minter: IdleInlineMinter; pool: MinterPool }> 
   return { minter, pool };
 }
 
-async function rejection(p: Promise<unknown>): Promise<BrokerError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(BrokerError);
-  return err as BrokerError;
-}
 
 /** Everything but the serial (random) and the signature over it. */
 function comparable(m: X509Minted): unknown {

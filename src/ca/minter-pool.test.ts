@@ -13,6 +13,7 @@ import { csrFor } from '../sdk/csr.js';
 import { InlineMinter, type X509MintRequest, type X509Minted } from './minter.js';
 import { MinterPool } from './minter-pool.js';
 import { issuerFromPem, mintCa } from './x509.js';
+import { rejection } from '../../test/helpers/rejection.js';
 
 const HOUR = 3_600_000;
 const realWorker = pathToFileURL(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../dist/ca/minter-worker.js'));
@@ -59,14 +60,6 @@ function testScript(): URL {
   return pathToFileURL(file);
 }
 
-async function rejection(p: Promise<unknown>): Promise<BrokerError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(BrokerError);
-  return err as BrokerError;
-}
 
 beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tessera-minter-'));

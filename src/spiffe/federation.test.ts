@@ -1,27 +1,15 @@
-import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestClock } from '../../test/helpers/clock.js';
-import { mintCa } from '../ca/x509.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import { buildBundle } from './bundle.js';
 import type { FetchBundleOptions } from './bundle-fetch.js';
 import { BundleError, parseTrustBundle, type TrustBundle } from './bundle-parse.js';
 import { FederationManager } from './federation.js';
+import { jwk, rootDer } from '../../test/helpers/trust-domain-fixtures.js';
 
-function rootDer(trustDomain: string): Buffer {
-  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const now = Date.now();
-  const cert = mintCa(
-    { commonName: 'Root', trustDomain, subjectPublicKey: key.publicKey, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000), pathLen: 1 },
-    { selfSignedKey: key.privateKey },
-  );
-  return Buffer.from(cert.pem.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64');
-}
-
-const jwk = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
 const own = buildBundle({ rootCertsDer: [rootDer('example.org')], jwtKeys: [{ kid: 'own', jwk: jwk() }], sequence: 1, refreshHintSeconds: 300 });
 const partnerRoot = rootDer('partner.test');
 const partnerBundle = (kid: string, hint?: number): TrustBundle =>

@@ -3,29 +3,17 @@
  * fetched bundles through the Store; one of them fetches when a bundle is due (store lock), the other
  * follows; a relationship deleted on one is gone on the other.
  */
-import { generateKeyPairSync } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
-import { mintCa } from '../../src/ca/x509.js';
 import { buildBundle } from '../../src/spiffe/bundle.js';
 import { parseTrustBundle, type TrustBundle } from '../../src/spiffe/bundle-parse.js';
 import { FederationManager } from '../../src/spiffe/federation.js';
 import { RedisStore } from '../../src/store/redis.js';
 import { TestClock } from '../helpers/clock.js';
 import { deletePrefix, redisRequiredUnderCi, SHARED_REDIS_URL, sharedRedis, uniquePrefix } from '../helpers/redis.js';
+import { jwk, rootDer } from '../helpers/trust-domain-fixtures.js';
 
 const redis = await sharedRedis();
 
-function rootDer(trustDomain: string): Buffer {
-  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const now = Date.now();
-  const cert = mintCa(
-    { commonName: 'Root', trustDomain, subjectPublicKey: key.publicKey, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000), pathLen: 1 },
-    { selfSignedKey: key.privateKey },
-  );
-  return Buffer.from(cert.pem.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64');
-}
-
-const jwk = () => generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' });
 const own = buildBundle({ rootCertsDer: [rootDer('example.org')], jwtKeys: [{ kid: 'own', jwk: jwk() }], sequence: 1, refreshHintSeconds: 300 });
 const partnerRoot = rootDer('partner.test');
 const partnerBundle = (kid: string): TrustBundle =>
