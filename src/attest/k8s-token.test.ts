@@ -552,7 +552,9 @@ describe('ServiceAccountTokenAttestor: malformed input', () => {
     const huge = `${'a'.repeat(512 * 1024)}.${'b'.repeat(512 * 1024)}.c`;
     const started = performance.now();
     await expectInvalid(attestor(), huge, /larger than 16384 bytes/);
-    expect(performance.now() - started).toBeLessThan(50);
+    // The size message is what proves the check comes before parsing; the time bound is loose on purpose
+    // (a loaded machine), there only to catch something pathological such as a regex over the megabyte.
+    expect(performance.now() - started).toBeLessThan(1_000);
     await expectInvalid(attestor(), good({ pad: 'x'.repeat(MAX_TOKEN_BYTES) }), /larger than/);
   });
 
