@@ -13,6 +13,7 @@ import type { AuditDevice } from './device.js';
 import { AuditDevices } from './devices.js';
 import { FileDevice } from './file.js';
 import type { ShipRecord } from './record.js';
+import type { SignedCheckpoint } from '../note.js';
 
 /** A device that records what it was given and fails, hangs or "loses" on command. */
 class FakeDevice implements AuditDevice {
@@ -68,8 +69,8 @@ let store: EmbeddedStore;
 let log: AuditLog;
 const open: AuditDevices[] = [];
 
-async function start(cfg: AuditDeviceConfig, dev: AuditDevice): Promise<AuditDevices> {
-  const d = new AuditDevices({ devices: [cfg], store, audit: log, checkpoint: () => undefined, replicaId: 'r1', createDevice: () => dev });
+async function start(cfg: AuditDeviceConfig, dev: AuditDevice, checkpoint: () => SignedCheckpoint | undefined = () => undefined): Promise<AuditDevices> {
+  const d = new AuditDevices({ devices: [cfg], store, audit: log, checkpoint, replicaId: 'r1', createDevice: () => dev });
   d.start();
   open.push(d);
   return d;
@@ -102,6 +103,17 @@ afterEach(async () => {
 });
 
 describe('audit device shipper', () => {
+  it('a record carries the newest checkpoint only when that checkpoint covers it (size > index)', async () => {
+    await append(0, 5);
+    const cp = { size: 3, rootHash: Buffer.alloc(32, 7), note: 'example.org/tessera/audit\n3\n…\n' } as unknown as SignedCheckpoint;
+    const dev = new FakeDevice('dev', false);
+    await start(device(), dev, () => cp);
+    await until('all shipped', async () => (dev.got.length >= 5 ? true : undefined), 10_000);
+    const carried = dev.got.map((r) => r.checkpoint?.treeSize);
+    expect(carried).toEqual([3, 3, 3, undefined, undefined]);
+    expect(dev.got[0]?.checkpoint).toEqual({ treeSize: 3, rootHash: Buffer.alloc(32, 7).toString('base64'), note: cp.note });
+  });
+
   it('ships every entry once, in order, in batches of at most batchSize, with the record fields; the cursor is stored', async () => {
     await append(0, 30);
     const dev = new FakeDevice('dev', false);
