@@ -11,7 +11,8 @@
  * the checkpoint compare-and-append = 4; with limits off, 3.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
+import net from 'node:net';
+import { once } from 'node:events';
 import { RedisStore } from '../../src/store/redis.js';
 import { devMaterial, startBroker, type TestBroker } from '../helpers/broker.js';
 import { redisServerAvailable, startPrivateRedis, type PrivateRedis } from '../helpers/redis.js';
@@ -30,21 +31,48 @@ describe.skipIf(!haveServer && process.env.CI !== 'true')('Redis round trips per
     await redis?.destroy();
   });
 
-  /** Top-level commands the broker sent while `work` ran, minus the registration poll. */
+  /**
+   * Top-level commands the broker sent while `work` ran, minus the background polls. MONITOR is read
+   * from a raw socket: ioredis' monitor mode can lose track of its reply queue when lines arrive before
+   * the MONITOR reply ("Command queue state error").
+   */
   async function commandsDuring(work: () => Promise<void>): Promise<string[]> {
-    const monitor = await new Redis(redis.url).monitor();
+    const { hostname, port } = new URL(redis.url);
+    const socket = net.connect({ host: hostname, port: Number(port) });
+    await once(socket, 'connect');
     const seen: string[] = [];
-    monitor.on('monitor', (_time: string, args: string[], source: string) => {
-      if (source === 'lua') return;
-      const [cmd = '', key = ''] = args;
-      if (cmd.toLowerCase() === 'get' && key.endsWith(':kv:registration-meta:version')) return;
-      if (cmd.toLowerCase() === 'evalsha' && args.slice(3).some((k) => /:kvi?:federation-(relationship|bundle)\b/.test(k))) return;
-      seen.push(`${cmd.toLowerCase()} ${key}`);
+    let buffered = '';
+    let started = false;
+    socket.setEncoding('utf8');
+    const startedPromise = new Promise<void>((resolve) => {
+      socket.on('data', (chunk: string) => {
+        buffered += chunk;
+        let nl: number;
+        while ((nl = buffered.indexOf('\r\n')) >= 0) {
+          const line = buffered.slice(0, nl);
+          buffered = buffered.slice(nl + 2);
+          if (line === '+OK' && !started) {
+            started = true;
+            resolve();
+            continue;
+          }
+          // +<time> [<db> <client address>|lua] "cmd" "arg" ...
+          const source = /^\+\S+ \[\d+ ([^\]]+)\]/.exec(line)?.[1];
+          if (source === undefined || source === 'lua') continue;
+          const args = [...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1] ?? '');
+          const [cmd = '', key = ''] = args;
+          if (cmd.toLowerCase() === 'get' && key.endsWith(':kv:registration-meta:version')) continue;
+          if (cmd.toLowerCase() === 'evalsha' && args.slice(3).some((k) => /:kvi?:federation-(relationship|bundle)\b/.test(k))) continue;
+          seen.push(`${cmd.toLowerCase()} ${key}`);
+        }
+      });
     });
+    socket.write('MONITOR\r\n');
+    await startedPromise;
     await new Promise((r) => setTimeout(r, 50));
     await work();
     await new Promise((r) => setTimeout(r, 100));
-    monitor.disconnect();
+    socket.destroy();
     return seen;
   }
 
