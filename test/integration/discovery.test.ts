@@ -8,7 +8,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import type { ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -22,6 +21,7 @@ import { parse, stringify } from 'yaml';
 import { mintAdminCert } from '../helpers/admin.js';
 import { devMaterial, startBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
+import { sendJson } from '../helpers/json-response.js';
 
 type Mode = 'ok' | 'down' | 'wrong-issuer' | 'redirect' | 'oversized' | 'slow';
 interface SigningKey {
@@ -44,12 +44,6 @@ async function newKey(kid: string): Promise<SigningKey> {
   return { kid, privateKey, jwk: { ...(await exportJWK(publicKey)), kid, use: 'sig', alg: 'ES256' } };
 }
 
-function send(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
-
 beforeAll(async () => {
   const { dir, material } = await devMaterial();
   bundleFile = material.bundleFile;
@@ -59,9 +53,9 @@ beforeAll(async () => {
     if (mode === 'slow') return; // never answers (closeAllConnections ends it)
     if (req.url === '/.well-known/openid-configuration') {
       discoveryRequests += 1;
-      if (mode === 'redirect') return send(res, 200, { issuer, jwks_uri: `${issuer}/moved` });
-      if (mode === 'oversized') return send(res, 200, { issuer, jwks_uri: `${issuer}/openid/v1/jwks`, pad: 'x'.repeat(100 * 1024) });
-      return send(res, 200, {
+      if (mode === 'redirect') return sendJson(res, 200, { issuer, jwks_uri: `${issuer}/moved` });
+      if (mode === 'oversized') return sendJson(res, 200, { issuer, jwks_uri: `${issuer}/openid/v1/jwks`, pad: 'x'.repeat(100 * 1024) });
+      return sendJson(res, 200, {
         issuer: mode === 'wrong-issuer' ? 'https://evil.example' : issuer,
         jwks_uri: `${issuer}/openid/v1/jwks`,
         response_types_supported: ['id_token'],
@@ -75,9 +69,9 @@ beforeAll(async () => {
     }
     if (req.url === '/openid/v1/jwks') {
       jwksRequests += 1;
-      return send(res, 200, { keys: published.map((k) => k.jwk) });
+      return sendJson(res, 200, { keys: published.map((k) => k.jwk) });
     }
-    return send(res, 404, {});
+    return sendJson(res, 404, {});
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   issuer = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;

@@ -6,7 +6,6 @@
  */
 import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { ServerResponse } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -18,6 +17,7 @@ import { BrokerError } from '../../src/errors.js';
 import { mintAdminCert } from '../helpers/admin.js';
 import { devMaterial, startBroker } from '../helpers/broker.js';
 import { TestClock } from '../helpers/clock.js';
+import { sendJson } from '../helpers/json-response.js';
 
 type Mode = 'ok' | 'unauthenticated' | 'slow' | 'oversized';
 interface Pod {
@@ -37,12 +37,6 @@ function payloadOf(token: string): { 'kubernetes.io': { namespace: string; servi
   return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as never;
 }
 
-function send(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
-  res.end(text);
-}
-
 beforeAll(async () => {
   const { dir, material } = await devMaterial();
   const tokenFile = path.join(dir, 'broker-api-token');
@@ -50,19 +44,19 @@ beforeAll(async () => {
   pki = { dir, caFile: material.bundleFile, tokenFile, jwksFile: material.issuerJwksFile, issuerKey: material.issuerKeyFile };
   server = https.createServer({ cert: readFileSync(path.join(dir, 'server.pem')), key: readFileSync(path.join(dir, 'server.key')) }, (req, res) => {
     requests += 1;
-    if (req.headers.authorization !== `Bearer ${BROKER_API_TOKEN}`) return send(res, 401, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: 'Unauthorized', reason: 'Unauthorized', code: 401 });
+    if (req.headers.authorization !== `Bearer ${BROKER_API_TOKEN}`) return sendJson(res, 401, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: 'Unauthorized', reason: 'Unauthorized', code: 401 });
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      if (mode === 'slow') return void setTimeout(() => send(res, 500, {}), 3000);
-      if (mode === 'oversized') return send(res, 200, { pad: 'x'.repeat(2 * 1024 * 1024) });
+      if (mode === 'slow') return void setTimeout(() => sendJson(res, 500, {}), 3000);
+      if (mode === 'oversized') return sendJson(res, 200, { pad: 'x'.repeat(2 * 1024 * 1024) });
       if (req.method === 'POST' && req.url === '/apis/authentication.k8s.io/v1/tokenreviews') {
         const review = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { apiVersion: string; kind: string; spec: { token: string; audiences: string[] } };
-        if (review.apiVersion !== 'authentication.k8s.io/v1' || review.kind !== 'TokenReview') return send(res, 400, { kind: 'Status', code: 400 });
+        if (review.apiVersion !== 'authentication.k8s.io/v1' || review.kind !== 'TokenReview') return sendJson(res, 400, { kind: 'Status', code: 400 });
         const k8s = payloadOf(review.spec.token)['kubernetes.io'];
         const pod = pods.get(`${k8s.namespace}/${k8s.pod.name}`);
         const authenticated = mode === 'ok' && pod !== undefined && pod.uid === k8s.pod.uid;
-        return send(res, 201, {
+        return sendJson(res, 201, {
           kind: 'TokenReview',
           apiVersion: 'authentication.k8s.io/v1',
           metadata: { creationTimestamp: null },
@@ -86,9 +80,9 @@ beforeAll(async () => {
         const [ns, name] = [m[1] as string, m[2] as string];
         const pod = pods.get(`${ns}/${name}`);
         if (pod === undefined) {
-          return send(res, 404, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `pods "${name}" not found`, reason: 'NotFound', details: { name, kind: 'pods' }, code: 404 });
+          return sendJson(res, 404, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message: `pods "${name}" not found`, reason: 'NotFound', details: { name, kind: 'pods' }, code: 404 });
         }
-        return send(res, 200, {
+        return sendJson(res, 200, {
           kind: 'Pod',
           apiVersion: 'v1',
           metadata: { name, namespace: ns, uid: pod.uid, labels: pod.labels, annotations: { 'example.com/team': 'payments' }, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: `${name}-rs`, uid: randomUUID(), controller: true }] },
@@ -96,7 +90,7 @@ beforeAll(async () => {
           status: { phase: 'Running' },
         });
       }
-      return send(res, 404, { kind: 'Status', code: 404 });
+      return sendJson(res, 404, { kind: 'Status', code: 404 });
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
