@@ -81,6 +81,17 @@ function get(port: number, agent: https.Agent): Promise<{ body: { ok: boolean; s
   });
 }
 
+/** example.org ← partner.test over https_web (B's CA stands in for WebPKI), through A's admin API. */
+function addPartner(): ReturnType<TestBroker['call']> {
+  return A.call({
+    method: 'POST',
+    path: '/v1/admin/federation',
+    body: { trustDomain: 'partner.test', bundleEndpointUrl: `${B.url}/v1/bundle`, profile: 'https_web', caPem: caB, minRefreshSeconds: 1, staleAfterSeconds: 1 },
+    cert: admin.cert,
+    key: admin.key,
+  });
+}
+
 beforeAll(async () => {
   // partner.test: its own dev PKI (throwaway keys in a temp folder).
   pkiB = mkdtempSync(path.join(tmpdir(), 'tessera-pki-partner-'));
@@ -110,13 +121,7 @@ beforeAll(async () => {
   admin = mintAdminCert(A.material, 'spiffe://example.org/admin/dev');
 
   // example.org ← partner.test, https_web (the broker's own TLS; its CA stands in for WebPKI), through the admin API.
-  const added = await A.call({
-    method: 'POST',
-    path: '/v1/admin/federation',
-    body: { trustDomain: 'partner.test', bundleEndpointUrl: `${B.url}/v1/bundle`, profile: 'https_web', caPem: caB, minRefreshSeconds: 1, staleAfterSeconds: 1 },
-    cert: admin.cert,
-    key: admin.key,
-  });
+  const added = await addPartner();
   expect(added.status, added.text).toBe(201);
   // partner.test ← example.org, https_spiffe: the endpoint's SVID must chain to example.org's bundle (bootstrap first).
   await B.broker.federation.add(
@@ -320,13 +325,7 @@ describe('federation between example.org and partner.test', () => {
     // partner.test's bundle endpoint goes down (the broker's TLS route stands in: point the relationship at a closed port).
     const down = await A.call({ method: 'DELETE', path: '/v1/admin/federation/partner.test', cert: admin.cert, key: admin.key });
     expect(down.status).toBe(200);
-    const readd = await A.call({
-      method: 'POST',
-      path: '/v1/admin/federation',
-      body: { trustDomain: 'partner.test', bundleEndpointUrl: `${B.url}/v1/bundle`, profile: 'https_web', caPem: caB, minRefreshSeconds: 1, staleAfterSeconds: 1 },
-      cert: admin.cert,
-      key: admin.key,
-    });
+    const readd = await addPartner();
     expect(readd.status).toBe(201);
     await until('fetched again', async () => ((A.broker.federation.status().find((s) => s.relationship.trustDomain === 'partner.test')?.bundle?.fetchedAt ?? 0) > 0 ? true : undefined), 10_000);
     await B.app.close(); // the endpoint is down from here on
