@@ -16,6 +16,11 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 # --ignore-scripts: "prepare" would build before the sources are here; the build runs below.
 RUN npm ci --no-audit --no-fund --ignore-scripts
+# The PKCS#11 binding (pkcs11js) is a native addon: built here, with the toolchain the runtime stage
+# does not carry, against this image's Node (the runtime stage is the same base image, so the same ABI).
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ \
+ && npm rebuild pkcs11js \
+ && rm -rf /var/lib/apt/lists/*
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build
@@ -26,6 +31,8 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund --ignore-scripts && npm cache clean --force
+# The built addon only (no compiler in this stage); loaded only when a key is in a token (docs/ca.md).
+COPY --from=build /src/node_modules/pkcs11js/build/Release/pkcs11.node ./node_modules/pkcs11js/build/Release/pkcs11.node
 COPY --from=build /src/dist ./dist
 COPY openapi.yaml ./
 # The agent's gRPC definitions (SPIFFE Workload API, Envoy SDS), read at run time.

@@ -475,6 +475,18 @@ describe('Dockerfile', () => {
     expect(runtime.lines.filter((l) => /^COPY\s+(\.|\.\/)\s/.test(l))).toEqual([]);
   });
 
+  it('builds the PKCS#11 addon in the build stage and ships only the built binding', () => {
+    const build = stages[0] as { name: string; lines: string[] };
+    // The runtime installs with --ignore-scripts, so without this copy a pkcs11 key could never load.
+    expect(build.lines.some((l) => /npm rebuild pkcs11js\b/.test(l))).toBe(true);
+    const addon = 'node_modules/pkcs11js/build/Release/pkcs11.node';
+    expect(runtime.lines).toContain(`COPY --from=${build.name} /src/${addon} ./${addon}`);
+    // The file the binding loads is the one copied (pkcs11js' own entry point names it).
+    expect(readFileSync('node_modules/pkcs11js/index.js', 'utf8')).toContain('./build/Release/pkcs11.node');
+    // No compiler in the runtime stage.
+    expect(runtime.lines.filter((l) => /\b(g\+\+|gcc|make|python3)\b/.test(l))).toEqual([]);
+  });
+
   it('runs as a numeric non-root user', () => {
     const users = runtime.lines.filter((l) => l.startsWith('USER '));
     expect(users.length).toBeGreaterThanOrEqual(1);
