@@ -7,8 +7,9 @@
  * working while the foreign endpoint is down (age metric, stale alert); the Workload API delivers
  * federated_bundles; the rotation of example.org's CA reaches partner.test through refresh.
  */
+import { execFile } from 'node:child_process';
 import { generateKeyPairSync, X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -21,6 +22,7 @@ import { ensureDevMaterial } from '../../src/dev/material.js';
 import { TesseraClient, type X509Svid } from '../../src/sdk/client.js';
 import { startBundleEndpoint, type BundleEndpointServer } from '../../src/server/bundle-endpoint.js';
 import { mintAdminCert } from '../helpers/admin.js';
+import { opensslVerify } from '../helpers/openssl.js';
 import { materialConfig, startBroker, type TestBroker } from '../helpers/broker.js';
 import { cleanRotationTemps, rotatingConfig } from '../helpers/rotation.js';
 import { until } from '../helpers/until.js';
@@ -320,6 +322,44 @@ describe('federation between example.org and partner.test', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('the agent (a real `tessera agent --once`) writes federated/<td>.pem and .jwks.json, apart from its own bundle', async () => {
+    const CLI = path.resolve('dist/cli/main.js');
+    if (!existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` (npm test does it for you)');
+    const work = mkdtempSync(path.join(tmpdir(), 'tessera-fed-agent-'));
+    try {
+      const bundleFile = path.join(work, 'bundle.pem');
+      writeFileSync(bundleFile, A.ca);
+      const runAgent = async (serviceAccount: string): Promise<string> => {
+        const tokenFile = path.join(work, `${serviceAccount}.token`);
+        writeFileSync(tokenFile, await A.token({ namespace: 'shop', serviceAccount }));
+        const out = path.join(work, serviceAccount);
+        // Asynchronous: the brokers run in this process and must keep answering.
+        const run = await new Promise<{ code: number; stderr: string }>((resolve) => {
+          execFile(process.execPath, [CLI, 'agent', '--broker', A.url, '--bundle', bundleFile, '--token-file', tokenFile, '--out', out, '--once', '--deadline', '20'], { timeout: 30_000 }, (err, _stdout, stderr) =>
+            resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stderr }),
+          );
+        });
+        expect(run.code, run.stderr).toBe(0);
+        return out;
+      };
+      const web = await runAgent('web');
+      expect(readdirSync(path.join(web, 'federated')).sort()).toEqual(['partner.test.jwks.json', 'partner.test.pem']);
+      const pem = readFileSync(path.join(web, 'federated', 'partner.test.pem'), 'utf8');
+      expect(new X509Certificate(pem).subjectAltName).toContain('URI:spiffe://partner.test');
+      // A partner.test SVID chains to the federated file, not to the workload's own bundle.
+      const partner = await client(B, 'billing', 'api').start();
+      expect(opensslVerify(pem, partner.certificates).ok).toBe(true);
+      expect(opensslVerify(readFileSync(path.join(web, 'bundle.pem'), 'utf8'), partner.certificates).ok).toBe(false);
+      const kids = (JSON.parse(readFileSync(path.join(web, 'federated', 'partner.test.jwks.json'), 'utf8')) as { keys: { kid: string }[] }).keys.map((k) => k.kid);
+      // The JWT keys partner.test itself publishes.
+      expect(kids.sort()).toEqual(B.broker.bundle.keys.filter((k) => k.use === 'jwt-svid').map((k) => k.kid).sort());
+      // A workload whose entry does not federate gets no federated directory at all.
+      expect(existsSync(path.join(await runAgent('other'), 'federated'))).toBe(false);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   it('keeps the last good bundle while the foreign endpoint is down: age metric, stale alert, mTLS still works', async () => {
     // partner.test's bundle endpoint goes down (the broker's TLS route stands in: point the relationship at a closed port).
