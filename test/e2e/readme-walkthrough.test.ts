@@ -13,8 +13,8 @@
  * it runs the broker on a free port and rewrites each of these port numbers in the blocks to a free
  * one. It checks that 8443 is the dev default, and fails on any other loopback port in a block.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -23,7 +23,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { freePort } from '../helpers/broker-process.js';
 import { inCi } from '../helpers/redis.js';
-import { describeFailure, extractWalkthrough, runWalkthrough, type WalkthroughBlock } from '../helpers/walkthrough.js';
+import { describeFailure, extractWalkthrough, runWalkthrough, scratchRoot, startServe, walkthroughEnv, type ServeProcess, type WalkthroughBlock } from '../helpers/walkthrough.js';
 
 const ROOT = path.resolve('.');
 const CLI = path.join(ROOT, 'dist/cli/main.js');
@@ -119,74 +119,21 @@ describe('walkthrough runner (the check can fail)', () => {
 
 describe.skipIf(missing.length > 0)('the walkthrough against a live dev broker', () => {
   let dir = '';
-  let broker: ChildProcess | undefined;
-  let brokerOut = '';
+  let broker: ServeProcess | undefined;
   const ports = new Map<number, number>();
 
   beforeAll(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'tessera-walkthrough-'));
     // The temp folder stands in for the repository root.
-    writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'tessera-walkthrough', private: true, type: 'module' }));
-    mkdirSync(path.join(dir, 'node_modules', '.bin'), { recursive: true });
-    symlinkSync(ROOT, path.join(dir, 'node_modules', 'tessera'), 'dir');
-    // A step that must signal the agent itself runs `node ../dist/cli/main.js` from the scratch folder.
-    symlinkSync(path.join(ROOT, 'dist'), path.join(dir, 'dist'), 'dir');
-    const bin = path.join(dir, 'node_modules', '.bin', 'tessera');
-    writeFileSync(bin, `#!/bin/sh\nexec "${process.execPath}" "${CLI}" "$@"\n`);
-    chmodSync(bin, 0o755);
+    dir = scratchRoot(ROOT, 'tessera-walkthrough-');
     for (const p of Object.keys(PORTS)) ports.set(Number(p), await freePort());
-
-    const env = cleanEnv();
-    broker = spawn(process.execPath, [CLI, 'serve'], { cwd: dir, env: { ...env, TESSERA_PORT: String(ports.get(8443)) }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const p = broker;
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the dev broker did not start in 90 s:\n${brokerOut}`)), 90_000);
-      p.stdout?.on('data', (d: Buffer) => {
-        brokerOut += d.toString();
-        if (brokerOut.includes('Tessera broker listening on https://127.0.0.1:')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      p.stderr?.on('data', (d: Buffer) => (brokerOut += d.toString()));
-      p.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`the dev broker exited with ${String(code)}:\n${brokerOut}`));
-      });
-    });
-    expect(brokerOut).toContain('DEV defaults');
+    broker = await startServe(CLI, [], { cwd: dir, env: { ...walkthroughEnv(), TESSERA_PORT: String(ports.get(8443)) } });
+    expect(broker.output()).toContain('DEV defaults');
   }, 120_000);
 
   afterAll(async () => {
-    if (broker !== undefined && broker.exitCode === null && broker.signalCode === null) {
-      const p = broker;
-      p.kill('SIGTERM');
-      await new Promise<void>((r) => {
-        const t = setTimeout(() => {
-          p.kill('SIGKILL');
-          r();
-        }, 15_000);
-        p.once('exit', () => {
-          clearTimeout(t);
-          r();
-        });
-      });
-    }
+    await broker?.stop();
     if (dir !== '') rmSync(dir, { recursive: true, force: true });
   }, 30_000);
-
-  function cleanEnv(): NodeJS.ProcessEnv {
-    const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!/^(TESSERA_|REDIS_URL$|npm_)/.test(k)) env[k] = v;
-    return {
-      ...env,
-      PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}`,
-      // npx must resolve tessera from node_modules/.bin, never download a package of that name.
-      NPM_CONFIG_OFFLINE: 'true',
-      NPM_CONFIG_UPDATE_NOTIFIER: 'false',
-      NO_UPDATE_NOTIFIER: '1',
-    };
-  }
 
   /** The block with the walkthrough's port numbers moved to the free ports of this run. */
   const withPorts = (b: WalkthroughBlock): WalkthroughBlock => {
@@ -200,9 +147,9 @@ describe.skipIf(missing.length > 0)('the walkthrough against a live dev broker',
       // Admin commands (tessera entry …) default to the dev broker's https://127.0.0.1:8443; here it is on
       // another port, so TESSERA_URL (which those commands read) stands in for the default, as the port
       // rewriting does for URLs written out in the blocks.
-      const env = { ...cleanEnv(), TESSERA_URL: `https://127.0.0.1:${String(ports.get(8443))}` };
+      const env = { ...walkthroughEnv(), TESSERA_URL: `https://127.0.0.1:${String(ports.get(8443))}` };
       const run = await runWalkthrough(blocks.map(withPorts), { cwd: dir, env, timeoutMs: 240_000 });
-      expect(run.ok, `${describeFailure(run)}\n--- broker output (last 3000 chars) ---\n${brokerOut.slice(-3000)}`).toBe(true);
+      expect(run.ok, `${describeFailure(run)}\n--- broker output (last 3000 chars) ---\n${broker?.output().slice(-3000) ?? ''}`).toBe(true);
     }, 300_000);
   }
 

@@ -4,9 +4,14 @@
  * so variables and `cd` carry from block to block), with `set -euo pipefail`. A failure names the file,
  * the block, its first line number, the block's text and what it printed.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 
 export const WALKTHROUGH_FENCE = '```bash walkthrough';
+/** docs/federation.md's two-broker walkthrough: its own fence, since it needs two brokers of its own. */
+export const FEDERATION_WALKTHROUGH_FENCE = '```bash federation-walkthrough';
 
 export interface WalkthroughBlock {
   /** File the block came from (as given to extractWalkthrough). */
@@ -18,13 +23,13 @@ export interface WalkthroughBlock {
   readonly text: string;
 }
 
-/** The `bash walkthrough` blocks of a Markdown text, in order. An unclosed fence is an error. */
-export function extractWalkthrough(markdown: string, file: string): WalkthroughBlock[] {
+/** The blocks fenced `fence` (default `bash walkthrough`) of a Markdown text, in order. An unclosed fence is an error. */
+export function extractWalkthrough(markdown: string, file: string, fence = WALKTHROUGH_FENCE): WalkthroughBlock[] {
   const lines = markdown.split('\n');
   const blocks: WalkthroughBlock[] = [];
   for (let i = 0; i < lines.length; i += 1) {
     const open = lines[i] as string;
-    if (open.trim() !== WALKTHROUGH_FENCE) continue;
+    if (open.trim() !== fence) continue;
     const indent = open.length - open.trimStart().length;
     const body: string[] = [];
     let j = i + 1;
@@ -115,4 +120,84 @@ export function describeFailure(run: WalkthroughRun): string {
   const where = b === undefined ? 'the walkthrough' : `${b.file} walkthrough block ${b.index} (line ${b.line})`;
   const why = run.timedOut ? 'did not finish in time' : `failed with exit code ${String(run.exitCode)}`;
   return [`${where} ${why}`, '--- block ---', b?.text ?? '', '--- its output ---', run.blockOutput].join('\n');
+}
+
+/**
+ * A temp folder laid out like the repository root for a reader's commands: `npx tessera` and
+ * `tessera/sdk` resolve to the checkout at `root` (npm is offline in walkthroughEnv, so npx can never
+ * fetch some other package called "tessera"), and dist/ is linked for steps that run it directly.
+ */
+export function scratchRoot(root: string, prefix: string): string {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: 'tessera-walkthrough', private: true, type: 'module' }));
+  mkdirSync(path.join(dir, 'node_modules', '.bin'), { recursive: true });
+  symlinkSync(root, path.join(dir, 'node_modules', 'tessera'), 'dir');
+  symlinkSync(path.join(root, 'dist'), path.join(dir, 'dist'), 'dir');
+  const bin = path.join(dir, 'node_modules', '.bin', 'tessera');
+  writeFileSync(bin, `#!/bin/sh\nexec "${process.execPath}" "${path.join(root, 'dist/cli/main.js')}" "$@"\n`);
+  chmodSync(bin, 0o755);
+  return dir;
+}
+
+/** This process's environment without Tessera's, Redis' and npm's own settings, npm offline. */
+export function walkthroughEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!/^(TESSERA_|REDIS_URL$|npm_)/.test(k)) env[k] = v;
+  return {
+    ...env,
+    PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? ''}`,
+    // npx must resolve tessera from node_modules/.bin, never download a package of that name.
+    NPM_CONFIG_OFFLINE: 'true',
+    NPM_CONFIG_UPDATE_NOTIFIER: 'false',
+    NO_UPDATE_NOTIFIER: '1',
+  };
+}
+
+/** A `tessera serve` started for a walkthrough, and everything it printed. */
+export interface ServeProcess {
+  readonly proc: ChildProcess;
+  readonly output: () => string;
+  /** SIGTERM, then SIGKILL after 15 s. */
+  readonly stop: () => Promise<void>;
+}
+
+/** Starts `node <cli> serve …args` in `cwd`; resolves once it says it is listening (rejects if it exits or takes 90 s). */
+export async function startServe(cli: string, args: readonly string[], opts: { cwd: string; env: NodeJS.ProcessEnv }): Promise<ServeProcess> {
+  const proc = spawn(process.execPath, [cli, 'serve', ...args], { cwd: opts.cwd, env: opts.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  proc.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  const stop = async (): Promise<void> => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    proc.kill('SIGTERM');
+    await new Promise<void>((r) => {
+      const t = setTimeout(() => {
+        proc.kill('SIGKILL');
+        r();
+      }, 15_000);
+      proc.once('exit', () => {
+        clearTimeout(t);
+        r();
+      });
+    });
+  };
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`tessera serve did not start in 90 s:\n${out}`)), 90_000);
+      proc.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('Tessera broker listening on https://127.0.0.1:')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      proc.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`tessera serve exited with ${String(code)}:\n${out}`));
+      });
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { proc, output: () => out, stop };
 }
