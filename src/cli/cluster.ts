@@ -37,12 +37,15 @@ interface ReadyMessage {
   t: typeof READY;
   port: number;
   auditEntries: number;
+  bundleEndpoint?: string;
 }
 
 export interface BannerInfo {
   url: string;
   auditEntries: number;
   metricsUrl?: string;
+  /** The https_spiffe bundle endpoint: its URL and the SPIFFE ID it presents. */
+  bundleEndpoint?: string;
   workers: number;
 }
 
@@ -52,7 +55,7 @@ export interface ClusterWorker {
   /** The primary's config with this worker's replica ID. */
   readonly config: Config;
   /** Tells the primary this worker listens; from then on it also answers metrics requests. */
-  ready(broker: Broker, port: number): void;
+  ready(broker: Broker, port: number, bundleEndpoint?: string): void;
 }
 
 /** In a worker forked by runPrimary: its setup. Anywhere else: undefined. */
@@ -63,7 +66,7 @@ export function clusterWorker(config: Config): ClusterWorker | undefined {
   return {
     index,
     config: Object.freeze({ ...config, replicaId: `${config.replicaId}-w${index}` }),
-    ready(broker, port) {
+    ready(broker, port, bundleEndpoint) {
       // The callback keeps a send on a closed channel (the primary is gone) from crashing the worker.
       const tell = (message: object): void => void process.send?.(message, undefined, {}, () => {});
       process.on('message', (m: unknown) => {
@@ -74,7 +77,7 @@ export function clusterWorker(config: Config): ClusterWorker | undefined {
           () => tell({ t: METRICS_RES, id, metrics: [] }),
         );
       });
-      tell({ t: READY, port, auditEntries: broker.audit.size } satisfies ReadyMessage);
+      tell({ t: READY, port, auditEntries: broker.audit.size, ...(bundleEndpoint !== undefined ? { bundleEndpoint } : {}) } satisfies ReadyMessage);
     },
   };
 }
@@ -103,6 +106,7 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
   let failStart: (err: Error) => void = () => {};
   let port = 0;
   let auditEntries = 0;
+  let bundleEndpoint: string | undefined;
   const readyWaiters: (() => void)[] = [];
 
   const fork = (slot: Slot): void => {
@@ -116,6 +120,7 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
       const r = m as ReadyMessage;
       slot.ready = true;
       port = r.port;
+      bundleEndpoint = r.bundleEndpoint;
       auditEntries = Math.max(auditEntries, r.auditEntries);
       if (started) log(`worker ${slot.index} (pid ${worker.process.pid}) is serving again`);
       readyWaiters.splice(0).forEach((w) => w());
@@ -187,7 +192,15 @@ export async function runPrimary(config: Config, workers: number, banner: (info:
   let metrics: MetricsServer | undefined;
   if (config.metrics.enabled) metrics = await startMetricsServer(clusterMetricsSource(slots), config.metrics);
   const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host;
-  process.stdout.write(banner({ url: `https://${host}:${port}`, auditEntries, workers, ...(metrics !== undefined ? { metricsUrl: metrics.url } : {}) }));
+  process.stdout.write(
+    banner({
+      url: `https://${host}:${port}`,
+      auditEntries,
+      workers,
+      ...(metrics !== undefined ? { metricsUrl: metrics.url } : {}),
+      ...(bundleEndpoint !== undefined ? { bundleEndpoint } : {}),
+    }),
+  );
 
   const shutdown = (signal: string): void => {
     if (closing) return;

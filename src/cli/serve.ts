@@ -6,7 +6,7 @@ import type { Config } from '../config/config.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { ensureDevMaterial } from '../dev/material.js';
 import { startMetricsServer } from '../metrics/server.js';
-import { startBundleEndpoint } from '../server/bundle-endpoint.js';
+import { auditedEndpointMint, startBundleEndpoint } from '../server/bundle-endpoint.js';
 import { describeReload } from '../reload.js';
 import { buildServer, oidcOptions } from '../server/app.js';
 import { readOidcPublicTls, startOidcPublicServer } from '../server/oidc-public.js';
@@ -37,6 +37,7 @@ function bannerText(config: Config, b: BannerInfo): string {
       `  audit store  : ${redisLabel(config.store.redis) ?? rel(config.store.embedded.dir)}  (${b.auditEntries} entries)`,
       ...(b.workers > 1 ? [`  workers      : ${b.workers} processes (node:cluster, replica IDs ${config.replicaId}-w1..w${b.workers})`] : []),
       ...(b.metricsUrl !== undefined ? [`  metrics      : ${b.metricsUrl}`] : []),
+      ...(b.bundleEndpoint !== undefined ? [`  bundle endpoint (https_spiffe): ${b.bundleEndpoint}`] : []),
       ...(config.oidc.enabled
         ? [`  oidc issuer  : ${config.jwt.issuer ?? ''}${config.oidc.public !== undefined ? `  (public listener ${config.oidc.public.host}:${config.oidc.public.port})` : ''}`]
         : []),
@@ -85,19 +86,34 @@ export async function serve(opts: { config?: string; workers?: number }): Promis
     config.oidc.public !== undefined && oidcPublicTls !== undefined ? await startOidcPublicServer(config.oidc.public, oidcPublicTls, oidcOptions(broker)) : undefined;
   // A worker's metrics are served by the primary, summed over all workers.
   const metricsServer = config.metrics.enabled && worker === undefined ? await startMetricsServer(broker.metrics, config.metrics) : undefined;
-  // The https_spiffe bundle endpoint (config bundleEndpoint.spiffe), on its own port; one process binds it.
+  // The https_spiffe bundle endpoint (config bundleEndpoint.spiffe), on its own port; cluster workers share it like the main one.
   const spiffeEndpoint = config.bundleEndpoint.spiffe;
   const bundleServer =
-    spiffeEndpoint !== undefined && worker === undefined
-      ? await startBundleEndpoint({ ...spiffeEndpoint, trustDomain: config.trustDomain, ca: () => broker.ca, bundle: () => broker.bundle, clock: broker.clock })
+    spiffeEndpoint !== undefined
+      ? await startBundleEndpoint({
+          ...spiffeEndpoint,
+          trustDomain: config.trustDomain,
+          ca: () => broker.ca,
+          mint: auditedEndpointMint({ audit: broker.audit, replicaId: config.replicaId }),
+          bundle: () => broker.bundle,
+          clock: broker.clock,
+        })
       : undefined;
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : config.listen.port;
-  if (worker !== undefined) worker.ready(broker, port);
+  const bundleEndpoint = bundleServer !== undefined ? `${bundleServer.url} as ${bundleServer.spiffeId}` : undefined;
+  if (worker !== undefined) worker.ready(broker, port, bundleEndpoint);
   else {
     const url = `https://${config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host}:${port}`;
-    process.stdout.write(bannerText(config, { url, auditEntries: broker.audit.size, workers: 1, ...(metricsServer !== undefined ? { metricsUrl: metricsServer.url } : {}) }));
-    if (bundleServer !== undefined) process.stdout.write(`  bundle endpoint (https_spiffe): ${bundleServer.url} as ${bundleServer.spiffeId}\n`);
+    process.stdout.write(
+      bannerText(config, {
+        url,
+        auditEntries: broker.audit.size,
+        workers: 1,
+        ...(metricsServer !== undefined ? { metricsUrl: metricsServer.url } : {}),
+        ...(bundleEndpoint !== undefined ? { bundleEndpoint } : {}),
+      }),
+    );
   }
   let closing = false;
   const shutdown = (signal: string): void => {

@@ -122,6 +122,7 @@ describe.skipIf(!redis.ok)('tessera serve --workers 2 on Redis (node:cluster)', 
     const written = await writeConfig(dir, {
       store: { embedded: { dir: path.join(dir, 'unused-data') }, redis: { url: SHARED_REDIS_URL, prefix, allowVolatile: true } },
       metrics: { enabled: true, port: 0 },
+      bundleEndpoint: { spiffe: { host: '127.0.0.1', port: 0 } },
     });
     ({ file: configFile, ca, auditPub } = written);
     token = await mintDevToken({ keyFile: written.issuerKeyFile, namespace: 'shop', serviceAccount: 'web', ttlSeconds: 3600 });
@@ -147,6 +148,30 @@ describe.skipIf(!redis.ok)('tessera serve --workers 2 on Redis (node:cluster)', 
     expect(out.match(/listening on/g)?.length).toBe(1);
     expect(out).toMatch(/workers {6}: 2 processes \(node:cluster, replica IDs e2e-cluster-w1\.\.w2\)/);
     expect(childrenOf(primary.pid as number)).toHaveLength(2);
+  });
+
+  it('serves the https_spiffe bundle endpoint from the workers, named in the banner', async () => {
+    const named = /bundle endpoint \(https_spiffe\): (https:\/\/127\.0\.0\.1:\d+\/) as (\S+)/.exec(out);
+    expect(named?.[2], out).toBe('spiffe://example.org/tessera/bundle-endpoint');
+    const endpoint = named?.[1] ?? '';
+    // Fresh connections (the primary hands them to the workers in turn); the endpoint is authenticated by
+    // its SPIFFE ID, as a federated peer does (SPIFFE_Federation.md https_spiffe), not by host name.
+    const get = (): Promise<{ status: number; body: string; san: string }> =>
+      new Promise((resolve, reject) => {
+        const req = https.get(endpoint, { ca, agent: false, checkServerIdentity: () => undefined }, (res) => {
+          const san = (res.socket as import('node:tls').TLSSocket).getPeerCertificate().subjectaltname ?? '';
+          let body = '';
+          res.on('data', (d: Buffer) => (body += d.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body, san }));
+        });
+        req.on('error', reject);
+      });
+    for (let i = 0; i < 4; i++) {
+      const r = await get();
+      expect(r.status).toBe(200);
+      expect(r.san).toBe('URI:spiffe://example.org/tessera/bundle-endpoint');
+      expect((JSON.parse(r.body) as { keys: { use: string }[] }).keys.some((k) => k.use === 'x509-svid')).toBe(true);
+    }
   });
 
   it('replaces a SIGKILLed worker', async () => {

@@ -20,7 +20,7 @@ import { startWorkloadApi, type WorkloadApiServer } from '../../src/agent/worklo
 import { systemClock } from '../../src/clock.js';
 import { ensureDevMaterial } from '../../src/dev/material.js';
 import { TesseraClient, type X509Svid } from '../../src/sdk/client.js';
-import { startBundleEndpoint, type BundleEndpointServer } from '../../src/server/bundle-endpoint.js';
+import { auditedEndpointMint, startBundleEndpoint, type BundleEndpointServer } from '../../src/server/bundle-endpoint.js';
 import { mintAdminCert } from '../helpers/admin.js';
 import { opensslVerify } from '../helpers/openssl.js';
 import { materialConfig, startBroker, type TestBroker } from '../helpers/broker.js';
@@ -119,7 +119,15 @@ beforeAll(async () => {
       bundleEndpoint: { refreshHintSeconds: 1 },
     },
   });
-  epA = await startBundleEndpoint({ host: '127.0.0.1', port: 0, trustDomain: 'example.org', ca: () => A.broker.ca, bundle: () => A.broker.bundle, clock: systemClock });
+  epA = await startBundleEndpoint({
+    host: '127.0.0.1',
+    port: 0,
+    trustDomain: 'example.org',
+    ca: () => A.broker.ca,
+    mint: auditedEndpointMint({ audit: A.broker.audit, replicaId: A.broker.config.replicaId }),
+    bundle: () => A.broker.bundle,
+    clock: systemClock,
+  });
   admin = mintAdminCert(A.material, 'spiffe://example.org/admin/dev');
 
   // example.org ← partner.test, https_web (the broker's own TLS; its CA stands in for WebPKI), through the admin API.
@@ -396,7 +404,7 @@ describe('federation between example.org and partner.test', () => {
     const kids = (b: { keys: readonly { use: string; kid?: string }[] }): string[] => b.keys.filter((k) => k.use === 'jwt-svid').map((k) => k.kid ?? '').sort();
     const copy = (): string[] => (B.broker.federation.bundlesFor(['example.org'])[0]?.bundle.jwtAuthorities ?? []).map((j) => j.kid).sort();
     expect(initialKids).toHaveLength(1);
-    const firstSerial = epA.serial();
+    const firstSerial = await epA.serial();
     const firstCa = A.broker.ca;
     // The first signing CA lives ~31 s: the next authority is prepared (and published) at half of that.
     await until('next authority published', async () => (kids(A.broker.bundle).length > initialKids.length ? true : undefined), 30_000, 100);
@@ -406,7 +414,7 @@ describe('federation between example.org and partner.test', () => {
     // Activate it now: the https_spiffe endpoint's SVID is minted again by the new CA, and still authenticates.
     await A.broker.rotation?.activateNow();
     await until('signing CA switched', async () => (A.broker.ca !== firstCa ? true : undefined), 10_000, 100);
-    expect(epA.serial()).not.toBe(firstSerial);
+    expect(await epA.serial()).not.toBe(firstSerial);
     const fetched = await B.broker.federation.refresh('example.org');
     expect(fetched.bundle.jwtAuthorities.map((j) => j.kid).sort()).toEqual(kids(A.broker.bundle));
   }, 60_000);
