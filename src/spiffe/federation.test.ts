@@ -1,8 +1,13 @@
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestClock } from '../../test/helpers/clock.js';
+import { CertificateAuthority } from '../ca/authority.js';
+import { mintCa } from '../ca/x509.js';
 import { EmbeddedStore } from '../store/embedded.js';
 import { buildBundle } from './bundle.js';
 import type { FetchBundleOptions } from './bundle-fetch.js';
@@ -109,5 +114,88 @@ describe('FederationManager', () => {
     await a.remove(a.prepareDelete('partner.test').trustDomain);
     expect(a.relationship('partner.test')).toBeUndefined();
     expect(() => a.prepareDelete('partner.test')).toThrow(/not federated/);
+  });
+});
+
+/**
+ * A foreign trust domain replaces its root, over a real https_spiffe endpoint and the real fetcher: the
+ * endpoint's SVID is checked against the bundle held so far, so the new root must be published (next to
+ * the old one) before the endpoint presents an SVID from it — as SPIFFE federation expects. A jump
+ * straight to an SVID from an unpublished root is refused and the last good bundle stays.
+ */
+describe('FederationManager across a foreign root change (https_spiffe, real TLS)', () => {
+  const ENDPOINT_ID = 'spiffe://partner.test/tessera/bundle-endpoint';
+  interface Root { readonly pem: string; readonly der: Buffer; readonly ca: CertificateAuthority }
+  const makeRoot = (): Root => {
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const now = Date.now();
+    const cert = mintCa(
+      { commonName: 'Partner Root', trustDomain: 'partner.test', subjectPublicKey: key.publicKey, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000), pathLen: 1 },
+      { selfSignedKey: key.privateKey },
+    );
+    const keyPem = key.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    return { pem: cert.pem, der: new X509Certificate(cert.pem).raw, ca: CertificateAuthority.fromPem({ certPem: cert.pem, keyPem, rootsPem: cert.pem }) };
+  };
+  const endpointCredential = (root: Root): { key: string; cert: string } => {
+    const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const svid = root.ca.issueX509Svid({ spiffeId: ENDPOINT_ID, dnsNames: [], publicKey, ttlMs: 600_000, now: Date.now() });
+    return { key: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), cert: svid.chainPem.join('') };
+  };
+  const bundleOf = (...roots: Root[]): string => JSON.stringify(buildBundle({ rootCertsDer: roots.map((r) => r.der), jwtKeys: [], sequence: roots.length, refreshHintSeconds: 300 }));
+  const rootsOf = (m: FederationManager): string[] => (m.bundlesFor(['partner.test'])[0]?.bundle.x509Authorities ?? []).map((c) => c.fingerprint256).sort();
+
+  let dir: string;
+  let store: EmbeddedStore;
+  let server: https.Server;
+  let serving = '';
+  let manager: FederationManager;
+  const r1 = makeRoot();
+  const r2 = makeRoot();
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'tessera-federation-roll-'));
+    store = await EmbeddedStore.open(dir, { fsync: false });
+    server = https.createServer(endpointCredential(r1), (_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(serving));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    manager = new FederationManager({ store, clock: TestClock.frozen(), trustDomain: 'example.org', configured: [], ownBundle: () => own, owner: 'roll', tickMs: 3_600_000 });
+    await manager.start();
+    const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+    await manager.add(manager.prepareAdd({ trustDomain: 'partner.test', bundleEndpointUrl: url, profile: 'https_spiffe', endpointSpiffeId: ENDPOINT_ID, bootstrapBundle: r1.pem }, 'admin'));
+  });
+  afterAll(async () => {
+    await manager.close();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('follows the roll old → old+new → new, and refuses an SVID from a root it was never shown', async () => {
+    const fp = (...roots: Root[]): string[] => roots.map((r) => new X509Certificate(r.pem).fingerprint256).sort();
+    serving = bundleOf(r1);
+    await manager.refresh('partner.test');
+    expect(rootsOf(manager)).toEqual(fp(r1));
+
+    // A jump: the endpoint presents an SVID of the new root before it was published. Refused; r1 stays.
+    server.setSecureContext(endpointCredential(r2));
+    serving = bundleOf(r2);
+    await expect(manager.refresh('partner.test')).rejects.toMatchObject({ code: 'federation_fetch_failed' });
+    expect(rootsOf(manager)).toEqual(fp(r1));
+
+    // The roll done right: publish r2 beside r1 (endpoint still on r1), then switch the endpoint, then drop r1.
+    server.setSecureContext(endpointCredential(r1));
+    serving = bundleOf(r1, r2);
+    await manager.refresh('partner.test');
+    expect(rootsOf(manager)).toEqual(fp(r1, r2));
+    server.setSecureContext(endpointCredential(r2));
+    await manager.refresh('partner.test');
+    serving = bundleOf(r2);
+    await manager.refresh('partner.test');
+    expect(rootsOf(manager)).toEqual(fp(r2));
+
+    // From here an endpoint SVID of the old root is no longer trusted.
+    server.setSecureContext(endpointCredential(r1));
+    await expect(manager.refresh('partner.test')).rejects.toMatchObject({ code: 'federation_fetch_failed' });
+    expect(rootsOf(manager)).toEqual(fp(r2));
   });
 });
