@@ -343,13 +343,16 @@ describe('EmbeddedStore durable writes (O_DSYNC)', () => {
       }
     });
 
-  function countingOpen(counts: Map<string, { writes: number; syncs: number; durable: boolean }>): OpenStoreFile {
+  function countingOpen(counts: Map<string, { writes: number; syncs: number; durable: boolean; reads?: number }>): OpenStoreFile {
     return async (p, o) => {
       const h = await openStoreFile(p, o);
-      const c = { writes: 0, syncs: 0, durable: h.writesAreDurable === true };
+      const c = { writes: 0, syncs: 0, reads: 0, durable: h.writesAreDurable === true };
       counts.set(path.basename(p), c);
       return {
-        read: (b, off, l, pos) => h.read(b, off, l, pos),
+        read: (b, off, l, pos) => {
+          c.reads++;
+          return h.read(b, off, l, pos);
+        },
         write: (b, off, l, pos) => {
           c.writes++;
           return h.write(b, off, l, pos);
@@ -383,6 +386,29 @@ describe('EmbeddedStore durable writes (O_DSYNC)', () => {
     expect(audit.writes - writes).toBe(s.stats.auditFlushes);
     expect(audit.syncs).toBe(syncs);
     expect((await s.readAuditEntries(0, 4)).map(String)).toEqual([0, 1, 2, 3].map((i) => String(entry(i))));
+  });
+
+  it('a receipt checkpoint compares against the newest one in memory: no read of checkpoints.log per append, the file read once after a reopen', async () => {
+    const counts = new Map<string, { writes: number; syncs: number; durable: boolean; reads?: number }>();
+    const note = (size: number): string => `tessera.test/log\n${size}\nroot${size}\n`;
+    let s = await openStore({ fsync: false, openFile: countingOpen(counts) });
+    await s.appendAuditEntries([entry(0), entry(1), entry(2)]);
+    const cp = (): { reads?: number; writes: number } => counts.get('checkpoints.log')!;
+    const opened = cp().reads ?? 0;
+    for (const size of [1, 2, 3]) expect(await s.appendCheckpointIfNewer(note(size), size)).toBeUndefined();
+    // Older and equal ones are refused from memory too.
+    expect(await s.appendCheckpointIfNewer(note(2), 2)).toBe(note(3));
+    expect(await s.appendCheckpointIfNewer(note(3), 3)).toBe(note(3));
+    expect(cp().reads).toBe(opened);
+    await s.close();
+    s = await openStore({ fsync: false, openFile: countingOpen(counts) });
+    const reopened = cp().reads ?? 0;
+    // After a reopen, the newest is read from the file once, then kept.
+    expect(await s.appendCheckpointIfNewer(note(2), 2)).toBe(note(3));
+    expect(await s.appendCheckpointIfNewer(note(1), 1)).toBe(note(3));
+    expect(cp().reads).toBe(reopened + 1);
+    expect(await s.listCheckpoints()).toEqual([note(1), note(2), note(3)]);
+    await s.close();
   });
 
   it.skipIf(process.platform !== 'linux')('without fsync, nothing is opened O_DSYNC', async () => {

@@ -591,6 +591,11 @@ export class EmbeddedStore implements Store {
   readonly #kvPending = new Map<string, number>();
   /** Serializes appendCheckpointIfNewer: its compare and its append are one step. */
   #checkpointTurn: Promise<unknown> = Promise.resolve();
+  /**
+   * The newest stored checkpoint (by file position), once read or written: only this process writes
+   * checkpoints.log (the data dir is locked), so the compare needs no read per receipt.
+   */
+  #newestCheckpoint: { readonly index: number; readonly note: string } | undefined;
   /** Fixed-window counters: `windowMs\0key` → current window. */
   readonly #hits = new Map<string, { count: number; resetAt: number }>();
   #hitSweepAt = 1024;
@@ -861,7 +866,19 @@ export class EmbeddedStore implements Store {
     if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
     const bytes = Buffer.from(note, 'utf8');
     if (bytes.length > MAX_PAYLOAD) throw new BrokerError('bad_request', 'checkpoint note too large');
-    await this.#checkpoints.append([bytes]);
+    const index = await this.#checkpoints.append([bytes]);
+    if (this.#newestCheckpoint === undefined || index > this.#newestCheckpoint.index) this.#newestCheckpoint = { index, note };
+  }
+
+  /** The newest stored checkpoint, read from the file only the first time. */
+  async #newest(): Promise<string | undefined> {
+    const n = this.#checkpoints.count;
+    if (n === 0) return undefined;
+    if (this.#newestCheckpoint?.index !== n - 1) {
+      const [raw] = await this.#checkpoints.read(n - 1, n);
+      this.#newestCheckpoint = { index: n - 1, note: (raw as Buffer).toString('utf8') };
+    }
+    return this.#newestCheckpoint.note;
   }
 
   appendCheckpointIfNewer(note: string, size: number): Promise<string | undefined> {
@@ -870,10 +887,8 @@ export class EmbeddedStore implements Store {
       if (typeof note !== 'string' || note.length === 0) throw new BrokerError('bad_request', 'checkpoint note must be a non-empty string');
       checkCheckpointSize(size);
       if (size > this.#audit.count) throw auditHistoryLost(`the audit log holds ${this.#audit.count} entries, fewer than the checkpoint size ${size}`);
-      const n = this.#checkpoints.count;
-      if (n > 0) {
-        const [raw] = await this.#checkpoints.read(n - 1, n);
-        const last = (raw as Buffer).toString('utf8');
+      const last = await this.#newest();
+      if (last !== undefined) {
         const lastSize = storedCheckpointSize(last);
         if (lastSize === undefined) throw storeUnavailable('the newest stored checkpoint declares no tree size');
         if (lastSize > size || (lastSize === size && last === note)) return last;
