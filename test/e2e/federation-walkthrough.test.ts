@@ -22,6 +22,7 @@ import {
   scratchRoot,
   startServe,
   walkthroughEnv,
+  withPorts,
   type ServeProcess,
   type WalkthroughBlock,
 } from '../helpers/walkthrough.js';
@@ -88,16 +89,11 @@ describe.skipIf(missing.length > 0)('docs/federation.md walkthrough against two 
     if (dir !== '') rmSync(dir, { recursive: true, force: true });
   }, 40_000);
 
-  const withPorts = (b: WalkthroughBlock): WalkthroughBlock => {
-    let text = b.text;
-    for (const [from, to] of ports) text = text.replace(new RegExp(`\\b${from}\\b`, 'g'), String(to));
-    return { ...b, text };
-  };
   const logs = (): string => brokers.map((b, i) => `--- broker ${serveDirs[i] ?? i} (last 2000 chars) ---\n${b.output().slice(-2000)}`).join('\n');
 
   it('runs green: setup, two brokers, federation both ways, SVIDs verified across, mutual TLS', async () => {
     const env = walkthroughEnv();
-    const setup = await runWalkthrough(blocks.slice(0, 1).map(withPorts), { cwd: dir, env, timeoutMs: 120_000 });
+    const setup = await runWalkthrough(blocks.slice(0, 1).map((b) => withPorts(b, ports)), { cwd: dir, env, timeoutMs: 120_000 });
     expect(setup.ok, describeFailure(setup)).toBe(true);
 
     // "Start both brokers, each in a shell of its own, from walkthrough/fed".
@@ -106,7 +102,7 @@ describe.skipIf(missing.length > 0)('docs/federation.md walkthrough against two 
 
     // "Back in the first shell", which the first block left in walkthrough/fed.
     const back: WalkthroughBlock = { file: PAGE, line: 0, index: 0, text: 'cd walkthrough/fed' };
-    const rest = await runWalkthrough([back, ...blocks.slice(1)].map(withPorts), { cwd: dir, env, timeoutMs: 240_000 });
+    const rest = await runWalkthrough([back, ...blocks.slice(1)].map((b) => withPorts(b, ports)), { cwd: dir, env, timeoutMs: 240_000 });
     expect(rest.ok, `${describeFailure(rest)}\n${logs()}`).toBe(true);
     // What the page says the reader sees.
     expect(rest.output).toContain('refused, as it should be');

@@ -23,7 +23,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { freePort } from '../helpers/broker-process.js';
 import { inCi } from '../helpers/redis.js';
-import { describeFailure, extractWalkthrough, runWalkthrough, scratchRoot, startServe, walkthroughEnv, type ServeProcess, type WalkthroughBlock } from '../helpers/walkthrough.js';
+import { describeFailure, extractWalkthrough, runWalkthrough, scratchRoot, startServe, walkthroughEnv, withPorts, type ServeProcess, type WalkthroughBlock } from '../helpers/walkthrough.js';
 
 const ROOT = path.resolve('.');
 const CLI = path.join(ROOT, 'dist/cli/main.js');
@@ -135,20 +135,13 @@ describe.skipIf(missing.length > 0)('the walkthrough against a live dev broker',
     if (dir !== '') rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
-  /** The block with the walkthrough's port numbers moved to the free ports of this run. */
-  const withPorts = (b: WalkthroughBlock): WalkthroughBlock => {
-    let text = b.text;
-    for (const [from, to] of ports) text = text.replace(new RegExp(`\\b${from}\\b`, 'g'), String(to));
-    return { ...b, text };
-  };
-
   for (const [file, blocks] of byFile) {
     it(`${file}: all ${blocks.length} walkthrough blocks run green, in order`, async () => {
       // Admin commands (tessera entry …) default to the dev broker's https://127.0.0.1:8443; here it is on
       // another port, so TESSERA_URL (which those commands read) stands in for the default, as the port
       // rewriting does for URLs written out in the blocks.
       const env = { ...walkthroughEnv(), TESSERA_URL: `https://127.0.0.1:${String(ports.get(8443))}` };
-      const run = await runWalkthrough(blocks.map(withPorts), { cwd: dir, env, timeoutMs: 240_000 });
+      const run = await runWalkthrough(blocks.map((b) => withPorts(b, ports)), { cwd: dir, env, timeoutMs: 240_000 });
       expect(run.ok, `${describeFailure(run)}\n--- broker output (last 3000 chars) ---\n${broker?.output().slice(-3000) ?? ''}`).toBe(true);
     }, 300_000);
   }

@@ -122,6 +122,13 @@ export function describeFailure(run: WalkthroughRun): string {
   return [`${where} ${why}`, '--- block ---', b?.text ?? '', '--- its output ---', run.blockOutput].join('\n');
 }
 
+/** The block with each port number of `ports` (as named in the docs → free port of this run) rewritten. */
+export function withPorts(block: WalkthroughBlock, ports: ReadonlyMap<number, number>): WalkthroughBlock {
+  let text = block.text;
+  for (const [from, to] of ports) text = text.replace(new RegExp(`\\b${from}\\b`, 'g'), String(to));
+  return { ...block, text };
+}
+
 /**
  * A temp folder laid out like the repository root for a reader's commands: `npx tessera` and
  * `tessera/sdk` resolve to the checkout at `root` (npm is offline in walkthroughEnv, so npx can never
