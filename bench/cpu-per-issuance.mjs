@@ -7,6 +7,9 @@
 // Usage: npm run build && node bench/cpu-per-issuance.mjs [--requests 4000] [--rounds 3] [--concurrency 32]
 //   [--fresh]  a fresh token + CSR key per X.509 request (pre-generated), so no per-token/CSR cache helps
 //   [--prof DIR]  run the broker under `node --cpu-prof --cpu-prof-dir DIR`
+//   [--mtls]  instead: X.509 renewal over mTLS (the caller's SVID, a fresh CSR key per request), keep-alive
+//             against a fresh connection per request (TLS sessions cached by the client), alternating, with
+//             the share of fresh connections that resumed a session
 import { spawn } from 'node:child_process';
 import https from 'node:https';
 import { generateKeyPairSync } from 'node:crypto';
@@ -49,8 +52,8 @@ function perRequest(before, after, n) {
 }
 
 /** Sends `n` requests, `concurrency` at a time; `body(i)`/`headers(i)` per request. Throws on a non-200. */
-async function fixedCount({ url, n, concurrency, body, headers, ca }) {
-  const agent = new https.Agent({ keepAlive: true, maxSockets: concurrency, ca });
+async function fixedCount({ url, n, concurrency, body, headers, ca, tls = {}, keepAlive = true, conns }) {
+  const agent = new https.Agent({ keepAlive, maxSockets: concurrency, ca, maxCachedSessions: 1000, ...tls });
   let next = 0;
   const one = (i) =>
     new Promise((resolve, reject) => {
@@ -61,6 +64,16 @@ async function fixedCount({ url, n, concurrency, body, headers, ca }) {
         res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`${res.statusCode} ${Buffer.concat(chunks).toString().slice(0, 300)}`))));
       });
       req.on('error', reject);
+      if (conns !== undefined) {
+        req.on('socket', (sock) => {
+          if (sock.counted) return;
+          sock.counted = true;
+          sock.once('secureConnect', () => {
+            conns.opened++;
+            if (sock.isSessionReused()) conns.resumed++;
+          });
+        });
+      }
       req.end(b);
     });
   await Promise.all(Array.from({ length: concurrency }, async () => {
@@ -69,7 +82,7 @@ async function fixedCount({ url, n, concurrency, body, headers, ca }) {
   agent.destroy();
 }
 
-export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency = 32, fresh = false, profDir } = {}) {
+export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency = 32, fresh = false, mtls = false, profDir } = {}) {
   const { ensureDevMaterial } = await dist('dev/material.js');
   const { mintDevToken } = await dist('dev/token-issuer.js');
   const work = mkdtempSync(path.join(tmpdir(), 'tessera-cpu-'));
@@ -123,13 +136,54 @@ export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency 
       await fixedCount({ url: `${url}/v1/svid/jwt`, n: requests, concurrency, ca, body: () => b, headers: () => ({ authorization: `Bearer ${token}` }) });
       return perRequest(t0, threadCpu(child.pid), requests);
     };
+    // mTLS renewal: the caller's current SVID authenticates it; a fresh CSR key per request.
+    const renewal = async (keepAlive) => {
+      const conns = { opened: 0, resumed: 0 };
+      const t0 = threadCpu(child.pid);
+      await fixedCount({
+        url: `${url}/v1/svid/x509`, n: requests, concurrency, ca, tls: mtlsCreds, keepAlive, conns,
+        // Without "connection: close" Node's Agent hands a finished socket to a queued request even with
+        // keepAlive off, so most "fresh" requests would ride an open connection.
+        body: (i) => JSON.stringify({ csr: csrs[i] }), headers: () => (keepAlive ? {} : { connection: 'close' }),
+      });
+      return { ...perRequest(t0, threadCpu(child.pid), requests), ...conns };
+    };
+    let mtlsCreds;
     const prepare = async () => {
-      if (!fresh) return;
+      if (!fresh && !mtls) return;
       tokens = await Promise.all(Array.from({ length: requests }, (_, i) => tokenFor(i)));
       csrs = [];
       for (let i = 0; i < requests; i++) csrs.push(await csrOf());
     };
     await prepare();
+    if (mtls) {
+      const first = await new Promise((resolve, reject) => {
+        const req = https.request(`${url}/v1/svid/x509`, { method: 'POST', ca, headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` } }, (res) => {
+          let t = '';
+          res.on('data', (c) => (t += c));
+          res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(t)) : reject(new Error(`${res.statusCode} ${t.slice(0, 300)}`))));
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ keyType: 'ec-p256' }));
+      });
+      mtlsCreds = { cert: first.svid, key: first.privateKey };
+      await renewal(true); // warm-up (JIT)
+      await renewal(false);
+      const rows = { keepAlive: [], fresh: [] };
+      for (let r = 0; r < rounds; r++) {
+        await prepare();
+        const k = await renewal(true);
+        const f = await renewal(false);
+        rows.keepAlive.push(Math.round(k.total));
+        rows.fresh.push(Math.round(f.total));
+        console.error(`[cpu] round ${r + 1}: mTLS keep-alive ${rows.keepAlive.at(-1)} µs ${JSON.stringify(k.byName)}; fresh ${rows.fresh.at(-1)} µs, ${f.resumed}/${f.opened} connections resumed ${JSON.stringify(f.byName)}`);
+      }
+      const done = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await done;
+      const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+      return { requests, rounds, concurrency, mtls, keepAliveCpuUs: median(rows.keepAlive), freshCpuUs: median(rows.fresh), keepAliveRounds: rows.keepAlive, freshRounds: rows.fresh };
+    }
     await x509(); // warm-up (JIT)
     await jwt();
     const rows = { x509: [], jwt: [] };
@@ -152,9 +206,9 @@ export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency 
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const { values: a } = parseArgs({ options: { requests: { type: 'string' }, rounds: { type: 'string' }, concurrency: { type: 'string' }, fresh: { type: 'boolean' }, prof: { type: 'string' } } });
+  const { values: a } = parseArgs({ options: { requests: { type: 'string' }, rounds: { type: 'string' }, concurrency: { type: 'string' }, fresh: { type: 'boolean' }, mtls: { type: 'boolean' }, prof: { type: 'string' } } });
   const r = await cpuPerIssuance({
-    requests: Number(a.requests ?? 4000), rounds: Number(a.rounds ?? 3), concurrency: Number(a.concurrency ?? 32), fresh: a.fresh === true,
+    requests: Number(a.requests ?? 4000), rounds: Number(a.rounds ?? 3), concurrency: Number(a.concurrency ?? 32), fresh: a.fresh === true, mtls: a.mtls === true,
     ...(a.prof ? { profDir: a.prof } : {}),
   });
   console.log(JSON.stringify(r));

@@ -244,7 +244,7 @@ async function tesseraScenarios(url, pid) {
     for (const concurrency of [1, 32]) {
       const r = await measured(pid, {
         url: url + s.path, method: 'POST', headers: s.headers, body: () => s.body,
-        concurrency, durationMs: seconds * 1000, keepAlive: s.keepAlive, tls: s.tls,
+        concurrency, durationMs: seconds * 1000, keepAlive: s.keepAlive, tls: s.tls, countResumed: !s.keepAlive,
       });
       log(name, `c=${concurrency}`, r);
       results.push({ scenario: name, concurrency, ...r });

@@ -415,6 +415,37 @@ describe('verifyCsrPem agrees with parseCsrPem', () => {
     expect(await same(csr2)).toBe('400 invalid_csr CSR signature does not verify');
   });
 
+  it('refuses a P-256 point whose x is encoded as x + p (on the curve mod p, but a coordinate out of range)', async () => {
+    // Partial public-key validation checks the range of the coordinates as well as the curve equation.
+    // A point with a small x is found by solving y² = x³ - 3x + b (p ≡ 3 mod 4, so y = rhs^((p+1)/4)).
+    const p = 2n ** 256n - 2n ** 224n + 2n ** 192n + 2n ** 96n - 1n;
+    const b = 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604bn;
+    const modPow = (base: bigint, e: bigint): bigint => {
+      let r = 1n;
+      for (base %= p; e > 0n; e >>= 1n, base = (base * base) % p) if (e & 1n) r = (r * base) % p;
+      return r;
+    };
+    let x = 1n;
+    let y = 0n;
+    for (; ; x++) {
+      const rhs = (((x * x * x - 3n * x + b) % p) + p) % p;
+      y = modPow(rhs, (p + 1n) / 4n);
+      if ((y * y) % p === rhs) break;
+    }
+    const be32 = (n: bigint): Buffer => Buffer.from(n.toString(16).padStart(64, '0'), 'hex');
+    const csrFor = (xEncoded: bigint): string => {
+      const spki = sequence(sequence(oid('1.2.840.10045.2.1'), oid('1.2.840.10045.3.1.7')), bitString(Buffer.concat([Buffer.from([4]), be32(xEncoded), be32(y)])));
+      const cri = sequence(integer(0), sequence(), spki, explicit(0));
+      // Nobody knows this point's private key: any P-256 signature will do, it must just not verify.
+      const junk = sign('sha256', cri, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey);
+      return derToCsrPem(sequence(cri, sequence(oid('1.2.840.10045.4.3.2')), bitString(junk)));
+    };
+    // The canonical encoding is a valid key: refused only for its signature.
+    expect(await same(csrFor(x))).toBe('400 invalid_csr CSR signature does not verify');
+    // x + p names the same point mod p, but the key itself is refused.
+    expect(await same(csrFor(x + p))).toMatch(/^400 invalid_csr .*malformed/);
+  });
+
   it('on arbitrary mutations of valid CSRs', async () => {
     const names = ['p256', 'p384', 'rsa2048', 'ed25519'];
     const ders = names.map((n) => pemToDer(get(n).csr));

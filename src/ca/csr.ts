@@ -341,8 +341,14 @@ export function parseCsrPem(pem: string): ParsedCsr {
 
 /**
  * parseCsrPem for the issuance hot path: the same checks and answers, but an EC key is imported as a
- * raw point through WebCrypto, which skips OpenSSL 3's generic key decoder (~45 µs instead of ~65 µs for
- * a JWK; the point is still checked to be on the curve). The work is synchronous under the promise.
+ * raw point through WebCrypto. That import is partial public-key validation (NIST SP 800-56A rev. 3
+ * §5.6.2.3.4; SEC 1 §3.2.3.1): EC_POINT_oct2point refuses a point off the curve or with a coordinate
+ * ≥ p, and Node runs EVP_PKEY_public_check_quick. It skips the multiplication by the group order that a
+ * JWK import runs (EC_KEY_check_key), redundant on a prime-order curve (cofactor 1). Yet per CSR the two
+ * cost the same CPU once the signature check is counted (bench/csr-key-import.mjs, median of 15
+ * rounds: 197 vs 198 µs): the raw path pays instead for WebCrypto's JS layer and garbage, and OpenSSL
+ * 3.0 builds the P-256 group twice per key (EC_KEY_new_by_curve_name, then the provider import).
+ * The work is synchronous under the promise.
  */
 export async function verifyCsrPem(pem: string): Promise<ParsedCsr> {
   const csr = prepareCsr(pem);
