@@ -50,7 +50,7 @@ beforeAll(() => {
     { commonName: 'First', trustDomain: TD, subjectPublicKey: ik.publicKey, notBefore: new Date(t0), notAfter: new Date(t0 + 60 * S), pathLen: 0 },
     issuerFromPem(rootPem, rootKeyPem),
   );
-  initial = { certPem: cert.pem, keyPem: pemOf(ik.privateKey), intermediatesPem: '', jwtKeyPem: pemOf(p256().privateKey) };
+  initial = { certPem: cert.pem, intermediatesPem: '', key: { pem: pemOf(ik.privateKey) }, jwtKey: { pem: pemOf(p256().privateKey) } };
 });
 
 const dirs: string[] = [];
@@ -287,7 +287,7 @@ class CaRotationFollower {
         onError: () => {},
       },
       // Its own config files do not matter once the store holds a state.
-      { ...initial, jwtKeyPem: pemOf(p256().privateKey) },
+      { ...initial, jwtKey: { pem: pemOf(p256().privateKey) } },
     );
   }
 
@@ -374,12 +374,12 @@ describe('checkImportedCa (ca import)', () => {
     };
     const limits = { maxX509TtlMs: 60_000, maxJwtTtlMs: 60_000 };
     const ok = make(2);
-    expect(() => checkImportedCa(ok.next, ok.mid, ok.key, ok.root, now, limits)).not.toThrow();
-    expect(() => checkImportedCa(ok.next, '', ok.key, ok.root, now, limits)).toThrow(/does not chain to a root/);
-    expect(() => checkImportedCa(ok.next, ok.mid, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), ok.root, now, limits)).toThrow(/does not match the prepared key/);
-    expect(() => checkImportedCa(ok.next + ok.mid, '', ok.key, ok.root, now, limits)).toThrow(/exactly one certificate/);
-    expect(() => checkImportedCa(ok.next, ok.mid, ok.key, ok.root, now + 7_200_000, limits)).toThrow(/expired at/);
+    expect(() => checkImportedCa(ok.next, ok.mid, { pem: ok.key }, ok.root, now, limits)).not.toThrow();
+    expect(() => checkImportedCa(ok.next, '', { pem: ok.key }, ok.root, now, limits)).toThrow(/does not chain to a root/);
+    expect(() => checkImportedCa(ok.next, ok.mid, { pem: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() }, ok.root, now, limits)).toThrow(/does not match the prepared key/);
+    expect(() => checkImportedCa(ok.next + ok.mid, '', { pem: ok.key }, ok.root, now, limits)).toThrow(/exactly one certificate/);
+    expect(() => checkImportedCa(ok.next, ok.mid, { pem: ok.key }, ok.root, now + 7_200_000, limits)).toThrow(/expired at/);
     const tight = make(1);
-    expect(() => checkImportedCa(tight.next, tight.mid, tight.key, tight.root, now, limits)).toThrow(/allows 1 CA certificate\(s\) below it \(pathLenConstraint\) but the path to the SVIDs has 2/);
+    expect(() => checkImportedCa(tight.next, tight.mid, { pem: tight.key }, tight.root, now, limits)).toThrow(/allows 1 CA certificate\(s\) below it \(pathLenConstraint\) but the path to the SVIDs has 2/);
   });
 });
