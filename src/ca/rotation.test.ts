@@ -244,6 +244,22 @@ describe('CA rotation (one replica, injected clock)', () => {
     await a.store.close();
   });
 
+  it('reads authorities whose keys are sealed PEMs (as stored before token keys existed) or token labels, and nothing else', () => {
+    const sealed = { v: 1, alg: 'A256GCM', kek: 'kek-0000000000000000', dek: '', iv: '', ct: '', tag: '' };
+    const record = (key: unknown, jwtKey: unknown): string =>
+      JSON.stringify({
+        version: 1,
+        sequence: 1,
+        authorities: [{ id: 'ab', state: 'active', certPem: 'x', intermediatesPem: '', key, jwtKey, jwtKid: 'k', jwtPublic: { kty: 'EC', crv: 'P-256', x: '', y: '' }, notBefore: 0, notAfter: 1, preparedAt: 0 }],
+      });
+    expect(activeOf(CaRotation.parse(record(sealed, sealed))).key).toEqual(sealed);
+    expect(activeOf(CaRotation.parse(record({ token: { keyLabel: 'ca' } }, sealed))).key).toEqual({ token: { keyLabel: 'ca' } });
+    expect(activeOf(CaRotation.parse(record(sealed, { token: { keyLabel: 'jwt.next-00' } }))).jwtKey).toEqual({ token: { keyLabel: 'jwt.next-00' } });
+    for (const bad of [{ token: { keyLabel: '' } }, { token: { keyLabel: 'ca', module: '/x.so' } }, { token: { keyLabel: 'ca' }, ct: '' }, { ...sealed, token: { keyLabel: 'ca' } }]) {
+      expect(() => CaRotation.parse(record(bad, sealed)), JSON.stringify(bad)).toThrow(/unreadable/);
+    }
+  });
+
   it('refuses a stored state that is not one', async () => {
     expect(() => CaRotation.parse('{"version":1,"sequence":1,"authorities":[]}')).toThrow(/0 active authorities/);
     expect(() => CaRotation.parse('nope')).toThrow(/unreadable \(not JSON\)/);
