@@ -9,17 +9,14 @@
  * are gone from the token and the configured pairs are still there.
  */
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InlineMinter } from '../../src/ca/minter.js';
 import { countKeyObjects } from '../../src/ca/pkcs11-keygen.js';
 import { nextKeyStep, type AuthorityRecord } from '../../src/ca/rotation.js';
-import { issuerFromPem, mintCa } from '../../src/ca/x509.js';
-import { devMaterial, materialConfig, startBroker, type TestBroker } from '../helpers/broker.js';
+import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { opensslVerify } from '../helpers/openssl.js';
+import { cleanRotationTemps, rotatingConfig } from '../helpers/rotation.js';
 import { createToken, removeTokens, softhsmMissing, softhsmRequiredUnderCi, type TestToken } from '../helpers/softhsm.js';
 
 const missing = softhsmMissing();
@@ -27,12 +24,11 @@ softhsmRequiredUnderCi();
 
 const S = 1000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const work = mkdtempSync(path.join(tmpdir(), 'tessera-rotation-pkcs11-'));
 let token: TestToken | undefined;
 afterAll(() => {
   token?.remove();
   removeTokens();
-  rmSync(work, { recursive: true, force: true });
+  cleanRotationTemps();
 });
 
 type Bundle = { spiffe_sequence: number; keys: { use: string; kid?: string; kty: string; crv?: string; x?: string; y?: string }[] };
@@ -48,32 +44,10 @@ async function waitFor(what: string, cond: () => boolean, timeoutMs: number): Pr
 describe.skipIf(missing !== undefined)('CA rotation with the CA and JWT keys in a SoftHSM2 token (real time)', () => {
   it('rotates until a generated authority is dropped, under continuous issuance: no failure, SVIDs from each new authority verify against the bundle, the sequence steps, the dropped generated pairs destroyed, the configured pairs kept', async () => {
     token = createToken('rotating');
-    const caKey = token.generate('ca', 'EC:prime256v1');
-    token.generate('jwt', 'EC:prime256v1');
-    const { dir: pkiDir, material } = await devMaterial();
-    const now = Date.now();
-    const first = mintCa(
-      { commonName: 'Short HSM CA', trustDomain: 'example.org', subjectPublicKey: caKey, notBefore: new Date(now - S), notAfter: new Date(now + 24 * S), pathLen: 0 },
-      issuerFromPem(readFileSync(path.join(pkiDir, 'root.pem'), 'utf8'), readFileSync(path.join(pkiDir, 'root.key'), 'utf8')),
-    );
-    writeFileSync(path.join(work, 'ca.pem'), first.pem);
-    const base = materialConfig(pkiDir, material) as unknown as { ca: { bundleFile: string } };
-    const b: TestBroker = await startBroker({
-      config: {
-        ca: {
-          certFile: path.join(work, 'ca.pem'),
-          bundleFile: base.ca.bundleFile,
-          pkcs11: { ...token.pkcs11('ca'), sessions: 2 },
-          jwtPkcs11: { ...token.pkcs11('jwt'), sessions: 2 },
-          threads: 2,
-          rotation: { rootKeyFile: path.join(pkiDir, 'root.key'), caTtlSeconds: 30, pollIntervalMs: 200 },
-        },
-        svid: { x509DefaultTtlSeconds: 5, x509MaxTtlSeconds: 5, jwtDefaultTtlSeconds: 30, jwtMaxTtlSeconds: 30 },
-        registration: [{ selector: { namespace: 'shop', serviceAccount: 'web' }, jwtAudiences: ['payments'] }],
-        secrets: { kekFile: material.kekFile },
-        limits: { issuancesPerIdentity: 0, attemptsPerSource: 0 },
-      },
-    });
+    // The first CA (for the token key `ca`) lives 25 s; each next one 30 s.
+    const { config } = await rotatingConfig(24, {}, 1, token);
+    (config.ca as { rotation: { caTtlSeconds: number } }).rotation.caTtlSeconds = 30;
+    const b: TestBroker = await startBroker({ config });
     const rotation = b.broker.rotation;
     if (rotation === undefined) throw new Error('no rotation');
     // A CA key in the token mints inline (no minting threads hold a copy of it).
