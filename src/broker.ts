@@ -381,9 +381,9 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   }, () => devices.assertCaughtUp());
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
   // Threads sign with their own copy of a local CA key (ca.source); a key in a PKCS#11 token mints
-  // inline, its signatures awaited over the token's sessions — with ca.pkcs11 every authority rotation
-  // makes is in the token too. With threads, a lone issuance still mints on the event loop
-  // (ca/idle-inline-minter.ts).
+  // inline, its signatures awaited over the token's sessions — with ca.pkcs11 inline from the start, as
+  // the authorities rotation makes are in the token too (even while a sealed one from before is active).
+  // With threads, a lone issuance still mints on the event loop (ca/idle-inline-minter.ts).
   const minter: X509Minter =
     config.ca.threads === 0 || config.ca.pkcs11 !== undefined || !live.ca.localKey ? new InlineMinter(live.ca) : new IdleInlineMinter(await MinterPool.start(live.ca.source, {
           threads: config.ca.threads,

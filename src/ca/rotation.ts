@@ -21,7 +21,7 @@
  * destroyed (best effort), never the operator's configured ones.
  *
  * Without the root's key (an upstream or offline root) nothing prepares by itself: `ca prepare` stores
- * the next authority's sealed keys as `pending` and returns a CSR; `ca import` checks the certificate
+ * the next authority's keys (sealed, or token labels) as `pending` and returns a CSR; `ca import` checks the certificate
  * the root signed and turns them into the prepared authority — one write each.
  */
 import { createPublicKey, createPrivateKey, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
@@ -542,10 +542,10 @@ export class CaRotation {
   }
 
   /**
-   * `tessera ca prepare`: makes the next authority's keys (sealed in the store or made in the token, one write) and returns a
-   * PKCS#10 CSR for its signing CA, for an upstream or offline root to sign. Asked again before the
-   * import, it returns the same CSR (`created: false`). 409 ca_state_conflict when an authority is
-   * already prepared.
+   * `tessera ca prepare`: makes the next authority's keys (sealed in the store, or made in the token;
+   * one write) and returns a PKCS#10 CSR for its signing CA, signed by that key, for an upstream or
+   * offline root to sign. Asked again before the import, it returns the same CSR (`created: false`).
+   * 409 ca_state_conflict when an authority is already prepared.
    */
   async prepareCsr(): Promise<{ readonly csrPem: string; readonly createdAt: number; readonly created: boolean }> {
     return this.#underLock(async () => {
