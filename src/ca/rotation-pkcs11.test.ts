@@ -122,7 +122,10 @@ describe.skipIf(missing !== undefined)('CA rotation with keys in a SoftHSM2 toke
         ...overrides,
       },
       initial,
-    );
+    ).catch(async (err: unknown) => {
+      await store.close();
+      throw err;
+    });
     return { rotation, store, steps, errors, close: async () => (await rotation.close(), await store.close()) };
   }
 
@@ -265,6 +268,37 @@ describe.skipIf(missing !== undefined)('CA rotation with keys in a SoftHSM2 toke
     } finally {
       await h.close();
     }
+  });
+
+  it('moves a rotating deployment into the token: the stored sealed authority stays active until replaced, the next one is made in the token; a token authority without a token setting stops the start', async () => {
+    const t0 = Date.now();
+    const dir = tempDir();
+    const clock = TestClock.frozen(t0);
+    const fileKey = pem();
+    const before = await open(dir, clock, { certPem: caFor(fileKey, t0 - S, t0 + 60 * S), intermediatesPem: '', key: fileKey, jwtKey: pem() }, {});
+    const first = activeOf(before.rotation.current().state);
+    await before.close();
+    // Restarted with both keys configured in the token (its own first CA does not matter: the store wins).
+    const key = await configured('ca');
+    const initial: AuthorityMaterial = { certPem: caFor(key, t0 - S, t0 + 60 * S), intermediatesPem: '', key, jwtKey: await configured('jwt') };
+    const after = await open(dir, clock, initial, { x509: true, jwt: true });
+    try {
+      expect(after.rotation.current().ca.authorityId).toBe(first.id);
+      expect(after.rotation.current().ca.localKey).toBe(true);
+      clock.set(prepareAt(first));
+      await after.rotation.tick();
+      const next = preparedOf(after.rotation.current().state) as AuthorityRecord;
+      expect(next.key).toEqual({ token: { keyLabel: `ca.${nextKeyStep(first)}` } });
+      clock.set(activateAt(first));
+      await after.rotation.tick();
+      await issuesWith(after.rotation, clock, next);
+      expect(after.rotation.current().ca.localKey).toBe(false);
+      expect(after.errors).toEqual([]);
+    } finally {
+      await after.close();
+    }
+    // Back to files: the active authority's keys are in the token, and nothing says which token.
+    await expect(open(dir, clock, initial, {})).rejects.toThrow(/^config\.ca\.pkcs11: the CA state names a key pair "ca\.next-[0-9a-f]{16}" in a PKCS#11 token, but config\.ca\.pkcs11 is not configured/);
   });
 
   it('ca prepare writes a CSR signed by the token key; ca import installs the certificate for it; SVIDs then chain to the root', async () => {
