@@ -84,9 +84,12 @@ describe.skipIf(missing !== undefined)('generateOrReuseKeyPair in a SoftHSM2 tok
     expect(await countKeyObjects(ref)).toEqual({ privateKeys: 1, publicKeys: 1 });
   });
 
-  it('refuses a pair under the label that can leave the token, and leaves it alone', async () => {
+  it('refuses a pair under the label that can leave the token, or that is not P-256, and leaves it alone', async () => {
     token.generate('foreign', 'EC:prime256v1', { extractable: true });
     await expect(generateOrReuseKeyPair(token.pkcs11('foreign'))).rejects.toThrow(/can leave the token/);
     expect(await countKeyObjects(token.pkcs11('foreign'))).toEqual({ privateKeys: 1, publicKeys: 1 });
+    token.generate('p384', 'EC:secp384r1');
+    await expect(generateOrReuseKeyPair(token.pkcs11('p384'))).rejects.toThrow('the key pair labelled "p384" in token "keygen" is not EC P-256, so Tessera did not make it: remove it by hand');
+    expect(await countKeyObjects(token.pkcs11('p384'))).toEqual({ privateKeys: 1, publicKeys: 1 });
   });
 });

@@ -9,7 +9,8 @@
  * leaving an orphan and making a second one. Half a pair (a crash inside C_GenerateKeyPair on a token
  * that stores the halves one by one) cannot have been certified or used: it is destroyed and made again.
  * The pair found is checked by Pkcs11Signer.open like any configured key (sensitive, not extractable,
- * may sign, the two halves belong together by a probe signature).
+ * may sign, the two halves belong together by a probe signature), and must be EC P-256, what this
+ * module makes.
  */
 import { createHash } from 'node:crypto';
 import type Pkcs11Module from 'pkcs11js';
@@ -120,7 +121,12 @@ export async function generateOrReuseKeyPair(ref: Pkcs11KeyRef): Promise<{ reado
     await generatePair(s, ref.keyLabel);
     return true;
   });
-  return { signer: await Pkcs11Signer.open(ref), created };
+  const signer = await Pkcs11Signer.open(ref);
+  if (signer.algorithm !== 'ES256') {
+    signer.close();
+    throw new Pkcs11KeyError(`the key pair labelled "${ref.keyLabel}" in token "${ref.tokenLabel}" is not EC P-256, so Tessera did not make it: remove it by hand`);
+  }
+  return { signer, created };
 }
 
 /** Destroys the key pair labelled `ref.keyLabel` (both halves, whatever is left of them); returns how many objects went. */
