@@ -6,27 +6,31 @@
  * activated, replaced and dropped (about 75 s), under continuous X.509- and JWT-SVID issuance. Each
  * new authority's first SVID passes `openssl verify` against the bundle, its first JWT-SVID verifies
  * with the bundle's new kid; the bundle sequence steps up one at a time; the dropped generated pairs
- * are gone from the token and the configured pairs are still there.
+ * are gone from the token and the configured pairs are still there. Then two replicas on one Redis:
+ * one generates the next pair, the other opens it by its label, both switch within a second.
  */
 import { X509Certificate } from 'node:crypto';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InlineMinter } from '../../src/ca/minter.js';
+import { RedisStore } from '../../src/store/redis.js';
 import { countKeyObjects } from '../../src/ca/pkcs11-keygen.js';
 import { nextKeyStep, type AuthorityRecord } from '../../src/ca/rotation.js';
 import { startBroker, type TestBroker } from '../helpers/broker.js';
 import { opensslVerify } from '../helpers/openssl.js';
+import { SHARED_REDIS_URL, deletePrefix, redisRequiredUnderCi, sharedRedis, uniquePrefix } from '../helpers/redis.js';
 import { cleanRotationTemps, rotatingConfig } from '../helpers/rotation.js';
 import { createToken, removeTokens, softhsmMissing, softhsmRequiredUnderCi, type TestToken } from '../helpers/softhsm.js';
 
 const missing = softhsmMissing();
 softhsmRequiredUnderCi();
+const redis = await sharedRedis();
 
 const S = 1000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-let token: TestToken | undefined;
+const tokens: TestToken[] = [];
 afterAll(() => {
-  token?.remove();
+  for (const t of tokens) t.remove();
   removeTokens();
   cleanRotationTemps();
 });
@@ -43,7 +47,8 @@ async function waitFor(what: string, cond: () => boolean, timeoutMs: number): Pr
 
 describe.skipIf(missing !== undefined)('CA rotation with the CA and JWT keys in a SoftHSM2 token (real time)', () => {
   it('rotates until a generated authority is dropped, under continuous issuance: no failure, SVIDs from each new authority verify against the bundle, the sequence steps, the dropped generated pairs destroyed, the configured pairs kept', async () => {
-    token = createToken('rotating');
+    const token = createToken('rotating');
+    tokens.push(token);
     // The first CA (for the token key `ca`) lives 25 s; each next one 30 s.
     const { config } = await rotatingConfig(24, {}, 1, token);
     (config.ca as { rotation: { caTtlSeconds: number } }).rotation.caTtlSeconds = 30;
@@ -156,4 +161,62 @@ describe.skipIf(missing !== undefined)('CA rotation with the CA and JWT keys in 
       await b.close();
     }
   }, 240_000);
+});
+
+describe.skipIf(missing !== undefined || !redis.ok)('CA rotation with token keys, two replicas on one Redis', () => {
+  const prefix = uniquePrefix('ca-rotation-pkcs11');
+  afterAll(() => deletePrefix(prefix));
+
+  it('one replica generates the next pair, the other opens it by label; both switch within a second; issuance never fails', async () => {
+    const token = createToken('replicas');
+    tokens.push(token);
+    const { config } = await rotatingConfig(24, {}, 1, token);
+    const store = () => RedisStore.connect({ url: SHARED_REDIS_URL, prefix });
+    const r1 = await startBroker({ config: { ...config, replicaId: 'r1' }, store });
+    const r2 = await startBroker({ config: { ...config, replicaId: 'r2' }, store });
+    const first = r1.broker.ca.authorityId;
+    const firstRecord = r1.broker.rotation?.current().state.authorities[0] as AuthorityRecord;
+    const failures: string[] = [];
+    const switchedAt = new Map<string, number>();
+    let stop = false;
+    const loops = [r1, r2].map(async (b, i) => {
+      while (!stop) {
+        const name = `r${i + 1}`;
+        if (!switchedAt.has(name) && b.broker.ca.authorityId !== first) switchedAt.set(name, Date.now());
+        const r = await b.call<{ certificates: string[] }>({ path: '/v1/svid/x509', token: await b.token(), body: { keyType: 'ec-p256' } });
+        if (r.status !== 200) failures.push(`${name} x509 ${r.status} ${JSON.stringify(r.json)}`);
+        const j = await b.call<{ token: string }>({ path: '/v1/svid/jwt', token: await b.token(), body: { audience: ['payments'] } });
+        if (j.status !== 200) failures.push(`${name} jwt ${j.status} ${JSON.stringify(j.json)}`);
+        await sleep(20);
+      }
+    });
+    try {
+      await waitFor('both replicas to switch', () => switchedAt.size === 2, 60 * S);
+      await sleep(1000);
+    } finally {
+      stop = true;
+      await Promise.all(loops);
+    }
+    try {
+      expect(failures).toEqual([]);
+      // Within a second of each other (each side is sampled between two issuances).
+      expect(Math.abs((switchedAt.get('r1') as number) - (switchedAt.get('r2') as number))).toBeLessThan(1000);
+      expect(r1.broker.ca.authorityId).toBe(r2.broker.ca.authorityId);
+      expect(r1.broker.bundle).toEqual(r2.broker.bundle);
+      // Both sign with the pair in the token; exactly one pair was generated under the step's label.
+      expect(r1.broker.ca.localKey).toBe(false);
+      expect(r2.broker.ca.localKey).toBe(false);
+      const label = `ca.${nextKeyStep(firstRecord)}`;
+      expect(r1.broker.rotation?.current().state.authorities[1]?.key).toEqual({ token: { keyLabel: label } });
+      expect(await countKeyObjects(token.pkcs11(label))).toEqual({ privateKeys: 1, publicKeys: 1 });
+      expect(await countKeyObjects(token.pkcs11(`jwt.${nextKeyStep(firstRecord)}`))).toEqual({ privateKeys: 1, publicKeys: 1 });
+    } finally {
+      await r1.close();
+      await r2.close();
+    }
+  }, 120_000);
+});
+
+describe('Redis for the token-key replica test', () => {
+  redisRequiredUnderCi(redis);
 });
