@@ -20,7 +20,7 @@ import { AuditLog } from './audit/log.js';
 import { parseCosignerKey } from './audit/cosignature.js';
 import { WitnessCollector } from './audit/witnesses.js';
 import type { NoteSigner, NoteVerifier } from './audit/note.js';
-import { openAuditSigner, openCertificateAuthority, openJwtSigner } from './ca/keys.js';
+import { AuthorityKeys, openAuditSigner, openCertificateAuthority, openJwtSigner, type AuthorityKey } from './ca/keys.js';
 import { CertificateAuthority } from './ca/authority.js';
 import { CaExpiryWatch } from './ca/expiry.js';
 import { activeOf, CaRotation, prepareAt, preparedOf, rootIssuer, rotationRequestId, type LiveAuthorities } from './ca/rotation.js';
@@ -117,6 +117,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   };
   let configCa: CertificateAuthority;
   let configJwt: JwtSvidSigner;
+  let configKeys: { readonly key: AuthorityKey; readonly jwtKey: AuthorityKey };
   let auditSigner: NoteSigner;
   try {
     const openedCa = await openCertificateAuthority(config.ca);
@@ -125,6 +126,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
     const openedJwt = await openJwtSigner(config.ca);
     keyHolders.push(openedJwt.close);
     configJwt = openedJwt.jwt;
+    configKeys = { key: openedCa.key, jwtKey: openedJwt.key };
     const openedAudit = await openAuditSigner(config.audit);
     keyHolders.push(openedAudit.close);
     auditSigner = openedAudit.signer;
@@ -264,6 +266,8 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
         rootsPem: configCa.rootsPem,
         root,
         trustDomain: config.trustDomain,
+        // Next authorities' keys go where the configured ones are: the token, or PEMs sealed in the store.
+        keys: new AuthorityKeys({ x509: config.ca.pkcs11, jwt: config.ca.jwtPkcs11 }),
         caTtlMs: config.ca.rotation.caTtlSeconds * 1000,
         pollIntervalMs: config.ca.rotation.pollIntervalMs,
         limits: { maxX509TtlMs: config.svid.x509MaxTtlSeconds * 1000, maxJwtTtlMs: config.svid.jwtMaxTtlSeconds * 1000 },
@@ -294,10 +298,8 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
       },
       {
         certPem: readConfigFile(config.ca.certFile),
-        // Config load refuses ca.rotation with keys in a token: these are PEM files.
-        keyPem: readConfigFile(config.ca.keyFile ?? ''),
         intermediatesPem: config.ca.intermediatesFile !== undefined ? readConfigFile(config.ca.intermediatesFile) : '',
-        jwtKeyPem: readConfigFile(config.ca.jwtKeyFile ?? ''),
+        ...configKeys,
       },
     );
     live = rotation.current();
@@ -379,10 +381,11 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   }, () => devices.assertCaughtUp());
   const adminAuthority = new AdminAuthority(config.admin.principals, store, revocations, clock);
   // Threads sign with their own copy of a local CA key (ca.source); a key in a PKCS#11 token mints
-  // inline, its signatures awaited over the token's sessions. With threads, a lone issuance still mints
-  // on the event loop (ca/idle-inline-minter.ts).
+  // inline, its signatures awaited over the token's sessions — with ca.pkcs11 inline from the start, as
+  // the authorities rotation makes are in the token too (even while a sealed one from before is active).
+  // With threads, a lone issuance still mints on the event loop (ca/idle-inline-minter.ts).
   const minter: X509Minter =
-    config.ca.threads === 0 || !live.ca.localKey ? new InlineMinter(live.ca) : new IdleInlineMinter(await MinterPool.start(live.ca.source, {
+    config.ca.threads === 0 || config.ca.pkcs11 !== undefined || !live.ca.localKey ? new InlineMinter(live.ca) : new IdleInlineMinter(await MinterPool.start(live.ca.source, {
           threads: config.ca.threads,
           onError: (err, what) => process.emitWarning(`${what}: ${err instanceof Error ? err.message : String(err)}`, { code: 'TESSERA_CA' }),
           onThreadFailure: (reason) => metrics.mintThreadFailed(reason),

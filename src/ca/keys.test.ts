@@ -74,3 +74,35 @@ describe.skipIf(missing !== undefined)('token keys that do not fit their use', (
     );
   });
 });
+
+describe('AuthorityKeys (CA rotation) without touching a token', () => {
+  const token = { module: '/nonexistent/libpkcs11.so', tokenLabel: 't', pinFile: '/nonexistent/pin', keyLabel: 'ca-1', sessions: 1 };
+
+  it('makes PEM keys where no token is configured', async () => {
+    const { AuthorityKeys } = await import('./keys.js');
+    const key = await new AuthorityKeys({ x509: token }).make('jwt', 'next-00');
+    if (!('pem' in key)) throw new Error('expected a PEM');
+    expect(key.pem).toMatch(/^-----BEGIN PRIVATE KEY-----/);
+  });
+
+  it('never destroys the configured pair, a label it did not generate, or a key of a kind without a token', async () => {
+    const { AuthorityKeys } = await import('./keys.js');
+    const keys = new AuthorityKeys({ x509: token });
+    // Each answer comes before any PKCS#11 call (the module path does not exist).
+    expect(await keys.destroy('x509', 'ca-1')).toBe(false);
+    expect(await keys.destroy('x509', 'ca-10.next-00')).toBe(false);
+    expect(await keys.destroy('x509', 'other')).toBe(false);
+    expect(await keys.destroy('jwt', 'ca-1.next-00')).toBe(false);
+    await expect(keys.destroy('x509', 'ca-1.next-00')).rejects.toThrow(/^config\.ca\.pkcs11: /);
+  });
+
+  it('refuses a stored token key when the config has no token for it, naming the setting', async () => {
+    const { AuthorityKeys } = await import('./keys.js');
+    const keys = new AuthorityKeys({ x509: token });
+    await expect(keys.open('jwt', { token: { keyLabel: 'jwt-1.next-00' } })).rejects.toThrow(
+      'config.ca.jwtPkcs11: the CA state names a key pair "jwt-1.next-00" in a PKCS#11 token, but config.ca.jwtPkcs11 is not configured',
+    );
+    await expect(keys.open('jwt', { token: { keyLabel: 'x' } })).rejects.toBeInstanceOf(ConfigError);
+    expect(await keys.open('x509', { pem: 'PEM' })).toEqual({ pem: 'PEM' });
+  });
+});

@@ -55,7 +55,13 @@ const CURVE_PARAMS: ReadonlyMap<string, 'P-256' | 'P-384' | 'Ed25519'> = new Map
 // The native binding, loaded on first use: a broker without PKCS#11 keys never needs it (nor its build).
 let pkcs11js!: typeof Pkcs11Module;
 
-async function loadBinding(): Promise<void> {
+/** Loads the binding (once) and returns it: its constants and classes, for pkcs11-keygen.ts. */
+export async function loadBinding(): Promise<typeof Pkcs11Module> {
+  await loadBindingOnce();
+  return pkcs11js;
+}
+
+async function loadBindingOnce(): Promise<void> {
   if ((pkcs11js as typeof Pkcs11Module | undefined) !== undefined) return;
   try {
     pkcs11js = (await import('pkcs11js')).default;
@@ -71,15 +77,16 @@ interface LoadedModule {
 // One load and C_Initialize per module per process, shared by every key in it.
 const modules = new Map<string, LoadedModule>();
 
-function codeOf(err: unknown): number | undefined {
+export function codeOf(err: unknown): number | undefined {
   return err instanceof pkcs11js.Pkcs11Error ? err.code : undefined;
 }
 
-function describe(err: unknown): string {
+export function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-function loadModule(path: string): LoadedModule {
+/** Loads and initialises a module, or takes one more reference on the loaded one (release with unloadModule). */
+export function loadModule(path: string): LoadedModule {
   const known = modules.get(path);
   if (known !== undefined) {
     known.refs++;
@@ -105,7 +112,7 @@ function loadModule(path: string): LoadedModule {
   return loaded;
 }
 
-function unloadModule(path: string): void {
+export function unloadModule(path: string): void {
   const m = modules.get(path);
   if (m === undefined || --m.refs > 0) return;
   modules.delete(path);
@@ -132,7 +139,7 @@ export function readPinFile(file: string): string {
   return pin;
 }
 
-function findSlot(lib: Pkcs11Module.PKCS11, ref: Pkcs11KeyRef): Buffer {
+export function findSlot(lib: Pkcs11Module.PKCS11, ref: Pkcs11KeyRef): Buffer {
   const labels: string[] = [];
   for (const slot of lib.C_GetSlotList(true)) {
     const label = lib.C_GetTokenInfo(slot).label.trimEnd();
@@ -144,7 +151,7 @@ function findSlot(lib: Pkcs11Module.PKCS11, ref: Pkcs11KeyRef): Buffer {
   );
 }
 
-function login(lib: Pkcs11Module.PKCS11, session: Buffer, ref: Pkcs11KeyRef, pin: string): void {
+export function login(lib: Pkcs11Module.PKCS11, session: Buffer, ref: Pkcs11KeyRef, pin: string): void {
   try {
     lib.C_Login(session, pkcs11js.CKU_USER, pin);
   } catch (err) {
@@ -156,7 +163,8 @@ function login(lib: Pkcs11Module.PKCS11, session: Buffer, ref: Pkcs11KeyRef, pin
   }
 }
 
-function findObjects(lib: Pkcs11Module.PKCS11, session: Buffer, cls: number, label: string): Buffer[] {
+/** Objects of class `cls` labelled `label` (up to 4: more than one is already an error for callers). */
+export function findObjects(lib: Pkcs11Module.PKCS11, session: Buffer, cls: number, label: string): Buffer[] {
   lib.C_FindObjectsInit(session, [
     { type: pkcs11js.CKA_CLASS, value: cls },
     { type: pkcs11js.CKA_LABEL, value: label },
@@ -168,14 +176,14 @@ function findObjects(lib: Pkcs11Module.PKCS11, session: Buffer, cls: number, lab
   }
 }
 
-function attribute(lib: Pkcs11Module.PKCS11, session: Buffer, object: Buffer, type: number): Buffer {
+export function attribute(lib: Pkcs11Module.PKCS11, session: Buffer, object: Buffer, type: number): Buffer {
   const [attr] = lib.C_GetAttributeValue(session, object, [{ type }]);
   const value = attr?.value;
   if (!Buffer.isBuffer(value)) throw new Pkcs11KeyError(`PKCS#11 attribute 0x${type.toString(16)} could not be read`);
   return value;
 }
 
-const bool = (value: Buffer): boolean => value.length > 0 && value[0] !== 0;
+export const bool = (value: Buffer): boolean => value.length > 0 && value[0] !== 0;
 const ulong = (value: Buffer): number => (value.length >= 8 ? Number(value.readBigUInt64LE(0)) : value.readUInt32LE(0));
 
 /** CKA_EC_POINT is a DER OCTET STRING around the point (some modules give the bare point). */
@@ -259,7 +267,7 @@ export class Pkcs11Signer implements Signer {
     const count = ref.sessions ?? 4;
     if (!Number.isInteger(count) || count < 1 || count > 64) throw new Pkcs11KeyError('sessions must be an integer in [1, 64]');
     const pin = readPinFile(ref.pinFile);
-    await loadBinding();
+    await loadBindingOnce();
     const { lib } = loadModule(ref.module);
     const sessions: Buffer[] = [];
     try {

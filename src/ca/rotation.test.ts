@@ -50,7 +50,7 @@ beforeAll(() => {
     { commonName: 'First', trustDomain: TD, subjectPublicKey: ik.publicKey, notBefore: new Date(t0), notAfter: new Date(t0 + 60 * S), pathLen: 0 },
     issuerFromPem(rootPem, rootKeyPem),
   );
-  initial = { certPem: cert.pem, keyPem: pemOf(ik.privateKey), intermediatesPem: '', jwtKeyPem: pemOf(p256().privateKey) };
+  initial = { certPem: cert.pem, intermediatesPem: '', key: { pem: pemOf(ik.privateKey) }, jwtKey: { pem: pemOf(p256().privateKey) } };
 });
 
 const dirs: string[] = [];
@@ -244,6 +244,22 @@ describe('CA rotation (one replica, injected clock)', () => {
     await a.store.close();
   });
 
+  it('reads authorities whose keys are sealed PEMs (as stored before token keys existed) or token labels, and nothing else', () => {
+    const sealed = { v: 1, alg: 'A256GCM', kek: 'kek-0000000000000000', dek: '', iv: '', ct: '', tag: '' };
+    const record = (key: unknown, jwtKey: unknown): string =>
+      JSON.stringify({
+        version: 1,
+        sequence: 1,
+        authorities: [{ id: 'ab', state: 'active', certPem: 'x', intermediatesPem: '', key, jwtKey, jwtKid: 'k', jwtPublic: { kty: 'EC', crv: 'P-256', x: '', y: '' }, notBefore: 0, notAfter: 1, preparedAt: 0 }],
+      });
+    expect(activeOf(CaRotation.parse(record(sealed, sealed))).key).toEqual(sealed);
+    expect(activeOf(CaRotation.parse(record({ token: { keyLabel: 'ca' } }, sealed))).key).toEqual({ token: { keyLabel: 'ca' } });
+    expect(activeOf(CaRotation.parse(record(sealed, { token: { keyLabel: 'jwt.next-00' } }))).jwtKey).toEqual({ token: { keyLabel: 'jwt.next-00' } });
+    for (const bad of [{ token: { keyLabel: '' } }, { token: { keyLabel: 'ca', module: '/x.so' } }, { token: { keyLabel: 'ca' }, ct: '' }, { ...sealed, token: { keyLabel: 'ca' } }]) {
+      expect(() => CaRotation.parse(record(bad, sealed)), JSON.stringify(bad)).toThrow(/unreadable/);
+    }
+  });
+
   it('refuses a stored state that is not one', async () => {
     expect(() => CaRotation.parse('{"version":1,"sequence":1,"authorities":[]}')).toThrow(/0 active authorities/);
     expect(() => CaRotation.parse('nope')).toThrow(/unreadable \(not JSON\)/);
@@ -287,7 +303,7 @@ class CaRotationFollower {
         onError: () => {},
       },
       // Its own config files do not matter once the store holds a state.
-      { ...initial, jwtKeyPem: pemOf(p256().privateKey) },
+      { ...initial, jwtKey: { pem: pemOf(p256().privateKey) } },
     );
   }
 
@@ -374,12 +390,12 @@ describe('checkImportedCa (ca import)', () => {
     };
     const limits = { maxX509TtlMs: 60_000, maxJwtTtlMs: 60_000 };
     const ok = make(2);
-    expect(() => checkImportedCa(ok.next, ok.mid, ok.key, ok.root, now, limits)).not.toThrow();
-    expect(() => checkImportedCa(ok.next, '', ok.key, ok.root, now, limits)).toThrow(/does not chain to a root/);
-    expect(() => checkImportedCa(ok.next, ok.mid, generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), ok.root, now, limits)).toThrow(/does not match the prepared key/);
-    expect(() => checkImportedCa(ok.next + ok.mid, '', ok.key, ok.root, now, limits)).toThrow(/exactly one certificate/);
-    expect(() => checkImportedCa(ok.next, ok.mid, ok.key, ok.root, now + 7_200_000, limits)).toThrow(/expired at/);
+    expect(() => checkImportedCa(ok.next, ok.mid, { pem: ok.key }, ok.root, now, limits)).not.toThrow();
+    expect(() => checkImportedCa(ok.next, '', { pem: ok.key }, ok.root, now, limits)).toThrow(/does not chain to a root/);
+    expect(() => checkImportedCa(ok.next, ok.mid, { pem: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() }, ok.root, now, limits)).toThrow(/does not match the prepared key/);
+    expect(() => checkImportedCa(ok.next + ok.mid, '', { pem: ok.key }, ok.root, now, limits)).toThrow(/exactly one certificate/);
+    expect(() => checkImportedCa(ok.next, ok.mid, { pem: ok.key }, ok.root, now + 7_200_000, limits)).toThrow(/expired at/);
     const tight = make(1);
-    expect(() => checkImportedCa(tight.next, tight.mid, tight.key, tight.root, now, limits)).toThrow(/allows 1 CA certificate\(s\) below it \(pathLenConstraint\) but the path to the SVIDs has 2/);
+    expect(() => checkImportedCa(tight.next, tight.mid, { pem: tight.key }, tight.root, now, limits)).toThrow(/allows 1 CA certificate\(s\) below it \(pathLenConstraint\) but the path to the SVIDs has 2/);
   });
 });

@@ -14,14 +14,17 @@
  * step, and every stored state has exactly one active authority that is in the bundle. Only the
  * replica holding the `ca-rotation` lock writes (and it re-reads the state under the lock); every
  * replica reads the record every `pollIntervalMs` and switches to what it says. Private keys are
- * sealed with the secrets KEK (secrets/envelope.ts) before they reach the store.
+ * sealed with the secrets KEK (secrets/envelope.ts) before they reach the store — or, with `ca.pkcs11`
+ * / `ca.jwtPkcs11`, made inside the token (keys.ts, pkcs11-keygen.ts) and recorded by label only. A
+ * token key is labelled after its step (the active authority it follows), so a crash between making
+ * it and writing the state finds the same pair again; a dropped authority's generated pairs are
+ * destroyed (best effort), never the operator's configured ones.
  *
  * Without the root's key (an upstream or offline root) nothing prepares by itself: `ca prepare` stores
- * the next authority's sealed keys as `pending` and returns a CSR; `ca import` checks the certificate
+ * the next authority's keys (sealed, or token labels) as `pending` and returns a CSR; `ca import` checks the certificate
  * the root signed and turns them into the prepared authority — one write each.
  */
-import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
-import { promisify } from 'node:util';
+import { createPublicKey, createPrivateKey, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
 import Type, { type Static } from 'typebox';
 import type { Clock } from '../clock.js';
 import { BrokerError } from '../errors.js';
@@ -29,10 +32,26 @@ import { recordParser, SafeInteger } from '../records.js';
 import { open as openSealed, seal, SealedRecordSchema, type KeyRing } from '../secrets/envelope.js';
 import { buildBundle, type SpiffeBundle } from '../spiffe/bundle.js';
 import type { Store } from '../store/store.js';
-import { CertificateAuthority } from './authority.js';
+import type { CertificateAuthority } from './authority.js';
 import { toPem } from './der.js';
-import { JwtSvidSigner } from './jwt-svid.js';
-import { caConstraintsOf, issuerFromPem, mintCa, mintCaCsr, splitPemCertificates, type IssuerMaterial } from './x509.js';
+import type { JwtSvidSigner } from './jwt-svid.js';
+import {
+  authorityFromKey,
+  AuthorityKeys,
+  jwtSignerFromKey,
+  publicKeyOf,
+  signerOf,
+  type AuthorityKey,
+  type AuthorityKeyKind,
+  type StoredAuthorityKey,
+} from './keys.js';
+import { caConstraintsOf, issuerFromPem, issuerFromSigner, mintCa, mintCaCsrWith, splitPemCertificates, type IssuerMaterial } from './x509.js';
+
+/** A key pair in the PKCS#11 token of ca.pkcs11 / ca.jwtPkcs11, named by its CKA_LABEL: the private key never leaves it. */
+const TokenKeyRecordSchema = Type.Object({ token: Type.Object({ keyLabel: Type.String({ minLength: 1, maxLength: 256 }) }, { additionalProperties: false }) }, { additionalProperties: false });
+/** Where an authority's key is: sealed in the record (a PEM), or in the token. */
+const AuthorityKeyRecordSchema = Type.Union([SealedRecordSchema, TokenKeyRecordSchema]);
+type AuthorityKeyRecord = Static<typeof AuthorityKeyRecordSchema>;
 
 const AuthorityRecordSchema = Type.Object({
   /** The signing certificate's subject key identifier (hex), as in metrics and logs. */
@@ -41,8 +60,8 @@ const AuthorityRecordSchema = Type.Object({
   certPem: Type.String({ minLength: 1 }),
   /** Certificates between the signing CA and the root ('' when the root signed it). */
   intermediatesPem: Type.String(),
-  key: SealedRecordSchema,
-  jwtKey: SealedRecordSchema,
+  key: AuthorityKeyRecordSchema,
+  jwtKey: AuthorityKeyRecordSchema,
   jwtKid: Type.String({ minLength: 1 }),
   jwtPublic: Type.Object({ kty: Type.Literal('EC'), crv: Type.String(), x: Type.String(), y: Type.String() }),
   notBefore: SafeInteger(),
@@ -62,8 +81,8 @@ export type AuthorityState = AuthorityRecord['state'];
 const PendingRecordSchema = Type.Object({
   /** Random; names the sealing context of the keys until the certificate gives the authority its id. */
   id: Type.String({ pattern: '^[0-9a-f]{32}$' }),
-  key: SealedRecordSchema,
-  jwtKey: SealedRecordSchema,
+  key: AuthorityKeyRecordSchema,
+  jwtKey: AuthorityKeyRecordSchema,
   csrPem: Type.String({ minLength: 1, maxLength: 16_384 }),
   createdAt: SafeInteger(),
 });
@@ -154,18 +173,42 @@ export function applyStep(state: CaState, step: RotationStep, now: number, limit
   }
 }
 
-const generateKeyPairAsync = promisify(generateKeyPair);
-
-/** PEMs of one authority's keys and certificates, before they are sealed into a record. */
+/** One authority's certificates and keys, before its keys are sealed (or named by label) into a record. */
 export interface AuthorityMaterial {
   readonly certPem: string;
-  readonly keyPem: string;
   readonly intermediatesPem: string;
-  readonly jwtKeyPem: string;
+  readonly key: AuthorityKey;
+  readonly jwtKey: AuthorityKey;
 }
 
-const keyContext = (id: string, which: 'x509' | 'jwt'): string => `ca-authority/${id}/${which}`;
-const pendingContext = (id: string, which: 'x509' | 'jwt'): string => `ca-pending/${id}/${which}`;
+const keyContext = (id: string, which: AuthorityKeyKind): string => `ca-authority/${id}/${which}`;
+const pendingContext = (id: string, which: AuthorityKeyKind): string => `ca-pending/${id}/${which}`;
+
+/** A key as the record keeps it: a PEM sealed under `context`, a token key by its label. */
+function recordKey(key: AuthorityKey, ring: KeyRing, context: string): AuthorityKeyRecord {
+  return 'pem' in key ? seal(ring, Buffer.from(key.pem, 'utf8'), context) : { token: { keyLabel: key.token.keyLabel } };
+}
+
+function storedKey(record: AuthorityKeyRecord, ring: KeyRing, context: string): StoredAuthorityKey {
+  return 'token' in record ? { token: { keyLabel: record.token.keyLabel } } : { pem: openSealed(ring, record, context).toString('utf8') };
+}
+
+/**
+ * The step a next authority's keys are made for, which names them in a token: the authority it will
+ * follow. One next authority is made per active one (prepare, or `ca prepare`), so the name is unique,
+ * and a retry of the same step after a crash finds the same pair.
+ */
+export const nextKeyStep = (active: AuthorityRecord): string => `next-${active.id.slice(0, 16)}`;
+
+/** The labels of token keys `state` names, per kind (what stays open). */
+function tokenLabels(state: CaState): Record<AuthorityKeyKind, Set<string>> {
+  const labels = { x509: new Set<string>(), jwt: new Set<string>() };
+  for (const a of [...state.authorities, ...(state.pending !== undefined ? [state.pending] : [])]) {
+    if ('token' in a.key) labels.x509.add(a.key.token.keyLabel);
+    if ('token' in a.jwtKey) labels.jwt.add(a.jwtKey.token.keyLabel);
+  }
+  return labels;
+}
 
 /** Bounds of what `ca import` accepts. */
 export const MAX_IMPORT_CERT_PEM = 16_384;
@@ -178,7 +221,7 @@ const rejected = (message: string): BrokerError => new BrokerError('bad_request'
  * one certificate, for the key `ca prepare` made, a CA allowed to sign certificates, valid now and for
  * at least the longest X.509-SVID, chaining through `chainPem` to a root of `rootsPem`.
  */
-export function checkImportedCa(certPem: string, chainPem: string, keyPem: string, rootsPem: string, now: number, limits: RotationLimits): void {
+export function checkImportedCa(certPem: string, chainPem: string, key: AuthorityKey, rootsPem: string, now: number, limits: RotationLimits): void {
   let ders: Buffer[];
   try {
     ders = splitPemCertificates(certPem, 'the certificate');
@@ -193,7 +236,7 @@ export function checkImportedCa(certPem: string, chainPem: string, keyPem: strin
     throw rejected('the certificate is malformed');
   }
   const spki = (k: KeyObject): Buffer => k.export({ type: 'spki', format: 'der' });
-  if (!spki(cert.publicKey).equals(spki(createPublicKey(createPrivateKey(keyPem))))) {
+  if (!spki(cert.publicKey).equals(spki(publicKeyOf(key)))) {
     throw rejected('the certificate does not match the prepared key: sign the CSR that `tessera ca prepare` wrote (run it again to get the same CSR)');
   }
   let constraints: ReturnType<typeof caConstraintsOf>;
@@ -205,7 +248,8 @@ export function checkImportedCa(certPem: string, chainPem: string, keyPem: strin
   if (!constraints.ca) throw rejected('the certificate is not a CA: basicConstraints cA:TRUE is missing');
   if (constraints.keyCertSign !== true) throw rejected('the certificate cannot sign certificates: its keyUsage lacks keyCertSign');
   try {
-    issuerFromPem(certPem, keyPem);
+    if ('pem' in key) issuerFromPem(certPem, key.pem);
+    else issuerFromSigner(certPem, key.signer);
   } catch (err) {
     throw rejected(`the certificate cannot be used as a signing CA: ${err instanceof Error ? err.message : String(err)}`);
   }
@@ -217,7 +261,7 @@ export function checkImportedCa(certPem: string, chainPem: string, keyPem: strin
     throw rejected(`the certificate ends at ${new Date(notAfter).toISOString()}, sooner than the longest X.509-SVID (svid.x509MaxTtlSeconds) from now`);
   }
   try {
-    CertificateAuthority.fromPem({ certPem, keyPem, intermediatesPem: chainPem, rootsPem });
+    authorityFromKey({ certPem, intermediatesPem: chainPem, rootsPem }, key);
   } catch (err) {
     const why = err instanceof Error ? err.message : String(err);
     throw rejected(`the certificate does not chain to a root in ca.bundleFile (${why}); pass the certificates between it and the root with --chain`);
@@ -265,8 +309,8 @@ export async function authorityRecord(
   ring: KeyRing,
   rootsPem: string,
 ): Promise<AuthorityRecord> {
-  const ca = CertificateAuthority.fromPem({ certPem: material.certPem, keyPem: material.keyPem, intermediatesPem: material.intermediatesPem, rootsPem });
-  const jwt = await JwtSvidSigner.fromPem(material.jwtKeyPem);
+  const ca = authorityFromKey({ certPem: material.certPem, intermediatesPem: material.intermediatesPem, rootsPem }, material.key);
+  const jwt = await jwtSignerFromKey(material.jwtKey);
   const cert = new X509Certificate(material.certPem);
   const { kty, crv, x, y } = jwt.publicJwk;
   if (kty !== 'EC' || crv === undefined || x === undefined || y === undefined) throw new BrokerError('internal', 'the JWT-SVID key is not an EC key');
@@ -275,8 +319,8 @@ export async function authorityRecord(
     state,
     certPem: material.certPem,
     intermediatesPem: material.intermediatesPem,
-    key: seal(ring, Buffer.from(material.keyPem, 'utf8'), keyContext(ca.authorityId, 'x509')),
-    jwtKey: seal(ring, Buffer.from(material.jwtKeyPem, 'utf8'), keyContext(ca.authorityId, 'jwt')),
+    key: recordKey(material.key, ring, keyContext(ca.authorityId, 'x509')),
+    jwtKey: recordKey(material.jwtKey, ring, keyContext(ca.authorityId, 'jwt')),
     jwtKid: jwt.kid,
     jwtPublic: { kty: 'EC', crv, x, y },
     notBefore: Date.parse(cert.validFrom),
@@ -304,28 +348,29 @@ export function rootIssuer(rootsPem: string, rootKeyPem: string): IssuerMaterial
   throw new BrokerError('internal', 'ca.rotation.rootKeyFile matches no root certificate in ca.bundleFile');
 }
 
-/** Makes the next authority: new CA and JWT keys, a CA certificate from the root valid `ttlMs` from now. */
-export async function mintNextAuthority(root: IssuerMaterial, trustDomain: string, ttlMs: number, now: number): Promise<AuthorityMaterial> {
+/**
+ * Makes the next authority: new CA and JWT keys (`makeKey`: PEMs, or pairs in the token), a CA
+ * certificate from the root for the new CA key, valid `ttlMs` from now.
+ */
+export async function mintNextAuthority(
+  root: IssuerMaterial,
+  trustDomain: string,
+  ttlMs: number,
+  now: number,
+  makeKey: (kind: AuthorityKeyKind) => Promise<AuthorityKey>,
+): Promise<AuthorityMaterial> {
   // Backdated a little (clock skew), never before the root; never past the root's end.
   const notBefore = Math.max(now - Math.min(60_000, Math.floor(ttlMs / 20)), root.notBefore.getTime());
   const notAfter = Math.min(now + ttlMs, root.notAfter.getTime());
   if (notAfter - now < ttlMs / 2) {
     throw new BrokerError('ca_expired', `the root CA expires at ${root.notAfter.toISOString()}: too soon to make a next signing CA; replace the root`);
   }
-  const [ca, jwt] = await Promise.all([
-    generateKeyPairAsync('ec', { namedCurve: 'P-256' }),
-    generateKeyPairAsync('ec', { namedCurve: 'P-256' }),
-  ]);
+  const [key, jwtKey] = await Promise.all([makeKey('x509'), makeKey('jwt')]);
   const cert = mintCa(
-    { commonName: 'Tessera Signing CA', trustDomain, subjectPublicKey: ca.publicKey, notBefore: new Date(notBefore), notAfter: new Date(notAfter), pathLen: 0 },
+    { commonName: 'Tessera Signing CA', trustDomain, subjectPublicKey: publicKeyOf(key), notBefore: new Date(notBefore), notAfter: new Date(notAfter), pathLen: 0 },
     root,
   );
-  return {
-    certPem: cert.pem,
-    keyPem: ca.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-    intermediatesPem: '',
-    jwtKeyPem: jwt.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-  };
+  return { certPem: cert.pem, intermediatesPem: '', key, jwtKey };
 }
 
 /** What the broker signs with right now, and what it publishes. */
@@ -344,6 +389,11 @@ export interface CaRotationOptions {
   /** Signs next signing CAs. Absent (upstream or offline root): authorities come from `ca prepare` / `ca import`. */
   readonly root?: IssuerMaterial | undefined;
   readonly trustDomain: string;
+  /**
+   * Where next authorities' keys are made and token keys opened (keys.ts): default, PEMs only.
+   * CaRotation owns it: close() closes its token keys.
+   */
+  readonly keys?: AuthorityKeys | undefined;
   readonly caTtlMs: number;
   readonly pollIntervalMs: number;
   readonly limits: RotationLimits;
@@ -358,23 +408,36 @@ export interface CaRotationOptions {
 
 export class CaRotation {
   readonly #opts: CaRotationOptions;
+  readonly #keys: AuthorityKeys;
   #live: LiveAuthorities;
   #storedText: string;
   #timer: NodeJS.Timeout | undefined;
   #ticking: Promise<void> | undefined;
   #closed = false;
 
-  private constructor(opts: CaRotationOptions, live: LiveAuthorities, storedText: string) {
+  private constructor(opts: CaRotationOptions, keys: AuthorityKeys, live: LiveAuthorities, storedText: string) {
     this.#opts = opts;
+    this.#keys = keys;
     this.#live = live;
     this.#storedText = storedText;
   }
 
   /**
    * Loads the stored state; on a store that has none, one replica (under the lock) writes the first:
-   * `initial` (the CA and JWT key of the config files) as the active authority, bundle sequence 1.
+   * `initial` (the CA and JWT key of the config) as the active authority, bundle sequence 1 — a key in
+   * the token recorded by its configured label.
    */
   static async open(opts: CaRotationOptions, initial: AuthorityMaterial): Promise<CaRotation> {
+    const keys = opts.keys ?? new AuthorityKeys();
+    try {
+      return await CaRotation.#open(opts, keys, initial);
+    } catch (err) {
+      keys.close();
+      throw err;
+    }
+  }
+
+  static async #open(opts: CaRotationOptions, keys: AuthorityKeys, initial: AuthorityMaterial): Promise<CaRotation> {
     let text = await opts.store.kvGet(CA_STATE_SPACE, CA_STATE_KEY);
     for (let attempt = 0; text === undefined; attempt++) {
       if (await opts.store.tryLock(LOCK, opts.owner, LOCK_TTL_MS)) {
@@ -396,7 +459,9 @@ export class CaRotation {
       }
     }
     const state = CaRotation.parse(text);
-    return new CaRotation(opts, await CaRotation.build(opts, state), text);
+    const live = await CaRotation.build(opts, keys, state);
+    keys.retain(tokenLabels(state));
+    return new CaRotation(opts, keys, live, text);
   }
 
   static parse(text: string): CaState {
@@ -406,20 +471,28 @@ export class CaRotation {
     return parsed.value;
   }
 
-  static async build(opts: Pick<CaRotationOptions, 'ring' | 'rootsPem' | 'refreshHintSeconds'>, state: CaState): Promise<LiveAuthorities> {
+  /** What the active authority of `state` signs with (its keys unsealed, or opened in the token), and the bundle. */
+  static async build(opts: Pick<CaRotationOptions, 'ring' | 'rootsPem' | 'refreshHintSeconds'>, keys: AuthorityKeys, state: CaState): Promise<LiveAuthorities> {
     const active = activeOf(state);
-    const unseal = (which: 'x509' | 'jwt'): string =>
-      openSealed(opts.ring, which === 'x509' ? active.key : active.jwtKey, keyContext(active.id, which)).toString('utf8');
-    const ca = CertificateAuthority.fromPem({ certPem: active.certPem, keyPem: unseal('x509'), intermediatesPem: active.intermediatesPem, rootsPem: opts.rootsPem });
+    const [key, jwtKey] = await Promise.all([
+      keys.open('x509', storedKey(active.key, opts.ring, keyContext(active.id, 'x509'))),
+      keys.open('jwt', storedKey(active.jwtKey, opts.ring, keyContext(active.id, 'jwt'))),
+    ]);
+    const ca = authorityFromKey({ certPem: active.certPem, intermediatesPem: active.intermediatesPem, rootsPem: opts.rootsPem }, key);
     if (ca.authorityId !== active.id) throw new BrokerError('internal', `the stored authority ${active.id} holds another certificate`);
-    const jwt = await JwtSvidSigner.fromPem(unseal('jwt'));
-    const bundle = buildBundle({
+    const jwt = await jwtSignerFromKey(jwtKey);
+    if (jwt.kid !== active.jwtKid) throw new BrokerError('internal', `the JWT-SVID key of stored authority ${active.id} is not the one its kid ${active.jwtKid} names`);
+    return { state, ca, jwt, bundle: CaRotation.#bundle(opts, ca, state) };
+  }
+
+  /** The trust bundle of `state`: the roots, and the JWT key of every authority in it. */
+  static #bundle(opts: Pick<CaRotationOptions, 'refreshHintSeconds'>, ca: CertificateAuthority, state: CaState): SpiffeBundle {
+    return buildBundle({
       rootCertsDer: ca.rootCertsDer,
       jwtKeys: state.authorities.map((a) => ({ kid: a.jwtKid, jwk: a.jwtPublic })),
       sequence: state.sequence,
       refreshHintSeconds: opts.refreshHintSeconds,
     });
-    return { state, ca, jwt, bundle };
   }
 
   current(): LiveAuthorities {
@@ -449,6 +522,7 @@ export class CaRotation {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
     await this.#ticking;
+    this.#keys.close();
   }
 
   /**
@@ -468,10 +542,10 @@ export class CaRotation {
   }
 
   /**
-   * `tessera ca prepare`: makes the next authority's keys (sealed in the store, one write) and returns a
-   * PKCS#10 CSR for its signing CA, for an upstream or offline root to sign. Asked again before the
-   * import, it returns the same CSR (`created: false`). 409 ca_state_conflict when an authority is
-   * already prepared.
+   * `tessera ca prepare`: makes the next authority's keys (sealed in the store, or made in the token;
+   * one write) and returns a PKCS#10 CSR for its signing CA, signed by that key, for an upstream or
+   * offline root to sign. Asked again before the import, it returns the same CSR (`created: false`).
+   * 409 ca_state_conflict when an authority is already prepared.
    */
   async prepareCsr(): Promise<{ readonly csrPem: string; readonly createdAt: number; readonly created: boolean }> {
     return this.#underLock(async () => {
@@ -480,15 +554,15 @@ export class CaRotation {
         throw new BrokerError('ca_state_conflict', `authority ${preparedOf(state)?.id ?? ''} is already prepared: activate it (tessera ca activate) before preparing another`);
       }
       if (state.pending !== undefined) return { csrPem: state.pending.csrPem, createdAt: state.pending.createdAt, created: false };
-      const [ca, jwt] = await Promise.all([generateKeyPairAsync('ec', { namedCurve: 'P-256' }), generateKeyPairAsync('ec', { namedCurve: 'P-256' })]);
+      const step = nextKeyStep(activeOf(state));
+      const [key, jwtKey] = await Promise.all([this.#keys.make('x509', step), this.#keys.make('jwt', step)]);
       const id = randomBytes(16).toString('hex');
       const now = this.#opts.clock.now();
-      const pem = (k: KeyObject): Buffer => Buffer.from(k.export({ type: 'pkcs8', format: 'pem' }).toString(), 'utf8');
       const pending: PendingRecord = {
         id,
-        key: seal(this.#opts.ring, pem(ca.privateKey), pendingContext(id, 'x509')),
-        jwtKey: seal(this.#opts.ring, pem(jwt.privateKey), pendingContext(id, 'jwt')),
-        csrPem: mintCaCsr({ commonName: 'Tessera Signing CA', trustDomain: this.#opts.trustDomain }, ca.privateKey),
+        key: recordKey(key, this.#opts.ring, pendingContext(id, 'x509')),
+        jwtKey: recordKey(jwtKey, this.#opts.ring, pendingContext(id, 'jwt')),
+        csrPem: await mintCaCsrWith({ commonName: 'Tessera Signing CA', trustDomain: this.#opts.trustDomain }, signerOf(key)),
         createdAt: now,
       };
       const next: CaState = { ...state, pending };
@@ -506,13 +580,13 @@ export class CaRotation {
    * unless all pass. 409 ca_state_conflict when no `ca prepare` is pending.
    */
   async importCertificate(certPem: string, chainPem: string): Promise<AuthorityRecord> {
-    this.checkImport(certPem, chainPem);
+    await this.checkImport(certPem, chainPem);
     return this.#underLock(async () => {
       const opts = this.#opts;
       const state = this.#live.state;
-      const { keyPem, jwtKeyPem, now } = this.#importChecks(state, certPem, chainPem);
+      const { key, jwtKey, now } = await this.#importChecks(state, certPem, chainPem);
       const certOnly = toPem('CERTIFICATE', splitPemCertificates(certPem)[0] as Buffer);
-      const record = await authorityRecord({ certPem: certOnly, keyPem, intermediatesPem: chainPem, jwtKeyPem }, 'prepared', now, opts.ring, opts.rootsPem);
+      const record = await authorityRecord({ certPem: certOnly, intermediatesPem: chainPem, key, jwtKey }, 'prepared', now, opts.ring, opts.rootsPem);
       if (state.authorities.some((a) => a.id === record.id)) throw new BrokerError('ca_state_conflict', `authority ${record.id} is already installed`);
       await this.#write({ kind: 'prepare' }, now, record, { version: state.version, sequence: state.sequence, authorities: state.authorities });
       return record;
@@ -520,22 +594,24 @@ export class CaRotation {
   }
 
   /** The checks of importCertificate on the current state, without writing (the admin route runs them before it audits). */
-  checkImport(certPem: string, chainPem: string): void {
-    this.#importChecks(this.#live.state, certPem, chainPem);
+  async checkImport(certPem: string, chainPem: string): Promise<void> {
+    await this.#importChecks(this.#live.state, certPem, chainPem);
   }
 
-  #importChecks(state: CaState, certPem: string, chainPem: string): { keyPem: string; jwtKeyPem: string; now: number } {
+  async #importChecks(state: CaState, certPem: string, chainPem: string): Promise<{ key: AuthorityKey; jwtKey: AuthorityKey; now: number }> {
     if (certPem.length > MAX_IMPORT_CERT_PEM) throw rejected(`the certificate PEM is longer than ${MAX_IMPORT_CERT_PEM} characters`);
     if (chainPem.length > MAX_IMPORT_CHAIN_PEM) throw rejected(`the chain PEM is longer than ${MAX_IMPORT_CHAIN_PEM} characters`);
     const opts = this.#opts;
     const pending = state.pending;
     if (pending === undefined) throw new BrokerError('ca_state_conflict', 'no `tessera ca prepare` is pending: there is no key for this certificate');
     if (preparedOf(state) !== undefined) throw new BrokerError('ca_state_conflict', 'an authority is already prepared: activate it before importing another');
-    const keyPem = openSealed(opts.ring, pending.key, pendingContext(pending.id, 'x509')).toString('utf8');
-    const jwtKeyPem = openSealed(opts.ring, pending.jwtKey, pendingContext(pending.id, 'jwt')).toString('utf8');
+    const [key, jwtKey] = await Promise.all([
+      this.#keys.open('x509', storedKey(pending.key, opts.ring, pendingContext(pending.id, 'x509'))),
+      this.#keys.open('jwt', storedKey(pending.jwtKey, opts.ring, pendingContext(pending.id, 'jwt'))),
+    ]);
     const now = opts.clock.now();
-    checkImportedCa(certPem, chainPem, keyPem, opts.rootsPem, now, opts.limits);
-    return { keyPem, jwtKeyPem, now };
+    checkImportedCa(certPem, chainPem, key, opts.rootsPem, now, opts.limits);
+    return { key, jwtKey, now };
   }
 
   /** Runs `fn` holding the ca-rotation lock, on the state re-read under it (admin steps). */
@@ -595,11 +671,23 @@ export class CaRotation {
     const previous = this.#live;
     // Building first: a state this replica cannot load (a KEK it lacks) leaves it on the old one, loudly.
     const live = activeOf(state).id === previous.ca.authorityId && previous.jwt.kid === activeOf(state).jwtKid
-      ? { ...previous, state, bundle: (await CaRotation.build(this.#opts, state)).bundle }
-      : await CaRotation.build(this.#opts, state);
+      ? { ...previous, state, bundle: CaRotation.#bundle(this.#opts, previous.ca, state) }
+      : await CaRotation.build(this.#opts, this.#keys, state);
     this.#live = live;
     this.#storedText = text;
+    // Token keys of dropped authorities are closed (old ones stay open: signatures may be in flight).
+    this.#keys.retain(tokenLabels(state));
     this.#opts.onChange(live, previous);
+  }
+
+  /** After a drop: the token pairs Tessera generated for that authority go (best effort; a failure is reported). */
+  async #destroyKeys(dropped: AuthorityRecord): Promise<void> {
+    for (const [kind, key] of [['x509', dropped.key], ['jwt', dropped.jwtKey]] as const) {
+      if (!('token' in key)) continue;
+      await this.#keys.destroy(kind, key.token.keyLabel).catch((err: unknown) =>
+        this.#opts.onError(err, `destroying token key pair "${key.token.keyLabel}" of dropped CA authority ${dropped.id}`),
+      );
+    }
   }
 
   async #write(step: RotationStep, now: number, imported?: AuthorityRecord, base?: CaState): Promise<void> {
@@ -608,7 +696,8 @@ export class CaRotation {
     let record: AuthorityRecord | undefined = imported;
     if (step.kind === 'prepare' && record === undefined) {
       if (opts.root === undefined) throw new Error('no root key to prepare with');
-      const material = await mintNextAuthority(opts.root, opts.trustDomain, opts.caTtlMs, now);
+      const keyStep = nextKeyStep(activeOf(state));
+      const material = await mintNextAuthority(opts.root, opts.trustDomain, opts.caTtlMs, now, (kind) => this.#keys.make(kind, keyStep));
       record = await authorityRecord(material, 'prepared', now, opts.ring, opts.rootsPem);
     }
     const next = applyStep(state, step, now, opts.limits, record);
@@ -616,6 +705,7 @@ export class CaRotation {
     await opts.store.kvPut(CA_STATE_SPACE, CA_STATE_KEY, text);
     await this.#switch(text, next);
     const subject = record ?? state.authorities.find((a) => a.id === (step as { id: string }).id);
+    if (step.kind === 'drop' && subject !== undefined) await this.#destroyKeys(subject);
     if (subject !== undefined && opts.onStep !== undefined) {
       await opts.onStep(step, subject, next).catch((err: unknown) => opts.onError(err, `recording CA rotation step ${step.kind}`));
     }

@@ -531,6 +531,26 @@ describe('mintCaCsr and caConstraintsOf (ca prepare / ca import)', () => {
     expect(() => parseCsrPem(`-----BEGIN CERTIFICATE REQUEST-----\n${bad.toString('base64')}\n-----END CERTIFICATE REQUEST-----\n`)).toThrow();
   });
 
+  it('writes the same request for a key behind an asynchronous Signer (a token key), signed by that signer', async () => {
+    const { mintCaCsr, mintCaCsrWith } = await import('./x509.js');
+    const { KeySigner } = await import('./signer.js');
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const local = new KeySigner(key.privateKey);
+    let signed = 0;
+    // Only `sign`, as a Pkcs11Signer has: no synchronous fast path to fall back on.
+    const remote = { algorithm: local.algorithm, publicKey: local.publicKey, sign: async (data: Buffer) => (signed++, local.sign(data)) };
+    const profile = { commonName: 'Tessera Signing CA', trustDomain: 'example.org' };
+    const pem = await mintCaCsrWith(profile, remote);
+    expect(signed).toBe(1);
+    const parsed = parseCsrPem(pem); // verifies the self-signature
+    expect(parsed.publicKey.export({ type: 'spki', format: 'der' }).equals(key.publicKey.export({ type: 'spki', format: 'der' }))).toBe(true);
+    const infoOf = (p: string): Buffer => {
+      const node = readDer(Buffer.from(p.replace(/-----[A-Z ]+-----|\s/g, ''), 'base64')).children[0] as DerNode;
+      return Buffer.from(node.raw);
+    };
+    expect(infoOf(pem).equals(infoOf(mintCaCsr(profile, key.privateKey)))).toBe(true);
+  });
+
   it('refuses keys it cannot sign with and bad names', async () => {
     const { mintCaCsr } = await import('./x509.js');
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });

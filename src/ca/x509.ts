@@ -7,7 +7,6 @@
 import {
   createHash,
   createPrivateKey,
-  createPublicKey,
   randomFillSync,
   X509Certificate,
   type KeyObject,
@@ -455,13 +454,24 @@ const OID_EXTENSION_REQUEST = '1.2.840.113549.1.9.14';
  * keyCertSign + cRLSign, and the trust domain's SPIFFE ID. Signed with `key` (proof of possession).
  */
 export function mintCaCsr(profile: { commonName: string; trustDomain: string }, key: KeyObject): string {
+  const signer = issuerSigner(key);
+  const { spec, info } = caCsrInfo(profile, signer);
+  return toPem('CERTIFICATE REQUEST', sign(spec, info));
+}
+
+/** mintCaCsr for a key behind any Signer (a key pair in a PKCS#11 token): the same CSR, its signature awaited. */
+export async function mintCaCsrWith(profile: { commonName: string; trustDomain: string }, signer: Signer): Promise<string> {
+  const { spec, info } = caCsrInfo(profile, signer);
+  return toPem('CERTIFICATE REQUEST', sequence(info, spec.algorithmId, bitString(await spec.signAsync(info))));
+}
+
+/** The CertificationRequestInfo of a signing-CA CSR for `signer`'s public key. */
+function caCsrInfo(profile: { commonName: string; trustDomain: string }, signer: Signer): { spec: SignatureSpec; info: Buffer } {
   if (typeof profile.commonName !== 'string' || profile.commonName.length === 0 || profile.commonName.length > 64) {
     throw internal('CA commonName must be 1..64 characters');
   }
   validateTrustDomain(profile.trustDomain);
-  const signer = issuerSigner(key);
-  const publicKey = createPublicKey(key);
-  const { spki } = subjectKeyMaterial(publicKey, keyKindOf(publicKey));
+  const { spki } = subjectKeyMaterial(signer.publicKey, keyKindOf(signer.publicKey));
   const subject = sequence(rdn(OID.organizationName, utf8String('Tessera')), rdn(OID.commonName, utf8String(profile.commonName)));
   const requested = sequence(
     extension(OID.basicConstraints, true, sequence(TRUE, integer(0))),
@@ -469,9 +479,7 @@ export function mintCaCsr(profile: { commonName: string; trustDomain: string }, 
     extension(OID.subjectAltName, false, sequence(implicit(6, Buffer.from(`spiffe://${profile.trustDomain}`, 'latin1')))),
   );
   const attributes = implicit(0, sequence(oid(OID_EXTENSION_REQUEST), set(requested)), true);
-  const info = sequence(integer(0), subject, spki, attributes);
-  const der = sign(signatureSpecFor(signer), info);
-  return toPem('CERTIFICATE REQUEST', der);
+  return { spec: signatureSpecFor(signer), info: sequence(integer(0), subject, spki, attributes) };
 }
 
 const CERT_PEM_RE = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----/g;

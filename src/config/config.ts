@@ -197,7 +197,9 @@ export const ConfigFileSchema = section({
     }),
     /**
      * Automatic rotation of the signing CA and the JWT-SVID key (docs/ca.md), for when Tessera holds the
-     * root that signs its intermediates. Absent: the CA and JWT key from the files above, never rotated.
+     * root that signs its intermediates. With `pkcs11` / `jwtPkcs11` the next keys are generated in that
+     * token (docs/ca.md "Rotating keys in an HSM"), else sealed into the store. Absent: the configured
+     * CA and JWT key, never rotated.
      */
     rotation: opt(section({
       /**

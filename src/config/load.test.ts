@@ -87,7 +87,7 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ file: configFile(yaml), env: {} })).toThrow(ConfigError);
   });
 
-  it('reads keys in a PKCS#11 token instead of key files (paths resolved, 4 sessions by default), and refuses rotation with them', () => {
+  it('reads keys in a PKCS#11 token instead of key files (paths resolved, 4 sessions by default), with rotation too', () => {
     const token = (label: string): string => `{ module: /usr/lib/softhsm/libsofthsm2.so, tokenLabel: tessera, pinFile: hsm/pin, keyLabel: ${label} }`;
     const yaml = minimal
       .replace('keyFile: ca.key,', `pkcs11: ${token('ca')},`)
@@ -101,7 +101,10 @@ describe('loadConfig', () => {
     expect(c.ca.jwtPkcs11).toEqual({ ...ref, keyLabel: 'jwt' });
     expect(c.audit.signingPkcs11).toEqual({ ...ref, keyLabel: 'audit' });
     const rotating = yaml.replace('jwtPkcs11:', 'rotation: { caTtlSeconds: 604800 }, jwtPkcs11:') + 'secrets: { kekFile: kek }\n';
-    expect(() => loadConfig({ file: configFile(rotating), env: {} })).toThrow(/^config\.ca\.rotation: not available with keys in a PKCS#11 token/);
+    // Rotation makes the next keys in the same token (ca/keys.ts).
+    const rotatingConfig = loadConfig({ file: configFile(rotating), env: {} });
+    expect(rotatingConfig.ca.rotation?.caTtlSeconds).toBe(604800);
+    expect(rotatingConfig.ca.pkcs11).toMatchObject({ module: ref.module, tokenLabel: 'tessera', keyLabel: 'ca' });
   });
 
   it('reads the audit section: origin, intervals and alert rules', () => {

@@ -286,10 +286,6 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
   oneKey('config.ca', 'jwtKeyFile', 'jwtPkcs11', { file: f.ca.jwtKeyFile, pkcs11: f.ca.jwtPkcs11 });
   oneKey('config.audit', 'signingKeyFile', 'signingPkcs11', { file: f.audit.signingKeyFile, pkcs11: f.audit.signingPkcs11 });
   const rotation = f.ca.rotation;
-  if (rotation !== undefined && (f.ca.pkcs11 !== undefined || f.ca.jwtPkcs11 !== undefined)) {
-    // Rotation makes each next key itself and keeps it sealed in the store: that key would not be in the token.
-    fail('config.ca.rotation: not available with keys in a PKCS#11 token (ca.pkcs11, ca.jwtPkcs11); rotate HSM keys by the runbook in docs/ca.md "Rotating keys in an HSM"');
-  }
   if (rotation !== undefined) {
     // Activation at 5/6 of a CA's life leaves 1/6 of it: enough for the longest X.509-SVID, never cut short.
     if (svid.x509MaxTtlSeconds * 6 > rotation.caTtlSeconds) {

@@ -2,30 +2,39 @@
  * SIGKILL during a CA rotation: a real broker process (short-lived first CA, ca.rotation on) is killed
  * right after each step — prepared, activated, old one dropped — and started again on the same data.
  * Every restart comes back into the same step (or the next one), issues X.509- and JWT-SVIDs at once,
- * and publishes a bundle that holds the key of the authority it signs with.
+ * and publishes a bundle that holds the key of the authority it signs with. Twice: with the keys in
+ * files (sealed in the store as they rotate), and with them in a SoftHSM2 token (each next pair
+ * generated there, opened again by its label after the restart).
  */
 import { X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, spawnBroker, type BrokerProcess } from '../helpers/broker-process.js';
 import { httpsCall } from '../helpers/https.js';
 import { cleanRotationTemps, rotatingConfig } from '../helpers/rotation.js';
+import { createToken, removeTokens, softhsmMissing, softhsmRequiredUnderCi, type TestToken } from '../helpers/softhsm.js';
 
 const S = 1000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 let broker: BrokerProcess;
 let firstCa: X509Certificate;
+let token: TestToken | undefined;
+softhsmRequiredUnderCi();
 
-beforeAll(async () => {
+async function startRotating(withToken: boolean): Promise<void> {
   if (!existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` (npm test does it for you)');
-  const made = await rotatingConfig(24);
+  // The broker process inherits SOFTHSM2_CONF, which createToken sets.
+  token = withToken ? createToken('crash') : undefined;
+  const made = await rotatingConfig(24, {}, 1, token);
   firstCa = made.firstCa;
   const { registration, svid, ca, secrets } = made.config;
   broker = await spawnBroker({ registration: registration as unknown[], svid: svid as Record<string, number>, config: { ca, secrets } });
-});
+}
 
 afterAll(async () => {
   await broker?.close();
+  token?.remove();
+  removeTokens();
   cleanRotationTemps();
 });
 
@@ -73,8 +82,13 @@ async function crashAndRestart(): Promise<Observed> {
   return observe();
 }
 
-describe('SIGKILL at each step of a CA rotation', () => {
-  it('restarts into the same or the next step, issuing at once, its bundle always holding its active authority', async () => {
+describe.each([
+  ['keys in files', false],
+  ['keys in a SoftHSM2 token', true],
+])('SIGKILL at each step of a CA rotation, %s', (_what, withToken) => {
+  it.skipIf(withToken && softhsmMissing() !== undefined)('restarts into the same or the next step, issuing at once, its bundle always holding its active authority', async () => {
+    await broker?.close();
+    await startRotating(withToken);
     const start = await observe();
     expect(start.sequence).toBe(1);
     expect(start.issuer.raw.equals(firstCa.raw)).toBe(true);

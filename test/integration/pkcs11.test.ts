@@ -3,7 +3,7 @@
  * by pkcs11-tool, never extractable): a broker issues with them over real TLS, and what it issued is
  * checked with tools that are not Tessera's (openssl verify; jose against the bundle; the checkpoint
  * against the public key pkcs11-tool reads). A real broker process refuses a wrong PIN and a missing
- * key label at start with one clear line; automatic rotation with a token key is refused at load.
+ * key label at start with one clear line. (Automatic rotation with token keys: ca-rotation-pkcs11.test.ts.)
  */
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -113,18 +113,6 @@ describe.skipIf(missing !== undefined)('keys in a SoftHSM2 token', () => {
     const cp = openCheckpoint(res.text, { name: origin, publicKey: auditKey, rawPublicKey: spki.subarray(spki.length - 32) });
     expect(cp.origin).toBe(origin);
     expect(cp.size).toBeGreaterThan(0);
-  });
-
-  it('refuses ca.rotation with a key in the token, naming the runbook', async () => {
-    await expect(
-      startBroker({
-        config: {
-          ca: { certFile: caCertFile, bundleFile, pkcs11: token.pkcs11('ca'), jwtPkcs11: token.pkcs11('jwt'), rotation: { caTtlSeconds: 86_400 } },
-          audit: { signingPkcs11: token.pkcs11('audit') },
-        },
-        secrets: {},
-      }),
-    ).rejects.toThrow('config.ca.rotation: not available with keys in a PKCS#11 token (ca.pkcs11, ca.jwtPkcs11); rotate HSM keys by the runbook in docs/ca.md "Rotating keys in an HSM"');
   });
 
   it('refuses both keyFile and pkcs11 for one key', async () => {

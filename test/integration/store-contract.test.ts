@@ -48,7 +48,7 @@ function caMaterial(now: number): { rootPem: string; rootKeyPem: string; initial
     issuerFromPem(rootPem, pem(rk.privateKey)),
   );
   const jwt = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  return { rootPem, rootKeyPem: pem(rk.privateKey), initial: { certPem: cert.pem, keyPem: pem(ik.privateKey), intermediatesPem: '', jwtKeyPem: pem(jwt.privateKey) } };
+  return { rootPem, rootKeyPem: pem(rk.privateKey), initial: { certPem: cert.pem, intermediatesPem: '', key: { pem: pem(ik.privateKey) }, jwtKey: { pem: pem(jwt.privateKey) } } };
 }
 
 const RING = KeyRing.of({ id: kekIdOf(Buffer.alloc(32, 7)), key: Buffer.alloc(32, 7) });

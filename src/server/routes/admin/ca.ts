@@ -193,7 +193,7 @@ prepare is pending.
       if (rotation === undefined) throw notConfigured();
       const { certificatePem, chainPem = '' } = request.body;
       // Refused before it is recorded as done (importCertificate checks again under the lock).
-      rotation.checkImport(certificatePem, chainPem);
+      await rotation.checkImport(certificatePem, chainPem);
       const audit = await log.allow(adminOf(request), 'ca.import', { reason: request.body.reason }, request.id);
       const record = await rotation.importCertificate(certificatePem, chainPem);
       return { prepared: authorityOut(record), sequence: rotation.current().state.sequence, audit };
