@@ -8,7 +8,9 @@
 //
 // Usage: node bench/ab.mjs --a /work/bisect-<hash> --b /work/wt-bisect [--rounds 3] [--seconds 5]
 //          [--concurrency 32] [--warmup 3] [--a-extra 'yaml line'] [--b-extra 'yaml line'] [--json out.json]
-//          [--profile DIR]
+//          [--profile DIR] [--perf-stat]
+// --perf-stat: per request, the broker's system calls, positioned reads and writes, and context
+// switches over each round (perf stat software/tracepoint events; exact counts, unlike wall time).
 // Each checkout must already be built (npx tsc -p tsconfig.build.json) and have node_modules.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -28,6 +30,7 @@ const { values: args } = parseArgs({
     'b-extra': { type: 'string', multiple: true, default: [] },
     json: { type: 'string' },
     profile: { type: 'string' },
+    'perf-stat': { type: 'boolean' },
   },
 });
 if (!args.a || !args.b) throw new Error('--a and --b: the two checkouts to compare');
@@ -121,6 +124,7 @@ async function wrkRound(broker, runSeconds) {
     'done = function(summary, latency, requests) io.write(string.format("NON200 %d\\n", summary.errors.status)) end',
     '',
   ].join('\n'));
+  const perf = args['perf-stat'] ? startPerfStat(broker.child.pid) : undefined;
   const cpu0 = processCpuUs(broker.child.pid);
   const out = await new Promise((resolve) => {
     const child = spawn('wrk', ['-t1', `-c${concurrency}`, `-d${runSeconds}s`, '--latency', '-s', script, `${broker.url}/v1/svid/x509`], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -130,6 +134,7 @@ async function wrkRound(broker, runSeconds) {
     child.on('exit', () => resolve(text));
   });
   const cpu1 = processCpuUs(broker.child.pid);
+  const counts = perf === undefined ? undefined : await perf.stop();
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const requests = Number(/(\d+) requests in/.exec(out)?.[1] ?? NaN);
   const non200 = Number(/NON200 (\d+)/.exec(out)?.[1] ?? NaN);
@@ -143,6 +148,30 @@ async function wrkRound(broker, runSeconds) {
     serverCpuUsPerReq: perReq(cpu1.user - cpu0.user + cpu1.system - cpu0.system),
     serverSysUsPerReq: perReq(cpu1.system - cpu0.system),
     requests,
+    ...(counts === undefined ? {} : { perRequest: Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, Number((v / requests).toFixed(2))])) }),
+  };
+}
+
+const PERF_EVENTS = ['raw_syscalls:sys_enter', 'syscalls:sys_enter_pread64', 'syscalls:sys_enter_pwrite64', 'context-switches'];
+
+/** `perf stat` attached to the broker (all its threads) until stop(): event → count. */
+function startPerfStat(pid) {
+  const child = spawn('perf', ['stat', '-x', ',', '-e', PERF_EVENTS.join(','), '-p', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let text = '';
+  child.stderr.on('data', (d) => (text += d));
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  return {
+    async stop() {
+      child.kill('SIGINT');
+      await exited;
+      const counts = {};
+      for (const line of text.split('\n')) {
+        const [value, , event] = line.split(',');
+        const name = PERF_EVENTS.find((e) => e === event);
+        if (name !== undefined && /^\d+$/.test(value ?? '')) counts[name.replace(/^.*:(sys_enter_)?/, '')] = Number(value);
+      }
+      return counts;
+    },
   };
 }
 
@@ -173,6 +202,7 @@ try {
       medianP50Ms: median(rs.map((r) => r.p50Ms)),
       medianServerCpuUsPerReq: median(rs.map((r) => r.serverCpuUsPerReq)),
       medianServerSysUsPerReq: median(rs.map((r) => r.serverSysUsPerReq)),
+      ...(rs[0]?.perRequest === undefined ? {} : { medianPerRequest: Object.fromEntries(Object.keys(rs[0].perRequest).map((k) => [k, median(rs.map((r) => r.perRequest[k]))])) }),
       rounds: rs,
     }]),
   );
@@ -183,6 +213,7 @@ try {
   for (const k of ['A', 'B']) {
     const s = summary[k];
     console.log(`${k} ${s.checkout}: median ${s.medianRps} req/s, p50 ${s.medianP50Ms} ms, server CPU ${s.medianServerCpuUsPerReq} µs/req (kernel ${s.medianServerSysUsPerReq})  [${s.rounds.map((r) => r.rps).join(', ')}]`);
+    if (s.medianPerRequest) console.log(`  per request: ${Object.entries(s.medianPerRequest).map(([e, v]) => `${e} ${v}`).join(', ')}`);
   }
   console.log(`B/A req/s ${ratio}, B/A CPU per request ${cpuRatio} (c=${concurrency}, ${rounds} × ${seconds} s alternating)`);
 } finally {
