@@ -78,6 +78,44 @@ describe('TreeFile', () => {
     tf.close();
   });
 
+  it('a receipt for a leaf of the previous block, at a size the next block has reached, reads nothing from disk', () => {
+    // Under load the receipt for entry i is cut at a tree size well past i (a group commit, a signing
+    // round covering later entries), so i is often in the block before the newest one.
+    const file = path.join(tmp, 'lagging');
+    const tf = TreeFile.open(file, 0);
+    const tree = new MerkleTree({ nodes: tf, size: 0 });
+    const memory = new MerkleTree();
+    for (let i = 0; i < 3 * 2 ** LOW_LEVELS - 40; i++) {
+      tree.append(leaf(i));
+      memory.append(leaf(i));
+    }
+    const before = tf.diskReads;
+    for (let i = 0; i < 2 * 2 ** LOW_LEVELS; i++) {
+      tree.append(leaf(20_000 + i));
+      memory.append(leaf(20_000 + i));
+      if (i % 4 !== 0) continue;
+      // Leaves up to 64 behind the newest, proven at the newest size and at one 32 leaves earlier.
+      for (const lag of [0, 1, 32, 63]) {
+        const index = tree.size - 1 - lag;
+        for (const size of [tree.size, Math.max(index + 1, tree.size - 32)]) {
+          expect(tree.inclusionProof(index, size)).toEqual(memory.inclusionProof(index, size));
+          expect(tree.root(size)).toEqual(memory.root(size));
+        }
+        expect(tree.leaf(index)).toEqual(memory.leaf(index));
+      }
+    }
+    expect(tf.diskReads).toBe(before);
+    // Older leaves are still there, read from the file.
+    expect(tree.inclusionProof(5, tree.size)).toEqual(memory.inclusionProof(5, memory.size));
+    expect(tf.diskReads).toBeGreaterThan(before);
+    tf.close();
+    const reopened = TreeFile.open(file, memory.size);
+    const again = new MerkleTree({ nodes: reopened, size: memory.size });
+    expect(again.root()).toEqual(memory.root());
+    expect(again.inclusionProof(memory.size - 300, memory.size)).toEqual(memory.inclusionProof(memory.size - 300, memory.size));
+    reopened.close();
+  });
+
   it('refuses a file that is not a tree file, or holds fewer nodes than asked for', () => {
     const file = path.join(tmp, 'short');
     const tf = TreeFile.open(file, 0);

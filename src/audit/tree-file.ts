@@ -9,10 +9,11 @@
  * the aligned 2^L-leaf subtree i is at position 2(m-1) - popcount(m-1) + L, m = (i+1)·2^L.
  *
  * Memory: nodes at level LOW_LEVELS (256-leaf subtrees) and above are cached once read or written
- * (~2.6 MB at 10^7 leaves); the nodes not yet written (the current 256-leaf block, the previous one and
- * the parents they completed) stay in a pending buffer. Everything else is read with a positioned read when asked for
- * (old inclusion proofs, old leaf hashes). The receipt path touches only the pending block and the
- * cached upper levels, so it never reads the disk.
+ * (~2.6 MB at 10^7 leaves); the nodes of the current 256-leaf block and of the previous one (with the
+ * parents they completed) stay in a buffer, written or not. Everything else is read with a positioned
+ * read when asked for (old inclusion proofs, old leaf hashes). The receipt path touches only those two
+ * blocks and the cached upper levels, so it never reads the disk: under load a receipt is often for an
+ * entry of the previous block, proven at a size the next block has already reached.
  *
  * Durability: writes go to the page cache as each 256-leaf block starts; `sync()` makes them
  * durable. Nothing here is trusted on its own: the store opens the file only up to a snapshot it
@@ -65,7 +66,9 @@ export class TreeFile implements MerkleNodes {
   #written: number;
   #total: number;
   #leaves: number;
-  #pending = Buffer.alloc(HASH_SIZE * 2 ** (LOW_LEVELS + 2));
+  /** Nodes [#memStart, #total) in memory: the previous and the current block; those from #written not yet on file. */
+  #memStart: number;
+  #recent = Buffer.alloc(HASH_SIZE * 2 ** (LOW_LEVELS + 2));
   readonly #upper: LevelCache[] = [];
   /** Positioned reads served from the file (stats / tests). */
   diskReads = 0;
@@ -77,7 +80,7 @@ export class TreeFile implements MerkleNodes {
   ) {
     this.#fd = fd;
     this.#leaves = leaves;
-    this.#written = this.#total = nodesForLeaves(leaves);
+    this.#memStart = this.#written = this.#total = nodesForLeaves(leaves);
   }
 
   /**
@@ -124,9 +127,9 @@ export class TreeFile implements MerkleNodes {
       }
       return c.buf.subarray(off, off + HASH_SIZE);
     }
-    if (pos >= this.#written) {
-      const off = (pos - this.#written) * HASH_SIZE;
-      return Buffer.from(this.#pending.subarray(off, off + HASH_SIZE));
+    if (pos >= this.#memStart) {
+      const off = (pos - this.#memStart) * HASH_SIZE;
+      return Buffer.from(this.#recent.subarray(off, off + HASH_SIZE));
     }
     const out = Buffer.allocUnsafe(HASH_SIZE);
     this.#read(pos, out, 0);
@@ -136,16 +139,19 @@ export class TreeFile implements MerkleNodes {
   put(level: number, index: number, value: Uint8Array): void {
     const pos = postOrderPosition(level, index);
     if (pos !== this.#total || value.length !== HASH_SIZE) throw new Error(`tree file: node ${level}/${index} appended out of order`);
-    // A new 256-leaf block starts: hand the previous one to the page cache. (Not when it completes:
-    // the receipt for its last leaf still needs its nodes, and should not read them back.)
-    if (level === 0 && index % BLOCK === 0) this.#flush();
-    const off = (pos - this.#written) * HASH_SIZE;
-    if (off + HASH_SIZE > this.#pending.length) {
-      const grown = Buffer.alloc(this.#pending.length * 2);
-      this.#pending.copy(grown, 0, 0, off);
-      this.#pending = grown;
+    // A new 256-leaf block starts: hand the one before it to the page cache, and keep only it and the
+    // new one in memory (not dropped when it completes: receipts for its last leaves still need it).
+    if (level === 0 && index % BLOCK === 0) {
+      this.#flush();
+      if (index >= BLOCK) this.#keepFrom(postOrderPosition(0, index - BLOCK));
     }
-    this.#pending.set(value, off);
+    const off = (pos - this.#memStart) * HASH_SIZE;
+    if (off + HASH_SIZE > this.#recent.length) {
+      const grown = Buffer.alloc(this.#recent.length * 2);
+      this.#recent.copy(grown, 0, 0, off);
+      this.#recent = grown;
+    }
+    this.#recent.set(value, off);
     this.#total++;
     if (level === 0) this.#leaves++;
     if (level >= LOW_LEVELS) {
@@ -175,11 +181,20 @@ export class TreeFile implements MerkleNodes {
     const n = this.#total - this.#written;
     if (n === 0) return;
     const bytes = n * HASH_SIZE;
+    const from = (this.#written - this.#memStart) * HASH_SIZE;
     let done = 0;
     while (done < bytes) {
-      done += writeSync(this.#fd, this.#pending, done, bytes - done, HDR + this.#written * HASH_SIZE + done);
+      done += writeSync(this.#fd, this.#recent, from + done, bytes - done, HDR + this.#written * HASH_SIZE + done);
     }
     this.#written = this.#total;
+  }
+
+  /** Drops the in-memory nodes before position `start` (all of them written already). */
+  #keepFrom(start: number): void {
+    if (start <= this.#memStart) return;
+    if (start > this.#written) throw new Error('tree file: dropping nodes that are not written');
+    this.#recent.copyWithin(0, (start - this.#memStart) * HASH_SIZE, (this.#total - this.#memStart) * HASH_SIZE);
+    this.#memStart = start;
   }
 
   #read(pos: number, into: Buffer, at: number): void {
