@@ -49,10 +49,19 @@ function opensslCsr() {
 }
 const csrBody = JSON.stringify({ csr: opensslCsr() });
 
-/** CPU time (µs, all threads) a process has used so far in user and kernel mode, from /proc/<pid>/stat. */
+/**
+ * CPU time (µs) a process has used so far in user and kernel mode (all threads), and its main thread's
+ * (the event loop: the bottleneck at c=32 when it is busier than the minting thread), from /proc.
+ */
 function processCpuUs(pid) {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return { user: (Number(f[11]) * 1e6) / 100, system: (Number(f[12]) * 1e6) / 100 };
+  const ticks = (file) => readFileSync(file, 'utf8').split(') ')[1].split(' ');
+  const all = ticks(`/proc/${pid}/stat`);
+  const main = ticks(`/proc/${pid}/task/${pid}/stat`);
+  return {
+    user: (Number(all[11]) * 1e6) / 100,
+    system: (Number(all[12]) * 1e6) / 100,
+    main: ((Number(main[11]) + Number(main[12])) * 1e6) / 100,
+  };
 }
 
 /** Dev material, token and config for one checkout, made by that checkout's own code. */
@@ -147,6 +156,7 @@ async function wrkRound(broker, runSeconds) {
     p50Ms: Number(p50Ms.toFixed(2)),
     serverCpuUsPerReq: perReq(cpu1.user - cpu0.user + cpu1.system - cpu0.system),
     serverSysUsPerReq: perReq(cpu1.system - cpu0.system),
+    serverMainThreadUsPerReq: perReq(cpu1.main - cpu0.main),
     requests,
     ...(counts === undefined ? {} : { perRequest: Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, Number((v / requests).toFixed(2))])) }),
   };
@@ -202,6 +212,7 @@ try {
       medianP50Ms: median(rs.map((r) => r.p50Ms)),
       medianServerCpuUsPerReq: median(rs.map((r) => r.serverCpuUsPerReq)),
       medianServerSysUsPerReq: median(rs.map((r) => r.serverSysUsPerReq)),
+      medianServerMainThreadUsPerReq: median(rs.map((r) => r.serverMainThreadUsPerReq)),
       ...(rs[0]?.perRequest === undefined ? {} : { medianPerRequest: Object.fromEntries(Object.keys(rs[0].perRequest).map((k) => [k, median(rs.map((r) => r.perRequest[k]))])) }),
       rounds: rs,
     }]),
@@ -212,7 +223,7 @@ try {
   if (args.json) writeFileSync(args.json, `${JSON.stringify(report, null, 2)}\n`);
   for (const k of ['A', 'B']) {
     const s = summary[k];
-    console.log(`${k} ${s.checkout}: median ${s.medianRps} req/s, p50 ${s.medianP50Ms} ms, server CPU ${s.medianServerCpuUsPerReq} µs/req (kernel ${s.medianServerSysUsPerReq})  [${s.rounds.map((r) => r.rps).join(', ')}]`);
+    console.log(`${k} ${s.checkout}: median ${s.medianRps} req/s, p50 ${s.medianP50Ms} ms, server CPU ${s.medianServerCpuUsPerReq} µs/req (kernel ${s.medianServerSysUsPerReq}, event loop ${s.medianServerMainThreadUsPerReq})  [${s.rounds.map((r) => r.rps).join(', ')}]`);
     if (s.medianPerRequest) console.log(`  per request: ${Object.entries(s.medianPerRequest).map(([e, v]) => `${e} ${v}`).join(', ')}`);
   }
   console.log(`B/A req/s ${ratio}, B/A CPU per request ${cpuRatio} (c=${concurrency}, ${rounds} × ${seconds} s alternating)`);
