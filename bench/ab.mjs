@@ -17,6 +17,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { benchBrokerConfig } from './broker-config.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -70,33 +71,13 @@ async function prepare(label, checkout, extra) {
   const { ensureDevMaterial } = await dist('dev/material.js');
   const { mintDevToken } = await dist('dev/token-issuer.js');
   const material = await ensureDevMaterial(path.join(work, `pki-${label}`), 'example.org');
-  const pki = material.dir;
   const token = await mintDevToken({ keyFile: material.issuerKeyFile, namespace: 'bench', serviceAccount: 'load', ttlSeconds: 3600 });
   const dataDir = path.join(work, `data-${label}`);
   mkdirSync(dataDir);
   const configFile = path.join(work, `tessera-${label}.yaml`);
   writeFileSync(
     configFile,
-    [
-      'trustDomain: example.org',
-      `replicaId: ab-${label}`,
-      'logLevel: warn',
-      'listen: { host: 127.0.0.1, port: 0 }',
-      `tls: { certFile: ${pki}/server.pem, keyFile: ${pki}/server.key }`,
-      `ca: { certFile: ${pki}/intermediate.pem, keyFile: ${pki}/intermediate.key, bundleFile: ${pki}/bundle.pem, jwtKeyFile: ${pki}/jwt-signing.key }`,
-      'issuers:',
-      '  - issuer: https://kubernetes.default.svc.cluster.local',
-      `    jwksFile: ${material.issuerJwksFile}`,
-      '    audiences: [tessera]',
-      'registration:',
-      '  - selector: { namespace: bench, serviceAccount: "*" }',
-      '    jwtAudiences: [payments]',
-      `store: { embedded: { dir: ${dataDir}, fsync: true } }`,
-      `audit: { signingKeyFile: ${material.auditKeyFile} }`,
-      'limits: { enabled: false }',
-      ...extra,
-      '',
-    ].join('\n'),
+    benchBrokerConfig({ material, replicaId: `ab-${label}`, store: `{ embedded: { dir: ${dataDir}, fsync: true } }`, extra }),
   );
   return { label, checkout, token, configFile };
 }

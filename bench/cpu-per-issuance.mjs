@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { benchBrokerConfig } from './broker-config.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dist = (p) => import(path.join(root, 'dist', p));
@@ -90,14 +91,7 @@ export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency 
     const m = await ensureDevMaterial(path.join(work, 'pki'), 'example.org');
     const ca = readFileSync(m.bundleFile, 'utf8');
     const cfg = path.join(work, 'tessera.yaml');
-    writeFileSync(cfg, [
-      'trustDomain: example.org', 'replicaId: bench', 'logLevel: warn', 'listen: { host: 127.0.0.1, port: 0 }',
-      `tls: { certFile: ${m.dir}/server.pem, keyFile: ${m.dir}/server.key }`,
-      `ca: { certFile: ${m.dir}/intermediate.pem, keyFile: ${m.dir}/intermediate.key, bundleFile: ${m.dir}/bundle.pem, jwtKeyFile: ${m.dir}/jwt-signing.key }`,
-      'issuers:', '  - issuer: https://kubernetes.default.svc.cluster.local', `    jwksFile: ${m.issuerJwksFile}`, '    audiences: [tessera]',
-      'registration:', '  - selector: { namespace: bench, serviceAccount: "*" }', '    jwtAudiences: [payments]',
-      `store: { embedded: { dir: ${work}/data, fsync: true } }`, `audit: { signingKeyFile: ${m.auditKeyFile} }`, 'limits: { enabled: false }', '',
-    ].join('\n'));
+    writeFileSync(cfg, benchBrokerConfig({ material: m, replicaId: 'bench', store: `{ embedded: { dir: ${work}/data, fsync: true } }` }));
     const nodeArgs = profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
     const child = spawn(process.execPath, [...nodeArgs, path.join(root, 'dist/cli/main.js'), 'serve', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TESSERA_CONFIG: '' } });
     const url = await new Promise((resolve, reject) => {

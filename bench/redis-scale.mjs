@@ -19,6 +19,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { runLoad } from './load.mjs';
+import { benchBrokerConfig } from './broker-config.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -115,26 +116,7 @@ export async function redisScaleBench(o) {
     const file = path.join(o.work, `redis-bench-${name}.yaml`);
     writeFileSync(
       file,
-      [
-        'trustDomain: example.org',
-        `replicaId: ${replicaId}`,
-        'logLevel: warn',
-        'listen: { host: 127.0.0.1, port: 0 }',
-        `tls: { certFile: ${o.pki}/server.pem, keyFile: ${o.pki}/server.key }`,
-        `ca: { certFile: ${o.pki}/intermediate.pem, keyFile: ${o.pki}/intermediate.key, bundleFile: ${o.pki}/bundle.pem, jwtKeyFile: ${o.pki}/jwt-signing.key }`,
-        'issuers:',
-        '  - issuer: https://kubernetes.default.svc.cluster.local',
-        `    jwksFile: ${o.material.issuerJwksFile}`,
-        '    audiences: [tessera]',
-        'registration:',
-        '  - selector: { namespace: bench, serviceAccount: "*" }',
-        '    jwtAudiences: [payments]',
-        `store: ${JSON.stringify(store)}`,
-        `audit: ${JSON.stringify({ signingKeyFile: o.material.auditKeyFile })}`,
-        // As in the main bench: one identity drives every request; the limiter would measure itself.
-        'limits: { enabled: false }',
-        '',
-      ].join('\n'),
+      benchBrokerConfig({ material: o.material, replicaId, store: JSON.stringify(store) }),
     );
     return file;
   }

@@ -30,6 +30,7 @@ import { peersBench, printPeers } from './peers.mjs';
 import { logScaleBench, printLogScale } from './log-scale.mjs';
 import { hsmBench } from './hsm.mjs';
 import { printRedisScale, redisScaleBench } from './redis-scale.mjs';
+import { benchBrokerConfig } from './broker-config.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
@@ -52,28 +53,13 @@ function writeConfig(dataDir, auditDevices = []) {
   const file = path.join(work, `tessera-${path.basename(dataDir)}.yaml`);
   writeFileSync(
     file,
-    [
-      'trustDomain: example.org',
-      'replicaId: bench',
-      'logLevel: warn',
-      'listen: { host: 127.0.0.1, port: 0 }',
-      `tls: { certFile: ${pki}/server.pem, keyFile: ${pki}/server.key }`,
-      `ca: { certFile: ${pki}/intermediate.pem, keyFile: ${pki}/intermediate.key, bundleFile: ${pki}/bundle.pem, jwtKeyFile: ${pki}/jwt-signing.key }`,
-      'issuers:',
-      '  - issuer: https://kubernetes.default.svc.cluster.local',
-      `    jwksFile: ${material.issuerJwksFile}`,
-      '    audiences: [tessera]',
-      'registration:',
-      '  - selector: { namespace: bench, serviceAccount: "*" }',
-      '    jwtAudiences: [payments]',
-      `store: { embedded: { dir: ${dataDir}, fsync: true } }`,
-      `audit: ${JSON.stringify({ signingKeyFile: material.auditKeyFile, devices: auditDevices })}`,
-      // One identity (and one client address) drives every request: rate limits would cap the run at
-      // a few hundred requests per minute and measure the limiter, not the broker.
-      'limits: { enabled: false }',
-      ...(process.env.TESSERA_BENCH_EXTRA_CONFIG ? [process.env.TESSERA_BENCH_EXTRA_CONFIG] : []),
-      '',
-    ].join('\n'),
+    benchBrokerConfig({
+      material,
+      replicaId: 'bench',
+      store: `{ embedded: { dir: ${dataDir}, fsync: true } }`,
+      audit: { signingKeyFile: material.auditKeyFile, devices: auditDevices },
+      extra: process.env.TESSERA_BENCH_EXTRA_CONFIG ? [process.env.TESSERA_BENCH_EXTRA_CONFIG] : [],
+    }),
   );
   return file;
 }
