@@ -248,7 +248,10 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   // CA rotation: the stored state decides from here on (the config files seed it on a new store).
   let rotation: CaRotation | undefined;
   if (config.ca.rotation !== undefined) {
-    if (ring === undefined) throw new ConfigError('config.ca.rotation: requires secrets.kekFile');
+    // Keys that are files are sealed into the store with the KEK; keys in a token are recorded by label.
+    if (ring === undefined && (config.ca.pkcs11 === undefined || config.ca.jwtPkcs11 === undefined)) {
+      throw new ConfigError('config.ca.rotation: requires secrets.kekFile (a CA or JWT-SVID key that is a file is sealed into the store with it)');
+    }
     const readConfigFile = (file: string): string => readFileSync(file, 'utf8');
     let root;
     try {

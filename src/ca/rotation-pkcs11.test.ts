@@ -146,7 +146,8 @@ describe.skipIf(missing !== undefined)('CA rotation with keys in a SoftHSM2 toke
     const clock = TestClock.frozen(t0);
     const key = await configured('ca');
     const initial: AuthorityMaterial = { certPem: caFor(key, t0 - S, t0 + 60 * S), intermediatesPem: '', key, jwtKey: await configured('jwt') };
-    const h = await open(tempDir(), clock, initial, { x509: true, jwt: true });
+    // Both keys in the token: nothing is sealed, so no KEK at all.
+    const h = await open(tempDir(), clock, initial, { x509: true, jwt: true }, { ring: undefined });
     try {
       const first = activeOf(h.rotation.current().state);
       // The initial authority names the configured labels; nothing about it is sealed.
@@ -268,6 +269,13 @@ describe.skipIf(missing !== undefined)('CA rotation with keys in a SoftHSM2 toke
     } finally {
       await h.close();
     }
+  });
+
+  it('a key held as a PEM cannot be sealed without the secrets KEK: the start is refused, naming secrets.kekFile', async () => {
+    const t0 = Date.now();
+    const key = await configured('ca');
+    const initial: AuthorityMaterial = { certPem: caFor(key, t0 - S, t0 + 60 * S), intermediatesPem: '', key, jwtKey: pem() };
+    await expect(open(tempDir(), TestClock.frozen(t0), initial, { x509: true }, { ring: undefined })).rejects.toThrow(/secrets\.kekFile/);
   });
 
   it('moves a rotating deployment into the token: the stored sealed authority stays active until replaced, the next one is made in the token; a token authority without a token setting stops the start', async () => {

@@ -185,12 +185,18 @@ const keyContext = (id: string, which: AuthorityKeyKind): string => `ca-authorit
 const pendingContext = (id: string, which: AuthorityKeyKind): string => `ca-pending/${id}/${which}`;
 
 /** A key as the record keeps it: a PEM sealed under `context`, a token key by its label. */
-function recordKey(key: AuthorityKey, ring: KeyRing, context: string): AuthorityKeyRecord {
-  return 'pem' in key ? seal(ring, Buffer.from(key.pem, 'utf8'), context) : { token: { keyLabel: key.token.keyLabel } };
+/** A key held as a PEM is sealed with the secrets KEK; with both keys in a token there is none to seal. */
+function kekFor(ring: KeyRing | undefined): KeyRing {
+  if (ring === undefined) throw new BrokerError('ca_unavailable', 'a CA or JWT-SVID key held as a PEM is sealed in the store with the secrets KEK: set secrets.kekFile');
+  return ring;
 }
 
-function storedKey(record: AuthorityKeyRecord, ring: KeyRing, context: string): StoredAuthorityKey {
-  return 'token' in record ? { token: { keyLabel: record.token.keyLabel } } : { pem: openSealed(ring, record, context).toString('utf8') };
+function recordKey(key: AuthorityKey, ring: KeyRing | undefined, context: string): AuthorityKeyRecord {
+  return 'pem' in key ? seal(kekFor(ring), Buffer.from(key.pem, 'utf8'), context) : { token: { keyLabel: key.token.keyLabel } };
+}
+
+function storedKey(record: AuthorityKeyRecord, ring: KeyRing | undefined, context: string): StoredAuthorityKey {
+  return 'token' in record ? { token: { keyLabel: record.token.keyLabel } } : { pem: openSealed(kekFor(ring), record, context).toString('utf8') };
 }
 
 /**
@@ -306,7 +312,7 @@ export async function authorityRecord(
   material: AuthorityMaterial,
   state: AuthorityState,
   now: number,
-  ring: KeyRing,
+  ring: KeyRing | undefined,
   rootsPem: string,
 ): Promise<AuthorityRecord> {
   const ca = authorityFromKey({ certPem: material.certPem, intermediatesPem: material.intermediatesPem, rootsPem }, material.key);
@@ -384,7 +390,8 @@ export interface LiveAuthorities {
 export interface CaRotationOptions {
   readonly store: Store;
   readonly clock: Clock;
-  readonly ring: KeyRing;
+  /** Seals keys held as PEMs (secrets.kekFile); absent when both keys are in a token (nothing is sealed). */
+  readonly ring: KeyRing | undefined;
   readonly rootsPem: string;
   /** Signs next signing CAs. Absent (upstream or offline root): authorities come from `ca prepare` / `ca import`. */
   readonly root?: IssuerMaterial | undefined;

@@ -100,11 +100,16 @@ describe('loadConfig', () => {
     expect(c.ca.pkcs11).toEqual({ ...ref, keyLabel: 'ca' });
     expect(c.ca.jwtPkcs11).toEqual({ ...ref, keyLabel: 'jwt' });
     expect(c.audit.signingPkcs11).toEqual({ ...ref, keyLabel: 'audit' });
-    const rotating = yaml.replace('jwtPkcs11:', 'rotation: { caTtlSeconds: 604800 }, jwtPkcs11:') + 'secrets: { kekFile: kek }\n';
-    // Rotation makes the next keys in the same token (ca/keys.ts).
+    // Rotation makes the next keys in the same token (ca/keys.ts); with both keys there, nothing is sealed, so no KEK is needed.
+    const rotating = yaml.replace('jwtPkcs11:', 'rotation: { caTtlSeconds: 604800 }, jwtPkcs11:');
     const rotatingConfig = loadConfig({ file: configFile(rotating), env: {} });
     expect(rotatingConfig.ca.rotation?.caTtlSeconds).toBe(604800);
     expect(rotatingConfig.ca.pkcs11).toMatchObject({ module: ref.module, tokenLabel: 'tessera', keyLabel: 'ca' });
+    expect(rotatingConfig.secrets.kekFile).toBeUndefined();
+    // One key a file: it is sealed into the store, and the KEK is required.
+    const mixed = rotating.replace(`jwtPkcs11: ${token('jwt')}`, 'jwtKeyFile: jwt.key');
+    expect(() => loadConfig({ file: configFile(mixed), env: {} })).toThrow(/config\.ca\.rotation: requires secrets\.kekFile/);
+    expect(loadConfig({ file: configFile(`${mixed}secrets: { kekFile: kek }\n`), env: {} }).ca.jwtKeyFile).toBeDefined();
   });
 
   it('reads the audit section: origin, intervals and alert rules', () => {

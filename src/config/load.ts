@@ -291,7 +291,10 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
     if (svid.x509MaxTtlSeconds * 6 > rotation.caTtlSeconds) {
       fail(`config.ca.rotation.caTtlSeconds: must be at least 6 × svid.x509MaxTtlSeconds (${svid.x509MaxTtlSeconds * 6}) so no X.509-SVID is cut short by its CA's end`);
     }
-    if (f.secrets.kekFile === undefined) fail('config.ca.rotation: requires secrets.kekFile (the CA keys it makes are kept sealed in the store)');
+    // Keys that are files are sealed into the store with the KEK; keys in a token are recorded by label only.
+    if (f.secrets.kekFile === undefined && (f.ca.pkcs11 === undefined || f.ca.jwtPkcs11 === undefined)) {
+      fail('config.ca.rotation: requires secrets.kekFile (a CA or JWT-SVID key that is a file is kept sealed in the store with it)');
+    }
   }
 }
 
