@@ -31,7 +31,7 @@ import { splitPemCertificates } from './ca/x509.js';
 import { JwtSvidSigner } from './ca/jwt-svid.js';
 import { systemClock, type Clock } from './clock.js';
 import type { Config } from './config/config.js';
-import { ConfigError } from './config/load.js';
+import { ConfigError, ROTATION_NEEDS_KEK, rotationSealsKeys } from './config/load.js';
 import { Issuer } from './issue/issuer.js';
 import { BrokerMetrics } from './metrics/metrics.js';
 import { instrumentStore } from './metrics/store.js';
@@ -248,10 +248,7 @@ export async function createBroker(config: Config, opts: CreateBrokerOptions = {
   // CA rotation: the stored state decides from here on (the config files seed it on a new store).
   let rotation: CaRotation | undefined;
   if (config.ca.rotation !== undefined) {
-    // Keys that are files are sealed into the store with the KEK; keys in a token are recorded by label.
-    if (ring === undefined && (config.ca.pkcs11 === undefined || config.ca.jwtPkcs11 === undefined)) {
-      throw new ConfigError('config.ca.rotation: requires secrets.kekFile (a CA or JWT-SVID key that is a file is sealed into the store with it)');
-    }
+    if (ring === undefined && rotationSealsKeys(config.ca)) throw new ConfigError(ROTATION_NEEDS_KEK);
     const readConfigFile = (file: string): string => readFileSync(file, 'utf8');
     let root;
     try {

@@ -291,10 +291,7 @@ function checkIdentity(f: ConfigFile, name: Namer): void {
     if (svid.x509MaxTtlSeconds * 6 > rotation.caTtlSeconds) {
       fail(`config.ca.rotation.caTtlSeconds: must be at least 6 × svid.x509MaxTtlSeconds (${svid.x509MaxTtlSeconds * 6}) so no X.509-SVID is cut short by its CA's end`);
     }
-    // Keys that are files are sealed into the store with the KEK; keys in a token are recorded by label only.
-    if (f.secrets.kekFile === undefined && (f.ca.pkcs11 === undefined || f.ca.jwtPkcs11 === undefined)) {
-      fail('config.ca.rotation: requires secrets.kekFile (a CA or JWT-SVID key that is a file is kept sealed in the store with it)');
-    }
+    if (f.secrets.kekFile === undefined && rotationSealsKeys(f.ca)) fail(ROTATION_NEEDS_KEK);
   }
 }
 
@@ -589,6 +586,15 @@ function readAdmin(admin: ConfigFile['admin']): Config['admin'] {
 }
 
 /** A break-glass grant: an admin role, or "secret:<name>" / "secret:<prefix>/". */
+/**
+ * With `ca.rotation`, a CA or JWT-SVID key that is a file is sealed into the store with the secrets KEK;
+ * keys in a token are recorded by label only, so with both there nothing needs the KEK.
+ */
+export function rotationSealsKeys(ca: { readonly pkcs11?: unknown; readonly jwtPkcs11?: unknown }): boolean {
+  return ca.pkcs11 === undefined || ca.jwtPkcs11 === undefined;
+}
+export const ROTATION_NEEDS_KEK = 'config.ca.rotation: requires secrets.kekFile (a CA or JWT-SVID key that is a file is kept sealed in the store with it)';
+
 export function breakGlassGrantProblem(grant: string): string | undefined {
   if ((ADMIN_ROLES as readonly string[]).includes(grant)) return undefined;
   if (!grant.startsWith('secret:')) return `expected one of ${ADMIN_ROLES.join(', ')} or secret:<name>`;
