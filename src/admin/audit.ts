@@ -35,7 +35,7 @@ export class AdminAudit {
   /** Records an allowed call; resolves once durable and checkpointed (its receipt goes in the response). */
   async allow(p: AdminPrincipal, action: string, fields: Partial<AdminEntryFields>, requestId: string): Promise<CheckpointedReceipt> {
     const c = AdminAudit.callerOf(p);
-    return auditedOrUnavailable(async () => this.checkpoints.receipt(await this.audit.append(this.#entry(c, action, 'allow', fields, requestId, p.serial))), 'the audit log could not record this admin call; nothing was done');
+    return auditedOrUnavailable(async () => this.checkpoints.appendForReceipt(this.#entry(c, action, 'allow', fields, requestId, p.serial)), 'the audit log could not record this admin call; nothing was done');
   }
 
   /** Records a refused call (no checkpoint wait: a refusal returns no receipt). */

@@ -273,7 +273,7 @@ export class BreakGlassService {
       requestId,
       replica: this.#d.replicaId,
     };
-    const receipt: CheckpointedReceipt = await auditedOrUnavailable(async () => this.#d.checkpoints.receipt(await this.#d.audit.append(entry)), 'the audit log could not record this break-glass use; nothing was issued');
+    const receipt: CheckpointedReceipt = await auditedOrUnavailable(async () => this.#d.checkpoints.appendForReceipt(entry), 'the audit log could not record this break-glass use; nothing was issued');
     const event: BreakGlassEvent = {
       ts: now,
       requestId,

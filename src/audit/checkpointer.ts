@@ -18,7 +18,8 @@
 import { type Clock, systemClock } from '../clock.js';
 import { asAuditUnavailable, auditUnavailable } from '../errors.js';
 import type { Store } from '../store/store.js';
-import type { AuditLog, AuditReceipt } from './log.js';
+import type { AuditEntry } from './entry.js';
+import type { AppendCondition, AuditLog, AuditReceipt } from './log.js';
 import { type NoteSigner, NoteError, openCheckpoint, parseCheckpoint, parseNote, signCheckpoint, type SignedCheckpoint } from './note.js';
 
 /** An issuance receipt: the entry's place in the log, proven against a signed checkpoint. */
@@ -64,6 +65,12 @@ export interface CheckpointerStats {
   /** Receipts served, and how many of them had to wait for a new checkpoint. */
   readonly receipts: number;
   readonly receiptsWaited: number;
+  /**
+   * Checkpoints signed early, while a lone entry was being written (appendForReceipt), and how many of
+   * them the next signing round found to be exactly the tree it had to sign, and used.
+   */
+  readonly signedEarly: number;
+  readonly signedEarlyUsed: number;
 }
 
 /** A receipt that cannot get a checkpoint within this time fails closed (503). */
@@ -90,6 +97,10 @@ export class Checkpointer {
   #adopted = 0;
   #receipts = 0;
   #receiptsWaited = 0;
+  /** The checkpoint signed early for the tree a lone append is expected to make (at most one). */
+  #early: { readonly size: number; readonly rootHash: Buffer; readonly signed: Promise<SignedCheckpoint> } | undefined;
+  #signedEarly = 0;
+  #signedEarlyUsed = 0;
 
   private constructor(opts: CheckpointerOptions) {
     this.#store = opts.store;
@@ -131,7 +142,49 @@ export class Checkpointer {
   }
 
   get stats(): CheckpointerStats {
-    return { signed: this.#signed, idleRounds: this.#idleRounds, adopted: this.#adopted, receipts: this.#receipts, receiptsWaited: this.#receiptsWaited };
+    return {
+      signed: this.#signed,
+      idleRounds: this.#idleRounds,
+      adopted: this.#adopted,
+      receipts: this.#receipts,
+      receiptsWaited: this.#receiptsWaited,
+      signedEarly: this.#signedEarly,
+      signedEarlyUsed: this.#signedEarlyUsed,
+    };
+  }
+
+  /**
+   * Appends `entry` and returns its receipt against a signed checkpoint (AuditLog.append, then
+   * receipt). When the entry is the only one being written, the checkpoint for the tree it will make is
+   * signed while the store writes, so the signing round that follows only checks and stores it. Nothing
+   * signed early is stored or shown unless the round finds it is exactly the tree it would have signed
+   * (same size, same root; a note is a function of those, and Ed25519 signatures are deterministic).
+   */
+  async appendForReceipt(entry: AuditEntry, condition?: AppendCondition): Promise<CheckpointedReceipt> {
+    return this.receipt(await this.#audit.append(entry, condition, (size, rootHash) => this.#signEarly(size, rootHash)));
+  }
+
+  #signEarly(size: number, rootHash: Buffer): void {
+    if (this.#closed || (this.#latest !== undefined && size <= this.#latest.size)) return;
+    const signed = signCheckpoint(this.#signer, size, rootHash);
+    // Unused or failed, it is dropped at the next round; a failure here must never surface by itself.
+    signed.catch(() => {});
+    this.#early = { size, rootHash, signed };
+    this.#signedEarly++;
+  }
+
+  /** The early signature for exactly (size, root), if there is one; clears it either way. */
+  async #takeEarly(size: number, rootHash: Buffer): Promise<SignedCheckpoint | undefined> {
+    const early = this.#early;
+    this.#early = undefined;
+    if (early === undefined || early.size !== size || !early.rootHash.equals(rootHash)) return undefined;
+    try {
+      const cp = await early.signed;
+      this.#signedEarlyUsed++;
+      return cp;
+    } catch {
+      return undefined; // signed again below, and that failure is the one reported
+    }
   }
 
   /** A signed, stored checkpoint of size ≥ `minSize`; signs one (coalesced with other waiters) if needed. */
@@ -244,7 +297,8 @@ export class Checkpointer {
     }
     // Never sign for a store whose history this replica no longer recognises (after a reconnect).
     await this.#audit.assertHistoryKnown();
-    const cp = await signCheckpoint(this.#signer, size, this.#audit.root(size));
+    const root = this.#audit.root(size);
+    const cp = (await this.#takeEarly(size, root)) ?? (await signCheckpoint(this.#signer, size, root));
     let newer: string | undefined;
     try {
       newer = await this.#store.appendCheckpointIfNewer(cp.note, cp.size);

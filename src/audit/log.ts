@@ -50,6 +50,13 @@ export interface AppendCondition {
   refusal(values: readonly (string | undefined)[]): BrokerError;
 }
 
+/**
+ * Told, while a lone append is being written, the tree it will most likely make: size and root with the
+ * entry in it. Only a prediction (the write may still fail): for work that can be done early and thrown
+ * away, never for anything shown. Synchronous and quick; it runs while the store writes.
+ */
+export type ExpectedTree = (size: number, rootHash: Buffer) => void;
+
 /** Told once when the store is found not to hold the history this log knows (synchronous, never throws). */
 export type HistoryLostListener = (err: BrokerError) => void;
 
@@ -74,11 +81,19 @@ export class AuditLog {
   #checking: Promise<void> | null = null;
 
   readonly #persisted: PersistedAuditTree | undefined;
+  /**
+   * Only this process appends to the store (embedded: the data directory is locked), so a lone append's
+   * index is known before the store answers. On a shared store another replica may append first.
+   */
+  readonly #soleWriter: boolean;
+  /** Appends past the gate whose store write has not answered yet. */
+  #writing = 0;
 
   private constructor(store: Store, tree: MerkleTree, persisted: PersistedAuditTree | undefined) {
     this.#store = store;
     this.#tree = tree;
     this.#persisted = persisted;
+    this.#soleWriter = store.kind === 'embedded';
     store.onReconnect?.(() => {
       this.#reconnects++;
       // Check at once, not only at the next request: an idle replica raises the alarm too.
@@ -195,9 +210,10 @@ export class AuditLog {
    * Makes `entry` durable and returns its receipt. Rejects with audit_unavailable (503) if the store
    * refuses or the tree cannot be caught up; nothing is returned as success in that case. With a
    * `condition`, the entry is appended only if none of its records exists (one atomic store step);
-   * otherwise nothing is appended and the condition's refusal is thrown.
+   * otherwise nothing is appended and the condition's refusal is thrown. `expected`, if given, is told the
+   * tree this append will most likely make when it is the only one being written (see ExpectedTree).
    */
-  async append(entry: AuditEntry, condition?: AppendCondition): Promise<AuditReceipt> {
+  async append(entry: AuditEntry, condition?: AppendCondition, expected?: ExpectedTree): Promise<AuditReceipt> {
     let bytes: Buffer;
     try {
       bytes = canonicalJson(entry);
@@ -209,20 +225,34 @@ export class AuditLog {
     await this.#gate();
     let index: number;
     let blocked: (string | undefined)[] | undefined;
+    // Alone and caught up: the entry will be leaf #size of this tree, unless the write fails.
+    const predictable = expected !== undefined && this.#soleWriter && this.#writing === 0 && this.#catchingUp === null && this.#tree.size >= this.#want;
+    this.#writing++;
     try {
-      if (condition === undefined || condition.unless.length === 0) index = await this.#store.appendAuditEntries([bytes]);
-      else {
-        const r = await this.#store.appendAuditEntriesUnless([bytes], condition.unless);
-        if ('index' in r) index = r.index;
-        else {
-          index = -1;
-          blocked = r.blocked;
+      // The store call starts the write before the prediction is handed out, so that work overlaps it.
+      const written =
+        condition === undefined || condition.unless.length === 0
+          ? this.#store.appendAuditEntries([bytes]).then((i) => ({ index: i }))
+          : this.#store.appendAuditEntriesUnless([bytes], condition.unless);
+      if (predictable) {
+        try {
+          expected(this.#tree.size + 1, this.#tree.rootWith(leaf));
+        } catch {
+          // A prediction is an optimisation: its failure must not fail a durable append.
         }
+      }
+      const r = await written;
+      if ('index' in r) index = r.index;
+      else {
+        index = -1;
+        blocked = r.blocked;
       }
     } catch (err) {
       // The store itself refused: it holds fewer entries than it has shown us before (store/redis.ts).
       if (err instanceof BrokerError && err.code === 'audit_history_lost') throw this.#markLost(err.message);
       throw asAuditUnavailable(err, 'audit entry could not be recorded');
+    } finally {
+      this.#writing--;
     }
     if (blocked !== undefined && condition !== undefined) throw condition.refusal(blocked);
     if (!Number.isSafeInteger(index) || index < 0) throw auditUnavailable(`store returned invalid audit index ${String(index)}`);

@@ -324,6 +324,23 @@ describe('MerkleTree', () => {
     }
   });
 
+  it('rootWith(leaf) is the root the tree has once leaf is appended, for every size 0..300, and appends nothing', () => {
+    const t = new MerkleTree();
+    for (let n = 0; n <= N; n++) {
+      const next = leafHash(Buffer.from(`next-${n}`));
+      const expected = t.rootWith(next);
+      expect(t.size).toBe(n);
+      expect(expected).toEqual(rootFromLeaves([...ls.slice(0, n), next]));
+      if (n < N) t.append(ls[n] as Buffer);
+    }
+    const grown = new MerkleTree();
+    ls.slice(0, 5).forEach((l) => grown.append(l));
+    const expected = grown.rootWith(ls[5] as Buffer);
+    grown.append(ls[5] as Buffer);
+    expect(grown.root()).toEqual(expected);
+    expect(() => grown.rootWith(Buffer.alloc(31))).toThrow(/32 bytes/);
+  });
+
   it('a pre-sized tree gives the same roots', () => {
     const t = new MerkleTree({ capacity: 37 });
     ls.forEach((l) => t.append(l));

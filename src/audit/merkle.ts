@@ -172,6 +172,30 @@ export class MerkleTree {
     return index;
   }
 
+  /**
+   * The root the tree would have after appending `leaf`, without appending it: the perfect subtrees
+   * of [0, size) with the leaf merged into the trailing ones of equal height (binary carry), folded
+   * right to left. O(log n) hashes; lets a checkpoint be signed while the entry is still being written.
+   */
+  rootWith(leaf: Uint8Array): Buffer {
+    if (leaf.length !== HASH_SIZE) throw badArg('leaf hash must be 32 bytes');
+    const peaks: { level: number; hash: Buffer }[] = [];
+    let pos = 0;
+    while (pos < this.#size) {
+      const level = bitLength(this.#size - pos) - 1;
+      peaks.push({ level, hash: this.#node(level, pos / 2 ** level) });
+      pos += 2 ** level;
+    }
+    let carry: { level: number; hash: Buffer } = { level: 0, hash: Buffer.from(leaf) };
+    for (let last = peaks.at(-1); last !== undefined && last.level === carry.level; last = peaks.at(-1)) {
+      peaks.pop();
+      carry = { level: carry.level + 1, hash: nodeHash(last.hash, carry.hash) };
+    }
+    let acc = carry.hash;
+    for (let i = peaks.length - 1; i >= 0; i--) acc = nodeHash((peaks[i] as { hash: Buffer }).hash, acc);
+    return acc;
+  }
+
   /** The stored leaf hash at `index` (a copy). */
   leaf(index: number): Buffer {
     this.#checkIndex(index, this.#size);

@@ -91,7 +91,7 @@ export class Issuer {
       condition === undefined ? undefined : { unless: condition.unless, refusal: (values) => (refused = condition.refusal(values)) };
     try {
       return await auditedOrUnavailable(
-        async () => this.deps.checkpoints.receipt(await this.deps.audit.append(entry, watched)),
+        async () => this.deps.checkpoints.appendForReceipt(entry, watched),
         'the audit log could not record this request; nothing was issued',
       );
     } catch (err) {
