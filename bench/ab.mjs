@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // A/B of two builds of Tessera (e.g. an old commit in a detached worktree against HEAD) under the same
-// load: X.509 from one P-256 CSR with one token, HTTPS keep-alive, driven by wrk -t1. Both brokers run
+// load: X.509 from one P-256 CSR (or, --scenario jwt, a JWT-SVID) with one token, HTTPS keep-alive, driven by wrk -t1. Both brokers run
 // at once, each from its own checkout's dist/ with its own dev material and token (made by that
 // checkout's own dev code, so older key layouts still work), and the rounds alternate A,B,A,B,... after
 // a warm-up of each, so machine noise falls on both. Reports per-round and median req/s and the broker's
@@ -8,7 +8,7 @@
 //
 // Usage: node bench/ab.mjs --a /work/bisect-<hash> --b /work/wt-bisect [--rounds 3] [--seconds 5]
 //          [--concurrency 32] [--warmup 3] [--a-extra 'yaml line'] [--b-extra 'yaml line'] [--json out.json]
-//          [--profile DIR] [--perf-stat]
+//          [--profile DIR] [--perf-stat] [--scenario x509|jwt]
 // --perf-stat: per request, the broker's system calls, positioned reads and writes, and context
 // switches over each round (perf stat software/tracepoint events; exact counts, unlike wall time).
 // Each checkout must already be built (npx tsc -p tsconfig.build.json) and have node_modules.
@@ -32,6 +32,7 @@ const { values: args } = parseArgs({
     json: { type: 'string' },
     profile: { type: 'string' },
     'perf-stat': { type: 'boolean' },
+    scenario: { type: 'string', default: 'x509' },
   },
 });
 if (!args.a || !args.b) throw new Error('--a and --b: the two checkouts to compare');
@@ -48,7 +49,13 @@ function opensslCsr() {
   spawnSync('openssl', ['req', '-new', '-key', `${dir}/k.pem`, '-subj', '/CN=bench', '-out', `${dir}/c.pem`]);
   return readFileSync(`${dir}/c.pem`, 'utf8');
 }
-const csrBody = JSON.stringify({ csr: opensslCsr() });
+// x509: an X.509-SVID from one P-256 CSR; jwt: a JWT-SVID for the bench entry's audience.
+const SCENARIOS = {
+  x509: () => ({ path: '/v1/svid/x509', body: JSON.stringify({ csr: opensslCsr() }) }),
+  jwt: () => ({ path: '/v1/svid/jwt', body: JSON.stringify({ audience: ['payments'] }) }),
+};
+if (!(args.scenario in SCENARIOS)) throw new Error(`--scenario: one of ${Object.keys(SCENARIOS).join(', ')}`);
+const scenario = SCENARIOS[args.scenario]();
 
 /**
  * CPU time (µs) a process has used so far in user and kernel mode (all threads), and its main thread's
@@ -107,7 +114,7 @@ async function wrkRound(broker, runSeconds) {
   const script = path.join(work, `wrk-${broker.label}.lua`);
   writeFileSync(script, [
     'wrk.method = "POST"',
-    `wrk.body = ${JSON.stringify(csrBody)}`,
+    `wrk.body = ${JSON.stringify(scenario.body)}`,
     'wrk.headers["content-type"] = "application/json"',
     `wrk.headers["authorization"] = ${JSON.stringify(`Bearer ${broker.token}`)}`,
     // Any non-200 answer is counted, so a broken side cannot look fast.
@@ -117,7 +124,7 @@ async function wrkRound(broker, runSeconds) {
   const perf = args['perf-stat'] ? startPerfStat(broker.child.pid) : undefined;
   const cpu0 = processCpuUs(broker.child.pid);
   const out = await new Promise((resolve) => {
-    const child = spawn('wrk', ['-t1', `-c${concurrency}`, `-d${runSeconds}s`, '--latency', '-s', script, `${broker.url}/v1/svid/x509`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('wrk', ['-t1', `-c${concurrency}`, `-d${runSeconds}s`, '--latency', '-s', script, `${broker.url}${scenario.path}`], { stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';
     child.stdout.on('data', (d) => (text += d));
     child.stderr.on('data', (d) => (text += d));
