@@ -31,6 +31,7 @@ import { logScaleBench, printLogScale } from './log-scale.mjs';
 import { hsmBench } from './hsm.mjs';
 import { printRedisScale, redisScaleBench } from './redis-scale.mjs';
 import { benchBrokerConfig } from './broker-config.mjs';
+import { freshCeiling, tlsFloor } from './tls-floor.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values: args } = parseArgs({
@@ -212,10 +213,32 @@ const csrLoad = (url) => ({
   url: `${url}/v1/svid/x509`, method: 'POST', headers: { ...json, authorization: `Bearer ${token}` }, body: () => csrBody, keepAlive: true, tls: { ca },
 });
 
-async function tesseraScenarios(url, pid) {
-  // An SVID for the mTLS renewal scenarios.
+/** An SVID (with its key) from the broker at `url`, and the roots: the client credentials of the mTLS renewal rows. */
+async function renewalCredentials(url) {
   const first = await runLoadOnce(url, '/v1/svid/x509', keygenBody, { authorization: `Bearer ${token}` });
-  const mtls = { ca, cert: first.svid, key: first.privateKey };
+  return { ca, cert: first.svid, key: first.privateKey };
+}
+
+/** The TLS floor (bench/tls-floor.mjs) with the broker's TLS material and an SVID of it as the client's. */
+function tlsFloorRows(mtls) {
+  return tlsFloor({ server: { certFile: path.join(pki, 'server.pem'), keyFile: path.join(pki, 'server.key'), bundleFile: material.bundleFile }, mtls, seconds, measured, stop, log });
+}
+
+/** Tessera's fresh/keep-alive ratio for renewals at c=32 against the ceiling the bare-Node floor allows. */
+function freshAgainstFloor(rows, floor) {
+  const at = (name) => rows.find((r) => r.scenario === name && r.concurrency === 32);
+  const kept = at('x509 renewal, mTLS keep-alive');
+  const fresh = at('x509 renewal, mTLS fresh conns (resumed)');
+  if (!kept || !fresh || !floor || floor.connectionCpuUs === undefined) return undefined;
+  return {
+    ratio: Number((fresh.rps / kept.rps).toFixed(2)),
+    connectionCpuUs: fresh.serverCpuUs - kept.serverCpuUs,
+    floorConnectionCpuUs: floor.connectionCpuUs,
+    ceiling: freshCeiling(kept.serverCpuUs, floor.connectionCpuUs),
+  };
+}
+
+async function tesseraScenarios(url, pid, mtls) {
   const bearer = { ...json, authorization: `Bearer ${token}` };
   await warmUp(csrLoad(url));
   const scenarios = [
@@ -461,14 +484,49 @@ function printHsm(h) {
   console.log(`\nX.509 at c=32 with the CA key in SoftHSM2: ${h.ratio}× the rate with the key in a file (token alone: ${h.signPerSecond.toLocaleString('en')} signatures/s over ${h.sessions} sessions).`);
 }
 
+function printTlsFloor(f) {
+  const us = (v) => (v === undefined || v === null ? '' : String(v));
+  console.log('\n| TLS floor (bare Node HTTPS, broker TLS settings) | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
+  for (const r of f.rows) console.log(`| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`);
+  console.log(`\nA resumed mTLS connection costs a bare Node server ${f.connectionCpuUs} µs of CPU before any application code; its own fresh/keep-alive ratio is ${f.ratio}× (the load generator shares the cores).`);
+  if (f.tessera) {
+    console.log(`Tessera renewals at c=32: fresh/keep-alive ${f.tessera.ratio}× (its connection costs ${f.tessera.connectionCpuUs} µs); the floor alone caps that ratio at ${f.tessera.ceiling}× (target 0.8).`);
+  }
+}
+
 /** The peer rows (bench/peers.mjs), with this file's broker and measuring helpers. */
 function peers() {
   return peersBench({ root, work, pki, material, token, csrPem, seconds, quick, log, startBroker, stop, processCpuUs });
 }
 
 if (args.only !== undefined) {
-  if (!['workload-api', 'devices', 'peers', 'log-scale', 'hsm', 'redis'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers, log-scale, hsm, redis');
-  if (args.only === 'redis') {
+  if (!['workload-api', 'devices', 'peers', 'log-scale', 'hsm', 'redis', 'tls-floor'].includes(args.only)) throw new Error('--only takes: workload-api, devices, peers, log-scale, hsm, redis, tls-floor');
+  if (args.only === 'tls-floor') {
+    // Tessera's renewal rows at c=32 (keep-alive and fresh) and the floor, side by side in one run.
+    const broker = await startBroker(path.join(work, 'data-tls-floor'));
+    const rows = [];
+    let mtls;
+    try {
+      mtls = await renewalCredentials(broker.url);
+      await warmUp(csrLoad(broker.url));
+      for (const keepAlive of [true, false]) {
+        const scenario = keepAlive ? 'x509 renewal, mTLS keep-alive' : 'x509 renewal, mTLS fresh conns (resumed)';
+        const r = await measured(broker.child.pid, {
+          url: `${broker.url}/v1/svid/x509`, method: 'POST', headers: json, body: () => csrBody,
+          concurrency: 32, durationMs: seconds * 1000, keepAlive, tls: mtls, countResumed: !keepAlive,
+        });
+        log(scenario, r);
+        rows.push({ scenario, concurrency: 32, ...r });
+      }
+    } finally {
+      await stop(broker.child);
+    }
+    const floor = await tlsFloorRows(mtls);
+    const out = { ...floor, tesseraRows: rows, tessera: freshAgainstFloor(rows, floor) };
+    mkdirSync(path.join(root, 'bench/results'), { recursive: true });
+    writeFileSync(path.join(root, 'bench/results/tls-floor.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, seconds, ...out }, null, 2)}\n`);
+    printTlsFloor(out);
+  } else if (args.only === 'redis') {
     const r = await redisScale();
     mkdirSync(path.join(root, 'bench/results'), { recursive: true });
     writeFileSync(path.join(root, 'bench/results/redis-scale.json'), `${JSON.stringify({ date: new Date().toISOString(), node: process.version, cpus: cpus().length, secondsPerRun: seconds, ...r }, null, 2)}\n`);
@@ -513,8 +571,10 @@ if (!useWrk) log('wrk is not installed and Debian\'s wrk could not be installed 
 const { child, url } = await startBroker(path.join(work, 'data-main'));
 let tessera;
 let tesseraWrkRows = [];
+let renewalTls;
 try {
-  tessera = await tesseraScenarios(url, child.pid);
+  renewalTls = await renewalCredentials(url);
+  tessera = await tesseraScenarios(url, child.pid, renewalTls);
   if (useWrk) tesseraWrkRows = await tesseraWrk(url, child.pid);
 } finally {
   await stop(child);
@@ -532,6 +592,7 @@ try {
 } finally {
   await stop(inline.child);
 }
+const floor = await tlsFloorRows(renewalTls);
 const cfssl = await cfsslScenarios();
 const workloadApi = await workloadApiRows();
 const hsm = await hsmRows();
@@ -579,6 +640,7 @@ const result = {
   auditDevices: { ratioToNone: devices.ratio, syslogFrames: devices.syslogFrames },
   peers: peerRows,
   redis,
+  tlsFloor: { ...floor, tessera: freshAgainstFloor(tessera, floor) },
 };
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -603,6 +665,7 @@ console.log(`\nCrypto in one issuance: RS256 verify ${crypto.rs256VerifyUs} µs 
 console.log(`Importing the CSR's P-256 key: SPKI ${crypto.keyImportSpkiUs} µs, JWK ${crypto.keyImportJwkUs} µs, raw point via WebCrypto ${crypto.keyImportRawUs} µs (used).`);
 console.log(`Tessera at c=32 is ${result.fractionOfCryptoLimit.oneCore}× one core's crypto limit (${result.fractionOfCryptoLimit.allCores} of all ${machine.cpus} cores').`);
 console.log(`X.509 at c=32 with a file and a syslog device attached: ${devices.ratio}× the rate with none (target ≥ 0.9).`);
+printTlsFloor(result.tlsFloor);
 if (scale) printLogScale(scale);
 printWorkloadApi(workloadApi);
 printPeers(peerRows);
