@@ -206,63 +206,77 @@ describe('Checkpointer', () => {
   });
 
   describe('signing early, while a lone entry is written (appendForReceipt)', () => {
-    it('a lone append gets its checkpoint signed during the write, and the round stores exactly that note', async () => {
+    it('while appends come one at a time, each checkpoint is signed during its write and the round stores exactly that note', async () => {
       const { store, audit, cp } = await setup();
-      const r = await cp.appendForReceipt(entry(0));
+      // The first append after start has no lone predecessor: nothing is predicted.
+      await cp.appendForReceipt(entry(0));
+      expect(cp.stats).toMatchObject({ signedEarly: 0, signedEarlyUsed: 0 });
+      const r = await cp.appendForReceipt(entry(1));
       expect(cp.stats).toMatchObject({ signedEarly: 1, signedEarlyUsed: 1 });
       // Byte for byte what the round would have signed itself.
-      expect(r.checkpoint).toBe((await signCheckpoint(signer, 1, audit.root(1))).note);
+      expect(r.checkpoint).toBe((await signCheckpoint(signer, 2, audit.root(2))).note);
       expect((await store.listCheckpoints()).at(-1)).toBe(r.checkpoint);
-      expect(verifyInclusion(b64(r.leafHash), 0, 1, r.inclusionProof.map(b64), b64(r.rootHash))).toBe(true);
-      const again = await cp.appendForReceipt(entry(1));
-      expect(again.treeSize).toBe(2);
+      expect(verifyInclusion(b64(r.leafHash), 1, 2, r.inclusionProof.map(b64), b64(r.rootHash))).toBe(true);
+      expect((await cp.appendForReceipt(entry(2))).treeSize).toBe(3);
       expect(cp.stats).toMatchObject({ signedEarly: 2, signedEarlyUsed: 2 });
     });
 
-    it('concurrent appends: only one being written alone is predicted, and every receipt is right', async () => {
+    it('under concurrency nothing is predicted (the round would cover more), and every receipt is right', async () => {
       const { audit, cp } = await setup();
-      const receipts = await Promise.all(Array.from({ length: 20 }, (_, i) => cp.appendForReceipt(entry(i))));
-      expect(cp.stats.signedEarly).toBeLessThanOrEqual(1);
+      await cp.appendForReceipt(entry(0));
+      await cp.appendForReceipt(entry(1));
+      const early = cp.stats.signedEarly;
+      const receipts = await Promise.all(Array.from({ length: 20 }, (_, i) => cp.appendForReceipt(entry(10 + i))));
+      // At most the first of the burst, which started alone after a lone one.
+      expect(cp.stats.signedEarly - early).toBeLessThanOrEqual(1);
       for (const r of receipts) {
         const note = openCheckpoint(r.checkpoint, signer.verifier);
         expect(note.rootHash).toEqual(audit.root(note.size));
         expect(verifyInclusion(b64(r.leafHash), r.index, r.treeSize, r.inclusionProof.map(b64), note.rootHash)).toBe(true);
       }
+      // After a burst, the next lone append is not predicted; the one after it is again.
+      const afterBurst = cp.stats.signedEarly;
+      await cp.appendForReceipt(entry(40));
+      expect(cp.stats.signedEarly).toBe(afterBurst);
+      await cp.appendForReceipt(entry(41));
+      expect(cp.stats.signedEarly).toBe(afterBurst + 1);
     });
 
     it('a write that fails: the note signed early is never stored, and nothing is issued', async () => {
       const { store, cp } = await setup();
       await cp.appendForReceipt(entry(0));
+      await cp.appendForReceipt(entry(1));
       const before = await store.listCheckpoints();
       const original = store.appendAuditEntries.bind(store);
       store.appendAuditEntries = () => Promise.reject(new Error('disk gone'));
-      const err = await cp.appendForReceipt(entry(1)).catch((e: unknown) => e);
+      const err = await cp.appendForReceipt(entry(2)).catch((e: unknown) => e);
       expect((err as BrokerError).code).toBe('audit_unavailable');
       expect(cp.stats.signedEarly).toBe(2);
       store.appendAuditEntries = original;
       await cp.signNow();
-      // No round stored a size-2 note for the entry that was never written; the next append is index 1.
+      // No round stored a size-3 note for the entry that was never written; the next append is index 2.
       expect(await store.listCheckpoints()).toEqual(before);
-      const next = await cp.appendForReceipt(entry(2));
-      expect(next.index).toBe(1);
-      expect(openCheckpoint(next.checkpoint, signer.verifier).size).toBe(2);
+      const next = await cp.appendForReceipt(entry(3));
+      expect(next.index).toBe(2);
+      expect(openCheckpoint(next.checkpoint, signer.verifier).size).toBe(3);
     });
 
     it('a prediction that misses (the entry lands behind another) is dropped, not stored', async () => {
       const { store, audit, cp } = await setup();
       await cp.appendForReceipt(entry(0));
-      // Something else is written first: our entry becomes index 2, not 1.
+      await cp.appendForReceipt(entry(1));
+      // Something else is written first: our entry becomes index 3, not 2.
       const original = store.appendAuditEntries.bind(store);
       store.appendAuditEntries = async (entries) => {
         await original([Buffer.from(JSON.stringify(entry(99)))]);
         return original(entries);
       };
-      const r = await cp.appendForReceipt(entry(1));
+      const r = await cp.appendForReceipt(entry(2));
       store.appendAuditEntries = original;
-      expect(r.index).toBe(2);
+      expect(r.index).toBe(3);
       expect(cp.stats).toMatchObject({ signedEarly: 2, signedEarlyUsed: 1 });
       const notes = (await store.listCheckpoints()).map((n) => openCheckpoint(n, signer.verifier));
-      expect(notes.map((n) => n.size)).toEqual([0, 1, 3]);
+      expect(notes.map((n) => n.size)).toEqual([0, 1, 2, 4]);
       for (const n of notes) expect(n.rootHash).toEqual(audit.root(n.size));
     });
   });

@@ -88,6 +88,9 @@ export class AuditLog {
   readonly #soleWriter: boolean;
   /** Appends past the gate whose store write has not answered yet. */
   #writing = 0;
+  /** Appends that reached the store so far, and whether the last one was written with no other in flight. */
+  #started = 0;
+  #lastWrittenAlone = false;
 
   private constructor(store: Store, tree: MerkleTree, persisted: PersistedAuditTree | undefined) {
     this.#store = store;
@@ -225,8 +228,13 @@ export class AuditLog {
     await this.#gate();
     let index: number;
     let blocked: (string | undefined)[] | undefined;
-    // Alone and caught up: the entry will be leaf #size of this tree, unless the write fails.
-    const predictable = expected !== undefined && this.#soleWriter && this.#writing === 0 && this.#catchingUp === null && this.#tree.size >= this.#want;
+    // Alone and caught up: the entry will be leaf #size of this tree, unless the write fails. Predicted
+    // only while appends come one at a time (the last one was written alone too): under concurrency the
+    // next signing round covers more entries than the prediction, and its signature would be wasted.
+    const aloneAtStart = this.#writing === 0;
+    const startedAs = ++this.#started;
+    const predictable =
+      expected !== undefined && this.#soleWriter && aloneAtStart && this.#lastWrittenAlone && this.#catchingUp === null && this.#tree.size >= this.#want;
     this.#writing++;
     try {
       // The store call starts the write before the prediction is handed out, so that work overlaps it.
@@ -253,6 +261,7 @@ export class AuditLog {
       throw asAuditUnavailable(err, 'audit entry could not be recorded');
     } finally {
       this.#writing--;
+      this.#lastWrittenAlone = aloneAtStart && this.#started === startedAs;
     }
     if (blocked !== undefined && condition !== undefined) throw condition.refusal(blocked);
     if (!Number.isSafeInteger(index) || index < 0) throw auditUnavailable(`store returned invalid audit index ${String(index)}`);
