@@ -343,10 +343,10 @@ describe('EmbeddedStore durable writes (O_DSYNC)', () => {
       }
     });
 
-  function countingOpen(counts: Map<string, { writes: number; syncs: number; durable: boolean; reads?: number; syncWrites?: number }>): OpenStoreFile {
+  function countingOpen(counts: Map<string, { writes: number; syncs: number; durable: boolean; reads?: number }>): OpenStoreFile {
     return async (p, o) => {
       const h = await openStoreFile(p, o);
-      const c = { writes: 0, syncs: 0, reads: 0, syncWrites: 0, durable: h.writesAreDurable === true };
+      const c = { writes: 0, syncs: 0, reads: 0, durable: h.writesAreDurable === true };
       counts.set(path.basename(p), c);
       return {
         read: (b, off, l, pos) => {
@@ -365,14 +365,6 @@ describe('EmbeddedStore durable writes (O_DSYNC)', () => {
         stat: () => h.stat(),
         close: () => h.close(),
         ...(h.writesAreDurable === true ? { writesAreDurable: true } : {}),
-        ...(h.writeSync !== undefined
-          ? {
-              writeSync: (b: Buffer, off: number, l: number, pos: number) => {
-                c.syncWrites++;
-                return (h.writeSync as NonNullable<typeof h.writeSync>)(b, off, l, pos);
-              },
-            }
-          : {}),
       };
     };
   }
@@ -394,49 +386,6 @@ describe('EmbeddedStore durable writes (O_DSYNC)', () => {
     expect(audit.writes - writes).toBe(s.stats.auditFlushes);
     expect(audit.syncs).toBe(syncs);
     expect((await s.readAuditEntries(0, 4)).map(String)).toEqual([0, 1, 2, 3].map((i) => String(entry(i))));
-  });
-
-  it('checkpoint notes are written in the calling thread (no thread-pool round trip); audit entries never are', async () => {
-    const counts = new Map<string, { writes: number; syncs: number; durable: boolean; syncWrites?: number }>();
-    const s = await openStore({ openFile: countingOpen(counts) });
-    const [audit, notes] = [counts.get('audit.log')!, counts.get('checkpoints.log')!];
-    await s.appendAuditEntries([entry(0)]);
-    const note = 'tessera.test/log\n1\nroot1\n';
-    const writesAtOpen = notes.writes; // the new file's header
-    expect(await s.appendCheckpointIfNewer(note, 1)).toBeUndefined();
-    expect(notes.syncWrites).toBe(1);
-    expect(notes.writes).toBe(writesAtOpen);
-    expect(audit.syncWrites).toBe(0);
-    expect(audit.writes).toBeGreaterThan(0);
-    await s.close();
-    const reopened = await openStore();
-    expect(await reopened.listCheckpoints()).toEqual([note]);
-    await reopened.close();
-  });
-
-  it('a checkpoint note whose write in the calling thread fails is refused (503), never appears, and the next one is stored', async () => {
-    let fail = true;
-    const s = await openStore({
-      openFile: async (p, o) => {
-        const h = await openStoreFile(p, o);
-        if (!p.endsWith('checkpoints.log') || h.writeSync === undefined) return h;
-        const write = h.writeSync.bind(h);
-        return { ...h, writeSync: (b: Buffer, off: number, l: number, pos: number) => (fail ? (write(b, off, Math.ceil(l / 2), pos), thrower()) : write(b, off, l, pos)) };
-      },
-    });
-    function thrower(): never {
-      throw eio();
-    }
-    await s.appendAuditEntries([entry(0), entry(1)]);
-    const err = await s.appendCheckpointIfNewer('tessera.test/log\n1\nroot1\n', 1).catch((e: unknown) => e);
-    expect((err as BrokerError).status).toBe(503);
-    fail = false;
-    expect(await s.appendCheckpointIfNewer('tessera.test/log\n2\nroot2\n', 2)).toBeUndefined();
-    expect(await s.listCheckpoints()).toEqual(['tessera.test/log\n2\nroot2\n']);
-    await s.close();
-    const reopened = await openStore();
-    expect(await reopened.listCheckpoints()).toEqual(['tessera.test/log\n2\nroot2\n']);
-    await reopened.close();
   });
 
   it('a receipt checkpoint compares against the newest one in memory: no read of checkpoints.log per append, the file read once after a reopen', async () => {

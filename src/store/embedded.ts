@@ -35,7 +35,7 @@
  * else is written, so a rejected entry cannot reappear.
  */
 import { createHash } from 'node:crypto';
-import { constants as fsConstants, promises as fsp, writeSync } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { type Clock, systemClock } from '../clock.js';
@@ -61,12 +61,6 @@ export interface StoreFileHandle {
    * integrity completion, what fdatasync gives), so a flush needs no separate datasync.
    */
   readonly writesAreDurable?: boolean;
-  /**
-   * A write done in the calling thread, offered only for files not synced per write (checkpoint
-   * notes): there it is a copy into the page cache (~2 µs), cheaper than a thread-pool round trip
-   * (~30–40 µs) on the receipt path. Never used for a durable write, which would stall the event loop.
-   */
-  writeSync?(buffer: Buffer, offset: number, length: number, position: number): number;
 }
 
 /**
@@ -76,18 +70,7 @@ export interface StoreFileHandle {
 export type OpenStoreFile = (filePath: string, opts?: { readonly durableWrites?: boolean }) => Promise<StoreFileHandle>;
 
 export const openStoreFile: OpenStoreFile = async (filePath, opts) => {
-  if (opts?.durableWrites !== true) {
-    const h = await fsp.open(filePath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
-    return {
-      read: (b, o, l, pos) => h.read(b, o, l, pos),
-      write: (b, o, l, pos) => h.write(b, o, l, pos),
-      writeSync: (b, o, l, pos) => writeSync(h.fd, b, o, l, pos),
-      datasync: () => h.datasync(),
-      truncate: (len) => h.truncate(len),
-      stat: () => h.stat(),
-      close: () => h.close(),
-    };
-  }
+  if (opts?.durableWrites !== true) return fsp.open(filePath, fsConstants.O_RDWR | fsConstants.O_CREAT, 0o600);
   const h = await fsp.open(filePath, fsConstants.O_RDWR | fsConstants.O_CREAT | fsConstants.O_DSYNC, 0o600);
   return {
     read: (b, o, l, pos) => h.read(b, o, l, pos),
@@ -433,8 +416,7 @@ class FramedFile {
         this.#needsTruncate = false;
       }
       const buf = batch.length === 1 ? (batch[0] as PendingAppend).frame : Buffer.concat(batch.map((b) => b.frame), bytes);
-      if (!this.fsync && this.handle.writeSync !== undefined) writeFullySync(this.handle.writeSync.bind(this.handle), buf, base);
-      else await writeFully(this.handle, buf, base);
+      await writeFully(this.handle, buf, base);
       if (this.fsync && this.handle.writesAreDurable !== true) await this.handle.datasync();
       if (batch[0]?.probe) {
         await this.handle.truncate(base);
@@ -543,15 +525,6 @@ async function writeFully(h: StoreFileHandle, buf: Buffer, position: number): Pr
     const { bytesWritten } = await h.write(buf, written, buf.length - written, position + written);
     if (bytesWritten <= 0) throw new Error('short write');
     written += bytesWritten;
-  }
-}
-
-function writeFullySync(write: NonNullable<StoreFileHandle['writeSync']>, buf: Buffer, position: number): void {
-  let written = 0;
-  while (written < buf.length) {
-    const n = write(buf, written, buf.length - written, position + written);
-    if (n <= 0) throw new Error('short write');
-    written += n;
   }
 }
 
