@@ -292,6 +292,47 @@ describe('AuditLog', () => {
     expect(log.leafHash(0)).toEqual(leafHash(canonicalJson(mk(0))));
   });
 
+  it('tells the expected tree of a lone append (sole writer, appends one at a time) before the write answers, and that is the tree it makes', async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'tessera-log-'));
+    try {
+      const store = await EmbeddedStore.open(dir, { fsync: false });
+      const log = await AuditLog.open(store);
+      const told: { size: number; root: Buffer; whileWriting: boolean }[] = [];
+      const expected = (size: number, root: Buffer): void => {
+        told.push({ size, root, whileWriting: log.size === size - 1 });
+      };
+      await log.append(mk(0), undefined, expected); // no lone predecessor yet
+      expect(told).toEqual([]);
+      for (let i = 1; i <= 3; i++) {
+        const r = await log.append(mk(i), undefined, expected);
+        expect(told.at(-1)).toEqual({ size: i + 1, root: b64(r.rootHash), whileWriting: true });
+      }
+      // Under concurrency: nothing for the appends that overlap (at most the first, which started alone).
+      const before = told.length;
+      await Promise.all(Array.from({ length: 10 }, (_, i) => log.append(mk(10 + i), undefined, expected)));
+      expect(told.length - before).toBeLessThanOrEqual(1);
+      // A listener's failure does not fail the append.
+      await log.append(mk(30), undefined, () => {
+        throw new Error('listener bug');
+      });
+      await log.append(mk(31), undefined, () => {
+        throw new Error('listener bug');
+      });
+      expect(log.size).toBe(16);
+      await store.close();
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('predicts nothing on a shared store, where another replica may append first', async () => {
+    const store = new SharedMemoryStore();
+    const log = await AuditLog.open(store);
+    let told = 0;
+    for (let i = 0; i < 5; i++) await log.append(mk(i), undefined, () => told++);
+    expect(told).toBe(0);
+  });
+
   it('works end to end on the embedded store, concurrently', async () => {
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'tessera-log-'));
     try {
