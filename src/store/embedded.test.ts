@@ -110,8 +110,10 @@ describe('EmbeddedStore audit log', () => {
     expect(idx).toEqual(Array.from({ length: N }, (_, i) => i));
     // The first append starts a flush alone; everything that queued behind it shares the next one.
     expect(s.stats.auditFlushes).toBeLessThanOrEqual(3);
-    expect(faults.syncs).toBe(s.stats.auditFlushes);
-    expect(faults.writes).toBe(s.stats.auditFlushes);
+    // One write and one fdatasync per flush, and per zeroed chunk written ahead (the first flush's).
+    expect(s.stats.auditPreallocations).toBe(1);
+    expect(faults.syncs).toBe(s.stats.auditFlushes + s.stats.auditPreallocations);
+    expect(faults.writes).toBe(s.stats.auditFlushes + s.stats.auditPreallocations);
     expect(await s.auditSize()).toBe(N);
     const back = await s.readAuditEntries(0, N);
     back.forEach((b, i) => expect(b).toEqual(entry(i)));
@@ -199,12 +201,15 @@ describe('EmbeddedStore audit log', () => {
 });
 
 describe('EmbeddedStore crash recovery', () => {
+  /** n records; `size` is where the log ends (the file goes on with the zeros preallocated after it). */
   async function seed(n: number): Promise<{ file: string; size: number; lastStart: number }> {
     const s = await EmbeddedStore.open(dir);
     for (let i = 0; i < n; i++) await s.appendAuditEntries([entry(i)]);
     await s.close();
     const file = path.join(dir, 'audit.log');
-    const size = (await fsp.stat(file)).size;
+    let size = FILE_HDR;
+    for (let i = 0; i < n; i++) size += 12 + entry(i).length;
+    expect((await fsp.stat(file)).size).toBeGreaterThan(size);
     return { file, size, lastStart: size - (12 + entry(n - 1).length) };
   }
 
@@ -240,10 +245,59 @@ describe('EmbeddedStore crash recovery', () => {
 
   it('drops a zero-filled tail (a crash after the size was extended but before the data landed)', async () => {
     const { file, size } = await seed(5);
+    await fsp.truncate(file, size);
     await fsp.appendFile(file, Buffer.alloc(4096));
     const s = await openStore();
     expect(await s.auditSize()).toBe(5);
+    expect(s.stats).toMatchObject({ auditTornBytesDropped: 0, auditPreallocatedBytesDropped: 4096 });
     expect((await fsp.stat(file)).size).toBe(size);
+  });
+
+  it('a reopen drops the preallocated zeros (not data, not torn), and appends preallocate again', async () => {
+    const { file, size } = await seed(3);
+    const onDisk = (await fsp.stat(file)).size;
+    const s = await openStore();
+    expect(await s.auditSize()).toBe(3);
+    expect(s.stats).toMatchObject({ auditTornBytesDropped: 0, auditPreallocatedBytesDropped: onDisk - size });
+    expect((await fsp.stat(file)).size).toBe(size);
+    expect(await s.appendAuditEntries([entry(3)])).toBe(3);
+    expect(s.stats.auditPreallocations).toBe(1);
+    expect((await fsp.stat(file)).size).toBeGreaterThanOrEqual(size + 12 + entry(3).length + (1 << 20));
+    expect((await s.readAuditEntries(0, 4)).map(String)).toEqual([0, 1, 2, 3].map((i) => String(entry(i))));
+  });
+
+  it('a record torn inside the preallocated space (a crash mid-write) is dropped with the zeros after it', async () => {
+    const { file, size, lastStart } = await seed(4);
+    // The last record half written over the zeros: its first bytes, then zeros to the end.
+    const bytes = await fsp.readFile(file);
+    bytes.fill(0, lastStart + 20);
+    await fsp.writeFile(file, bytes);
+    const s = await openStore();
+    expect(await s.auditSize()).toBe(3);
+    expect(s.stats.auditTornBytesDropped).toBe(20);
+    expect(s.stats.auditPreallocatedBytesDropped).toBe(bytes.length - lastStart - 20);
+    expect((await fsp.stat(file)).size).toBe(lastStart);
+    expect(size).toBeGreaterThan(lastStart);
+  });
+
+  it('refuses a zero tail longer than a write batch and its preallocation: not what a crash leaves', async () => {
+    const { file, size } = await seed(3);
+    await fsp.truncate(file, size + (10 << 20));
+    const err = await expectBroker(EmbeddedStore.open(dir), 'store_unavailable', 503);
+    expect(err.message).toMatch(/more than one write batch and the space preallocated after it/);
+    expect((await fsp.stat(file)).size).toBe(size + (10 << 20));
+  });
+
+  it('a valid record after zeros is not preallocated space: refused, the file left as it is', async () => {
+    const { file, size } = await seed(3);
+    const bytes = await fsp.readFile(file);
+    // A record 64 KiB into the zeros: the zeros before it are a hole in the log, not its end.
+    const rec = bytes.subarray(FILE_HDR, FILE_HDR + 12 + entry(0).length);
+    rec.copy(bytes, size + 65_536);
+    await fsp.writeFile(file, bytes);
+    const err = await expectBroker(EmbeddedStore.open(dir), 'store_unavailable', 503);
+    expect(err.message).toMatch(/a valid record follows/);
+    expect((await fsp.readFile(file)).equals(bytes)).toBe(true);
   });
 
   it('refuses to open when a record in the middle fails its checksum', async () => {
@@ -267,11 +321,12 @@ describe('EmbeddedStore crash recovery', () => {
   });
 
   it('refuses a long damaged tail: a crash cannot tear more than one write batch', async () => {
-    const { file, size } = await seed(5);
+    const { file } = await seed(5);
+    const onDisk = (await fsp.stat(file)).size;
     await fsp.appendFile(file, Buffer.alloc(9 << 20, 0x5a));
     const err = await expectBroker(EmbeddedStore.open(dir), 'store_unavailable', 503);
     expect(err.message).toMatch(/more than one write batch/);
-    expect((await fsp.stat(file)).size).toBe(size + (9 << 20));
+    expect((await fsp.stat(file)).size).toBe(onDisk + (9 << 20));
   });
 
   it('refuses a file that is not a Tessera log of this format version, leaving it untouched', async () => {
@@ -383,7 +438,8 @@ describe('EmbeddedStore durable writes (O_DSYNC)', () => {
     const [writes, syncs] = [audit.writes, audit.syncs];
     await s.appendAuditEntries([entry(0)]);
     await Promise.all([1, 2, 3].map((i) => s.appendAuditEntries([entry(i)])));
-    expect(audit.writes - writes).toBe(s.stats.auditFlushes);
+    // One write per group commit, and one for the zeroed chunk written ahead of the first.
+    expect(audit.writes - writes).toBe(s.stats.auditFlushes + s.stats.auditPreallocations);
     expect(audit.syncs).toBe(syncs);
     expect((await s.readAuditEntries(0, 4)).map(String)).toEqual([0, 1, 2, 3].map((i) => String(entry(i))));
   });
@@ -421,8 +477,9 @@ describe('EmbeddedStore durable writes (O_DSYNC)', () => {
   it('an opener that cannot do durable writes still gets an fdatasync per group commit', async () => {
     const faults: Faults = { target: 'audit.log', writes: 0, syncs: 0 };
     const s = await openStore({ openFile: faultyOpen(faults) }); // ignores durableWrites
+    await s.appendAuditEntries([entry(0)]); // the first also syncs the zeroed chunk it writes ahead
     const before = faults.syncs;
-    await s.appendAuditEntries([entry(0)]);
+    await s.appendAuditEntries([entry(1)]);
     expect(faults.syncs).toBe(before + 1);
   });
 });
