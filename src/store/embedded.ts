@@ -344,32 +344,20 @@ class FramedFile {
     if (fileSize - off > MAX_BATCH_BYTES + PREALLOCATE_BYTES) {
       throw refuse(`${fileSize - off} bytes follow it, more than one write batch and the space preallocated after it`);
     }
+    const rest = Buffer.allocUnsafeSlow(fileSize - off);
+    await readFully(this.handle, rest, rest.length, off);
     // Trailing zero bytes are preallocated space never written to: not data.
-    const dataEnd = await this.#endOfNonZero(off, fileSize);
-    const tail = dataEnd - off;
+    let tail = rest.length;
+    while (tail > 0 && rest[tail - 1] === 0) tail--;
     if (tail > MAX_BATCH_BYTES) throw refuse(`${tail} bytes follow it, more than one write batch`);
-    const region = Buffer.allocUnsafeSlow(tail);
-    if (tail > 0) await readFully(this.handle, region, tail, off);
+    const region = rest.subarray(0, tail);
     for (let i = region.indexOf(MAGIC, 1); i !== -1; i = region.indexOf(MAGIC, i + 1)) {
       if (checkRecord(region, i, tail - i) >= 0) throw refuse(`a valid record follows at byte ${off + i}`);
     }
     this.tornBytesDropped = tail;
-    this.preallocatedBytesDropped = fileSize - dataEnd;
+    this.preallocatedBytesDropped = rest.length - tail;
     await this.handle.truncate(off);
     if (this.fsync) await this.handle.datasync();
-  }
-
-  /** The position after the last non-zero byte in [from, to) (`from` if there is none), read backwards. */
-  async #endOfNonZero(from: number, to: number): Promise<number> {
-    const chunk = Buffer.allocUnsafeSlow(Math.min(READ_CHUNK, Math.max(0, to - from)));
-    let end = to;
-    while (end > from) {
-      const start = Math.max(from, end - chunk.length);
-      await readFully(this.handle, chunk, end - start, start);
-      for (let i = end - start - 1; i >= 0; i--) if (chunk[i] !== 0) return start + i + 1;
-      end = start;
-    }
-    return from;
   }
 
   #pushOffset(end: number): void {
@@ -457,7 +445,8 @@ class FramedFile {
         this.#needsTruncate = false;
         this.#allocated = base;
       }
-      if (this.fsync && base + bytes > this.#allocated) await this.#preallocate(base + bytes + PREALLOCATE_BYTES);
+      // A probe is truncated off again at once: nothing to preallocate for it.
+      if (this.fsync && !batch[0]?.probe && base + bytes > this.#allocated) await this.#preallocate(base + bytes + PREALLOCATE_BYTES);
       const buf = batch.length === 1 ? (batch[0] as PendingAppend).frame : Buffer.concat(batch.map((b) => b.frame), bytes);
       await writeFully(this.handle, buf, base);
       if (this.fsync && this.handle.writesAreDurable !== true) await this.handle.datasync();
