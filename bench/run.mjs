@@ -227,8 +227,8 @@ function tlsFloorRows(mtls) {
 /** Tessera's fresh/keep-alive ratio for renewals at c=32 against the ceiling the bare-Node floor allows. */
 function freshAgainstFloor(rows, floor) {
   const at = (name) => rows.find((r) => r.scenario === name && r.concurrency === 32);
-  const kept = at('x509 renewal, mTLS keep-alive');
-  const fresh = at('x509 renewal, mTLS fresh conns (resumed)');
+  const kept = at(RENEWAL_KEPT);
+  const fresh = at(RENEWAL_FRESH);
   if (!kept || !fresh || !floor || floor.connectionCpuUs === undefined) return undefined;
   return {
     ratio: Number((fresh.rps / kept.rps).toFixed(2)),
@@ -238,19 +238,20 @@ function freshAgainstFloor(rows, floor) {
   };
 }
 
-async function tesseraScenarios(url, pid, mtls) {
-  const bearer = { ...json, authorization: `Bearer ${token}` };
-  await warmUp(csrLoad(url));
-  const scenarios = [
-    ['x509 from CSR (token)', { path: '/v1/svid/x509', headers: bearer, body: csrBody, keepAlive: true, tls: { ca } }],
-    ['x509 server keygen (token)', { path: '/v1/svid/x509', headers: bearer, body: keygenBody, keepAlive: true, tls: { ca } }],
-    ['JWT-SVID (token)', { path: '/v1/svid/jwt', headers: bearer, body: jwtBody, keepAlive: true, tls: { ca } }],
-    ['x509 renewal, mTLS keep-alive', { path: '/v1/svid/x509', headers: json, body: csrBody, keepAlive: true, tls: mtls }],
-    ['x509 renewal, mTLS fresh conns (resumed)', { path: '/v1/svid/x509', headers: json, body: csrBody, keepAlive: false, tls: mtls }],
-  ];
+const RENEWAL_KEPT = 'x509 renewal, mTLS keep-alive';
+const RENEWAL_FRESH = 'x509 renewal, mTLS fresh conns (resumed)';
+
+/** The renewal scenarios: the caller's SVID over mTLS, on one connection and on a new one per request. */
+const renewalScenarios = (mtls) => [
+  [RENEWAL_KEPT, { path: '/v1/svid/x509', headers: json, body: csrBody, keepAlive: true, tls: mtls }],
+  [RENEWAL_FRESH, { path: '/v1/svid/x509', headers: json, body: csrBody, keepAlive: false, tls: mtls }],
+];
+
+/** Runs each scenario at each concurrency against the broker at `url`: one row per run. */
+async function runScenarios(url, pid, scenarios, concurrencies) {
   const results = [];
   for (const [name, s] of scenarios) {
-    for (const concurrency of [1, 32]) {
+    for (const concurrency of concurrencies) {
       const r = await measured(pid, {
         url: url + s.path, method: 'POST', headers: s.headers, body: () => s.body,
         concurrency, durationMs: seconds * 1000, keepAlive: s.keepAlive, tls: s.tls, countResumed: !s.keepAlive,
@@ -260,6 +261,17 @@ async function tesseraScenarios(url, pid, mtls) {
     }
   }
   return results;
+}
+
+async function tesseraScenarios(url, pid, mtls) {
+  const bearer = { ...json, authorization: `Bearer ${token}` };
+  await warmUp(csrLoad(url));
+  return runScenarios(url, pid, [
+    ['x509 from CSR (token)', { path: '/v1/svid/x509', headers: bearer, body: csrBody, keepAlive: true, tls: { ca } }],
+    ['x509 server keygen (token)', { path: '/v1/svid/x509', headers: bearer, body: keygenBody, keepAlive: true, tls: { ca } }],
+    ['JWT-SVID (token)', { path: '/v1/svid/jwt', headers: bearer, body: jwtBody, keepAlive: true, tls: { ca } }],
+    ...renewalScenarios(mtls),
+  ], [1, 32]);
 }
 
 /** X.509 from a CSR, driven by wrk instead of bench/load.mjs (see wrkLoad). */
@@ -504,20 +516,12 @@ if (args.only !== undefined) {
   if (args.only === 'tls-floor') {
     // Tessera's renewal rows at c=32 (keep-alive and fresh) and the floor, side by side in one run.
     const broker = await startBroker(path.join(work, 'data-tls-floor'));
-    const rows = [];
+    let rows;
     let mtls;
     try {
       mtls = await renewalCredentials(broker.url);
       await warmUp(csrLoad(broker.url));
-      for (const keepAlive of [true, false]) {
-        const scenario = keepAlive ? 'x509 renewal, mTLS keep-alive' : 'x509 renewal, mTLS fresh conns (resumed)';
-        const r = await measured(broker.child.pid, {
-          url: `${broker.url}/v1/svid/x509`, method: 'POST', headers: json, body: () => csrBody,
-          concurrency: 32, durationMs: seconds * 1000, keepAlive, tls: mtls, countResumed: !keepAlive,
-        });
-        log(scenario, r);
-        rows.push({ scenario, concurrency: 32, ...r });
-      }
+      rows = await runScenarios(broker.url, broker.child.pid, renewalScenarios(mtls), [32]);
     } finally {
       await stop(broker.child);
     }
