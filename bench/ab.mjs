@@ -8,7 +8,8 @@
 //
 // Usage: node bench/ab.mjs --a /work/bisect-<hash> --b /work/wt-bisect [--rounds 3] [--seconds 5]
 //          [--concurrency 32] [--warmup 3] [--a-extra 'yaml line'] [--b-extra 'yaml line'] [--json out.json]
-//          [--profile DIR] [--perf-stat] [--scenario x509|jwt]
+//          [--profile DIR] [--perf-stat] [--scenario x509|jwt] [--a-env K=V] [--b-env K=V]
+// --a-env/--b-env: extra environment for that side's broker (a runtime knob, e.g. LD_PRELOAD=...).
 // --perf-stat: per request, the broker's system calls, positioned reads and writes, and context
 // switches over each round (perf stat software/tracepoint events; exact counts, unlike wall time).
 // Each checkout must already be built (npx tsc -p tsconfig.build.json) and have node_modules.
@@ -29,6 +30,8 @@ const { values: args } = parseArgs({
     warmup: { type: 'string', default: '3' },
     'a-extra': { type: 'string', multiple: true, default: [] },
     'b-extra': { type: 'string', multiple: true, default: [] },
+    'a-env': { type: 'string', multiple: true, default: [] },
+    'b-env': { type: 'string', multiple: true, default: [] },
     json: { type: 'string' },
     profile: { type: 'string' },
     'perf-stat': { type: 'boolean' },
@@ -73,7 +76,12 @@ function processCpuUs(pid) {
 }
 
 /** Dev material, token and config for one checkout, made by that checkout's own code. */
-async function prepare(label, checkout, extra) {
+async function prepare(label, checkout, extra, envPairs) {
+  const env = Object.fromEntries(envPairs.map((kv) => {
+    const at = kv.indexOf('=');
+    if (at < 1) throw new Error(`--${label.toLowerCase()}-env: KEY=VALUE, got ${kv}`);
+    return [kv.slice(0, at), kv.slice(at + 1)];
+  }));
   const dist = (p) => import(path.join(checkout, 'dist', p));
   const { ensureDevMaterial } = await dist('dev/material.js');
   const { mintDevToken } = await dist('dev/token-issuer.js');
@@ -86,7 +94,7 @@ async function prepare(label, checkout, extra) {
     configFile,
     benchBrokerConfig({ material, replicaId: `ab-${label}`, store: `{ embedded: { dir: ${dataDir}, fsync: true } }`, extra }),
   );
-  return { label, checkout, token, configFile };
+  return { label, checkout, token, configFile, env };
 }
 
 function startBroker(side) {
@@ -94,7 +102,7 @@ function startBroker(side) {
   const profile = args.profile ? ['--cpu-prof', '--cpu-prof-dir', path.join(args.profile, side.label)] : [];
   const child = spawn(process.execPath, [...profile, path.join(side.checkout, 'dist/cli/main.js'), 'serve', '--config', side.configFile], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, TESSERA_CONFIG: '' },
+    env: { ...process.env, TESSERA_CONFIG: '', ...side.env },
   });
   return new Promise((resolve, reject) => {
     let out = '';
@@ -178,7 +186,7 @@ const median = (xs) => {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
-const sides = [await prepare('A', path.resolve(args.a), args['a-extra']), await prepare('B', path.resolve(args.b), args['b-extra'])];
+const sides = [await prepare('A', path.resolve(args.a), args['a-extra'], args['a-env']), await prepare('B', path.resolve(args.b), args['b-extra'], args['b-env'])];
 const brokers = [];
 try {
   for (const s of sides) brokers.push(await startBroker(s));

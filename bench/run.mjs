@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { runLoad } from './load.mjs';
 import { workloadApiBench } from './workload-api.mjs';
 import { peersBench, printPeers } from './peers.mjs';
+import { issue19Targets, printTargets } from './targets.mjs';
 import { logScaleBench, printLogScale } from './log-scale.mjs';
 import { hsmBench } from './hsm.mjs';
 import { printRedisScale, redisScaleBench } from './redis-scale.mjs';
@@ -646,6 +647,7 @@ const result = {
   redis,
   tlsFloor: { ...floor, tessera: freshAgainstFloor(tessera, floor) },
 };
+result.targets = issue19Targets(result);
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
 
@@ -675,4 +677,5 @@ printWorkloadApi(workloadApi);
 printPeers(peerRows);
 printHsm(hsm);
 printRedisScale(redis);
+printTargets(result.targets);
 rmSync(work, { recursive: true, force: true });
