@@ -10,6 +10,8 @@
 //          [--concurrency 32] [--warmup 3] [--a-extra 'yaml line'] [--b-extra 'yaml line'] [--json out.json]
 //          [--profile DIR] [--perf-stat] [--scenario x509|jwt] [--a-env K=V] [--b-env K=V]
 // --a-env/--b-env: extra environment for that side's broker (a runtime knob, e.g. LD_PRELOAD=...).
+// --a-store/--b-store: that side's `store:` (YAML flow), instead of an embedded store with fsync, e.g.
+//   "{ redis: { url: 'redis://127.0.0.1:6379', prefix: ab1 } }" (the same build on two stores).
 // --perf-stat: per request, the broker's system calls, positioned reads and writes, and context
 // switches over each round (perf stat software/tracepoint events; exact counts, unlike wall time).
 // Each checkout must already be built (npx tsc -p tsconfig.build.json) and have node_modules.
@@ -31,6 +33,8 @@ const { values: args } = parseArgs({
     'a-extra': { type: 'string', multiple: true, default: [] },
     'b-extra': { type: 'string', multiple: true, default: [] },
     'a-env': { type: 'string', multiple: true, default: [] },
+    'a-store': { type: 'string' },
+    'b-store': { type: 'string' },
     'b-env': { type: 'string', multiple: true, default: [] },
     json: { type: 'string' },
     profile: { type: 'string' },
@@ -76,7 +80,7 @@ function processCpuUs(pid) {
 }
 
 /** Dev material, token and config for one checkout, made by that checkout's own code. */
-async function prepare(label, checkout, extra, envPairs) {
+async function prepare(label, checkout, extra, envPairs, store) {
   const env = Object.fromEntries(envPairs.map((kv) => {
     const at = kv.indexOf('=');
     if (at < 1) throw new Error(`--${label.toLowerCase()}-env: KEY=VALUE, got ${kv}`);
@@ -92,7 +96,7 @@ async function prepare(label, checkout, extra, envPairs) {
   const configFile = path.join(work, `tessera-${label}.yaml`);
   writeFileSync(
     configFile,
-    benchBrokerConfig({ material, replicaId: `ab-${label}`, store: `{ embedded: { dir: ${dataDir}, fsync: true } }`, extra }),
+    benchBrokerConfig({ material, replicaId: `ab-${label}`, store: store ?? `{ embedded: { dir: ${dataDir}, fsync: true } }`, extra }),
   );
   return { label, checkout, token, configFile, env };
 }
@@ -109,7 +113,7 @@ function startBroker(side) {
     const onData = (d) => {
       out += d.toString();
       const m = /listening on (https:\/\/[\d.]+:\d+)/.exec(out);
-      if (m) resolve({ ...side, child, url: m[1] });
+      if (m) resolve({ ...side, child, url: m[1], output: () => out });
     };
     child.stdout.on('data', onData);
     child.stderr.on('data', (d) => (out += d.toString()));
@@ -145,7 +149,7 @@ async function wrkRound(broker, runSeconds) {
   const non200 = Number(/NON200 (\d+)/.exec(out)?.[1] ?? NaN);
   const p50 = /50%\s+([\d.]+)(us|ms|s)/.exec(out);
   const p50Ms = p50 ? Number(p50[1]) * ({ us: 0.001, ms: 1, s: 1000 }[p50[2]]) : NaN;
-  if (!(non200 === 0) || !(requests > 0)) throw new Error(`broker ${broker.label}: wrk saw failures or nothing:\n${out}`);
+  if (!(non200 === 0) || !(requests > 0)) throw new Error(`broker ${broker.label}: wrk saw failures or nothing:\n${out}\nthe broker's last output:\n${broker.output().slice(-3000)}`);
   const perReq = (us) => Math.round(us / requests);
   return {
     rps: Math.round(rps),
@@ -186,7 +190,7 @@ const median = (xs) => {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
-const sides = [await prepare('A', path.resolve(args.a), args['a-extra'], args['a-env']), await prepare('B', path.resolve(args.b), args['b-extra'], args['b-env'])];
+const sides = [await prepare('A', path.resolve(args.a), args['a-extra'], args['a-env'], args['a-store']), await prepare('B', path.resolve(args.b), args['b-extra'], args['b-env'], args['b-store'])];
 const brokers = [];
 try {
   for (const s of sides) brokers.push(await startBroker(s));
