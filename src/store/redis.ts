@@ -246,7 +246,11 @@ function tlsOptions(t: RedisTlsOptions | undefined): ConnectionOptions | undefin
   };
 }
 
-/** Options shared by every connection: bounded, no offline queue, no resend, reconnect forever. */
+/**
+ * Options shared by every connection: bounded, no offline queue, no resend, reconnect forever. Never
+ * `enableAutoPipelining`: beside the explicit pipelines writes go through, it broke the command order
+ * the store's checks rely on (the broker failed closed with audit_history_lost; docs/performance.md).
+ */
 function baseOptions(o: RedisStoreOptions, commandTimeout: number): RedisOptions {
   const password = o.passwordFile !== undefined ? readSecretFile(o.passwordFile, 'password') : undefined;
   const tls = tlsOptions(o.tls);
