@@ -224,6 +224,14 @@ type Client = Redis | Cluster;
 /** A pipeline with our scripts on it (defineCommand adds them at run time; TypeScript cannot see that). */
 type ScriptPipeline = ChainableCommander & { [K in ScriptName]: (...args: (string | number | Buffer)[]) => ScriptPipeline };
 type ScriptClient = Client & { [K in ScriptName]: (...args: (string | number)[]) => Promise<unknown> };
+/** One caller's commands in a group send (RedisStore.#batch). */
+interface QueuedStep {
+  readonly build: (p: ScriptPipeline) => void;
+  readonly write: boolean;
+  readonly unavailable: Unavailable;
+  readonly resolve: (replies: unknown[]) => void;
+  readonly reject: (err: unknown) => void;
+}
 
 type Unavailable = (message: string, cause?: unknown) => BrokerError;
 
@@ -326,6 +334,8 @@ export class RedisStore implements Store {
   /** 'ready' events so far: the first is the initial connection, every later one a reconnect. */
   #readyCount = 0;
   readonly #reconnectListeners: Array<() => void> = [];
+  /** Steps queued this event-loop turn, sent together when it ends (#batch). */
+  #queued: QueuedStep[] = [];
 
   private constructor(client: Client, o: RedisStoreOptions, prefix: string, commandTimeout: number) {
     this.#client = client as ScriptClient;
@@ -440,26 +450,88 @@ export class RedisStore implements Store {
   }
 
   /**
-   * Runs writes as one pipeline (one round trip, one connection), followed by `WAIT 1` when replica
-   * acknowledgement is required; returns each command's reply.
+   * Runs writes as one pipeline step (one round trip, one connection), followed by `WAIT 1` when replica
+   * acknowledgement is required; returns each command's reply. See #batch for how steps are sent.
    */
-  async #write(build: (p: ScriptPipeline) => void, unavailable: Unavailable = storeUnavailable): Promise<unknown[]> {
+  #write(build: (p: ScriptPipeline) => void, unavailable: Unavailable = storeUnavailable): Promise<unknown[]> {
+    return this.#batch(build, true, unavailable);
+  }
+
+  /** A read sent the way writes are (#batch): the per-request reads of the issuance path. */
+  #read(build: (p: ScriptPipeline) => void): Promise<unknown[]> {
+    return this.#batch(build, false, storeUnavailable);
+  }
+
+  /**
+   * Group send: the steps queued in one event-loop turn go to Redis as ONE pipeline, in the order they
+   * were queued, when the turn ends (setImmediate). Under load that is one socket write and one read
+   * event in Redis for several requests' commands instead of one each — the CPU the Redis path spent
+   * beyond the embedded store went largely to those writes (docs/performance.md). Each step keeps its
+   * own replies and its own errors; every script stays one atomic command, so batching changes no
+   * outcome, only how many commands share a write. With replica acknowledgement on, one `WAIT 1` at
+   * the end covers every write in the batch (WAIT waits for all earlier writes on the connection).
+   * Not ioredis's auto-pipelining: beside explicit pipelines it broke command order (see baseOptions).
+   */
+  #batch(build: (p: ScriptPipeline) => void, write: boolean, unavailable: Unavailable): Promise<unknown[]> {
+    return new Promise<unknown[]>((resolve, reject) => {
+      this.#queued.push({ build, write, unavailable, resolve, reject });
+      if (this.#queued.length === 1) setImmediate(() => void this.#sendQueued());
+    });
+  }
+
+  async #sendQueued(): Promise<void> {
+    const steps = this.#queued;
+    this.#queued = [];
     const p = this.#client.pipeline() as ScriptPipeline;
-    build(p);
+    const spans: { readonly step: QueuedStep; readonly from: number; readonly to: number }[] = [];
+    for (const step of steps) {
+      const from = p.length;
+      try {
+        step.build(p);
+      } catch (err) {
+        // A step that added nothing fails alone; one that added part of itself cannot be sent.
+        if (p.length !== from) {
+          for (const s of steps) s.reject(err);
+          return;
+        }
+        step.reject(err);
+        continue;
+      }
+      spans.push({ step, from, to: p.length });
+    }
+    if (spans.length === 0) return;
+    const writes = spans.some((s) => s.step.write);
     const n = p.length;
     // WAIT's own timeout stays inside the command timeout so a missing replica is reported, not timed out.
-    if (this.#ack) p.wait(1, Math.max(50, this.#commandTimeout - 300));
-    const res = await p.exec();
-    if (res === null) throw unavailable('Redis unavailable: pipeline was discarded');
-    const out: unknown[] = [];
-    for (const [err, value] of res) {
-      if (err) throw err; // #run classifies it (a timeout marks Redis as not answering)
-      out.push(value);
+    if (this.#ack && writes) p.wait(1, Math.max(50, this.#commandTimeout - 300));
+    let res: [Error | null, unknown][] | null;
+    try {
+      res = await p.exec();
+    } catch (err) {
+      for (const s of spans) s.step.reject(err);
+      return;
     }
-    if (this.#ack && Number(out[n]) < 1) {
-      throw unavailable('Redis: no replica acknowledged the write in time (requireReplicaAck)');
+    if (res === null) {
+      for (const s of spans) s.step.reject(s.step.unavailable('Redis unavailable: pipeline was discarded'));
+      return;
     }
-    return out.slice(0, n);
+    const replies = res;
+    const unacknowledged = this.#ack && writes && Number(replies[n]?.[1]) < 1;
+    for (const { step, from, to } of spans) {
+      const out: unknown[] = [];
+      let failed: Error | null = null;
+      for (let i = from; i < to; i++) {
+        const [err, value] = replies[i] ?? [new Error('Redis returned fewer replies than commands'), undefined];
+        if (err) {
+          failed = err; // #run classifies it (a timeout marks Redis as not answering)
+          break;
+        }
+        out.push(value);
+      }
+      if (failed !== null) step.reject(failed);
+      else if (step.write && unacknowledged) step.reject(step.unavailable('Redis: no replica acknowledged the write in time (requireReplicaAck)'));
+      else step.resolve(out);
+    }
   }
 
   appendAuditEntries(entries: readonly Buffer[]): Promise<number> {
@@ -650,9 +722,9 @@ export class RedisStore implements Store {
         checkName('kv key', r.key);
       }
       if (refs.length === 0) return [];
-      const got = await this.#client.mget(...refs.map((r) => this.#k(`kv:${r.space}:${r.key}`)));
-      if (got.length !== refs.length) throw storeUnavailable('Redis returned a malformed MGET reply');
-      return got.map((v) => v ?? undefined);
+      const [got] = await this.#read((p) => void p.mget(...refs.map((r) => this.#k(`kv:${r.space}:${r.key}`))));
+      if (!Array.isArray(got) || got.length !== refs.length) throw storeUnavailable('Redis returned a malformed MGET reply');
+      return got.map((v: unknown) => (typeof v === 'string' ? v : undefined));
     });
   }
 

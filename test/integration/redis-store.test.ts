@@ -4,6 +4,7 @@
  * dies, hangs or is absent at start — the fault tests use private redis-server children on their own
  * ports, never the shared Redis on 6379.
  */
+import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/audit/log.js';
 import { leafHash, rootFromLeaves } from '../../src/audit/merkle.js';
@@ -228,5 +229,45 @@ describe.skipIf(!haveServer)('RedisStore fails closed and recovers (private redi
     expect(err.message).toMatch(/replica/);
     expect(ms).toBeLessThan(2000);
     await timed503(() => s.checkWritable());
+  });
+});
+
+describe.skipIf(!haveServer)('RedisStore sends one event-loop turn as one pipeline (private redis-server)', () => {
+  it('the steps of one turn reach Redis in one write, in order, each with its own replies and errors', async () => {
+    const r = await startPrivateRedis();
+    cleanup.push(() => r.destroy());
+    const s = await RedisStore.connect({ url: r.url, prefix: 'batch' });
+    cleanup.push(() => s.close());
+    const raw = new Redis(r.url);
+    cleanup.push(async () => raw.quit());
+    // A rate-limit counter key holding a list: its script fails with WRONGTYPE, mid-batch.
+    await raw.rpush('{batch}:hit:60000:broken', 'x');
+    await s.appendAuditEntries([entry('warm', 0)]); // loads the scripts
+    const readsProcessed = async (): Promise<number> => Number(/total_reads_processed:(\d+)/.exec(await raw.info('stats'))?.[1]);
+    const before = await readsProcessed();
+
+    // All in one synchronous turn: puts, reads of what the puts wrote, appends, and one failing step.
+    const puts = Array.from({ length: 8 }, (_, i) => s.kvPut('revocation', `k${i}`, `v${i}`));
+    const reads = Array.from({ length: 4 }, (_, i) => s.kvGetMany([{ space: 'revocation', key: `k${2 * i}` }, { space: 'revocation', key: 'absent' }]));
+    const broken = s.hit('broken', 60_000);
+    const appends = Array.from({ length: 6 }, (_, i) => s.appendAuditEntries([entry('batch', i)]));
+    const settled = await Promise.allSettled([...puts, ...reads, broken, ...appends]);
+
+    const after = await readsProcessed();
+    // One read for the batch (two if the kernel split it) and one for the INFO that measured it; one
+    // write per step would be ~19 reads.
+    expect(after - before).toBeLessThanOrEqual(3);
+    expect(settled.filter((x) => x.status === 'rejected')).toHaveLength(1);
+    const err = await broken.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(BrokerError);
+    expect((err as BrokerError).status).toBe(503);
+    // Reads queued after the puts of the same turn see them; appends get consecutive indexes in order.
+    expect(await Promise.all(reads)).toEqual([0, 1, 2, 3].map((i) => [`v${2 * i}`, undefined]));
+    expect(await Promise.all(appends)).toEqual([1, 2, 3, 4, 5, 6]);
+    // The failing step did not stop the store: the next operations work.
+    expect(await s.kvGet('revocation', 'k7')).toBe('v7');
   });
 });
