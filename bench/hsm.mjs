@@ -1,10 +1,12 @@
 // The HSM rows of `npm run bench` (`--only hsm`): X.509 issuance from a CSR at c=32 with the CA key in a
 // SoftHSM2 token (ca.pkcs11) beside the same scenario with the CA key in a PEM file, in one run, as a
-// ratio; plus the raw signatures/s of the token through Pkcs11Signer (its session pool) for scale.
+// ratio (both brokers up at once, alternating rounds: bench/alternate.mjs); plus the raw signatures/s
+// of the token through Pkcs11Signer (its session pool) for scale.
 // Needs softhsm2 and opensc's pkcs11-tool; without them the rows are skipped with the reason.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { alternatingRounds } from './alternate.mjs';
 
 const MODULES = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so', '/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so'];
 const PIN = '246810';
@@ -42,6 +44,7 @@ function makeToken(dir, module) {
  * @param {(pid: number, opts: object) => Promise<object>} o.measured runLoad with server CPU
  * @param {(url: string) => object} o.csrLoad the X.509-from-CSR request options for a broker URL
  * @param {number} o.seconds per measured run
+ * @param {boolean} o.quick one round instead of three
  * @param {(...a: unknown[]) => void} o.log
  * @returns {Promise<{ skipped: string } | { rows: object[], ratio: number, signPerSecond: number, sessions: number }>}
  */
@@ -80,29 +83,34 @@ export async function hsmBench(o) {
   signer.close();
   o.log('hsm: Pkcs11Signer sign/s (SoftHSM2, 4 sessions)', signPerSecond);
 
+  // Both brokers up at once, measured in alternating rounds (bench/alternate.mjs).
+  const brokers = [];
   const rows = [];
-  for (const [label, key] of [['file', null], ['SoftHSM2 (ca.pkcs11)', token.ref]]) {
-    const dataDir = path.join(dir, `data-${key === null ? 'file' : 'hsm'}`);
-    let configFile = o.writeConfig(dataDir);
-    if (key !== null) {
-      const text = readFileSync(configFile, 'utf8').replace(/^ca: \{.*\}$/m, (line) =>
-        `ca: ${JSON.stringify({ certFile: caCertFile, pkcs11: key, bundleFile: o.material.bundleFile, jwtKeyFile: /jwtKeyFile: ([^,}]+)/.exec(line)[1].trim() })}`,
-      );
-      configFile = configFile.replace(/\.yaml$/, '-hsm.yaml');
-      writeFileSync(configFile, text);
-    }
-    const { child, url } = await o.startBroker(dataDir, token.env, [], configFile);
-    try {
-      // Warm-up (JIT of server and client), then the measured run.
-      await o.measured(child.pid, { ...o.csrLoad(url), concurrency: 32, durationMs: 1500 });
-      for (const concurrency of [1, 32]) {
-        const r = await o.measured(child.pid, { ...o.csrLoad(url), concurrency, durationMs: o.seconds * 1000 });
-        o.log(`hsm: x509 from CSR, CA key in ${label}`, `c=${concurrency}`, r);
-        rows.push({ scenario: `x509 from CSR (token), CA key in ${label}`, concurrency, ...r });
+  try {
+    for (const [label, key] of [['file', null], ['SoftHSM2 (ca.pkcs11)', token.ref]]) {
+      const dataDir = path.join(dir, `data-${key === null ? 'file' : 'hsm'}`);
+      let configFile = o.writeConfig(dataDir);
+      if (key !== null) {
+        const text = readFileSync(configFile, 'utf8').replace(/^ca: \{.*\}$/m, (line) =>
+          `ca: ${JSON.stringify({ certFile: caCertFile, pkcs11: key, bundleFile: o.material.bundleFile, jwtKeyFile: /jwtKeyFile: ([^,}]+)/.exec(line)[1].trim() })}`,
+        );
+        configFile = configFile.replace(/\.yaml$/, '-hsm.yaml');
+        writeFileSync(configFile, text);
       }
-    } finally {
-      await o.stop(child);
+      brokers.push({ label, ...(await o.startBroker(dataDir, token.env, [], configFile)) });
     }
+    // Warm-up (JIT of server and client), then the measured rounds.
+    for (const b of brokers) await o.measured(b.child.pid, { ...o.csrLoad(b.url), concurrency: 32, durationMs: 1500 });
+    for (const concurrency of [1, 32]) {
+      const medians = await alternatingRounds(brokers, o.quick ? 1 : 3, async (b, i) => {
+        const r = await o.measured(b.child.pid, { ...o.csrLoad(b.url), concurrency, durationMs: o.seconds * 1000 });
+        o.log(`hsm: x509 from CSR, CA key in ${b.label}`, `c=${concurrency} round ${i + 1}`, r);
+        return r;
+      });
+      brokers.forEach((b, k) => rows.push({ scenario: `x509 from CSR (token), CA key in ${b.label}`, concurrency, ...medians[k] }));
+    }
+  } finally {
+    for (const b of brokers) await o.stop(b.child);
   }
   const at32 = (label) => rows.find((r) => r.concurrency === 32 && r.scenario.endsWith(label));
   const ratio = Number((at32('SoftHSM2 (ca.pkcs11)').rps / at32('file').rps).toFixed(2));

@@ -21,6 +21,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { runLoad } from './load.mjs';
 import { benchBrokerConfig } from './broker-config.mjs';
+import { alternatingRounds } from './alternate.mjs';
 import { redisRoundTrips } from './targets.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -244,27 +245,17 @@ export async function redisScaleBench(o) {
         { scenario: 'x509 from CSR (token), embedded store', broker: emb, redis: false },
         { scenario: 'x509 from CSR (token), one broker on Redis', broker: b, redis: true },
       ];
-      const rounds = o.quick ? 1 : 3;
       for (const c of [1, 32]) {
-        const runs = sides.map(() => []);
-        for (let i = 0; i < rounds; i++) {
-          // Alternate which side goes first, so neither always follows the other.
-          const order = i % 2 === 0 ? [0, 1] : [1, 0];
-          for (const k of order) {
-            const r = await drive([sides[k].broker], c);
-            if (!sides[k].redis) {
-              delete r.redisCallsPerRequest;
-              delete r.redisCpuUs;
-            }
-            o.log(sides[k].scenario, `c=${c} round ${i + 1}`, r);
-            runs[k].push(r);
+        const medians = await alternatingRounds(sides, o.quick ? 1 : 3, async (side, i) => {
+          const r = await drive([side.broker], c);
+          if (!side.redis) {
+            delete r.redisCallsPerRequest;
+            delete r.redisCpuUs;
           }
-        }
-        sides.forEach((side, k) => {
-          const byRate = [...runs[k]].sort((x, y) => x.rps - y.rps);
-          const median = byRate[Math.floor((byRate.length - 1) / 2)];
-          rows.push({ scenario: side.scenario, concurrency: c, ...median, rounds, rpsByRound: runs[k].map((r) => r.rps) });
+          o.log(side.scenario, `c=${c} round ${i + 1}`, r);
+          return r;
         });
+        sides.forEach((side, k) => rows.push({ scenario: side.scenario, concurrency: c, ...medians[k] }));
       }
       await stop(emb.child);
     }
