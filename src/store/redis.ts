@@ -516,7 +516,10 @@ export class RedisStore implements Store {
       return;
     }
     const replies = res;
-    const unacknowledged = this.#ack && writes && Number(replies[n]?.[1]) < 1;
+    // Fail closed: a WAIT that errored or is missing counts as no replica having acknowledged.
+    const wait = this.#ack && writes ? replies[n] : undefined;
+    const waitError = wait?.[0] ?? undefined;
+    const unacknowledged = this.#ack && writes && (wait === undefined || waitError !== undefined || !(Number(wait[1]) >= 1));
     for (const { step, from, to } of spans) {
       const out: unknown[] = [];
       let failed: Error | null = null;
@@ -529,7 +532,9 @@ export class RedisStore implements Store {
         out.push(value);
       }
       if (failed !== null) step.reject(failed);
-      else if (step.write && unacknowledged) step.reject(step.unavailable('Redis: no replica acknowledged the write in time (requireReplicaAck)'));
+      else if (step.write && unacknowledged) {
+        step.reject(step.unavailable(`Redis: no replica acknowledged the write in time (requireReplicaAck)${waitError !== undefined ? `: ${waitError.message}` : ''}`, waitError));
+      }
       else step.resolve(out);
     }
   }

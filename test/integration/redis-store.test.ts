@@ -230,6 +230,20 @@ describe.skipIf(!haveServer)('RedisStore fails closed and recovers (private redi
     expect(ms).toBeLessThan(2000);
     await timed503(() => s.checkWritable());
   });
+
+  it('requireReplicaAck: a WAIT that Redis refuses fails the writes of its pipeline closed, and nothing else', async () => {
+    const r = await startPrivateRedis(['--rename-command', 'WAIT', '""']);
+    cleanup.push(() => r.destroy());
+    const s = await RedisStore.connect({ url: r.url, prefix: 'nowait', requireReplicaAck: true, commandTimeoutMs: 1000 });
+    cleanup.push(() => s.close());
+    const put = s.kvPut('secret', 'db', 'ciphertext');
+    const read = s.kvGetMany([{ space: 'secret', key: 'db' }]);
+    const { err } = await timed503(() => put);
+    expect(err.message).toMatch(/no replica acknowledged/);
+    // The read in the same pipeline needs no acknowledgement and gets its answer (the put is in Redis,
+    // unacknowledged: the caller was told it failed).
+    expect(await read).toEqual(['ciphertext']);
+  });
 });
 
 describe.skipIf(!haveServer)('RedisStore sends one event-loop turn as one pipeline (private redis-server)', () => {
