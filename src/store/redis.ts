@@ -475,13 +475,20 @@ export class RedisStore implements Store {
   #batch(build: (p: ScriptPipeline) => void, write: boolean, unavailable: Unavailable): Promise<unknown[]> {
     return new Promise<unknown[]>((resolve, reject) => {
       this.#queued.push({ build, write, unavailable, resolve, reject });
-      if (this.#queued.length === 1) setImmediate(() => void this.#sendQueued());
+      if (this.#queued.length === 1) setImmediate(() => this.#sendQueued());
     });
   }
 
-  async #sendQueued(): Promise<void> {
+  #sendQueued(): void {
     const steps = this.#queued;
     this.#queued = [];
+    // Whatever goes wrong, every step is settled (settling twice is a no-op): none may hang or crash.
+    this.#sendSteps(steps).catch((err: unknown) => {
+      for (const s of steps) s.reject(err);
+    });
+  }
+
+  async #sendSteps(steps: readonly QueuedStep[]): Promise<void> {
     const p = this.#client.pipeline() as ScriptPipeline;
     const spans: { readonly step: QueuedStep; readonly from: number; readonly to: number }[] = [];
     for (const step of steps) {
