@@ -54,6 +54,22 @@ export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
 
 const TWO_32 = 2 ** 32;
 
+/** A perfect subtree's root and height (2^level leaves). */
+interface Subtree {
+  readonly level: number;
+  readonly hash: Buffer;
+}
+
+/**
+ * Folds perfect subtrees (largest first) right to left into their root: MTH's shape. One part is
+ * returned as it is (callers holding a view of stored nodes copy it).
+ */
+function foldRight(parts: readonly Subtree[]): Buffer {
+  let acc = (parts[parts.length - 1] as Subtree).hash;
+  for (let i = parts.length - 2; i >= 0; i--) acc = nodeHash((parts[i] as Subtree).hash, acc);
+  return acc;
+}
+
 /** Number of bits needed to represent x (x ≥ 0, safe integer). bitLength(0) = 0. */
 function bitLength(x: number): number {
   if (x < TWO_32) return 32 - Math.clz32(x);
@@ -179,21 +195,14 @@ export class MerkleTree {
    */
   rootWith(leaf: Uint8Array): Buffer {
     if (leaf.length !== HASH_SIZE) throw badArg('leaf hash must be 32 bytes');
-    const peaks: { level: number; hash: Buffer }[] = [];
-    let pos = 0;
-    while (pos < this.#size) {
-      const level = bitLength(this.#size - pos) - 1;
-      peaks.push({ level, hash: this.#node(level, pos / 2 ** level) });
-      pos += 2 ** level;
-    }
-    let carry: { level: number; hash: Buffer } = { level: 0, hash: Buffer.from(leaf) };
+    const peaks = this.#perfectSubtrees(0, this.#size);
+    let carry: Subtree = { level: 0, hash: Buffer.from(leaf) };
     for (let last = peaks.at(-1); last !== undefined && last.level === carry.level; last = peaks.at(-1)) {
       peaks.pop();
       carry = { level: carry.level + 1, hash: nodeHash(last.hash, carry.hash) };
     }
-    let acc = carry.hash;
-    for (let i = peaks.length - 1; i >= 0; i--) acc = nodeHash((peaks[i] as { hash: Buffer }).hash, acc);
-    return acc;
+    peaks.push(carry);
+    return foldRight(peaks);
   }
 
   /** The stored leaf hash at `index` (a copy). */
@@ -266,19 +275,22 @@ export class MerkleTree {
    * perfect subtrees, largest first (exactly the RFC's left-heavy shape), and folds them right to left.
    */
   #rangeHash(lo: number, hi: number): Buffer {
-    const parts: Buffer[] = [];
+    const parts = this.#perfectSubtrees(lo, hi);
+    if (parts.length === 0) throw new Error('rangeHash on empty range');
+    return parts.length === 1 ? Buffer.from((parts[0] as Subtree).hash) : foldRight(parts);
+  }
+
+  /** The stored perfect subtrees that make up [lo, hi), largest first. */
+  #perfectSubtrees(lo: number, hi: number): Subtree[] {
+    const parts: Subtree[] = [];
     let pos = lo;
     while (pos < hi) {
       const level = bitLength(hi - pos) - 1;
       const width = 2 ** level;
-      parts.push(this.#node(level, pos / width));
+      parts.push({ level, hash: this.#node(level, pos / width) });
       pos += width;
     }
-    let acc = parts[parts.length - 1];
-    if (!acc) throw new Error('rangeHash on empty range');
-    if (parts.length === 1) return Buffer.from(acc);
-    for (let i = parts.length - 2; i >= 0; i--) acc = nodeHash(parts[i] as Buffer, acc);
-    return acc;
+    return parts;
   }
 
   /** Stored node `index` at `level` (a view or a copy; never written to). */
