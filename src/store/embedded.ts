@@ -356,8 +356,18 @@ class FramedFile {
     }
     this.tornBytesDropped = tail;
     this.preallocatedBytesDropped = rest.length - tail;
-    await this.handle.truncate(off);
+    await this.#truncateTo(off);
+  }
+
+  /**
+   * Cuts the file to `length` (durably, when synced per write): a torn or failed write, a probe, or the
+   * zeros preallocated after it go, and nothing past `length` is allocated any more.
+   */
+  async #truncateTo(length: number): Promise<void> {
+    await this.handle.truncate(length);
     if (this.fsync) await this.handle.datasync();
+    this.#needsTruncate = false;
+    this.#allocated = length;
   }
 
   #pushOffset(end: number): void {
@@ -439,32 +449,20 @@ class FramedFile {
   async #flush(batch: PendingAppend[], bytes: number): Promise<void> {
     const base = this.durableLength;
     try {
-      if (this.#needsTruncate) {
-        await this.handle.truncate(base);
-        if (this.fsync) await this.handle.datasync();
-        this.#needsTruncate = false;
-        this.#allocated = base;
-      }
+      if (this.#needsTruncate) await this.#truncateTo(base);
       // A probe is truncated off again at once: nothing to preallocate for it.
       if (this.fsync && !batch[0]?.probe && base + bytes > this.#allocated) await this.#preallocate(base + bytes + PREALLOCATE_BYTES);
       const buf = batch.length === 1 ? (batch[0] as PendingAppend).frame : Buffer.concat(batch.map((b) => b.frame), bytes);
       await writeFully(this.handle, buf, base);
       if (this.fsync && this.handle.writesAreDurable !== true) await this.handle.datasync();
-      if (batch[0]?.probe) {
-        await this.handle.truncate(base);
-        if (this.fsync) await this.handle.datasync();
-        this.#allocated = base;
-      }
+      if (batch[0]?.probe) await this.#truncateTo(base);
     } catch (err) {
       this.flushFailures++;
       this.#lastFlushFailed = true;
       this.#needsTruncate = true;
       // Best effort now; if this fails too, the next flush (or probe) truncates before writing.
       try {
-        await this.handle.truncate(base);
-        if (this.fsync) await this.handle.datasync();
-        this.#needsTruncate = false;
-        this.#allocated = base;
+        await this.#truncateTo(base);
       } catch {
         /* retried before the next write */
       }
