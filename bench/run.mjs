@@ -494,18 +494,30 @@ const redisScale = () => redisScaleBench({ root, work, pki, material, ca, token,
 
 /** The HSM rows (bench/hsm.mjs): the CA key in SoftHSM2 vs in a file, X.509 from a CSR. */
 const hsmRows = () => hsmBench({ root, work, material, writeConfig, startBroker, stop, measured, csrLoad, seconds, quick, log });
+/** Measured rows as a Markdown table (the first column headed `title`). */
+function scenarioTable(rows, title = 'scenario') {
+  const us = (v) => (v === undefined || v === null ? '' : String(v));
+  return [
+    `| ${title} | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |`,
+    '|---|---:|---:|---:|---:|---:|---:|---:|',
+    ...rows.map((r) => `| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`),
+  ].join('\n');
+}
+
+/** The audit-devices ratio, with each side's rate in every round. */
+function devicesLine(d) {
+  const rounds = d.rows.map((r) => `${r.scenario.replace(/^.*: /, '')} ${r.rpsByRound.join(', ')}`).join('; ');
+  return `X.509 at c=32 with a file and a syslog device attached: ${d.ratio}× the rate with none (target ≥ 0.9; alternating rounds, req/s by round: ${rounds}).`;
+}
+
 function printHsm(h) {
   if ('skipped' in h) return console.log(`\nHSM rows skipped: ${h.skipped}.`);
-  const us = (v) => (v === undefined || v === null ? '' : String(v));
-  console.log('\n| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
-  for (const r of h.rows) console.log(`| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`);
+  console.log(`\n${scenarioTable(h.rows)}`);
   console.log(`\nX.509 at c=32 with the CA key in SoftHSM2: ${h.ratio}× the rate with the key in a file (token alone: ${h.signPerSecond.toLocaleString('en')} signatures/s over ${h.sessions} sessions).`);
 }
 
 function printTlsFloor(f) {
-  const us = (v) => (v === undefined || v === null ? '' : String(v));
-  console.log('\n| TLS floor (bare Node HTTPS, broker TLS settings) | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
-  for (const r of f.rows) console.log(`| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`);
+  console.log(`\n${scenarioTable(f.rows, 'TLS floor (bare Node HTTPS, broker TLS settings)')}`);
   console.log(`\nA resumed mTLS connection costs a bare Node server ${f.connectionCpuUs} µs of CPU before any application code; its own fresh/keep-alive ratio is ${f.ratio}× (the load generator shares the cores).`);
   if (f.tessera) {
     console.log(`Tessera renewals at c=32: fresh/keep-alive ${f.tessera.ratio}× (its connection costs ${f.tessera.connectionCpuUs} µs); the floor alone caps that ratio at ${f.tessera.ceiling}× (target 0.8).`);
@@ -560,10 +572,8 @@ if (args.only !== undefined) {
     printWorkloadApi(w);
   } else {
     const d = await devicesRun();
-    const us = (v) => (v === undefined || v === null ? '' : String(v));
-    console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
-    for (const r of d.rows) console.log(`| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`);
-    console.log(`\nX.509 at c=32 with a file and a syslog device attached: ${d.ratio}× the rate with none (target ≥ 0.9; alternating rounds, req/s by round: ${d.rows.map((r) => `${r.scenario.replace(/^.*: /, '')} ${r.rpsByRound.join(', ')}`).join('; ')}).`);
+    console.log(scenarioTable(d.rows));
+    console.log(`\n${devicesLine(d)}`);
   }
   rmSync(work, { recursive: true, force: true });
   process.exit(0);
@@ -656,26 +666,21 @@ result.targets = issue19Targets(result);
 mkdirSync(path.join(root, 'bench/results'), { recursive: true });
 writeFileSync(path.join(root, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
 
-const us = (v) => (v === undefined || v === null ? '' : String(v));
-const row = (r) => `| ${r.scenario} | ${r.concurrency} | ${r.rps.toLocaleString('en')} | ${r.p50Ms} | ${r.p99Ms} | ${r.failed} | ${us(r.serverCpuUs)} | ${us(r.clientCpuUs)} |`;
 console.log(`\nTessera benchmark — ${result.date}, Node ${machine.node}, ${machine.cpus} cores, ${seconds} s per run\n`);
-console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
-for (const r of tessera) console.log(row(r));
-if (cfssl.results) for (const r of cfssl.results) console.log(row(r));
-else console.log(`\ncfssl: ${cfssl.unavailable}`);
+console.log(scenarioTable([...tessera, ...(cfssl.results ?? [])]));
+if (!cfssl.results) console.log(`\ncfssl: ${cfssl.unavailable}`);
 console.log('\n| X.509 from CSR | Tessera req/s | cfssl req/s | Tessera/cfssl |\n|---:|---:|---:|---:|');
 for (const r of ratios) console.log(`| c=${r.concurrency} | ${r.tesseraRps?.toLocaleString('en')} | ${r.cfsslRps?.toLocaleString('en') ?? 'n/a'} | ${r.ratio ?? 'n/a'} |`);
 if (result.wrk.ratios) {
   console.log('\nDriven by wrk (C load generator, keep-alive, token scenario only):\n');
-  console.log('| scenario | conc. | req/s | p50 ms | p99 ms | failed | server CPU µs/req | client CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|');
-  for (const r of [...result.wrk.tessera, ...result.wrk.cfssl]) console.log(row(r));
+  console.log(scenarioTable([...result.wrk.tessera, ...result.wrk.cfssl]));
   console.log('\n| X.509 from CSR (wrk) | Tessera req/s | cfssl req/s | Tessera/cfssl |\n|---:|---:|---:|---:|');
   for (const r of result.wrk.ratios) console.log(`| c=${r.concurrency} | ${r.tesseraRps?.toLocaleString('en')} | ${r.cfsslRps?.toLocaleString('en') ?? 'n/a'} | ${r.ratio ?? 'n/a'} |`);
 }
 console.log(`\nCrypto in one issuance: RS256 verify ${crypto.rs256VerifyUs} µs + CSR verify ${crypto.csrVerifyUs} µs + P-256 sign ${crypto.p256SignUs} µs = ${crypto.perIssuanceUs} µs → ${crypto.perCoreLimit.toLocaleString('en')}/s per core.`);
 console.log(`Importing the CSR's P-256 key: SPKI ${crypto.keyImportSpkiUs} µs, JWK ${crypto.keyImportJwkUs} µs, raw point via WebCrypto ${crypto.keyImportRawUs} µs (used).`);
 console.log(`Tessera at c=32 is ${result.fractionOfCryptoLimit.oneCore}× one core's crypto limit (${result.fractionOfCryptoLimit.allCores} of all ${machine.cpus} cores').`);
-console.log(`X.509 at c=32 with a file and a syslog device attached: ${devices.ratio}× the rate with none (target ≥ 0.9; alternating rounds, req/s by round: ${devices.rows.map((r) => `${r.scenario.replace(/^.*: /, '')} ${r.rpsByRound.join(', ')}`).join('; ')}).`);
+console.log(devicesLine(devices));
 printTlsFloor(result.tlsFloor);
 if (scale) printLogScale(scale);
 printWorkloadApi(workloadApi);
