@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { benchBrokerConfig } from './broker-config.mjs';
+import { stopChild, untilListening } from './child.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -108,17 +109,7 @@ function startBroker(side) {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TESSERA_CONFIG: '', ...side.env },
   });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const onData = (d) => {
-      out += d.toString();
-      const m = /listening on (https:\/\/[\d.]+:\d+)/.exec(out);
-      if (m) resolve({ ...side, child, url: m[1], output: () => out });
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', (d) => (out += d.toString()));
-    child.on('exit', (code) => reject(new Error(`broker ${side.label} exited ${code}: ${out.slice(-2000)}`)));
-  });
+  return untilListening(child, `broker ${side.label}`).then(({ url, output }) => ({ ...side, child, url, output }));
 }
 
 /** One wrk run against a broker: req/s, p50 and the broker's CPU per request over the run. */
@@ -228,12 +219,6 @@ try {
   }
   console.log(`B/A req/s ${ratio}, B/A CPU per request ${cpuRatio} (c=${concurrency}, ${rounds} × ${seconds} s alternating)`);
 } finally {
-  for (const b of brokers) {
-    if (b.child.exitCode === null) {
-      const done = new Promise((r) => b.child.once('exit', r));
-      b.child.kill('SIGTERM');
-      await done;
-    }
-  }
+  for (const b of brokers) await stopChild(b.child);
   rmSync(work, { recursive: true, force: true });
 }

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { benchBrokerConfig } from './broker-config.mjs';
+import { stopChild, untilListening } from './child.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dist = (p) => import(path.join(root, 'dist', p));
@@ -94,17 +95,7 @@ export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency 
     writeFileSync(cfg, benchBrokerConfig({ material: m, replicaId: 'bench', store: `{ embedded: { dir: ${work}/data, fsync: true } }` }));
     const nodeArgs = profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : [];
     const child = spawn(process.execPath, [...nodeArgs, path.join(root, 'dist/cli/main.js'), 'serve', '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TESSERA_CONFIG: '' } });
-    const url = await new Promise((resolve, reject) => {
-      let out = '';
-      const onData = (d) => {
-        out += d.toString();
-        const u = /listening on (https:\/\/[\d.]+:\d+)/.exec(out);
-        if (u) resolve(u[1]);
-      };
-      child.stdout.on('data', onData);
-      child.stderr.on('data', (d) => (out += d.toString()));
-      child.on('exit', (code) => reject(new Error(`broker exited ${code}: ${out.slice(-2000)}`)));
-    });
+    const { url } = await untilListening(child, 'broker');
     const tokenFor = (i) => mintDevToken({ keyFile: m.issuerKeyFile, namespace: 'bench', serviceAccount: `load${i}`, ttlSeconds: 3600 });
     const csrOf = async () => {
       const { mintCaCsr } = await dist('ca/x509.js');
@@ -172,9 +163,7 @@ export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency 
         rows.fresh.push(Math.round(f.total));
         console.error(`[cpu] round ${r + 1}: mTLS keep-alive ${rows.keepAlive.at(-1)} µs ${JSON.stringify(k.byName)}; fresh ${rows.fresh.at(-1)} µs, ${f.resumed}/${f.opened} connections resumed ${JSON.stringify(f.byName)}`);
       }
-      const done = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await done;
+      await stopChild(child);
       const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
       return { requests, rounds, concurrency, mtls, keepAliveCpuUs: median(rows.keepAlive), freshCpuUs: median(rows.fresh), keepAliveRounds: rows.keepAlive, freshRounds: rows.fresh };
     }
@@ -189,9 +178,7 @@ export async function cpuPerIssuance({ requests = 4000, rounds = 3, concurrency 
       rows.jwt.push(Math.round(j.total));
       console.error(`[cpu] round ${r + 1}: x509 ${rows.x509.at(-1)} µs ${JSON.stringify(x.byName)}; jwt ${rows.jwt.at(-1)} µs ${JSON.stringify(j.byName)}`);
     }
-    const done = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await done;
+    await stopChild(child);
     const median = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
     return { requests, rounds, concurrency, fresh, x509CpuUs: median(rows.x509), jwtCpuUs: median(rows.jwt), x509Rounds: rows.x509, jwtRounds: rows.jwt };
   } finally {

@@ -22,6 +22,7 @@ import path from 'node:path';
 import { runLoad } from './load.mjs';
 import { benchBrokerConfig } from './broker-config.mjs';
 import { alternatingRounds } from './alternate.mjs';
+import { stopChild, untilListening } from './child.mjs';
 import { redisRoundTrips } from './targets.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -130,25 +131,9 @@ export async function redisScaleBench(o) {
       env: { ...process.env, TESSERA_CONFIG: '', REDIS_URL: '', TESSERA_REPLICA_ID: replicaId },
     });
     brokers.push(child);
-    return new Promise((resolve, reject) => {
-      let out = '';
-      const onData = (d) => {
-        out += d.toString();
-        const m = /listening on (https:\/\/[\d.]+:\d+)/.exec(out);
-        if (m) resolve({ child, url: m[1] });
-      };
-      child.stdout.on('data', onData);
-      child.stderr.on('data', (d) => (out += d.toString()));
-      child.on('exit', (code) => reject(new Error(`broker ${name} exited ${code}: ${out.slice(-2000)}`)));
-    });
+    return untilListening(child, `broker ${name}`).then(({ url }) => ({ child, url }));
   }
-
-  async function stop(child) {
-    if (child.exitCode !== null) return;
-    const done = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await done;
-  }
+  const stop = stopChild;
 
   const csr = (url, concurrency, extra = {}) => ({
     url: `${url}/v1/svid/x509`, method: 'POST', headers: bearer, body: () => o.csrBody, keepAlive: true, tls: { ca: o.ca }, concurrency, durationMs: o.seconds * 1000, ...extra,
@@ -290,8 +275,7 @@ export async function redisScaleBench(o) {
     o.log('Redis audit-append ceiling', out.appendCeiling);
   } finally {
     for (const c of brokers) await stop(c).catch(() => {});
-    redis.child.kill('SIGTERM');
-    await new Promise((r) => (redis.child.exitCode !== null ? r() : redis.child.once('exit', r)));
+    await stopChild(redis.child);
   }
   const at = (scenario, c) => rows.find((r) => r.scenario === scenario && r.concurrency === c);
   const emb = at('x509 from CSR (token), embedded store', 32);

@@ -33,6 +33,7 @@ import { logScaleBench, printLogScale } from './log-scale.mjs';
 import { hsmBench } from './hsm.mjs';
 import { printRedisScale, redisScaleBench } from './redis-scale.mjs';
 import { benchBrokerConfig } from './broker-config.mjs';
+import { stopChild, untilListening } from './child.mjs';
 import { freshCeiling, tlsFloor } from './tls-floor.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -132,25 +133,10 @@ function startBroker(dataDir, env = {}, auditDevices = [], configFile = writeCon
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TESSERA_CONFIG: '', ...env },
   });
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const onData = (d) => {
-      out += d.toString();
-      const m = /listening on (https:\/\/[\d.]+:\d+)/.exec(out);
-      if (m) resolve({ child, url: m[1], startMs: Math.round(performance.now() - t0) });
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', (d) => (out += d.toString()));
-    child.on('exit', (code) => reject(new Error(`broker exited ${code}: ${out.slice(-2000)}`)));
-  });
+  return untilListening(child, 'broker').then(({ url }) => ({ child, url, startMs: Math.round(performance.now() - t0) }));
 }
 
-async function stop(child) {
-  if (child.exitCode !== null) return;
-  const done = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await done;
-}
+const stop = stopChild;
 
 function opensslCsr() {
   const dir = mkdtempSync(path.join(work, 'csr-'));
@@ -223,7 +209,7 @@ async function renewalCredentials(url) {
 
 /** The TLS floor (bench/tls-floor.mjs) with the broker's TLS material and an SVID of it as the client's. */
 function tlsFloorRows(mtls) {
-  return tlsFloor({ server: { certFile: path.join(pki, 'server.pem'), keyFile: path.join(pki, 'server.key'), bundleFile: material.bundleFile }, mtls, seconds, measured, stop, log });
+  return tlsFloor({ server: { certFile: path.join(pki, 'server.pem'), keyFile: path.join(pki, 'server.key'), bundleFile: material.bundleFile }, mtls, seconds, measured, log });
 }
 
 /** Tessera's fresh/keep-alive ratio for renewals at c=32 against the ceiling the bare-Node floor allows. */

@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { stopChild, untilListening } from './child.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -16,21 +17,11 @@ const here = path.dirname(fileURLToPath(import.meta.url));
  * @param {{ ca: string, cert: string, key: string }} d.mtls                    the client's SVID and roots
  * @param {number} d.seconds
  * @param {(pid: number, opts: object) => Promise<object>} d.measured          run.mjs: load + server CPU
- * @param {(child: import('node:child_process').ChildProcess) => Promise<void>} d.stop
  * @param {(...a: unknown[]) => void} d.log
  */
 export async function tlsFloor(d) {
   const child = spawn(process.execPath, [path.join(here, 'tls-floor-server.mjs'), d.server.certFile, d.server.keyFile, d.server.bundleFile], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const url = await new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout.on('data', (b) => {
-      out += b;
-      const m = /listening on (https:\/\/[\d.:]+)/.exec(out);
-      if (m) resolve(m[1]);
-    });
-    child.stderr.on('data', (b) => (out += b));
-    child.on('exit', (code) => reject(new Error(`TLS floor server exited ${code}: ${out}`)));
-  });
+  const { url } = await untilListening(child, 'TLS floor server');
   const body = JSON.stringify({ csr: 'x'.repeat(560) }); // about the size of the renewal's body
   const load = (keepAlive, durationMs) => ({
     url: `${url}/v1/svid/x509`, method: 'POST', headers: { 'content-type': 'application/json' }, body: () => body,
@@ -49,7 +40,7 @@ export async function tlsFloor(d) {
     const [kept, fresh] = rows;
     return { rows, connectionCpuUs: fresh.serverCpuUs - kept.serverCpuUs, ratio: Number((fresh.rps / kept.rps).toFixed(2)) };
   } finally {
-    await d.stop(child);
+    await stopChild(child);
   }
 }
 

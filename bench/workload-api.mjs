@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { stopChild } from './child.mjs';
 
 const STREAMS = 100;
 const CONNECTIONS = 10;
@@ -119,11 +120,7 @@ export async function workloadApiBench({ root, work, brokerUrl, caFile, token, d
     return row;
   } finally {
     for (const c of clients) c.close();
-    if (agent.exitCode === null) {
-      const done = new Promise((r) => agent.once('exit', r));
-      agent.kill('SIGTERM');
-      await done;
-    }
+    await stopChild(agent);
   }
 }
 
